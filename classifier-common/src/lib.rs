@@ -1,0 +1,382 @@
+//! Types and constants shared by the kernel programs (`classifier-ebpf`) and
+//! userspace (`classifier-user`).
+//!
+//! Everything that crosses the kernel/user boundary lives here, `#[repr(C)]`
+//! with explicit padding, so both sides agree byte for byte. The tests at the
+//! bottom pin sizes and offsets: changing one of them is a layout change and
+//! must bump [`LAYOUT_VERSION`], because a restarted agent adopts maps pinned
+//! by an older one.
+#![no_std]
+
+/// Version of the pinned map layout. An agent refuses to adopt pins written
+/// with another version (see the agent's adoption logic).
+pub const LAYOUT_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------
+// The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
+// ---------------------------------------------------------------------------
+
+/// Socket option level answered by the `cgroup/getsockopt` program. The kernel
+/// does not know it, so with no classifier loaded the call fails.
+pub const QUERY_LEVEL: i32 = 0xC1A5;
+/// Option name for "what is the verdict for this accepted connection".
+pub const QUERY_OPTNAME: i32 = 1;
+/// Value of byte 0 of the reply.
+pub const REPLY_VERSION: u8 = 1;
+/// A reply is never shorter than this; a smaller buffer gets EINVAL.
+pub const REPLY_MIN_LEN: usize = 8;
+/// The full reply; buffers of at least `REPLY_MIN_LEN` but less than this get
+/// the first `REPLY_MIN_LEN` bytes only.
+pub const REPLY_LEN: usize = 32;
+
+/// Protocols on the wire (reply byte 1) and in verdicts.
+pub const PROTO_UNKNOWN: u8 = 0;
+pub const PROTO_OPAQUE: u8 = 1;
+pub const PROTO_HTTP1: u8 = 2;
+pub const PROTO_HTTP2: u8 = 3;
+
+/// Where a verdict came from (reply byte 2).
+pub const SOURCE_NONE: u8 = 0;
+pub const SOURCE_DEFAULT_PORT: u8 = 1;
+pub const SOURCE_RULE: u8 = 2;
+
+/// Reply byte 3 flags.
+/// The original destination is IPv4 (stored v4-mapped in bytes 16..32).
+pub const REPLY_FLAG_DST_IPV4: u8 = 1 << 0;
+/// The classifier also set `SO_MARK` on the client's socket.
+pub const REPLY_FLAG_MARKED: u8 = 1 << 1;
+
+/// The reply written into the caller's buffer. Field order is the byte order
+/// of the documented layout (README, "Proxy query contract").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct QueryReply {
+    /// Byte 0: [`REPLY_VERSION`].
+    pub version: u8,
+    /// Byte 1: one of the `PROTO_*` values.
+    pub protocol: u8,
+    /// Byte 2: one of the `SOURCE_*` values.
+    pub source: u8,
+    /// Byte 3: `REPLY_FLAG_*` bits.
+    pub flags: u8,
+    /// Bytes 4..8: id of the policy rule that decided (native byte order),
+    /// 0 when the source is not a rule.
+    pub rule_id: u32,
+    /// Bytes 8..12: policy generation the verdict was taken under (native).
+    pub generation: u32,
+    /// Bytes 12..14: original destination port, network byte order.
+    pub dst_port_be: u16,
+    /// Bytes 14..16: zero.
+    pub _reserved: u16,
+    /// Bytes 16..32: original destination address; IPv4 as `::ffff:a.b.c.d`.
+    pub dst_addr: [u8; 16],
+}
+
+// ---------------------------------------------------------------------------
+// Per-connection state
+// ---------------------------------------------------------------------------
+
+/// A verdict taken at connect time and remembered for the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnVerdict {
+    pub protocol: u8,
+    pub source: u8,
+    /// `REPLY_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    pub rule_id: u32,
+    pub generation: u32,
+    /// Original destination port, network byte order.
+    pub dst_port_be: u16,
+    pub _pad2: u16,
+    /// Original destination, IPv4 v4-mapped.
+    pub dst_addr: [u8; 16],
+}
+
+/// Key of the published-verdict table: the client socket's own local
+/// address, which is what the proxy sees as the peer of the socket it
+/// accepted through a REDIRECT, plus the network namespace both live in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnKey {
+    pub netns_cookie: u64,
+    /// IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+// ---------------------------------------------------------------------------
+// Policy maps
+// ---------------------------------------------------------------------------
+//
+// The policy is double buffered: every policy map key carries a slot (0 or
+// 1). The agent writes a new policy into the inactive slot, then flips
+// `ACTIVE_SLOT`; a connect reads the slot once and does every lookup in it,
+// so it sees either the whole old policy or the whole new one.
+
+/// Number of policy slots (double buffering).
+pub const POLICY_SLOTS: u32 = 2;
+
+/// LPM key data for IPv4 rules: `[slot][port (BE)][address]`. The trie
+/// matches the slot and port exactly (their 24 bits are always part of the
+/// prefix) and the address by longest prefix.
+pub const RULE_KEY_FIXED_BITS: u32 = 24;
+pub type RuleKeyV4 = [u8; 7];
+pub type RuleKeyV6 = [u8; 19];
+
+/// Value of a rule trie entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RuleVerdict {
+    /// Rule id (1-based index in the policy); 0 with `RULE_NONE`.
+    pub rule_id: u32,
+    /// `PROTO_*`; `PROTO_UNKNOWN` with `RULE_MATCH` is a `detect` override.
+    pub protocol: u8,
+    /// `RULE_MATCH` or `RULE_NONE`.
+    pub kind: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The entry is a rule's verdict.
+pub const RULE_MATCH: u8 = 1;
+/// The entry carves an `except` hole with no less specific rule behind it:
+/// fall through to the default opaque ports.
+pub const RULE_NONE: u8 = 0;
+
+/// The default opaque ports of one slot are a 65536-bit bitmap, stored as
+/// `DEFAULT_PORT_WORDS` u64 words at index `slot * DEFAULT_PORT_WORDS + port / 64`.
+pub const DEFAULT_PORT_WORDS: u32 = 65536 / 64;
+
+/// Per-slot settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyConfig {
+    /// Increases with every applied policy.
+    pub generation: u32,
+    /// `CONFIG_FLAG_*`.
+    pub flags: u32,
+    pub mark_value: u32,
+    pub mark_mask: u32,
+    /// Informational, for `stats`.
+    pub rule_count: u32,
+    pub v4_entries: u32,
+    pub v6_entries: u32,
+    pub default_port_count: u32,
+    pub excluded_uid_count: u32,
+    pub _pad: u32,
+}
+
+/// Set `SO_MARK` on classified sockets.
+pub const CONFIG_FLAG_MARK: u32 = 1 << 0;
+
+/// Key of the excluded-UID set: `(slot << 32) | uid`.
+#[inline(always)]
+pub const fn excluded_uid_key(slot: u32, uid: u32) -> u64 {
+    ((slot as u64) << 32) | uid as u64
+}
+
+/// Written once by the agent that first loads the programs; checked by any
+/// agent that wants to adopt the pins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PinMeta {
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+
+// ---------------------------------------------------------------------------
+// Map names and sizes (names are also the pin file names)
+// ---------------------------------------------------------------------------
+
+pub mod maps {
+    pub const ACTIVE_SLOT: &str = "CLS_ACTIVE_SLOT";
+    pub const POLICY_CONFIG: &str = "CLS_POLICY_CONFIG";
+    pub const RULES_V4: &str = "CLS_RULES_V4";
+    pub const RULES_V6: &str = "CLS_RULES_V6";
+    pub const DEFAULT_PORTS: &str = "CLS_DEFAULT_PORTS";
+    pub const EXCLUDED_UIDS: &str = "CLS_EXCLUDED_UIDS";
+    pub const PENDING: &str = "CLS_PENDING";
+    pub const VERDICTS: &str = "CLS_VERDICTS";
+    pub const COUNTERS: &str = "CLS_COUNTERS";
+    pub const PORT_COUNTS: &str = "CLS_PORT_COUNTS";
+    pub const META: &str = "CLS_META";
+
+    /// Every map, for pinning, adoption and uninstall.
+    pub const ALL: [&str; 11] = [
+        ACTIVE_SLOT,
+        POLICY_CONFIG,
+        RULES_V4,
+        RULES_V6,
+        DEFAULT_PORTS,
+        EXCLUDED_UIDS,
+        PENDING,
+        VERDICTS,
+        COUNTERS,
+        PORT_COUNTS,
+        META,
+    ];
+
+    /// Trie capacity, shared by both slots: during a switch the old and new
+    /// policy are both present, so a policy may use at most half.
+    pub const RULES_V4_CAPACITY: u32 = 1 << 19;
+    pub const RULES_V6_CAPACITY: u32 = 1 << 19;
+    pub const EXCLUDED_UIDS_CAPACITY: u32 = 2048;
+    /// Sockets between connect() and the TCP SYN; short lived.
+    pub const PENDING_CAPACITY: u32 = 16384;
+    /// Published verdicts of open, classified connections (LRU).
+    pub const VERDICTS_CAPACITY: u32 = 65536;
+    /// Distinct destination ports counted for "top ports".
+    pub const PORT_COUNTS_CAPACITY: u32 = 4096;
+}
+
+/// Program names as they appear in the object file.
+pub mod programs {
+    pub const CONNECT4: &str = "classify_connect4";
+    pub const CONNECT6: &str = "classify_connect6";
+    pub const SOCKOPS: &str = "publish_sockops";
+    pub const GETSOCKOPT: &str = "answer_getsockopt";
+    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SOCKOPS, GETSOCKOPT];
+}
+
+// ---------------------------------------------------------------------------
+// Counters: one per-CPU u64 per index
+// ---------------------------------------------------------------------------
+
+pub mod counters {
+    macro_rules! counters {
+        ($($(#[$doc:meta])* $name:ident = $idx:expr, $label:expr;)*) => {
+            $($(#[$doc])* pub const $name: u32 = $idx;)*
+            /// (index, stable name) of every counter, for stats and metrics.
+            pub const NAMES: &[(u32, &str)] = &[$(($idx, $label)),*];
+        };
+    }
+    counters! {
+        /// connect() on an AF_INET TCP socket.
+        CONNECT4 = 0, "connect4";
+        /// connect() on an AF_INET6 TCP socket to an IPv6 destination.
+        CONNECT6 = 1, "connect6";
+        /// connect() on an AF_INET6 socket to a v4-mapped destination.
+        CONNECT6_V4MAPPED = 2, "connect6_v4mapped";
+        /// connect() on a non-TCP socket: ignored.
+        NOT_TCP = 3, "not_tcp";
+        /// Socket of an excluded UID: not classified.
+        EXCLUDED = 4, "excluded";
+        VERDICT_OPAQUE = 5, "verdict_opaque";
+        VERDICT_HTTP1 = 6, "verdict_http1";
+        VERDICT_HTTP2 = 7, "verdict_http2";
+        /// A `detect` rule forced detection.
+        VERDICT_DETECT = 8, "verdict_detect";
+        /// No rule and not a default opaque port.
+        NO_VERDICT = 9, "no_verdict";
+        SOURCE_DEFAULT_PORT = 10, "source_default_port";
+        SOURCE_RULE = 11, "source_rule";
+        MARK_SET = 12, "mark_set";
+        /// Verdict published for the proxy at TCP connect.
+        PUBLISHED = 13, "published";
+        /// Published verdict removed when its connection closed.
+        UNPUBLISHED = 14, "unpublished";
+        /// A connection closed whose verdict was already gone (evicted).
+        UNPUBLISH_MISSING = 15, "unpublish_missing";
+        /// TCP connect of a socket whose connect-time verdict was evicted.
+        PENDING_MISSING = 16, "pending_missing";
+        QUERY_CLASSIFIED = 17, "query_classified";
+        QUERY_UNKNOWN = 18, "query_unknown";
+        /// Query with a buffer shorter than REPLY_MIN_LEN.
+        QUERY_BAD_BUFFER = 19, "query_bad_buffer";
+        ERR_PENDING_INSERT = 20, "err_pending_insert";
+        ERR_PUBLISH_INSERT = 21, "err_publish_insert";
+        ERR_MARK = 22, "err_mark";
+        /// The active slot or its config could not be read.
+        ERR_CONFIG = 23, "err_config";
+        ERR_CB_FLAGS = 24, "err_cb_flags";
+        ERR_PORT_COUNT = 25, "err_port_count";
+    }
+    pub const COUNT: u32 = 26;
+    /// Counters that are internal failures (the connect was allowed anyway).
+    pub const ERRORS: [u32; 6] = [
+        ERR_PENDING_INSERT,
+        ERR_PUBLISH_INSERT,
+        ERR_MARK,
+        ERR_CONFIG,
+        ERR_CB_FLAGS,
+        ERR_PORT_COUNT,
+    ];
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte
+    // arrays, and have no implicit padding (checked by the layout tests).
+    unsafe impl aya::Pod for QueryReply {}
+    unsafe impl aya::Pod for ConnVerdict {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for RuleVerdict {}
+    unsafe impl aya::Pod for PolicyConfig {}
+    unsafe impl aya::Pod for PinMeta {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn reply_layout_is_the_documented_contract() {
+        assert_eq!(size_of::<QueryReply>(), REPLY_LEN);
+        assert_eq!(offset_of!(QueryReply, version), 0);
+        assert_eq!(offset_of!(QueryReply, protocol), 1);
+        assert_eq!(offset_of!(QueryReply, source), 2);
+        assert_eq!(offset_of!(QueryReply, flags), 3);
+        assert_eq!(offset_of!(QueryReply, rule_id), 4);
+        assert_eq!(offset_of!(QueryReply, generation), 8);
+        assert_eq!(offset_of!(QueryReply, dst_port_be), 12);
+        assert_eq!(offset_of!(QueryReply, dst_addr), 16);
+        // The short reply carries version, protocol, source, flags, rule id.
+        assert_eq!(offset_of!(QueryReply, generation), REPLY_MIN_LEN);
+    }
+
+    #[test]
+    fn map_value_layouts_are_pinned() {
+        assert_eq!(size_of::<ConnVerdict>(), 32);
+        assert_eq!(offset_of!(ConnVerdict, rule_id), 4);
+        assert_eq!(offset_of!(ConnVerdict, dst_addr), 16);
+        assert_eq!(size_of::<ConnKey>(), 32);
+        assert_eq!(offset_of!(ConnKey, addr), 8);
+        assert_eq!(offset_of!(ConnKey, port), 24);
+        assert_eq!(size_of::<RuleVerdict>(), 8);
+        assert_eq!(size_of::<PolicyConfig>(), 40);
+        assert_eq!(size_of::<PinMeta>(), 8);
+        assert_eq!(size_of::<RuleKeyV4>(), 7);
+        assert_eq!(size_of::<RuleKeyV6>(), 19);
+    }
+
+    #[test]
+    fn counter_names_are_complete_and_unique() {
+        assert_eq!(counters::NAMES.len() as u32, counters::COUNT);
+        for (i, (idx, _)) in counters::NAMES.iter().enumerate() {
+            assert_eq!(*idx, i as u32, "counter indices must be dense and ordered");
+        }
+        for (i, (_, a)) in counters::NAMES.iter().enumerate() {
+            for (_, b) in &counters::NAMES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn excluded_uid_key_separates_slots() {
+        assert_eq!(excluded_uid_key(0, 2102), 2102);
+        assert_eq!(excluded_uid_key(1, 2102), (1u64 << 32) | 2102);
+    }
+}
