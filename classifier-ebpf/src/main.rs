@@ -1,1 +1,27 @@
-#![no_std] #![no_main]
+//! The classifier's kernel side.
+//!
+//! * `connect`: `cgroup/connect4|6` classify each TCP connect() against the
+//!   policy maps and remember the verdict by socket cookie.
+//! * `publish`: `sockops` publishes that verdict once the 4-tuple is known,
+//!   keyed by the client's local address (what a proxy sees as its peer),
+//!   and withdraws it when the connection closes.
+//! * `query`: `cgroup/getsockopt` answers a proxy's query on its accepted
+//!   socket from the published verdicts.
+//!
+//! Every program lets the operation through on every path: a failure is
+//! counted, never turned into a refused connect.
+#![no_std]
+#![no_main]
+
+mod addr;
+mod connect;
+mod maps;
+mod publish;
+mod query;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; required by no_std.
+    loop {}
+}

@@ -1,1 +1,188 @@
-fn main(){}
+//! The `classifier` command: the node agent, its stats, and a policy
+//! explainer. See `classifier --help`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use classifier_user::{
+    agent::{self, AgentOptions},
+    datapath::{pins::DEFAULT_PIN_DIR, PinDir},
+    policy::{classify, load_policy_file, Policy},
+    stats,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "classifier",
+    version,
+    about = "Classifies every TCP connect() in the kernel so a sidecar proxy can skip protocol detection for server-speaks-first protocols",
+    long_about = "Classifies every TCP connect() in the kernel so a sidecar proxy can skip \
+protocol detection for server-speaks-first protocols (MySQL, SMTP, NATS, ...), which \
+otherwise stall until the proxy's detection timeout.\n\n\
+Typical use, as root:\n  classifier agent                       # attach, apply the built-in policy, watch\n  \
+classifier stats                       # what the kernel side has seen\n  \
+classifier explain 203.0.113.9:3306    # what the policy says about a destination"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the classifier (or adopt the one already attached) and keep its policy current.
+    ///
+    /// Needs root. The programs and maps are pinned under --pin-dir, so they stay attached
+    /// when the agent stops or restarts; a restarted agent adopts them without a gap.
+    /// `--uninstall` detaches everything and removes the pins.
+    Agent(AgentArgs),
+    /// Show what the kernel side has seen, from the pinned maps (agent need not run; needs root).
+    Stats(StatsArgs),
+    /// Show what the policy decides for a destination, and why (no root or agent needed).
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct PinArgs {
+    /// bpffs directory holding the classifier's pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    pins: PinArgs,
+    /// cgroup v2 directory to attach to [default: the cgroup v2 root from /proc/self/mountinfo].
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// ClassifierPolicy YAML file; watched, and re-applied atomically when it changes.
+    /// Without it: Linkerd's default opaque ports, UID 2102 (the proxy) excluded.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How often to check the policy file for changes.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    watch_interval: f64,
+    /// Size of the published-verdict table (open classified connections). Applies when the
+    /// programs are first installed.
+    #[arg(long, value_name = "ENTRIES")]
+    verdict_table_size: Option<u32>,
+    /// Detach the programs and remove every pin under --pin-dir, then exit.
+    #[arg(long)]
+    uninstall: bool,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    pins: PinArgs,
+    /// Print JSON (top-level connects_total, opaque_total, excluded_total, proxy_queries_total, errors_total, ...).
+    #[arg(long, conflicts_with = "prometheus")]
+    json: bool,
+    /// Print Prometheus text exposition.
+    #[arg(long)]
+    prometheus: bool,
+    /// Print again every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    watch: Option<f64>,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Destination as IP:PORT ([IPv6]:PORT for IPv6).
+    destination: SocketAddr,
+    /// Policy file to evaluate [default: the built-in policy].
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id", "network"}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("classifier: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Agent(args) => {
+            let pins = PinDir::new(args.pins.pin_dir);
+            if args.uninstall {
+                return agent::uninstall(&pins);
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(agent::run(AgentOptions {
+                cgroup: args.cgroup,
+                pins,
+                policy: args.policy,
+                watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.05)),
+                verdict_capacity: args.verdict_table_size,
+            }))
+        }
+        Command::Stats(args) => {
+            let pins = PinDir::new(args.pins.pin_dir);
+            loop {
+                let snapshot = stats::read_snapshot(&pins)?;
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&stats::render_json(&snapshot))?
+                    );
+                } else if args.prometheus {
+                    print!("{}", stats::render_prometheus(&snapshot));
+                } else {
+                    print!("{}", stats::render_table(&snapshot));
+                }
+                match args.watch {
+                    Some(secs) => {
+                        std::thread::sleep(Duration::from_secs_f64(secs.max(0.1)));
+                        if !args.json && !args.prometheus {
+                            println!();
+                        }
+                    }
+                    None => return Ok(()),
+                }
+            }
+        }
+        Command::Explain(args) => {
+            let policy = match &args.policy {
+                Some(path) => load_policy_file(path)?,
+                None => Policy::builtin_default(),
+            };
+            let decision = classify(&policy, args.destination.ip(), args.destination.port());
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&decision.to_json()).context("encoding JSON")?
+                );
+            } else {
+                let origin = args
+                    .policy
+                    .as_ref()
+                    .map_or("built-in default policy".to_owned(), |p| {
+                        p.display().to_string()
+                    });
+                println!("{} -> {}", args.destination, decision.protocol.as_str());
+                println!("  because {}", decision.reason(&policy));
+                println!("  policy  {origin}");
+            }
+            Ok(())
+        }
+    }
+}

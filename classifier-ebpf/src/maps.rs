@@ -1,0 +1,46 @@
+//! Every map of the classifier, pinned by name so that a restarted agent
+//! (and `classifier stats`) finds them. Names and sizes come from
+//! `classifier_common::maps`; the agent may resize the verdict table.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use classifier_common::{
+    counters, maps as m, ConnKey, ConnVerdict, PinMeta, PolicyConfig, RuleKeyV4, RuleKeyV6,
+    RuleVerdict, DEFAULT_PORT_WORDS, POLICY_SLOTS,
+};
+
+#[map]
+pub static CLS_ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
+#[map]
+pub static CLS_POLICY_CONFIG: Array<PolicyConfig> = Array::pinned(POLICY_SLOTS, 0);
+#[map]
+pub static CLS_RULES_V4: LpmTrie<RuleKeyV4, RuleVerdict> = LpmTrie::pinned(m::RULES_V4_CAPACITY, 0);
+#[map]
+pub static CLS_RULES_V6: LpmTrie<RuleKeyV6, RuleVerdict> = LpmTrie::pinned(m::RULES_V6_CAPACITY, 0);
+#[map]
+pub static CLS_DEFAULT_PORTS: Array<u64> = Array::pinned(POLICY_SLOTS * DEFAULT_PORT_WORDS, 0);
+#[map]
+pub static CLS_EXCLUDED_UIDS: HashMap<u64, u8> = HashMap::pinned(m::EXCLUDED_UIDS_CAPACITY, 0);
+#[map]
+pub static CLS_PENDING: LruHashMap<u64, ConnVerdict> = LruHashMap::pinned(m::PENDING_CAPACITY, 0);
+#[map]
+pub static CLS_VERDICTS: LruHashMap<ConnKey, ConnVerdict> =
+    LruHashMap::pinned(m::VERDICTS_CAPACITY, 0);
+#[map]
+pub static CLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
+#[map]
+pub static CLS_PORT_COUNTS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::pinned(m::PORT_COUNTS_CAPACITY, 0);
+#[map]
+pub static CLS_META: Array<PinMeta> = Array::pinned(1, 0);
+
+/// Adds one to a per-CPU counter. Per-CPU, so no atomics are needed.
+#[inline(always)]
+pub fn count(counter: u32) {
+    if let Some(value) = CLS_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: the pointer is into this CPU's slot of the map value.
+        unsafe { *value += 1 };
+    }
+}

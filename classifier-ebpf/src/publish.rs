@@ -1,0 +1,107 @@
+//! `sockops`: move a socket's connect-time verdict to the published table
+//! once its local port is chosen (`TCP_CONNECT_CB`, just before the SYN),
+//! keyed by (network namespace, local address, local port): that is the
+//! peer a proxy sees on the socket it accepted through a REDIRECT. The entry
+//! is withdrawn when the connection closes.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE,
+    },
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::SockOpsContext,
+    EbpfContext,
+};
+use classifier_common::{counters as c, ConnKey};
+
+use crate::{
+    addr::{v4_mapped, v6_bytes},
+    maps::{count, CLS_PENDING, CLS_VERDICTS},
+};
+
+const AF_INET: u32 = 2;
+
+#[sock_ops]
+pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => withdraw(&ctx),
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn publish(ctx: &SockOpsContext) {
+    // SAFETY: the helper accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(verdict) = CLS_PENDING.get_ptr(cookie) else {
+        // Not classified (the common case), or its entry was evicted: the
+        // second shows up as PENDING > PUBLISHED + PENDING_MISSING.
+        return;
+    };
+    // SAFETY: the pointer is to a live map value; copied out at once.
+    let verdict = unsafe { *verdict };
+    let _ = CLS_PENDING.remove(cookie);
+
+    let key = local_key(ctx);
+    if CLS_VERDICTS.insert(key, verdict, 0).is_err() {
+        count(c::ERR_PUBLISH_INSERT);
+        return;
+    }
+    count(c::PUBLISHED);
+    // Ask for state changes on this socket only, to see it close.
+    if ctx
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .is_err()
+    {
+        count(c::ERR_CB_FLAGS);
+    }
+}
+
+#[inline(always)]
+fn withdraw(ctx: &SockOpsContext) {
+    if CLS_VERDICTS.remove(local_key(ctx)).is_ok() {
+        count(c::UNPUBLISHED);
+    } else {
+        count(c::UNPUBLISH_MISSING);
+    }
+}
+
+#[inline(always)]
+fn local_key(ctx: &SockOpsContext) -> ConnKey {
+    let ops = ctx.ops;
+    // Each field is read with its own volatile load straight off the context
+    // pointer: the verifier rejects a load through a context pointer that
+    // the compiler has offset and kept in a register.
+    // SAFETY: these fields are readable in sockops programs.
+    let (family, ip4, ip6, port) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+            read_volatile(&(*ops).local_port),
+        )
+    };
+    ConnKey {
+        // SAFETY: the helper accepts a sock_ops context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        addr: if family == AF_INET {
+            v4_mapped(ip4)
+        } else {
+            v6_bytes(ip6)
+        },
+        // local_port is in host byte order in bpf_sock_ops.
+        port: port as u16,
+        _pad: [0; 6],
+    }
+}

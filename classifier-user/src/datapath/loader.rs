@@ -1,0 +1,190 @@
+//! Install the programs, or adopt the ones a previous agent left pinned.
+//!
+//! The pinned links are what keep classification running while no agent
+//! is: an agent that finds them (with a compatible map layout) only opens
+//! the maps and writes policy. It never detaches and re-attaches, so there
+//! is no window in which connects go unclassified.
+
+use std::{fs::File, os::fd::AsFd as _, path::Path};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{Array, MapData},
+    programs::{links::PinnedLink, CgroupSockAddr, CgroupSockopt, SockOps},
+    EbpfLoader,
+};
+use classifier_common::{maps, programs, PinMeta, LAYOUT_VERSION};
+
+use super::{link, object, pins::PinDir};
+
+/// What `install_or_adopt` found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// Loaded and attached the programs, pinned maps and links.
+    Fresh,
+    /// Found programs attached by an earlier agent and took them over.
+    Adopted,
+}
+
+pub struct InstallOptions<'a> {
+    pub pins: &'a PinDir,
+    pub cgroup: &'a Path,
+    /// Overrides the verdict table size.
+    pub verdict_capacity: Option<u32>,
+}
+
+/// Why existing pins cannot be adopted; callers show it as is.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(
+        "{dir} holds pins of map layout v{found}, this agent uses v{expected}; \
+         they were left attached. Run `classifier agent --uninstall --pin-dir {dir}` \
+         with the agent that made them (or this one) and start again"
+    )]
+    IncompatibleLayout {
+        dir: String,
+        found: u32,
+        expected: u32,
+    },
+}
+
+pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<Installed> {
+    if !object::is_present() {
+        bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`");
+    }
+    opts.pins.prepare()?;
+    check_layout(opts.pins)?;
+
+    let linked: Vec<bool> = programs::ALL
+        .iter()
+        .map(|p| opts.pins.link(p).exists())
+        .collect();
+    if linked.iter().all(|l| *l) {
+        // Opening each link proves it is a live bpf link, not a stale file.
+        for program in programs::ALL {
+            PinnedLink::from_pin(opts.pins.link(program)).with_context(|| {
+                format!("opening pinned link {}", opts.pins.link(program).display())
+            })?;
+        }
+        return Ok(Installed::Adopted);
+    }
+    if linked.iter().any(|l| *l) {
+        // A previous install stopped half way: drop the partial links (their
+        // programs detach) and install afresh. Maps and counters are kept.
+        tracing::warn!(dir = %opts.pins.links_dir().display(), "incomplete set of pinned links; re-attaching all programs");
+        for program in programs::ALL {
+            let _ = std::fs::remove_file(opts.pins.link(program));
+        }
+    }
+    if let Err(err) = install(opts) {
+        // Leave no partial attachment behind: a node with connect4 but no
+        // sockops would classify without publishing.
+        for program in programs::ALL {
+            let _ = std::fs::remove_file(opts.pins.link(program));
+        }
+        return Err(err);
+    }
+    Ok(Installed::Fresh)
+}
+
+/// Refuses pins from another map layout before anything touches them: aya
+/// would otherwise reuse a pinned map of the same name whatever its shape.
+fn check_layout(pins: &PinDir) -> Result<()> {
+    let path = pins.map(maps::META);
+    if !path.exists() {
+        return Ok(());
+    }
+    let meta: Array<MapData, PinMeta> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
+    ))?;
+    let found = meta.get(&0, 0)?.layout_version;
+    if found != LAYOUT_VERSION {
+        return Err(AdoptError::IncompatibleLayout {
+            dir: pins.root().display().to_string(),
+            found,
+            expected: LAYOUT_VERSION,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn install(opts: &InstallOptions<'_>) -> Result<()> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(opts.pins.maps_dir());
+    if let Some(capacity) = opts.verdict_capacity {
+        loader.map_max_entries(maps::VERDICTS, capacity);
+    }
+    let mut ebpf = loader
+        .load(object::bytes())
+        .context("loading the eBPF object")?;
+
+    let cgroup = File::open(opts.cgroup)
+        .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
+
+    for (name, attach_type) in [
+        (programs::CONNECT4, link::BPF_CGROUP_INET4_CONNECT),
+        (programs::CONNECT6, link::BPF_CGROUP_INET6_CONNECT),
+    ] {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        link::attach_pinned(
+            prog.fd()?.as_fd(),
+            cgroup.as_fd(),
+            attach_type,
+            &opts.pins.link(name),
+        )
+        .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
+    }
+    {
+        let name = programs::SOCKOPS;
+        let prog: &mut SockOps = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        link::attach_pinned(
+            prog.fd()?.as_fd(),
+            cgroup.as_fd(),
+            link::BPF_CGROUP_SOCK_OPS,
+            &opts.pins.link(name),
+        )
+        .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
+    }
+    {
+        let name = programs::GETSOCKOPT;
+        let prog: &mut CgroupSockopt = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        link::attach_pinned(
+            prog.fd()?.as_fd(),
+            cgroup.as_fd(),
+            link::BPF_CGROUP_GETSOCKOPT,
+            &opts.pins.link(name),
+        )
+        .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
+    }
+
+    let meta_path = opts.pins.map(maps::META);
+    let mut meta: Array<MapData, PinMeta> =
+        Array::try_from(aya::maps::Map::Array(MapData::from_pin(&meta_path)?))?;
+    meta.set(
+        0,
+        PinMeta {
+            layout_version: LAYOUT_VERSION,
+            _pad: 0,
+        },
+        0,
+    )?;
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
+/// Detaches everything and removes the pins. Counters are lost with them.
+pub fn uninstall(pins: &PinDir) -> Result<bool> {
+    if !pins.root().exists() {
+        return Ok(false);
+    }
+    pins.remove_all()?;
+    Ok(true)
+}

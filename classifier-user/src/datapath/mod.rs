@@ -1,0 +1,14 @@
+//! The kernel side as seen from userspace: the embedded object, where it is
+//! pinned, how it is attached or adopted, and how policy is written into its
+//! maps.
+
+pub mod cgroup;
+mod link;
+pub mod loader;
+pub mod object;
+pub mod pins;
+pub mod policy_maps;
+
+pub use loader::{install_or_adopt, uninstall, Installed};
+pub use pins::PinDir;
+pub use policy_maps::PolicyMaps;

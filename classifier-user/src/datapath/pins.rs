@@ -1,0 +1,135 @@
+//! Where the classifier lives on bpffs:
+//!
+//! ```text
+//! <pin dir>/maps/CLS_*        every map (policy, verdicts, counters)
+//! <pin dir>/links/<program>   the cgroup attachments
+//! ```
+//!
+//! The links keep the programs attached with no process holding them, which
+//! is what lets the agent restart (or crash) without a gap.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/classifier";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links_dir().join(program)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.maps_dir().is_dir()
+    }
+
+    /// Makes sure the pin directory is on a bpffs, mounting one on its
+    /// parent's mount point if needed, and creates `maps/` and `links/`
+    /// readable by root only.
+    pub fn prepare(&self) -> Result<()> {
+        let bpffs_root = bpffs_mount_point_for(&self.root);
+        if !is_bpffs(&bpffs_root) {
+            mount_bpffs(&bpffs_root)?;
+        }
+        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+            if !dir.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .with_context(|| format!("creating pin directory {}", dir.display()))?;
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} root-only", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pin and the directories. Removing a link pin detaches
+    /// its program once no process holds the link.
+    pub fn remove_all(&self) -> Result<()> {
+        if self.root.exists() {
+            fs::remove_dir_all(&self.root)
+                .with_context(|| format!("removing {}", self.root.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// `/sys/fs/bpf` for anything below it, else the pin dir's parent.
+fn bpffs_mount_point_for(pin_dir: &Path) -> PathBuf {
+    let standard = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(standard) {
+        standard.to_path_buf()
+    } else {
+        pin_dir.parent().unwrap_or(pin_dir).to_path_buf()
+    }
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
+    let target = CString::new(at.as_os_str().as_encoded_bytes())?;
+    let bpf = CString::new("bpf")?;
+    let mode = CString::new("mode=0700")?;
+    // SAFETY: all pointers are to live NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            bpf.as_ptr(),
+            target.as_ptr(),
+            bpf.as_ptr(),
+            0,
+            mode.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "bpffs is not mounted at {} and mounting it failed: {err}",
+            at.display()
+        );
+    }
+    tracing::info!(path = %at.display(), "mounted bpffs");
+    Ok(())
+}

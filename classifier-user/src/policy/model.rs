@@ -1,0 +1,224 @@
+//! The validated policy, independent of how it was written down.
+//!
+//! Everything downstream (`explain`, `compile`) trusts these values: the file
+//! loader is the one place that checks them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::ports::PortSet;
+
+/// Linkerd's `proxy.opaquePorts` default; destinations on these ports are
+/// opaque unless a rule says otherwise.
+pub const LINKERD_DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// The UID linkerd2-proxy runs as. Its own connections must not be
+/// classified: they are the proxy forwarding, not the application.
+pub const LINKERD_PROXY_UID: u32 = 2102;
+
+/// What the proxy should assume a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Opaque,
+    Http1,
+    Http2,
+    /// Let the proxy detect the protocol. As a rule's protocol it is an
+    /// override: it beats the default opaque ports.
+    Detect,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Opaque,
+        Protocol::Http1,
+        Protocol::Http2,
+        Protocol::Detect,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Opaque => "opaque",
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Detect => "detect",
+        }
+    }
+
+    /// The `PROTO_*` value the kernel stores and the proxy reads.
+    pub fn wire(self) -> u8 {
+        match self {
+            Protocol::Opaque => classifier_common::PROTO_OPAQUE,
+            Protocol::Http1 => classifier_common::PROTO_HTTP1,
+            Protocol::Http2 => classifier_common::PROTO_HTTP2,
+            Protocol::Detect => classifier_common::PROTO_UNKNOWN,
+        }
+    }
+
+    /// Inverse of [`Protocol::wire`]; unknown values read as `Detect`, which
+    /// is what the proxy does with them.
+    pub fn from_wire(v: u8) -> Protocol {
+        match v {
+            classifier_common::PROTO_OPAQUE => Protocol::Opaque,
+            classifier_common::PROTO_HTTP1 => Protocol::Http1,
+            classifier_common::PROTO_HTTP2 => Protocol::Http2,
+            _ => Protocol::Detect,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown protocol {s:?} (expected opaque, http1, http2 or detect)")
+            })
+    }
+}
+
+/// A destination network with holes, like Linkerd's EgressNetwork entries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Network {
+    pub cidr: IpNet,
+    /// Sub-networks of `cidr` (same family) the network does not cover.
+    pub except: Vec<IpNet>,
+}
+
+impl Network {
+    pub fn new(cidr: IpNet) -> Self {
+        Network {
+            cidr,
+            except: Vec::new(),
+        }
+    }
+
+    /// Whether `addr` is in the network and in none of its holes. `addr`
+    /// must already be unmapped (see `explain::canonical_addr`).
+    pub fn matches(&self, addr: IpAddr) -> bool {
+        self.cidr.contains(&addr) && !self.except.iter().any(|e| e.contains(&addr))
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cidr)?;
+        if !self.except.is_empty() {
+            let holes: Vec<String> = self.except.iter().map(|e| e.to_string()).collect();
+            write!(f, " except {}", holes.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// 1-based position in the file; this is what the proxy and `stats` see.
+    pub id: u32,
+    pub networks: Vec<Network>,
+    pub ports: PortSet,
+    pub protocol: Protocol,
+}
+
+/// `SO_MARK` bits set on classified sockets: `(mark & !mask) | value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub value: u32,
+    pub mask: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Opaque when no rule matches the destination.
+    pub default_opaque_ports: PortSet,
+    /// Sockets of these UIDs are never classified.
+    pub exclude_uids: Vec<u32>,
+    pub rules: Vec<Rule>,
+    pub mark: Option<Mark>,
+}
+
+impl Policy {
+    /// What Linkerd itself does for a meshed pod: its default opaque ports,
+    /// and the proxy's own traffic left alone.
+    pub fn builtin_default() -> Policy {
+        Policy {
+            default_opaque_ports: LINKERD_DEFAULT_OPAQUE_PORTS
+                .parse()
+                .expect("the built-in port list parses"),
+            exclude_uids: vec![LINKERD_PROXY_UID],
+            rules: Vec::new(),
+            mark: None,
+        }
+    }
+
+    /// The rule with this id, if any.
+    pub fn rule(&self, id: u32) -> Option<&Rule> {
+        // Ids are positions, so try the direct index before searching.
+        match self.rules.get((id as usize).wrapping_sub(1)) {
+            Some(r) if r.id == id => Some(r),
+            _ => self.rules.iter().find(|r| r.id == id),
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::builtin_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names_and_wire_values() {
+        assert_eq!(Protocol::Opaque.wire(), classifier_common::PROTO_OPAQUE);
+        assert_eq!(Protocol::Http1.wire(), classifier_common::PROTO_HTTP1);
+        assert_eq!(Protocol::Http2.wire(), classifier_common::PROTO_HTTP2);
+        assert_eq!(Protocol::Detect.wire(), classifier_common::PROTO_UNKNOWN);
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::from_wire(p.wire()), p);
+            assert_eq!(p.as_str().parse::<Protocol>().unwrap(), p);
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::json!(p.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn builtin_default_is_linkerds() {
+        let p = Policy::builtin_default();
+        assert_eq!(
+            p.default_opaque_ports.to_string(),
+            LINKERD_DEFAULT_OPAQUE_PORTS
+        );
+        assert_eq!(p.exclude_uids, vec![2102]);
+        assert!(p.rules.is_empty() && p.mark.is_none());
+    }
+
+    #[test]
+    fn network_holes() {
+        let n = Network {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            except: vec!["10.1.0.0/16".parse().unwrap()],
+        };
+        assert!(n.matches("10.2.0.1".parse().unwrap()));
+        assert!(!n.matches("10.1.0.1".parse().unwrap()));
+        assert!(!n.matches("11.0.0.1".parse().unwrap()));
+        assert_eq!(n.to_string(), "10.0.0.0/8 except 10.1.0.0/16");
+    }
+}

@@ -1,0 +1,172 @@
+//! The proxy side of the contract: ask the kernel, on an accepted socket,
+//! what the classifier decided for the connection behind it.
+//!
+//! ```no_run
+//! # fn handle(stream: std::net::TcpStream) -> std::io::Result<()> {
+//! use classifier_user::proxy_client::{query, Protocol};
+//! match query(&stream)? {
+//!     Some(v) if v.protocol == Protocol::Opaque => { /* forward at once, no detection */ }
+//!     _ => { /* no classifier, or no verdict: detect as usual */ }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! It needs no privilege and no bpffs: the answer comes from the
+//! classifier's `cgroup/getsockopt` program. The layout is documented in
+//! the README ("Proxy query contract") and pinned by `classifier_common`.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+};
+
+use classifier_common::{
+    QueryReply, PROTO_HTTP1, PROTO_HTTP2, PROTO_OPAQUE, QUERY_LEVEL, QUERY_OPTNAME,
+    REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, REPLY_LEN, REPLY_VERSION, SOURCE_DEFAULT_PORT,
+    SOURCE_RULE,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// No verdict: run protocol detection as usual.
+    Unknown,
+    /// Skip detection and forward bytes as they come.
+    Opaque,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    None,
+    DefaultPort,
+    Rule(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub protocol: Protocol,
+    pub source: Source,
+    /// The classifier also set SO_MARK on the client's socket.
+    pub marked: bool,
+    /// Policy generation the verdict was taken under (0 without a verdict).
+    pub generation: u32,
+    /// The destination the client asked for; compare with SO_ORIGINAL_DST.
+    /// `None` without a verdict.
+    pub original_dst: Option<SocketAddr>,
+}
+
+impl Verdict {
+    pub fn skip_detection(&self) -> bool {
+        self.protocol == Protocol::Opaque
+    }
+}
+
+/// `Ok(None)`: no classifier is loaded for this socket (the kernel does not
+/// know the option level). `Ok(Some(v))`: the classifier answered; without
+/// a verdict `v.protocol` is `Unknown`.
+pub fn query(socket: &impl AsRawFd) -> io::Result<Option<Verdict>> {
+    let mut buf = [0u8; REPLY_LEN];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len are live and len is buf's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            QUERY_LEVEL,
+            QUERY_OPTNAME,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    parse(&buf[..len as usize]).map(Some)
+}
+
+/// Decodes a reply (exposed for tests and for proxies that make the call
+/// themselves).
+pub fn parse(bytes: &[u8]) -> io::Result<Verdict> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("classifier reply: {why}"),
+        )
+    };
+    if bytes.len() < classifier_common::REPLY_MIN_LEN {
+        return Err(bad("too short"));
+    }
+    if bytes[0] != REPLY_VERSION {
+        return Err(bad(&format!("unknown layout version {}", bytes[0])));
+    }
+    let mut full = [0u8; REPLY_LEN];
+    full[..bytes.len().min(REPLY_LEN)].copy_from_slice(&bytes[..bytes.len().min(REPLY_LEN)]);
+    let r: QueryReply = bytemuck::pod_read_unaligned(&full);
+    let protocol = match r.protocol {
+        PROTO_OPAQUE => Protocol::Opaque,
+        PROTO_HTTP1 => Protocol::Http1,
+        PROTO_HTTP2 => Protocol::Http2,
+        _ => Protocol::Unknown,
+    };
+    let source = match r.source {
+        SOURCE_DEFAULT_PORT => Source::DefaultPort,
+        SOURCE_RULE => Source::Rule(r.rule_id),
+        _ => Source::None,
+    };
+    let original_dst = (bytes.len() >= REPLY_LEN && source != Source::None).then(|| {
+        let v6 = Ipv6Addr::from(r.dst_addr);
+        let ip = if r.flags & REPLY_FLAG_DST_IPV4 != 0 {
+            IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
+        } else {
+            IpAddr::V6(v6)
+        };
+        SocketAddr::new(ip, u16::from_be(r.dst_port_be))
+    });
+    Ok(Verdict {
+        protocol,
+        source,
+        marked: r.flags & REPLY_FLAG_MARKED != 0,
+        generation: r.generation,
+        original_dst,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_reply() {
+        let reply = QueryReply {
+            version: 1,
+            protocol: PROTO_OPAQUE,
+            source: SOURCE_RULE,
+            flags: REPLY_FLAG_DST_IPV4,
+            rule_id: 7,
+            generation: 3,
+            dst_port_be: 3306u16.to_be(),
+            _reserved: 0,
+            dst_addr: Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped().octets(),
+        };
+        let v = parse(bytemuck::bytes_of(&reply)).unwrap();
+        assert_eq!(v.protocol, Protocol::Opaque);
+        assert_eq!(v.source, Source::Rule(7));
+        assert_eq!(v.generation, 3);
+        assert_eq!(v.original_dst, Some("203.0.113.9:3306".parse().unwrap()));
+        assert!(v.skip_detection());
+    }
+
+    #[test]
+    fn short_reply_has_no_destination_and_bad_version_is_an_error() {
+        let v = parse(&[1, PROTO_HTTP2, SOURCE_DEFAULT_PORT, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!(v.protocol, Protocol::Http2);
+        assert_eq!(v.original_dst, None);
+        assert!(parse(&[2, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&[1, 0, 0]).is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! `classifier stats`: what the kernel side has seen, read from the pinned
+//! maps (so it works whether or not an agent is running).
+
+mod read;
+mod render;
+
+pub use read::{read_snapshot, Snapshot};
+pub use render::{render_json, render_prometheus, render_table};

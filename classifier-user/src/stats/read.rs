@@ -1,0 +1,162 @@
+//! Reading a consistent-enough snapshot of the counters and tables. Per-CPU
+//! counters are summed; nothing here takes a lock the datapath waits on.
+
+use std::io;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use classifier_common::{counters, maps, ConnKey, ConnVerdict, PolicyConfig};
+use serde::Serialize;
+
+use crate::datapath::{pins::PinDir, PolicyMaps};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub connects_total: u64,
+    pub opaque_total: u64,
+    pub classified_total: u64,
+    pub excluded_total: u64,
+    pub proxy_queries_total: u64,
+    pub errors_total: u64,
+    /// Every kernel counter by its stable name.
+    pub counters: Vec<(String, u64)>,
+    pub verdict_table: VerdictTable,
+    pub policy: PolicyInfo,
+    /// Most connected-to destination ports, busiest first (at most 10).
+    pub top_ports: Vec<PortCount>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerdictTable {
+    pub entries: u64,
+    pub capacity: u64,
+    /// Published verdicts that left the table before their connection
+    /// closed: published - withdrawn - still present.
+    pub evicted: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyInfo {
+    pub generation: u32,
+    pub rules: u32,
+    pub v4_entries: u32,
+    pub v6_entries: u32,
+    pub default_opaque_ports: u32,
+    pub excluded_uids: u32,
+    pub mark: Option<(u32, u32)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortCount {
+    pub port: u16,
+    pub connects: u64,
+}
+
+impl Snapshot {
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+/// Turns "no such file" and "permission denied" into the one line a user
+/// needs.
+fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).map_err(|err| {
+        let io_kind = match &err {
+            MapError::SyscallError(e) => Some(e.io_error.kind()),
+            _ => None,
+        };
+        match io_kind {
+            Some(io::ErrorKind::NotFound) => anyhow!(
+                "no classifier is installed at {} (missing {}); start one with `classifier agent`",
+                pins.root().display(),
+                path.display()
+            ),
+            Some(io::ErrorKind::PermissionDenied) => anyhow!(
+                "permission denied opening {}: reading the classifier's maps needs root",
+                path.display()
+            ),
+            _ => anyhow!(err).context(format!("opening {}", path.display())),
+        }
+    })
+}
+
+pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
+    if !pins.root().exists() {
+        bail!(
+            "no classifier is installed at {} (the directory does not exist); start one with `classifier agent`",
+            pins.root().display()
+        );
+    }
+    let counter_map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open_map(pins, maps::COUNTERS)?))?;
+    let mut values = vec![0u64; counters::COUNT as usize];
+    for (index, value) in values.iter_mut().enumerate() {
+        let per_cpu = counter_map
+            .get(&(index as u32), 0)
+            .context("reading counters")?;
+        *value = per_cpu.iter().sum();
+    }
+    let get = |i: u32| values[i as usize];
+
+    let verdicts: HashMap<MapData, ConnKey, ConnVerdict> =
+        HashMap::try_from(Map::LruHashMap(open_map(pins, maps::VERDICTS)?))?;
+    let capacity = u64::from(verdicts.map().info()?.max_entries());
+    let entries = verdicts.keys().filter(|k| k.is_ok()).count() as u64;
+
+    let ports: PerCpuHashMap<MapData, u32, u64> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(open_map(pins, maps::PORT_COUNTS)?))?;
+    let mut top_ports: Vec<PortCount> = ports
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(port, per_cpu)| PortCount {
+            port: port as u16,
+            connects: per_cpu.iter().sum(),
+        })
+        .collect();
+    top_ports.sort_by(|a, b| b.connects.cmp(&a.connects).then(a.port.cmp(&b.port)));
+    top_ports.truncate(10);
+
+    // Opened through the policy writer's own code so both agree on slots.
+    let config: PolicyConfig = PolicyMaps::open(pins)?.active_config()?;
+
+    let published = get(counters::PUBLISHED);
+    let withdrawn = get(counters::UNPUBLISHED);
+    Ok(Snapshot {
+        connects_total: get(counters::CONNECT4)
+            + get(counters::CONNECT6)
+            + get(counters::CONNECT6_V4MAPPED),
+        opaque_total: get(counters::VERDICT_OPAQUE),
+        classified_total: get(counters::VERDICT_OPAQUE)
+            + get(counters::VERDICT_HTTP1)
+            + get(counters::VERDICT_HTTP2)
+            + get(counters::VERDICT_DETECT),
+        excluded_total: get(counters::EXCLUDED),
+        proxy_queries_total: get(counters::QUERY_CLASSIFIED) + get(counters::QUERY_UNKNOWN),
+        errors_total: counters::ERRORS.iter().map(|i| get(*i)).sum(),
+        counters: counters::NAMES
+            .iter()
+            .map(|(i, name)| (name.to_string(), get(*i)))
+            .collect(),
+        verdict_table: VerdictTable {
+            entries,
+            capacity,
+            evicted: published.saturating_sub(withdrawn).saturating_sub(entries),
+        },
+        policy: PolicyInfo {
+            generation: config.generation,
+            rules: config.rule_count,
+            v4_entries: config.v4_entries,
+            v6_entries: config.v6_entries,
+            default_opaque_ports: config.default_port_count,
+            excluded_uids: config.excluded_uid_count,
+            mark: (config.flags & classifier_common::CONFIG_FLAG_MARK != 0)
+                .then_some((config.mark_value, config.mark_mask)),
+        },
+        top_ports,
+    })
+}

@@ -1,0 +1,164 @@
+//! The three faces of a snapshot: a table for people, JSON for scripts,
+//! Prometheus text for scrapers.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+
+use super::Snapshot;
+
+pub fn render_table(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let c = |n: &str| s.counter(n);
+    let _ = writeln!(
+        out,
+        "connects (TCP)        {:>12}   v4 {} / v6 {} / v4-mapped {}",
+        s.connects_total,
+        c("connect4"),
+        c("connect6"),
+        c("connect6_v4mapped")
+    );
+    let _ = writeln!(out, "  opaque              {:>12}", s.opaque_total);
+    let _ = writeln!(out, "  http1               {:>12}", c("verdict_http1"));
+    let _ = writeln!(out, "  http2               {:>12}", c("verdict_http2"));
+    let _ = writeln!(out, "  detect (rule)       {:>12}", c("verdict_detect"));
+    let _ = writeln!(out, "  no verdict          {:>12}", c("no_verdict"));
+    let _ = writeln!(out, "  excluded (uid)      {:>12}", s.excluded_total);
+    let _ = writeln!(
+        out,
+        "  by default port     {:>12}",
+        c("source_default_port")
+    );
+    let _ = writeln!(out, "  by policy rule      {:>12}", c("source_rule"));
+    let _ = writeln!(out, "  marked              {:>12}", c("mark_set"));
+    let _ = writeln!(
+        out,
+        "proxy queries         {:>12}   classified {} / unknown {}",
+        s.proxy_queries_total,
+        c("query_classified"),
+        c("query_unknown")
+    );
+    let _ = writeln!(
+        out,
+        "verdict table         {:>12}   of {} ({:.1}%), evicted {}",
+        s.verdict_table.entries,
+        s.verdict_table.capacity,
+        100.0 * s.verdict_table.entries as f64 / s.verdict_table.capacity.max(1) as f64,
+        s.verdict_table.evicted
+    );
+    let _ = writeln!(out, "errors                {:>12}", s.errors_total);
+    for (name, value) in s
+        .counters
+        .iter()
+        .filter(|(n, v)| n.starts_with("err_") && *v > 0)
+    {
+        let _ = writeln!(out, "  {name:<20}{value:>12}");
+    }
+    let p = &s.policy;
+    let _ = writeln!(out, "policy                generation {}, {} rules ({} v4 + {} v6 entries), {} default opaque ports, {} excluded uids{}",
+        p.generation, p.rules, p.v4_entries, p.v6_entries, p.default_opaque_ports, p.excluded_uids,
+        p.mark.map(|(v, m)| format!(", mark {v:#x}/{m:#x}")).unwrap_or_default());
+    if !s.top_ports.is_empty() {
+        let ports: Vec<String> = s
+            .top_ports
+            .iter()
+            .map(|p| format!("{} ({})", p.port, p.connects))
+            .collect();
+        let _ = writeln!(out, "top destination ports {}", ports.join(", "));
+    }
+    out
+}
+
+pub fn render_json(s: &Snapshot) -> Value {
+    let mut counters = Map::new();
+    for (name, value) in &s.counters {
+        counters.insert(name.clone(), json!(value));
+    }
+    json!({
+        "connects_total": s.connects_total,
+        "opaque_total": s.opaque_total,
+        "classified_total": s.classified_total,
+        "excluded_total": s.excluded_total,
+        "proxy_queries_total": s.proxy_queries_total,
+        "errors_total": s.errors_total,
+        "counters": counters,
+        "verdict_table": s.verdict_table,
+        "policy": s.policy,
+        "top_ports": s.top_ports,
+    })
+}
+
+pub fn render_prometheus(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(out, "# HELP classifier_{name} {help}\n# TYPE classifier_{name} {kind}\nclassifier_{name} {value}");
+    };
+    metric(
+        "connects_total",
+        "TCP connect() calls seen",
+        "counter",
+        s.connects_total,
+    );
+    metric(
+        "opaque_total",
+        "Connects classified opaque",
+        "counter",
+        s.opaque_total,
+    );
+    metric(
+        "excluded_total",
+        "Connects by excluded UIDs",
+        "counter",
+        s.excluded_total,
+    );
+    metric(
+        "proxy_queries_total",
+        "Proxy verdict queries answered",
+        "counter",
+        s.proxy_queries_total,
+    );
+    metric(
+        "errors_total",
+        "Internal errors (connect allowed anyway)",
+        "counter",
+        s.errors_total,
+    );
+    metric(
+        "verdict_table_entries",
+        "Published verdicts in the table",
+        "gauge",
+        s.verdict_table.entries,
+    );
+    metric(
+        "verdict_table_capacity",
+        "Verdict table size",
+        "gauge",
+        s.verdict_table.capacity,
+    );
+    metric(
+        "verdict_table_evicted_total",
+        "Verdicts evicted before their connection closed",
+        "counter",
+        s.verdict_table.evicted,
+    );
+    metric(
+        "policy_generation",
+        "Generation of the active policy",
+        "gauge",
+        u64::from(s.policy.generation),
+    );
+    metric(
+        "policy_rules",
+        "Rules in the active policy",
+        "gauge",
+        u64::from(s.policy.rules),
+    );
+    let _ = writeln!(out, "# HELP classifier_kernel_events_total Every kernel counter by name\n# TYPE classifier_kernel_events_total counter");
+    for (name, value) in &s.counters {
+        let _ = writeln!(
+            out,
+            "classifier_kernel_events_total{{event=\"{name}\"}} {value}"
+        );
+    }
+    out
+}
