@@ -15,7 +15,6 @@
 //! ([`best_at`]), and that is what every address under K gets.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use classifier_common::{
     maps, RuleKeyV4, RuleKeyV6, RuleVerdict, RULE_KEY_FIXED_BITS, RULE_MATCH, RULE_NONE,
@@ -89,38 +88,6 @@ pub fn key_v6(slot: u8, e: &TrieEntry<16>) -> (u32, RuleKeyV6) {
 pub const MAX_V4_ENTRIES: u64 = maps::RULES_V4_CAPACITY as u64 / 2;
 pub const MAX_V6_ENTRIES: u64 = maps::RULES_V6_CAPACITY as u64 / 2;
 
-/// Multiply-rotate hashing (the rustc "Fx" scheme). The index keys are
-/// small and not attacker-chosen, and SipHash was most of the compile time
-/// for 100k-rule policies.
-#[derive(Default)]
-struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(i as u64);
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(i as u64);
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// Which prefix lengths (0..=128) occur among the indexed networks of one
 /// family, so the walk up from a hole only probes lengths that can hit.
 #[derive(Default)]
@@ -142,6 +109,8 @@ struct NetRef {
     net: u32,
 }
 
+/// Compiles `policy` into one slot's map contents. Trie entries come out
+/// sorted by (port, address, prefix), so equal policies give equal output.
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, CompileError> {
     if policy.rules.iter().any(|r| r.id == 0) {
         return Err(CompileError::RuleIdZero);
@@ -198,8 +167,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, CompileError> {
     }
     // Stable sort keeps rule-id order within one (port, cidr).
     flat.sort_by_key(|&(port, cidr, _)| (port, cidr));
-    let mut index: HashMap<(u16, IpNet), (u32, u32), BuildHasherDefault<FastHasher>> =
-        HashMap::with_capacity_and_hasher(flat.len(), Default::default());
+    let mut index: HashMap<(u16, IpNet), (u32, u32)> = HashMap::with_capacity(flat.len());
     let (mut lens4, mut lens6) = (PrefixLens::default(), PrefixLens::default());
     let mut i = 0;
     while i < flat.len() {
@@ -247,7 +215,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, CompileError> {
         }
         RuleVerdict {
             rule_id: 0,
-            protocol: 0,
+            protocol: classifier_common::PROTO_UNKNOWN,
             kind: RULE_NONE,
             _pad: [0; 2],
         }

@@ -1,0 +1,401 @@
+//! Harness for the privileged tests: each test gets its own cgroup, bpffs
+//! pin directory, network namespace and temp directory, and an agent
+//! attached to that cgroup only. Everything is removed on drop, pass or
+//! fail, so tests can run one after another or side by side.
+//!
+//! Processes that must be classified (clients, and servers that query the
+//! classifier) are `probe` processes started inside the test cgroup and
+//! namespace: cgroup membership is per process.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{BufRead as _, BufReader, Lines},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+/// The proxy's UID in Linkerd (excluded by the built-in policy).
+pub const PROXY_UID: u32 = 2102;
+
+/// Whether a privileged test can run here. Under `CI=true` it must: a
+/// missing privilege fails the test instead of skipping it.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root for BPF, cgroups and network namespaces, and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root for BPF, cgroups and network namespaces");
+    false
+}
+
+/// The `classifier` binary under test: $CLASSIFIER_BIN (set by `cargo xtask
+/// test`), else the workspace's release or debug build.
+pub fn classifier_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CLASSIFIER_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    for profile in ["release", "debug"] {
+        let candidate = target.join(profile).join("classifier");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("no classifier binary: run the tests with `cargo xtask test`, or set CLASSIFIER_BIN");
+}
+
+/// The `probe` binary of this package, next to the test executables'
+/// `deps/` directory (cargo builds it for integration tests).
+fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("probe")
+}
+
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+pub struct Sandbox {
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub pins: PathBuf,
+    pub netns: String,
+    pub dir: PathBuf,
+    agent: Option<Child>,
+    agent_runs: u32,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Sandbox {
+    pub fn new(test: &str) -> Result<Self> {
+        let name = format!(
+            "clst-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let root = classifier_user::datapath::cgroup::cgroup2_root()?;
+        let sandbox = Sandbox {
+            cgroup: root.join(&name),
+            pins: PathBuf::from("/sys/fs/bpf").join(&name),
+            netns: name.clone(),
+            dir: std::env::temp_dir().join(&name),
+            name,
+            agent: None,
+            agent_runs: 0,
+        };
+        // From here on, Drop cleans up whatever was made.
+        fs::create_dir_all(&sandbox.dir)?;
+        fs::create_dir(&sandbox.cgroup)
+            .with_context(|| format!("creating cgroup {}", sandbox.cgroup.display()))?;
+        run(Command::new("ip").args(["netns", "add", &sandbox.netns]))?;
+        sandbox.ip(&["link", "set", "lo", "up"])?;
+        eprintln!(
+            "{test}: sandbox {} (cgroup {}, pins {})",
+            sandbox.name,
+            sandbox.cgroup.display(),
+            sandbox.pins.display()
+        );
+        Ok(sandbox)
+    }
+
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip").arg("-n").arg(&self.netns).args(args))
+    }
+
+    /// `iptables ARGS...` inside the namespace.
+    pub fn iptables(&self, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.netns, "iptables", "-w"])
+            .args(args))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.netns,
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("{key}={value}"),
+        ]))?;
+        Ok(())
+    }
+
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        // Write-then-rename so the agent never reads a half-written file.
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, contents).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        path
+    }
+
+    pub fn agent_log_path(&self) -> PathBuf {
+        self.dir.join(format!("agent-{}.log", self.agent_runs))
+    }
+
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.agent_log_path()).unwrap_or_default()
+    }
+
+    /// Starts `classifier agent` on this sandbox's cgroup and pin dir and
+    /// waits until its policy is applied.
+    pub fn start_agent(&mut self, extra: &[&str]) -> Result<()> {
+        assert!(self.agent.is_none(), "agent already running");
+        self.agent_runs += 1;
+        let log = fs::File::create(self.agent_log_path())?;
+        let child = Command::new(classifier_bin())
+            .arg("agent")
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .args(["--watch-interval", "0.2"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.agent_log();
+            if log.contains("policy applied") || log.contains("keeping the active policy") {
+                return Ok(());
+            }
+            if let Some(status) = self.agent.as_mut().unwrap().try_wait()? {
+                self.agent = None;
+                bail!("agent exited ({status}) before applying a policy:\n{log}");
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not apply a policy within 30 s:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or OOM kill.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn stop_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// A `probe` command that will run in the test cgroup and namespace,
+    /// optionally as `uid`.
+    pub fn probe(&self, args: &[&str], uid: Option<u32>) -> Command {
+        let procs = CString::new(
+            self.cgroup
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        let netns: OwnedFd = fs::File::open(format!("/var/run/netns/{}", self.netns))
+            .expect("netns")
+            .into();
+        let mut cmd = Command::new(probe_bin());
+        cmd.args(args);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Join the cgroup first: after setns there is no /sys of ours
+                // to worry about, but the order also keeps the child out of
+                // the namespace if it cannot be classified.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if wrote != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(uid) = uid {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Starts `probe serve` and waits until it listens.
+    pub fn serve(&self, addr: &str, count: usize, uid: Option<u32>) -> Result<Server> {
+        let mut child = self
+            .probe(&["serve", addr, &count.to_string()], uid)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting probe serve")?;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("ready") => Ok(Server {
+                child,
+                lines,
+                count,
+            }),
+            other => bail!("probe serve {addr} did not start: {other:?}"),
+        }
+    }
+
+    /// Runs `probe connect` to each target; returns its output lines.
+    pub fn connect(&self, targets: &[&str], uid: Option<u32>) -> Result<Vec<String>> {
+        let mut args = vec!["connect"];
+        args.extend_from_slice(targets);
+        let out = run(&mut self.probe(&args, uid))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// `classifier stats --json` for this sandbox.
+    pub fn stats(&self) -> Result<Value> {
+        let out = run(Command::new(classifier_bin())
+            .args(["stats", "--json", "--pin-dir"])
+            .arg(&self.pins))?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.stats()
+            .ok()
+            .and_then(|s| s["policy"]["generation"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the active policy generation is at least `generation`.
+    pub fn wait_for_generation(&self, generation: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.generation() < generation {
+            if Instant::now() > deadline {
+                bail!(
+                    "policy generation {generation} not reached; agent log:\n{}",
+                    self.agent_log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Connects once to `target` through a fresh `probe serve` on `listen`
+    /// and returns the verdict line the server saw.
+    pub fn verdict_via(&self, listen: &str, target: &str, uid: Option<u32>) -> Result<Value> {
+        let server = self.serve(listen, 1, None)?;
+        let lines = self.connect(&[target], uid)?;
+        anyhow::ensure!(
+            lines.iter().all(|l| l.starts_with("ok")),
+            "connect to {target} failed: {lines:?}"
+        );
+        Ok(server.results()?.remove(0))
+    }
+
+    /// Shortcut for a server listening on `addr` and a client connecting to it.
+    pub fn verdict(&self, addr: &str) -> Result<Value> {
+        self.verdict_via(addr, addr, None)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let _ = Command::new(classifier_bin())
+            .args(["agent", "--uninstall", "--pin-dir"])
+            .arg(&self.pins)
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.pins);
+        // Kill anything left in the cgroup, then remove it (rmdir fails
+        // while it still has members).
+        for _ in 0..50 {
+            let procs = fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: signalling a test process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Server {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    count: usize,
+}
+
+impl Server {
+    /// The verdict lines, one per accepted connection.
+    pub fn results(mut self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for _ in 0..self.count {
+            let line = self.lines.next().context("probe serve ended early")??;
+            out.push(
+                serde_json::from_str(&line).with_context(|| format!("bad probe line {line}"))?,
+            );
+        }
+        let _ = self.child.wait();
+        Ok(out)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,258 @@
+//! The connect-time classifier on a real kernel: real cgroups, bpffs,
+//! network namespaces and iptables. Each test runs its own agent on its own
+//! cgroup (see `tests::Sandbox`).
+
+use std::{fs, os::unix::fs::MetadataExt as _};
+
+use anyhow::Result;
+use serde_json::Value;
+use tests::{privileged, Sandbox, PROXY_UID};
+
+fn protocol(v: &Value) -> &str {
+    v["protocol"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no protocol in {v}"))
+}
+
+/// A policy that adds one rule (4222 opaque toward 127.0.0.0/8) to the defaults.
+const NATS_RULE_POLICY: &str = r#"
+apiVersion: classifier.dev/v1alpha1
+kind: ClassifierPolicy
+spec:
+  rules:
+    - networks: ["127.0.0.0/8", "::1/128"]
+      ports: "4222"
+      protocol: opaque
+"#;
+
+#[test]
+fn accepted_sockets_report_opaque_and_unknown_v4_and_v6() -> Result<()> {
+    if !privileged("accepted_sockets_report_opaque_and_unknown_v4_and_v6") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("verdicts")?;
+    sb.start_agent(&[])?;
+
+    let opaque_v4 = sb.verdict("127.0.0.1:3306")?;
+    assert_eq!(protocol(&opaque_v4), "opaque", "{opaque_v4}");
+    assert_eq!(opaque_v4["source"], "default_port");
+    assert_eq!(opaque_v4["original_dst"], "127.0.0.1:3306");
+
+    let unknown_v4 = sb.verdict("127.0.0.1:8080")?;
+    assert_eq!(protocol(&unknown_v4), "unknown", "{unknown_v4}");
+    assert_eq!(
+        unknown_v4["classifier"], true,
+        "the classifier answers even without a verdict"
+    );
+
+    let opaque_v6 = sb.verdict("[::1]:5432")?;
+    assert_eq!(protocol(&opaque_v6), "opaque", "{opaque_v6}");
+    assert_eq!(opaque_v6["original_dst"], "[::1]:5432");
+
+    let unknown_v6 = sb.verdict("[::1]:8080")?;
+    assert_eq!(protocol(&unknown_v6), "unknown", "{unknown_v6}");
+
+    // A dual-stack listener, a v4 client: the v4-mapped peer still matches.
+    let server = sb.serve("[::]:6379", 1, None)?;
+    sb.connect(&["127.0.0.1:6379"], None)?;
+    let mapped = server.results()?.remove(0);
+    assert_eq!(protocol(&mapped), "opaque", "{mapped}");
+    assert_eq!(mapped["original_dst"], "127.0.0.1:6379");
+    Ok(())
+}
+
+#[test]
+fn proxy_behind_linkerd_style_redirect_sees_the_original_destinations_verdict() -> Result<()> {
+    if !privileged("proxy_behind_linkerd_style_redirect_sees_the_original_destinations_verdict") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("redirect")?;
+    // A route that is not via lo, so the REDIRECT applies (linkerd-init
+    // returns for -o lo).
+    // (A veth pair: this kernel has no dummy interfaces.)
+    sb.ip(&[
+        "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
+    ])?;
+    sb.ip(&["addr", "add", "198.51.100.1/24", "dev", "pod0"])?;
+    sb.ip(&["link", "set", "pod0", "up"])?;
+    sb.ip(&["link", "set", "pod1", "up"])?;
+    for rule in [
+        "-N PROXY_INIT_OUTPUT",
+        "-A OUTPUT -j PROXY_INIT_OUTPUT",
+        "-A PROXY_INIT_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+        "-A PROXY_INIT_OUTPUT -o lo -j RETURN",
+        "-A PROXY_INIT_OUTPUT -p tcp -j REDIRECT --to-port 4140",
+    ] {
+        let args: Vec<&str> = ["-t", "nat"].into_iter().chain(rule.split(' ')).collect();
+        sb.iptables(&args)?;
+    }
+    sb.start_agent(&[])?;
+
+    // The "proxy" runs as the proxy UID, like linkerd2-proxy.
+    let proxy = sb.serve("0.0.0.0:4140", 2, Some(PROXY_UID))?;
+    let lines = sb.connect(&["198.51.100.7:3306", "198.51.100.7:8080"], None)?;
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    let seen = proxy.results()?;
+
+    assert_eq!(
+        seen[0]["so_original_dst"], "198.51.100.7:3306",
+        "went through the REDIRECT: {}",
+        seen[0]
+    );
+    assert_eq!(protocol(&seen[0]), "opaque", "{}", seen[0]);
+    assert_eq!(
+        seen[0]["original_dst"], seen[0]["so_original_dst"],
+        "reply agrees with SO_ORIGINAL_DST"
+    );
+    assert_eq!(seen[1]["so_original_dst"], "198.51.100.7:8080");
+    assert_eq!(protocol(&seen[1]), "unknown", "{}", seen[1]);
+    Ok(())
+}
+
+#[test]
+fn connects_from_excluded_uids_are_not_classified() -> Result<()> {
+    if !privileged("connects_from_excluded_uids_are_not_classified") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("excluded")?;
+    sb.start_agent(&[])?;
+
+    let as_proxy = sb.verdict_via("127.0.0.1:3306", "127.0.0.1:3306", Some(PROXY_UID))?;
+    assert_eq!(protocol(&as_proxy), "unknown", "{as_proxy}");
+    let as_app = sb.verdict_via("127.0.0.1:3306", "127.0.0.1:3306", Some(1000))?;
+    assert_eq!(protocol(&as_app), "opaque", "{as_app}");
+
+    let stats = sb.stats()?;
+    assert_eq!(stats["excluded_total"], 1, "{stats}");
+    assert_eq!(stats["opaque_total"], 1, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn policy_file_changes_apply_and_bad_files_keep_the_old_policy() -> Result<()> {
+    if !privileged("policy_file_changes_apply_and_bad_files_keep_the_old_policy") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("reload")?;
+    let policy = sb.write_file("policy.yaml", NATS_RULE_POLICY);
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    let g1 = sb.generation();
+
+    let nats = sb.verdict("127.0.0.1:4222")?;
+    assert_eq!(protocol(&nats), "opaque", "{nats}");
+    assert_eq!(nats["source"], "rule:1");
+
+    // Same rule, now forcing detection: new connections follow it.
+    sb.write_file(
+        "policy.yaml",
+        &NATS_RULE_POLICY.replace("protocol: opaque", "protocol: detect"),
+    );
+    sb.wait_for_generation(g1 + 1)?;
+    let nats = sb.verdict("127.0.0.1:4222")?;
+    assert_eq!(protocol(&nats), "unknown", "{nats}");
+    assert_eq!(
+        nats["source"], "rule:1",
+        "a detect rule is still a rule verdict"
+    );
+
+    // A bad file: reported, and the previous policy stays.
+    sb.write_file(
+        "policy.yaml",
+        &NATS_RULE_POLICY.replace("\"4222\"", "\"0\""),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sb.agent_log().contains("port 0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad file not reported:\n{}",
+            sb.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = sb.agent_log();
+    assert!(
+        log.contains("policy.yaml") && log.contains("spec.rules[0].ports"),
+        "error names file and field:\n{log}"
+    );
+    assert!(log.contains("previous policy"), "{log}");
+    assert_eq!(sb.generation(), g1 + 1, "generation unchanged");
+    let nats = sb.verdict("127.0.0.1:4222")?;
+    assert_eq!(
+        protocol(&nats),
+        "unknown",
+        "old policy still in force: {nats}"
+    );
+    let mysql = sb.verdict("127.0.0.1:3306")?;
+    assert_eq!(protocol(&mysql), "opaque", "{mysql}");
+    Ok(())
+}
+
+#[test]
+fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
+    if !privileged("stats_json_counts_exactly_the_connects_made") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("stats")?;
+    sb.start_agent(&[])?;
+
+    let opaque = sb.serve("127.0.0.1:3306", 5, None)?;
+    let plain = sb.serve("127.0.0.1:8080", 3, None)?;
+    let mut targets = vec!["127.0.0.1:3306"; 5];
+    targets.extend(["127.0.0.1:8080"; 3]);
+    let lines = sb.connect(&targets, None)?;
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    assert!(opaque.results()?.iter().all(|v| protocol(v) == "opaque"));
+    assert!(plain.results()?.iter().all(|v| protocol(v) == "unknown"));
+
+    let stats = sb.stats()?;
+    assert_eq!(stats["connects_total"], 8, "{stats}");
+    assert_eq!(stats["opaque_total"], 5, "{stats}");
+    assert_eq!(stats["excluded_total"], 0, "{stats}");
+    assert_eq!(stats["proxy_queries_total"], 8, "{stats}");
+    assert_eq!(stats["errors_total"], 0, "{stats}");
+    assert_eq!(stats["counters"]["query_classified"], 5, "{stats}");
+    assert_eq!(stats["counters"]["published"], 5, "{stats}");
+    assert_eq!(stats["top_ports"][0]["port"], 3306, "{stats}");
+    assert_eq!(stats["top_ports"][0]["connects"], 5, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn agent_restart_keeps_programs_attached_and_adopts_them() -> Result<()> {
+    if !privileged("agent_restart_keeps_programs_attached_and_adopts_them") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("restart")?;
+    sb.start_agent(&[])?;
+    assert_eq!(protocol(&sb.verdict("127.0.0.1:3306")?), "opaque");
+    let link = sb
+        .pins
+        .join("links")
+        .join(classifier_common::programs::CONNECT4);
+    let link_inode = fs::metadata(&link)?.ino();
+
+    sb.kill_agent();
+    // No agent: the pinned programs keep classifying.
+    let during_gap = sb.verdict("127.0.0.1:3306")?;
+    assert_eq!(
+        protocol(&during_gap),
+        "opaque",
+        "classified with no agent running: {during_gap}"
+    );
+
+    sb.start_agent(&[])?;
+    assert!(sb.agent_log().contains("adopted"), "{}", sb.agent_log());
+    assert_eq!(
+        fs::metadata(&link)?.ino(),
+        link_inode,
+        "same link: never detached"
+    );
+    assert_eq!(protocol(&sb.verdict("127.0.0.1:3306")?), "opaque");
+
+    let stats = sb.stats()?;
+    assert_eq!(
+        stats["opaque_total"], 3,
+        "counters survive the restart: {stats}"
+    );
+    Ok(())
+}
