@@ -256,3 +256,36 @@ fn agent_restart_keeps_programs_attached_and_adopts_them() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn mark_mode_marks_opaque_sockets_and_the_accepted_socket_sees_it() -> Result<()> {
+    if !privileged("mark_mode_marks_opaque_sockets_and_the_accepted_socket_sees_it") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("mark")?;
+    sb.sysctl("net.ipv4.tcp_fwmark_accept", "1")?;
+    let policy = sb.write_file(
+        "policy.yaml",
+        "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  mark: {value: 0x40000, mask: 0x40000}\n",
+    );
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+
+    let opaque = sb.verdict("127.0.0.1:3306")?;
+    assert_eq!(protocol(&opaque), "opaque", "{opaque}");
+    assert_eq!(opaque["marked"], true, "{opaque}");
+    let mark = opaque["so_mark"].as_u64().expect("SO_MARK readable");
+    assert_eq!(
+        mark & 0x40000,
+        0x40000,
+        "accepted socket carries the mark: {opaque}"
+    );
+
+    let plain = sb.verdict("127.0.0.1:8080")?;
+    assert_eq!(plain["marked"], false, "{plain}");
+    assert_eq!(
+        plain["so_mark"], 0,
+        "unclassified connections are not marked: {plain}"
+    );
+    assert_eq!(sb.stats()?["counters"]["mark_set"], 1);
+    Ok(())
+}
