@@ -221,6 +221,21 @@ impl Sandbox {
     /// A `probe` command that will run in the test cgroup and namespace,
     /// optionally as `uid`.
     pub fn probe(&self, args: &[&str], uid: Option<u32>) -> Command {
+        self.probe_in(args, uid, true, &self.netns)
+    }
+
+    /// A `probe` in this sandbox's cgroup but in another network namespace.
+    pub fn probe_in_netns(&self, args: &[&str], netns: &str) -> Command {
+        self.probe_in(args, None, true, netns)
+    }
+
+    /// A `probe` in this namespace but outside the test cgroup: its
+    /// connects are not seen by the classifier.
+    pub fn probe_unclassified(&self, args: &[&str]) -> Command {
+        self.probe_in(args, None, false, &self.netns)
+    }
+
+    fn probe_in(&self, args: &[&str], uid: Option<u32>, join_cgroup: bool, netns: &str) -> Command {
         let procs = CString::new(
             self.cgroup
                 .join("cgroup.procs")
@@ -228,7 +243,7 @@ impl Sandbox {
                 .as_encoded_bytes(),
         )
         .unwrap();
-        let netns: OwnedFd = fs::File::open(format!("/var/run/netns/{}", self.netns))
+        let netns: OwnedFd = fs::File::open(format!("/var/run/netns/{netns}"))
             .expect("netns")
             .into();
         let mut cmd = Command::new(probe_bin());
@@ -239,15 +254,17 @@ impl Sandbox {
                 // Join the cgroup first: after setns there is no /sys of ours
                 // to worry about, but the order also keeps the child out of
                 // the namespace if it cannot be classified.
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // "0" moves the writing process itself.
-                let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if wrote != 1 {
-                    return Err(std::io::Error::last_os_error());
+                if join_cgroup {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0" moves the writing process itself.
+                    let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if wrote != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -268,8 +285,13 @@ impl Sandbox {
 
     /// Starts `probe serve` and waits until it listens.
     pub fn serve(&self, addr: &str, count: usize, uid: Option<u32>) -> Result<Server> {
-        let mut child = self
-            .probe(&["serve", addr, &count.to_string()], uid)
+        self.start_server("serve", addr, count, uid)
+    }
+
+    /// Starts a `probe serve` from a prepared command (e.g. in another
+    /// namespace) and waits until it listens.
+    pub fn spawn_server(mut cmd: Command, count: usize) -> Result<Server> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
             .context("starting probe serve")?;
@@ -280,8 +302,25 @@ impl Sandbox {
                 lines,
                 count,
             }),
-            other => bail!("probe serve {addr} did not start: {other:?}"),
+            other => bail!("probe serve did not start: {other:?}"),
         }
+    }
+
+    /// Like `serve`, but holds all COUNT connections open before querying
+    /// any of them.
+    pub fn serve_held(&self, addr: &str, count: usize) -> Result<Server> {
+        self.start_server("serve-held", addr, count, None)
+    }
+
+    fn start_server(
+        &self,
+        mode: &str,
+        addr: &str,
+        count: usize,
+        uid: Option<u32>,
+    ) -> Result<Server> {
+        Self::spawn_server(self.probe(&[mode, addr, &count.to_string()], uid), count)
+            .with_context(|| format!("{mode} {addr}"))
     }
 
     /// Runs `probe connect` to each target; returns its output lines.

@@ -86,6 +86,15 @@ fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
 }
 
 pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && !pins.root().exists() {
+        // The pin directory is root-only, so it is invisible either way.
+        bail!(
+            "reading the classifier's maps needs root (its pins under {} are root-only)",
+            pins.root().display()
+        );
+    }
     if !pins.root().exists() {
         bail!(
             "no classifier is installed at {} (the directory does not exist); start one with `classifier agent`",

@@ -6,6 +6,8 @@
 //!                             line with the classifier's verdict and SO_ORIGINAL_DST
 //! probe connect ADDR...       connect to each in turn, wait for the server to
 //!                             close, print "ok ADDR" or "err ADDR: why"
+//! probe http-serve ADDR       a tiny HTTP/1 server: prints "ready ADDR", then answers
+//!                             every request with 200 "ok" and closes
 //! ```
 
 use std::{
@@ -26,6 +28,17 @@ fn main() {
             args[2].parse().expect("COUNT"),
         ),
         Some("connect") => connect(&args[1..]),
+        Some("connect-from") => {
+            connect_from(args[1].parse().expect("SRC"), args[2].parse().expect("DST"))
+        }
+        Some("serve-held") => serve_held(
+            args[1].parse().expect("ADDR"),
+            args[2].parse().expect("COUNT"),
+        ),
+        Some("connect-held") => connect_held(
+            args[1].parse().expect("ADDR"),
+            args[2].parse().expect("COUNT"),
+        ),
         _ => {
             eprintln!("usage: probe serve ADDR COUNT | probe connect ADDR...");
             std::process::exit(2);
@@ -39,34 +52,123 @@ fn serve(addr: SocketAddr, count: usize) {
     std::io::stdout().flush().unwrap();
     for _ in 0..count {
         let (stream, peer) = listener.accept().expect("accept");
-        let line = match query(&stream) {
-            Ok(None) => json!({"peer": peer.to_string(), "classifier": false}),
-            Ok(Some(v)) => json!({
-                "peer": peer.to_string(),
-                "classifier": true,
-                "protocol": match v.protocol {
-                    Protocol::Unknown => "unknown",
-                    Protocol::Opaque => "opaque",
-                    Protocol::Http1 => "http1",
-                    Protocol::Http2 => "http2",
-                },
-                "source": match v.source {
-                    Source::None => "none".to_owned(),
-                    Source::DefaultPort => "default_port".to_owned(),
-                    Source::Rule(id) => format!("rule:{id}"),
-                },
-                "marked": v.marked,
-                "generation": v.generation,
-                "original_dst": v.original_dst.map(|a| a.to_string()),
-                "so_original_dst": original_dst(&stream).map(|a| a.to_string()),
-                "so_mark": so_mark(&stream),
-            }),
-            Err(err) => json!({"peer": peer.to_string(), "error": err.to_string()}),
-        };
+        let line = describe(&stream, peer);
         println!("{line}");
         std::io::stdout().flush().unwrap();
         drop(stream);
     }
+}
+
+/// The classifier's answer for an accepted socket, as one JSON object.
+fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
+    match query(stream) {
+        Ok(None) => json!({"peer": peer.to_string(), "classifier": false}),
+        Ok(Some(v)) => json!({
+            "peer": peer.to_string(),
+            "classifier": true,
+            "protocol": match v.protocol {
+                Protocol::Unknown => "unknown",
+                Protocol::Opaque => "opaque",
+                Protocol::Http1 => "http1",
+                Protocol::Http2 => "http2",
+            },
+            "source": match v.source {
+                Source::None => "none".to_owned(),
+                Source::DefaultPort => "default_port".to_owned(),
+                Source::Rule(id) => format!("rule:{id}"),
+            },
+            "marked": v.marked,
+            "generation": v.generation,
+            "original_dst": v.original_dst.map(|a| a.to_string()),
+            "so_original_dst": original_dst(stream).map(|a| a.to_string()),
+            "so_mark": so_mark(stream),
+        }),
+        Err(err) => json!({"peer": peer.to_string(), "error": err.to_string()}),
+    }
+}
+
+/// Accepts COUNT connections and keeps them all open, then queries each:
+/// for tests where verdicts must outlive later connections.
+fn serve_held(addr: SocketAddr, count: usize) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    println!("ready {}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    let accepted: Vec<(TcpStream, SocketAddr)> = (0..count)
+        .map(|_| listener.accept().expect("accept"))
+        .collect();
+    for (stream, peer) in &accepted {
+        println!("{}", describe(stream, *peer));
+    }
+    std::io::stdout().flush().unwrap();
+}
+
+/// Opens COUNT connections to ADDR, all held open until the server closes.
+fn connect_held(addr: SocketAddr, count: usize) {
+    let streams: Vec<_> = (0..count)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .collect();
+    for (i, stream) in streams.into_iter().enumerate() {
+        match stream {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+                let _ = stream.read(&mut [0u8; 1]);
+                println!("ok {addr} #{i}");
+            }
+            Err(err) => println!("err {addr} #{i}: {err}"),
+        }
+    }
+}
+
+/// Connects from a fixed source address (so two namespaces can hold the
+/// very same 4-tuple), then waits for the server to close.
+fn connect_from(src: SocketAddr, dst: SocketAddr) {
+    // SAFETY: plain socket calls on an fd we own; sockaddr_in is plain data.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            4,
+        );
+        let to_sockaddr = |a: SocketAddr| {
+            let SocketAddr::V4(a) = a else {
+                panic!("IPv4 only")
+            };
+            libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            }
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let s = to_sockaddr(src);
+        assert_eq!(
+            libc::bind(fd, (&raw const s).cast(), len),
+            0,
+            "bind {src}: {}",
+            std::io::Error::last_os_error()
+        );
+        let d = to_sockaddr(dst);
+        assert_eq!(
+            libc::connect(fd, (&raw const d).cast(), len),
+            0,
+            "connect {dst}: {}",
+            std::io::Error::last_os_error()
+        );
+        fd
+    };
+    // SAFETY: fd is a connected socket we own.
+    let mut stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    println!("ok {src} -> {dst}");
+    std::io::stdout().flush().unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let _ = stream.read(&mut [0u8; 1]);
 }
 
 fn connect(targets: &[String]) {
@@ -123,4 +225,29 @@ fn so_mark(stream: &TcpStream) -> Option<u32> {
         )
     };
     (rc == 0).then_some(mark)
+}
+
+fn http_serve(addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    println!("ready {}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || answer_http(stream));
+    }
+}
+
+/// Reads one request head, answers 200 "ok\n", closes.
+fn answer_http(mut stream: TcpStream) {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = stream.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+    );
 }
