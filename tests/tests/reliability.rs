@@ -253,3 +253,156 @@ fn cli_errors_are_one_clear_line() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `probe load` in the sandbox until `work` returns, then returns the
+/// probe's summary.
+fn under_load(
+    sb: &mut Sandbox,
+    ports: &str,
+    min_connects: u64,
+    work: impl FnOnce(&mut Sandbox) -> Result<()>,
+) -> Result<serde_json::Value> {
+    use std::io::BufRead as _;
+    let stop = sb.dir.join("stop-load");
+    let mut child = sb
+        .probe(
+            &[
+                "load",
+                ports,
+                "4",
+                &min_connects.to_string(),
+                stop.to_str().unwrap(),
+            ],
+            None,
+        )
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("ready"));
+    let result = work(sb);
+    fs::write(&stop, "")?;
+    let summary = lines.next().transpose()?.unwrap_or_default();
+    child.wait()?;
+    result?;
+    let summary: serde_json::Value = serde_json::from_str(&summary)?;
+    let recorded: u64 = summary["verdicts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(summary["failures"], 0, "every connect succeeded: {summary}");
+    assert_eq!(
+        recorded,
+        summary["connects"].as_u64().unwrap(),
+        "every connection was queried: {summary}"
+    );
+    Ok(summary)
+}
+
+/// Policy A: 4222 opaque (rule 1). Policy B: a filler rule 1, 4222 http1
+/// (rule 2), 5222 opaque (rule 3). Rule ids tell which policy a verdict
+/// came from; generation parity must agree.
+const POLICY_A: &str = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  rules:\n    - {networks: [\"127.0.0.0/8\"], ports: \"4222\", protocol: opaque}\n";
+const POLICY_B: &str = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  rules:\n    - {networks: [\"192.0.2.0/24\"], ports: \"4222\", protocol: opaque}\n    - {networks: [\"127.0.0.0/8\"], ports: \"4222\", protocol: http1}\n    - {networks: [\"127.0.0.0/8\"], ports: \"5222\", protocol: opaque}\n";
+
+#[test]
+fn policy_reloads_under_load_never_fail_a_connect_or_mix_policies() -> Result<()> {
+    if !privileged("policy_reloads_under_load_never_fail_a_connect_or_mix_policies") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("reload-load")?;
+    let policy = sb.write_file("policy.yaml", POLICY_A);
+    sb.start_agent(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--watch-interval",
+        "0.02",
+    ])?;
+    let first = sb.generation();
+    assert_eq!(first % 2, 1, "policy A has odd generations");
+
+    const RELOADS: u64 = 200;
+    let summary = under_load(&mut sb, "3306,4222,5222", 20_000, |sb| {
+        for i in 1..=RELOADS {
+            sb.write_file("policy.yaml", if i % 2 == 1 { POLICY_B } else { POLICY_A });
+            sb.wait_for_generation(first + i)?;
+        }
+        Ok(())
+    })?;
+    eprintln!("{summary}");
+    assert_eq!(sb.generation(), first + RELOADS);
+
+    // Allowed (port protocol source parity) combinations; anything else is
+    // a verdict from neither policy.
+    let allowed = [
+        "3306 opaque default_port 1",
+        "3306 opaque default_port 0",
+        "4222 opaque rule:1 1",
+        "4222 http1 rule:2 0",
+        "5222 unknown none -",
+        "5222 opaque rule:3 0",
+    ];
+    let verdicts = summary["verdicts"].as_object().unwrap();
+    for key in verdicts.keys() {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "verdict from neither policy: {key} in {summary}"
+        );
+    }
+    assert!(summary["connects"].as_u64().unwrap() >= 20_000);
+    // Both policies were really seen under load.
+    assert!(
+        verdicts.contains_key("4222 opaque rule:1 1")
+            && verdicts.contains_key("4222 http1 rule:2 0"),
+        "{summary}"
+    );
+    Ok(())
+}
+
+#[test]
+fn agent_killed_under_load_loses_no_connect_and_no_verdict() -> Result<()> {
+    if !privileged("agent_killed_under_load_loses_no_connect_and_no_verdict") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("kill-load")?;
+    sb.start_agent(&[])?;
+    let before = sb.stats()?["connects_total"].as_u64().unwrap();
+    let link = sb.pins.join("links").join(programs::CONNECT4);
+    let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&link)?);
+
+    let summary = under_load(&mut sb, "3306,8080", 5_000, |sb| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sb.kill_agent();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sb.start_agent(&[])?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(())
+    })?;
+    eprintln!("{summary}");
+    let verdicts = summary["verdicts"].as_object().unwrap();
+    for key in verdicts.keys() {
+        assert!(
+            [
+                "3306 opaque default_port 0",
+                "3306 opaque default_port 1",
+                "8080 unknown none -"
+            ]
+            .contains(&key.as_str()),
+            "every 3306 connect classified, nothing else: {key} in {summary}"
+        );
+    }
+    assert!(sb.agent_log().contains("adopted"), "{}", sb.agent_log());
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&link)?),
+        inode,
+        "never detached"
+    );
+    let after = sb.stats()?["connects_total"].as_u64().unwrap();
+    assert_eq!(
+        after - before,
+        summary["connects"].as_u64().unwrap(),
+        "counters kept counting across the restart"
+    );
+    Ok(())
+}

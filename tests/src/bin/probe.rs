@@ -8,6 +8,8 @@
 //!                             close, print "ok ADDR" or "err ADDR: why"
 //! probe http-serve ADDR       a tiny HTTP/1 server: prints "ready ADDR", then answers
 //!                             every request with 200 "ok" and closes
+//! probe exec PROGRAM ARGS...  become PROGRAM (so it runs where the probe was
+//!                             started: test cgroup, namespace, uid)
 //! ```
 
 use std::{
@@ -28,9 +30,12 @@ fn main() {
             args[2].parse().expect("COUNT"),
         ),
         Some("connect") => connect(&args[1..]),
+        Some("http-serve") => http_serve(args[1].parse().expect("ADDR")),
+        Some("exec") => exec(&args[1..]),
         Some("connect-from") => {
             connect_from(args[1].parse().expect("SRC"), args[2].parse().expect("DST"))
         }
+        Some("load") => load(&args[1..]),
         Some("serve-held") => serve_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
@@ -236,6 +241,13 @@ fn http_serve(addr: SocketAddr) {
     }
 }
 
+fn exec(argv: &[String]) {
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    eprintln!("probe exec {}: {err}", argv[0]);
+    std::process::exit(127);
+}
+
 /// Reads one request head, answers 200 "ok\n", closes.
 fn answer_http(mut stream: TcpStream) {
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -250,4 +262,102 @@ fn answer_http(mut stream: TcpStream) {
     let _ = stream.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
     );
+}
+
+/// `probe load PORTS THREADS MIN_CONNECTS STOP_FILE`: listeners on
+/// 127.0.0.1:PORT for each of PORTS (comma separated) query every accepted
+/// socket; THREADS clients connect round robin until STOP_FILE exists and at
+/// least MIN_CONNECTS were made. Prints one JSON summary: connects, failures
+/// and verdict counts keyed "port protocol source generation-parity".
+fn load(args: &[String]) {
+    use std::{
+        collections::BTreeMap,
+        sync::{
+            atomic::{AtomicBool, AtomicU64, Ordering},
+            Arc, Mutex,
+        },
+    };
+    let ports: Vec<u16> = args[0]
+        .split(',')
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    let threads: usize = args[1].parse().expect("THREADS");
+    let min: u64 = args[2].parse().expect("MIN_CONNECTS");
+    let stop_file = std::path::PathBuf::from(&args[3]);
+
+    let verdicts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let listeners: Vec<TcpListener> = ports
+        .iter()
+        .map(|p| TcpListener::bind(("127.0.0.1", *p)).expect("bind"))
+        .collect();
+    for (listener, port) in listeners.into_iter().zip(ports.clone()) {
+        let verdicts = verdicts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let v = describe(&stream, stream.peer_addr().unwrap());
+                let key = format!(
+                    "{port} {} {} {}",
+                    v["protocol"].as_str().unwrap_or("error"),
+                    v["source"].as_str().unwrap_or("-"),
+                    v["generation"]
+                        .as_u64()
+                        .map_or("-".to_owned(), |g| if g == 0 {
+                            "-".to_owned()
+                        } else {
+                            (g % 2).to_string()
+                        }),
+                );
+                *verdicts.lock().unwrap().entry(key).or_default() += 1;
+            }
+        });
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+
+    let connects = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..threads)
+        .map(|t| {
+            let (connects, failures, done, ports) = (
+                connects.clone(),
+                failures.clone(),
+                done.clone(),
+                ports.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !done.load(Ordering::Relaxed) {
+                    let port = ports[i % ports.len()];
+                    i += 1;
+                    match TcpStream::connect(("127.0.0.1", port)) {
+                        Ok(mut s) => {
+                            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                            let _ = s.read(&mut [0u8; 1]);
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    connects.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while !(stop_file.exists() && connects.load(Ordering::Relaxed) >= min) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Let the acceptors record the last connections.
+    std::thread::sleep(Duration::from_millis(200));
+    let summary = json!({
+        "connects": connects.load(Ordering::Relaxed),
+        "failures": failures.load(Ordering::Relaxed),
+        "verdicts": *verdicts.lock().unwrap(),
+    });
+    println!("{summary}");
 }
