@@ -74,17 +74,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick.tick() => {
-                match source.reload_if_changed() {
-                    None => {}
-                    Some(Ok(policy)) => {
-                        if let Err(err) = apply(&mut maps, &source, &policy) {
-                            tracing::error!("applying the changed policy failed: {err:#}");
-                        }
-                    }
-                    Some(Err(err)) => {
-                        let active = maps.active_config().map(|c| c.generation).unwrap_or(0);
-                        tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
-                    }
+                let Some(loaded) = source.reload_if_changed() else { continue };
+                if let Err(err) = loaded.and_then(|policy| apply(&mut maps, &source, &policy)) {
+                    let active = maps.active_config().map(|c| c.generation).unwrap_or(0);
+                    tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
                 }
             }
         }

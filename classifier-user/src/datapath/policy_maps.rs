@@ -29,6 +29,8 @@ pub struct PolicyMaps {
     v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
     default_ports: Array<MapData, u64>,
     excluded: HashMap<MapData, u64, u8>,
+    /// The inactive slot may hold entries of a failed `apply`.
+    inactive_dirty: bool,
 }
 
 /// What an `apply` did, for logs and benchmarks.
@@ -55,6 +57,8 @@ impl PolicyMaps {
             v6: LpmTrie::try_from(Map::LpmTrie(open(pins, maps::RULES_V6)?))?,
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,
             excluded: HashMap::try_from(Map::HashMap(open(pins, maps::EXCLUDED_UIDS)?))?,
+            // Unknown until checked: an agent may have died mid-apply.
+            inactive_dirty: true,
         })
     }
 
@@ -71,7 +75,9 @@ impl PolicyMaps {
     /// can leave a half-written one behind; call this once after adopting.
     pub fn clear_inactive(&mut self) -> Result<()> {
         let inactive = self.active_slot()? ^ 1;
-        self.clear_slot(inactive)
+        self.clear_slot(inactive)?;
+        self.inactive_dirty = false;
+        Ok(())
     }
 
     pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<Applied> {
@@ -80,6 +86,11 @@ impl PolicyMaps {
         let new = old ^ 1;
         let generation = self.config.get(&old, 0)?.generation.wrapping_add(1).max(1);
         let slot = new as u8;
+        if self.inactive_dirty {
+            self.clear_slot(new)?;
+        }
+        // Until the switch below succeeds, the slot holds a partial policy.
+        self.inactive_dirty = true;
 
         for entry in &policy.v4 {
             let (prefix_len, data) = key_v4(slot, entry);
@@ -130,6 +141,7 @@ impl PolicyMaps {
 
         thread::sleep(GRACE);
         self.clear_slot(old)?;
+        self.inactive_dirty = false;
         Ok(Applied {
             generation,
             slot: new,

@@ -31,10 +31,12 @@ pub const MAX_EXCLUDED_UIDS: usize = classifier_common::maps::EXCLUDED_UIDS_CAPA
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{}: cannot read policy file: {source}", path.display())]
+    // Not a `source`: the message already carries the OS error, and a
+    // source would make `{:#}` print it twice.
+    #[error("{}: cannot read policy file: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: policy file is {size} bytes, over the limit of {limit} bytes", path.display())]
     TooLarge {
@@ -58,9 +60,9 @@ pub enum PolicyError {
 
 /// Reads and validates the policy file at `path`.
 pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyError> {
-    let io = |source| PolicyError::Io {
+    let io = |error| PolicyError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let too_large = |size| PolicyError::TooLarge {
         path: path.to_path_buf(),
