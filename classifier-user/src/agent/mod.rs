@@ -50,10 +50,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
 
     let mut maps = PolicyMaps::open(&opts.pins)?;
-    if installed == Installed::Adopted {
-        maps.clear_inactive()
-            .context("clearing a half-written policy slot")?;
-    }
     match first {
         Ok(policy) => apply(&mut maps, &source, &policy)?,
         Err(err) => {

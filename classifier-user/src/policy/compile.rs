@@ -47,6 +47,20 @@ pub struct CompiledPolicy {
     pub rule_count: u32,
 }
 
+impl CompiledPolicy {
+    /// A policy with nothing in it: the starting point of a full write.
+    pub fn empty() -> Self {
+        Self {
+            v4: Vec::new(),
+            v6: Vec::new(),
+            default_ports: Box::new([0; PORT_WORDS]),
+            excluded_uids: Vec::new(),
+            mark: None,
+            rule_count: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
     /// `entries` is the exact number of trie entries the policy needs, except
