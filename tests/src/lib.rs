@@ -25,6 +25,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+pub mod e2e;
+
 /// The proxy's UID in Linkerd (excluded by the built-in policy).
 pub const PROXY_UID: u32 = 2102;
 
@@ -58,12 +60,15 @@ pub fn classifier_bin() -> PathBuf {
     panic!("no classifier binary: run the tests with `cargo xtask test`, or set CLASSIFIER_BIN");
 }
 
-/// The `probe` binary of this package, next to the test executables'
-/// `deps/` directory (cargo builds it for integration tests).
+/// The `probe` binary of this package: next to the running binary (the
+/// benchmark), or one level up from the test executables in `deps/`.
 fn probe_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("probe")
+    let dir = exe.parent().expect("exe dir");
+    [dir.join("probe"), dir.parent().unwrap_or(dir).join("probe")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("probe binary (built with the tests package)")
 }
 
 pub fn run(cmd: &mut Command) -> Result<Output> {
@@ -177,7 +182,11 @@ impl Sandbox {
             .arg(&self.cgroup)
             .arg("--pin-dir")
             .arg(&self.pins)
-            .args(["--watch-interval", "0.2"])
+            .args(if extra.contains(&"--watch-interval") {
+                &[][..]
+            } else {
+                &["--watch-interval", "0.2"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -200,6 +209,10 @@ impl Sandbox {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no chance to clean up, as in a crash or OOM kill.

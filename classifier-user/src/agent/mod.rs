@@ -91,7 +91,7 @@ fn apply(
     policy: &crate::policy::Policy,
 ) -> Result<()> {
     let compiled = compile(policy).with_context(|| format!("{}", source.describe()))?;
-    let applied = maps.apply(&compiled)?;
+    let applied = maps.apply(std::sync::Arc::new(compiled))?;
     tracing::info!(
         source = %source.describe(),
         generation = applied.generation,

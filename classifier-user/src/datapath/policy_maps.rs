@@ -12,8 +12,8 @@
 //! written in full.
 
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
-    hash::Hash,
+    cmp::Ordering,
+    collections::HashSet,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -89,7 +89,9 @@ impl PolicyMaps {
         Ok(self.config.get(&self.active_slot()?, 0)?)
     }
 
-    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<Applied> {
+    /// Makes `policy` the one connects see. The maps keep a reference to it
+    /// to diff the next change against.
+    pub fn apply(&mut self, policy: Arc<CompiledPolicy>) -> Result<Applied> {
         let started = Instant::now();
         let old = self.active_slot()?;
         let new = old ^ 1;
@@ -104,10 +106,10 @@ impl PolicyMaps {
         let previous = self.contents[new as usize].take();
         let incremental = previous.is_some();
         let map_writes = match previous {
-            Some(previous) => self.write_diff(new, &previous, policy)?,
+            Some(previous) => self.write_diff(new, &previous, &policy)?,
             None => {
                 self.clear_slot(new)?;
-                self.write_diff(new, &CompiledPolicy::empty(), policy)?
+                self.write_diff(new, &CompiledPolicy::empty(), &policy)?
             }
         };
 
@@ -136,13 +138,14 @@ impl PolicyMaps {
             .set(0, new, 0)
             .context("switching the active policy slot")?;
         self.last_switch = Some(Instant::now());
-        self.contents[new as usize] = Some(Arc::new(policy.clone()));
+        let (v4_entries, v6_entries) = (policy.v4.len(), policy.v6.len());
+        self.contents[new as usize] = Some(policy);
 
         Ok(Applied {
             generation,
             slot: new,
-            v4_entries: policy.v4.len(),
-            v6_entries: policy.v6.len(),
+            v4_entries,
+            v6_entries,
             map_writes,
             incremental,
             elapsed: started.elapsed(),
@@ -255,27 +258,65 @@ impl PolicyMaps {
 }
 
 /// Entries of `from` whose key is gone in `to`, and entries of `to` that are
-/// new or changed. Keys are (port, address, prefix).
+/// new or changed. Keys are (port, address, prefix). `compile` emits entries
+/// sorted by that key, so this is one merge walk; unsorted input (not from
+/// `compile`) is sorted first.
 fn diff_entries<const N: usize>(
     from: &[TrieEntry<N>],
     to: &[TrieEntry<N>],
-) -> (Vec<TrieEntry<N>>, Vec<TrieEntry<N>>)
-where
-    [u8; N]: Hash + Eq,
-{
+) -> (Vec<TrieEntry<N>>, Vec<TrieEntry<N>>) {
     let key = |e: &TrieEntry<N>| (e.port, e.addr, e.prefix);
-    let old: StdHashMap<_, &TrieEntry<N>> = from.iter().map(|e| (key(e), e)).collect();
-    let new_keys: HashSet<_> = to.iter().map(key).collect();
-    let removed = from
-        .iter()
-        .filter(|e| !new_keys.contains(&key(e)))
-        .copied()
-        .collect();
-    let upserted = to
-        .iter()
-        .filter(|e| old.get(&key(e)).is_none_or(|o| o.verdict != e.verdict))
-        .copied()
-        .collect();
+    let sorted = |v: &[TrieEntry<N>]| -> Vec<TrieEntry<N>> {
+        let mut v = v.to_vec();
+        v.sort_by_key(key);
+        v
+    };
+    let (from_sorted, to_sorted);
+    let from = if from.is_sorted_by_key(key) {
+        from
+    } else {
+        from_sorted = sorted(from);
+        &from_sorted
+    };
+    let to = if to.is_sorted_by_key(key) {
+        to
+    } else {
+        to_sorted = sorted(to);
+        &to_sorted
+    };
+
+    let (mut removed, mut upserted) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < from.len() || j < to.len() {
+        match (from.get(i), to.get(j)) {
+            (Some(a), Some(b)) => match key(a).cmp(&key(b)) {
+                Ordering::Less => {
+                    removed.push(*a);
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    upserted.push(*b);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    if a.verdict != b.verdict {
+                        upserted.push(*b);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some(a), None) => {
+                removed.push(*a);
+                i += 1;
+            }
+            (None, Some(b)) => {
+                upserted.push(*b);
+                j += 1;
+            }
+            (None, None) => unreachable!(),
+        }
+    }
     (removed, upserted)
 }
 
@@ -306,6 +347,9 @@ mod tests {
         let (removed, upserted) = diff_entries(&from, &to);
         assert_eq!(removed, vec![entry(443, 1, 2)]);
         assert_eq!(upserted, vec![entry(80, 2, 3), entry(8080, 1, 2)]);
+        // Order of the input does not matter.
+        let shuffled = vec![entry(8080, 1, 2), entry(80, 2, 3), entry(80, 1, 1)];
+        assert_eq!(diff_entries(&from, &shuffled), (removed, upserted));
         let (removed, upserted) = diff_entries(&to, &to);
         assert!(removed.is_empty() && upserted.is_empty());
     }

@@ -36,6 +36,7 @@ fn main() {
             connect_from(args[1].parse().expect("SRC"), args[2].parse().expect("DST"))
         }
         Some("load") => load(&args[1..]),
+        Some("connect-loop") => connect_loop(&args[1..]),
         Some("serve-held") => serve_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
@@ -360,4 +361,56 @@ fn load(args: &[String]) {
         "verdicts": *verdicts.lock().unwrap(),
     });
     println!("{summary}");
+}
+
+/// `probe connect-loop ADDR N [--query]`: N times connect to a listener of
+/// this process on ADDR, accept, (optionally query the classifier on the
+/// accepted socket,) close both. Prints the mean ns per iteration. The
+/// benchmark's unit of work: one connect() through every program.
+fn connect_loop(args: &[String]) {
+    let addr: SocketAddr = args[0].parse().expect("ADDR");
+    let n: u64 = args[1].parse().expect("N");
+    let with_query = args.get(2).map(String::as_str) == Some("--query");
+    let listener = TcpListener::bind(addr).expect("bind");
+    let target = listener.local_addr().unwrap();
+    // Warm up caches and the kernel's socket paths.
+    for _ in 0..(n / 20).max(10) {
+        let client = TcpStream::connect(target).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        drop((client, server));
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let client = TcpStream::connect(target).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        if with_query {
+            let _ = query(&server);
+        }
+        // Linger 0: close with RST so TIME_WAIT does not pile up over
+        // hundreds of thousands of iterations.
+        set_linger_zero(&client);
+        drop((client, server));
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{}",
+        json!({"iterations": n, "ns_per_iteration": elapsed.as_nanos() as f64 / n as f64})
+    );
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is a live struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
