@@ -45,6 +45,10 @@ pub const SOURCE_RULE: u8 = 2;
 pub const REPLY_FLAG_DST_IPV4: u8 = 1 << 0;
 /// The classifier also set `SO_MARK` on the client's socket.
 pub const REPLY_FLAG_MARKED: u8 = 1 << 1;
+/// Two live connections share this client address and port (Linux shares
+/// ephemeral ports between connections to different destinations), so the
+/// classifier cannot tell which one the caller holds: no verdict is given.
+pub const REPLY_FLAG_AMBIGUOUS: u8 = 1 << 2;
 
 /// The reply written into the caller's buffer. Field order is the byte order
 /// of the documented layout (README, "Proxy query contract").
@@ -94,6 +98,9 @@ pub struct ConnVerdict {
     pub _pad2: u16,
     /// Original destination, IPv4 v4-mapped.
     pub dst_addr: [u8; 16],
+    /// Cookie of the client socket that owns the entry, so only its own
+    /// close withdraws it; 0 in an ambiguity marker.
+    pub owner_cookie: u64,
 }
 
 /// Key of the published-verdict table: the client socket's own local
@@ -299,8 +306,12 @@ pub mod counters {
         ERR_CONFIG = 23, "err_config";
         ERR_CB_FLAGS = 24, "err_cb_flags";
         ERR_PORT_COUNT = 25, "err_port_count";
+        /// A verdict could not be published because another live connection
+        /// holds the same client address and port; both now answer
+        /// "ambiguous" (no verdict) rather than risk a wrong one.
+        PUBLISH_AMBIGUOUS = 26, "publish_ambiguous";
     }
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
     /// Counters that are internal failures (the connect was allowed anyway).
     pub const ERRORS: [u32; 6] = [
         ERR_PENDING_INSERT,
@@ -348,7 +359,8 @@ mod tests {
 
     #[test]
     fn map_value_layouts_are_pinned() {
-        assert_eq!(size_of::<ConnVerdict>(), 32);
+        assert_eq!(size_of::<ConnVerdict>(), 40);
+        assert_eq!(offset_of!(ConnVerdict, owner_cookie), 32);
         assert_eq!(offset_of!(ConnVerdict, rule_id), 4);
         assert_eq!(offset_of!(ConnVerdict, dst_addr), 16);
         assert_eq!(size_of::<ConnKey>(), 32);

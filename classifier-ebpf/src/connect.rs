@@ -165,6 +165,8 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         dst_port_be: port.to_be(),
         _pad2: 0,
         dst_addr: dst,
+        // Set when published, where the cookie is needed anyway.
+        owner_cookie: 0,
     };
     // SAFETY: the helper accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

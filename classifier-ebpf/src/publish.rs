@@ -16,7 +16,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext,
 };
-use classifier_common::{counters as c, ConnKey};
+use classifier_common::{counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS};
+
+const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::{v4_mapped, v6_bytes},
@@ -45,15 +47,32 @@ fn publish(ctx: &SockOpsContext) {
         return;
     };
     // SAFETY: the pointer is to a live map value; copied out at once.
-    let verdict = unsafe { *verdict };
+    let mut verdict = unsafe { *verdict };
     let _ = CLS_PENDING.remove(cookie);
+    verdict.owner_cookie = cookie;
 
     let key = local_key(ctx);
-    if CLS_VERDICTS.insert(key, verdict, 0).is_err() {
-        count(c::ERR_PUBLISH_INSERT);
-        return;
+    if CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
+        count(c::PUBLISHED);
+    } else {
+        if CLS_VERDICTS.get_ptr(key).is_none() {
+            count(c::ERR_PUBLISH_INSERT);
+            return;
+        }
+        // Another live connection has the same local address and port (to
+        // another destination). A proxy could not tell the two apart, so
+        // neither gets a verdict: detection as usual beats a wrong answer.
+        let marker = ConnVerdict {
+            flags: REPLY_FLAG_AMBIGUOUS,
+            ..ConnVerdict::default()
+        };
+        if CLS_VERDICTS.insert(key, marker, 0).is_err() {
+            count(c::ERR_PUBLISH_INSERT);
+            return;
+        }
+        count(c::PUBLISHED);
+        count(c::PUBLISH_AMBIGUOUS);
     }
-    count(c::PUBLISHED);
     // Ask for state changes on this socket only, to see it close.
     if ctx
         .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
@@ -65,7 +84,17 @@ fn publish(ctx: &SockOpsContext) {
 
 #[inline(always)]
 fn withdraw(ctx: &SockOpsContext) {
-    if CLS_VERDICTS.remove(local_key(ctx)).is_ok() {
+    let key = local_key(ctx);
+    // SAFETY: the helper accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let ours = match CLS_VERDICTS.get_ptr(key) {
+        // SAFETY: live map value, read at once.
+        Some(v) => unsafe { (*v).owner_cookie == cookie || (*v).flags & REPLY_FLAG_AMBIGUOUS != 0 },
+        None => false,
+    };
+    // An entry of another connection (ours was evicted, and the port then
+    // reused) is left alone.
+    if ours && CLS_VERDICTS.remove(key).is_ok() {
         count(c::UNPUBLISHED);
     } else {
         count(c::UNPUBLISH_MISSING);

@@ -94,6 +94,7 @@ fn answer(ctx: &SockoptContext, so: *mut bpf_sockopt) {
             reply.generation = v.generation;
             reply.dst_port_be = v.dst_port_be;
             reply.dst_addr = v.dst_addr;
+            // An ambiguity marker carries protocol 0 and source 0 already.
         }
         None => {
             reply.protocol = PROTO_UNKNOWN;

@@ -12,5 +12,6 @@
 pub mod agent;
 pub mod datapath;
 pub mod policy;
+pub mod proxy;
 pub mod proxy_client;
 pub mod stats;

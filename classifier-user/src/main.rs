@@ -9,6 +9,7 @@ use classifier_user::{
     agent::{self, AgentOptions},
     datapath::{pins::DEFAULT_PIN_DIR, PinDir},
     policy::{classify, load_policy_file, Policy},
+    proxy::{self, ProxyOptions},
     stats,
 };
 
@@ -41,6 +42,13 @@ enum Command {
     Stats(StatsArgs),
     /// Show what the policy decides for a destination, and why (no root or agent needed).
     Explain(ExplainArgs),
+    /// Run the reference outbound proxy: the model for adopting the query contract.
+    ///
+    /// Accepts connections REDIRECTed to it (linkerd-init style), reads SO_ORIGINAL_DST and
+    /// asks the kernel for the verdict. Opaque: forwards at once. Otherwise: waits up to
+    /// --detect-timeout for the client's first bytes to detect HTTP/1 or HTTP/2, then
+    /// forwards (as opaque TCP on timeout). Run it as the UID the nat rules return (2102).
+    Proxy(ProxyArgs),
 }
 
 #[derive(Args)]
@@ -68,6 +76,10 @@ struct AgentArgs {
     /// programs are first installed.
     #[arg(long, value_name = "ENTRIES")]
     verdict_table_size: Option<u32>,
+    /// Apply a policy file even if non-root users could change it (by default the file and
+    /// its directory must be root-owned and not writable by others).
+    #[arg(long)]
+    allow_untrusted_policy: bool,
     /// Detach the programs and remove every pin under --pin-dir, then exit.
     #[arg(long)]
     uninstall: bool,
@@ -98,6 +110,17 @@ struct ExplainArgs {
     /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id", "network"}.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// Address to listen on (where the nat rules REDIRECT to).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4140")]
+    listen: SocketAddr,
+    /// How long to wait for a client's first bytes when the kernel gave no opaque verdict
+    /// (Linkerd's outbound default is 10 s).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    detect_timeout: f64,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 policy: args.policy,
                 watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.05)),
                 verdict_capacity: args.verdict_table_size,
+                allow_untrusted_policy: args.allow_untrusted_policy,
             }))
         }
         Command::Stats(args) => {
@@ -184,6 +208,15 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  policy  {origin}");
             }
             Ok(())
+        }
+        Command::Proxy(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(proxy::run(ProxyOptions {
+                listen: args.listen,
+                detect_timeout: Duration::from_secs_f64(args.detect_timeout.max(0.0)),
+            }))
         }
     }
 }

@@ -23,8 +23,8 @@ use std::{
 
 use classifier_common::{
     QueryReply, PROTO_HTTP1, PROTO_HTTP2, PROTO_OPAQUE, QUERY_LEVEL, QUERY_OPTNAME,
-    REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, REPLY_LEN, REPLY_VERSION, SOURCE_DEFAULT_PORT,
-    SOURCE_RULE,
+    REPLY_FLAG_AMBIGUOUS, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, REPLY_LEN, REPLY_VERSION,
+    SOURCE_DEFAULT_PORT, SOURCE_RULE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,9 @@ pub struct Verdict {
     pub source: Source,
     /// The classifier also set SO_MARK on the client's socket.
     pub marked: bool,
+    /// Another live connection shares the client's address and port, so
+    /// the classifier gave no verdict (protocol is `Unknown`).
+    pub ambiguous: bool,
     /// Policy generation the verdict was taken under (0 without a verdict).
     pub generation: u32,
     /// The destination the client asked for; compare with SO_ORIGINAL_DST.
@@ -87,6 +90,37 @@ pub fn query(socket: &impl AsRawFd) -> io::Result<Option<Verdict>> {
         };
     }
     parse(&buf[..len as usize]).map(Some)
+}
+
+/// `query`, cross-checked against the destination the proxy knows the
+/// client asked for (`SO_ORIGINAL_DST` behind a REDIRECT, else the accepted
+/// socket's local address). A verdict for another destination (the NAT
+/// remapped a clashing source port onto another connection's) is turned
+/// into `Unknown`: detection as usual rather than a wrong answer.
+pub fn query_checked(
+    socket: &impl AsRawFd,
+    original_dst: SocketAddr,
+) -> io::Result<Option<Verdict>> {
+    let Some(verdict) = query(socket)? else {
+        return Ok(None);
+    };
+    let canonical = |a: SocketAddr| match a.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
+        IpAddr::V4(_) => a,
+    };
+    Ok(Some(match verdict.original_dst {
+        Some(dst) if canonical(dst) != canonical(original_dst) => Verdict {
+            protocol: Protocol::Unknown,
+            source: Source::None,
+            marked: false,
+            ambiguous: true,
+            generation: verdict.generation,
+            original_dst: Some(dst),
+        },
+        _ => verdict,
+    }))
 }
 
 /// Decodes a reply (exposed for tests and for proxies that make the call
@@ -131,6 +165,7 @@ pub fn parse(bytes: &[u8]) -> io::Result<Verdict> {
         protocol,
         source,
         marked: r.flags & REPLY_FLAG_MARKED != 0,
+        ambiguous: r.flags & REPLY_FLAG_AMBIGUOUS != 0,
         generation: r.generation,
         original_dst,
     })

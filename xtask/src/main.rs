@@ -3,6 +3,7 @@
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 
 mod cargo;
+mod demo;
 mod prereqs;
 mod util;
 
@@ -65,6 +66,19 @@ enum Cmd {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         cargo_test_args: Vec<String>,
     },
+    /// Build, then show the stall the classifier removes, with real MariaDB.
+    ///
+    /// Sets up a "pod" network namespace (linkerd-init style nat rules, the
+    /// reference `classifier proxy` as UID 2102) and a "server" namespace with
+    /// a MariaDB server, runs the same `mariadb -e 'SELECT 1'` without and
+    /// with the classifier agent (on a private cgroup), and prints both times.
+    /// Needs root and the Debian packages mariadb-server, mariadb-client,
+    /// iptables. Removes everything it created, also on Ctrl-C.
+    Demo {
+        /// The proxy's protocol detection timeout in seconds (Linkerd's default).
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        detect_timeout: u64,
+    },
 }
 
 fn main() {
@@ -73,6 +87,7 @@ fn main() {
         Cmd::Build { debug } => build(debug),
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_test_args } => test(&cargo_test_args),
+        Cmd::Demo { detect_timeout } => demo(detect_timeout),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
@@ -116,6 +131,13 @@ fn run(agent_args: &[String]) -> Result<()> {
     // sudo, which relays them) directly and its exit code becomes ours.
     let err = cmd.exec();
     Err(err).with_context(|| format!("could not exec {}", show(&cmd)))
+}
+
+fn demo(detect_timeout: u64) -> Result<()> {
+    prereqs::ensure()?;
+    let bin = cargo::build_classifier(true)?;
+    step!("built {}", bin.display());
+    demo::run(&bin, detect_timeout)
 }
 
 fn test(user_args: &[String]) -> Result<()> {

@@ -4,6 +4,7 @@
 
 mod policy_source;
 mod preflight;
+mod privileges;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -20,13 +21,15 @@ pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
     pub pins: PinDir,
     pub policy: Option<PathBuf>,
+    /// Apply policy files that non-root users can change.
+    pub allow_untrusted_policy: bool,
     pub watch_interval: Duration,
     pub verdict_capacity: Option<u32>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
     preflight::check()?;
-    let mut source = PolicySource::new(opts.policy.clone());
+    let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy);
     // Parse before touching the kernel: a bad file on first start should not
     // leave half an install behind.
     let first = source.load();
@@ -50,6 +53,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
 
     let mut maps = PolicyMaps::open(&opts.pins)?;
+    // Everything that needs more than CAP_BPF is done.
+    match privileges::keep_only(&[privileges::CAP_BPF]) {
+        Ok(()) => tracing::info!("dropped every capability but CAP_BPF"),
+        Err(err) => tracing::warn!("{err:#}; running with the capabilities it was started with"),
+    }
     match first {
         Ok(policy) => apply(&mut maps, &source, &policy)?,
         Err(err) => {

@@ -31,7 +31,7 @@ pub struct VerdictTable {
     pub entries: u64,
     pub capacity: u64,
     /// Published verdicts that left the table before their connection
-    /// closed: published - withdrawn - still present.
+    /// closed: published - withdrawn - ambiguous - still present.
     pub evicted: u64,
 }
 
@@ -154,7 +154,11 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
         verdict_table: VerdictTable {
             entries,
             capacity,
-            evicted: published.saturating_sub(withdrawn).saturating_sub(entries),
+            // Each ambiguity turns two published verdicts into one entry.
+            evicted: published
+                .saturating_sub(withdrawn)
+                .saturating_sub(get(counters::PUBLISH_AMBIGUOUS))
+                .saturating_sub(entries),
         },
         policy: PolicyInfo {
             generation: config.generation,

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use classifier_user::proxy_client::{query, Protocol, Source};
+use classifier_user::proxy_client::{query_checked, Protocol, Source};
 use serde_json::json;
 
 fn main() {
@@ -67,7 +67,10 @@ fn serve(addr: SocketAddr, count: usize) {
 
 /// The classifier's answer for an accepted socket, as one JSON object.
 fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
-    match query(stream) {
+    // Behind a REDIRECT the destination the client asked for is
+    // SO_ORIGINAL_DST; on a direct connection it is our own address.
+    let asked_for = original_dst(stream).unwrap_or_else(|| stream.local_addr().unwrap());
+    match query_checked(stream, asked_for) {
         Ok(None) => json!({"peer": peer.to_string(), "classifier": false}),
         Ok(Some(v)) => json!({
             "peer": peer.to_string(),
@@ -84,6 +87,7 @@ fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
                 Source::Rule(id) => format!("rule:{id}"),
             },
             "marked": v.marked,
+            "ambiguous": v.ambiguous,
             "generation": v.generation,
             "original_dst": v.original_dst.map(|a| a.to_string()),
             "so_original_dst": original_dst(stream).map(|a| a.to_string()),
@@ -299,7 +303,11 @@ fn load(args: &[String]) {
                 let v = describe(&stream, stream.peer_addr().unwrap());
                 let key = format!(
                     "{port} {} {} {}",
-                    v["protocol"].as_str().unwrap_or("error"),
+                    if v["ambiguous"] == true {
+                        "ambiguous"
+                    } else {
+                        v["protocol"].as_str().unwrap_or("error")
+                    },
                     v["source"].as_str().unwrap_or("-"),
                     v["generation"]
                         .as_u64()
@@ -384,7 +392,7 @@ fn connect_loop(args: &[String]) {
         let client = TcpStream::connect(target).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         if with_query {
-            let _ = query(&server);
+            let _ = classifier_user::proxy_client::query(&server);
         }
         // Linger 0: close with RST so TIME_WAIT does not pile up over
         // hundreds of thousands of iterations.

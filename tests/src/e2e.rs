@@ -1,0 +1,345 @@
+//! The end-to-end world of `tests/tests/e2e.rs`: a "pod" (the sandbox's
+//! namespace and cgroup) with linkerd-init's nat rules and the reference
+//! proxy running as UID 2102, and a "server" namespace behind a veth pair
+//! holding a real MariaDB server and a plain HTTP server.
+//!
+//! ```text
+//!  pod netns (sandbox cgroup)                        server netns
+//!  mariadb / curl ──nat REDIRECT──▶ classifier proxy     mariadbd 192.0.2.2:3306
+//!                                    :4140 (uid 2102) ──▶ http     192.0.2.2:8080
+//!  e2e-pod 192.0.2.1/24  ◀────────── veth ──────────▶  e2e-srv 192.0.2.2/24
+//! ```
+//!
+//! Everything (processes, the server namespace, the sandbox) goes away on
+//! drop, pass or fail.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::{classifier_bin, privileged, probe_bin, run, Sandbox, PROXY_UID};
+
+/// The proxy's detection timeout in these tests (Linkerd's default is 10 s).
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const SERVER_IP: &str = "192.0.2.2";
+pub const MARIADB: &str = "192.0.2.2:3306";
+pub const HTTP_URL: &str = "http://192.0.2.2:8080/";
+/// The bypass recipe for unmodified proxies: classified (marked)
+/// connections skip the REDIRECT. Goes first in PROXY_INIT_OUTPUT.
+pub const BYPASS_RULE: &str = "-I PROXY_INIT_OUTPUT 1 -m mark --mark 0x40000/0x40000 -j RETURN";
+
+const LINKERD_INIT_NAT: [&str; 5] = [
+    "-N PROXY_INIT_OUTPUT",
+    "-A OUTPUT -j PROXY_INIT_OUTPUT",
+    "-A PROXY_INIT_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+    "-A PROXY_INIT_OUTPUT -o lo -j RETURN",
+    "-A PROXY_INIT_OUTPUT -p tcp -j REDIRECT --to-port 4140",
+];
+
+const TOOLS: [&str; 5] = [
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+    "curl",
+    "iptables",
+];
+
+/// Whether the end-to-end tests can run: root (see [`privileged`]) and the
+/// Debian packages `mariadb-server`, `mariadb-client`, `curl`, `iptables`.
+/// Under `CI=true` a missing tool fails the test instead of skipping it.
+pub fn prerequisites(test: &str) -> bool {
+    if !privileged(test) {
+        return false;
+    }
+    let missing: Vec<&str> = TOOLS
+        .into_iter()
+        .filter(|t| find_tool(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "{test}: missing {missing:?} (apt-get install mariadb-server mariadb-client curl iptables)"
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}, and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// `name` on PATH, or in /usr/sbin (mariadbd lives there; root's PATH
+/// does not always have it).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+pub struct World {
+    // Fields drop in order: processes first, then the namespaces.
+    proxy: Daemon,
+    _http: Daemon,
+    _mariadb: Daemon,
+    _server_ns: Netns,
+    pub sb: Sandbox,
+    proxy_log: PathBuf,
+}
+
+impl World {
+    /// Pod and server namespaces, nat rules, MariaDB, HTTP server and the
+    /// proxy, all started and ready. No agent yet: call `sb.start_agent`.
+    pub fn new(test: &str) -> Result<World> {
+        let sb = Sandbox::new(test)?;
+        let server_ns = Netns::add(format!("{}-srv", sb.name))?;
+        let srv = server_ns.0.as_str();
+        sb.ip(&[
+            "link", "add", "e2e-pod", "type", "veth", "peer", "name", "e2e-srv", "netns", srv,
+        ])?;
+        sb.ip(&["addr", "add", "192.0.2.1/24", "dev", "e2e-pod"])?;
+        sb.ip(&["link", "set", "e2e-pod", "up"])?;
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", "192.0.2.2/24", "dev", "e2e-srv"],
+            &["link", "set", "e2e-srv", "up"],
+        ] {
+            run(Command::new("ip").args(["-n", srv]).args(args))?;
+        }
+        for rule in LINKERD_INIT_NAT {
+            let args: Vec<&str> = ["-t", "nat"].into_iter().chain(rule.split(' ')).collect();
+            sb.iptables(&args)?;
+        }
+
+        let mariadb = start_mariadb(&sb.dir.join("mariadb"), srv)?;
+        let http = start_http(srv)?;
+
+        let proxy_log = sb.dir.join("proxy.log");
+        let mut cmd = sb.probe(&["exec"], Some(PROXY_UID));
+        cmd.arg(classifier_bin())
+            .args(["proxy", "--listen", "0.0.0.0:4140", "--detect-timeout"])
+            .arg(DETECT_TIMEOUT.as_secs().to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&proxy_log)?);
+        let mut proxy = Daemon::spawn("proxy", cmd)?;
+        wait_for(&proxy_log, "proxy listening", &mut proxy)?;
+
+        Ok(World {
+            proxy,
+            _http: http,
+            _mariadb: mariadb,
+            _server_ns: server_ns,
+            sb,
+            proxy_log,
+        })
+    }
+
+    /// `mariadb -e 'SELECT 1'` to 192.0.2.2:3306 from the pod, as an
+    /// application (in the cgroup, not the proxy's UID). Returns how long
+    /// the whole client run took.
+    pub fn mariadb_select_1(&self) -> Result<Duration> {
+        let (host, port) = MARIADB.split_once(':').unwrap();
+        let mut cmd = self.sb.probe(&["exec", "mariadb", "--no-defaults"], None);
+        cmd.args([
+            "-h",
+            host,
+            "-P",
+            port,
+            "-u",
+            "e2e",
+            "-pe2e",
+            "--connect-timeout=20",
+        ])
+        .args(["-N", "-B", "-e", "SELECT 1"]);
+        let start = Instant::now();
+        let out = run(&mut cmd)?;
+        let elapsed = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(stdout.trim() == "1", "SELECT 1 printed {stdout:?}");
+        Ok(elapsed)
+    }
+
+    /// `curl -sS ARGS... http://192.0.2.2:8080/` from the pod; returns its
+    /// output (failing or not) and how long it took.
+    pub fn curl(&self, args: &[&str]) -> Result<(std::process::Output, Duration)> {
+        let mut cmd = self
+            .sb
+            .probe(&["exec", "curl", "-sS", "--max-time", "20"], None);
+        cmd.args(args).arg(HTTP_URL);
+        let start = Instant::now();
+        let out = cmd.output().context("running curl")?;
+        Ok((out, start.elapsed()))
+    }
+
+    pub fn proxy_log(&self) -> String {
+        fs::read_to_string(&self.proxy_log).unwrap_or_default()
+    }
+
+    /// Waits until the proxy log has `count` lines containing all of `needles`
+    /// (the proxy logs a connection's end after the client has gone).
+    pub fn wait_for_proxy_lines(&self, needles: &[&str], count: usize) -> Result<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.proxy_lines(needles);
+            if lines.len() >= count {
+                return Ok(lines);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "proxy log has {} of {count} lines with {needles:?}:\n{}",
+                    lines.len(),
+                    self.proxy_log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The proxy log's lines containing all of `needles`.
+    pub fn proxy_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.proxy_log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether the proxy is still running (it must not die under test).
+    pub fn proxy_alive(&mut self) -> bool {
+        matches!(self.proxy.0.try_wait(), Ok(None))
+    }
+}
+
+/// Bootstraps a datadir with a TCP user `e2e`/`e2e`, starts `mariadbd` in
+/// the server namespace on 192.0.2.2:3306 and waits until it is ready.
+fn start_mariadb(dir: &Path, netns: &str) -> Result<Daemon> {
+    let datadir = dir.join("data");
+    fs::create_dir_all(dir)?;
+    // Small buffers (many tests, two cores) and a private tmpdir (parallel
+    // bootstraps in one /tmp collide on temporary table names).
+    let tmpdir = format!("--tmpdir={}", dir.display());
+    let common = [
+        "--innodb-buffer-pool-size=16M",
+        "--innodb-log-file-size=4M",
+        tmpdir.as_str(),
+    ];
+    run(Command::new(find_tool("mariadb-install-db").unwrap())
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .args([
+            "--user=root",
+            "--skip-test-db",
+            "--auth-root-authentication-method=socket",
+        ])
+        .args(common))
+    .context("mariadb-install-db")?;
+    let init = dir.join("init.sql");
+    fs::write(
+        &init,
+        "CREATE USER IF NOT EXISTS 'e2e'@'%' IDENTIFIED BY 'e2e';\nGRANT ALL ON *.* TO 'e2e'@'%';\n",
+    )?;
+    let log = dir.join("mariadbd.log");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(find_tool("mariadbd").unwrap())
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+        .arg(format!("--log-error={}", log.display()))
+        .arg(format!("--init-file={}", init.display()))
+        .arg(format!("--bind-address={SERVER_IP}"))
+        .args([
+            "--port=3306",
+            "--user=root",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+        ])
+        .args(common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut daemon = Daemon::spawn("mariadbd", cmd)?;
+    wait_for(&log, "ready for connections", &mut daemon)?;
+    Ok(daemon)
+}
+
+/// `probe http-serve 192.0.2.2:8080` in the server namespace.
+fn start_http(netns: &str) -> Result<Daemon> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(probe_bin())
+        .args(["http-serve", "192.0.2.2:8080"])
+        .stdout(Stdio::piped());
+    let mut daemon = Daemon::spawn("http server", cmd)?;
+    let stdout = daemon.0.stdout.take().unwrap();
+    match BufReader::new(stdout).lines().next() {
+        Some(Ok(line)) if line.starts_with("ready") => Ok(daemon),
+        other => bail!("probe http-serve did not start: {other:?}"),
+    }
+}
+
+/// Polls `file` until it contains `needle`; fails if `daemon` exits first.
+fn wait_for(file: &Path, needle: &str, daemon: &mut Daemon) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        let exited = !matches!(daemon.0.try_wait(), Ok(None));
+        if exited {
+            bail!("{} exited before logging {needle:?}:\n{text}", daemon.1);
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not log {needle:?} within 30 s:\n{text}", daemon.1);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct Daemon(Child, &'static str);
+
+impl Daemon {
+    fn spawn(name: &'static str, mut cmd: Command) -> Result<Daemon> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Daemon(child, name))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn add(name: String) -> Result<Netns> {
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        Ok(Netns(name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
