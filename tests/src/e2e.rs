@@ -99,6 +99,12 @@ impl World {
     /// Pod and server namespaces, nat rules, MariaDB, HTTP server and the
     /// proxy, all started and ready. No agent yet: call `sb.start_agent`.
     pub fn new(test: &str) -> Result<World> {
+        Self::with_detect_timeout(test, DETECT_TIMEOUT)
+    }
+
+    /// Like `new`, with the proxy's detection timeout set (the benchmark
+    /// uses Linkerd's 10 s).
+    pub fn with_detect_timeout(test: &str, detect_timeout: Duration) -> Result<World> {
         let sb = Sandbox::new(test)?;
         let server_ns = Netns::add(format!("{}-srv", sb.name))?;
         let srv = server_ns.0.as_str();
@@ -126,7 +132,7 @@ impl World {
         let mut cmd = sb.probe(&["exec"], Some(PROXY_UID));
         cmd.arg(classifier_bin())
             .args(["proxy", "--listen", "0.0.0.0:4140", "--detect-timeout"])
-            .arg(DETECT_TIMEOUT.as_secs().to_string())
+            .arg(detect_timeout.as_secs().to_string())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&proxy_log)?);

@@ -79,6 +79,19 @@ enum Cmd {
         #[arg(long, value_name = "SECS", default_value_t = 10)]
         detect_timeout: u64,
     },
+    /// Build, then measure what the classifier costs and what it saves.
+    ///
+    /// Connect overhead with and without the programs (interleaved, as
+    /// ratios), per-program kernel run time, policy scale up to 100k rules,
+    /// stats with a full verdict table, agent memory, and the MariaDB stall
+    /// through the reference proxy. Needs root; creates and removes its own
+    /// cgroups, namespaces and pins. Writes target/bench/results.json and
+    /// results.md. A full run takes about 3 minutes; --quick under 2.
+    Bench {
+        /// Fewer iterations and repeats, for use while developing.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -88,6 +101,7 @@ fn main() {
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_test_args } => test(&cargo_test_args),
         Cmd::Demo { detect_timeout } => demo(detect_timeout),
+        Cmd::Bench { quick } => bench(quick),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
@@ -138,6 +152,27 @@ fn demo(detect_timeout: u64) -> Result<()> {
     let bin = cargo::build_classifier(true)?;
     step!("built {}", bin.display());
     demo::run(&bin, detect_timeout)
+}
+
+fn bench(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks attach eBPF programs and create cgroups and namespaces: run as root (sudo -E cargo xtask bench)");
+    }
+    prereqs::ensure()?;
+    let bin = cargo::build_classifier(true)?;
+    step!("built {}", bin.display());
+    run_checked(
+        cargo::cargo().args(["build", "--release", "-p", "tests", "--bins"]),
+        "building the benchmark",
+    )?;
+    let out_dir = cargo::target_dir().join("bench");
+    let mut cmd = Command::new(cargo::target_dir().join("release").join("bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--out").arg(&out_dir).env("CLASSIFIER_BIN", &bin);
+    step!("{}", show(&cmd));
+    run_checked(&mut cmd, "the benchmark")
 }
 
 fn test(user_args: &[String]) -> Result<()> {

@@ -27,7 +27,11 @@ use classifier_user::{
     policy::{compile, Network, Policy, PortSet, Protocol, Rule},
 };
 use serde_json::{json, Value};
-use tests::{classifier_bin, run, Sandbox};
+use tests::{
+    classifier_bin,
+    e2e::{World, MARIADB},
+    run, Sandbox,
+};
 
 struct Plan {
     quick: bool,
@@ -535,8 +539,48 @@ fn policy_yaml(policy: &Policy) -> String {
 // 5. The stall
 // ---------------------------------------------------------------------------
 
-fn stall(_plan: &Plan) -> Result<Value> {
-    Ok(json!({ "status": "not measured yet" }))
+fn greeting_ms(world: &World, uid: Option<u32>) -> Result<f64> {
+    let out = run(&mut world.sb.probe(&["greeting", MARIADB], uid))?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    v["ms"].as_f64().context("probe greeting output")
+}
+
+/// Connect to the MariaDB server's greeting: direct (as the proxy's UID,
+/// which the nat rules let through), through the reference proxy with the
+/// classifier, and through it without (Linkerd's 10 s detection timeout).
+fn stall(plan: &Plan) -> Result<Value> {
+    if !tests::e2e::prerequisites("bench stall") {
+        return Ok(json!({ "status": "skipped: mariadb-server / iptables missing" }));
+    }
+    let timeout = Duration::from_secs(10);
+    let mut world = World::with_detect_timeout("bench-stall", timeout)?;
+    let slow_runs = if plan.quick { 1 } else { 3 };
+    let mut without = Vec::new();
+    for i in 0..slow_runs {
+        eprintln!(
+            "bench:   through the proxy without the classifier ({}/{slow_runs}, ~10 s each)",
+            i + 1
+        );
+        without.push(greeting_ms(&world, None)?);
+    }
+    world.sb.start_agent(&[])?;
+    let (with, direct) = interleave(
+        plan.repeats,
+        "with classifier vs direct",
+        || greeting_ms(&world, None),
+        || greeting_ms(&world, Some(tests::PROXY_UID)),
+    )?;
+    let (sw, sd) = (summarize(&with), summarize(&direct));
+    let row = |path: &str, s: Summary, runs: usize| json!({ "path": path, "ms": summary_json(s), "runs": runs });
+    Ok(json!({
+        "detect_timeout_s": timeout.as_secs(),
+        "rows": [
+            row("direct (no proxy)", sd, direct.len()),
+            row("through the proxy, with the classifier", sw, with.len()),
+            row("through the proxy, without the classifier", summarize(&without), without.len()),
+        ],
+        "with_minus_direct_ms": sw.median - sd.median,
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -668,6 +712,11 @@ fn stall_markdown(v: &Value) -> String {
                     row["runs"]
                 );
             }
+            let _ = writeln!(
+                md,
+                "\nThe classified path adds {:.2} ms (median) over a direct connection.",
+                f(&v["with_minus_direct_ms"])
+            );
             md
         }
     }

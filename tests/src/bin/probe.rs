@@ -37,6 +37,7 @@ fn main() {
         }
         Some("load") => load(&args[1..]),
         Some("connect-loop") => connect_loop(&args[1..]),
+        Some("greeting") => greeting(args[1].parse().expect("ADDR")),
         Some("serve-held") => serve_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
@@ -421,4 +422,18 @@ fn set_linger_zero(stream: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// `probe greeting ADDR`: connect and wait for the server's first bytes (a
+/// server-speaks-first greeting); prints the time from connect() to them.
+fn greeting(addr: SocketAddr) {
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(30)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let n = stream.read(&mut [0u8; 256]).expect("read greeting");
+    assert!(n > 0, "server closed without a greeting");
+    println!(
+        "{}",
+        json!({"ms": started.elapsed().as_secs_f64() * 1e3, "bytes": n})
+    );
 }
