@@ -130,12 +130,24 @@ pub struct ConnKey {
 /// Number of policy slots (double buffering).
 pub const POLICY_SLOTS: u32 = 2;
 
-/// LPM key data for IPv4 rules: `[slot][port (BE)][address]`. The trie
-/// matches the slot and port exactly (their 24 bits are always part of the
-/// prefix) and the address by longest prefix.
-pub const RULE_KEY_FIXED_BITS: u32 = 24;
-pub type RuleKeyV4 = [u8; 7];
-pub type RuleKeyV6 = [u8; 19];
+/// LPM key data for rules: `[slot][scope (BE u16)][port (BE u16)][address]`.
+/// The trie matches slot, scope and port exactly (their 40 bits are always
+/// part of the prefix) and the address by longest prefix.
+///
+/// `scope` is 0 for node-wide rules, else the id of the namespace whose
+/// clients the rule applies to (see `CLS_SCOPES`). `port` 0 is the
+/// wildcard: rules that apply to every port, looked up alongside the exact
+/// port; the more specific network wins, the exact port on a tie.
+pub const RULE_KEY_FIXED_BITS: u32 = 40;
+pub type RuleKeyV4 = [u8; 9];
+pub type RuleKeyV6 = [u8; 21];
+/// The wildcard port in rule keys.
+pub const PORT_ANY: u16 = 0;
+/// Rules that apply to every client.
+pub const SCOPE_NODE: u16 = 0;
+/// How deep in the cgroup hierarchy a pod's cgroup may sit (the kubelet's
+/// layouts put it at level 2 to 4 below the root).
+pub const MAX_CGROUP_LEVEL: u32 = 8;
 
 /// Value of a rule trie entry.
 #[repr(C)]
@@ -148,7 +160,10 @@ pub struct RuleVerdict {
     pub protocol: u8,
     /// `RULE_MATCH` or `RULE_NONE`.
     pub kind: u8,
-    pub _pad: [u8; 2],
+    /// Prefix length of the deciding rule's network (not of the entry's
+    /// key): compares an exact-port hit with a wildcard-port hit.
+    pub net_prefix: u8,
+    pub _pad: u8,
 }
 
 /// The entry is a rule's verdict.
@@ -183,6 +198,14 @@ pub struct PolicyConfig {
 
 /// Set `SO_MARK` on classified sockets.
 pub const CONFIG_FLAG_MARK: u32 = 1 << 0;
+/// The policy has namespace-scoped rules: find the client's scope.
+pub const CONFIG_FLAG_SCOPED: u32 = 1 << 1;
+/// The policy has wildcard-port rules: do the `PORT_ANY` lookups.
+pub const CONFIG_FLAG_ANY_PORT: u32 = 1 << 2;
+
+/// A namespace name as a fixed-size map key (Kubernetes names are at most
+/// 63 bytes), NUL padded.
+pub type NamespaceName = [u8; 64];
 
 /// Key of the excluded-UID set: `(slot << 32) | uid`.
 #[inline(always)]
@@ -216,9 +239,13 @@ pub mod maps {
     pub const COUNTERS: &str = "CLS_COUNTERS";
     pub const PORT_COUNTS: &str = "CLS_PORT_COUNTS";
     pub const META: &str = "CLS_META";
+    /// cgroup id of a pod's cgroup -> scope id (u16 in a u32) of its namespace.
+    pub const SCOPES: &str = "CLS_SCOPES";
+    /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
+    pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
 
     /// Every map, for pinning, adoption and uninstall.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         ACTIVE_SLOT,
         POLICY_CONFIG,
         RULES_V4,
@@ -230,6 +257,8 @@ pub mod maps {
         COUNTERS,
         PORT_COUNTS,
         META,
+        SCOPES,
+        SCOPE_IDS,
     ];
 
     /// Trie capacity, shared by both slots: during a switch the old and new
@@ -243,6 +272,9 @@ pub mod maps {
     pub const VERDICTS_CAPACITY: u32 = 65536;
     /// Distinct destination ports counted for "top ports".
     pub const PORT_COUNTS_CAPACITY: u32 = 4096;
+    /// Pods per node the scope map can hold.
+    pub const SCOPES_CAPACITY: u32 = 16384;
+    pub const SCOPE_IDS_CAPACITY: u32 = 65535;
 }
 
 /// Program names as they appear in the object file.
@@ -369,8 +401,9 @@ mod tests {
         assert_eq!(size_of::<RuleVerdict>(), 8);
         assert_eq!(size_of::<PolicyConfig>(), 40);
         assert_eq!(size_of::<PinMeta>(), 8);
-        assert_eq!(size_of::<RuleKeyV4>(), 7);
-        assert_eq!(size_of::<RuleKeyV6>(), 19);
+        assert_eq!(size_of::<RuleKeyV4>(), 9);
+        assert_eq!(size_of::<RuleKeyV6>(), 21);
+        assert_eq!(offset_of!(RuleVerdict, net_prefix), 6);
     }
 
     #[test]

@@ -10,23 +10,27 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie,
+        bpf_getsockopt, bpf_setsockopt,
+    },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, excluded_uid_key, ConnVerdict, PolicyConfig, CONFIG_FLAG_MARK,
-    DEFAULT_PORT_WORDS, PROTO_HTTP1, PROTO_HTTP2, PROTO_OPAQUE, REPLY_FLAG_DST_IPV4,
-    REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SOURCE_DEFAULT_PORT, SOURCE_RULE,
+    counters as c, excluded_uid_key, ConnVerdict, PolicyConfig, RuleVerdict, CONFIG_FLAG_ANY_PORT,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY,
+    PROTO_HTTP1, PROTO_HTTP2, PROTO_OPAQUE, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
+    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE, SOURCE_DEFAULT_PORT, SOURCE_RULE,
 };
 
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
         count, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_PENDING,
-        CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6,
+        CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6, CLS_SCOPES,
     },
 };
 
@@ -130,13 +134,14 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     }
     count_port(port);
 
-    let (protocol, source, rule_id) = match lookup_rule(slot as u8, &dst, is_v4, port) {
-        Some((protocol, rule_id)) => (protocol, SOURCE_RULE, rule_id),
-        None if is_default_opaque(slot, port) => (PROTO_OPAQUE, SOURCE_DEFAULT_PORT, 0),
-        None => {
-            count(c::NO_VERDICT);
-            return;
-        }
+    let rule = lookup_rule(slot as u8, config, &dst, is_v4, port);
+    let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
+        (rule.protocol, SOURCE_RULE, rule.rule_id)
+    } else if is_default_opaque(slot, port) {
+        (PROTO_OPAQUE, SOURCE_DEFAULT_PORT, 0)
+    } else {
+        count(c::NO_VERDICT);
+        return;
     };
     count(match protocol {
         PROTO_OPAQUE => c::VERDICT_OPAQUE,
@@ -175,32 +180,110 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     }
 }
 
-/// The rule verdict for (dst, port) in `slot`: `Some((protocol, rule id))`
-/// when a rule decides (`PROTO_UNKNOWN` for a `detect` override), `None` to
-/// fall through to the default ports.
+/// The rule verdict for (dst, port): the client's namespace scope first (a
+/// match there decides, as Linkerd's namespace-local EgressNetworks do),
+/// then the node-wide rules. A `RULE_MATCH` verdict when a rule decides
+/// (`PROTO_UNKNOWN` for a `detect` override), else `RULE_NONE`: fall
+/// through to the default ports.
+///
+/// Verdicts are passed as plain values with `kind` RULE_NONE for "no
+/// match", not as `Option`s: LLVM leaves the unused fields of a `None`
+/// undefined, and the verifier rejects reading such a register.
 #[inline(always)]
-fn lookup_rule(slot: u8, dst: &[u8; 16], is_v4: bool, port: u16) -> Option<(u8, u32)> {
+fn lookup_rule(
+    slot: u8,
+    config: &PolicyConfig,
+    dst: &[u8; 16],
+    is_v4: bool,
+    port: u16,
+) -> RuleVerdict {
+    let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
+    if config.flags & CONFIG_FLAG_SCOPED != 0 {
+        let scope = client_scope();
+        if scope != SCOPE_NODE {
+            let hit = lookup_in_scope(slot, scope, dst, is_v4, port, any_port);
+            if hit.kind == RULE_MATCH {
+                return hit;
+            }
+        }
+    }
+    lookup_in_scope(slot, SCOPE_NODE, dst, is_v4, port, any_port)
+}
+
+/// One universe of rules: the exact port and, when the policy has any, the
+/// wildcard port; the more specific network wins, the exact port on a tie.
+#[inline(always)]
+fn lookup_in_scope(
+    slot: u8,
+    scope: u16,
+    dst: &[u8; 16],
+    is_v4: bool,
+    port: u16,
+    any_port: bool,
+) -> RuleVerdict {
+    let exact = trie_get(slot, scope, dst, is_v4, port);
+    if !any_port {
+        return exact;
+    }
+    let wildcard = trie_get(slot, scope, dst, is_v4, PORT_ANY);
+    if wildcard.kind != RULE_MATCH {
+        return exact;
+    }
+    if exact.kind != RULE_MATCH || wildcard.net_prefix > exact.net_prefix {
+        return wildcard;
+    }
+    exact
+}
+
+/// The trie entry for (slot, scope, port, dst), or a `RULE_NONE` verdict.
+#[inline(always)]
+fn trie_get(slot: u8, scope: u16, dst: &[u8; 16], is_v4: bool, port: u16) -> RuleVerdict {
     let p = port.to_be_bytes();
+    let s = scope.to_be_bytes();
     let hit = if is_v4 {
         let key = Key::new(
             RULE_KEY_FIXED_BITS + 32,
-            [slot, p[0], p[1], dst[12], dst[13], dst[14], dst[15]],
+            [
+                slot, s[0], s[1], p[0], p[1], dst[12], dst[13], dst[14], dst[15],
+            ],
         );
-        CLS_RULES_V4.get(&key).copied()
+        CLS_RULES_V4.get(&key)
     } else {
-        let mut data = [0u8; 19];
+        let mut data = [0u8; 21];
         data[0] = slot;
-        data[1] = p[0];
-        data[2] = p[1];
-        data[3..].copy_from_slice(dst);
-        CLS_RULES_V6
-            .get(&Key::new(RULE_KEY_FIXED_BITS + 128, data))
-            .copied()
+        data[1] = s[0];
+        data[2] = s[1];
+        data[3] = p[0];
+        data[4] = p[1];
+        data[5..].copy_from_slice(dst);
+        CLS_RULES_V6.get(&Key::new(RULE_KEY_FIXED_BITS + 128, data))
     };
     match hit {
-        Some(v) if v.kind == RULE_MATCH => Some((v.protocol, v.rule_id)),
-        _ => None,
+        Some(v) => *v,
+        None => RuleVerdict::default(),
     }
+}
+
+/// The scope of the connecting process: that of the nearest ancestor
+/// cgroup the agent registered (a pod's cgroup; the process is usually in
+/// a container cgroup below it). `SCOPE_NODE` outside any pod.
+#[inline(always)]
+fn client_scope() -> u16 {
+    let mut level = 1;
+    while level <= MAX_CGROUP_LEVEL {
+        // SAFETY: helper with a plain integer argument.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            // Deeper than the process's own cgroup.
+            break;
+        }
+        if let Some(scope) = CLS_SCOPES.get_ptr(id) {
+            // SAFETY: live map value.
+            return unsafe { *scope } as u16;
+        }
+        level += 1;
+    }
+    SCOPE_NODE
 }
 
 #[inline(always)]

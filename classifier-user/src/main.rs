@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use classifier_user::{
     agent::{self, AgentOptions},
     datapath::{pins::DEFAULT_PIN_DIR, PinDir},
-    policy::{classify, load_policy_file, Policy},
+    policy::{classify_from, load_policy_path, Policy},
     proxy::{self, ProxyOptions},
     stats,
 };
@@ -80,6 +80,10 @@ struct AgentArgs {
     /// its directory must be root-owned and not writable by others).
     #[arg(long)]
     allow_untrusted_policy: bool,
+    /// Serve Prometheus /metrics, /healthz (the agent loop runs) and /readyz (programs attached
+    /// and a policy applied) on this address, e.g. 0.0.0.0:9990 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Detach the programs and remove every pin under --pin-dir, then exit.
     #[arg(long)]
     uninstall: bool,
@@ -104,10 +108,17 @@ struct StatsArgs {
 struct ExplainArgs {
     /// Destination as IP:PORT ([IPv6]:PORT for IPv6).
     destination: SocketAddr,
-    /// Policy file to evaluate [default: the built-in policy].
-    #[arg(long, value_name = "FILE")]
+    /// Policy to evaluate: a ClassifierPolicy file, or a file or directory of Kubernetes
+    /// manifests (Linkerd's EgressNetwork, Server, Service, Pod, Namespace, and optionally one
+    /// ClassifierPolicy) [default: the built-in policy].
+    #[arg(long, value_name = "PATH")]
     policy: Option<PathBuf>,
-    /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id", "network"}.
+    /// Classify as a client in this Kubernetes namespace: its namespaced EgressNetworks come
+    /// first [default: a process outside any pod, node-wide rules only].
+    #[arg(long, value_name = "NS")]
+    from_namespace: Option<String>,
+    /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id",
+    /// "network", "origin", "scope"}.
     #[arg(long)]
     json: bool,
 }
@@ -158,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
                 watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.05)),
                 verdict_capacity: args.verdict_table_size,
                 allow_untrusted_policy: args.allow_untrusted_policy,
+                metrics_addr: args.metrics_addr,
             }))
         }
         Command::Stats(args) => {
@@ -187,10 +199,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Explain(args) => {
             let policy = match &args.policy {
-                Some(path) => load_policy_file(path)?,
+                Some(path) => load_policy_path(path)?,
                 None => Policy::builtin_default(),
             };
-            let decision = classify(&policy, args.destination.ip(), args.destination.port());
+            let decision = classify_from(
+                &policy,
+                args.from_namespace.as_deref(),
+                args.destination.ip(),
+                args.destination.port(),
+            );
             if args.json {
                 println!(
                     "{}",
@@ -205,6 +222,9 @@ fn run(cli: Cli) -> Result<()> {
                     });
                 println!("{} -> {}", args.destination, decision.protocol.as_str());
                 println!("  because {}", decision.reason(&policy));
+                if let Some(rule_origin) = decision.origin.as_deref().filter(|o| !o.is_empty()) {
+                    println!("  from    {rule_origin}");
+                }
                 println!("  policy  {origin}");
             }
             Ok(())

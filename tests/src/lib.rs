@@ -248,9 +248,36 @@ impl Sandbox {
         self.probe_in(args, None, false, &self.netns)
     }
 
+    /// A `probe` in this namespace, in `cgroup` (a cgroup created below
+    /// this sandbox's, e.g. a kubelet-style pod cgroup).
+    pub fn probe_in_cgroup(&self, args: &[&str], cgroup: &Path) -> Command {
+        assert!(
+            cgroup.starts_with(&self.cgroup),
+            "stay inside the sandbox's cgroup"
+        );
+        self.probe_with(args, None, Some(cgroup), &self.netns)
+    }
+
     fn probe_in(&self, args: &[&str], uid: Option<u32>, join_cgroup: bool, netns: &str) -> Command {
+        self.probe_with(
+            args,
+            uid,
+            join_cgroup.then_some(self.cgroup.as_path()),
+            netns,
+        )
+    }
+
+    fn probe_with(
+        &self,
+        args: &[&str],
+        uid: Option<u32>,
+        cgroup: Option<&Path>,
+        netns: &str,
+    ) -> Command {
+        let join_cgroup = cgroup.is_some();
         let procs = CString::new(
-            self.cgroup
+            cgroup
+                .unwrap_or(&self.cgroup)
                 .join("cgroup.procs")
                 .as_os_str()
                 .as_encoded_bytes(),
@@ -404,15 +431,21 @@ impl Drop for Sandbox {
             .stderr(Stdio::null())
             .status();
         let _ = fs::remove_dir_all(&self.pins);
-        // Kill anything left in the cgroup, then remove it (rmdir fails
-        // while it still has members).
+        // Kill anything left in the cgroup tree, then remove it deepest
+        // first (rmdir fails while a cgroup has members or children).
         for _ in 0..50 {
-            let procs = fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: signalling a test process.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            let tree = cgroup_tree(&self.cgroup);
+            for dir in &tree {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                    // SAFETY: signalling a test process.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
-            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+            for dir in tree.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+            if !self.cgroup.exists() {
                 break;
             }
             thread::sleep(Duration::from_millis(20));
@@ -422,6 +455,23 @@ impl Drop for Sandbox {
             .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `root` and every cgroup below it, parents before children.
+fn cgroup_tree(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = fs::read_dir(&out[i]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(entry.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 pub struct Server {

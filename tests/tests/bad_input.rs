@@ -26,7 +26,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("tab indentation", s(format!("{HEAD}\trules: []\n")), "found character that cannot start any token at line 4 column 1"),
         ("wrong kind", s("apiVersion: classifier.dev/v1alpha1\nkind: Policy\n".into()), "kind: unsupported kind \"Policy\", expected \"ClassifierPolicy\" at line 2 column 7"),
         ("wrong apiVersion", s("apiVersion: v1\nkind: ClassifierPolicy\n".into()), "apiVersion: unsupported apiVersion \"v1\", expected \"classifier.dev/v1alpha1\" at line 1 column 13"),
-        ("unknown spec field", s(format!("{HEAD}  rulez: []\n")), "spec: unknown field `rulez`, expected one of `defaultOpaquePorts`, `excludeUids`, `rules`, `mark` at line 4 column 3"),
+        ("unknown spec field", s(format!("{HEAD}  rulez: []\n")), "spec: unknown field `rulez`, expected one of `defaultOpaquePorts`, `excludeUids`, `rules`, `mark`, `clusterNetworks` at line 4 column 3"),
         ("unknown rule field", s(with_rules("    - {networks: [\"10.0.0.0/8\"], ports: \"80\", protocol: opaque, colour: red}\n")), "spec.rules[0]: unknown field `colour`, expected one of `networks`, `ports`, `protocol` at line 5 column 65"),
         ("ports of the wrong type", s(rule("\"10.0.0.0/8\"", "[80]", "opaque")), "spec.rules[0].ports: invalid type: sequence, expected a port list string like \"25,587,4000-4100\" or a port number at line 5 column 41"),
         ("excludeUids of the wrong type", s(format!("{HEAD}  excludeUids: \"2102\"\n")), "spec.excludeUids: invalid type: string \"2102\", expected a sequence at line 4 column 16"),
@@ -52,7 +52,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("duplicate rules", s(with_rules("    - {networks: [\"10.0.0.0/8\"], ports: \"80\", protocol: opaque}\n    - {networks: [\"10.0.0.0/8\"], ports: \"80\", protocol: opaque}\n")), "spec.rules[1]: rule 2 duplicates spec.rules[0] (rule 1): same networks, ports 80 and protocol opaque"),
         ("mark outside its mask", s(format!("{HEAD}  mark: {{value: 0x3, mask: 0x1}}\n")), "spec.mark: mark value 0x3 has bits outside mask 0x1 at line 4 column 9"),
         ("zero mark mask", s(format!("{HEAD}  mark: {{value: 0, mask: 0}}\n")), "spec.mark: mark mask must not be 0 at line 4 column 9"),
-        ("too many rules for the maps", s(rule("\"0.0.0.0/0\", \"10.0.0.0/8\", \"11.0.0.0/8\", \"12.0.0.0/8\", \"13.0.0.0/8\"", "\"1-65535\"", "opaque")), "the policy needs 327675 IPv4 trie entries but at most 262144 fit"),
+        ("too many rules for the maps", s(rule("\"0.0.0.0/0\", \"10.0.0.0/8\", \"11.0.0.0/8\", \"12.0.0.0/8\", \"13.0.0.0/8\"", "\"1-65534\"", "opaque")), "the policy needs 327670 IPv4 trie entries but at most 262144 fit"),
         ("not UTF-8", b"\xff\xfe policy\n".to_vec(), "policy file is not valid UTF-8"),
         ("50 MB file", vec![b'#'; 50_000_000], "policy file is 50000000 bytes, over the limit of 16777216 bytes"),
     ]

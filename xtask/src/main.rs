@@ -3,7 +3,7 @@
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 
 mod cargo;
-mod demo;
+mod manifests;
 mod prereqs;
 mod util;
 
@@ -92,6 +92,25 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Render the Kubernetes manifests from deploy/templates/.
+    ///
+    /// The image and the agent's flags are set in one place
+    /// (xtask/src/manifests.rs). Without options, rewrites the committed
+    /// deploy/*.yaml with the default image. With --image and no --out,
+    /// prints every manifest as one YAML stream (`... | kubectl apply -f -`).
+    /// Does not need root or a cluster.
+    /// Example: `cargo xtask manifests --image registry.example/classifier:0.1.0 --out /tmp/k8s`
+    Manifests {
+        /// Container image for the DaemonSet [default: classifier:VERSION].
+        #[arg(long, value_name = "IMAGE:TAG")]
+        image: Option<String>,
+        /// Write the rendered manifests into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+        /// Only check that the committed deploy/*.yaml are up to date (exit 1 if not).
+        #[arg(long, conflicts_with_all = ["image", "out"])]
+        check: bool,
+    },
 }
 
 fn main() {
@@ -102,6 +121,7 @@ fn main() {
         Cmd::Test { cargo_test_args } => test(&cargo_test_args),
         Cmd::Demo { detect_timeout } => demo(detect_timeout),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Manifests { image, out, check } => render_manifests(image, out, check),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
@@ -148,10 +168,66 @@ fn run(agent_args: &[String]) -> Result<()> {
 }
 
 fn demo(detect_timeout: u64) -> Result<()> {
+    if !is_root() {
+        bail!("the demo needs root (network namespaces, iptables, cgroups, eBPF): sudo -E cargo xtask demo");
+    }
     prereqs::ensure()?;
     let bin = cargo::build_classifier(true)?;
     step!("built {}", bin.display());
-    demo::run(&bin, detect_timeout)
+    // The demo shares the end-to-end tests' set-up code (tests::e2e).
+    run_checked(
+        cargo::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tests",
+            "--bin",
+            "demo",
+            "--bin",
+            "probe",
+        ]),
+        "building the demo",
+    )?;
+    let mut cmd = Command::new(cargo::target_dir().join("release").join("demo"));
+    cmd.arg("--detect-timeout")
+        .arg(detect_timeout.to_string())
+        .env("CLASSIFIER_BIN", &bin);
+    run_checked(&mut cmd, "the demo")
+}
+
+fn render_manifests(
+    image: Option<String>,
+    out: Option<std::path::PathBuf>,
+    check: bool,
+) -> Result<()> {
+    if check {
+        let stale = manifests::stale().map_err(anyhow::Error::msg)?;
+        if !stale.is_empty() {
+            bail!(
+                "deploy/{} out of date with deploy/templates: run `cargo xtask manifests`",
+                stale.join(", deploy/")
+            );
+        }
+        step!("deploy/*.yaml are up to date");
+        return Ok(());
+    }
+    let image_given = image.is_some();
+    let image = image.unwrap_or_else(|| manifests::DEFAULT_IMAGE.to_owned());
+    if image.trim().is_empty() || image.contains(char::is_whitespace) {
+        bail!("--image {image:?}: not an image reference");
+    }
+    let dir = match out {
+        Some(dir) => dir,
+        None if image_given => {
+            print!("{}", manifests::stream(&image).map_err(anyhow::Error::msg)?);
+            return Ok(());
+        }
+        None => manifests::deploy_dir(),
+    };
+    for path in manifests::write_all(&image, &dir).map_err(anyhow::Error::msg)? {
+        step!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn bench(quick: bool) -> Result<()> {

@@ -2,19 +2,20 @@
 //! its maps current, and get out of the way. Stopping the agent leaves the
 //! programs attached and the last policy active; `--uninstall` removes them.
 
+mod applier;
+mod pods;
 mod policy_source;
 mod preflight;
 mod privileges;
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{
-    datapath::{self, cgroup, loader::InstallOptions, Installed, PinDir, PolicyMaps},
-    policy::compile,
-};
+use crate::datapath::{self, cgroup, loader::InstallOptions, Installed, PinDir};
+use crate::metrics;
+use applier::Applier;
 pub use policy_source::PolicySource;
 
 pub struct AgentOptions {
@@ -25,10 +26,19 @@ pub struct AgentOptions {
     pub allow_untrusted_policy: bool,
     pub watch_interval: Duration,
     pub verdict_capacity: Option<u32>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
     preflight::check()?;
+    let agent_metrics =
+        metrics::AgentMetrics::new((opts.watch_interval * 10).max(Duration::from_secs(30)));
+    // Bound before the kernel is touched, so a taken port fails fast.
+    let metrics_server = match opts.metrics_addr {
+        Some(addr) => Some(metrics::MetricsServer::bind(addr).await?),
+        None => None,
+    };
     let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy);
     // Parse before touching the kernel: a bad file on first start should not
     // leave half an install behind.
@@ -52,16 +62,24 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
 
-    let mut maps = PolicyMaps::open(&opts.pins)?;
+    let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
     // Everything that needs more than CAP_BPF is done.
     match privileges::keep_only(&[privileges::CAP_BPF]) {
         Ok(()) => tracing::info!("dropped every capability but CAP_BPF"),
         Err(err) => tracing::warn!("{err:#}; running with the capabilities it was started with"),
     }
+    if let Some(server) = metrics_server {
+        let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
+        server.start(exporter, agent_metrics.clone());
+    }
     match first {
-        Ok(policy) => apply(&mut maps, &source, &policy)?,
+        Ok(policy) => {
+            let applied = applier.apply(&policy, &source.describe())?;
+            agent_metrics.policy_applied(applied.generation, policy.rules.len());
+        }
         Err(err) => {
-            let active = maps.active_config()?.generation;
+            agent_metrics.policy_apply_failed();
+            let active = applier.active_generation();
             if active == 0 {
                 return Err(err.context("no policy is active yet, so the agent cannot start"));
             }
@@ -78,36 +96,27 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick.tick() => {
+                agent_metrics.heartbeat();
+                if let Err(err) = applier.refresh_pods() {
+                    tracing::warn!("registering pod cgroups failed: {err:#}");
+                }
                 let Some(loaded) = source.reload_if_changed() else { continue };
-                if let Err(err) = loaded.and_then(|policy| apply(&mut maps, &source, &policy)) {
-                    let active = maps.active_config().map(|c| c.generation).unwrap_or(0);
-                    tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
+                let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
+                match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
+                    Ok(applied) => agent_metrics.policy_applied(applied.generation, rules),
+                    Err(err) => {
+                        agent_metrics.policy_apply_failed();
+                        let active = applier.active_generation();
+                        tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
+                    }
                 }
             }
         }
     }
+    agent_metrics.stopping();
     tracing::info!(
         pins = %opts.pins.root().display(),
         "stopping; programs stay attached with the last policy (`classifier agent --uninstall` removes them)"
-    );
-    Ok(())
-}
-
-fn apply(
-    maps: &mut PolicyMaps,
-    source: &PolicySource,
-    policy: &crate::policy::Policy,
-) -> Result<()> {
-    let compiled = compile(policy).with_context(|| format!("{}", source.describe()))?;
-    let applied = maps.apply(std::sync::Arc::new(compiled))?;
-    tracing::info!(
-        source = %source.describe(),
-        generation = applied.generation,
-        rules = policy.rules.len(),
-        v4_entries = applied.v4_entries,
-        v6_entries = applied.v6_entries,
-        elapsed_ms = applied.elapsed.as_secs_f64() * 1e3,
-        "policy applied"
     );
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! Where the agent's policy comes from: the built-in default or a file,
-//! watched by polling. Polling (default every second) rather than inotify
-//! because ConfigMap volumes update through symlink swaps that an inotify
-//! watch on the file misses. Each poll is one `stat`; the file is read only
-//! when its identity, size or modification time changed.
+//! Where the agent's policy comes from: the built-in default, a file, or a
+//! directory of manifests, watched by polling. Polling (default every
+//! second) rather than inotify because ConfigMap volumes update through
+//! symlink swaps that an inotify watch on the file misses. Each poll is a
+//! `stat` per file; files are read only when the identity, size or
+//! modification time of one of them changed.
 //!
 //! A policy decides what every process on the node gets, so by default it
 //! is only taken from a root-owned file that nobody else can write, in a
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::policy::{load_policy_file, Policy};
+use crate::policy::{load_policy_path, Policy};
 
 pub struct PolicySource {
     path: Option<PathBuf>,
@@ -25,24 +26,60 @@ pub struct PolicySource {
     last_seen: Option<Fingerprint>,
 }
 
-/// What changes when a file's contents may have: which file the path leads
-/// to, its size and its modification time.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Fingerprint {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
+/// What changes when the policy's contents may have: for every file, which
+/// file the path leads to, its size and its modification time.
+type Fingerprint = Vec<(PathBuf, u64, u64, u64, i128)>;
+
+/// Directories are walked to this depth at most (ConfigMap volumes are flat
+/// apart from their `..data` indirection).
+const MAX_DEPTH: usize = 8;
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let m = fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-    })
+    let mut out = Vec::new();
+    if m.is_dir() {
+        for file in policy_files(path) {
+            if let Ok(fm) = fs::metadata(&file) {
+                out.push(stamp(file, &fm));
+            }
+        }
+        // An emptied directory differs from a missing one.
+        out.push(stamp(path.to_path_buf(), &m));
+    } else {
+        out.push(stamp(path.to_path_buf(), &m));
+    }
+    Some(out)
+}
+
+fn stamp(path: PathBuf, m: &fs::Metadata) -> (PathBuf, u64, u64, u64, i128) {
+    let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    (path, m.dev(), m.ino(), m.size(), mtime)
+}
+
+/// The YAML files under `dir`, following symlinks but not loops.
+fn policy_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(meta) = fs::metadata(&d) else { continue };
+        if depth > MAX_DEPTH || !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            match fs::metadata(&p) {
+                Ok(m) if m.is_dir() => stack.push((p, depth + 1)),
+                Ok(_) if p.extension().is_some_and(|e| e == "yaml" || e == "yml") => files.push(p),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 impl PolicySource {
@@ -76,10 +113,8 @@ impl PolicySource {
     pub fn reload_if_changed(&mut self) -> Option<Result<Policy>> {
         let path = self.path.clone()?;
         let now = fingerprint(&path);
-        if now == self.last_seen && now.is_some() {
-            return None;
-        }
-        if now.is_none() && self.last_seen.is_none() {
+        if now == self.last_seen {
+            // Unchanged, or still missing (reported when it went missing).
             return None;
         }
         self.last_seen = now;
@@ -89,8 +124,13 @@ impl PolicySource {
     fn read(&self, path: &Path) -> Result<Policy> {
         if !self.allow_untrusted {
             check_trusted(path)?;
+            if path.is_dir() {
+                for file in policy_files(path) {
+                    check_trusted(&file)?;
+                }
+            }
         }
-        Ok(load_policy_file(path)?)
+        Ok(load_policy_path(path)?)
     }
 }
 

@@ -8,7 +8,9 @@ pub mod loader;
 pub mod object;
 pub mod pins;
 pub mod policy_maps;
+pub mod scopes;
 
 pub use loader::{install_or_adopt, uninstall, Installed};
 pub use pins::PinDir;
 pub use policy_maps::PolicyMaps;
+pub use scopes::ScopeMaps;

@@ -22,8 +22,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData};
 use classifier_common::{
-    excluded_uid_key, maps, PolicyConfig, RuleKeyV4, RuleKeyV6, RuleVerdict, CONFIG_FLAG_MARK,
-    DEFAULT_PORT_WORDS,
+    excluded_uid_key, maps, PolicyConfig, RuleKeyV4, RuleKeyV6, RuleVerdict, CONFIG_FLAG_ANY_PORT,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
 };
 
 use super::pins::PinDir;
@@ -113,10 +113,16 @@ impl PolicyMaps {
             }
         };
 
-        let (flags, mark_value, mark_mask) = match policy.mark {
+        let (mut flags, mark_value, mark_mask) = match policy.mark {
             Some(mark) => (CONFIG_FLAG_MARK, mark.value, mark.mask),
             None => (0, 0, 0),
         };
+        if policy.scoped {
+            flags |= CONFIG_FLAG_SCOPED;
+        }
+        if policy.any_port {
+            flags |= CONFIG_FLAG_ANY_PORT;
+        }
         let config = PolicyConfig {
             generation,
             flags,
@@ -258,14 +264,14 @@ impl PolicyMaps {
 }
 
 /// Entries of `from` whose key is gone in `to`, and entries of `to` that are
-/// new or changed. Keys are (port, address, prefix). `compile` emits entries
+/// new or changed. Keys are (scope, port, address, prefix). `compile` emits entries
 /// sorted by that key, so this is one merge walk; unsorted input (not from
 /// `compile`) is sorted first.
 fn diff_entries<const N: usize>(
     from: &[TrieEntry<N>],
     to: &[TrieEntry<N>],
 ) -> (Vec<TrieEntry<N>>, Vec<TrieEntry<N>>) {
-    let key = |e: &TrieEntry<N>| (e.port, e.addr, e.prefix);
+    let key = |e: &TrieEntry<N>| (e.scope, e.port, e.addr, e.prefix);
     let sorted = |v: &[TrieEntry<N>]| -> Vec<TrieEntry<N>> {
         let mut v = v.to_vec();
         v.sort_by_key(key);
@@ -328,6 +334,7 @@ mod tests {
 
     fn entry(port: u16, last: u8, rule_id: u32) -> TrieEntry<4> {
         TrieEntry {
+            scope: 0,
             port,
             addr: [10, 0, 0, last],
             prefix: 32,
@@ -335,7 +342,8 @@ mod tests {
                 rule_id,
                 protocol: 1,
                 kind: RULE_MATCH,
-                _pad: [0; 2],
+                net_prefix: 32,
+                _pad: 0,
             },
         }
     }

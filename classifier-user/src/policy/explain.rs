@@ -42,7 +42,7 @@ impl DecisionSource {
 }
 
 /// The verdict for one destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub protocol: Protocol,
     pub source: DecisionSource,
@@ -50,6 +50,12 @@ pub struct Decision {
     /// so that [`Decision::reason`] can talk about it.
     pub addr: IpAddr,
     pub port: u16,
+    /// The deciding rule's origin (which document, which field); `None`
+    /// unless a rule decided.
+    pub origin: Option<String>,
+    /// The deciding rule's scope: `None` for a node-wide rule (or no rule),
+    /// `Some(namespace)` for a namespace-scoped one.
+    pub scope: Option<String>,
 }
 
 /// IPv4-mapped IPv6 destinations (`::ffff:a.b.c.d`) are IPv4 connections made
@@ -65,40 +71,93 @@ pub fn canonical_addr(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// The protocol for a connection to `addr:port` under `policy`.
-///
-/// Among rules that list `port` and have a network containing `addr` (and no
-/// `except` of that network containing it), the one whose matching network
-/// is most specific wins, then the lowest id. A matching rule beats the
-/// default opaque ports whatever its protocol, so a `detect` rule can turn
-/// detection back on for a default opaque port.
+/// The protocol for a connection to `addr:port` under `policy`, from a
+/// client outside any namespace (the node itself): node-wide rules only.
+/// Same as [`classify_from`] with no namespace.
 pub fn classify(policy: &Policy, addr: IpAddr, port: u16) -> Decision {
-    let addr = canonical_addr(addr);
-    let mut best: Option<(u8, u32, &Rule, IpNet)> = None;
-    for rule in policy.rules.iter().filter(|r| r.ports.contains(port)) {
+    classify_from(policy, None, addr, port)
+}
+
+/// The best rule of one universe (the rules of one scope) for `addr:port`:
+/// among rules that list `port` and have a network containing `addr` (and
+/// no `except` of that network containing it), the one whose matching
+/// network is most specific wins; on an equally specific network a rule
+/// with explicit ports beats a wildcard-port rule; then the lowest id.
+fn best_in_scope<'p>(
+    policy: &'p Policy,
+    scope: Option<&str>,
+    addr: IpAddr,
+    port: u16,
+) -> Option<(&'p Rule, IpNet)> {
+    // (prefix, explicit ports, Reverse(id)) ordering, as a "better" test.
+    let mut best: Option<(u8, bool, u32, &Rule, IpNet)> = None;
+    for rule in policy
+        .rules
+        .iter()
+        .filter(|r| r.scope.as_deref() == scope && r.ports.contains(port))
+    {
+        let explicit = !rule.is_wildcard_port();
         for net in rule.networks.iter().filter(|n| n.matches(addr)) {
             let prefix = net.cidr.prefix_len();
             let better = match best {
                 None => true,
-                Some((bp, bid, _, _)) => prefix > bp || (prefix == bp && rule.id < bid),
+                Some((bp, bexp, bid, _, _)) => {
+                    (prefix, explicit) > (bp, bexp)
+                        || ((prefix, explicit) == (bp, bexp) && rule.id < bid)
+                }
             };
             if better {
-                best = Some((prefix, rule.id, rule, net.cidr));
+                best = Some((prefix, explicit, rule.id, rule, net.cidr));
             }
         }
     }
-    let (protocol, source) = match best {
-        Some((_, id, rule, network)) => (rule.protocol, DecisionSource::Rule { id, network }),
+    best.map(|(_, _, _, r, n)| (r, n))
+}
+
+/// The protocol for a connection to `addr:port` from a client in Kubernetes
+/// namespace `client_namespace` (`None`: a process outside any pod).
+///
+/// 1. Rules scoped to the client's namespace are looked at first (see
+///    [`best_in_scope`] for the choice among them); if one matches, it
+///    decides, whatever its protocol (a `detect` rule too).
+/// 2. Otherwise the node-wide rules, chosen the same way.
+/// 3. Otherwise a default opaque port is opaque.
+/// 4. Otherwise there is no verdict (detect).
+///
+/// A matching rule beats the default opaque ports whatever its protocol, so
+/// a `detect` rule can turn detection back on for a default opaque port.
+pub fn classify_from(
+    policy: &Policy,
+    client_namespace: Option<&str>,
+    addr: IpAddr,
+    port: u16,
+) -> Decision {
+    let addr = canonical_addr(addr);
+    let best = client_namespace
+        .and_then(|ns| best_in_scope(policy, Some(ns), addr, port))
+        .or_else(|| best_in_scope(policy, None, addr, port));
+    let (protocol, source, origin, scope) = match best {
+        Some((rule, network)) => (
+            rule.protocol,
+            DecisionSource::Rule {
+                id: rule.id,
+                network,
+            },
+            Some(rule.origin.clone()),
+            rule.scope.clone(),
+        ),
         None if policy.default_opaque_ports.contains(port) => {
-            (Protocol::Opaque, DecisionSource::DefaultPort)
+            (Protocol::Opaque, DecisionSource::DefaultPort, None, None)
         }
-        None => (Protocol::Detect, DecisionSource::None),
+        None => (Protocol::Detect, DecisionSource::None, None, None),
     };
     Decision {
         protocol,
         source,
         addr,
         port,
+        origin,
+        scope,
     }
 }
 
@@ -111,7 +170,15 @@ impl Decision {
                     .rule(id)
                     .map(|r| r.ports.to_string())
                     .unwrap_or_else(|| "?".into());
+                let ports = if ports == "1-65535" {
+                    "*".to_string()
+                } else {
+                    ports
+                };
                 let mut s = format!("rule {id} (network {network}, ports {ports})");
+                if let Some(scope) = &self.scope {
+                    s.push_str(&format!(" for clients in namespace {scope}"));
+                }
                 if self.protocol == Protocol::Detect
                     && policy.default_opaque_ports.contains(self.port)
                 {
@@ -132,7 +199,9 @@ impl Decision {
         }
     }
 
-    /// The `--json` form: exactly `protocol`, `source`, `rule_id`, `network`.
+    /// The `--json` form: exactly `protocol`, `source`, `rule_id`,
+    /// `network`, `origin`, `scope` (the last four null unless a rule
+    /// decided; `scope` null for a node-wide rule).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("a Decision always serializes")
     }
@@ -141,11 +210,13 @@ impl Decision {
 impl Serialize for Decision {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
-        struct Flat {
+        struct Flat<'a> {
             protocol: Protocol,
             source: &'static str,
             rule_id: Option<u32>,
             network: Option<String>,
+            origin: Option<&'a str>,
+            scope: Option<&'a str>,
         }
         let (rule_id, network) = match self.source {
             DecisionSource::Rule { id, network } => (Some(id), Some(network.to_string())),
@@ -156,6 +227,8 @@ impl Serialize for Decision {
             source: self.source.as_str(),
             rule_id,
             network,
+            origin: self.origin.as_deref(),
+            scope: self.scope.as_deref(),
         }
         .serialize(s)
     }
@@ -183,6 +256,8 @@ mod tests {
                 .collect(),
             ports: ports.parse().unwrap(),
             protocol,
+            scope: None,
+            origin: format!("spec.rules[{}]", id - 1),
         }
     }
 
@@ -359,13 +434,13 @@ mod tests {
         );
         assert_eq!(
             d.to_json(),
-            json!({"protocol": "opaque", "source": "rule", "rule_id": 1, "network": "203.0.113.0/24"})
+            json!({"protocol": "opaque", "source": "rule", "rule_id": 1, "network": "203.0.113.0/24", "origin": "spec.rules[0]", "scope": null})
         );
         let d = at(&p, "203.0.113.5", 3306);
         assert_eq!(d.reason(&p), "port 3306 is in the default opaque ports");
         assert_eq!(
             d.to_json(),
-            json!({"protocol": "opaque", "source": "default_port", "rule_id": null, "network": null})
+            json!({"protocol": "opaque", "source": "default_port", "rule_id": null, "network": null, "origin": null, "scope": null})
         );
         let d = at(&p, "203.0.113.5", 9090);
         assert_eq!(
@@ -374,7 +449,115 @@ mod tests {
         );
         assert_eq!(
             d.to_json(),
-            json!({"protocol": "detect", "source": "none", "rule_id": null, "network": null})
+            json!({"protocol": "detect", "source": "none", "rule_id": null, "network": null, "origin": null, "scope": null})
         );
+    }
+
+    fn scoped(mut r: Rule, ns: &str) -> Rule {
+        r.scope = Some(ns.to_string());
+        r
+    }
+
+    fn from(p: &Policy, ns: Option<&str>, addr: &str, port: u16) -> Decision {
+        classify_from(p, ns, addr.parse().unwrap(), port)
+    }
+
+    #[test]
+    fn clients_namespace_rules_come_first_then_node_wide() {
+        let p = policy(vec![
+            // Node-wide, very specific.
+            rule(1, &[("203.0.113.9/32", &[])], "4222", Protocol::Http1),
+            // team-a's own, less specific: still first for team-a clients.
+            scoped(
+                rule(2, &[("203.0.113.0/24", &[])], "4222", Protocol::Opaque),
+                "team-a",
+            ),
+            // A scoped detect rule decides too (over a default opaque port).
+            scoped(
+                rule(3, &[("0.0.0.0/0", &[])], "3306", Protocol::Detect),
+                "team-a",
+            ),
+        ]);
+        let d = from(&p, Some("team-a"), "203.0.113.9", 4222);
+        assert_eq!(
+            (d.protocol, d.source),
+            (Protocol::Opaque, src(2, "203.0.113.0/24"))
+        );
+        assert_eq!(d.scope.as_deref(), Some("team-a"));
+        assert_eq!(d.origin.as_deref(), Some("spec.rules[1]"));
+        assert!(
+            d.reason(&p).contains("for clients in namespace team-a"),
+            "{}",
+            d.reason(&p)
+        );
+        // Other namespaces and the node get the node-wide rule.
+        for ns in [None, Some("team-b")] {
+            let d = from(&p, ns, "203.0.113.9", 4222);
+            assert_eq!(
+                (d.protocol, d.source),
+                (Protocol::Http1, src(1, "203.0.113.9/32"))
+            );
+            assert_eq!(d.scope, None);
+        }
+        // Nothing in team-a's universe for this address: node-wide decides.
+        let d = from(&p, Some("team-a"), "198.51.100.1", 4222);
+        assert_eq!(d.source, DecisionSource::None);
+        let d = from(&p, Some("team-a"), "198.51.100.1", 3306);
+        assert_eq!(
+            (d.protocol, d.source),
+            (Protocol::Detect, src(3, "0.0.0.0/0"))
+        );
+        let d = from(&p, Some("team-b"), "198.51.100.1", 3306);
+        assert_eq!(
+            (d.protocol, d.source),
+            (Protocol::Opaque, DecisionSource::DefaultPort)
+        );
+        // classify is the node's view.
+        assert_eq!(
+            at(&p, "203.0.113.9", 4222),
+            from(&p, None, "203.0.113.9", 4222)
+        );
+    }
+
+    #[test]
+    fn explicit_ports_beat_wildcard_on_equal_network_only() {
+        let p = policy(vec![
+            rule(1, &[("192.0.2.0/24", &[])], "1-65535", Protocol::Detect),
+            rule(2, &[("192.0.2.0/24", &[])], "5432", Protocol::Opaque),
+            rule(
+                3,
+                &[("192.0.2.0/25", &[])],
+                "*".replace('*', "1-65535").as_str(),
+                Protocol::Http2,
+            ),
+            rule(4, &[("192.0.0.0/16", &[])], "8080", Protocol::Opaque),
+        ]);
+        // Same /24: explicit rule 2 beats wildcard rule 1 despite the id.
+        assert_eq!(
+            from(&p, None, "192.0.2.200", 5432).source,
+            src(2, "192.0.2.0/24")
+        );
+        // Other ports: the wildcard rule, even on a default opaque port.
+        let d = from(&p, None, "192.0.2.200", 3306);
+        assert_eq!(
+            (d.protocol, d.source),
+            (Protocol::Detect, src(1, "192.0.2.0/24"))
+        );
+        // A more specific wildcard network beats a less specific explicit one.
+        assert_eq!(
+            from(&p, None, "192.0.2.1", 5432).source,
+            src(3, "192.0.2.0/25")
+        );
+        assert_eq!(
+            from(&p, None, "192.0.2.1", 8080).source,
+            src(3, "192.0.2.0/25")
+        );
+        assert_eq!(
+            from(&p, None, "192.0.9.1", 8080).source,
+            src(4, "192.0.0.0/16")
+        );
+        assert!(from(&p, None, "192.0.2.1", 1)
+            .reason(&p)
+            .contains("ports *"));
     }
 }

@@ -56,10 +56,52 @@ pub enum PolicyError {
         field: String,
         message: String,
     },
+    /// A directory symlink that leads back to one of its own ancestors.
+    #[error("{}: symlink loop: leads back to {}", path.display(), target.display())]
+    SymlinkLoop { path: PathBuf, target: PathBuf },
+    #[error("{}: more than {limit} documents in the policy directory", path.display())]
+    TooManyDocuments { path: PathBuf, limit: usize },
+}
+
+/// Reads the policy at `path`: a ClassifierPolicy file (exactly as
+/// [`load_policy_file`], with the same errors), or a directory or a file of
+/// Kubernetes manifests (Linkerd's resources, optionally with one
+/// ClassifierPolicy), compiled by [`crate::sources::linkerd`] with the
+/// default options.
+///
+/// A file goes the manifest way when it holds more than one document, or
+/// one document of a Kubernetes kind the compiler reads (EgressNetwork,
+/// Server, Service, Pod, Namespace); anything else is read as a
+/// ClassifierPolicy, so a broken one is reported as before.
+pub fn load_policy_path(path: &Path) -> Result<Policy, PolicyError> {
+    use crate::sources::{document, linkerd, DocumentSet};
+    let meta = std::fs::metadata(path).map_err(|error| PolicyError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let set = if meta.is_dir() {
+        DocumentSet::from_path(path)?
+    } else {
+        let text = read_policy_text(path)?;
+        if !document::is_manifest_text(&text) {
+            return parse_policy(&text, &path.display().to_string());
+        }
+        let mut set = DocumentSet::default();
+        set.add_text(&text, &path.display().to_string())?;
+        set
+    };
+    linkerd::compile_documents(&set, &linkerd::Options::default())
 }
 
 /// Reads and validates the policy file at `path`.
 pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyError> {
+    let text = read_policy_text(path)?;
+    parse_policy(&text, &path.display().to_string())
+}
+
+/// Reads a policy or manifest file as text: at most
+/// [`MAX_POLICY_FILE_BYTES`], UTF-8.
+pub fn read_policy_text(path: &Path) -> Result<String, PolicyError> {
     let io = |error| PolicyError::Io {
         path: path.to_path_buf(),
         error,
@@ -84,18 +126,45 @@ pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyError> {
     if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
         return Err(too_large(bytes.len() as u64));
     }
-    let text = String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 {
+    String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 {
         path: path.to_path_buf(),
-    })?;
-    parse_policy(&text, &path.display().to_string())
+    })
+}
+
+/// serde_yaml's message for `e`, with its line number moved down by
+/// `line_offset` lines (for a document that starts further into a file).
+pub(crate) fn yaml_message(e: &serde_yaml::Error, line_offset: usize) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if line_offset > 0 => msg.replace(
+            &format!("line {} column {}", loc.line(), loc.column()),
+            &format!("line {} column {}", loc.line() + line_offset, loc.column()),
+        ),
+        _ => msg,
+    }
 }
 
 /// Parses and validates policy text; `origin` (usually the file name)
 /// starts every error message.
 pub fn parse_policy(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+    parse_policy_document(text, origin).map(|p| p.policy)
+}
+
+/// [`parse_policy`], keeping the document-only settings (`clusterNetworks`).
+pub fn parse_policy_document(text: &str, origin: &str) -> Result<ParsedPolicy, PolicyError> {
+    parse_policy_document_at(text, origin, 0)
+}
+
+/// [`parse_policy_document`] for a document whose first line is line
+/// `line_offset + 1` of its file: positions in errors are the file's.
+pub fn parse_policy_document_at(
+    text: &str,
+    origin: &str,
+    line_offset: usize,
+) -> Result<ParsedPolicy, PolicyError> {
     let doc: Document = serde_yaml::from_str(text).map_err(|e| PolicyError::Syntax {
         origin: origin.to_string(),
-        message: e.to_string(),
+        message: yaml_message(&e, line_offset),
     })?;
     let invalid = |field: String, message: String| PolicyError::Invalid {
         origin: origin.to_string(),
@@ -155,17 +224,50 @@ pub fn parse_policy(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             networks: raw.networks.0,
             ports: raw.ports.0,
             protocol: raw.protocol,
+            scope: None,
+            origin: format!("spec.rules[{i}]"),
         });
     }
 
-    Ok(Policy {
+    let policy = Policy {
         default_opaque_ports: spec
             .default_opaque_ports
             .unwrap_or(default.default_opaque_ports),
         exclude_uids,
         rules,
         mark: spec.mark.map(|m| m.0),
+        pod_namespaces: Default::default(),
+    };
+    let cluster_networks = match spec.cluster_networks {
+        Some(ClusterNetworks(n)) => n,
+        None => default_cluster_networks(),
+    };
+    Ok(ParsedPolicy {
+        policy,
+        cluster_networks,
     })
+}
+
+/// Linkerd's default `clusterNetworks`.
+pub const LINKERD_DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+/// [`LINKERD_DEFAULT_CLUSTER_NETWORKS`], parsed.
+pub fn default_cluster_networks() -> Vec<IpNet> {
+    LINKERD_DEFAULT_CLUSTER_NETWORKS
+        .split(',')
+        .map(|n| n.parse().expect("the built-in cluster networks parse"))
+        .collect()
+}
+
+/// A ClassifierPolicy document: the [`Policy`] it gives on its own, plus the
+/// settings only the document compiler uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedPolicy {
+    pub policy: Policy,
+    /// `spec.clusterNetworks`: what an EgressNetwork without `networks`
+    /// leaves out (default [`LINKERD_DEFAULT_CLUSTER_NETWORKS`]).
+    pub cluster_networks: Vec<IpNet>,
 }
 
 // ---------------------------------------------------------------------------
@@ -179,6 +281,11 @@ struct Document {
     api_version: ApiVersion,
     #[allow(dead_code)]
     kind: Kind,
+    /// Allowed (a ClassifierPolicy among Kubernetes manifests has a name)
+    /// and not used.
+    #[allow(dead_code)]
+    #[serde(default)]
+    metadata: Option<serde_yaml::Value>,
     #[serde(default)]
     spec: Option<Spec>,
 }
@@ -194,6 +301,47 @@ struct Spec {
     rules: Option<Vec<RawRule>>,
     #[serde(default)]
     mark: Option<CheckedMark>,
+    #[serde(default)]
+    cluster_networks: Option<ClusterNetworks>,
+}
+
+/// `clusterNetworks`: a list of CIDRs or one comma-separated string of them
+/// (Linkerd's own helm value is the string form).
+struct ClusterNetworks(Vec<IpNet>);
+
+impl<'de> Deserialize<'de> for ClusterNetworks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ClusterNetworks;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of CIDRs or a comma-separated string of CIDRs")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ClusterNetworks, E> {
+                let mut nets = Vec::new();
+                for item in v.split(',').map(str::trim) {
+                    if item.is_empty() {
+                        return Err(E::custom(format!(
+                            "empty item in cluster network list {v:?}"
+                        )));
+                    }
+                    nets.push(parse_cidr(item).map_err(E::custom)?);
+                }
+                Ok(ClusterNetworks(nets))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ClusterNetworks, A::Error> {
+                let mut nets = Vec::new();
+                while let Some(Cidr(n)) = seq.next_element::<Cidr>()? {
+                    nets.push(n);
+                }
+                Ok(ClusterNetworks(nets))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -258,7 +406,8 @@ struct NonEmptyPorts(PortSet);
 
 impl<'de> Deserialize<'de> for NonEmptyPorts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        super::ports::deserialize_port_list(
+        // `"*"` is every port: a wildcard-port rule.
+        super::ports::deserialize_port_list_or_all(
             d,
             Some("a rule needs at least one port, got an empty port list"),
         )
@@ -306,7 +455,7 @@ impl<'de> Deserialize<'de> for Cidr {
 
 /// Parses `addr/len` or a bare address (a host). Rejects host bits, because
 /// "10.0.0.1/8" more often means a typo than the whole /8.
-fn parse_cidr(text: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let (addr_text, len_text) = match text.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (text, None),
@@ -352,6 +501,23 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// An `except` must be strictly inside its network, in the same family.
+pub(crate) fn check_except(cidr: IpNet, e: IpNet) -> Result<(), String> {
+    let inside = match (cidr, e) {
+        (IpNet::V4(c), IpNet::V4(x)) => c.prefix_len() < x.prefix_len() && c.contains(&x),
+        (IpNet::V6(c), IpNet::V6(x)) => c.prefix_len() < x.prefix_len() && c.contains(&x),
+        _ => {
+            return Err(format!(
+                "except {e} is not the same address family as cidr {cidr}"
+            ))
+        }
+    };
+    if !inside {
+        return Err(format!("except {e} is not strictly inside cidr {cidr}"));
+    }
+    Ok(())
+}
+
 /// `"10.0.0.0/8"` or `{cidr: "10.0.0.0/8", except: [...]}`. Hand-written
 /// rather than `#[serde(untagged)]`, which would replace every specific
 /// error with "did not match any variant".
@@ -379,24 +545,7 @@ impl<'de> Deserialize<'de> for Network {
                 let cidr = full.cidr.0;
                 let mut except = Vec::with_capacity(full.except.len());
                 for Cidr(e) in full.except {
-                    let inside = match (cidr, e) {
-                        (IpNet::V4(c), IpNet::V4(x)) => {
-                            c.prefix_len() < x.prefix_len() && c.contains(&x)
-                        }
-                        (IpNet::V6(c), IpNet::V6(x)) => {
-                            c.prefix_len() < x.prefix_len() && c.contains(&x)
-                        }
-                        _ => {
-                            return Err(de::Error::custom(format!(
-                                "except {e} is not the same address family as cidr {cidr}"
-                            )))
-                        }
-                    };
-                    if !inside {
-                        return Err(de::Error::custom(format!(
-                            "except {e} is not strictly inside cidr {cidr}"
-                        )));
-                    }
+                    check_except(cidr, e).map_err(de::Error::custom)?;
                     except.push(e);
                 }
                 Ok(Network { cidr, except })
@@ -481,11 +630,14 @@ spec:
                     ],
                     ports: "4222,8000-8100".parse().unwrap(),
                     protocol: Protocol::Opaque,
+                    scope: None,
+                    origin: "spec.rules[0]".into(),
                 }],
                 mark: Some(Mark {
                     value: 0x40000,
                     mask: 0x40000
                 }),
+                pod_namespaces: Default::default(),
             }
         );
     }
@@ -834,5 +986,46 @@ spec:
             "{msg}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cluster_networks_and_wildcard_ports() {
+        let head = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\n";
+        let p = parse_policy_document(head, "p").unwrap();
+        assert_eq!(p.cluster_networks, default_cluster_networks());
+        assert_eq!(p.cluster_networks.len(), 5);
+        for list in [
+            "\"10.0.0.0/16, fd00::/16\"",
+            "[\"10.0.0.0/16\", \"fd00::/16\"]",
+        ] {
+            let text = format!("{head}spec:\n  clusterNetworks: {list}\n");
+            let p = parse_policy_document(&text, "p").unwrap();
+            assert_eq!(
+                p.cluster_networks,
+                vec![net("10.0.0.0/16"), net("fd00::/16")]
+            );
+            assert_eq!(p.policy, Policy::builtin_default());
+        }
+        let text = format!("{head}spec:\n  clusterNetworks: \"10.0.0.1/16\"\n");
+        let msg = syntax_error(&text);
+        assert!(
+            msg.contains("spec.clusterNetworks")
+                && msg.contains("host bits")
+                && msg.contains("line 4"),
+            "{msg}"
+        );
+        let text = format!("{head}spec:\n  clusterNetworks: [\"10.0.0.0/8\", 7]\n");
+        assert!(syntax_error(&text).contains("spec.clusterNetworks[1]"));
+
+        // `metadata` is allowed (a ClassifierPolicy among manifests).
+        let text = format!("{head}metadata: {{name: x}}\nspec:\n  rules:\n    - {{networks: [\"0.0.0.0/0\"], ports: \"*\", protocol: detect}}\n    - {{networks: [\"::/0\"], ports: \"1-65535\", protocol: detect}}\n");
+        let p = parse_policy(&text, "p").unwrap();
+        assert!(p.rules[0].ports.is_all() && p.rules[1].ports.is_all());
+        assert_eq!(p.rules[1].origin, "spec.rules[1]");
+        // "*" only means all ports in a rule's ports.
+        let text = format!("{head}spec:\n  defaultOpaquePorts: \"*\"\n");
+        assert!(syntax_error(&text).contains("spec.defaultOpaquePorts"));
+        let text = format!("{head}spec:\n  rules: [{{networks: [\"0.0.0.0/0\"], ports: \"*,80\", protocol: detect}}]\n");
+        assert!(syntax_error(&text).contains("spec.rules[0].ports"));
     }
 }

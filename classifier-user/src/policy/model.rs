@@ -3,6 +3,7 @@
 //! Everything downstream (`explain`, `compile`) trusts these values: the file
 //! loader is the one place that checks them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -125,11 +126,52 @@ impl fmt::Display for Network {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// 1-based position in the file; this is what the proxy and `stats` see.
+    /// 1-based and unique in the policy; this is what the proxy and `stats`
+    /// see. For a ClassifierPolicy file it is the rule's position; the
+    /// document compiler numbers its rules deterministically.
     pub id: u32,
     pub networks: Vec<Network>,
+    /// All ports (`PortSet::is_all`) makes this a wildcard-port rule, which
+    /// loses to an explicit-port rule with an equally specific network.
     pub ports: PortSet,
     pub protocol: Protocol,
+    /// `None`: applies to every client (node-wide). `Some(ns)`: applies only
+    /// to clients in Kubernetes namespace `ns`, and beats every node-wide
+    /// rule for them.
+    pub scope: Option<String>,
+    /// Where the rule comes from, for humans: `spec.rules[0]`, or
+    /// `EgressNetwork team-a/nats-egress (egress.yaml#2)`.
+    pub origin: String,
+}
+
+impl Rule {
+    /// A node-wide rule with an empty origin; set the other fields with
+    /// struct update syntax or the builder methods.
+    pub fn new(id: u32, networks: Vec<Network>, ports: PortSet, protocol: Protocol) -> Rule {
+        Rule {
+            id,
+            networks,
+            ports,
+            protocol,
+            scope: None,
+            origin: String::new(),
+        }
+    }
+
+    pub fn with_scope(mut self, scope: Option<String>) -> Rule {
+        self.scope = scope;
+        self
+    }
+
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Rule {
+        self.origin = origin.into();
+        self
+    }
+
+    /// Whether this rule applies to every port (see [`PortSet::is_all`]).
+    pub fn is_wildcard_port(&self) -> bool {
+        self.ports.is_all()
+    }
 }
 
 /// `SO_MARK` bits set on classified sockets: `(mark & !mask) | value`.
@@ -147,6 +189,9 @@ pub struct Policy {
     pub exclude_uids: Vec<u32>,
     pub rules: Vec<Rule>,
     pub mark: Option<Mark>,
+    /// Pod UID -> namespace, from Pod documents: the agent maps a pod's
+    /// cgroup to the scope of its namespace with it.
+    pub pod_namespaces: BTreeMap<String, String>,
 }
 
 impl Policy {
@@ -160,7 +205,21 @@ impl Policy {
             exclude_uids: vec![LINKERD_PROXY_UID],
             rules: Vec::new(),
             mark: None,
+            pod_namespaces: BTreeMap::new(),
         }
+    }
+
+    /// Whether any rule is namespace-scoped.
+    pub fn has_scoped_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.scope.is_some())
+    }
+
+    /// The distinct scopes (namespaces) of the rules, sorted.
+    pub fn scopes(&self) -> std::collections::BTreeSet<&str> {
+        self.rules
+            .iter()
+            .filter_map(|r| r.scope.as_deref())
+            .collect()
     }
 
     /// The rule with this id, if any.

@@ -86,6 +86,18 @@ impl PortSet {
         self.ranges.splice(first..last, [merged]);
     }
 
+    /// Every port, 1-65535: a wildcard-port rule's set (`ports: "*"`).
+    pub fn all() -> Self {
+        PortSet {
+            ranges: vec![(1, u16::MAX)],
+        }
+    }
+
+    /// Whether this is every port 1-65535 (however it was written).
+    pub fn is_all(&self) -> bool {
+        self.ranges == [(1, u16::MAX)]
+    }
+
     pub fn contains(&self, port: u16) -> bool {
         let i = self.ranges.partition_point(|&(_, e)| e < port);
         matches!(self.ranges.get(i), Some(&(s, _)) if s <= port)
@@ -248,13 +260,32 @@ pub(crate) fn deserialize_port_list<'de, D: Deserializer<'de>>(
     d: D,
     empty_error: Option<&'static str>,
 ) -> Result<PortSet, D::Error> {
-    struct V(Option<&'static str>);
+    deserialize_ports(d, empty_error, false)
+}
+
+/// [`deserialize_port_list`] that also takes `"*"` for every port.
+pub(crate) fn deserialize_port_list_or_all<'de, D: Deserializer<'de>>(
+    d: D,
+    empty_error: Option<&'static str>,
+) -> Result<PortSet, D::Error> {
+    deserialize_ports(d, empty_error, true)
+}
+
+fn deserialize_ports<'de, D: Deserializer<'de>>(
+    d: D,
+    empty_error: Option<&'static str>,
+    star: bool,
+) -> Result<PortSet, D::Error> {
+    struct V(Option<&'static str>, bool);
     impl Visitor<'_> for V {
         type Value = PortSet;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a port list string like \"25,587,4000-4100\" or a port number")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSet, E> {
+            if self.1 && v.trim() == "*" {
+                return Ok(PortSet::all());
+            }
             let set: PortSet = v.parse().map_err(E::custom)?;
             match self.0 {
                 Some(msg) if set.is_empty() => Err(E::custom(msg)),
@@ -273,7 +304,7 @@ pub(crate) fn deserialize_port_list<'de, D: Deserializer<'de>>(
             self.visit_str(&v.to_string())
         }
     }
-    d.deserialize_any(V(empty_error))
+    d.deserialize_any(V(empty_error, star))
 }
 
 #[cfg(test)]
@@ -324,6 +355,15 @@ mod tests {
         assert_eq!(set.to_string(), "1-65535");
         assert_eq!(set.iter().last(), Some(65535));
         assert_eq!(set.iter().next(), Some(1));
+    }
+
+    #[test]
+    fn all_ports() {
+        assert!(PortSet::all().is_all());
+        assert_eq!(PortSet::all(), ps("1-65535"));
+        assert!(ps("1-100,101-65535").is_all());
+        assert!(!ps("2-65535").is_all() && !ps("1-65534").is_all() && !ps("").is_all());
+        assert_eq!(PortSet::all().len(), 65535);
     }
 
     #[test]

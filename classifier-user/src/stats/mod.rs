@@ -4,5 +4,5 @@
 mod read;
 mod render;
 
-pub use read::{read_snapshot, Snapshot};
+pub use read::{read_snapshot, PolicyInfo, PortCount, Snapshot, VerdictTable};
 pub use render::{render_json, render_prometheus, render_table};

@@ -336,12 +336,12 @@ pub fn random_policy(rules: usize, seed: u64) -> Policy {
         let mut ports = PortSet::new();
         ports.insert(1024 + (rng.next() % 60_000) as u16);
         ports.insert(1024 + (rng.next() % 60_000) as u16);
-        policy.rules.push(Rule {
-            id: i as u32 + 1,
-            networks: vec![Network::new(cidr)],
+        policy.rules.push(Rule::new(
+            i as u32 + 1,
+            vec![Network::new(cidr)],
             ports,
-            protocol: Protocol::Opaque,
-        });
+            Protocol::Opaque,
+        ));
     }
     policy
 }

@@ -1,0 +1,372 @@
+//! What `/metrics` says, encoded with `prometheus-client`.
+//!
+//! Why `prometheus-client`: it is the Prometheus project's own Rust client
+//! (github.com/prometheus/client_rust), maintained and widely used (it is
+//! what linkerd2-proxy exports with), with no dependencies beyond a
+//! float formatter. It owns the parts of the exposition format that are
+//! easy to get subtly wrong by hand: name and `_total` suffix rules, HELP
+//! and label-value escaping, one TYPE line per family, and the content
+//! type. Nothing in it keeps state for us: both sources below are
+//! [`Collector`]s, asked for their values at scrape time.
+//!
+//! The names match `classifier stats --prometheus` (`classifier_connects_total`,
+//! `classifier_kernel_events_total{event=...}`, ...), plus
+//! `classifier_agent_*` for the agent's own state.
+
+use std::fmt;
+
+use anyhow::Result;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+
+use super::AgentMetrics;
+use crate::{
+    datapath::PinDir,
+    stats::{read_snapshot, Snapshot},
+};
+
+/// Prometheus text format 0.0.4, which every scraper reads.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Everything `/metrics` serves, under the `classifier_` prefix.
+#[derive(Debug)]
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Exporter {
+    /// The kernel counters from the maps pinned under `pins`, read at every
+    /// scrape, and the agent's own metrics.
+    pub fn new(pins: PinDir, agent: AgentMetrics) -> Self {
+        Self::with_snapshots(move || read_snapshot(&pins), agent)
+    }
+
+    /// As [`new`](Self::new), with the snapshot from `read` (tests).
+    pub fn with_snapshots(
+        read: impl Fn() -> Result<Snapshot> + Send + Sync + 'static,
+        agent: AgentMetrics,
+    ) -> Self {
+        let mut registry = Registry::with_prefix("classifier");
+        registry.register_collector(Box::new(KernelCollector {
+            read: Box::new(read),
+        }));
+        registry.register_collector(Box::new(AgentCollector(agent)));
+        Self { registry }
+    }
+
+    /// One scrape. Reading the maps is a few system calls per map plus one
+    /// per verdict-table entry (about 80 ms for a full 65,536-entry table);
+    /// it runs on the caller's thread, which in the agent is its only one.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(err) = prometheus_text::encode(&mut out, &self.registry) {
+            // Only a failing fmt::Write can cause this, and a String never fails.
+            tracing::error!("encoding metrics: {err}");
+        }
+        out
+    }
+}
+
+/// The counters `classifier stats` shows, from the pinned maps.
+struct KernelCollector {
+    read: Box<dyn Fn() -> Result<Snapshot> + Send + Sync>,
+}
+
+impl fmt::Debug for KernelCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KernelCollector")
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let snapshot = match (self.read)() {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!("metrics: cannot read the kernel counters: {err:#}");
+                return gauge(
+                    &mut enc,
+                    "kernel_maps_readable",
+                    "Whether this scrape could read the pinned maps (1) or not (0)",
+                    0u32,
+                );
+            }
+        };
+        let s = &snapshot;
+        gauge(
+            &mut enc,
+            "kernel_maps_readable",
+            "Whether this scrape could read the pinned maps (1) or not (0)",
+            1u32,
+        )?;
+        counter(
+            &mut enc,
+            "connects",
+            "TCP connect() calls seen",
+            s.connects_total,
+        )?;
+        counter(
+            &mut enc,
+            "opaque",
+            "Connects classified opaque",
+            s.opaque_total,
+        )?;
+        counter(
+            &mut enc,
+            "classified",
+            "Connects that got a verdict (opaque, http1, http2 or detect)",
+            s.classified_total,
+        )?;
+        counter(
+            &mut enc,
+            "excluded",
+            "Connects by excluded UIDs",
+            s.excluded_total,
+        )?;
+        counter(
+            &mut enc,
+            "proxy_queries",
+            "Proxy verdict queries answered",
+            s.proxy_queries_total,
+        )?;
+        counter(
+            &mut enc,
+            "errors",
+            "Internal errors (the connect was allowed anyway)",
+            s.errors_total,
+        )?;
+        gauge(
+            &mut enc,
+            "verdict_table_entries",
+            "Published verdicts in the table",
+            s.verdict_table.entries,
+        )?;
+        gauge(
+            &mut enc,
+            "verdict_table_capacity",
+            "Verdict table size",
+            s.verdict_table.capacity,
+        )?;
+        counter(
+            &mut enc,
+            "verdict_table_evicted",
+            "Verdicts evicted before their connection closed",
+            s.verdict_table.evicted,
+        )?;
+        let p = &s.policy;
+        gauge(
+            &mut enc,
+            "policy_generation",
+            "Generation of the policy active in the kernel",
+            p.generation,
+        )?;
+        gauge(
+            &mut enc,
+            "policy_rules",
+            "Rules in the policy active in the kernel",
+            p.rules,
+        )?;
+        {
+            let mut family = enc.encode_descriptor(
+                "policy_trie_entries",
+                "Longest-prefix-match entries of the active policy, by address family",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (af, n) in [("ipv4", p.v4_entries), ("ipv6", p.v6_entries)] {
+                let labels = [("family", af)];
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut enc,
+            "policy_default_opaque_ports",
+            "Ports in the active policy's default opaque set",
+            p.default_opaque_ports,
+        )?;
+        gauge(
+            &mut enc,
+            "policy_excluded_uids",
+            "UIDs the active policy leaves alone",
+            p.excluded_uids,
+        )?;
+        let mut family = enc.encode_descriptor(
+            "kernel_events",
+            "Every kernel counter by name",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, value) in &s.counters {
+            let labels = [("event", name.as_str())];
+            ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct AgentCollector(AgentMetrics);
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let v = self.0.values();
+        gauge(
+            &mut enc,
+            "agent_ready",
+            "1 once the programs are attached or adopted and this agent applied a policy",
+            u32::from(v.ready),
+        )?;
+        gauge(
+            &mut enc,
+            "agent_policy_generation",
+            "Generation of the last policy this agent applied",
+            v.policy_generation,
+        )?;
+        gauge(
+            &mut enc,
+            "agent_policy_rules",
+            "Rules in the last policy this agent applied",
+            v.policy_rules,
+        )?;
+        counter(
+            &mut enc,
+            "agent_policy_apply_errors",
+            "Policies that could not be loaded, compiled or written (the previous one stayed active)",
+            v.apply_errors,
+        )?;
+        counter(
+            &mut enc,
+            "agent_sync_errors",
+            "Failed syncs with the policy source (Kubernetes API); retried with backoff",
+            v.sync_errors,
+        )?;
+        if let Some(age) = v.last_apply_age {
+            gauge(
+                &mut enc,
+                "agent_last_apply_age_seconds",
+                "Seconds since this agent last applied a policy",
+                age,
+            )?;
+        }
+        if let Some(age) = v.last_sync_age {
+            gauge(
+                &mut enc,
+                "agent_last_sync_age_seconds",
+                "Seconds since the last successful sync with the policy source",
+                age,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge<N: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::{PolicyInfo, PortCount, VerdictTable};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            connects_total: 7,
+            opaque_total: 5,
+            classified_total: 5,
+            excluded_total: 1,
+            proxy_queries_total: 2,
+            errors_total: 0,
+            counters: vec![("connect4".into(), 6), ("connect6".into(), 1)],
+            verdict_table: VerdictTable {
+                entries: 3,
+                capacity: 65536,
+                evicted: 0,
+            },
+            policy: PolicyInfo {
+                generation: 4,
+                rules: 2,
+                v4_entries: 3,
+                v6_entries: 1,
+                default_opaque_ports: 8,
+                excluded_uids: 1,
+                mark: None,
+            },
+            top_ports: vec![PortCount {
+                port: 3306,
+                connects: 5,
+            }],
+        }
+    }
+
+    #[test]
+    fn renders_kernel_and_agent_metrics() {
+        let agent = AgentMetrics::new(Duration::from_secs(30));
+        agent.policy_applied(4, 2);
+        agent.policy_apply_failed();
+        let text = Exporter::with_snapshots(|| Ok(snapshot()), agent).render();
+        for line in [
+            "# TYPE classifier_connects_total counter",
+            "classifier_connects_total 7",
+            "classifier_opaque_total 5",
+            "classifier_verdict_table_capacity 65536",
+            "classifier_policy_generation 4",
+            "classifier_policy_trie_entries{family=\"ipv6\"} 1",
+            "classifier_kernel_events_total{event=\"connect4\"} 6",
+            "classifier_kernel_maps_readable 1",
+            "classifier_agent_ready 1",
+            "classifier_agent_policy_generation 4",
+            "classifier_agent_policy_rules 2",
+            "classifier_agent_policy_apply_errors_total 1",
+            "classifier_agent_sync_errors_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.contains("classifier_agent_last_apply_age_seconds "));
+        // Never synced: no age to report.
+        assert!(!text.contains("last_sync_age"), "{text}");
+        // Destination ports are not exported.
+        assert!(!text.contains("3306"), "{text}");
+    }
+
+    #[test]
+    fn unreadable_maps_still_serve_the_agent_metrics() {
+        let agent = AgentMetrics::new(Duration::from_secs(30));
+        agent.sync_failed();
+        agent.sync_succeeded();
+        let text = Exporter::with_snapshots(|| Err(anyhow::anyhow!("no pins")), agent).render();
+        assert!(
+            text.contains("classifier_kernel_maps_readable 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("classifier_agent_sync_errors_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("classifier_agent_last_sync_age_seconds "),
+            "{text}"
+        );
+        assert!(!text.contains("classifier_connects_total"), "{text}");
+    }
+}

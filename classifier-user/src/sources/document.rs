@@ -1,0 +1,621 @@
+//! Kubernetes-style documents, and reading them from files.
+//!
+//! A [`Document`] is one object (`apiVersion`, `kind`, `metadata`, ...)
+//! with its whole body kept as YAML; a [`DocumentSet`] holds the documents
+//! of one policy, keyed by (kind, namespace, name) like the API server
+//! does, so that a live watch can insert and remove them one by one.
+//!
+//! [`DocumentSet::from_path`] reads a file or a directory of
+//! multi-document YAML (recursively, `*.yaml`/`*.yml`, in name order,
+//! skipping dot-names such as a ConfigMap volume's `..data`), at most
+//! [`MAX_POLICY_FILE_BYTES`](crate::policy::file::MAX_POLICY_FILE_BYTES) per
+//! file and [`MAX_DOCUMENTS`] in all. Every document's origin is
+//! `path#N`, N counting the file's non-empty documents from 1.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+use crate::policy::file::{parse_policy_document_at, read_policy_text, yaml_message, API_VERSION};
+use crate::policy::{ParsedPolicy, PolicyError};
+
+/// At most this many documents in one policy (all files together).
+pub const MAX_DOCUMENTS: usize = 10_000;
+/// Directories deeper than this below the policy directory are an error.
+pub const MAX_DEPTH: usize = 16;
+
+/// The kinds the compiler reads and that live in a namespace: a document of
+/// these kinds without `metadata.namespace` is in `default`, as with kubectl.
+const NAMESPACED_KINDS: [&str; 4] = ["Service", "Pod", "Server", "EgressNetwork"];
+/// Kinds that make a single-document file a manifest (not a ClassifierPolicy).
+const MANIFEST_KINDS: [&str; 5] = ["Service", "Pod", "Server", "EgressNetwork", "Namespace"];
+
+/// One Kubernetes object (or our ClassifierPolicy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for cluster-scoped kinds (Namespace, ClassifierPolicy).
+    pub namespace: Option<String>,
+    /// `metadata.name`; empty when the document has none (a
+    /// ClassifierPolicy needs no metadata).
+    pub name: String,
+    /// `metadata.creationTimestamp` as written (RFC 3339).
+    pub creation_timestamp: Option<String>,
+    /// The whole document.
+    pub body: Value,
+    /// Where it came from: `path#N`, or `kubernetes:Kind/ns/name`.
+    pub origin: String,
+}
+
+/// Key of a document in a set: (kind, namespace, name).
+pub type DocumentKey = (String, Option<String>, String);
+
+impl Document {
+    /// The document for a parsed YAML object, or `None` when it is not a
+    /// Kubernetes-style object (no string `apiVersion` and `kind`). Fails
+    /// when `metadata.name`, `metadata.namespace` or
+    /// `metadata.creationTimestamp` is there but not a string.
+    pub fn from_value(body: Value, origin: String) -> Result<Option<Document>, PolicyError> {
+        let (Some(api_version), Some(kind)) = (
+            body.get("apiVersion").and_then(Value::as_str),
+            body.get("kind").and_then(Value::as_str),
+        ) else {
+            return Ok(None);
+        };
+        let (api_version, kind) = (api_version.to_string(), kind.to_string());
+        let meta_str = |field: &str| -> Result<Option<String>, PolicyError> {
+            match body.get("metadata").and_then(|m| m.get(field)) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(PolicyError::Invalid {
+                    origin: format!("{origin} ({kind})"),
+                    field: format!("metadata.{field}"),
+                    message: format!("expected a string, got {}", show(other)),
+                }),
+            }
+        };
+        let name = meta_str("name")?.unwrap_or_default();
+        let mut namespace = meta_str("namespace")?.filter(|n| !n.is_empty());
+        if namespace.is_none() && NAMESPACED_KINDS.contains(&kind.as_str()) {
+            namespace = Some("default".to_string());
+        }
+        let creation_timestamp = meta_str("creationTimestamp")?;
+        Ok(Some(Document {
+            api_version,
+            kind,
+            namespace,
+            name,
+            creation_timestamp,
+            body,
+            origin,
+        }))
+    }
+
+    pub fn key(&self) -> DocumentKey {
+        (self.kind.clone(), self.namespace.clone(), self.name.clone())
+    }
+
+    /// `Kind namespace/name` or `Kind name`, for messages.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None if self.name.is_empty() => self.kind.clone(),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
+    /// Whether this is one of ours (a ClassifierPolicy, or any kind under
+    /// our API group, which the policy parser then rejects by name).
+    pub fn is_classifier_policy(&self) -> bool {
+        self.kind == crate::policy::file::KIND || self.api_version.starts_with("classifier.dev/")
+    }
+}
+
+/// A short rendering of a YAML value for error messages.
+pub(crate) fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a map".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+/// The documents of one policy, keyed by (kind, namespace, name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DocumentSet {
+    pub docs: BTreeMap<DocumentKey, Document>,
+    /// Source text and line offset of the ClassifierPolicy documents read
+    /// from files, by origin: their errors then carry the file's line
+    /// numbers.
+    texts: BTreeMap<String, (String, usize)>,
+}
+
+impl DocumentSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the document with the same (kind, namespace, name);
+    /// returns the one replaced.
+    pub fn insert(&mut self, doc: Document) -> Option<Document> {
+        let old = self.docs.insert(doc.key(), doc);
+        if let Some(old) = &old {
+            self.texts.remove(&old.origin);
+        }
+        old
+    }
+
+    pub fn remove(&mut self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Document> {
+        let old = self.docs.remove(&(
+            kind.to_owned(),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        ));
+        if let Some(old) = &old {
+            self.texts.remove(&old.origin);
+        }
+        old
+    }
+
+    pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<&Document> {
+        self.docs.get(&(
+            kind.to_owned(),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        ))
+    }
+
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// In key order: kind, then namespace, then name.
+    pub fn iter(&self) -> impl Iterator<Item = &Document> {
+        self.docs.values()
+    }
+
+    /// The documents of one kind, in (namespace, name) order.
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Document> + 'a {
+        self.docs
+            .range((kind.to_owned(), None, String::new())..)
+            .take_while(move |((k, _, _), _)| k == kind)
+            .map(|(_, d)| d)
+    }
+
+    /// Parses a ClassifierPolicy document of this set, with file positions
+    /// in its errors when it was read from a file.
+    pub fn parse_classifier_policy(&self, doc: &Document) -> Result<ParsedPolicy, PolicyError> {
+        match self.texts.get(&doc.origin) {
+            Some((text, offset)) => parse_policy_document_at(text, &doc.origin, *offset),
+            None => {
+                let text = serde_yaml::to_string(&doc.body).map_err(|e| PolicyError::Syntax {
+                    origin: doc.origin.clone(),
+                    message: e.to_string(),
+                })?;
+                parse_policy_document_at(&text, &doc.origin, 0)
+            }
+        }
+    }
+
+    /// Reads a file, or a directory of files, of YAML documents.
+    pub fn from_path(path: &Path) -> Result<DocumentSet, PolicyError> {
+        let mut set = DocumentSet::new();
+        let meta = std::fs::metadata(path).map_err(|error| io_error(path, error))?;
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            let mut walk = Walk {
+                ancestors: Vec::new(),
+                seen_dirs: HashSet::new(),
+                seen_files: HashSet::new(),
+                files: &mut files,
+            };
+            walk.dir(path, &meta, 0)?;
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut count = 0;
+        for file in files {
+            let text = read_policy_text(&file)?;
+            count += set
+                .add_text_limited(&text, &file.display().to_string(), MAX_DOCUMENTS - count)
+                .map_err(|e| match e {
+                    AddError::Policy(e) => e,
+                    AddError::TooMany => PolicyError::TooManyDocuments {
+                        path: path.to_path_buf(),
+                        limit: MAX_DOCUMENTS,
+                    },
+                })?;
+        }
+        Ok(set)
+    }
+
+    /// Adds the documents of one file's text; `file` names it in origins
+    /// (`file#N`). Returns how many non-empty documents the text had.
+    /// A (kind, namespace, name) already in the set is an error.
+    pub fn add_text(&mut self, text: &str, file: &str) -> Result<usize, PolicyError> {
+        self.add_text_limited(text, file, MAX_DOCUMENTS)
+            .map_err(|e| match e {
+                AddError::Policy(e) => e,
+                AddError::TooMany => PolicyError::TooManyDocuments {
+                    path: PathBuf::from(file),
+                    limit: MAX_DOCUMENTS,
+                },
+            })
+    }
+
+    fn add_text_limited(
+        &mut self,
+        text: &str,
+        file: &str,
+        limit: usize,
+    ) -> Result<usize, AddError> {
+        let raw = split_documents(text);
+        if raw.len() > limit {
+            return Err(AddError::TooMany);
+        }
+        for (i, r) in raw.iter().enumerate() {
+            let origin = format!("{file}#{}", i + 1);
+            let value: Value = serde_yaml::from_str(&r.text).map_err(|e| PolicyError::Syntax {
+                origin: origin.clone(),
+                message: yaml_message(&e, r.line_offset),
+            })?;
+            if value.is_null() {
+                continue;
+            }
+            let Some(doc) = Document::from_value(value, origin.clone())? else {
+                tracing::debug!(%origin, "skipping a document without apiVersion and kind");
+                continue;
+            };
+            if let Some(other) = self.docs.get(&doc.key()) {
+                let message = if doc.is_classifier_policy() && other.is_classifier_policy() {
+                    format!(
+                        "at most one ClassifierPolicy is allowed; another one is at {}",
+                        other.origin
+                    )
+                } else {
+                    format!(
+                        "{} is defined twice; the other one is at {}",
+                        doc.describe(),
+                        other.origin
+                    )
+                };
+                return Err(AddError::Policy(PolicyError::Invalid {
+                    origin,
+                    field: "metadata.name".into(),
+                    message,
+                }));
+            }
+            if doc.is_classifier_policy() {
+                self.texts.insert(origin, (r.text.clone(), r.line_offset));
+            }
+            self.docs.insert(doc.key(), doc);
+        }
+        Ok(raw.len())
+    }
+}
+
+enum AddError {
+    Policy(PolicyError),
+    TooMany,
+}
+
+impl From<PolicyError> for AddError {
+    fn from(e: PolicyError) -> Self {
+        AddError::Policy(e)
+    }
+}
+
+fn io_error(path: &Path, error: std::io::Error) -> PolicyError {
+    PolicyError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+struct Walk<'a> {
+    /// (dev, ino, path) of the directories from the root to here.
+    ancestors: Vec<(u64, u64, PathBuf)>,
+    seen_dirs: HashSet<(u64, u64)>,
+    seen_files: HashSet<(u64, u64)>,
+    files: &'a mut Vec<PathBuf>,
+}
+
+impl Walk<'_> {
+    fn dir(
+        &mut self,
+        dir: &Path,
+        meta: &std::fs::Metadata,
+        depth: usize,
+    ) -> Result<(), PolicyError> {
+        let id = (meta.dev(), meta.ino());
+        if let Some((_, _, target)) = self.ancestors.iter().find(|(d, i, _)| (*d, *i) == id) {
+            return Err(PolicyError::SymlinkLoop {
+                path: dir.to_path_buf(),
+                target: target.clone(),
+            });
+        }
+        if depth > MAX_DEPTH {
+            return Err(PolicyError::Invalid {
+                origin: dir.display().to_string(),
+                field: "directory".into(),
+                message: format!("nested more than {MAX_DEPTH} directories deep"),
+            });
+        }
+        if !self.seen_dirs.insert(id) {
+            // Reached again through another symlink: already read.
+            return Ok(());
+        }
+        self.ancestors.push((id.0, id.1, dir.to_path_buf()));
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| io_error(dir, e))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| io_error(dir, e))?;
+        entries.sort();
+        for p in entries {
+            // Dot-names are hidden files and, in a ConfigMap volume, the
+            // `..data` indirection whose files the top-level links point at.
+            if p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+            {
+                continue;
+            }
+            let m = match std::fs::metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(PolicyError::SymlinkLoop {
+                        target: std::fs::read_link(&p).unwrap_or_else(|_| p.clone()),
+                        path: p,
+                    })
+                }
+                Err(e) => return Err(io_error(&p, e)),
+            };
+            if m.is_dir() {
+                self.dir(&p, &m, depth + 1)?;
+            } else if m.is_file()
+                && p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && self.seen_files.insert((m.dev(), m.ino()))
+            {
+                self.files.push(p);
+            }
+        }
+        self.ancestors.pop();
+        Ok(())
+    }
+}
+
+/// One document of a multi-document file, before parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDocument {
+    pub text: String,
+    /// Lines of the file before the document's first line.
+    pub line_offset: usize,
+}
+
+/// Splits a YAML stream at its `---` and `...` markers (which YAML only
+/// allows at the start of a line, never inside a value). Documents with
+/// nothing but blanks and comments are dropped.
+pub fn split_documents(text: &str) -> Vec<RawDocument> {
+    fn marker(line: &str, m: &str) -> Option<usize> {
+        let rest = line.strip_prefix(m)?;
+        (rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n'])).then_some(m.len())
+    }
+    fn has_content(text: &str) -> bool {
+        text.lines().any(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#')
+        })
+    }
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut cur_offset = 0;
+    let mut flush = |cur: &mut String, offset: usize| {
+        if has_content(cur) {
+            out.push(RawDocument {
+                text: std::mem::take(cur),
+                line_offset: offset,
+            });
+        }
+        cur.clear();
+    };
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if let Some(n) = marker(line, "---") {
+            flush(&mut cur, cur_offset);
+            // `--- {a: 1}`: the rest of the line belongs to the document.
+            cur.push_str(&" ".repeat(n));
+            cur.push_str(&line[n..]);
+            cur_offset = i;
+        } else if marker(line, "...").is_some() {
+            flush(&mut cur, cur_offset);
+            cur_offset = i + 1;
+        } else if cur.is_empty() && line.starts_with('%') {
+            // A directive (%YAML, %TAG) before the document: not content.
+            cur_offset = i + 1;
+        } else {
+            if cur.is_empty() {
+                cur_offset = i;
+            }
+            cur.push_str(line);
+        }
+    }
+    flush(&mut cur, cur_offset);
+    out
+}
+
+/// Whether a file's text is Kubernetes manifests (several documents, or one
+/// of a kind the Linkerd compiler reads) rather than a lone ClassifierPolicy.
+pub fn is_manifest_text(text: &str) -> bool {
+    let docs = split_documents(text);
+    match docs.as_slice() {
+        [] => false,
+        [one] => {
+            let Ok(v) = serde_yaml::from_str::<Value>(&one.text) else {
+                return false;
+            };
+            let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+            let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
+            !api.is_empty()
+                && api != API_VERSION
+                && !api.starts_with("classifier.dev/")
+                && MANIFEST_KINDS.contains(&kind)
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_at_markers_with_line_offsets() {
+        let text = "# leading comment\n---\na: 1\n---   \n# only a comment\n--- \nb: 2\nc: 3\n...\n---\n\nd: |\n  x\n";
+        let docs = split_documents(text);
+        let got: Vec<(usize, &str)> = docs
+            .iter()
+            .map(|d| (d.line_offset, d.text.trim()))
+            .collect();
+        assert_eq!(got, vec![(1, "a: 1"), (5, "b: 2\nc: 3"), (9, "d: |\n  x")]);
+        // Lines in errors are the file's.
+        let bad = "a: 1\n---\nb: [\n";
+        let docs = split_documents(bad);
+        let e = serde_yaml::from_str::<Value>(&docs[1].text).unwrap_err();
+        assert!(
+            yaml_message(&e, docs[1].line_offset).contains("line 4"),
+            "{e}"
+        );
+        assert_eq!(split_documents("--- {a: 1}\n")[0].text.trim(), "{a: 1}");
+        assert!(split_documents("\n# x\n---\n").is_empty());
+        // `----` and `---x` are not markers.
+        assert_eq!(split_documents("a: |\n ---x\n----: 1\n").len(), 1);
+    }
+
+    #[test]
+    fn documents_keys_namespaces_and_duplicates() {
+        let mut set = DocumentSet::new();
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n---\njust: values\n";
+        assert_eq!(set.add_text(text, "a.yaml").unwrap(), 3);
+        assert_eq!(set.len(), 2);
+        let svc = set.get("Service", Some("default"), "db").unwrap();
+        assert_eq!(svc.origin, "a.yaml#1");
+        assert_eq!(svc.describe(), "Service default/db");
+        assert!(set.get("Namespace", None, "team-a").is_some());
+        assert_eq!(set.of_kind("Service").count(), 1);
+        let e = set
+            .add_text(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: default}\n",
+                "b.yaml",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("b.yaml#1: metadata.name: Service default/db is defined twice")
+                && e.contains("a.yaml#1"),
+            "{e}"
+        );
+        assert!(set.remove("Service", Some("default"), "db").is_some());
+        assert!(!set.is_empty() && set.len() == 1);
+        let e = set
+            .add_text(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: [x]}\n",
+                "c.yaml",
+            )
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.yaml#1 (Pod): metadata.name: expected a string, got a list"
+        );
+        let e = set
+            .add_text("a: 1\n---\nkind: [\nx\n---\n", "d.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("d.yaml#2: ") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn manifest_or_policy_file() {
+        assert!(!is_manifest_text(
+            "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\n"
+        ));
+        assert!(!is_manifest_text(
+            "apiVersion: v1\nkind: ClassifierPolicy\n"
+        ));
+        assert!(!is_manifest_text(
+            "apiVersion: classifier.dev/v1alpha1\nkind: EgressNetwork\n"
+        ));
+        assert!(!is_manifest_text("kind: [\n"));
+        assert!(!is_manifest_text(""));
+        assert!(is_manifest_text(
+            "apiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\n"
+        ));
+        assert!(is_manifest_text("a: 1\n---\nb: 2\n"));
+    }
+
+    #[test]
+    fn directories_are_walked_sorted_and_loops_reported() {
+        let dir = std::env::temp_dir().join(format!("classifier-docs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::create_dir_all(dir.join("..data")).unwrap();
+        let ns = |n: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n");
+        std::fs::write(dir.join("b.yaml"), ns("b")).unwrap();
+        std::fs::write(dir.join("sub/a.yml"), ns("a")).unwrap();
+        std::fs::write(dir.join("c.txt"), ns("c")).unwrap();
+        std::fs::write(dir.join("..data/d.yaml"), ns("d")).unwrap();
+        // ConfigMap style: a top-level link into the hidden directory.
+        std::os::unix::fs::symlink(dir.join("..data/d.yaml"), dir.join("d.yaml")).unwrap();
+        // The same directory twice is read once.
+        std::os::unix::fs::symlink(dir.join("sub"), dir.join("sub2")).unwrap();
+        let set = DocumentSet::from_path(&dir).unwrap();
+        let names: Vec<&str> = set.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "b", "d"]);
+        assert!(set
+            .get("Namespace", None, "a")
+            .unwrap()
+            .origin
+            .ends_with("sub/a.yml#1"));
+
+        std::os::unix::fs::symlink(&dir, dir.join("sub/up")).unwrap();
+        let e = DocumentSet::from_path(&dir).unwrap_err();
+        assert!(matches!(e, PolicyError::SymlinkLoop { .. }), "{e}");
+        assert!(e.to_string().contains("symlink loop"), "{e}");
+        std::fs::remove_file(dir.join("sub/up")).unwrap();
+
+        std::os::unix::fs::symlink(dir.join("x.yaml"), dir.join("y.yaml")).unwrap();
+        std::os::unix::fs::symlink(dir.join("y.yaml"), dir.join("x.yaml")).unwrap();
+        let e = DocumentSet::from_path(&dir).unwrap_err();
+        assert!(matches!(e, PolicyError::SymlinkLoop { .. }), "{e}");
+        std::fs::remove_file(dir.join("x.yaml")).unwrap();
+        std::fs::remove_file(dir.join("y.yaml")).unwrap();
+
+        let many: String = (0..=MAX_DOCUMENTS)
+            .map(|i| format!("---\n{{a: {i}}}\n"))
+            .collect();
+        std::fs::write(dir.join("many.yaml"), many).unwrap();
+        let e = DocumentSet::from_path(&dir).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PolicyError::TooManyDocuments {
+                    limit: MAX_DOCUMENTS,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,630 @@
+//! Live policy sources: the Linkerd-relevant kinds watched from the
+//! Kubernetes API with kube-rs runtime watchers.
+//!
+//! ```text
+//! Namespace, Service, Pod (core/v1)           watcher ─┐
+//! EgressNetwork (policy.linkerd.io/v1alpha1)   watcher ─┼─> per-kind stores ─debounce─> watch::Sender<Option<Arc<DocumentSet>>>
+//! Server (policy.linkerd.io/v1beta3)           watcher ─┘          │
+//!                                                           SyncStatus (errors, last success, connected)
+//! ```
+//!
+//! - Every object becomes a [`Document`] (origin `kubernetes:Kind/ns/name`,
+//!   body = the object as YAML, with the bookkeeping fields that change on
+//!   every write stripped so that no-op updates do not cause a new policy).
+//! - Nothing is published until every kind has been listed once: a policy
+//!   compiled from Services without their Namespaces would be wrong. A kind
+//!   the API server does not serve (404: the Linkerd CRDs are not installed)
+//!   counts as listed and empty, and keeps being retried.
+//! - After that, changes are debounced: a snapshot is published once no
+//!   event came for `debounce_quiet`, or `debounce_max` after the first
+//!   unpublished change, whichever is earlier. A re-list that finds what
+//!   was already known publishes nothing.
+//! - If the API server goes away, the last snapshot stays (the agent keeps
+//!   the last applied policy), the watchers retry with exponential backoff,
+//!   each failure is logged and counted in [`SyncStatus`].
+//!
+//! The agent calls [`spawn`] (or [`run`] on its own task) with a client from
+//! [`client`] and reads snapshots from the returned `watch::Receiver`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use futures::{stream::BoxStream, StreamExt as _};
+use kube::{
+    api::Api,
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{
+        utils::{Backoff, ResetTimerBackoff},
+        watcher::{self, Event},
+        WatchStreamExt as _,
+    },
+    Client,
+};
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use super::{Document, DocumentSet};
+
+/// Re-exported so callers can name `kube::Client` without their own dependency.
+pub use kube;
+
+/// Tuning of the watch; `Default` is what the agent should use.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Publish once no event came for this long...
+    pub debounce_quiet: Duration,
+    /// ...or this long after the first unpublished change, whichever is first.
+    pub debounce_max: Duration,
+    /// How often `GET /version` is asked, to notice that a silent API server
+    /// is reachable again (watch streams say nothing while nothing changes).
+    /// `None`: only watch events and errors update [`SyncStatus`].
+    pub probe_interval: Option<Duration>,
+    /// First retry delay after an error; doubles (with jitter) up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Watch request timeout in seconds (`None`: kube's default, 290 s).
+    pub watch_timeout: Option<u32>,
+    /// The kinds watched; [`watched_kinds`] by default.
+    pub kinds: Vec<ApiResource>,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            debounce_quiet: Duration::from_millis(500),
+            debounce_max: Duration::from_secs(5),
+            probe_interval: Some(Duration::from_secs(10)),
+            // client-go's reflector backoff, as kube's `default_backoff()`.
+            backoff_initial: Duration::from_millis(800),
+            backoff_max: Duration::from_secs(30),
+            watch_timeout: None,
+            kinds: watched_kinds(),
+        }
+    }
+}
+
+/// The kinds the policy compiler understands, as the API serves them.
+pub fn watched_kinds() -> Vec<ApiResource> {
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+    vec![
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<Pod>(&()),
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("policy.linkerd.io", "v1alpha1", "EgressNetwork"),
+            "egressnetworks",
+        ),
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("policy.linkerd.io", "v1beta3", "Server"),
+            "servers",
+        ),
+    ]
+}
+
+/// Health of the sync, shared with whoever reports it (stats, metrics,
+/// readiness). All fields are updated by the watch task only.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    /// Failed list/watch calls (each retry that fails counts once).
+    pub errors: AtomicU64,
+    /// Last time the API server answered: a watch event, a completed list,
+    /// or a successful probe.
+    pub last_success: Mutex<Option<Instant>>,
+    /// Whether the last contact with the API server succeeded.
+    pub connected: AtomicBool,
+    /// Every kind has been listed once (a first snapshot was published).
+    pub synced: AtomicBool,
+    /// Snapshots published so far.
+    pub snapshots: AtomicU64,
+    /// Documents in the last published snapshot.
+    pub documents: AtomicU64,
+}
+
+impl SyncStatus {
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshots(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    pub fn last_success(&self) -> Option<Instant> {
+        *self.last_success.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Time since the API server last answered (`None`: never).
+    pub fn last_success_age(&self) -> Option<Duration> {
+        self.last_success().map(|t| t.elapsed())
+    }
+
+    fn success(&self) {
+        *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.connected.store(true, Ordering::Relaxed);
+    }
+
+    fn failure(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A client from the environment: KUBECONFIG (or `~/.kube/config`), else
+/// the in-cluster service account.
+pub async fn client() -> Result<Client> {
+    Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster service account or KUBECONFIG)")
+}
+
+/// A client for an API server at `url` with no authentication (tests, or
+/// `kubectl proxy`).
+pub fn client_for_url(url: &str) -> Result<Client> {
+    let uri = url
+        .parse()
+        .with_context(|| format!("bad API server URL {url:?}"))?;
+    Client::try_from(kube::Config::new(uri)).context("building the Kubernetes client")
+}
+
+/// The running watch, as [`spawn`] returns it.
+pub struct KubeSync {
+    /// `None` until every kind has been listed once, then the latest
+    /// snapshot; `changed()` fires once per published snapshot (a reader
+    /// that falls behind sees only the latest).
+    pub snapshots: watch::Receiver<Option<Arc<DocumentSet>>>,
+    pub status: Arc<SyncStatus>,
+    /// Ends with `Ok` once every receiver is dropped.
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// Start watching on the current tokio runtime.
+pub fn spawn(client: Client, opts: WatchOptions) -> KubeSync {
+    let (tx, rx) = watch::channel(None);
+    let status = Arc::new(SyncStatus::default());
+    let task = tokio::spawn(run(client, opts, status.clone(), tx));
+    KubeSync {
+        snapshots: rx,
+        status,
+        task,
+    }
+}
+
+/// Watch until every receiver of `tx` is gone, publishing debounced
+/// snapshots into `tx` and health into `status`.
+pub async fn run(
+    client: Client,
+    opts: WatchOptions,
+    status: Arc<SyncStatus>,
+    tx: watch::Sender<Option<Arc<DocumentSet>>>,
+) -> Result<()> {
+    if opts.kinds.is_empty() {
+        bail!("no kinds to watch");
+    }
+    let mut kinds: Vec<KindState> = opts.kinds.iter().cloned().map(KindState::new).collect();
+    let mut events = futures::stream::select_all(
+        opts.kinds
+            .iter()
+            .enumerate()
+            .map(|(idx, ar)| kind_stream(client.clone(), ar.clone(), &opts, idx)),
+    );
+    let _probe = opts
+        .probe_interval
+        .map(|every| AbortOnDrop(tokio::spawn(probe(client.clone(), every, status.clone()))));
+
+    // Debounce state: when the first unpublished change and the last event came.
+    let mut first_change: Option<tokio::time::Instant> = None;
+    let mut last_event = tokio::time::Instant::now();
+    let mut published_once = false;
+
+    loop {
+        let all_listed = kinds.iter().all(|k| k.listed);
+        let deadline = match first_change {
+            Some(first) if all_listed => {
+                Some((last_event + opts.debounce_quiet).min(first + opts.debounce_max))
+            }
+            _ => None,
+        };
+        tokio::select! {
+            _ = tx.closed() => return Ok(()),
+            item = events.next() => {
+                let Some((idx, item)) = item else { bail!("the Kubernetes watch streams ended") };
+                last_event = tokio::time::Instant::now();
+                if kinds[idx].handle(item, &status) {
+                    first_change.get_or_insert(last_event);
+                }
+            }
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                first_change = None;
+                let set = snapshot(&kinds);
+                let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
+                status.documents.store(count as u64, Ordering::Relaxed);
+                status.snapshots.fetch_add(1, Ordering::Relaxed);
+                status.synced.store(true, Ordering::Relaxed);
+                if published_once {
+                    info!(documents = count, "policy sources changed in Kubernetes");
+                } else {
+                    info!(documents = count, "policy sources listed from Kubernetes");
+                    published_once = true;
+                }
+                tx.send_replace(Some(Arc::new(set)));
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+type KindEvent = (usize, Result<Event<DynamicObject>, watcher::Error>);
+
+fn kind_stream(
+    client: Client,
+    ar: ApiResource,
+    opts: &WatchOptions,
+    idx: usize,
+) -> BoxStream<'static, KindEvent> {
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let mut config = watcher::Config::default();
+    if let Some(t) = opts.watch_timeout {
+        config = config.timeout(t);
+    }
+    let backoff = ResetTimerBackoff::new(
+        ExpBackoff::new(opts.backoff_initial, opts.backoff_max),
+        // A stream that stayed healthy this long starts over at the
+        // initial delay (as kube's default backoff does).
+        Duration::from_secs(120),
+    );
+    watcher::watcher(api, config)
+        .backoff(backoff)
+        .map(move |item| (idx, item))
+        .boxed()
+}
+
+/// Periodically ask the API server for its version: the only way to learn
+/// it is back while the watches have nothing to say.
+async fn probe(client: Client, every: Duration, status: Arc<SyncStatus>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match client.apiserver_version().await {
+            Ok(_) => status.success(),
+            Err(e) => {
+                debug!("Kubernetes API server probe failed: {e}");
+                status.connected.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Exponential backoff with up to 50% jitter, for `StreamBackoff`.
+struct ExpBackoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    seed: u64,
+}
+
+impl ExpBackoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        Self {
+            initial,
+            max: max.max(initial),
+            next: initial,
+            seed,
+        }
+    }
+}
+
+impl Iterator for ExpBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift64: good enough to spread retries of several agents.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = base.mul_f64((self.seed % 1000) as f64 / 2000.0);
+        Some((base + jitter).min(self.max))
+    }
+}
+
+impl Backoff for ExpBackoff {
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+type Key = (Option<String>, String);
+
+/// What is known of one kind.
+struct KindState {
+    ar: ApiResource,
+    docs: BTreeMap<Key, Document>,
+    /// Objects of a (re-)list in progress, swapped in at `InitDone`.
+    relist: Option<BTreeMap<Key, Document>>,
+    /// Listed at least once (or known not to be served).
+    listed: bool,
+    /// The API server answered 404 for this kind (CRD not installed).
+    absent: bool,
+}
+
+impl KindState {
+    fn new(ar: ApiResource) -> Self {
+        Self {
+            ar,
+            docs: BTreeMap::new(),
+            relist: None,
+            listed: false,
+            absent: false,
+        }
+    }
+
+    /// Apply one watcher item; true if the documents (or, the first time,
+    /// the listed state) changed.
+    fn handle(
+        &mut self,
+        item: Result<Event<DynamicObject>, watcher::Error>,
+        status: &SyncStatus,
+    ) -> bool {
+        let event = match item {
+            Ok(event) => event,
+            Err(e) if is_not_found(&e) => {
+                if !self.absent {
+                    info!(
+                        kind = %self.ar.kind,
+                        "the API server does not serve {}/{} (CRD not installed?); treating it as empty and retrying",
+                        self.ar.api_version, self.ar.plural
+                    );
+                    self.absent = true;
+                }
+                self.relist = None;
+                let changed = !self.docs.is_empty() || !self.listed;
+                self.docs.clear();
+                self.listed = true;
+                return changed;
+            }
+            Err(e) => {
+                status.failure();
+                warn!(
+                    kind = %self.ar.kind,
+                    errors = status.errors(),
+                    "Kubernetes watch failed, keeping the last policy and retrying with backoff: {e}"
+                );
+                return false;
+            }
+        };
+        status.success();
+        self.absent = false;
+        match event {
+            Event::Apply(obj) => match self.document(obj) {
+                Some((key, doc)) => {
+                    let same = self
+                        .docs
+                        .get(&key)
+                        .is_some_and(|old| same_document(old, &doc));
+                    if !same {
+                        debug!(origin = %doc.origin, "applied");
+                        self.docs.insert(key, doc);
+                    }
+                    !same
+                }
+                None => false,
+            },
+            Event::Delete(obj) => {
+                let key = (
+                    obj.metadata.namespace.clone(),
+                    obj.metadata.name.clone().unwrap_or_default(),
+                );
+                let removed = self.docs.remove(&key).is_some();
+                if removed {
+                    debug!(kind = %self.ar.kind, namespace = ?key.0, name = %key.1, "deleted");
+                }
+                removed
+            }
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(obj) => {
+                if let Some((key, doc)) = self.document(obj) {
+                    self.relist
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(key, doc);
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let same = listed.len() == self.docs.len()
+                    && listed
+                        .iter()
+                        .zip(&self.docs)
+                        .all(|((ka, a), (kb, b))| ka == kb && same_document(a, b));
+                debug!(kind = %self.ar.kind, objects = listed.len(), "listed");
+                let first = !self.listed;
+                self.listed = true;
+                if !same {
+                    self.docs = listed;
+                }
+                !same || first
+            }
+        }
+    }
+
+    fn document(&self, obj: DynamicObject) -> Option<(Key, Document)> {
+        match to_document(&self.ar, obj) {
+            Ok(doc) => Some(((doc.namespace.clone(), doc.name.clone()), doc)),
+            Err(e) => {
+                warn!(kind = %self.ar.kind, "skipping object: {e:#}");
+                None
+            }
+        }
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+fn same_document(a: &Document, b: &Document) -> bool {
+    a.creation_timestamp == b.creation_timestamp && a.body == b.body
+}
+
+fn snapshot(kinds: &[KindState]) -> DocumentSet {
+    let mut set = DocumentSet::default();
+    for kind in kinds {
+        for doc in kind.docs.values() {
+            set.insert(doc.clone());
+        }
+    }
+    set
+}
+
+/// Metadata that changes on every write (or is large) and that no policy
+/// depends on: dropped so that a status-only or no-op update does not
+/// publish a new snapshot.
+const DROPPED_METADATA: &[&str] = &["resourceVersion", "managedFields", "generation"];
+const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// Pods are many (tens of thousands) and their status churns (probes,
+/// restarts), so a Pod document keeps only what a policy can depend on:
+/// identity, labels and annotations (opaque ports, Server podSelector), the
+/// UID (source scoping), the node, the IPs, and the containers' named ports
+/// (Server `port` by name). Everything else is dropped.
+const POD_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "annotations",
+    "creationTimestamp",
+    "deletionTimestamp",
+];
+const POD_SPEC: &[&str] = &["nodeName", "hostNetwork"];
+const POD_CONTAINER: &[&str] = &["name", "ports", "restartPolicy"];
+const POD_STATUS: &[&str] = &["phase", "podIP", "podIPs", "hostIP"];
+
+fn keep_only(map: &mut serde_json::Map<String, serde_json::Value>, keep: &[&str]) {
+    map.retain(|k, _| keep.contains(&k.as_str()));
+}
+
+fn prune(ar: &ApiResource, obj: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    let is_pod = ar.group.is_empty() && ar.kind == "Pod";
+    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+        for key in DROPPED_METADATA {
+            meta.remove(*key);
+        }
+        if let Some(Value::Object(ann)) = meta.get_mut("annotations") {
+            for key in DROPPED_ANNOTATIONS {
+                ann.remove(*key);
+            }
+        }
+        if is_pod {
+            keep_only(meta, POD_METADATA);
+        }
+    }
+    if !is_pod {
+        return;
+    }
+    if let Some(Value::Object(spec)) = obj.get_mut("spec") {
+        let mut containers: Vec<(&str, Value)> = Vec::new();
+        for field in ["containers", "initContainers"] {
+            if let Some(Value::Array(list)) = spec.remove(field) {
+                let list = list
+                    .into_iter()
+                    .map(|mut c| {
+                        if let Value::Object(c) = &mut c {
+                            keep_only(c, POD_CONTAINER);
+                        }
+                        c
+                    })
+                    .collect();
+                containers.push((field, Value::Array(list)));
+            }
+        }
+        keep_only(spec, POD_SPEC);
+        for (field, list) in containers {
+            spec.insert(field.to_owned(), list);
+        }
+    }
+    if let Some(Value::Object(status)) = obj.get_mut("status") {
+        keep_only(status, POD_STATUS);
+    }
+}
+
+/// An API object as a [`Document`], the form the policy compiler takes.
+pub fn to_document(ar: &ApiResource, obj: DynamicObject) -> Result<Document> {
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .context("object has no metadata.name")?;
+    let namespace = obj.metadata.namespace.clone().filter(|n| !n.is_empty());
+    let creation_timestamp = obj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let mut json = serde_json::to_value(&obj).context("serializing the object")?;
+    let map = json.as_object_mut().context("object is not a map")?;
+    // List items come without these; watch events carry them.
+    map.insert("apiVersion".into(), ar.api_version.clone().into());
+    map.insert("kind".into(), ar.kind.clone().into());
+    prune(ar, map);
+    let body = serde_yaml::to_value(&json).context("converting the object to YAML")?;
+    let origin = match &namespace {
+        Some(ns) => format!("kubernetes:{}/{}/{}", ar.kind, ns, name),
+        None => format!("kubernetes:{}/{}", ar.kind, name),
+    };
+    Ok(Document {
+        api_version: ar.api_version.clone(),
+        kind: ar.kind.clone(),
+        namespace,
+        name,
+        creation_timestamp,
+        body,
+        origin,
+    })
+}
