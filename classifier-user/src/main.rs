@@ -65,10 +65,19 @@ struct AgentArgs {
     /// cgroup v2 directory to attach to [default: the cgroup v2 root from /proc/self/mountinfo].
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
-    /// ClassifierPolicy YAML file; watched, and re-applied atomically when it changes.
-    /// Without it: Linkerd's default opaque ports, UID 2102 (the proxy) excluded.
-    #[arg(long, value_name = "FILE")]
+    /// Policy: a ClassifierPolicy YAML file, or a file or directory of Kubernetes manifests
+    /// (ClassifierPolicy, EgressNetwork, Service, Pod, Namespace, Server), compiled with
+    /// Linkerd's semantics. Watched, and re-applied atomically when it changes. Without it
+    /// (and without --kubernetes): Linkerd's default opaque ports, UID 2102 (the proxy) excluded.
+    #[arg(long, value_name = "PATH")]
     policy: Option<PathBuf>,
+    /// Also watch Services, Pods, Namespaces, EgressNetworks and Servers live through the
+    /// Kubernetes API (in-cluster service account, or KUBECONFIG); --policy documents are added.
+    #[arg(long)]
+    kubernetes: bool,
+    /// EgressNetworks in this namespace apply to clients in every namespace.
+    #[arg(long, value_name = "NS", default_value = "linkerd-egress")]
+    egress_namespace: String,
     /// How often to check the policy file for changes.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     watch_interval: f64,
@@ -170,6 +179,8 @@ fn run(cli: Cli) -> Result<()> {
                 verdict_capacity: args.verdict_table_size,
                 allow_untrusted_policy: args.allow_untrusted_policy,
                 metrics_addr: args.metrics_addr,
+                kubernetes: args.kubernetes,
+                egress_namespace: args.egress_namespace,
             }))
         }
         Command::Stats(args) => {

@@ -26,6 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 pub mod e2e;
+pub mod fake_kube;
 
 /// The proxy's UID in Linkerd (excluded by the built-in policy).
 pub const PROXY_UID: u32 = 2102;
@@ -173,6 +174,11 @@ impl Sandbox {
     /// Starts `classifier agent` on this sandbox's cgroup and pin dir and
     /// waits until its policy is applied.
     pub fn start_agent(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_agent_with_env(extra, &[])
+    }
+
+    /// `start_agent` with extra environment variables (e.g. KUBECONFIG).
+    pub fn start_agent_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> Result<()> {
         assert!(self.agent.is_none(), "agent already running");
         self.agent_runs += 1;
         let log = fs::File::create(self.agent_log_path())?;
@@ -188,6 +194,7 @@ impl Sandbox {
                 &["--watch-interval", "0.2"][..]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

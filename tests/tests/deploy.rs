@@ -437,6 +437,22 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
     if !privileged("the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each") {
         return;
     }
+    // Every flag the DaemonSet passes exists in this agent.
+    let help = Command::new(classifier_bin())
+        .args(["agent", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for arg in manifests::agent_args()
+        .iter()
+        .filter(|a| a.starts_with("--"))
+    {
+        assert!(
+            help.contains(arg.as_str()),
+            "`classifier agent` has no {arg}:\n{help}"
+        );
+    }
+
     let sb = Sandbox::new("deploy-caps").unwrap();
     let caps: Vec<&str> = manifests::CAPABILITIES.iter().map(|(c, _)| *c).collect();
 

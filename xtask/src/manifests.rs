@@ -64,6 +64,7 @@ pub fn agent_args() -> Vec<String> {
         &format!("{POLICY_DIR}/policy.yaml"),
         "--metrics-addr",
         &format!("0.0.0.0:{METRICS_PORT}"),
+        "--kubernetes",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(
             render("args: {{AGENT_ARGS}}", "x").unwrap(),
             "args: [\"agent\", \"--cgroup\", \"/host/sys/fs/cgroup\", \"--policy\", \
-             \"/etc/classifier/policy.yaml\", \"--metrics-addr\", \"0.0.0.0:9990\"]"
+             \"/etc/classifier/policy.yaml\", \"--metrics-addr\", \"0.0.0.0:9990\", \"--kubernetes\"]"
         );
     }
 }

@@ -10,11 +10,17 @@ mod privileges;
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::Result;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::datapath::{self, cgroup, loader::InstallOptions, Installed, PinDir};
 use crate::metrics;
+use crate::sources::{
+    kubernetes::{self, KubeSync, WatchOptions},
+    DocumentSet, Options,
+};
 use applier::Applier;
 pub use policy_source::PolicySource;
 
@@ -28,6 +34,10 @@ pub struct AgentOptions {
     pub verdict_capacity: Option<u32>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Watch Linkerd's resources through the Kubernetes API.
+    pub kubernetes: bool,
+    /// EgressNetworks in this namespace apply to every client.
+    pub egress_namespace: String,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -39,7 +49,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Some(addr) => Some(metrics::MetricsServer::bind(addr).await?),
         None => None,
     };
-    let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy);
+    let linkerd = Options {
+        egress_global_namespace: opts.egress_namespace.clone(),
+    };
+    let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy, linkerd);
     // Parse before touching the kernel: a bad file on first start should not
     // leave half an install behind.
     let first = source.load();
@@ -87,6 +100,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
 
+    // Until the first complete snapshot, the file (or built-in) policy
+    // stays in force; the watcher keeps the last one if the API goes away.
+    let mut kube = match opts.kubernetes {
+        true => Some(kubernetes::spawn(
+            kubernetes::client().await?,
+            WatchOptions::default(),
+        )),
+        false => None,
+    };
+    let mut sync_errors_seen = 0;
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.watch_interval);
@@ -95,8 +119,29 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            changed = next_snapshot(&mut kube) => {
+                let Some(snapshot) = changed? else { continue };
+                agent_metrics.sync_succeeded();
+                let loaded = source.kubernetes_changed(snapshot);
+                let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
+                match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
+                    Ok(applied) => agent_metrics.policy_applied(applied.generation, rules),
+                    Err(err) => {
+                        agent_metrics.policy_apply_failed();
+                        let active = applier.active_generation();
+                        tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
+                    }
+                }
+            }
             _ = tick.tick() => {
                 agent_metrics.heartbeat();
+                if let Some(sync) = &kube {
+                    let errors = sync.status.errors();
+                    for _ in sync_errors_seen..errors {
+                        agent_metrics.sync_failed();
+                    }
+                    sync_errors_seen = errors;
+                }
                 if let Err(err) = applier.refresh_pods() {
                     tracing::warn!("registering pod cgroups failed: {err:#}");
                 }
@@ -119,6 +164,20 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         "stopping; programs stay attached with the last policy (`classifier agent --uninstall` removes them)"
     );
     Ok(())
+}
+
+/// The next Kubernetes snapshot, or never without `--kubernetes`.
+async fn next_snapshot(kube: &mut Option<KubeSync>) -> Result<Option<Arc<DocumentSet>>> {
+    match kube {
+        Some(sync) => {
+            sync.snapshots
+                .changed()
+                .await
+                .context("the Kubernetes watch stopped")?;
+            Ok(sync.snapshots.borrow_and_update().clone())
+        }
+        None => std::future::pending().await,
+    }
 }
 
 pub fn uninstall(pins: &PinDir) -> Result<()> {

@@ -14,16 +14,24 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{bail, Result};
 
-use crate::policy::{load_policy_path, Policy};
+use crate::{
+    policy::{load_policy_path, Policy},
+    sources::{compile_documents, DocumentSet, Options},
+};
 
 pub struct PolicySource {
     path: Option<PathBuf>,
     allow_untrusted: bool,
     last_seen: Option<Fingerprint>,
+    /// The latest documents from the Kubernetes API (`--kubernetes`); the
+    /// file's documents are added to them.
+    kubernetes: Option<Arc<DocumentSet>>,
+    linkerd: Options,
 }
 
 /// What changes when the policy's contents may have: for every file, which
@@ -83,28 +91,57 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 impl PolicySource {
-    pub fn new(path: Option<PathBuf>, allow_untrusted: bool) -> Self {
+    pub fn new(path: Option<PathBuf>, allow_untrusted: bool, linkerd: Options) -> Self {
         Self {
             path,
             allow_untrusted,
             last_seen: None,
+            kubernetes: None,
+            linkerd,
         }
     }
 
     pub fn describe(&self) -> String {
-        match &self.path {
-            Some(path) => path.display().to_string(),
-            None => "built-in default policy".to_owned(),
+        match (&self.path, &self.kubernetes) {
+            (Some(path), None) => path.display().to_string(),
+            (Some(path), Some(set)) => {
+                format!("kubernetes ({} documents) + {}", set.len(), path.display())
+            }
+            (None, Some(set)) => format!("kubernetes ({} documents)", set.len()),
+            (None, None) => "built-in default policy".to_owned(),
         }
     }
 
     /// Loads the policy now.
     pub fn load(&mut self) -> Result<Policy> {
-        let Some(path) = self.path.clone() else {
-            return Ok(Policy::builtin_default());
-        };
-        self.last_seen = fingerprint(&path);
-        self.read(&path)
+        if let Some(path) = self.path.clone() {
+            self.last_seen = fingerprint(&path);
+        }
+        self.compose()
+    }
+
+    /// A new snapshot from the Kubernetes API; returns the policy it gives
+    /// together with the file, if any.
+    pub fn kubernetes_changed(&mut self, snapshot: Arc<DocumentSet>) -> Result<Policy> {
+        self.kubernetes = Some(snapshot);
+        self.compose()
+    }
+
+    fn compose(&self) -> Result<Policy> {
+        match (&self.path, &self.kubernetes) {
+            (None, None) => Ok(Policy::builtin_default()),
+            (Some(path), None) => self.read(path),
+            (path, Some(live)) => {
+                let mut set = DocumentSet::clone(live);
+                if let Some(path) = path {
+                    self.check(path)?;
+                    for doc in DocumentSet::from_path(path)?.iter() {
+                        set.insert(doc.clone());
+                    }
+                }
+                Ok(compile_documents(&set, &self.linkerd)?)
+            }
+        }
     }
 
     /// `None` when the file is unchanged (or there is no file), else the
@@ -118,10 +155,15 @@ impl PolicySource {
             return None;
         }
         self.last_seen = now;
-        Some(self.read(&path))
+        Some(self.compose())
     }
 
     fn read(&self, path: &Path) -> Result<Policy> {
+        self.check(path)?;
+        Ok(load_policy_path(path)?)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
         if !self.allow_untrusted {
             check_trusted(path)?;
             if path.is_dir() {
@@ -130,7 +172,7 @@ impl PolicySource {
                 }
             }
         }
-        Ok(load_policy_path(path)?)
+        Ok(())
     }
 }
 

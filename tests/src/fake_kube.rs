@@ -1,0 +1,391 @@
+//! A fake Kubernetes API server for tests: speaks the list and watch wire
+//! format (HTTP/1.1, JSON lists with `metadata.resourceVersion`, chunked
+//! streams of newline-delimited watch events) from recorded responses in
+//! `tests/fixtures/kube/`. Used by the watch tests and by the agent's
+//! `--kubernetes` end-to-end test.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpSocket, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+// ---------------------------------------------------------------------------
+// The fake API server
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Up,
+    /// Every request gets a 500 Status (an API server whose etcd is gone).
+    Error500,
+}
+
+pub struct Resource {
+    list_kind: String,
+    api_version: String,
+    objects: BTreeMap<(String, String), Value>,
+    /// (resourceVersion, watch event) in order.
+    log: Vec<(u64, Value)>,
+}
+
+pub struct State {
+    rv: u64,
+    resources: BTreeMap<String, Resource>,
+    mode: Mode,
+    /// Bumped to drop every open watch stream.
+    epoch: u64,
+    /// Watch history before this resourceVersion is gone (etcd compaction):
+    /// a watch from older versions gets `410 Expired`.
+    compacted: u64,
+    requests: Vec<String>,
+}
+
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    /// Ticks on every change of `state` that open watches must see.
+    tick: watch::Sender<u64>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube")
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = fixtures().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+pub const SERVICES: &str = "/api/v1/services";
+pub const PODS: &str = "/api/v1/pods";
+pub const EGRESS: &str = "/apis/policy.linkerd.io/v1alpha1/egressnetworks";
+pub const SERVERS: &str = "/apis/policy.linkerd.io/v1beta3/servers";
+
+pub const ALL: &[(&str, &str)] = &[
+    (NAMESPACES, "namespaces.list.json"),
+    (SERVICES, "services.list.json"),
+    (PODS, "pods.list.json"),
+    (EGRESS, "egressnetworks.list.json"),
+    (SERVERS, "servers.list.json"),
+];
+
+impl FakeApi {
+    /// Serve the recorded lists for `paths` (other paths answer 404, as the
+    /// API server does for a CRD that is not installed).
+    pub async fn start(paths: &[&str]) -> Arc<FakeApi> {
+        let mut resources = BTreeMap::new();
+        let mut rv = 0;
+        for (path, file) in ALL {
+            if !paths.contains(path) {
+                continue;
+            }
+            let list = fixture(file);
+            rv = rv.max(
+                list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+            let mut objects = BTreeMap::new();
+            for item in list["items"].as_array().unwrap() {
+                objects.insert(key_of(item), item.clone());
+            }
+            resources.insert(
+                path.to_string(),
+                Resource {
+                    list_kind: list["kind"].as_str().unwrap().to_owned(),
+                    api_version: list["apiVersion"].as_str().unwrap().to_owned(),
+                    objects,
+                    log: Vec::new(),
+                },
+            );
+        }
+        let state = Arc::new(Mutex::new(State {
+            rv,
+            resources,
+            mode: Mode::Up,
+            epoch: 0,
+            compacted: 0,
+            requests: Vec::new(),
+        }));
+        let listener = bind("127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let fake = Arc::new(FakeApi {
+            addr,
+            state,
+            tick: watch::channel(0).0,
+            accept: Mutex::new(None),
+        });
+        fake.serve(listener);
+        fake
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let _ = me.handle(stream).await;
+                });
+            }
+        });
+        *self.accept.lock().unwrap() = Some(task);
+    }
+
+    /// The API server goes away: the listener is closed (connections are
+    /// refused) and open watch streams are cut.
+    pub fn stop(&self) {
+        if let Some(task) = self.accept.lock().unwrap().take() {
+            task.abort();
+        }
+        self.bump_epoch();
+    }
+
+    /// ...and comes back on the same address.
+    pub fn restart(self: &Arc<Self>) {
+        let listener = bind(self.addr);
+        self.serve(listener);
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+        self.bump_epoch();
+    }
+
+    pub fn bump_epoch(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.epoch += 1;
+        drop(st);
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// Apply watch events (as the cluster would) and send them to open
+    /// watches together.
+    pub fn push(&self, path: &str, events: Vec<Value>) {
+        let mut st = self.state.lock().unwrap();
+        for mut event in events {
+            st.rv += 1;
+            let rv = st.rv;
+            event["object"]["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let res = st.resources.get_mut(path).expect("resource served");
+            let key = key_of(&event["object"]);
+            match event["type"].as_str().unwrap() {
+                "ADDED" | "MODIFIED" => {
+                    res.objects.insert(key, event["object"].clone());
+                }
+                "DELETED" => {
+                    res.objects.remove(&key);
+                }
+                _ => {}
+            }
+            res.log.push((rv, event));
+        }
+        drop(st);
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// Forget the watch history, as etcd compaction does.
+    pub fn compact(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.compacted = st.rv;
+        for res in st.resources.values_mut() {
+            res.log.clear();
+        }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub async fn handle(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let params: BTreeMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+
+        let (mode, epoch) = {
+            let mut st = self.state.lock().unwrap();
+            st.requests.push(target.clone());
+            (st.mode, st.epoch)
+        };
+        if mode == Mode::Error500 {
+            let body = status_json(500, "InternalError", "etcdserver: request timed out");
+            return respond(&mut stream, "500 Internal Server Error", &body).await;
+        }
+        if path == "/version" {
+            let body = json!({
+                "major": "1", "minor": "33", "gitVersion": "v1.33.1",
+                "gitCommit": "8adc0f041b8e7ad1d30e29cc59c6ae7a15e19828", "gitTreeState": "clean",
+                "buildDate": "2025-05-15T08:19:08Z", "goVersion": "go1.24.2",
+                "compiler": "gc", "platform": "linux/amd64"
+            });
+            return respond(&mut stream, "200 OK", &body.to_string()).await;
+        }
+        if params.get("watch") == Some(&"true") {
+            let from: u64 = params
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return self.watch(stream, path, from, epoch).await;
+        }
+        let body = {
+            let st = self.state.lock().unwrap();
+            match st.resources.get(path) {
+                // As the API server does: items without kind/apiVersion for
+                // built-in kinds, the list's resourceVersion in metadata.
+                Some(res) => json!({
+                    "kind": res.list_kind,
+                    "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "items": res.objects.values().collect::<Vec<_>>(),
+                })
+                .to_string(),
+                None => String::new(),
+            }
+        };
+        if body.is_empty() {
+            let body = status_json(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+            return respond(&mut stream, "404 Not Found", &body).await;
+        }
+        respond(&mut stream, "200 OK", &body).await
+    }
+
+    pub async fn watch(
+        &self,
+        mut stream: TcpStream,
+        path: &str,
+        mut from: u64,
+        epoch: u64,
+    ) -> std::io::Result<()> {
+        if !self.state.lock().unwrap().resources.contains_key(path) {
+            let body = status_json(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+            return respond(&mut stream, "404 Not Found", &body).await;
+        }
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\n\
+                  Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+        let compacted = self.state.lock().unwrap().compacted;
+        if from < compacted {
+            // What the API server sends for a too old resourceVersion.
+            let event = json!({"type": "ERROR", "object": serde_json::from_str::<Value>(&status_json(
+                410,
+                "Expired",
+                &format!("too old resource version: {from} ({compacted})"),
+            ))
+            .unwrap()});
+            let line = format!("{event}\n");
+            let out = format!("{:x}\r\n{line}\r\n0\r\n\r\n", line.len());
+            return stream.write_all(out.as_bytes()).await;
+        }
+        let mut tick = self.tick.subscribe();
+        loop {
+            let pending: Vec<(u64, Value)> = {
+                let st = self.state.lock().unwrap();
+                if st.epoch != epoch {
+                    // Cut without the terminating chunk: the server went away.
+                    return Ok(());
+                }
+                st.resources[path]
+                    .log
+                    .iter()
+                    .filter(|(rv, _)| *rv > from)
+                    .cloned()
+                    .collect()
+            };
+            let mut out = Vec::new();
+            for (rv, event) in pending {
+                let line = format!("{event}\n");
+                out.extend_from_slice(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes());
+                from = rv;
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+            }
+            if tick.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+pub fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(64).unwrap()
+}
+
+pub fn key_of(obj: &Value) -> (String, String) {
+    let meta = &obj["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("").to_owned(),
+        meta["name"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+pub fn status_json(code: u16, reason: &str, message: &str) -> String {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code
+    })
+    .to_string()
+}
+
+pub async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
