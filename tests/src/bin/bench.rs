@@ -435,13 +435,30 @@ fn cluster_documents() -> Result<DocumentSet> {
         Ok(())
     };
     for n in 0..100 {
-        let annotations = if n % 2 == 0 { "  annotations: {config.linkerd.io/opaque-ports: \"5432\"}\n" } else { "" };
-        add(doc(format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{n}\n{annotations}"))?, format!("bench:ns/{n}"))?;
+        let annotations = if n % 2 == 0 {
+            "  annotations: {config.linkerd.io/opaque-ports: \"5432\"}\n"
+        } else {
+            ""
+        };
+        add(
+            doc(format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{n}\n{annotations}"
+            ))?,
+            format!("bench:ns/{n}"),
+        )?;
     }
     for i in 0..10_000u32 {
         let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i + 1);
-        let annotations = if i % 2 == 0 { "  annotations: {config.linkerd.io/opaque-ports: \"3306\"}\n" } else { "" };
-        let app = if i % 10 == 0 { ", appProtocol: linkerd.io/opaque" } else { "" };
+        let annotations = if i % 2 == 0 {
+            "  annotations: {config.linkerd.io/opaque-ports: \"3306\"}\n"
+        } else {
+            ""
+        };
+        let app = if i % 10 == 0 {
+            ", appProtocol: linkerd.io/opaque"
+        } else {
+            ""
+        };
         add(
             doc(format!(
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\n  namespace: ns-{}\n{annotations}spec:\n  clusterIP: {ip}\n  ports: [{{port: 8080{app}}}]\n",
