@@ -203,6 +203,27 @@ pub const CONFIG_FLAG_SCOPED: u32 = 1 << 1;
 /// The policy has wildcard-port rules: do the `PORT_ANY` lookups.
 pub const CONFIG_FLAG_ANY_PORT: u32 = 1 << 2;
 
+/// What the agent last did, for `classifier stats` (which reads pins, not
+/// the agent). Written by the agent every watch tick.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AgentStatus {
+    /// Seconds since the epoch of the last status write (agent alive).
+    pub updated_unix: u64,
+    pub last_apply_unix: u64,
+    /// Policies rejected (parse, compile or apply errors) since start.
+    pub policy_errors: u64,
+    pub last_sync_unix: u64,
+    pub sync_errors: u64,
+    /// `AGENT_FLAG_*`.
+    pub flags: u32,
+    pub pid: u32,
+}
+
+pub const AGENT_FLAG_KUBERNETES: u32 = 1 << 0;
+pub const AGENT_FLAG_KUBERNETES_CONNECTED: u32 = 1 << 1;
+
 /// A namespace name as a fixed-size map key (Kubernetes names are at most
 /// 63 bytes), NUL padded.
 pub type NamespaceName = [u8; 64];
@@ -243,9 +264,10 @@ pub mod maps {
     pub const SCOPES: &str = "CLS_SCOPES";
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
+    pub const AGENT_STATUS: &str = "CLS_AGENT_STATUS";
 
     /// Every map, for pinning, adoption and uninstall.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ACTIVE_SLOT,
         POLICY_CONFIG,
         RULES_V4,
@@ -259,6 +281,7 @@ pub mod maps {
         META,
         SCOPES,
         SCOPE_IDS,
+        AGENT_STATUS,
     ];
 
     /// Trie capacity, shared by both slots: during a switch the old and new
@@ -366,6 +389,7 @@ mod user {
     unsafe impl aya::Pod for RuleVerdict {}
     unsafe impl aya::Pod for PolicyConfig {}
     unsafe impl aya::Pod for PinMeta {}
+    unsafe impl aya::Pod for AgentStatus {}
 }
 
 #[cfg(test)]
@@ -401,6 +425,7 @@ mod tests {
         assert_eq!(size_of::<RuleVerdict>(), 8);
         assert_eq!(size_of::<PolicyConfig>(), 40);
         assert_eq!(size_of::<PinMeta>(), 8);
+        assert_eq!(size_of::<AgentStatus>(), 48);
         assert_eq!(size_of::<RuleKeyV4>(), 9);
         assert_eq!(size_of::<RuleKeyV6>(), 21);
         assert_eq!(offset_of!(RuleVerdict, net_prefix), 6);

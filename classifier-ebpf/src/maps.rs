@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use classifier_common::{
-    counters, maps as m, ConnKey, ConnVerdict, NamespaceName, PinMeta, PolicyConfig, RuleKeyV4,
-    RuleKeyV6, RuleVerdict, DEFAULT_PORT_WORDS, POLICY_SLOTS,
+    counters, maps as m, AgentStatus, ConnKey, ConnVerdict, NamespaceName, PinMeta, PolicyConfig,
+    RuleKeyV4, RuleKeyV6, RuleVerdict, DEFAULT_PORT_WORDS, POLICY_SLOTS,
 };
 
 #[map]
@@ -37,8 +37,10 @@ pub static CLS_PORT_COUNTS: PerCpuHashMap<u32, u64> =
 pub static CLS_META: Array<PinMeta> = Array::pinned(1, 0);
 #[map]
 pub static CLS_SCOPES: HashMap<u64, u32> = HashMap::pinned(m::SCOPES_CAPACITY, 0);
-/// Written and read by the agent only; declared here so it is created and
-/// pinned with the rest.
+/// Written and read by the agent only; declared here so they are created
+/// and pinned with the rest.
+#[map]
+pub static CLS_AGENT_STATUS: Array<AgentStatus> = Array::pinned(1, 0);
 #[map]
 pub static CLS_SCOPE_IDS: HashMap<NamespaceName, u32> = HashMap::pinned(m::SCOPE_IDS_CAPACITY, 0);
 

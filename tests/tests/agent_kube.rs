@@ -73,6 +73,21 @@ async fn live_kubernetes_documents_classify_and_follow_annotation_changes() -> R
         let v = sb.verdict("10.96.80.80:11211")?;
         assert_eq!(v["protocol"], "opaque", "after the live annotation: {v}");
         assert!(v["source"].as_str().unwrap().starts_with("rule:"), "{v}");
+        // `classifier stats` shows the sync, from the agent's pinned status.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = sb.stats()?;
+            let k = &stats["agent"]["kubernetes"];
+            if k["connected"] == true && k["last_sync_age_s"].is_u64() {
+                assert_eq!(k["sync_errors"], 0, "{stats}");
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "stats never showed the sync: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(())
     })
     .await??;

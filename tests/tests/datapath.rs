@@ -214,6 +214,14 @@ fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
     assert_eq!(stats["counters"]["published"], 5, "{stats}");
     assert_eq!(stats["top_ports"][0]["port"], 3306, "{stats}");
     assert_eq!(stats["top_ports"][0]["connects"], 5, "{stats}");
+    // What the agent reported through its pinned status map.
+    assert_eq!(stats["agent"]["pid"], sb.agent_pid().unwrap(), "{stats}");
+    assert_eq!(stats["agent"]["policy_errors"], 0, "{stats}");
+    assert!(
+        stats["agent"]["last_apply_age_s"].as_u64().unwrap() < 60,
+        "{stats}"
+    );
+    assert!(stats["agent"]["kubernetes"].is_null(), "{stats}");
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::datapath::status::{unix_now, StatusMap};
 use crate::datapath::{self, cgroup, loader::InstallOptions, Installed, PinDir};
 use crate::metrics;
 use crate::sources::{
@@ -22,6 +23,7 @@ use crate::sources::{
     DocumentSet, Options,
 };
 use applier::Applier;
+use classifier_common::{AgentStatus, AGENT_FLAG_KUBERNETES, AGENT_FLAG_KUBERNETES_CONNECTED};
 pub use policy_source::PolicySource;
 
 pub struct AgentOptions {
@@ -76,6 +78,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
+    let mut status = Status::new(StatusMap::open(&opts.pins)?, opts.kubernetes);
     // Everything that needs more than CAP_BPF is done.
     match privileges::keep_only(&[privileges::CAP_BPF]) {
         Ok(()) => tracing::info!("dropped every capability but CAP_BPF"),
@@ -89,9 +92,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Ok(policy) => {
             let applied = applier.apply(&policy, &source.describe())?;
             agent_metrics.policy_applied(applied.generation, policy.rules.len());
+            status.applied();
         }
         Err(err) => {
             agent_metrics.policy_apply_failed();
+            status.failed();
             let active = applier.active_generation();
             if active == 0 {
                 return Err(err.context("no policy is active yet, so the agent cannot start"));
@@ -125,9 +130,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 let loaded = source.kubernetes_changed(snapshot);
                 let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
                 match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
-                    Ok(applied) => agent_metrics.policy_applied(applied.generation, rules),
+                    Ok(applied) => {
+                        agent_metrics.policy_applied(applied.generation, rules);
+                        status.applied();
+                    }
                     Err(err) => {
                         agent_metrics.policy_apply_failed();
+                        status.failed();
                         let active = applier.active_generation();
                         tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
                     }
@@ -141,16 +150,22 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                         agent_metrics.sync_failed();
                     }
                     sync_errors_seen = errors;
+                    status.synced(&sync.status);
                 }
+                status.publish();
                 if let Err(err) = applier.refresh_pods() {
                     tracing::warn!("registering pod cgroups failed: {err:#}");
                 }
                 let Some(loaded) = source.reload_if_changed() else { continue };
                 let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
                 match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
-                    Ok(applied) => agent_metrics.policy_applied(applied.generation, rules),
+                    Ok(applied) => {
+                        agent_metrics.policy_applied(applied.generation, rules);
+                        status.applied();
+                    }
                     Err(err) => {
                         agent_metrics.policy_apply_failed();
+                        status.failed();
                         let active = applier.active_generation();
                         tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
                     }
@@ -164,6 +179,58 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         "stopping; programs stay attached with the last policy (`classifier agent --uninstall` removes them)"
     );
     Ok(())
+}
+
+/// The agent's status as `classifier stats` shows it (see `StatusMap`).
+struct Status {
+    map: StatusMap,
+    value: AgentStatus,
+}
+
+impl Status {
+    fn new(map: StatusMap, kubernetes: bool) -> Self {
+        let flags = if kubernetes { AGENT_FLAG_KUBERNETES } else { 0 };
+        let mut status = Self {
+            map,
+            value: AgentStatus {
+                flags,
+                pid: std::process::id(),
+                ..AgentStatus::default()
+            },
+        };
+        status.publish();
+        status
+    }
+
+    fn applied(&mut self) {
+        self.value.last_apply_unix = unix_now();
+        self.publish();
+    }
+
+    fn failed(&mut self) {
+        self.value.policy_errors += 1;
+        self.publish();
+    }
+
+    fn synced(&mut self, sync: &kubernetes::SyncStatus) {
+        self.value.sync_errors = sync.errors();
+        if let Some(age) = sync.last_success_age() {
+            self.value.last_sync_unix = unix_now().saturating_sub(age.as_secs());
+        }
+        self.value.flags = AGENT_FLAG_KUBERNETES
+            | if sync.connected() {
+                AGENT_FLAG_KUBERNETES_CONNECTED
+            } else {
+                0
+            };
+    }
+
+    fn publish(&mut self) {
+        self.value.updated_unix = unix_now();
+        if let Err(err) = self.map.write(&self.value) {
+            tracing::debug!("writing the agent status map: {err:#}");
+        }
+    }
 }
 
 /// The next Kubernetes snapshot, or never without `--kubernetes`.

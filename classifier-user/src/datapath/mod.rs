@@ -9,6 +9,7 @@ pub mod object;
 pub mod pins;
 pub mod policy_maps;
 pub mod scopes;
+pub mod status;
 
 pub use loader::{install_or_adopt, uninstall, Installed};
 pub use pins::PinDir;

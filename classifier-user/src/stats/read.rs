@@ -24,6 +24,26 @@ pub struct Snapshot {
     pub policy: PolicyInfo,
     /// Most connected-to destination ports, busiest first (at most 10).
     pub top_ports: Vec<PortCount>,
+    /// What the agent last reported; `None` if no agent ever ran here.
+    pub agent: Option<AgentInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentInfo {
+    pub pid: u32,
+    /// Seconds since the agent last wrote its status (it does every tick;
+    /// a large value means it is not running).
+    pub status_age_s: u64,
+    pub last_apply_age_s: Option<u64>,
+    pub policy_errors: u64,
+    pub kubernetes: Option<KubernetesInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KubernetesInfo {
+    pub connected: bool,
+    pub sync_errors: u64,
+    pub last_sync_age_s: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -171,5 +191,24 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
                 .then_some((config.mark_value, config.mark_mask)),
         },
         top_ports,
+        agent: agent_info(pins),
+    })
+}
+
+fn agent_info(pins: &PinDir) -> Option<AgentInfo> {
+    use classifier_common::{AGENT_FLAG_KUBERNETES, AGENT_FLAG_KUBERNETES_CONNECTED};
+    let status = crate::datapath::status::StatusMap::read(pins)?;
+    let now = crate::datapath::status::unix_now();
+    let age = |t: u64| (t != 0).then(|| now.saturating_sub(t));
+    Some(AgentInfo {
+        pid: status.pid,
+        status_age_s: now.saturating_sub(status.updated_unix),
+        last_apply_age_s: age(status.last_apply_unix),
+        policy_errors: status.policy_errors,
+        kubernetes: (status.flags & AGENT_FLAG_KUBERNETES != 0).then(|| KubernetesInfo {
+            connected: status.flags & AGENT_FLAG_KUBERNETES_CONNECTED != 0,
+            sync_errors: status.sync_errors,
+            last_sync_age_s: age(status.last_sync_unix),
+        }),
     })
 }

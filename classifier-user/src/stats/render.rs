@@ -58,6 +58,38 @@ pub fn render_table(s: &Snapshot) -> String {
     let _ = writeln!(out, "policy                generation {}, {} rules ({} v4 + {} v6 entries), {} default opaque ports, {} excluded uids{}",
         p.generation, p.rules, p.v4_entries, p.v6_entries, p.default_opaque_ports, p.excluded_uids,
         p.mark.map(|(v, m)| format!(", mark {v:#x}/{m:#x}")).unwrap_or_default());
+    match &s.agent {
+        None => {
+            let _ = writeln!(out, "agent                 never ran here");
+        }
+        Some(a) => {
+            let applied = a
+                .last_apply_age_s
+                .map_or("no policy applied yet".to_owned(), |t| {
+                    format!("last policy applied {t} s ago")
+                });
+            let _ = writeln!(
+                out,
+                "agent                 pid {}, status {} s old, {applied}, {} policies rejected",
+                a.pid, a.status_age_s, a.policy_errors
+            );
+            if let Some(k) = &a.kubernetes {
+                let synced = k.last_sync_age_s.map_or("never synced".to_owned(), |t| {
+                    format!("last sync {t} s ago")
+                });
+                let _ = writeln!(
+                    out,
+                    "kubernetes            {}, {synced}, {} sync errors",
+                    if k.connected {
+                        "connected"
+                    } else {
+                        "DISCONNECTED (keeping the last policy)"
+                    },
+                    k.sync_errors
+                );
+            }
+        }
+    }
     if !s.top_ports.is_empty() {
         let ports: Vec<String> = s
             .top_ports
@@ -85,6 +117,7 @@ pub fn render_json(s: &Snapshot) -> Value {
         "verdict_table": s.verdict_table,
         "policy": s.policy,
         "top_ports": s.top_ports,
+        "agent": s.agent,
     })
 }
 
