@@ -23,7 +23,8 @@ pub const QUERY_LEVEL: i32 = 0xC1A5;
 pub const QUERY_OPTNAME: i32 = 1;
 /// Value of byte 0 of the reply.
 pub const REPLY_VERSION: u8 = 1;
-/// A reply is never shorter than this; a smaller buffer gets EINVAL.
+/// A reply is never shorter than this; a smaller buffer gets the kernel's
+/// own error (EOPNOTSUPP or ENOPROTOOPT), as if no classifier were loaded.
 pub const REPLY_MIN_LEN: usize = 8;
 /// The full reply; buffers of at least `REPLY_MIN_LEN` but less than this get
 /// the first `REPLY_MIN_LEN` bytes only.
@@ -348,33 +349,31 @@ pub mod counters {
         UNPUBLISHED = 14, "unpublished";
         /// A connection closed whose verdict was already gone (evicted).
         UNPUBLISH_MISSING = 15, "unpublish_missing";
-        /// TCP connect of a socket whose connect-time verdict was evicted.
-        PENDING_MISSING = 16, "pending_missing";
-        QUERY_CLASSIFIED = 17, "query_classified";
-        QUERY_UNKNOWN = 18, "query_unknown";
+        QUERY_CLASSIFIED = 16, "query_classified";
+        QUERY_UNKNOWN = 17, "query_unknown";
         /// Query with a buffer shorter than REPLY_MIN_LEN.
-        QUERY_BAD_BUFFER = 19, "query_bad_buffer";
-        ERR_PENDING_INSERT = 20, "err_pending_insert";
-        ERR_PUBLISH_INSERT = 21, "err_publish_insert";
-        ERR_MARK = 22, "err_mark";
+        QUERY_BAD_BUFFER = 18, "query_bad_buffer";
+        ERR_PENDING_INSERT = 19, "err_pending_insert";
+        ERR_PUBLISH_INSERT = 20, "err_publish_insert";
+        ERR_MARK = 21, "err_mark";
         /// The active slot or its config could not be read.
-        ERR_CONFIG = 23, "err_config";
-        ERR_CB_FLAGS = 24, "err_cb_flags";
-        ERR_PORT_COUNT = 25, "err_port_count";
+        ERR_CONFIG = 22, "err_config";
+        ERR_CB_FLAGS = 23, "err_cb_flags";
+        /// A destination port not counted: the "top ports" table is full.
+        PORT_COUNTS_FULL = 24, "port_counts_full";
         /// A verdict could not be published because another live connection
         /// holds the same client address and port; both now answer
         /// "ambiguous" (no verdict) rather than risk a wrong one.
-        PUBLISH_AMBIGUOUS = 26, "publish_ambiguous";
+        PUBLISH_AMBIGUOUS = 25, "publish_ambiguous";
     }
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 26;
     /// Counters that are internal failures (the connect was allowed anyway).
-    pub const ERRORS: [u32; 6] = [
+    pub const ERRORS: [u32; 5] = [
         ERR_PENDING_INSERT,
         ERR_PUBLISH_INSERT,
         ERR_MARK,
         ERR_CONFIG,
         ERR_CB_FLAGS,
-        ERR_PORT_COUNT,
     ];
 }
 

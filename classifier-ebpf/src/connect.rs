@@ -304,7 +304,7 @@ fn count_port(port: u16) {
         None => {
             // First connect to this port on this CPU (or the table is full).
             if CLS_PORT_COUNTS.insert(key, 1, 0).is_err() {
-                count(c::ERR_PORT_COUNT);
+                count(c::PORT_COUNTS_FULL);
             }
         }
     }

@@ -42,8 +42,9 @@ fn publish(ctx: &SockOpsContext) {
     // SAFETY: the helper accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(verdict) = CLS_PENDING.get_ptr(cookie) else {
-        // Not classified (the common case), or its entry was evicted: the
-        // second shows up as PENDING > PUBLISHED + PENDING_MISSING.
+        // Not classified (the common case), or its connect-time entry was
+        // evicted from the LRU table before the SYN (not distinguishable
+        // here; the table is sized far above connects in flight).
         return;
     };
     // SAFETY: the pointer is to a live map value; copied out at once.

@@ -31,11 +31,22 @@ pub fn answer_getsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: level and optname are readable in getsockopt programs.
     let (level, optname) = unsafe { (read_volatile(&(*so).level), read_volatile(&(*so).optname)) };
     if level != QUERY_LEVEL || optname != QUERY_OPTNAME {
+        // Someone else's option. Kernels before 6.5 turn a buffer over a
+        // page into EFAULT unless the program sets optlen to 0 ("use the
+        // kernel's own answer"); on later kernels this is a no-op.
+        // SAFETY: optlen is readable and writable in getsockopt programs.
+        unsafe {
+            if read_volatile(&(*so).optlen) > PAGE_SIZE {
+                write_volatile(&mut (*so).optlen, 0);
+            }
+        }
         return PASS;
     }
     answer(&ctx, so);
     PASS
 }
+
+const PAGE_SIZE: i32 = 4096;
 
 #[inline(always)]
 fn answer(ctx: &SockoptContext, so: *mut bpf_sockopt) {

@@ -104,11 +104,14 @@ pub fn query_checked(
     let Some(verdict) = query(socket)? else {
         return Ok(None);
     };
+    // Address and port only: an IPv6 SocketAddr also carries flow info and
+    // a scope id, which SO_ORIGINAL_DST may fill and the reply does not.
     let canonical = |a: SocketAddr| match a.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
-        IpAddr::V4(_) => a,
+        IpAddr::V6(v6) => (
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            a.port(),
+        ),
+        IpAddr::V4(v4) => (IpAddr::V4(v4), a.port()),
     };
     Ok(Some(match verdict.original_dst {
         Some(dst) if canonical(dst) != canonical(original_dst) => Verdict {

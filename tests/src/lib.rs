@@ -27,6 +27,7 @@ use serde_json::Value;
 
 pub mod e2e;
 pub mod fake_kube;
+pub mod qemu;
 
 /// The proxy's UID in Linkerd (excluded by the built-in policy).
 pub const PROXY_UID: u32 = 2102;

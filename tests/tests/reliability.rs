@@ -541,3 +541,53 @@ fn policy_files_others_can_change_are_refused_unless_allowed() -> Result<()> {
     assert_eq!(sb.verdict("127.0.0.1:4222")?["source"], "rule:1");
     Ok(())
 }
+
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused() -> Result<()> {
+    if !privileged("a_second_agent_on_the_same_pins_is_refused") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("two-agents")?;
+    sb.start_agent(&[])?;
+    let out = Command::new(classifier_bin())
+        .args(["agent", "--cgroup"])
+        .arg(&sb.cgroup)
+        .arg("--pin-dir")
+        .arg(&sb.pins)
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another classifier agent is already running"),
+        "{stderr}"
+    );
+    // The first one is unharmed.
+    assert_eq!(sb.verdict("127.0.0.1:3306")?["protocol"], "opaque");
+    Ok(())
+}
+
+#[test]
+fn an_install_that_failed_half_way_does_not_block_the_next_start() -> Result<()> {
+    if !privileged("an_install_that_failed_half_way_does_not_block_the_next_start") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("half-install")?;
+    // Maps get loaded and pinned, then attaching fails on a bad cgroup.
+    let missing = sb.cgroup.join("no-such-cgroup");
+    let out = Command::new(classifier_bin())
+        .args(["agent", "--cgroup"])
+        .arg(&missing)
+        .arg("--pin-dir")
+        .arg(&sb.pins)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-cgroup"));
+    assert!(
+        sb.pins.join("maps").join(maps::META).exists(),
+        "maps were pinned before the failure"
+    );
+    // The next start with a good cgroup must just work, without --uninstall.
+    sb.start_agent(&[])?;
+    assert_eq!(sb.verdict("127.0.0.1:3306")?["protocol"], "opaque");
+    Ok(())
+}

@@ -2,7 +2,11 @@
 //! ids, keep pod cgroups registered to their namespace's scope, and switch
 //! the maps atomically.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -20,6 +24,8 @@ pub struct Applier {
     cgroup_root: PathBuf,
     pod_namespaces: BTreeMap<String, String>,
     scope_ids: BTreeMap<String, u16>,
+    /// Whether this agent has switched in a policy of its own yet.
+    applied_once: bool,
 }
 
 impl Applier {
@@ -31,6 +37,7 @@ impl Applier {
             cgroup_root,
             pod_namespaces: BTreeMap::new(),
             scope_ids: BTreeMap::new(),
+            applied_once: false,
         })
     }
 
@@ -47,17 +54,23 @@ impl Applier {
         let scope_ids = self.scopes.ids_for(namespaces)?;
         let compiled =
             compile_with_scopes(policy, &scope_ids).with_context(|| source.to_owned())?;
-        // Register pods first: a pod mapped to a scope with no rules yet just
-        // gets the node-wide rules.
+        // Pods the new policy scopes are registered before the switch (a
+        // registered pod whose namespace has no rules yet just gets the
+        // node-wide ones); pods it no longer scopes are dropped after it, so
+        // the policy in force always finds its pods.
+        let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids);
+        self.scopes.register(&wanted)?;
+        let applied = self.maps.apply(Arc::new(compiled))?;
         self.pod_namespaces = policy.pod_namespaces.clone();
         self.scope_ids = scope_ids;
-        self.refresh_pods()?;
-        let applied = self.maps.apply(Arc::new(compiled))?;
+        self.applied_once = true;
+        self.scopes.unregister_others(&wanted)?;
         tracing::info!(
             source,
             generation = applied.generation,
             rules = policy.rules.len(),
             scopes = self.scope_ids.len(),
+            scoped_pods = wanted.len(),
             v4_entries = applied.v4_entries,
             v6_entries = applied.v6_entries,
             map_writes = applied.map_writes,
@@ -67,21 +80,30 @@ impl Applier {
         Ok(applied)
     }
 
+    fn pod_table(
+        &self,
+        pod_namespaces: &BTreeMap<String, String>,
+        scope_ids: &BTreeMap<String, u16>,
+    ) -> HashMap<u64, u16> {
+        if scope_ids.is_empty() {
+            return HashMap::new();
+        }
+        pods::scope_table(&pods::scan(&self.cgroup_root), pod_namespaces, scope_ids)
+    }
+
     /// Re-scans pod cgroups (pods come and go between policy changes) and
-    /// registers the ones whose namespace has scoped rules.
+    /// keeps the ones whose namespace has scoped rules registered. Until
+    /// this agent has applied a policy it does not know which pods the
+    /// policy in force needs (an adopted one), so it leaves them alone.
     pub fn refresh_pods(&mut self) -> Result<()> {
-        if self.scope_ids.is_empty() {
-            // Nothing scoped: every client gets the node-wide rules. Drop
-            // registrations a previous policy needed.
-            self.scopes.sync_cgroups(&Default::default())?;
+        if !self.applied_once {
             return Ok(());
         }
-        let found = pods::scan(&self.cgroup_root);
-        let wanted = pods::scope_table(&found, &self.pod_namespaces, &self.scope_ids);
-        let (changed, removed) = self.scopes.sync_cgroups(&wanted)?;
+        let wanted = self.pod_table(&self.pod_namespaces, &self.scope_ids);
+        let changed = self.scopes.register(&wanted)?;
+        let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {
             tracing::info!(
-                pods = found.len(),
                 scoped = wanted.len(),
                 changed,
                 removed,

@@ -63,7 +63,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Some(path) => path.clone(),
         None => cgroup::cgroup2_root()?,
     };
-    let installed = datapath::install_or_adopt(&InstallOptions {
+    let (installed, _pin_lock) = datapath::install_or_adopt(&InstallOptions {
         pins: &opts.pins,
         cgroup: &cgroup,
         verdict_capacity: opts.verdict_capacity,
@@ -88,7 +88,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
         server.start(exporter, agent_metrics.clone());
     }
+    let active = applier.active_generation();
+    // A restarted agent that takes its policy from the cluster keeps the
+    // adopted one (built from the cluster by its predecessor) until its own
+    // first snapshot, rather than falling back to the file or built-in
+    // policy in between, or for as long as the API server is away.
+    let keep_adopted = opts.kubernetes && installed == Installed::Adopted && active > 0;
     match first {
+        Ok(_) if keep_adopted => {
+            tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");
+            agent_metrics.set_ready(true);
+        }
         Ok(policy) => {
             let applied = applier.apply(&policy, &source.describe())?;
             agent_metrics.policy_applied(applied.generation, policy.rules.len());
@@ -105,8 +115,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
 
-    // Until the first complete snapshot, the file (or built-in) policy
-    // stays in force; the watcher keeps the last one if the API goes away.
+    // Until the first complete snapshot, the policy above stays in force;
+    // the watcher keeps the last snapshot if the API goes away.
     let mut kube = match opts.kubernetes {
         true => Some(kubernetes::spawn(
             kubernetes::client().await?,

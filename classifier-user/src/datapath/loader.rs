@@ -48,11 +48,38 @@ pub enum AdoptError {
     },
 }
 
-pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<Installed> {
+/// Held by the agent for its whole life: one writer per pin directory.
+/// Two agents writing policy into the same maps would each diff against a
+/// slot the other changed.
+pub struct PinLock(#[allow(dead_code)] File);
+
+/// Takes the pin directory's lock, or says who holds it.
+pub fn lock(pins: &PinDir) -> Result<PinLock> {
+    let dir =
+        File::open(pins.root()).with_context(|| format!("opening {}", pins.root().display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        bail!(
+            "another classifier agent is already running with --pin-dir {} (stop it first; \
+             two agents would overwrite each other's policy)",
+            pins.root().display()
+        );
+    }
+    Ok(PinLock(dir))
+}
+
+pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock)> {
     if !object::is_present() {
         bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`");
     }
     opts.pins.prepare()?;
+    let lock = lock(opts.pins)?;
     check_layout(opts.pins)?;
 
     let linked: Vec<bool> = programs::ALL
@@ -66,7 +93,7 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<Installed> {
                 format!("opening pinned link {}", opts.pins.link(program).display())
             })?;
         }
-        return Ok(Installed::Adopted);
+        return Ok((Installed::Adopted, lock));
     }
     if linked.iter().any(|l| *l) {
         // A previous install stopped half way: drop the partial links (their
@@ -84,7 +111,7 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<Installed> {
         }
         return Err(err);
     }
-    Ok(Installed::Fresh)
+    Ok((Installed::Fresh, lock))
 }
 
 /// Refuses pins from another map layout before anything touches them: aya
@@ -98,7 +125,9 @@ fn check_layout(pins: &PinDir) -> Result<()> {
         MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
     ))?;
     let found = meta.get(&0, 0)?.layout_version;
-    if found != LAYOUT_VERSION {
+    // 0: never stamped (an install that stopped before its maps were
+    // pinned); nothing to be incompatible with.
+    if found != LAYOUT_VERSION && found != 0 {
         return Err(AdoptError::IncompatibleLayout {
             dir: pins.root().display().to_string(),
             found,
@@ -118,6 +147,20 @@ fn install(opts: &InstallOptions<'_>) -> Result<()> {
     let mut ebpf = loader
         .load(object::bytes())
         .context("loading the eBPF object")?;
+    // The maps are pinned now: stamp their layout at once, so that a failure
+    // below (bad --cgroup, verifier, capabilities) leaves pins a later start
+    // can adopt or repair rather than refuse.
+    let meta_path = opts.pins.map(maps::META);
+    let mut meta: Array<MapData, PinMeta> =
+        Array::try_from(aya::maps::Map::Array(MapData::from_pin(&meta_path)?))?;
+    meta.set(
+        0,
+        PinMeta {
+            layout_version: LAYOUT_VERSION,
+            _pad: 0,
+        },
+        0,
+    )?;
 
     let cgroup = File::open(opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
@@ -161,17 +204,6 @@ fn install(opts: &InstallOptions<'_>) -> Result<()> {
         .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
     }
 
-    let meta_path = opts.pins.map(maps::META);
-    let mut meta: Array<MapData, PinMeta> =
-        Array::try_from(aya::maps::Map::Array(MapData::from_pin(&meta_path)?))?;
-    meta.set(
-        0,
-        PinMeta {
-            layout_version: LAYOUT_VERSION,
-            _pad: 0,
-        },
-        0,
-    )?;
     Ok(())
 }
 

@@ -84,19 +84,9 @@ impl ScopeMaps {
         Ok(out)
     }
 
-    /// Makes the kernel's cgroup -> scope table equal `wanted`, touching
-    /// only what changed. Returns (added or changed, removed).
-    pub fn sync_cgroups(&mut self, wanted: &StdHashMap<u64, u16>) -> Result<(usize, usize)> {
-        let stale: Vec<u64> = self
-            .registered
-            .keys()
-            .filter(|id| !wanted.contains_key(id))
-            .copied()
-            .collect();
-        for id in &stale {
-            let _ = self.cgroups.remove(id);
-            self.registered.remove(id);
-        }
+    /// Registers (or re-points) every cgroup in `wanted`; returns how many
+    /// changed.
+    pub fn register(&mut self, wanted: &StdHashMap<u64, u16>) -> Result<usize> {
         let mut changed = 0;
         for (id, scope) in wanted {
             if self.registered.get(id) != Some(&u32::from(*scope)) {
@@ -107,6 +97,21 @@ impl ScopeMaps {
                 changed += 1;
             }
         }
-        Ok((changed, stale.len()))
+        Ok(changed)
+    }
+
+    /// Unregisters every cgroup not in `wanted`; returns how many.
+    pub fn unregister_others(&mut self, wanted: &StdHashMap<u64, u16>) -> Result<usize> {
+        let stale: Vec<u64> = self
+            .registered
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in &stale {
+            let _ = self.cgroups.remove(id);
+            self.registered.remove(id);
+        }
+        Ok(stale.len())
     }
 }
