@@ -3,8 +3,11 @@
 //! `publish` can key it by the 4-tuple.
 //!
 //! Cost per connect, whatever the policy size: one array read (active slot),
-//! one for the slot's config, one hash lookup (excluded UIDs), one LPM trie
-//! lookup, one bitmap word, one hash update (pending) and the port counter.
+//! one for the slot's config, one hash lookup (excluded UIDs), one to four
+//! LPM trie lookups (exact and wildcard port, client scope and node-wide;
+//! only those the policy needs), up to `MAX_CGROUP_LEVEL` scope lookups for
+//! scoped policies, one bitmap word, one hash update (pending) and the port
+//! counter.
 
 use core::ptr::read_volatile;
 

@@ -28,7 +28,7 @@ pub fn check() -> Result<()> {
 pub fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); run it with sudo");
+        bail!("{what} needs root (uid 0 with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); run it with sudo");
     }
     Ok(())
 }

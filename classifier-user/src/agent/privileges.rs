@@ -1,7 +1,7 @@
 //! Shedding privileges once the programs are attached.
 //!
-//! Attaching needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (cgroup and
-//! bpffs access); what follows only writes maps through file descriptors
+//! Loading and attaching needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (the
+//! verifier's privileged mode); what follows only writes maps through file descriptors
 //! the agent already holds. On kernels before 6.5 with unprivileged BPF
 //! disabled (the usual setting) every bpf() call, map writes included,
 //! still needs CAP_BPF, so that one capability is kept and every other is
