@@ -73,8 +73,13 @@ pub fn debian_kernel() -> Result<Kernel> {
         Ok(p) => p,
         Err(first) => {
             eprintln!("qemu: {first:#}; running apt-get update");
-            run_apt(Command::new("apt-get").args(["update", "-qq"]))?;
-            resolve_package(&requested)?
+            match run_apt(Command::new("apt-get").args(["update", "-qq"]))
+                .and_then(|()| resolve_package(&requested))
+            {
+                Ok(p) => p,
+                // Offline: any kernel downloaded before will do.
+                Err(err) => return any_cached().ok_or(err),
+            }
         }
     };
     let dir = cache_dir().join(&package);
@@ -161,6 +166,15 @@ fn run_apt(cmd: &mut Command) -> Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
+}
+
+fn any_cached() -> Option<Kernel> {
+    fs::read_dir(cache_dir()).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        (!name.starts_with('.'))
+            .then(|| cached(&e.path(), &name).ok().flatten())
+            .flatten()
+    })
 }
 
 fn cached(dir: &Path, package: &str) -> Result<Option<Kernel>> {
@@ -506,7 +520,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
