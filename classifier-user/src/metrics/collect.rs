@@ -313,6 +313,7 @@ mod tests {
                 port: 3306,
                 connects: 5,
             }],
+            agent: None,
         }
     }
 

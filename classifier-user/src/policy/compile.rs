@@ -550,6 +550,10 @@ pub(crate) mod kernel_model {
         port: u16,
     ) -> (u8, &'static str, u32) {
         let addr = canonical_addr(addr);
+        if port == PORT_ANY {
+            // As the kernel: port 0 is the wildcard's key, not a port.
+            return (Protocol::Detect.wire(), "none", 0);
+        }
         let universes = client_scope.into_iter().chain([SCOPE_NODE]);
         for scope in universes {
             let exact = lpm(c, scope, port, addr).filter(|v| v.kind == RULE_MATCH);
