@@ -200,6 +200,12 @@ fn lookup_rule(
     is_v4: bool,
     port: u16,
 ) -> RuleVerdict {
+    // Port 0 is the wildcard's key: a connect to it (meaningless, but
+    // possible) must not read wildcard entries as its own. No rule lists
+    // port 0, so it has no rule verdict.
+    if port == PORT_ANY {
+        return RuleVerdict::default();
+    }
     let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
     if config.flags & CONFIG_FLAG_SCOPED != 0 {
         let scope = client_scope();
