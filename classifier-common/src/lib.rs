@@ -298,7 +298,8 @@ pub mod maps {
     pub const PORT_COUNTS_CAPACITY: u32 = 4096;
     /// Pods per node the scope map can hold.
     pub const SCOPES_CAPACITY: u32 = 16384;
-    pub const SCOPE_IDS_CAPACITY: u32 = 65535;
+    /// Namespaces with scoped rules (their own EgressNetworks).
+    pub const SCOPE_IDS_CAPACITY: u32 = 16384;
 }
 
 /// Program names as they appear in the object file.

@@ -11,6 +11,11 @@ use classifier_common::{
     RuleKeyV4, RuleKeyV6, RuleVerdict, DEFAULT_PORT_WORDS, POLICY_SLOTS,
 };
 
+/// For maps only the agent writes, mostly small or empty: memory is taken
+/// per entry instead of for the whole capacity up front. The connect path
+/// only reads them.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
 #[map]
 pub static CLS_ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
 #[map]
@@ -22,7 +27,8 @@ pub static CLS_RULES_V6: LpmTrie<RuleKeyV6, RuleVerdict> = LpmTrie::pinned(m::RU
 #[map]
 pub static CLS_DEFAULT_PORTS: Array<u64> = Array::pinned(POLICY_SLOTS * DEFAULT_PORT_WORDS, 0);
 #[map]
-pub static CLS_EXCLUDED_UIDS: HashMap<u64, u8> = HashMap::pinned(m::EXCLUDED_UIDS_CAPACITY, 0);
+pub static CLS_EXCLUDED_UIDS: HashMap<u64, u8> =
+    HashMap::pinned(m::EXCLUDED_UIDS_CAPACITY, NO_PREALLOC);
 #[map]
 pub static CLS_PENDING: LruHashMap<u64, ConnVerdict> = LruHashMap::pinned(m::PENDING_CAPACITY, 0);
 #[map]
@@ -36,13 +42,14 @@ pub static CLS_PORT_COUNTS: PerCpuHashMap<u32, u64> =
 #[map]
 pub static CLS_META: Array<PinMeta> = Array::pinned(1, 0);
 #[map]
-pub static CLS_SCOPES: HashMap<u64, u32> = HashMap::pinned(m::SCOPES_CAPACITY, 0);
+pub static CLS_SCOPES: HashMap<u64, u32> = HashMap::pinned(m::SCOPES_CAPACITY, NO_PREALLOC);
 /// Written and read by the agent only; declared here so they are created
 /// and pinned with the rest.
 #[map]
 pub static CLS_AGENT_STATUS: Array<AgentStatus> = Array::pinned(1, 0);
 #[map]
-pub static CLS_SCOPE_IDS: HashMap<NamespaceName, u32> = HashMap::pinned(m::SCOPE_IDS_CAPACITY, 0);
+pub static CLS_SCOPE_IDS: HashMap<NamespaceName, u32> =
+    HashMap::pinned(m::SCOPE_IDS_CAPACITY, NO_PREALLOC);
 
 /// Adds one to a per-CPU counter. Per-CPU, so no atomics are needed.
 #[inline(always)]

@@ -65,6 +65,11 @@ impl Applier {
         self.scope_ids = scope_ids;
         self.applied_once = true;
         self.scopes.unregister_others(&wanted)?;
+        // Parsing and compiling a large policy leaves freed heap behind that
+        // glibc keeps; give it back so the agent's resident size is what it
+        // actually holds (the previous and current compiled policies).
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         tracing::info!(
             source,
             generation = applied.generation,

@@ -69,8 +69,13 @@ impl ScopeMaps {
                 Some(id) => *id,
                 None => {
                     let next = self.known.values().max().copied().unwrap_or(0) as u32 + 1;
-                    if next > u32::from(u16::MAX) {
-                        bail!("more than {} namespaces with scoped rules", u16::MAX);
+                    if self.known.len() >= maps::SCOPE_IDS_CAPACITY as usize
+                        || next > u32::from(u16::MAX)
+                    {
+                        bail!(
+                            "more than {} namespaces with namespace-scoped rules (their own EgressNetworks)",
+                            maps::SCOPE_IDS_CAPACITY
+                        );
                     }
                     self.ids
                         .insert(key(namespace)?, next, 0)
