@@ -591,3 +591,40 @@ fn an_install_that_failed_half_way_does_not_block_the_next_start() -> Result<()>
     assert_eq!(sb.verdict("127.0.0.1:3306")?["protocol"], "opaque");
     Ok(())
 }
+
+#[test]
+fn adopting_checks_the_cgroup_the_programs_are_on() -> Result<()> {
+    if !privileged("adopting_checks_the_cgroup_the_programs_are_on") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("adopt-cgroup")?;
+    sb.start_agent(&[])?;
+    sb.kill_agent();
+
+    // Another cgroup than the one the programs are attached to: refused,
+    // and the attachment is left where it is.
+    let other = sb.cgroup.join("other");
+    fs::create_dir(&other)?;
+    let out = Command::new(classifier_bin())
+        .args(["agent", "--cgroup"])
+        .arg(&other)
+        .arg("--pin-dir")
+        .arg(&sb.pins)
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("attached to another cgroup") && stderr.contains("--uninstall"),
+        "{stderr}"
+    );
+    assert_eq!(
+        sb.verdict("127.0.0.1:3306")?["protocol"],
+        "opaque",
+        "still classifying where it was"
+    );
+
+    // The same cgroup: adopted.
+    sb.start_agent(&[])?;
+    assert!(sb.agent_log().contains("adopted"), "{}", sb.agent_log());
+    Ok(())
+}

@@ -61,3 +61,31 @@ pub fn attach_pinned(
     bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning link at {}", pin.display()))?;
     Ok(())
 }
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The id of the cgroup a pinned cgroup link is attached to (the cgroup
+/// directory's inode on cgroup v2), or 0 once that cgroup is gone.
+pub fn pinned_link_cgroup(pin: &Path) -> Result<u64> {
+    let path = CString::new(pin.as_os_str().as_encoded_bytes()).context("pin path contains NUL")?;
+    let mut attr = Attr([0; 128]);
+    attr.0[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf(BPF_OBJ_GET, &mut attr)
+        .with_context(|| format!("opening pinned link {}", pin.display()))?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+
+    // struct bpf_link_info: type, id, prog_id (u32 each), then a union
+    // whose cgroup member starts with `__u64 cgroup_id` at offset 16.
+    let mut info = [0u8; 64];
+    let mut attr = Attr([0; 128]);
+    attr.0[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr.0[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .with_context(|| format!("reading link info of {}", pin.display()))?;
+    Ok(u64::from_ne_bytes(
+        info[16..24].try_into().expect("8 bytes"),
+    ))
+}

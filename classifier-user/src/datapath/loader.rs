@@ -5,12 +5,16 @@
 //! the maps and writes policy. It never detaches and re-attaches, so there
 //! is no window in which connects go unclassified.
 
-use std::{fs::File, os::fd::AsFd as _, path::Path};
+use std::{
+    fs::{self, File},
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    path::Path,
+};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData},
-    programs::{links::PinnedLink, CgroupSockAddr, CgroupSockopt, SockOps},
+    programs::{CgroupSockAddr, CgroupSockopt, SockOps},
     EbpfLoader,
 };
 use classifier_common::{maps, programs, PinMeta, LAYOUT_VERSION};
@@ -87,15 +91,35 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock
         .map(|p| opts.pins.link(p).exists())
         .collect();
     if linked.iter().all(|l| *l) {
-        // Opening each link proves it is a live bpf link, not a stale file.
+        // Each link must be live and on the cgroup we were asked for: an
+        // agent told to classify one cgroup must not report success while
+        // the programs sit on another.
+        let wanted = fs::metadata(opts.cgroup)
+            .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?
+            .ino();
+        let mut attached = Vec::new();
         for program in programs::ALL {
-            PinnedLink::from_pin(opts.pins.link(program)).with_context(|| {
-                format!("opening pinned link {}", opts.pins.link(program).display())
-            })?;
+            attached.push(link::pinned_link_cgroup(&opts.pins.link(program))?);
         }
-        return Ok((Installed::Adopted, lock));
+        if attached.iter().all(|id| *id == wanted) {
+            return Ok((Installed::Adopted, lock));
+        }
+        if attached.iter().any(|id| *id != 0 && *id != wanted) {
+            bail!(
+                "the classifier pinned at {dir} is attached to another cgroup (id {other}), not {path} (id {wanted}); \
+                 run `classifier agent --uninstall --pin-dir {dir}` first to move it",
+                dir = opts.pins.root().display(),
+                other = attached.iter().find(|id| **id != 0 && **id != wanted).unwrap(),
+                path = opts.cgroup.display(),
+            );
+        }
+        // The cgroup they were on is gone (id 0): the links are dead.
+        tracing::warn!("the pinned programs' cgroup no longer exists; attaching afresh");
+        for program in programs::ALL {
+            let _ = fs::remove_file(opts.pins.link(program));
+        }
     }
-    if linked.iter().any(|l| *l) {
+    if linked.iter().any(|l| *l) && !linked.iter().all(|l| *l) {
         // A previous install stopped half way: drop the partial links (their
         // programs detach) and install afresh. Maps and counters are kept.
         tracing::warn!(dir = %opts.pins.links_dir().display(), "incomplete set of pinned links; re-attaching all programs");
