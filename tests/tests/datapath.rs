@@ -214,6 +214,21 @@ fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
     assert_eq!(stats["counters"]["published"], 5, "{stats}");
     assert_eq!(stats["top_ports"][0]["port"], 3306, "{stats}");
     assert_eq!(stats["top_ports"][0]["connects"], 5, "{stats}");
+    // The same counters in Prometheus text (the encoder /metrics uses).
+    let prom = tests::run(
+        std::process::Command::new(tests::classifier_bin())
+            .args(["stats", "--prometheus", "--pin-dir"])
+            .arg(&sb.pins),
+    )?;
+    let prom = String::from_utf8_lossy(&prom.stdout);
+    assert!(
+        prom.lines().any(|l| l == "classifier_connects_total 8"),
+        "{prom}"
+    );
+    assert!(
+        prom.lines().any(|l| l == "classifier_opaque_total 5"),
+        "{prom}"
+    );
     // What the agent reported through its pinned status map.
     assert_eq!(stats["agent"]["pid"], sb.agent_pid().unwrap(), "{stats}");
     assert_eq!(stats["agent"]["policy_errors"], 0, "{stats}");

@@ -45,6 +45,16 @@ impl Exporter {
         Self::with_snapshots(move || read_snapshot(&pins), agent)
     }
 
+    /// Only the kernel counters of one snapshot: what `classifier stats
+    /// --prometheus` prints, so both speak the same metric names.
+    pub fn kernel_only(snapshot: Snapshot) -> Self {
+        let mut registry = Registry::with_prefix("classifier");
+        registry.register_collector(Box::new(KernelCollector {
+            read: Box::new(move || Ok(snapshot.clone())),
+        }));
+        Self { registry }
+    }
+
     /// As [`new`](Self::new), with the snapshot from `read` (tests).
     pub fn with_snapshots(
         read: impl Fn() -> Result<Snapshot> + Send + Sync + 'static,

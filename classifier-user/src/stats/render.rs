@@ -1,5 +1,5 @@
 //! The three faces of a snapshot: a table for people, JSON for scripts,
-//! Prometheus text for scrapers.
+//! Prometheus text for scrapers (the same encoder as `/metrics`).
 
 use std::fmt::Write as _;
 
@@ -121,77 +121,8 @@ pub fn render_json(s: &Snapshot) -> Value {
     })
 }
 
+/// The Prometheus text `/metrics` serves for the kernel counters (one
+/// encoder for both, so the names cannot drift apart).
 pub fn render_prometheus(s: &Snapshot) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(out, "# HELP classifier_{name} {help}\n# TYPE classifier_{name} {kind}\nclassifier_{name} {value}");
-    };
-    metric(
-        "connects_total",
-        "TCP connect() calls seen",
-        "counter",
-        s.connects_total,
-    );
-    metric(
-        "opaque_total",
-        "Connects classified opaque",
-        "counter",
-        s.opaque_total,
-    );
-    metric(
-        "excluded_total",
-        "Connects by excluded UIDs",
-        "counter",
-        s.excluded_total,
-    );
-    metric(
-        "proxy_queries_total",
-        "Proxy verdict queries answered",
-        "counter",
-        s.proxy_queries_total,
-    );
-    metric(
-        "errors_total",
-        "Internal errors (connect allowed anyway)",
-        "counter",
-        s.errors_total,
-    );
-    metric(
-        "verdict_table_entries",
-        "Published verdicts in the table",
-        "gauge",
-        s.verdict_table.entries,
-    );
-    metric(
-        "verdict_table_capacity",
-        "Verdict table size",
-        "gauge",
-        s.verdict_table.capacity,
-    );
-    metric(
-        "verdict_table_evicted_total",
-        "Verdicts evicted before their connection closed",
-        "counter",
-        s.verdict_table.evicted,
-    );
-    metric(
-        "policy_generation",
-        "Generation of the active policy",
-        "gauge",
-        u64::from(s.policy.generation),
-    );
-    metric(
-        "policy_rules",
-        "Rules in the active policy",
-        "gauge",
-        u64::from(s.policy.rules),
-    );
-    let _ = writeln!(out, "# HELP classifier_kernel_events_total Every kernel counter by name\n# TYPE classifier_kernel_events_total counter");
-    for (name, value) in &s.counters {
-        let _ = writeln!(
-            out,
-            "classifier_kernel_events_total{{event=\"{name}\"}} {value}"
-        );
-    }
-    out
+    crate::metrics::Exporter::kernel_only(s.clone()).render()
 }
