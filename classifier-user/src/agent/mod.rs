@@ -138,19 +138,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 let Some(snapshot) = changed? else { continue };
                 agent_metrics.sync_succeeded();
                 let loaded = source.kubernetes_changed(snapshot);
-                let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
-                match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
-                    Ok(applied) => {
-                        agent_metrics.policy_applied(applied.generation, rules);
-                        status.applied();
-                    }
-                    Err(err) => {
-                        agent_metrics.policy_apply_failed();
-                        status.failed();
-                        let active = applier.active_generation();
-                        tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
-                    }
-                }
+                apply_reloaded(&mut applier, &source, loaded, &agent_metrics, &mut status);
             }
             _ = tick.tick() => {
                 agent_metrics.heartbeat();
@@ -167,19 +155,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                     tracing::warn!("registering pod cgroups failed: {err:#}");
                 }
                 let Some(loaded) = source.reload_if_changed() else { continue };
-                let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
-                match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
-                    Ok(applied) => {
-                        agent_metrics.policy_applied(applied.generation, rules);
-                        status.applied();
-                    }
-                    Err(err) => {
-                        agent_metrics.policy_apply_failed();
-                        status.failed();
-                        let active = applier.active_generation();
-                        tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
-                    }
-                }
+                apply_reloaded(&mut applier, &source, loaded, &agent_metrics, &mut status);
             }
         }
     }
@@ -189,6 +165,30 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         "stopping; programs stay attached with the last policy (`classifier agent --uninstall` removes them)"
     );
     Ok(())
+}
+
+/// Applies a reloaded policy (file change or Kubernetes snapshot), or
+/// reports why not: the policy in force stays either way.
+fn apply_reloaded(
+    applier: &mut Applier,
+    source: &PolicySource,
+    loaded: Result<crate::policy::Policy>,
+    agent_metrics: &metrics::AgentMetrics,
+    status: &mut Status,
+) {
+    let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
+    match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
+        Ok(applied) => {
+            agent_metrics.policy_applied(applied.generation, rules);
+            status.applied();
+        }
+        Err(err) => {
+            agent_metrics.policy_apply_failed();
+            status.failed();
+            let active = applier.active_generation();
+            tracing::error!("{err:#}; the previous policy (generation {active}) stays active");
+        }
+    }
 }
 
 /// The agent's status as `classifier stats` shows it (see `StatusMap`).
