@@ -11,11 +11,17 @@
 //! proxy_client   the getsockopt query a proxy makes on its accepted socket
 //! ```
 
+#[cfg(feature = "node")]
 pub mod agent;
+#[cfg(feature = "node")]
 pub mod datapath;
+#[cfg(feature = "node")]
 pub mod metrics;
 pub mod policy;
+#[cfg(feature = "node")]
 pub mod proxy;
+#[cfg(feature = "node")]
 pub mod proxy_client;
 pub mod sources;
+#[cfg(feature = "node")]
 pub mod stats;

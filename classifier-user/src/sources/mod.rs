@@ -14,6 +14,7 @@
 //! - [`kubernetes`]: the same documents, watched live from the API server.
 
 pub mod document;
+#[cfg(feature = "node")]
 pub mod kubernetes;
 pub mod linkerd;
 
