@@ -219,6 +219,21 @@ impl Sandbox {
         }
     }
 
+    /// Waits until the agent log holds `needle` at least `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.agent_log().matches(needle).count() < count {
+            if Instant::now() > deadline {
+                bail!(
+                    "no {needle:?} x{count} in the agent log:\n{}",
+                    self.agent_log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)
     }

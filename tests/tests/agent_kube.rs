@@ -13,16 +13,7 @@ use tests::{
 };
 
 fn wait_for_log(sb: &Sandbox, needle: &str, count: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sb.agent_log().matches(needle).count() < count {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no {needle:?} x{count} in the agent log:\n{}",
-            sb.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    sb.wait_for_log(needle, count, Duration::from_secs(20))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

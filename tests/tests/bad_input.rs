@@ -61,14 +61,8 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 const GOOD: &str = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  rules:\n    - {networks: [\"127.0.0.0/8\"], ports: \"4222\", protocol: opaque}\n";
 
 fn wait_for_log(sb: &Sandbox, needle: &str, what: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !sb.agent_log().contains(needle) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: expected error {needle:?} in agent log:\n{}",
-            sb.agent_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if let Err(err) = sb.wait_for_log(needle, 1, std::time::Duration::from_secs(10)) {
+        panic!("{what}: expected error: {err:#}");
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{fs, os::unix::fs::MetadataExt as _};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tests::{privileged, Sandbox, PROXY_UID};
 
@@ -160,15 +160,8 @@ fn policy_file_changes_apply_and_bad_files_keep_the_old_policy() -> Result<()> {
         "policy.yaml",
         &NATS_RULE_POLICY.replace("\"4222\"", "\"0\""),
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !sb.agent_log().contains("port 0") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bad file not reported:\n{}",
-            sb.agent_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    sb.wait_for_log("port 0", 1, std::time::Duration::from_secs(10))
+        .context("bad file not reported")?;
     let log = sb.agent_log();
     assert!(
         log.contains("policy.yaml") && log.contains("spec.rules[0].ports"),

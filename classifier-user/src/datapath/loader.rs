@@ -189,43 +189,29 @@ fn install(opts: &InstallOptions<'_>) -> Result<()> {
     let cgroup = File::open(opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
 
+    // Loading (verification) is typed per program kind in aya; attaching
+    // is one raw link per program, the same for all four. Everything is
+    // verified before anything is attached.
+    for name in [programs::CONNECT4, programs::CONNECT6] {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+    }
+    let prog: &mut SockOps = program(&mut ebpf, programs::SOCKOPS)?.try_into()?;
+    prog.load()
+        .with_context(|| format!("verifying {}", programs::SOCKOPS))?;
+    let prog: &mut CgroupSockopt = program(&mut ebpf, programs::GETSOCKOPT)?.try_into()?;
+    prog.load()
+        .with_context(|| format!("verifying {}", programs::GETSOCKOPT))?;
+
     for (name, attach_type) in [
         (programs::CONNECT4, link::BPF_CGROUP_INET4_CONNECT),
         (programs::CONNECT6, link::BPF_CGROUP_INET6_CONNECT),
+        (programs::SOCKOPS, link::BPF_CGROUP_SOCK_OPS),
+        (programs::GETSOCKOPT, link::BPF_CGROUP_GETSOCKOPT),
     ] {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
-        prog.load().with_context(|| format!("verifying {name}"))?;
-        link::attach_pinned(
-            prog.fd()?.as_fd(),
-            cgroup.as_fd(),
-            attach_type,
-            &opts.pins.link(name),
-        )
-        .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
-    }
-    {
-        let name = programs::SOCKOPS;
-        let prog: &mut SockOps = program(&mut ebpf, name)?.try_into()?;
-        prog.load().with_context(|| format!("verifying {name}"))?;
-        link::attach_pinned(
-            prog.fd()?.as_fd(),
-            cgroup.as_fd(),
-            link::BPF_CGROUP_SOCK_OPS,
-            &opts.pins.link(name),
-        )
-        .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
-    }
-    {
-        let name = programs::GETSOCKOPT;
-        let prog: &mut CgroupSockopt = program(&mut ebpf, name)?.try_into()?;
-        prog.load().with_context(|| format!("verifying {name}"))?;
-        link::attach_pinned(
-            prog.fd()?.as_fd(),
-            cgroup.as_fd(),
-            link::BPF_CGROUP_GETSOCKOPT,
-            &opts.pins.link(name),
-        )
-        .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
+        let prog_fd = program(&mut ebpf, name)?.fd()?.as_fd();
+        link::attach_pinned(prog_fd, cgroup.as_fd(), attach_type, &opts.pins.link(name))
+            .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
     }
 
     Ok(())

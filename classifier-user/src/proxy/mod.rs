@@ -181,7 +181,7 @@ async fn forward(
 
 /// The accepted socket's `SO_MARK`: the classifier's mark in mark mode
 /// (with `net.ipv4.tcp_fwmark_accept=1`), else 0.
-fn socket_mark(socket: &impl AsRawFd) -> u32 {
+pub fn socket_mark(socket: &impl AsRawFd) -> u32 {
     let mut mark: u32 = 0;
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
     // SAFETY: mark and len are live and sized.

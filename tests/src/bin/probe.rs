@@ -14,7 +14,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     time::Duration,
 };
@@ -199,43 +199,14 @@ fn connect(targets: &[String]) {
     }
 }
 
-/// SO_ORIGINAL_DST (IPv4): where a REDIRECTed connection was going.
+/// Where a REDIRECTed connection was going (`None` for a direct one), as
+/// the reference proxy reads it.
 fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: sockaddr_in is plain data; len is its size.
-    unsafe {
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&raw mut sa).cast(),
-            &mut len,
-        );
-        (rc == 0).then(|| {
-            SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-                u16::from_be(sa.sin_port),
-            ))
-        })
-    }
+    classifier_user::proxy::original_dst(stream, stream.local_addr().ok()?).ok()
 }
 
 fn so_mark(stream: &TcpStream) -> Option<u32> {
-    let mut mark: u32 = 0;
-    let mut len = 4 as libc::socklen_t;
-    // SAFETY: mark and len are live and sized.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&raw mut mark).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(mark)
+    Some(classifier_user::proxy::socket_mark(stream))
 }
 
 fn http_serve(addr: SocketAddr) {
