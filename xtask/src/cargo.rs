@@ -87,3 +87,14 @@ pub fn build_classifier(release: bool) -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// `cargo build --release -p tests --bin NAME...`: the helper binaries of the
+/// tests crate (probe, demo, bench, linkerd-e2e).
+pub fn build_test_bins(bins: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "tests"]);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    run_checked(&mut cmd, "building the tests crate's binaries")
+}

@@ -126,3 +126,17 @@ pub fn is_root() -> bool {
 pub fn in_ci() -> bool {
     env::var("CI").map(|v| v == "true").unwrap_or(false)
 }
+
+/// Render a command for log lines.
+pub fn show(cmd: &Command) -> String {
+    let prog = Path::new(cmd.get_program()).display().to_string();
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.is_empty() {
+        prog
+    } else {
+        format!("{prog} {}", args.join(" "))
+    }
+}

@@ -1,0 +1,111 @@
+//! `cargo xtask test`: the whole suite, privileged tests included.
+
+use anyhow::{bail, Result};
+
+use crate::util::{in_ci, is_root, run_checked, show, step};
+use crate::{cargo, prereqs};
+
+/// Build the release binary, then run the whole test suite.
+///
+/// Runs `cargo test --workspace --release` with CLASSIFIER_BIN set to the
+/// absolute path of target/release/classifier and at most 2 test threads.
+/// The privileged integration tests (package `tests`) need root: as a
+/// normal user they skip themselves, but with CI=true not being root is
+/// an error. Example: `cargo xtask test -- -p tests -- --nocapture`
+#[derive(clap::Args)]
+pub struct Options {
+    /// Arguments passed to `cargo test` (after `--`); a further `--`
+    /// separates arguments for the test binaries.
+    #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+    cargo_test_args: Vec<String>,
+}
+
+pub fn test(Options { cargo_test_args }: Options) -> Result<()> {
+    let root = is_root();
+    if !root {
+        if in_ci() {
+            bail!(
+                "CI=true but not running as root: the privileged integration tests \
+                 (package `tests`) would skip themselves; run the CI as root"
+            );
+        }
+        step!(
+            "not root: privileged integration tests (package `tests`) will skip themselves; \
+             run as root (e.g. `sudo -E cargo xtask test`) to run them"
+        );
+    }
+    prereqs::ensure()?;
+    let bin = cargo::build_classifier(true)?;
+    step!("built {}", bin.display());
+
+    let (cargo_args, harness_args) = split_test_args(&cargo_test_args);
+    let mut cmd = cargo::cargo();
+    cmd.args(["test", "--workspace", "--release"])
+        // Only builds for bpfel-unknown-none with nightly; classifier-user's
+        // build script already compiled it.
+        .args(["--exclude", "classifier-ebpf"])
+        .args(&cargo_args)
+        .arg("--")
+        .args(&harness_args)
+        .env("CLASSIFIER_BIN", &bin);
+    step!("CLASSIFIER_BIN={} {}", bin.display(), show(&cmd));
+    run_checked(&mut cmd, "cargo test")?;
+    step!("tests passed");
+    Ok(())
+}
+
+/// Maximum number of test threads: integration tests share the kernel's
+/// cgroups, iptables and ports, so keep parallelism low.
+const MAX_TEST_THREADS: usize = 2;
+
+/// Split `cargo test` args at the first `--` into (cargo args, harness args)
+/// and make sure the harness runs with at most [`MAX_TEST_THREADS`] threads.
+fn split_test_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (cargo_args, rest) = match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (args.to_vec(), Vec::new()),
+    };
+    let mut harness = Vec::with_capacity(rest.len() + 1);
+    let mut threads: Option<usize> = None;
+    let mut iter = rest.into_iter();
+    while let Some(arg) = iter.next() {
+        if let Some(n) = arg.strip_prefix("--test-threads=") {
+            threads = n.parse().ok();
+        } else if arg == "--test-threads" {
+            threads = iter.next().and_then(|n| n.parse().ok());
+        } else {
+            harness.push(arg);
+        }
+    }
+    let n = threads
+        .filter(|&n| n > 0)
+        .unwrap_or(MAX_TEST_THREADS)
+        .min(MAX_TEST_THREADS);
+    harness.insert(0, format!("--test-threads={n}"));
+    (cargo_args, harness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_test_args;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn default_threads() {
+        let (c, h) = split_test_args(&s(&["-p", "tests"]));
+        assert_eq!(c, s(&["-p", "tests"]));
+        assert_eq!(h, s(&["--test-threads=2"]));
+    }
+
+    #[test]
+    fn clamps_and_keeps_harness_args() {
+        let (c, h) = split_test_args(&s(&["--", "--nocapture", "--test-threads", "8", "foo"]));
+        assert!(c.is_empty());
+        assert_eq!(h, s(&["--test-threads=2", "--nocapture", "foo"]));
+        let (_, h) = split_test_args(&s(&["--", "--test-threads=1"]));
+        assert_eq!(h, s(&["--test-threads=1"]));
+    }
+}
