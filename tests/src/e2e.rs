@@ -87,7 +87,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 
 pub struct World {
     // Fields drop in order: processes first, then the namespaces.
-    proxy: Daemon,
+    proxy: Option<Daemon>,
     _http: Daemon,
     _mariadb: Daemon,
     _server_ns: Netns,
@@ -105,6 +105,19 @@ impl World {
     /// Like `new`, with the proxy's detection timeout set (the benchmark
     /// uses Linkerd's 10 s).
     pub fn with_detect_timeout(test: &str, detect_timeout: Duration) -> Result<World> {
+        let mut world = Self::without_proxy(test)?;
+        let mut cmd = world.sb.probe(&["exec"], Some(PROXY_UID));
+        cmd.arg(classifier_bin())
+            .args(["proxy", "--listen", "0.0.0.0:4140", "--detect-timeout"])
+            .arg(detect_timeout.as_secs().to_string())
+            .env("RUST_LOG", "info");
+        world.start_proxy("proxy", cmd, "proxy listening")?;
+        Ok(world)
+    }
+
+    /// The namespaces, nat rules and servers, with no proxy listening on
+    /// 4140 yet: call [`World::start_proxy`].
+    pub fn without_proxy(test: &str) -> Result<World> {
         let sb = Sandbox::new(test)?;
         let server_ns = Netns::add(format!("{}-srv", sb.name))?;
         let srv = server_ns.0.as_str();
@@ -129,24 +142,29 @@ impl World {
         let http = start_http(srv)?;
 
         let proxy_log = sb.dir.join("proxy.log");
-        let mut cmd = sb.probe(&["exec"], Some(PROXY_UID));
-        cmd.arg(classifier_bin())
-            .args(["proxy", "--listen", "0.0.0.0:4140", "--detect-timeout"])
-            .arg(detect_timeout.as_secs().to_string())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&proxy_log)?);
-        let mut proxy = Daemon::spawn("proxy", cmd)?;
-        wait_for(&proxy_log, "proxy listening", &mut proxy)?;
-
         Ok(World {
-            proxy,
+            proxy: None,
             _http: http,
             _mariadb: mariadb,
             _server_ns: server_ns,
             sb,
             proxy_log,
         })
+    }
+
+    /// Starts `cmd` as the pod's proxy (stopping the one before, if any),
+    /// with stdout and stderr in the proxy log (truncated), and waits until
+    /// the log holds `ready`. `cmd` should come from `self.sb.probe(&["exec"],
+    /// Some(PROXY_UID))` so that the proxy runs in the pod's cgroup and
+    /// namespace as the UID linkerd-init's rules let through.
+    pub fn start_proxy(&mut self, name: &'static str, mut cmd: Command, ready: &str) -> Result<()> {
+        self.proxy = None;
+        let log = fs::File::create(&self.proxy_log)?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let mut proxy = Daemon::spawn(name, cmd)?;
+        wait_for(&self.proxy_log, ready, &mut proxy)?;
+        self.proxy = Some(proxy);
+        Ok(())
     }
 
     /// `mariadb -e 'SELECT 1'` to 192.0.2.2:3306 from the pod, as an
@@ -221,7 +239,9 @@ impl World {
 
     /// Whether the proxy is still running (it must not die under test).
     pub fn proxy_alive(&mut self) -> bool {
-        matches!(self.proxy.0.try_wait(), Ok(None))
+        self.proxy
+            .as_mut()
+            .is_some_and(|p| matches!(p.0.try_wait(), Ok(None)))
     }
 }
 
@@ -283,18 +303,12 @@ fn start_http(netns: &str) -> Result<Daemon> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", netns])
         .arg(probe_bin())
-        .args(["http-serve", "192.0.2.2:8080"])
-        .stdout(Stdio::piped());
-    let mut daemon = Daemon::spawn("http server", cmd)?;
-    let stdout = daemon.0.stdout.take().unwrap();
-    match BufReader::new(stdout).lines().next() {
-        Some(Ok(line)) if line.starts_with("ready") => Ok(daemon),
-        other => bail!("probe http-serve did not start: {other:?}"),
-    }
+        .args(["http-serve", "192.0.2.2:8080"]);
+    Daemon::spawn_until_ready("http server", cmd)
 }
 
 /// Polls `file` until it contains `needle`; fails if `daemon` exits first.
-fn wait_for(file: &Path, needle: &str, daemon: &mut Daemon) -> Result<()> {
+pub fn wait_for(file: &Path, needle: &str, daemon: &mut Daemon) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = fs::read_to_string(file).unwrap_or_default();
@@ -313,14 +327,26 @@ fn wait_for(file: &Path, needle: &str, daemon: &mut Daemon) -> Result<()> {
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
-struct Daemon(Child, &'static str);
+pub struct Daemon(Child, &'static str);
 
 impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command) -> Result<Daemon> {
+    pub fn spawn(name: &'static str, mut cmd: Command) -> Result<Daemon> {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Daemon(child, name))
+    }
+
+    /// Spawns `cmd` and waits for the first line of its stdout, which must
+    /// start with `ready` (the servers' convention here).
+    pub fn spawn_until_ready(name: &'static str, mut cmd: Command) -> Result<Daemon> {
+        cmd.stdout(Stdio::piped());
+        let mut daemon = Daemon::spawn(name, cmd)?;
+        let stdout = daemon.0.stdout.take().unwrap();
+        match BufReader::new(stdout).lines().next() {
+            Some(Ok(line)) if line.starts_with("ready") => Ok(daemon),
+            other => bail!("{name} did not start: {other:?}"),
+        }
     }
 }
 

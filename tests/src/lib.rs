@@ -254,6 +254,16 @@ impl Sandbox {
         }
     }
 
+    /// Stops the agent and runs `classifier agent --uninstall`: programs
+    /// detached, pins removed, as an operator removing the classifier would.
+    pub fn uninstall_agent(&mut self) -> Result<()> {
+        self.stop_agent();
+        run(Command::new(classifier_bin())
+            .args(["agent", "--uninstall", "--pin-dir"])
+            .arg(&self.pins))?;
+        Ok(())
+    }
+
     /// A `probe` command that will run in the test cgroup and namespace,
     /// optionally as `uid`.
     pub fn probe(&self, args: &[&str], uid: Option<u32>) -> Command {
