@@ -8,19 +8,31 @@ use crate::{cargo, prereqs};
 /// Build the release binary, then run the whole test suite.
 ///
 /// Runs `cargo test --workspace --release` with CLASSIFIER_BIN set to the
-/// absolute path of target/release/classifier and at most 2 test threads.
-/// The privileged integration tests (package `tests`) need root: as a
-/// normal user they skip themselves, but with CI=true not being root is
-/// an error. Example: `cargo xtask test -- -p tests -- --nocapture`
+/// absolute path of target/release/classifier and at most 2 test threads,
+/// then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
+/// linkerd-proxy e2e` (the real linkerd2-proxy with our patch series; the
+/// first run builds it, several minutes). The privileged integration tests
+/// (package `tests`) need root: as a normal user they skip themselves, but
+/// with CI=true not being root is an error. Arguments after `--` (a
+/// selection of tests) run only `cargo test`.
+/// Example: `cargo xtask test -- -p tests -- --nocapture`
 #[derive(clap::Args)]
 pub struct Options {
+    /// Skip the linkerd2-proxy tests and end-to-end run.
+    #[arg(long)]
+    no_linkerd_proxy: bool,
     /// Arguments passed to `cargo test` (after `--`); a further `--`
     /// separates arguments for the test binaries.
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
     cargo_test_args: Vec<String>,
 }
 
-pub fn test(Options { cargo_test_args }: Options) -> Result<()> {
+pub fn test(
+    Options {
+        no_linkerd_proxy,
+        cargo_test_args,
+    }: Options,
+) -> Result<()> {
     let root = is_root();
     if !root {
         if in_ci() {
@@ -51,6 +63,12 @@ pub fn test(Options { cargo_test_args }: Options) -> Result<()> {
     step!("CLASSIFIER_BIN={} {}", bin.display(), show(&cmd));
     run_checked(&mut cmd, "cargo test")?;
     step!("tests passed");
+    if no_linkerd_proxy || !cargo_test_args.is_empty() {
+        return Ok(());
+    }
+    step!("linkerd2-proxy with the patch series (skip with --no-linkerd-proxy)");
+    crate::linkerd_proxy::test_all()?;
+    step!("linkerd2-proxy tests passed");
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use crate::{cargo, prereqs};
 
 #[derive(clap::Args)]
 pub struct Options {
+    // `Default` below must match the defaults here.
     /// Connections measured per proxy and case (the median is reported).
     #[arg(long, default_value_t = 5, value_name = "N")]
     runs: u32,
@@ -20,6 +21,15 @@ pub struct Options {
     /// (Linkerd's default is 10 s; shorter keeps the run short).
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     detect_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            runs: 5,
+            detect_timeout_ms: 3000,
+        }
+    }
 }
 
 pub fn e2e(builder: &Builder, work: &Path, opts: Options) -> Result<()> {

@@ -77,12 +77,7 @@ enum Command {
 }
 
 pub fn linkerd_proxy(opts: Options) -> Result<()> {
-    let upstream = source::Upstream::read()?;
-    let origin = source::Origin::choose(opts.src, &upstream)?;
-    let work = target_dir().join("linkerd2-proxy");
-    let tree = source::prepare(&work, &upstream, &origin)?;
-    let target_dir = opts.target_dir.unwrap_or_else(default_target_dir);
-    let builder = build::Builder::new(target_dir, tree, upstream);
+    let (builder, work) = prepare(opts.src, opts.target_dir)?;
     match opts.command {
         Command::Build => {
             let proxies = builder.proxies()?;
@@ -95,6 +90,26 @@ pub fn linkerd_proxy(opts: Options) -> Result<()> {
         Command::Test => builder.test(),
         Command::E2e(e2e_opts) => e2e::e2e(&builder, &work, e2e_opts),
     }
+}
+
+/// `cargo xtask test`'s share: the series' tests and, as root, the end to
+/// end run, with the default sources and target directory.
+pub fn test_all() -> Result<()> {
+    let (builder, work) = prepare(None, None)?;
+    builder.test()?;
+    if crate::util::is_root() {
+        e2e::e2e(&builder, &work, e2e::Options::default())?;
+    }
+    Ok(())
+}
+
+fn prepare(src: Option<PathBuf>, target: Option<PathBuf>) -> Result<(build::Builder, PathBuf)> {
+    let upstream = source::Upstream::read()?;
+    let origin = source::Origin::choose(src, &upstream)?;
+    let work = target_dir().join("linkerd2-proxy");
+    let tree = source::prepare(&work, &upstream, &origin)?;
+    let target_dir = target.unwrap_or_else(default_target_dir);
+    Ok((build::Builder::new(target_dir, tree, upstream), work))
 }
 
 fn default_target_dir() -> PathBuf {
