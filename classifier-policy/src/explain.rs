@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use super::model::{Policy, Protocol, Rule};
+use crate::model::{Policy, Protocol, Rule};
 
 /// Where a [`Decision`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,7 +237,7 @@ impl Serialize for Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::Network;
+    use crate::model::Network;
     use serde_json::json;
 
     fn net(s: &str) -> IpNet {

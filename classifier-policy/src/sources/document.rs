@@ -8,7 +8,7 @@
 //! [`DocumentSet::from_path`] reads a file or a directory of
 //! multi-document YAML (recursively, `*.yaml`/`*.yml`, in name order,
 //! skipping dot-names such as a ConfigMap volume's `..data`), at most
-//! [`MAX_POLICY_FILE_BYTES`](crate::policy::file::MAX_POLICY_FILE_BYTES) per
+//! [`MAX_POLICY_FILE_BYTES`](crate::file::MAX_POLICY_FILE_BYTES) per
 //! file and [`MAX_DOCUMENTS`] in all. Every document's origin is
 //! `path#N`, N counting the file's non-empty documents from 1.
 
@@ -18,19 +18,16 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-use crate::policy::file::{parse_policy_document_at, read_policy_text, yaml_message, API_VERSION};
-use crate::policy::{ParsedPolicy, PolicyError};
+use super::kinds;
+use crate::file::{
+    parse_policy_document_at, read_policy_text, yaml_message, ParsedPolicy, API_VERSION,
+};
+use crate::model::PolicyError;
 
 /// At most this many documents in one policy (all files together).
 pub const MAX_DOCUMENTS: usize = 10_000;
 /// Directories deeper than this below the policy directory are an error.
 pub const MAX_DEPTH: usize = 16;
-
-/// The kinds the compiler reads and that live in a namespace: a document of
-/// these kinds without `metadata.namespace` is in `default`, as with kubectl.
-const NAMESPACED_KINDS: [&str; 4] = ["Service", "Pod", "Server", "EgressNetwork"];
-/// Kinds that make a single-document file a manifest (not a ClassifierPolicy).
-const MANIFEST_KINDS: [&str; 5] = ["Service", "Pod", "Server", "EgressNetwork", "Namespace"];
 
 /// One Kubernetes object (or our ClassifierPolicy).
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +76,9 @@ impl Document {
         };
         let name = meta_str("name")?.unwrap_or_default();
         let mut namespace = meta_str("namespace")?.filter(|n| !n.is_empty());
-        if namespace.is_none() && NAMESPACED_KINDS.contains(&kind.as_str()) {
+        // A document of a namespaced kind the compiler reads without
+        // `metadata.namespace` is in `default`, as with kubectl.
+        if namespace.is_none() && kinds::by_name(&kind).is_some_and(|k| k.namespaced) {
             namespace = Some("default".to_string());
         }
         let creation_timestamp = meta_str("creationTimestamp")?;
@@ -110,7 +109,7 @@ impl Document {
     /// Whether this is one of ours (a ClassifierPolicy, or any kind under
     /// our API group, which the policy parser then rejects by name).
     pub fn is_classifier_policy(&self) -> bool {
-        self.kind == crate::policy::file::KIND || self.api_version.starts_with("classifier.dev/")
+        self.kind == crate::file::KIND || self.api_version.starts_with("classifier.dev/")
     }
 }
 
@@ -469,7 +468,7 @@ pub fn is_manifest_text(text: &str) -> bool {
             !api.is_empty()
                 && api != API_VERSION
                 && !api.starts_with("classifier.dev/")
-                && MANIFEST_KINDS.contains(&kind)
+                && kinds::by_name(kind).is_some()
         }
         _ => true,
     }
