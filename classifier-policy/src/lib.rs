@@ -33,15 +33,13 @@
 //!   the default opaque ports.
 //! - [`compile`] flattens a policy into longest-prefix-match trie entries
 //!   and a default-port bitmap; its tests check it against [`explain`]
-//!   through [`kernel_model`] (feature `testing`), the one model of the
-//!   kernel's lookup, which the fuzz targets use too.
+//!   through `compile::kernel_model` (feature `testing`), the one model
+//!   of the kernel's lookup, which the fuzz targets use too.
 #![forbid(unsafe_code)]
 
 pub mod compile;
 pub mod explain;
 pub mod file;
-#[cfg(any(test, feature = "testing"))]
-pub mod kernel_model;
 pub mod model;
 pub mod ports;
 pub mod sources;

@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use classifier_common::{RuleVerdict, PORT_ANY, RULE_MATCH, RULE_NONE, SCOPE_NODE};
 use classifier_policy::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
 use classifier_policy::explain::canonical_addr;
-use classifier_policy::kernel_model::KernelModel;
+use classifier_policy::compile::kernel_model::KernelModel;
 use classifier_policy::file::MAX_EXCLUDED_UIDS;
 use classifier_policy::{
     classify, compile, parse_policy, CompileError, CompiledPolicy, DecisionSource, Network,
@@ -179,7 +179,7 @@ fn check_verdict(p: &Policy, port: u16, v: &RuleVerdict) {
 /// Checks the compiled entries of a file policy: node-wide (a
 /// ClassifierPolicy file has node-wide rules only), sorted, well-formed,
 /// with verdicts that agree with the rules they name. Lookups then go
-/// through `classifier_policy::kernel_model`, the same model of the
+/// through `classifier_policy::compile::kernel_model`, the same model of the
 /// kernel's trie the compiler's own tests use.
 fn check_compiled(p: &Policy, c: &CompiledPolicy) {
     assert!(!c.scoped, "a file policy compiled as scoped");

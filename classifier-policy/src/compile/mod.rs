@@ -59,6 +59,8 @@ use crate::ports::{PortSet, PORT_WORDS};
 use index::Index;
 
 mod index;
+#[cfg(any(test, feature = "testing"))]
+pub mod kernel_model;
 
 /// One trie entry for address family with `N`-byte addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,10 +1,9 @@
-
+use super::kernel_model::{kernel_lookup, KernelModel};
 use super::*;
 use crate::explain::{classify_from, DecisionSource};
-use crate::kernel_model::{kernel_lookup, KernelModel};
 use crate::model::{Network, Protocol, Rule};
 use crate::ports::PortSet;
-use classifier_common::PROTO_OPAQUE;
+use classifier_common::{PROTO_OPAQUE, RULE_MATCH, RULE_NONE};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// xorshift64*: deterministic, good enough to shake out precedence bugs.

@@ -12,8 +12,8 @@
 //! - this module: the whole-document checks and the [`Policy`] they give.
 //!
 //! Loading a path that may hold Kubernetes manifests instead is
-//! [`crate::sources::load_policy_path`]: the file format knows nothing of
-//! manifests.
+//! `sources::load_policy_path`, a layer above: the file format knows
+//! nothing of manifests.
 
 use std::collections::HashMap;
 

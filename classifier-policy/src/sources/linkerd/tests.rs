@@ -289,7 +289,7 @@ fn fixtures_compile_deterministically_and_agree_with_the_kernel_flags() {
     }
     assert_eq!(p.exclude_uids, vec![2102]);
     let c = compile(&p).unwrap();
-    let kernel = crate::kernel_model::KernelModel::new(&c);
+    let kernel = crate::compile::kernel_model::KernelModel::new(&c);
     assert!(c.scoped && c.any_port);
     assert_eq!(c.scope_ids.keys().collect::<Vec<_>>(), vec!["team-a"]);
 

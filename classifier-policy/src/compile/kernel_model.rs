@@ -13,7 +13,7 @@ use classifier_common::{
     rule_key_v4, rule_key_v6, RuleVerdict, PORT_ANY, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
 };
 
-use crate::compile::{key_v4, key_v6, CompiledPolicy};
+use super::{key_v4, key_v6, CompiledPolicy};
 use crate::explain::canonical_addr;
 use crate::model::Protocol;
 
