@@ -127,11 +127,9 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
     let defaults = policy.default_opaque_ports.clone();
 
     for doc in set.iter() {
-        let known = match doc.kind.as_str() {
-            kind => match kinds::by_name(kind) {
-                Some(k) => k.reads_api_version(&doc.api_version),
-                None => doc.is_classifier_policy(),
-            },
+        let known = match kinds::by_name(&doc.kind) {
+            Some(k) => k.reads_api_version(&doc.api_version),
+            None => doc.is_classifier_policy(),
         };
         if !known {
             tracing::debug!(origin = %doc.origin, kind = %doc.kind, api_version = %doc.api_version, "skipping a document the policy compiler does not read");
