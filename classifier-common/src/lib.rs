@@ -8,6 +8,11 @@
 //! by an older one.
 #![no_std]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+use core::fmt;
+
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
 pub const LAYOUT_VERSION: u32 = 1;
@@ -30,16 +35,141 @@ pub const REPLY_MIN_LEN: usize = 8;
 /// the first `REPLY_MIN_LEN` bytes only.
 pub const REPLY_LEN: usize = 32;
 
-/// Protocols on the wire (reply byte 1) and in verdicts.
-pub const PROTO_UNKNOWN: u8 = 0;
-pub const PROTO_OPAQUE: u8 = 1;
-pub const PROTO_HTTP1: u8 = 2;
-pub const PROTO_HTTP2: u8 = 3;
+/// Protocols on the wire (reply byte 1) and in verdicts; see [`Protocol`].
+pub const PROTO_UNKNOWN: u8 = Protocol::Detect as u8;
+pub const PROTO_OPAQUE: u8 = Protocol::Opaque as u8;
+pub const PROTO_HTTP1: u8 = Protocol::Http1 as u8;
+pub const PROTO_HTTP2: u8 = Protocol::Http2 as u8;
 
-/// Where a verdict came from (reply byte 2).
-pub const SOURCE_NONE: u8 = 0;
-pub const SOURCE_DEFAULT_PORT: u8 = 1;
-pub const SOURCE_RULE: u8 = 2;
+/// What a connection speaks: the protocol byte of verdicts, rule-trie
+/// values and the proxy's reply, and a policy rule's `protocol`.
+///
+/// Declared in the order the policy file lists the names (its parse errors
+/// list them in this order); the values are the wire's.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
+pub enum Protocol {
+    /// Skip detection and forward bytes as they come.
+    Opaque = 1,
+    Http1 = 2,
+    Http2 = 3,
+    /// No verdict, or a rule that says so: let the proxy detect the
+    /// protocol (`PROTO_UNKNOWN` on the wire). As a rule's protocol it is
+    /// an override: it beats the default opaque ports.
+    Detect = 0,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Opaque,
+        Protocol::Http1,
+        Protocol::Http2,
+        Protocol::Detect,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Opaque => "opaque",
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Detect => "detect",
+        }
+    }
+
+    /// The byte the kernel stores and the proxy reads.
+    #[inline(always)]
+    pub const fn wire(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`Protocol::wire`]; unknown values read as `Detect`,
+    /// which is what a proxy does with them.
+    #[inline(always)]
+    pub fn from_wire(v: u8) -> Protocol {
+        Protocol::try_from(v).unwrap_or(Protocol::Detect)
+    }
+}
+
+impl TryFrom<u8> for Protocol {
+    /// The byte, which is no protocol.
+    type Error = u8;
+    #[inline(always)]
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Protocol::Detect),
+            1 => Ok(Protocol::Opaque),
+            2 => Ok(Protocol::Http1),
+            3 => Ok(Protocol::Http2),
+            other => Err(other),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl core::str::FromStr for Protocol {
+    type Err = alloc::string::String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                alloc::format!("unknown protocol {s:?} (expected opaque, http1, http2 or detect)")
+            })
+    }
+}
+
+/// Where a verdict came from (reply byte 2); see [`Source`].
+pub const SOURCE_NONE: u8 = Source::None as u8;
+pub const SOURCE_DEFAULT_PORT: u8 = Source::DefaultPort as u8;
+pub const SOURCE_RULE: u8 = Source::Rule as u8;
+
+/// Where a verdict came from: the source byte of verdicts and replies.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// No verdict.
+    None = 0,
+    /// A default opaque port.
+    DefaultPort = 1,
+    /// A policy rule (its id is alongside).
+    Rule = 2,
+}
+
+impl Source {
+    /// The name `stats`, metrics and `explain` use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::DefaultPort => "default_port",
+            Source::Rule => "rule",
+        }
+    }
+}
+
+impl TryFrom<u8> for Source {
+    /// The byte, which is no source.
+    type Error = u8;
+    #[inline(always)]
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Source::None),
+            1 => Ok(Source::DefaultPort),
+            2 => Ok(Source::Rule),
+            other => Err(other),
+        }
+    }
+}
 
 /// Reply byte 3 flags.
 /// The original destination is IPv4 (stored v4-mapped in bytes 16..32).
@@ -142,6 +272,31 @@ pub const POLICY_SLOTS: u32 = 2;
 pub const RULE_KEY_FIXED_BITS: u32 = 40;
 pub type RuleKeyV4 = [u8; 9];
 pub type RuleKeyV6 = [u8; 21];
+/// The key data of an IPv4 rule: `[slot][scope BE][port BE][addr]`. The
+/// kernel looks connects up with it and the compiler writes entries with
+/// it, so both sides pack keys alike.
+#[inline(always)]
+pub fn rule_key_v4(slot: u8, scope: u16, port: u16, addr: [u8; 4]) -> RuleKeyV4 {
+    let (s, p) = (scope.to_be_bytes(), port.to_be_bytes());
+    [
+        slot, s[0], s[1], p[0], p[1], addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// The key data of an IPv6 rule, as [`rule_key_v4`].
+#[inline(always)]
+pub fn rule_key_v6(slot: u8, scope: u16, port: u16, addr: &[u8; 16]) -> RuleKeyV6 {
+    let (s, p) = (scope.to_be_bytes(), port.to_be_bytes());
+    let mut k = [0u8; 21];
+    k[0] = slot;
+    k[1] = s[0];
+    k[2] = s[1];
+    k[3] = p[0];
+    k[4] = p[1];
+    k[5..].copy_from_slice(addr);
+    k
+}
+
 /// The wildcard port in rule keys.
 pub const PORT_ANY: u16 = 0;
 /// Rules that apply to every client.
@@ -442,6 +597,43 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn protocol_and_source_bytes_are_the_wire_values() {
+        assert_eq!(
+            [PROTO_UNKNOWN, PROTO_OPAQUE, PROTO_HTTP1, PROTO_HTTP2],
+            [0, 1, 2, 3]
+        );
+        assert_eq!([SOURCE_NONE, SOURCE_DEFAULT_PORT, SOURCE_RULE], [0, 1, 2]);
+        assert_eq!(size_of::<Protocol>(), 1);
+        assert_eq!(size_of::<Source>(), 1);
+        for v in 0..=255u8 {
+            match Protocol::try_from(v) {
+                Ok(p) => assert_eq!(p.wire(), v),
+                Err(e) => assert!(v > 3 && e == v),
+            }
+            match Source::try_from(v) {
+                Ok(s) => assert_eq!(s as u8, v),
+                Err(e) => assert!(v > 2 && e == v),
+            }
+        }
+        assert_eq!(Protocol::from_wire(9), Protocol::Detect);
+    }
+
+    #[test]
+    fn rule_keys_are_slot_scope_port_address() {
+        assert_eq!(
+            rule_key_v4(1, 0x0203, 3306, [10, 0, 0, 1]),
+            [1, 2, 3, 0x0c, 0xea, 10, 0, 0, 1]
+        );
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[15] = 7;
+        let k = rule_key_v6(0, SCOPE_NODE, PORT_ANY, &v6);
+        assert_eq!(k[..5], [0, 0, 0, 0, 0]);
+        assert_eq!(k[5..], v6);
+        assert_eq!(RULE_KEY_FIXED_BITS, 5 * 8);
     }
 
     #[test]

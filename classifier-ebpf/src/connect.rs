@@ -23,10 +23,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, excluded_uid_key, ConnVerdict, PolicyConfig, RuleVerdict, CONFIG_FLAG_ANY_PORT,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY,
-    PROTO_HTTP1, PROTO_HTTP2, PROTO_OPAQUE, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
-    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE, SOURCE_DEFAULT_PORT, SOURCE_RULE,
+    counters as c, excluded_uid_key, rule_key_v4, rule_key_v6, ConnVerdict, PolicyConfig, Protocol,
+    RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED,
+    DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
+    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
 };
 
 use crate::{
@@ -139,33 +139,38 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
 
     let rule = lookup_rule(slot as u8, config, &dst, is_v4, port);
     let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
-        (rule.protocol, SOURCE_RULE, rule.rule_id)
+        (
+            Protocol::from_wire(rule.protocol),
+            Source::Rule,
+            rule.rule_id,
+        )
     } else if is_default_opaque(slot, port) {
-        (PROTO_OPAQUE, SOURCE_DEFAULT_PORT, 0)
+        (Protocol::Opaque, Source::DefaultPort, 0)
     } else {
         count(c::NO_VERDICT);
         return;
     };
     count(match protocol {
-        PROTO_OPAQUE => c::VERDICT_OPAQUE,
-        PROTO_HTTP1 => c::VERDICT_HTTP1,
-        PROTO_HTTP2 => c::VERDICT_HTTP2,
-        _ => c::VERDICT_DETECT,
+        Protocol::Opaque => c::VERDICT_OPAQUE,
+        Protocol::Http1 => c::VERDICT_HTTP1,
+        Protocol::Http2 => c::VERDICT_HTTP2,
+        Protocol::Detect => c::VERDICT_DETECT,
     });
-    count(if source == SOURCE_RULE {
+    count(if source == Source::Rule {
         c::SOURCE_RULE
     } else {
         c::SOURCE_DEFAULT_PORT
     });
 
     let mut flags = if is_v4 { REPLY_FLAG_DST_IPV4 } else { 0 };
-    if protocol == PROTO_OPAQUE && config.flags & CONFIG_FLAG_MARK != 0 && set_mark(ctx, config) {
+    if protocol == Protocol::Opaque && config.flags & CONFIG_FLAG_MARK != 0 && set_mark(ctx, config)
+    {
         flags |= REPLY_FLAG_MARKED;
     }
 
     let verdict = ConnVerdict {
-        protocol,
-        source,
+        protocol: protocol.wire(),
+        source: source as u8,
         flags,
         _pad: 0,
         rule_id,
@@ -247,25 +252,20 @@ fn lookup_in_scope(
 /// The trie entry for (slot, scope, port, dst), or a `RULE_NONE` verdict.
 #[inline(always)]
 fn trie_get(slot: u8, scope: u16, dst: &[u8; 16], is_v4: bool, port: u16) -> RuleVerdict {
-    let p = port.to_be_bytes();
-    let s = scope.to_be_bytes();
+    // The key packing is classifier-common's, shared with the compiler.
     let hit = if is_v4 {
+        let addr = [dst[12], dst[13], dst[14], dst[15]];
         let key = Key::new(
             RULE_KEY_FIXED_BITS + 32,
-            [
-                slot, s[0], s[1], p[0], p[1], dst[12], dst[13], dst[14], dst[15],
-            ],
+            rule_key_v4(slot, scope, port, addr),
         );
         CLS_RULES_V4.get(&key)
     } else {
-        let mut data = [0u8; 21];
-        data[0] = slot;
-        data[1] = s[0];
-        data[2] = s[1];
-        data[3] = p[0];
-        data[4] = p[1];
-        data[5..].copy_from_slice(dst);
-        CLS_RULES_V6.get(&Key::new(RULE_KEY_FIXED_BITS + 128, data))
+        let key = Key::new(
+            RULE_KEY_FIXED_BITS + 128,
+            rule_key_v6(slot, scope, port, dst),
+        );
+        CLS_RULES_V6.get(&key)
     };
     match hit {
         Some(v) => *v,

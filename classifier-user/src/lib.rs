@@ -1,27 +1,32 @@
-//! The classifier's userspace: policy model and compiler, the datapath
-//! loader and map writer, the agent, stats, and the proxy-side client.
+//! The classifier's node side: the datapath loader and map writer, the
+//! agent, the live Kubernetes watch, stats, metrics, the reference proxy
+//! and the proxy-side client, and the `classifier` binary.
+//!
+//! The policy itself (model, file format, document compiler, explain, the
+//! compiler to map entries) is the `classifier-policy` crate, re-exported
+//! as [`policy`] (and its document sources under [`sources`]); this crate
+//! builds on it and it knows nothing of this one.
 //!
 //! ```text
-//! policy/        file -> Policy -> explain (reference semantics) / compile (map entries)
-//! sources/       manifests (files, directories, Kubernetes) -> DocumentSet -> Policy
+//! policy         = classifier_policy: file -> Policy -> explain / compile
+//! sources/       classifier_policy::sources, plus the live Kubernetes watch
 //! datapath/      embedded object, pins, install-or-adopt, atomic policy writes
 //! agent/         the long-running `classifier agent`
-//! stats/         `classifier stats` from the pinned maps
+//! stats/         `classifier stats` from the pinned maps, and the kernel
+//!                counters' Prometheus encoding
 //! metrics/       `agent --metrics-addr`: /metrics, /healthz, /readyz
 //! proxy_client   the getsockopt query a proxy makes on its accepted socket
 //! ```
+//!
+//! Modules depend one way: `agent` on everything below it, `metrics` on
+//! `stats`, `stats` and `agent` on `datapath`; never the reverse.
 
-#[cfg(feature = "node")]
+pub use classifier_policy as policy;
+
 pub mod agent;
-#[cfg(feature = "node")]
 pub mod datapath;
-#[cfg(feature = "node")]
 pub mod metrics;
-pub mod policy;
-#[cfg(feature = "node")]
 pub mod proxy;
-#[cfg(feature = "node")]
 pub mod proxy_client;
 pub mod sources;
-#[cfg(feature = "node")]
 pub mod stats;

@@ -22,20 +22,13 @@ use std::{
 };
 
 use classifier_common::{
-    QueryReply, PROTO_HTTP1, PROTO_HTTP2, PROTO_OPAQUE, QUERY_LEVEL, QUERY_OPTNAME,
-    REPLY_FLAG_AMBIGUOUS, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, REPLY_LEN, REPLY_VERSION,
-    SOURCE_DEFAULT_PORT, SOURCE_RULE,
+    QueryReply, QUERY_LEVEL, QUERY_OPTNAME, REPLY_FLAG_AMBIGUOUS, REPLY_FLAG_DST_IPV4,
+    REPLY_FLAG_MARKED, REPLY_LEN, REPLY_VERSION,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// No verdict: run protocol detection as usual.
-    Unknown,
-    /// Skip detection and forward bytes as they come.
-    Opaque,
-    Http1,
-    Http2,
-}
+/// The protocol byte of the reply (`Detect`: no verdict, run protocol
+/// detection as usual); the same type the policy and the kernel use.
+pub use classifier_common::Protocol;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -51,7 +44,7 @@ pub struct Verdict {
     /// The classifier also set SO_MARK on the client's socket.
     pub marked: bool,
     /// Another live connection shares the client's address and port, so
-    /// the classifier gave no verdict (protocol is `Unknown`).
+    /// the classifier gave no verdict (protocol is `Detect`).
     pub ambiguous: bool,
     /// Policy generation the verdict was taken under (0 without a verdict).
     pub generation: u32,
@@ -68,7 +61,7 @@ impl Verdict {
 
 /// `Ok(None)`: no classifier is loaded for this socket (the kernel does not
 /// know the option level). `Ok(Some(v))`: the classifier answered; without
-/// a verdict `v.protocol` is `Unknown`.
+/// a verdict `v.protocol` is `Detect`.
 pub fn query(socket: &impl AsRawFd) -> io::Result<Option<Verdict>> {
     let mut buf = [0u8; REPLY_LEN];
     let mut len = buf.len() as libc::socklen_t;
@@ -96,7 +89,7 @@ pub fn query(socket: &impl AsRawFd) -> io::Result<Option<Verdict>> {
 /// client asked for (`SO_ORIGINAL_DST` behind a REDIRECT, else the accepted
 /// socket's local address). A verdict for another destination (the NAT
 /// remapped a clashing source port onto another connection's) is turned
-/// into `Unknown`: detection as usual rather than a wrong answer.
+/// into `Detect`: detection as usual rather than a wrong answer.
 pub fn query_checked(
     socket: &impl AsRawFd,
     original_dst: SocketAddr,
@@ -115,7 +108,7 @@ pub fn query_checked(
     };
     Ok(Some(match verdict.original_dst {
         Some(dst) if canonical(dst) != canonical(original_dst) => Verdict {
-            protocol: Protocol::Unknown,
+            protocol: Protocol::Detect,
             source: Source::None,
             marked: false,
             ambiguous: true,
@@ -144,16 +137,11 @@ pub fn parse(bytes: &[u8]) -> io::Result<Verdict> {
     let mut full = [0u8; REPLY_LEN];
     full[..bytes.len().min(REPLY_LEN)].copy_from_slice(&bytes[..bytes.len().min(REPLY_LEN)]);
     let r: QueryReply = bytemuck::pod_read_unaligned(&full);
-    let protocol = match r.protocol {
-        PROTO_OPAQUE => Protocol::Opaque,
-        PROTO_HTTP1 => Protocol::Http1,
-        PROTO_HTTP2 => Protocol::Http2,
-        _ => Protocol::Unknown,
-    };
-    let source = match r.source {
-        SOURCE_DEFAULT_PORT => Source::DefaultPort,
-        SOURCE_RULE => Source::Rule(r.rule_id),
-        _ => Source::None,
+    let protocol = Protocol::from_wire(r.protocol);
+    let source = match classifier_common::Source::try_from(r.source) {
+        Ok(classifier_common::Source::DefaultPort) => Source::DefaultPort,
+        Ok(classifier_common::Source::Rule) => Source::Rule(r.rule_id),
+        Ok(classifier_common::Source::None) | Err(_) => Source::None,
     };
     let original_dst = (bytes.len() >= REPLY_LEN && source != Source::None).then(|| {
         let v6 = Ipv6Addr::from(r.dst_addr);
@@ -182,8 +170,8 @@ mod tests {
     fn parses_a_full_reply() {
         let reply = QueryReply {
             version: 1,
-            protocol: PROTO_OPAQUE,
-            source: SOURCE_RULE,
+            protocol: Protocol::Opaque.wire(),
+            source: classifier_common::SOURCE_RULE,
             flags: REPLY_FLAG_DST_IPV4,
             rule_id: 7,
             generation: 3,
@@ -201,7 +189,17 @@ mod tests {
 
     #[test]
     fn short_reply_has_no_destination_and_bad_version_is_an_error() {
-        let v = parse(&[1, PROTO_HTTP2, SOURCE_DEFAULT_PORT, 0, 0, 0, 0, 0]).unwrap();
+        let v = parse(&[
+            1,
+            Protocol::Http2.wire(),
+            classifier_common::SOURCE_DEFAULT_PORT,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ])
+        .unwrap();
         assert_eq!(v.protocol, Protocol::Http2);
         assert_eq!(v.original_dst, None);
         assert!(parse(&[2, 0, 0, 0, 0, 0, 0, 0]).is_err());

@@ -21,14 +21,15 @@
 //!   wildcard port, by `net_prefix`), gives the same verdict as `classify`.
 #![no_main]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use classifier_common::{RuleVerdict, PORT_ANY, RULE_MATCH, RULE_NONE, SCOPE_NODE};
-use classifier_user::policy::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
-use classifier_user::policy::explain::canonical_addr;
-use classifier_user::policy::file::MAX_EXCLUDED_UIDS;
-use classifier_user::policy::{
+use classifier_policy::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
+use classifier_policy::explain::canonical_addr;
+use classifier_policy::compile::kernel_model::KernelModel;
+use classifier_policy::file::MAX_EXCLUDED_UIDS;
+use classifier_policy::{
     classify, compile, parse_policy, CompileError, CompiledPolicy, DecisionSource, Network,
     Policy, PortSet, Protocol,
 };
@@ -175,85 +176,37 @@ fn check_verdict(p: &Policy, port: u16, v: &RuleVerdict) {
     }
 }
 
-/// The node's universe of the trie (`scope` [`SCOPE_NODE`]), looked up the
-/// way the kernel does it, plus the prefix lengths present per family so a
-/// lookup probes only those. A ClassifierPolicy file has node-wide rules
-/// only, so every entry must be in that universe.
-struct Trie(HashMap<(u16, IpNet), RuleVerdict>, Vec<u8>, Vec<u8>);
-
-impl Trie {
-    fn new(p: &Policy, c: &CompiledPolicy) -> Trie {
-        assert!(!c.scoped, "a file policy compiled as scoped");
-        assert!(c.scope_ids.is_empty(), "scope ids {:?}", c.scope_ids);
-        let wildcard = p.rules.iter().any(|r| r.is_wildcard_port());
-        let at_any = c.v4.iter().any(|e| e.port == PORT_ANY) || c.v6.iter().any(|e| e.port == PORT_ANY);
-        assert_eq!(c.any_port, at_any, "any_port flag vs entries at PORT_ANY");
-        assert_eq!(at_any, wildcard, "entries at PORT_ANY iff a wildcard-port rule");
-        for w in c.v4.windows(2) {
-            assert!(w[0].sort_key() < w[1].sort_key(), "v4 entries unsorted or repeated");
-        }
-        for w in c.v6.windows(2) {
-            assert!(w[0].sort_key() < w[1].sort_key(), "v6 entries unsorted or repeated");
-        }
-        let mut map = HashMap::with_capacity(c.v4.len() + c.v6.len());
-        let (mut lens4, mut lens6) = ([false; 33], [false; 129]);
-        for e in &c.v4 {
-            assert_eq!(e.scope, SCOPE_NODE, "v4 entry in scope {}", e.scope);
-            assert!(e.prefix <= 32);
-            let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(e.addr)), e.prefix).unwrap();
-            assert_eq!(net, net.trunc(), "v4 entry {net} has host bits");
-            check_verdict(p, e.port, &e.verdict);
-            map.insert((e.port, net), e.verdict);
-            lens4[e.prefix as usize] = true;
-        }
-        for e in &c.v6 {
-            assert_eq!(e.scope, SCOPE_NODE, "v6 entry in scope {}", e.scope);
-            assert!(e.prefix <= 128);
-            let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(e.addr)), e.prefix).unwrap();
-            assert_eq!(net, net.trunc(), "v6 entry {net} has host bits");
-            check_verdict(p, e.port, &e.verdict);
-            map.insert((e.port, net), e.verdict);
-            lens6[e.prefix as usize] = true;
-        }
-        let present = |lens: &[bool]| (0..lens.len() as u8).rev().filter(|&l| lens[l as usize]).collect();
-        Trie(map, present(&lens4), present(&lens6))
+/// Checks the compiled entries of a file policy: node-wide (a
+/// ClassifierPolicy file has node-wide rules only), sorted, well-formed,
+/// with verdicts that agree with the rules they name. Lookups then go
+/// through `classifier_policy::compile::kernel_model`, the same model of the
+/// kernel's trie the compiler's own tests use.
+fn check_compiled(p: &Policy, c: &CompiledPolicy) {
+    assert!(!c.scoped, "a file policy compiled as scoped");
+    assert!(c.scope_ids.is_empty(), "scope ids {:?}", c.scope_ids);
+    let wildcard = p.rules.iter().any(|r| r.is_wildcard_port());
+    let at_any = c.v4.iter().any(|e| e.port == PORT_ANY) || c.v6.iter().any(|e| e.port == PORT_ANY);
+    assert_eq!(c.any_port, at_any, "any_port flag vs entries at PORT_ANY");
+    assert_eq!(at_any, wildcard, "entries at PORT_ANY iff a wildcard-port rule");
+    for w in c.v4.windows(2) {
+        assert!(w[0].sort_key() < w[1].sort_key(), "v4 entries unsorted or repeated");
     }
-
-    /// Longest-prefix match of `addr` among the entries at `port`.
-    fn lpm(&self, port: u16, addr: IpAddr) -> Option<&RuleVerdict> {
-        let lens = if addr.is_ipv4() { &self.1 } else { &self.2 };
-        lens.iter().find_map(|&len| {
-            let key = IpNet::new(addr, len).unwrap().trunc();
-            self.0.get(&(port, key))
-        })
+    for w in c.v6.windows(2) {
+        assert!(w[0].sort_key() < w[1].sort_key(), "v6 entries unsorted or repeated");
     }
-
-    /// (protocol wire value, rule id) for a connect to `addr:port` by a
-    /// client outside any namespace: the exact-port hit E and, when the
-    /// policy has wildcard rules, the `PORT_ANY` hit W; among those that are
-    /// `RULE_MATCH`, the larger `net_prefix` wins, E on a tie; else the
-    /// default-port bitmap.
-    fn lookup(&self, c: &CompiledPolicy, addr: IpAddr, port: u16) -> (u8, u32) {
-        let addr = canonical_addr(addr);
-        // Port 0 is the wildcard's key; the kernel gives it no rule verdict
-        // (this target found the two disagreeing before that).
-        if port == PORT_ANY {
-            return (Protocol::Detect.wire(), 0);
-        }
-        let matched = |v: Option<&RuleVerdict>| v.filter(|v| v.kind == RULE_MATCH).copied();
-        let exact = matched(self.lpm(port, addr));
-        let any = if c.any_port { matched(self.lpm(PORT_ANY, addr)) } else { None };
-        let hit = match (exact, any) {
-            (Some(e), Some(w)) => Some(if w.net_prefix > e.net_prefix { w } else { e }),
-            (e, w) => e.or(w),
-        };
-        match hit {
-            Some(v) => (v.protocol, v.rule_id),
-            None if c.default_ports[port as usize / 64] & (1 << (port % 64)) != 0 => {
-                (Protocol::Opaque.wire(), 0)
-            }
-            None => (Protocol::Detect.wire(), 0),
-        }
+    for e in &c.v4 {
+        assert_eq!(e.scope, SCOPE_NODE, "v4 entry in scope {}", e.scope);
+        assert!(e.prefix <= 32);
+        let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(e.addr)), e.prefix).unwrap();
+        assert_eq!(net, net.trunc(), "v4 entry {net} has host bits");
+        check_verdict(p, e.port, &e.verdict);
+    }
+    for e in &c.v6 {
+        assert_eq!(e.scope, SCOPE_NODE, "v6 entry in scope {}", e.scope);
+        assert!(e.prefix <= 128);
+        let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(e.addr)), e.prefix).unwrap();
+        assert_eq!(net, net.trunc(), "v6 entry {net} has host bits");
+        check_verdict(p, e.port, &e.verdict);
     }
 }
 
@@ -415,15 +368,19 @@ fuzz_target!(|data: &[u8]| {
     } else {
         None
     };
-    let trie = compiled.as_ref().map(|c| Trie::new(&policy, c));
+    let kernel = compiled.as_ref().map(|c| {
+        check_compiled(&policy, c);
+        KernelModel::new(c)
+    });
 
     let addrs = probe_addrs(&policy, data);
     let ports = probe_ports(&policy, data);
     for &addr in &addrs {
         for &port in &ports {
             let want = check_decision(&policy, addr, port);
-            if let (Some(c), Some(t)) = (&compiled, &trie) {
-                let got = t.lookup(c, addr, port);
+            if let Some(k) = &kernel {
+                let (protocol, _, rule_id) = k.lookup(None, addr, port);
+                let got = (protocol, rule_id);
                 assert_eq!(
                     got, want,
                     "{addr} port {port}: compiled trie says (proto {}, rule {}), explain says (proto {}, rule {})",

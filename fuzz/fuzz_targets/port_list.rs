@@ -18,7 +18,7 @@
 
 use std::str::FromStr;
 
-use classifier_user::policy::PortSet;
+use classifier_policy::PortSet;
 use libfuzzer_sys::fuzz_target;
 
 /// 65536 bits, one per port number.

@@ -9,24 +9,28 @@
 //! type. Nothing in it keeps state for us: both sources below are
 //! [`Collector`]s, asked for their values at scrape time.
 //!
-//! The names match `classifier stats --prometheus` (`classifier_connects_total`,
-//! `classifier_kernel_events_total{event=...}`, ...), plus
-//! `classifier_agent_*` for the agent's own state.
+//! The kernel counters are [`stats::KernelCollector`](crate::stats::KernelCollector),
+//! the encoding `classifier stats --prometheus` prints
+//! (`classifier_connects_total`, `classifier_kernel_events_total{event=...}`,
+//! ...), registered here next to `classifier_agent_*` for the agent's own
+//! state.
 
 use std::fmt;
 
 use anyhow::Result;
 use prometheus_client::{
     collector::Collector,
-    encoding::{prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeMetric as _},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    encoding::{prometheus_text, DescriptorEncoder},
     registry::Registry,
 };
 
 use super::AgentMetrics;
 use crate::{
     datapath::PinDir,
-    stats::{read_snapshot, Snapshot},
+    stats::{
+        prometheus::{counter, encode, gauge, KernelCollector, PREFIX},
+        read_snapshot, Snapshot,
+    },
 };
 
 /// Prometheus text format 0.0.4, which every scraper reads.
@@ -48,10 +52,8 @@ impl Exporter {
     /// Only the kernel counters of one snapshot: what `classifier stats
     /// --prometheus` prints, so both speak the same metric names.
     pub fn kernel_only(snapshot: Snapshot) -> Self {
-        let mut registry = Registry::with_prefix("classifier");
-        registry.register_collector(Box::new(KernelCollector {
-            read: Box::new(move || Ok(snapshot.clone())),
-        }));
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(KernelCollector::of(snapshot)));
         Self { registry }
     }
 
@@ -60,10 +62,8 @@ impl Exporter {
         read: impl Fn() -> Result<Snapshot> + Send + Sync + 'static,
         agent: AgentMetrics,
     ) -> Self {
-        let mut registry = Registry::with_prefix("classifier");
-        registry.register_collector(Box::new(KernelCollector {
-            read: Box::new(read),
-        }));
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(KernelCollector::new(read)));
         registry.register_collector(Box::new(AgentCollector(agent)));
         Self { registry }
     }
@@ -72,149 +72,7 @@ impl Exporter {
     /// per verdict-table entry (about 80 ms for a full 65,536-entry table);
     /// it runs on the caller's thread, which in the agent is its only one.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(err) = prometheus_text::encode(&mut out, &self.registry) {
-            // Only a failing fmt::Write can cause this, and a String never fails.
-            tracing::error!("encoding metrics: {err}");
-        }
-        out
-    }
-}
-
-/// The counters `classifier stats` shows, from the pinned maps.
-struct KernelCollector {
-    read: Box<dyn Fn() -> Result<Snapshot> + Send + Sync>,
-}
-
-impl fmt::Debug for KernelCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KernelCollector")
-    }
-}
-
-impl Collector for KernelCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let snapshot = match (self.read)() {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!("metrics: cannot read the kernel counters: {err:#}");
-                return gauge(
-                    &mut enc,
-                    "kernel_maps_readable",
-                    "Whether this scrape could read the pinned maps (1) or not (0)",
-                    0u32,
-                );
-            }
-        };
-        let s = &snapshot;
-        gauge(
-            &mut enc,
-            "kernel_maps_readable",
-            "Whether this scrape could read the pinned maps (1) or not (0)",
-            1u32,
-        )?;
-        counter(
-            &mut enc,
-            "connects",
-            "TCP connect() calls seen",
-            s.connects_total,
-        )?;
-        counter(
-            &mut enc,
-            "opaque",
-            "Connects classified opaque",
-            s.opaque_total,
-        )?;
-        counter(
-            &mut enc,
-            "classified",
-            "Connects that got a verdict (opaque, http1, http2 or detect)",
-            s.classified_total,
-        )?;
-        counter(
-            &mut enc,
-            "excluded",
-            "Connects by excluded UIDs",
-            s.excluded_total,
-        )?;
-        counter(
-            &mut enc,
-            "proxy_queries",
-            "Proxy verdict queries answered",
-            s.proxy_queries_total,
-        )?;
-        counter(
-            &mut enc,
-            "errors",
-            "Internal errors (the connect was allowed anyway)",
-            s.errors_total,
-        )?;
-        gauge(
-            &mut enc,
-            "verdict_table_entries",
-            "Published verdicts in the table",
-            s.verdict_table.entries,
-        )?;
-        gauge(
-            &mut enc,
-            "verdict_table_capacity",
-            "Verdict table size",
-            s.verdict_table.capacity,
-        )?;
-        counter(
-            &mut enc,
-            "verdict_table_evicted",
-            "Verdicts evicted before their connection closed",
-            s.verdict_table.evicted,
-        )?;
-        let p = &s.policy;
-        gauge(
-            &mut enc,
-            "policy_generation",
-            "Generation of the policy active in the kernel",
-            p.generation,
-        )?;
-        gauge(
-            &mut enc,
-            "policy_rules",
-            "Rules in the policy active in the kernel",
-            p.rules,
-        )?;
-        {
-            let mut family = enc.encode_descriptor(
-                "policy_trie_entries",
-                "Longest-prefix-match entries of the active policy, by address family",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (af, n) in [("ipv4", p.v4_entries), ("ipv6", p.v6_entries)] {
-                let labels = [("family", af)];
-                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        gauge(
-            &mut enc,
-            "policy_default_opaque_ports",
-            "Ports in the active policy's default opaque set",
-            p.default_opaque_ports,
-        )?;
-        gauge(
-            &mut enc,
-            "policy_excluded_uids",
-            "UIDs the active policy leaves alone",
-            p.excluded_uids,
-        )?;
-        let mut family = enc.encode_descriptor(
-            "kernel_events",
-            "Every kernel counter by name",
-            None,
-            MetricType::Counter,
-        )?;
-        for (name, value) in &s.counters {
-            let labels = [("event", name.as_str())];
-            ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        encode(&self.registry)
     }
 }
 
@@ -272,21 +130,6 @@ impl Collector for AgentCollector {
         }
         Ok(())
     }
-}
-
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge<N: EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: N,
-) -> fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
+use super::kinds::{self, Prune};
 use super::{Document, DocumentSet};
 
 /// Re-exported so callers can name `kube::Client` without their own dependency.
@@ -90,22 +91,18 @@ impl Default for WatchOptions {
     }
 }
 
-/// The kinds the policy compiler understands, as the API serves them.
+/// The kinds the policy compiler understands ([`kinds::KINDS`]), as the
+/// API serves them.
 pub fn watched_kinds() -> Vec<ApiResource> {
-    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-    vec![
-        ApiResource::erase::<Namespace>(&()),
-        ApiResource::erase::<Service>(&()),
-        ApiResource::erase::<Pod>(&()),
-        ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("policy.linkerd.io", "v1alpha1", "EgressNetwork"),
-            "egressnetworks",
-        ),
-        ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("policy.linkerd.io", "v1beta3", "Server"),
-            "servers",
-        ),
-    ]
+    kinds::KINDS
+        .iter()
+        .map(|k| {
+            ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(k.group, k.watch_version(), k.kind),
+                k.plural,
+            )
+        })
+        .collect()
 }
 
 /// Health of the sync, shared with whoever reports it (stats, metrics,
@@ -549,7 +546,7 @@ fn keep_only(map: &mut serde_json::Map<String, serde_json::Value>, keep: &[&str]
 
 fn prune(ar: &ApiResource, obj: &mut serde_json::Map<String, serde_json::Value>) {
     use serde_json::Value;
-    let is_pod = ar.group.is_empty() && ar.kind == "Pod";
+    let is_pod = kinds::lookup(&ar.group, &ar.kind).is_some_and(|k| k.prune == Prune::Pod);
     if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
         for key in DROPPED_METADATA {
             meta.remove(*key);

@@ -73,7 +73,12 @@ pub struct PortCount {
 }
 
 impl Snapshot {
-    pub fn counter(&self, name: &str) -> u64 {
+    /// The counter `index` (one of `classifier_common::counters`'
+    /// constants, so a misspelt name cannot silently read 0).
+    pub fn counter(&self, index: u32) -> u64 {
+        let Some((_, name)) = counters::NAMES.iter().find(|(i, _)| *i == index) else {
+            return 0;
+        };
         self.counters
             .iter()
             .find(|(n, _)| n == name)

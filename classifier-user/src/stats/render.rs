@@ -1,42 +1,45 @@
 //! The three faces of a snapshot: a table for people, JSON for scripts,
-//! Prometheus text for scrapers (the same encoder as `/metrics`).
+//! (and Prometheus text for scrapers, in [`super::prometheus`], the same
+//! encoder as `/metrics`).
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+use classifier_common::counters as k;
+
 use super::Snapshot;
 
 pub fn render_table(s: &Snapshot) -> String {
     let mut out = String::new();
-    let c = |n: &str| s.counter(n);
+    let c = |index: u32| s.counter(index);
     let _ = writeln!(
         out,
         "connects (TCP)        {:>12}   v4 {} / v6 {} / v4-mapped {}",
         s.connects_total,
-        c("connect4"),
-        c("connect6"),
-        c("connect6_v4mapped")
+        c(k::CONNECT4),
+        c(k::CONNECT6),
+        c(k::CONNECT6_V4MAPPED)
     );
     let _ = writeln!(out, "  opaque              {:>12}", s.opaque_total);
-    let _ = writeln!(out, "  http1               {:>12}", c("verdict_http1"));
-    let _ = writeln!(out, "  http2               {:>12}", c("verdict_http2"));
-    let _ = writeln!(out, "  detect (rule)       {:>12}", c("verdict_detect"));
-    let _ = writeln!(out, "  no verdict          {:>12}", c("no_verdict"));
+    let _ = writeln!(out, "  http1               {:>12}", c(k::VERDICT_HTTP1));
+    let _ = writeln!(out, "  http2               {:>12}", c(k::VERDICT_HTTP2));
+    let _ = writeln!(out, "  detect (rule)       {:>12}", c(k::VERDICT_DETECT));
+    let _ = writeln!(out, "  no verdict          {:>12}", c(k::NO_VERDICT));
     let _ = writeln!(out, "  excluded (uid)      {:>12}", s.excluded_total);
     let _ = writeln!(
         out,
         "  by default port     {:>12}",
-        c("source_default_port")
+        c(k::SOURCE_DEFAULT_PORT)
     );
-    let _ = writeln!(out, "  by policy rule      {:>12}", c("source_rule"));
-    let _ = writeln!(out, "  marked              {:>12}", c("mark_set"));
+    let _ = writeln!(out, "  by policy rule      {:>12}", c(k::SOURCE_RULE));
+    let _ = writeln!(out, "  marked              {:>12}", c(k::MARK_SET));
     let _ = writeln!(
         out,
         "proxy queries         {:>12}   classified {} / unknown {}",
         s.proxy_queries_total,
-        c("query_classified"),
-        c("query_unknown")
+        c(k::QUERY_CLASSIFIED),
+        c(k::QUERY_UNKNOWN)
     );
     let _ = writeln!(
         out,
@@ -119,10 +122,4 @@ pub fn render_json(s: &Snapshot) -> Value {
         "top_ports": s.top_ports,
         "agent": s.agent,
     })
-}
-
-/// The Prometheus text `/metrics` serves for the kernel counters (one
-/// encoder for both, so the names cannot drift apart).
-pub fn render_prometheus(s: &Snapshot) -> String {
-    crate::metrics::Exporter::kernel_only(s.clone()).render()
 }

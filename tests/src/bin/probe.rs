@@ -77,7 +77,7 @@ fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
             "peer": peer.to_string(),
             "classifier": true,
             "protocol": match v.protocol {
-                Protocol::Unknown => "unknown",
+                Protocol::Detect => "unknown",
                 Protocol::Opaque => "opaque",
                 Protocol::Http1 => "http1",
                 Protocol::Http2 => "http2",

@@ -1,10 +1,10 @@
 //! The compiler against ordinary Linkerd manifests
-//! (`classifier-user/tests/fixtures/linkerd/`), and its errors.
+//! (`classifier-policy/tests/fixtures/linkerd/`), and its errors.
 
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::policy::{classify_from, compile, load_policy_path, Decision, DecisionSource};
+use crate::{classify_from, compile, load_policy_path, Decision, DecisionSource};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linkerd")
@@ -289,6 +289,7 @@ fn fixtures_compile_deterministically_and_agree_with_the_kernel_flags() {
     }
     assert_eq!(p.exclude_uids, vec![2102]);
     let c = compile(&p).unwrap();
+    let kernel = crate::compile::kernel_model::KernelModel::new(&c);
     assert!(c.scoped && c.any_port);
     assert_eq!(c.scope_ids.keys().collect::<Vec<_>>(), vec!["team-a"]);
 
@@ -324,8 +325,8 @@ fn fixtures_compile_deterministically_and_agree_with_the_kernel_flags() {
             let addr: std::net::IpAddr = a.parse().unwrap();
             for port in ports {
                 let want = classify_from(&p, ns, addr, port);
-                let got =
-                    crate::policy::compile::kernel_model::kernel_lookup(&c, scope, addr, port);
+                let (protocol, source, rule_id) = kernel.lookup(scope, addr, port);
+                let got = (protocol, source.as_str(), rule_id);
                 assert_eq!(
                     got,
                     (
@@ -535,7 +536,7 @@ fn single_policy_files_load_as_before_and_manifest_files_compile() {
     );
     std::fs::write(&f, "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  rules: [{networks: [\"10.0.0.0/8\"], ports: \"*\", protocol: opaque}]\n").unwrap();
     let p = load_policy_path(&f).unwrap();
-    assert_eq!(p, crate::policy::load_policy_file(&f).unwrap());
+    assert_eq!(p, crate::load_policy_file(&f).unwrap());
     assert!(p.rules[0].ports.is_all() && p.rules[0].origin == "spec.rules[0]");
     std::fs::write(
         &f,

@@ -2,16 +2,27 @@
 //!
 //! Everything downstream (`explain`, `compile`) trusts these values: the file
 //! loader is the one place that checks them.
+//!
+//! This is the bottom layer of the crate: it imports nothing from the file
+//! format, the document sources, `explain` or `compile` (only [`PortSet`]
+//! from [`crate::ports`]). [`PolicyError`] and the CIDR helpers live here
+//! so that every reader of policy text shares them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
-use super::ports::PortSet;
+use crate::ports::PortSet;
+
+mod cidr;
+mod error;
+
+pub use cidr::{
+    check_except, default_cluster_networks, parse_cidr, LINKERD_DEFAULT_CLUSTER_NETWORKS,
+};
+pub use error::PolicyError;
 
 /// Linkerd's `proxy.opaquePorts` default; destinations on these ports are
 /// opaque unless a rule says otherwise.
@@ -21,74 +32,9 @@ pub const LINKERD_DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,
 /// classified: they are the proxy forwarding, not the application.
 pub const LINKERD_PROXY_UID: u32 = 2102;
 
-/// What the proxy should assume a connection speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Opaque,
-    Http1,
-    Http2,
-    /// Let the proxy detect the protocol. As a rule's protocol it is an
-    /// override: it beats the default opaque ports.
-    Detect,
-}
-
-impl Protocol {
-    pub const ALL: [Protocol; 4] = [
-        Protocol::Opaque,
-        Protocol::Http1,
-        Protocol::Http2,
-        Protocol::Detect,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Opaque => "opaque",
-            Protocol::Http1 => "http1",
-            Protocol::Http2 => "http2",
-            Protocol::Detect => "detect",
-        }
-    }
-
-    /// The `PROTO_*` value the kernel stores and the proxy reads.
-    pub fn wire(self) -> u8 {
-        match self {
-            Protocol::Opaque => classifier_common::PROTO_OPAQUE,
-            Protocol::Http1 => classifier_common::PROTO_HTTP1,
-            Protocol::Http2 => classifier_common::PROTO_HTTP2,
-            Protocol::Detect => classifier_common::PROTO_UNKNOWN,
-        }
-    }
-
-    /// Inverse of [`Protocol::wire`]; unknown values read as `Detect`, which
-    /// is what the proxy does with them.
-    pub fn from_wire(v: u8) -> Protocol {
-        match v {
-            classifier_common::PROTO_OPAQUE => Protocol::Opaque,
-            classifier_common::PROTO_HTTP1 => Protocol::Http1,
-            classifier_common::PROTO_HTTP2 => Protocol::Http2,
-            _ => Protocol::Detect,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Protocol::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown protocol {s:?} (expected opaque, http1, http2 or detect)")
-            })
-    }
-}
+/// What the proxy should assume a connection speaks: the wire's own type,
+/// so a rule's protocol is the byte the kernel stores.
+pub use classifier_common::Protocol;
 
 /// A destination network with holes, like Linkerd's EgressNetwork entries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,151 @@
+//! Reading a policy file (YAML) into a [`Policy`].
+//!
+//! Value checks live in `Deserialize` impls and report through
+//! `de::Error::custom`: that is the only way serde_yaml attaches the field
+//! path and line/column, and a user editing a 500-rule file needs both.
+//! Checks that need the whole document (duplicates, totals) run afterwards
+//! and name the field instead.
+
+//!
+//! - [`schema`]: the document's shape and the per-value checks;
+//! - [`read`]: bounded, UTF-8 file reading;
+//! - this module: the whole-document checks and the [`Policy`] they give.
+//!
+//! Loading a path that may hold Kubernetes manifests instead is
+//! `sources::load_policy_path`, a layer above: the file format knows
+//! nothing of manifests.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+
+use crate::model::{default_cluster_networks, Network, Policy, PolicyError, Protocol, Rule};
+use crate::ports::PortSet;
+use schema::{ClusterNetworks, Document};
+
+pub mod read;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use read::{load_policy_file, read_policy_text, yaml_message, MAX_POLICY_FILE_BYTES};
+
+pub const API_VERSION: &str = "classifier.dev/v1alpha1";
+pub const KIND: &str = "ClassifierPolicy";
+
+/// At most half of the UID set: both policy slots share it during a switch.
+pub const MAX_EXCLUDED_UIDS: usize = classifier_common::maps::EXCLUDED_UIDS_CAPACITY as usize / 2;
+
+/// Parses and validates policy text; `origin` (usually the file name)
+/// starts every error message.
+pub fn parse_policy(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+    parse_policy_document(text, origin).map(|p| p.policy)
+}
+
+/// [`parse_policy`], keeping the document-only settings (`clusterNetworks`).
+pub fn parse_policy_document(text: &str, origin: &str) -> Result<ParsedPolicy, PolicyError> {
+    parse_policy_document_at(text, origin, 0)
+}
+
+/// [`parse_policy_document`] for a document whose first line is line
+/// `line_offset + 1` of its file: positions in errors are the file's.
+pub fn parse_policy_document_at(
+    text: &str,
+    origin: &str,
+    line_offset: usize,
+) -> Result<ParsedPolicy, PolicyError> {
+    let doc: Document = serde_yaml::from_str(text).map_err(|e| PolicyError::Syntax {
+        origin: origin.to_string(),
+        message: yaml_message(&e, line_offset),
+    })?;
+    let invalid = |field: String, message: String| PolicyError::Invalid {
+        origin: origin.to_string(),
+        field,
+        message,
+    };
+
+    let spec = doc.spec.unwrap_or_default();
+    let default = Policy::builtin_default();
+
+    let mut exclude_uids = Vec::new();
+    for uid in spec.exclude_uids.unwrap_or(default.exclude_uids) {
+        // A repeated UID is harmless; keep the first mention's order.
+        if !exclude_uids.contains(&uid) {
+            exclude_uids.push(uid);
+        }
+    }
+    if exclude_uids.len() > MAX_EXCLUDED_UIDS {
+        return Err(invalid(
+            "spec.excludeUids".into(),
+            format!(
+                "{} distinct UIDs listed, at most {MAX_EXCLUDED_UIDS} are supported",
+                exclude_uids.len()
+            ),
+        ));
+    }
+
+    let raw_rules = spec.rules.unwrap_or_default();
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    // Same rule twice is almost always a copy/paste slip, and the second
+    // copy could never decide anything; order-insensitive on networks.
+    let mut seen: HashMap<(Vec<Network>, PortSet, Protocol), usize> = HashMap::new();
+    for (i, raw) in raw_rules.into_iter().enumerate() {
+        let id = u32::try_from(i + 1)
+            .map_err(|_| invalid("spec.rules".into(), "too many rules".into()))?;
+        let mut canon = raw.networks.0.clone();
+        for n in &mut canon {
+            n.except.sort();
+            n.except.dedup();
+        }
+        canon.sort();
+        canon.dedup();
+        if let Some(&first) = seen.get(&(canon.clone(), raw.ports.0.clone(), raw.protocol)) {
+            return Err(invalid(
+                format!("spec.rules[{i}]"),
+                format!(
+                    "rule {id} duplicates spec.rules[{first}] (rule {}): same networks, ports {} and protocol {}",
+                    first + 1,
+                    raw.ports.0,
+                    raw.protocol
+                ),
+            ));
+        }
+        seen.insert((canon, raw.ports.0.clone(), raw.protocol), i);
+        rules.push(Rule {
+            id,
+            networks: raw.networks.0,
+            ports: raw.ports.0,
+            protocol: raw.protocol,
+            scope: None,
+            origin: format!("spec.rules[{i}]"),
+        });
+    }
+
+    let policy = Policy {
+        default_opaque_ports: spec
+            .default_opaque_ports
+            .unwrap_or(default.default_opaque_ports),
+        exclude_uids,
+        rules,
+        mark: spec.mark.map(|m| m.0),
+        pod_namespaces: Default::default(),
+    };
+    let cluster_networks = match spec.cluster_networks {
+        Some(ClusterNetworks(n)) => n,
+        None => default_cluster_networks(),
+    };
+    Ok(ParsedPolicy {
+        policy,
+        cluster_networks,
+    })
+}
+
+/// A ClassifierPolicy document: the [`Policy`] it gives on its own, plus the
+/// settings only the document compiler uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedPolicy {
+    pub policy: Policy,
+    /// `spec.clusterNetworks`: what an EgressNetwork without `networks`
+    /// leaves out (default [`LINKERD_DEFAULT_CLUSTER_NETWORKS`]).
+    pub cluster_networks: Vec<IpNet>,
+}

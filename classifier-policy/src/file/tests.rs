@@ -1,0 +1,433 @@
+use super::*;
+use crate::model::Mark;
+
+const EXAMPLE: &str = r#"apiVersion: classifier.dev/v1alpha1
+kind: ClassifierPolicy
+spec:
+  defaultOpaquePorts: "25,587,3306,4444,5432,6379,9300,11211"
+  excludeUids: [2102]
+  rules:
+    - networks: ["203.0.113.0/24", {cidr: "10.0.0.0/8", except: ["10.1.0.0/16"]}]
+      ports: "4222,8000-8100"
+      protocol: opaque
+  mark: {value: 0x40000, mask: 0x40000}   # optional
+"#;
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+#[test]
+fn example_parses() {
+    let p = parse_policy(EXAMPLE, "policy.yaml").unwrap();
+    assert_eq!(
+        p,
+        Policy {
+            default_opaque_ports: "25,587,3306,4444,5432,6379,9300,11211".parse().unwrap(),
+            exclude_uids: vec![2102],
+            rules: vec![Rule {
+                id: 1,
+                networks: vec![
+                    Network::new(net("203.0.113.0/24")),
+                    Network {
+                        cidr: net("10.0.0.0/8"),
+                        except: vec![net("10.1.0.0/16")]
+                    },
+                ],
+                ports: "4222,8000-8100".parse().unwrap(),
+                protocol: Protocol::Opaque,
+                scope: None,
+                origin: "spec.rules[0]".into(),
+            }],
+            mark: Some(Mark {
+                value: 0x40000,
+                mask: 0x40000
+            }),
+            pod_namespaces: Default::default(),
+        }
+    );
+}
+
+#[test]
+fn missing_fields_take_defaults() {
+    let head = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\n";
+    for text in [
+        head.to_string(),
+        format!("{head}spec:\n"),
+        format!("{head}spec: {{}}\n"),
+        format!("{head}spec:\n  rules:\n"),
+    ] {
+        assert_eq!(
+            parse_policy(&text, "p.yaml").unwrap(),
+            Policy::builtin_default(),
+            "{text}"
+        );
+    }
+    let p = parse_policy(&format!("{head}spec:\n  excludeUids: []\n"), "p.yaml").unwrap();
+    assert_eq!(p.exclude_uids, Vec::<u32>::new());
+    assert_eq!(
+        p.default_opaque_ports,
+        Policy::builtin_default().default_opaque_ports
+    );
+    let p = parse_policy(
+        &format!("{head}spec:\n  defaultOpaquePorts: \"\"\n"),
+        "p.yaml",
+    )
+    .unwrap();
+    assert!(p.default_opaque_ports.is_empty());
+    assert_eq!(p.exclude_uids, vec![2102]);
+}
+
+#[test]
+fn rules_get_positions_as_ids_and_hosts_get_full_prefixes() {
+    let text = r#"apiVersion: classifier.dev/v1alpha1
+kind: ClassifierPolicy
+spec:
+  rules:
+    - {networks: ["192.0.2.7"], ports: 3306, protocol: http2}
+    - {networks: ["2001:db8::1", "2001:db8:1::/48"], ports: "80", protocol: detect}
+"#;
+    let p = parse_policy(text, "p.yaml").unwrap();
+    assert_eq!(p.rules[0].id, 1);
+    assert_eq!(p.rules[0].networks[0].cidr, net("192.0.2.7/32"));
+    assert_eq!(p.rules[0].ports.to_string(), "3306");
+    assert_eq!(p.rules[1].id, 2);
+    assert_eq!(p.rules[1].networks[0].cidr, net("2001:db8::1/128"));
+    assert_eq!(p.rules[1].protocol, Protocol::Detect);
+}
+
+/// Builds a document whose line 7 is `    - networks: [...]`, line 8
+/// `ports`, line 9 `protocol`, line 10 the mark.
+fn doc(networks: &str, ports: &str, protocol: &str, extra: &str) -> String {
+    format!(
+            "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  defaultOpaquePorts: \"25\"\n  excludeUids: [2102]\n  rules:\n    - networks: {networks}\n      ports: {ports}\n      protocol: {protocol}\n{extra}"
+        )
+}
+
+fn syntax_error(text: &str) -> String {
+    match parse_policy(text, "policy.yaml") {
+        Err(e @ PolicyError::Syntax { .. }) => e.to_string(),
+        other => panic!("expected a syntax error for\n{text}\ngot {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_error(text: &str, parts: &[&str]) {
+    let msg = syntax_error(text);
+    assert!(msg.starts_with("policy.yaml: "), "{msg}");
+    for part in parts {
+        assert!(msg.contains(part), "expected {part:?} in {msg:?}");
+    }
+}
+
+#[test]
+fn bad_inputs_name_origin_field_line_and_value() {
+    let ok_nets = r#"["203.0.113.0/24"]"#;
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            doc(ok_nets, "\"0\"", "opaque", ""),
+            vec!["spec.rules[0].ports: port 0 is not a valid port at line 8 column 14"],
+        ),
+        (
+            doc(ok_nets, "\"25,65536\"", "opaque", ""),
+            vec!["spec.rules[0].ports", "65536", "line 8"],
+        ),
+        (
+            doc(ok_nets, "\"5-3\"", "opaque", ""),
+            vec!["spec.rules[0].ports", "\"5-3\"", "line 8"],
+        ),
+        (
+            doc(ok_nets, "\"25,,26\"", "opaque", ""),
+            vec!["spec.rules[0].ports", "\"25,,26\"", "line 8"],
+        ),
+        (
+            doc(ok_nets, "\"a-b\"", "opaque", ""),
+            vec!["spec.rules[0].ports", "\"a-b\"", "line 8"],
+        ),
+        (
+            doc(ok_nets, "\"\"", "opaque", ""),
+            vec!["spec.rules[0].ports", "empty port list", "line 8"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "tcp", ""),
+            vec!["spec.rules[0].protocol", "tcp", "line 9"],
+        ),
+        (
+            doc(r#"["10.0.0.0/33"]"#, "\"25\"", "opaque", ""),
+            vec!["spec.rules[0].networks[0]", "\"10.0.0.0/33\"", "line 7"],
+        ),
+        (
+            doc(
+                r#"["203.0.113.0/24", "300.1.1.1/8"]"#,
+                "\"25\"",
+                "opaque",
+                "",
+            ),
+            vec!["spec.rules[0].networks[1]", "\"300.1.1.1/8\"", "line 7"],
+        ),
+        (
+            doc(r#"["banana"]"#, "\"25\"", "opaque", ""),
+            vec!["spec.rules[0].networks[0]", "\"banana\"", "line 7"],
+        ),
+        (
+            doc(r#"["10.0.0.1/8"]"#, "\"25\"", "opaque", ""),
+            vec![
+                "spec.rules[0].networks[0]",
+                "\"10.0.0.1/8\"",
+                "did you mean \"10.0.0.0/8\"",
+                "line 7",
+            ],
+        ),
+        (
+            doc(
+                r#"[{cidr: "10.0.0.0/8", except: ["11.0.0.0/16"]}]"#,
+                "\"25\"",
+                "opaque",
+                "",
+            ),
+            vec![
+                "spec.rules[0].networks[0]",
+                "11.0.0.0/16",
+                "10.0.0.0/8",
+                "line 7",
+            ],
+        ),
+        (
+            doc(
+                r#"[{cidr: "10.0.0.0/8", except: ["10.0.0.0/8"]}]"#,
+                "\"25\"",
+                "opaque",
+                "",
+            ),
+            vec![
+                "spec.rules[0].networks[0]",
+                "except 10.0.0.0/8 is not strictly inside",
+                "line 7",
+            ],
+        ),
+        (
+            doc(
+                r#"[{cidr: "10.0.0.0/8", except: ["2001:db8::/32"]}]"#,
+                "\"25\"",
+                "opaque",
+                "",
+            ),
+            vec![
+                "spec.rules[0].networks[0]",
+                "2001:db8::/32",
+                "address family",
+                "line 7",
+            ],
+        ),
+        (
+            doc(
+                r#"[{cidr: "10.0.0.0/8", except: ["10.1.0.0/16/2"]}]"#,
+                "\"25\"",
+                "opaque",
+                "",
+            ),
+            vec![
+                "spec.rules[0].networks[0].except[0]",
+                "10.1.0.0/16/2",
+                "line 7 column 48",
+            ],
+        ),
+        (
+            doc(
+                r#"[{cidr: "10.0.0.0/8", exempt: ["10.1.0.0/16"]}]"#,
+                "\"25\"",
+                "opaque",
+                "",
+            ),
+            vec!["spec.rules[0].networks[0]", "exempt", "line 7"],
+        ),
+        (
+            doc(r#"["::ffff:10.0.0.0/104"]"#, "\"25\"", "opaque", ""),
+            vec!["spec.rules[0].networks[0]", "10.0.0.0/8", "line 7"],
+        ),
+        (
+            doc("[]", "\"25\"", "opaque", ""),
+            vec!["spec.rules[0].networks", "at least one network", "line 7"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "opaque", "      weight: 3\n"),
+            vec!["spec.rules[0]", "unknown field `weight`", "line 10"],
+        ),
+        (
+            doc(
+                ok_nets,
+                "\"25\"",
+                "opaque",
+                "  mark: {value: 0x3, mask: 0x1}\n",
+            ),
+            vec!["spec.mark", "0x3", "0x1", "line 10"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "opaque", "  mark: {value: 0, mask: 0}\n"),
+            vec!["spec.mark", "mask", "line 10"],
+        ),
+        (
+            doc(
+                ok_nets,
+                "\"25\"",
+                "opaque",
+                "  marks: {value: 1, mask: 1}\n",
+            ),
+            vec!["spec", "unknown field `marks`", "line 10"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "opaque", "")
+                .replace("excludeUids: [2102]", "excludeUids: [-1]"),
+            vec!["spec.excludeUids[0]", "-1", "line 5"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "opaque", "")
+                .replace("defaultOpaquePorts: \"25\"", "defaultOpaquePorts: \"x\""),
+            vec!["spec.defaultOpaquePorts", "\"x\"", "line 4"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "opaque", "").replace("v1alpha1", "v1"),
+            vec!["apiVersion: ", "\"classifier.dev/v1\"", "line 1 column 13"],
+        ),
+        (
+            doc(ok_nets, "\"25\"", "opaque", "")
+                .replace("kind: ClassifierPolicy", "kind: EgressNetwork"),
+            vec!["kind: ", "\"EgressNetwork\"", "line 2 column 7"],
+        ),
+    ];
+    for (text, parts) in &cases {
+        assert_error(text, parts);
+    }
+    assert!(cases.len() >= 12);
+}
+
+#[test]
+fn broken_yaml_is_a_syntax_error_with_position() {
+    let msg = syntax_error("apiVersion: classifier.dev/v1alpha1\nkind: [\n");
+    assert!(msg.starts_with("policy.yaml: "), "{msg}");
+    assert!(msg.contains("line"), "{msg}");
+    let msg = syntax_error("kind: ClassifierPolicy\n");
+    assert!(msg.contains("apiVersion"), "{msg}");
+}
+
+#[test]
+fn duplicate_rules_name_both() {
+    let text = r#"apiVersion: classifier.dev/v1alpha1
+kind: ClassifierPolicy
+spec:
+  rules:
+    - {networks: ["10.0.0.0/8", "192.0.2.0/24"], ports: "25", protocol: opaque}
+    - {networks: ["10.0.0.0/8"], ports: "25", protocol: http1}
+    - {networks: ["192.0.2.0/24", "10.0.0.0/8"], ports: "25", protocol: opaque}
+"#;
+    let e = parse_policy(text, "policy.yaml").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, PolicyError::Invalid { ref field, .. } if field == "spec.rules[2]"),
+        "{msg}"
+    );
+    assert!(msg.starts_with("policy.yaml: spec.rules[2]: "), "{msg}");
+    assert!(
+        msg.contains("rule 3") && msg.contains("spec.rules[0] (rule 1)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn too_many_excluded_uids() {
+    let uids: Vec<String> = (0..=MAX_EXCLUDED_UIDS as u32)
+        .map(|u| u.to_string())
+        .collect();
+    let text = format!(
+        "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  excludeUids: [{}]\n",
+        uids.join(",")
+    );
+    let msg = parse_policy(&text, "policy.yaml").unwrap_err().to_string();
+    assert!(msg.starts_with("policy.yaml: spec.excludeUids: "), "{msg}");
+    assert!(
+        msg.contains(&format!("{}", MAX_EXCLUDED_UIDS + 1)) && msg.contains("1024"),
+        "{msg}"
+    );
+    // Repeats do not count.
+    let text = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  excludeUids: [5, 7, 5]\n";
+    assert_eq!(parse_policy(text, "p").unwrap().exclude_uids, vec![5, 7]);
+}
+
+#[test]
+fn file_errors() {
+    let dir = std::env::temp_dir().join(format!("classifier-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let missing = dir.join("missing.yaml");
+    let msg = load_policy_file(&missing).unwrap_err().to_string();
+    assert!(msg.starts_with(&missing.display().to_string()), "{msg}");
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, b"apiVersion: \xff\n").unwrap();
+    assert!(matches!(
+        load_policy_file(&bad),
+        Err(PolicyError::NotUtf8 { .. })
+    ));
+
+    let big = dir.join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_POLICY_FILE_BYTES + 1).unwrap();
+    match load_policy_file(&big) {
+        Err(PolicyError::TooLarge { size, limit, .. }) => {
+            assert_eq!((size, limit), (MAX_POLICY_FILE_BYTES + 1, 16 * 1024 * 1024))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, EXAMPLE).unwrap();
+    assert_eq!(load_policy_file(&good).unwrap().rules.len(), 1);
+    let msg = {
+        std::fs::write(&good, EXAMPLE.replace("4222", "0")).unwrap();
+        load_policy_file(&good).unwrap_err().to_string()
+    };
+    assert!(
+        msg.starts_with(&format!("{}: spec.rules[0].ports: port 0", good.display())),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cluster_networks_and_wildcard_ports() {
+    let head = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\n";
+    let p = parse_policy_document(head, "p").unwrap();
+    assert_eq!(p.cluster_networks, default_cluster_networks());
+    assert_eq!(p.cluster_networks.len(), 5);
+    for list in [
+        "\"10.0.0.0/16, fd00::/16\"",
+        "[\"10.0.0.0/16\", \"fd00::/16\"]",
+    ] {
+        let text = format!("{head}spec:\n  clusterNetworks: {list}\n");
+        let p = parse_policy_document(&text, "p").unwrap();
+        assert_eq!(
+            p.cluster_networks,
+            vec![net("10.0.0.0/16"), net("fd00::/16")]
+        );
+        assert_eq!(p.policy, Policy::builtin_default());
+    }
+    let text = format!("{head}spec:\n  clusterNetworks: \"10.0.0.1/16\"\n");
+    let msg = syntax_error(&text);
+    assert!(
+        msg.contains("spec.clusterNetworks") && msg.contains("host bits") && msg.contains("line 4"),
+        "{msg}"
+    );
+    let text = format!("{head}spec:\n  clusterNetworks: [\"10.0.0.0/8\", 7]\n");
+    assert!(syntax_error(&text).contains("spec.clusterNetworks[1]"));
+
+    // `metadata` is allowed (a ClassifierPolicy among manifests).
+    let text = format!("{head}metadata: {{name: x}}\nspec:\n  rules:\n    - {{networks: [\"0.0.0.0/0\"], ports: \"*\", protocol: detect}}\n    - {{networks: [\"::/0\"], ports: \"1-65535\", protocol: detect}}\n");
+    let p = parse_policy(&text, "p").unwrap();
+    assert!(p.rules[0].ports.is_all() && p.rules[1].ports.is_all());
+    assert_eq!(p.rules[1].origin, "spec.rules[1]");
+    // "*" only means all ports in a rule's ports.
+    let text = format!("{head}spec:\n  defaultOpaquePorts: \"*\"\n");
+    assert!(syntax_error(&text).contains("spec.defaultOpaquePorts"));
+    let text = format!("{head}spec:\n  rules: [{{networks: [\"0.0.0.0/0\"], ports: \"*,80\", protocol: detect}}]\n");
+    assert!(syntax_error(&text).contains("spec.rules[0].ports"));
+}

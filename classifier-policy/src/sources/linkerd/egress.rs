@@ -1,0 +1,150 @@
+//! EgressNetworks: their networks (or everything outside the cluster's),
+//! and the precedence among those that match the same destination.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use serde_yaml::Value;
+
+use super::values::{invalid, need_name, opaque_annotation, seq_at, str_at};
+use super::{age_order, read, rule_origin, Compiler, Options};
+use crate::model::{check_except, parse_cidr, Network, PolicyError, Protocol};
+use crate::ports::PortSet;
+use crate::sources::document::{show, Document, DocumentSet};
+use crate::sources::kinds;
+
+impl Compiler {
+    pub(super) fn egress_networks(
+        &mut self,
+        set: &DocumentSet,
+        opts: &Options,
+        defaults: &PortSet,
+        cluster_networks: &[IpNet],
+    ) -> Result<(), PolicyError> {
+        struct Egress<'a> {
+            doc: &'a Document,
+            scope: Option<String>,
+            networks: Vec<Network>,
+            ports: PortSet,
+        }
+        let mut all: Vec<Egress> = Vec::new();
+        for doc in read(set, &kinds::EGRESS_NETWORK) {
+            need_name(doc)?;
+            let ns = doc.namespace.clone().unwrap_or_else(|| "default".into());
+            let scope = (ns != opts.egress_global_namespace).then_some(ns);
+            if let Some(tp) = str_at(doc, &["spec", "trafficPolicy"])? {
+                if tp != "Allow" && tp != "Deny" {
+                    return Err(invalid(
+                        doc,
+                        "spec.trafficPolicy",
+                        format!("unknown trafficPolicy {tp:?}, expected Allow or Deny"),
+                    ));
+                }
+            }
+            let mut networks = Vec::new();
+            for (i, n) in seq_at(doc, &["spec", "networks"])?.iter().enumerate() {
+                let field = format!("spec.networks[{i}]");
+                let cidr_text = n.get("cidr").and_then(Value::as_str).ok_or_else(|| {
+                    invalid(
+                        doc,
+                        format!("{field}.cidr"),
+                        format!(
+                            "expected a CIDR string, got {}",
+                            n.get("cidr").map_or("nothing".into(), show)
+                        ),
+                    )
+                })?;
+                let cidr =
+                    parse_cidr(cidr_text).map_err(|m| invalid(doc, format!("{field}.cidr"), m))?;
+                let mut except = Vec::new();
+                match n.get("except") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Sequence(list)) => {
+                        for (j, e) in list.iter().enumerate() {
+                            let f = format!("{field}.except[{j}]");
+                            let text = e.as_str().ok_or_else(|| {
+                                invalid(doc, &f, format!("expected a CIDR string, got {}", show(e)))
+                            })?;
+                            let e = parse_cidr(text).map_err(|m| invalid(doc, &f, m))?;
+                            check_except(cidr, e).map_err(|m| invalid(doc, &f, m))?;
+                            except.push(e);
+                        }
+                    }
+                    Some(other) => {
+                        return Err(invalid(
+                            doc,
+                            format!("{field}.except"),
+                            format!("expected a list, got {}", show(other)),
+                        ))
+                    }
+                }
+                networks.push(Network { cidr, except });
+            }
+            if networks.is_empty() {
+                // Everything outside the cluster's networks, v4 and v6.
+                for all_net in ["0.0.0.0/0", "::/0"] {
+                    let cidr: IpNet = all_net.parse().expect("valid");
+                    let mut except: Vec<IpNet> = cluster_networks
+                        .iter()
+                        .copied()
+                        .filter(|c| check_except(cidr, *c).is_ok())
+                        .collect();
+                    except.sort();
+                    except.dedup();
+                    networks.push(Network { cidr, except });
+                }
+            }
+            let ports = opaque_annotation(doc, None)?.unwrap_or_else(|| defaults.clone());
+            all.push(Egress {
+                doc,
+                scope,
+                networks,
+                ports,
+            });
+        }
+        // Node-wide first, then by namespace; within one, precedence order.
+        all.sort_by(|a, b| a.scope.cmp(&b.scope).then_with(|| age_order(a.doc, b.doc)));
+        for i in 0..all.len() {
+            let e = &all[i];
+            let cidrs: BTreeSet<IpNet> = e.networks.iter().map(|n| n.cidr).collect();
+            // Opaque ports of later EgressNetworks with one of our CIDRs:
+            // their explicit rules would beat our wildcard detect rule.
+            let mut contested = PortSet::new();
+            for later in all[i + 1..].iter().filter(|l| l.scope == e.scope) {
+                if later.networks.iter().any(|n| cidrs.contains(&n.cidr)) && !later.ports.is_all() {
+                    contested.union_with(&later.ports);
+                }
+            }
+            let origin = rule_origin(e.doc);
+            let (networks, ports, scope) = (e.networks.clone(), e.ports.clone(), e.scope.clone());
+            self.push(
+                networks.clone(),
+                ports.clone(),
+                Protocol::Opaque,
+                scope.clone(),
+                origin.clone(),
+            );
+            if ports.is_all() {
+                // Our opaque rule is itself a wildcard one.
+                self.push(
+                    networks.clone(),
+                    contested.clone(),
+                    Protocol::Opaque,
+                    scope.clone(),
+                    origin.clone(),
+                );
+            } else {
+                let detect: PortSet = contested.iter().filter(|p| !ports.contains(*p)).collect();
+                self.push(
+                    networks.clone(),
+                    detect,
+                    Protocol::Detect,
+                    scope.clone(),
+                    origin.clone(),
+                );
+            }
+            self.push(networks, PortSet::all(), Protocol::Detect, scope, origin);
+        }
+        Ok(())
+    }
+}

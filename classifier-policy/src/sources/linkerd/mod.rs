@@ -1,0 +1,429 @@
+//! The policy compiler for Linkerd's own resources: a [`DocumentSet`] in,
+//! a [`Policy`] out, with the verdicts Linkerd's semantics give.
+//!
+//! | document | rules |
+//! |---|---|
+//! | `ClassifierPolicy` (at most one) | defaults, excluded UIDs, mark, `clusterNetworks`; its own rules first (ids 1..) |
+//! | `Server` | per selected pod: its IPs, `port` (number or named container port), `proxyProtocol` |
+//! | `Service` | cluster IPs: opaque-ports annotation (own, else namespace's), `appProtocol: linkerd.io/opaque` ports |
+//! | `Pod` | pod IPs: opaque-ports annotation (own, else namespace's); UID -> namespace |
+//! | `Namespace` | only its annotation, inherited by Services and Pods |
+//! | `EgressNetwork` | its networks: annotation (else default) opaque, every other port detect |
+//!
+//! Linkerd's semantics and how the rules reproduce them:
+//!
+//! - **An opaque-ports annotation replaces the default list** for what it is
+//!   on (that is what Linkerd's proxy injector does), so an annotated Service
+//!   or Pod gets an opaque rule for the annotated ports and a wildcard-port
+//!   `detect` rule for the rest. A Service's `appProtocol: linkerd.io/opaque`
+//!   ports are opaque in any case; without an annotation the other ports keep
+//!   the default opaque ports.
+//! - **An EgressNetwork that matches decides the whole port space**
+//!   (Linkerd's egress fallback is detection, whatever the default ports):
+//!   an opaque rule for its ports and a wildcard-port `detect` rule.
+//!   EgressNetworks in the global namespace (`linkerd-egress` unless
+//!   configured) are node-wide rules; the others apply only to clients in
+//!   their own namespace (scoped rules), which come first. Among the matching
+//!   ones of a universe the smallest CIDR wins (rule semantics), then the
+//!   oldest (`creationTimestamp`; none counts as newest), then by name:
+//!   their rules get ids in that order. Where two EgressNetworks have the
+//!   same CIDR, the winner also gets explicit `detect` rules for the loser's
+//!   opaque ports, because an explicit-port rule would otherwise beat the
+//!   winner's wildcard rule.
+//! - **Server** `proxyProtocol`: `opaque` -> opaque, `HTTP/1` -> http1,
+//!   `HTTP/2` and `gRPC` -> http2. `unknown` -> no rule (Linkerd detects).
+//!   `TLS` -> no rule: Linkerd skips detection and forwards the bytes as
+//!   TLS without terminating, but a TLS client speaks first (ClientHello),
+//!   so detection never stalls and there is nothing to say in the kernel.
+//!   Server rules come before the Pod rules of the same IPs, so a Server's
+//!   protocol wins over the pod's annotation on its port; among Servers
+//!   selecting the same pod port the oldest wins (then by name).
+//! - Pods that have finished (`Succeeded`, `Failed`; their IPs get reused)
+//!   and `hostNetwork` pods (their IP is the node's, and Linkerd does not
+//!   mesh them) get no rules.
+//!
+//! Everything else in the set is skipped with a debug log. Malformed
+//! documents of the kinds above are errors naming the document (origin,
+//! kind, namespace/name), the field and the value.
+//!
+//! Rule ids are deterministic: ClassifierPolicy rules, then Servers, then
+//! Services, then Pods (each in (namespace, name) order), then
+//! EgressNetworks in precedence order.
+//!
+//! The parts: [`values`] (typed reads of document fields, with errors
+//! that name them), [`pod`] (what the compiler needs of a Pod),
+//! [`selector`] (label selectors), [`egress`] (EgressNetwork precedence)
+//! and this module (the compiler, one kind at a time).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_yaml::Value;
+
+use super::document::{show, Document, DocumentSet};
+use super::kinds::{self, KubeKind};
+use crate::model::{default_cluster_networks, Network, Policy, PolicyError, Protocol, Rule};
+use crate::ports::PortSet;
+use pod::PodInfo;
+use selector::Selector;
+use values::{at, host_networks, invalid, need_name, opaque_annotation, parse_ip, seq_at, str_at};
+
+mod egress;
+mod pod;
+mod selector;
+mod values;
+
+/// Linkerd's annotation for opaque ports.
+pub const OPAQUE_PORTS_ANNOTATION: &str = "config.linkerd.io/opaque-ports";
+/// A Service port with this `appProtocol` is opaque.
+pub const OPAQUE_APP_PROTOCOL: &str = "linkerd.io/opaque";
+/// Linkerd's default global egress namespace.
+pub const DEFAULT_EGRESS_NAMESPACE: &str = "linkerd-egress";
+
+/// Compiler settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// EgressNetworks in this namespace apply to every client.
+    pub egress_global_namespace: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            egress_global_namespace: DEFAULT_EGRESS_NAMESPACE.to_string(),
+        }
+    }
+}
+
+/// Compiles `set` into a policy; see the module documentation.
+pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, PolicyError> {
+    let mut c = Compiler::default();
+
+    // ClassifierPolicy: settings and its own rules, ids 1.. as in a file.
+    let mut ours = set.iter().filter(|d| d.is_classifier_policy());
+    let (mut policy, cluster_networks) = match ours.next() {
+        Some(doc) => {
+            if let Some(other) = ours.next() {
+                return Err(invalid(
+                    other,
+                    "kind",
+                    format!(
+                        "at most one ClassifierPolicy is allowed; another one is at {}",
+                        doc.origin
+                    ),
+                ));
+            }
+            let parsed = set.parse_classifier_policy(doc)?;
+            let mut policy = parsed.policy;
+            for r in &mut policy.rules {
+                r.origin = format!("{} ({}) {}", doc.describe(), doc.origin, r.origin);
+            }
+            (policy, parsed.cluster_networks)
+        }
+        None => (Policy::builtin_default(), default_cluster_networks()),
+    };
+    c.next_id = policy.rules.len() as u32 + 1;
+    c.rules = std::mem::take(&mut policy.rules);
+    let defaults = policy.default_opaque_ports.clone();
+
+    for doc in set.iter() {
+        let known = match kinds::by_name(&doc.kind) {
+            Some(k) => k.reads_api_version(&doc.api_version),
+            None => doc.is_classifier_policy(),
+        };
+        if !known {
+            tracing::debug!(origin = %doc.origin, kind = %doc.kind, api_version = %doc.api_version, "skipping a document the policy compiler does not read");
+        }
+    }
+
+    // Namespace annotations, inherited by Services and Pods.
+    let mut ns_ports: BTreeMap<&str, PortSet> = BTreeMap::new();
+    for doc in read(set, &kinds::NAMESPACE) {
+        need_name(doc)?;
+        if let Some(ports) = opaque_annotation(doc, None)? {
+            ns_ports.insert(&doc.name, ports);
+        }
+    }
+
+    // Pods, parsed once: Servers select them and get their own rules.
+    let mut pods: Vec<PodInfo> = Vec::new();
+    for doc in read(set, &kinds::POD) {
+        need_name(doc)?;
+        let ns = doc.namespace.as_deref().unwrap_or("default");
+        if let Some(uid) = str_at(doc, &["metadata", "uid"])? {
+            if !uid.is_empty() {
+                policy
+                    .pod_namespaces
+                    .insert(uid.to_string(), ns.to_string());
+            }
+        }
+        pods.push(PodInfo::parse(doc)?);
+    }
+
+    // Servers, oldest first so that they win ties on the same pod port.
+    let mut servers: Vec<&Document> = read(set, &kinds::SERVER).collect();
+    servers.sort_by(|a, b| age_order(a, b));
+    for doc in servers {
+        c.server(doc, &pods)?;
+    }
+
+    for doc in read(set, &kinds::SERVICE) {
+        c.service(doc, &ns_ports)?;
+    }
+
+    for pod in &pods {
+        c.pod(pod, &ns_ports)?;
+    }
+
+    c.egress_networks(set, opts, &defaults, &cluster_networks)?;
+
+    policy.rules = c.rules;
+    Ok(policy)
+}
+
+/// The documents of `kind` in `set` at an API version the compiler reads.
+fn read<'a>(set: &'a DocumentSet, kind: &'a KubeKind) -> impl Iterator<Item = &'a Document> + 'a {
+    set.of_kind(kind.kind)
+        .filter(|d| kind.reads_api_version(&d.api_version))
+}
+
+/// Oldest first (a missing timestamp counts as newest), then by name.
+pub(super) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
+    let key = |d: &Document| {
+        (
+            d.creation_timestamp.is_none(),
+            d.creation_timestamp.clone(),
+            d.namespace.clone(),
+            d.name.clone(),
+        )
+    };
+    key(a).cmp(&key(b))
+}
+
+#[derive(Default)]
+struct Compiler {
+    rules: Vec<Rule>,
+    next_id: u32,
+}
+
+/// `Kind ns/name (origin)`, a rule's origin.
+fn rule_origin(doc: &Document) -> String {
+    format!("{} ({})", doc.describe(), doc.origin)
+}
+
+impl Compiler {
+    pub(super) fn push(
+        &mut self,
+        networks: Vec<Network>,
+        ports: PortSet,
+        protocol: Protocol,
+        scope: Option<String>,
+        origin: String,
+    ) {
+        if networks.is_empty() || ports.is_empty() {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.rules.push(Rule {
+            id,
+            networks,
+            ports,
+            protocol,
+            scope,
+            origin,
+        });
+    }
+
+    /// Rules for an annotated destination: the annotated ports opaque, all
+    /// others detect (the annotation replaces the default list).
+    fn annotated(&mut self, networks: Vec<Network>, ports: PortSet, origin: String) {
+        self.push(
+            networks.clone(),
+            ports,
+            Protocol::Opaque,
+            None,
+            origin.clone(),
+        );
+        self.push(networks, PortSet::all(), Protocol::Detect, None, origin);
+    }
+
+    fn server(&mut self, doc: &Document, pods: &[PodInfo]) -> Result<(), PolicyError> {
+        need_name(doc)?;
+        let ns = doc.namespace.as_deref().unwrap_or("default");
+        let Some(sel) = at(&doc.body, &["spec", "podSelector"]) else {
+            if at(&doc.body, &["spec", "externalWorkloadSelector"]).is_some() {
+                tracing::debug!(origin = %doc.origin, "skipping a Server for external workloads");
+                return Ok(());
+            }
+            return Err(invalid(doc, "spec.podSelector", "missing"));
+        };
+        let selector = Selector::parse(doc, sel, "spec.podSelector")?;
+        let protocol_text = str_at(doc, &["spec", "proxyProtocol"])?.unwrap_or("unknown");
+        let protocol = match protocol_text {
+            "opaque" => Some(Protocol::Opaque),
+            "HTTP/1" => Some(Protocol::Http1),
+            "HTTP/2" | "gRPC" => Some(Protocol::Http2),
+            // unknown: Linkerd detects. TLS: Linkerd forwards without
+            // detection, but the client speaks first, so nothing stalls.
+            "unknown" | "TLS" => None,
+            other => {
+                return Err(invalid(
+                    doc,
+                    "spec.proxyProtocol",
+                    format!("unknown proxyProtocol {other:?}, expected unknown, HTTP/1, HTTP/2, gRPC, opaque or TLS"),
+                ))
+            }
+        };
+        enum Port<'a> {
+            Number(u16),
+            Name(&'a str),
+        }
+        let port = match at(&doc.body, &["spec", "port"]) {
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(p @ 1..=65535) => Port::Number(p as u16),
+                _ => {
+                    return Err(invalid(
+                        doc,
+                        "spec.port",
+                        format!("port {n} is out of range (1-65535)"),
+                    ))
+                }
+            },
+            Some(Value::String(s)) if !s.is_empty() => match s.parse::<u16>() {
+                Ok(p) if p > 0 => Port::Number(p),
+                _ => Port::Name(s),
+            },
+            Some(other) => {
+                return Err(invalid(
+                    doc,
+                    "spec.port",
+                    format!("expected a port number or name, got {}", show(other)),
+                ))
+            }
+            None => return Err(invalid(doc, "spec.port", "missing")),
+        };
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        // One rule per resolved port number, on the IPs of the pods with it.
+        let mut by_port: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+        for pod in pods
+            .iter()
+            .filter(|p| p.namespace == ns && !p.inactive && selector.matches(&p.labels))
+        {
+            let number = match port {
+                Port::Number(n) => n,
+                Port::Name(name) => match pod.port_names.get(name) {
+                    Some(&n) => n,
+                    None => {
+                        tracing::debug!(server = %doc.describe(), pod = %pod.doc.describe(), port = name, "pod has no container port of that name");
+                        continue;
+                    }
+                },
+            };
+            by_port.entry(number).or_default().extend(&pod.ips);
+        }
+        for (number, ips) in by_port {
+            self.push(
+                host_networks(&ips),
+                std::iter::once(number).collect(),
+                protocol,
+                None,
+                rule_origin(doc),
+            );
+        }
+        Ok(())
+    }
+
+    fn service(
+        &mut self,
+        doc: &Document,
+        ns_ports: &BTreeMap<&str, PortSet>,
+    ) -> Result<(), PolicyError> {
+        need_name(doc)?;
+        let ns = doc.namespace.as_deref().unwrap_or("default");
+        let mut ips = Vec::new();
+        let mut take = |field: &str, ip: &str| -> Result<(), PolicyError> {
+            if !ip.is_empty() && ip != "None" {
+                ips.push(parse_ip(doc, field, ip)?);
+            }
+            Ok(())
+        };
+        if let Some(ip) = str_at(doc, &["spec", "clusterIP"])? {
+            take("spec.clusterIP", ip)?;
+        }
+        for (i, ip) in seq_at(doc, &["spec", "clusterIPs"])?.iter().enumerate() {
+            let field = format!("spec.clusterIPs[{i}]");
+            match ip {
+                Value::String(s) => take(&field, s)?,
+                other => {
+                    return Err(invalid(
+                        doc,
+                        field,
+                        format!("expected a string, got {}", show(other)),
+                    ))
+                }
+            }
+        }
+        ips.sort();
+        ips.dedup();
+
+        let mut app_opaque = PortSet::new();
+        for (i, p) in seq_at(doc, &["spec", "ports"])?.iter().enumerate() {
+            if p.get("appProtocol").and_then(Value::as_str) != Some(OPAQUE_APP_PROTOCOL) {
+                continue;
+            }
+            let port = p
+                .get("port")
+                .and_then(Value::as_u64)
+                .filter(|n| (1..=65535).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        doc,
+                        format!("spec.ports[{i}].port"),
+                        format!(
+                            "expected a port number 1-65535, got {}",
+                            p.get("port").map_or("nothing".into(), show)
+                        ),
+                    )
+                })?;
+            app_opaque.insert(port as u16);
+        }
+        let annotation = opaque_annotation(doc, None)?.or_else(|| ns_ports.get(ns).cloned());
+        if ips.is_empty() {
+            return Ok(());
+        }
+        let networks = host_networks(&ips);
+        match annotation {
+            Some(ports) => self.annotated(networks, ports.union(&app_opaque), rule_origin(doc)),
+            None => self.push(
+                networks,
+                app_opaque,
+                Protocol::Opaque,
+                None,
+                rule_origin(doc),
+            ),
+        }
+        Ok(())
+    }
+
+    fn pod(
+        &mut self,
+        pod: &PodInfo,
+        ns_ports: &BTreeMap<&str, PortSet>,
+    ) -> Result<(), PolicyError> {
+        let own = opaque_annotation(pod.doc, Some(&pod.port_names))?;
+        let Some(ports) = own.or_else(|| ns_ports.get(pod.namespace).cloned()) else {
+            return Ok(());
+        };
+        if pod.inactive || pod.ips.is_empty() {
+            return Ok(());
+        }
+        self.annotated(host_networks(&pod.ips), ports, rule_origin(pod.doc));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

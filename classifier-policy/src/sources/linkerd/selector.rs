@@ -1,0 +1,134 @@
+//! Kubernetes label selectors (`podSelector`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_yaml::Value;
+
+use super::values::{invalid, scalar_text, string_map};
+use crate::model::PolicyError;
+use crate::sources::document::{show, Document};
+
+/// A `podSelector`: matchLabels AND every matchExpression.
+pub(super) struct Selector {
+    labels: BTreeMap<String, String>,
+    exprs: Vec<(String, Op, BTreeSet<String>)>,
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Selector {
+    pub(super) fn parse(doc: &Document, v: &Value, field: &str) -> Result<Selector, PolicyError> {
+        if !v.is_mapping() {
+            return Err(invalid(
+                doc,
+                field,
+                format!("expected a map, got {}", show(v)),
+            ));
+        }
+        let labels = string_map(
+            doc,
+            v.get("matchLabels").filter(|v| !v.is_null()),
+            &format!("{field}.matchLabels"),
+        )?;
+        let mut exprs = Vec::new();
+        match v.get("matchExpressions") {
+            None | Some(Value::Null) => {}
+            Some(Value::Sequence(list)) => {
+                for (i, e) in list.iter().enumerate() {
+                    let f = format!("{field}.matchExpressions[{i}]");
+                    let key = e.get("key").and_then(Value::as_str).ok_or_else(|| {
+                        invalid(
+                            doc,
+                            format!("{f}.key"),
+                            format!(
+                                "expected a string, got {}",
+                                e.get("key").map_or("nothing".into(), show)
+                            ),
+                        )
+                    })?;
+                    let op_text = e.get("operator").and_then(Value::as_str).unwrap_or("");
+                    let op = match op_text {
+                        "In" => Op::In,
+                        "NotIn" => Op::NotIn,
+                        "Exists" => Op::Exists,
+                        "DoesNotExist" => Op::DoesNotExist,
+                        _ => {
+                            return Err(invalid(
+                                doc,
+                                format!("{f}.operator"),
+                                format!(
+                                "unknown operator {}, expected In, NotIn, Exists or DoesNotExist",
+                                e.get("operator").map_or("(missing)".into(), show)
+                            ),
+                            ))
+                        }
+                    };
+                    let mut values = BTreeSet::new();
+                    match e.get("values") {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Sequence(vs)) => {
+                            for (j, v) in vs.iter().enumerate() {
+                                values.insert(scalar_text(v).ok_or_else(|| {
+                                    invalid(
+                                        doc,
+                                        format!("{f}.values[{j}]"),
+                                        format!("expected a string, got {}", show(v)),
+                                    )
+                                })?);
+                            }
+                        }
+                        Some(other) => {
+                            return Err(invalid(
+                                doc,
+                                format!("{f}.values"),
+                                format!("expected a list, got {}", show(other)),
+                            ))
+                        }
+                    }
+                    match op {
+                        Op::In | Op::NotIn if values.is_empty() => {
+                            return Err(invalid(
+                                doc,
+                                format!("{f}.values"),
+                                format!("operator {op_text} needs at least one value"),
+                            ))
+                        }
+                        Op::Exists | Op::DoesNotExist if !values.is_empty() => {
+                            return Err(invalid(
+                                doc,
+                                format!("{f}.values"),
+                                format!("operator {op_text} takes no values"),
+                            ))
+                        }
+                        _ => {}
+                    }
+                    exprs.push((key.to_string(), op, values));
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    doc,
+                    format!("{field}.matchExpressions"),
+                    format!("expected a list, got {}", show(other)),
+                ))
+            }
+        }
+        Ok(Selector { labels, exprs })
+    }
+
+    pub(super) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.exprs.iter().all(|(k, op, values)| match op {
+                Op::In => labels.get(k).is_some_and(|v| values.contains(v)),
+                Op::NotIn => labels.get(k).is_none_or(|v| !values.contains(v)),
+                Op::Exists => labels.contains_key(k),
+                Op::DoesNotExist => !labels.contains_key(k),
+            })
+    }
+}
