@@ -9,7 +9,11 @@
 //! stats/         `classifier stats` from the pinned maps
 //! metrics/       `agent --metrics-addr`: /metrics, /healthz, /readyz
 //! proxy_client   the getsockopt query a proxy makes on its accepted socket
+//! sys/           every raw system call, behind safe wrappers: the only
+//!                module allowed `unsafe`
 //! ```
+
+#![deny(unsafe_code)]
 
 #[cfg(feature = "node")]
 pub mod agent;
@@ -25,3 +29,6 @@ pub mod proxy_client;
 pub mod sources;
 #[cfg(feature = "node")]
 pub mod stats;
+#[cfg(feature = "node")]
+#[allow(unsafe_code)]
+mod sys;

@@ -426,8 +426,7 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    tests::sys::terminate(&child);
     let _ = child.wait();
     (ready, fs::read_to_string(&log_path).unwrap_or_default())
 }

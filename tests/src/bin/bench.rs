@@ -10,6 +10,8 @@
 //! bench [--quick] [--out DIR]      results in DIR/results.json and DIR/results.md
 //! ```
 
+#![deny(unsafe_code)]
+
 use std::{
     fmt::Write as _,
     fs,
@@ -59,8 +61,7 @@ fn real_main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bench"));
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !tests::sys::is_root() {
         bail!("benchmarks attach eBPF programs and create cgroups and namespaces: run as root");
     }
     let plan = if quick {
