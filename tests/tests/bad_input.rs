@@ -94,11 +94,15 @@ fn bad_policy_files_are_rejected_with_their_error_and_the_previous_policy_stays(
         wait_for_log(&sb, &format!("policy.yaml: {message}"), what);
     }
 
-    // A symlink loop where the file was.
+    // A symlink loop where the file was, swapped in with one rename: the
+    // agent must never see the file missing in between, since a missing
+    // file and a loop look the same to its poll (nothing to stat), and the
+    // loop would then not be reported as its own error.
     let other = sb.dir.join("other.yaml");
-    fs::remove_file(&policy)?;
-    symlink(&other, &policy)?;
+    let loop_link = sb.dir.join("loop.tmp");
+    symlink(&other, &loop_link)?;
     symlink(&policy, &other)?;
+    fs::rename(&loop_link, &policy)?;
     wait_for_log(
         &sb,
         "policy.yaml: cannot read policy file: Too many levels of symbolic links",
