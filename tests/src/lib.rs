@@ -33,8 +33,30 @@ pub mod sys;
 /// The proxy's UID in Linkerd (excluded by the built-in policy).
 pub const PROXY_UID: u32 = 2102;
 
+/// The name of the function this is used in, as the test harness names a
+/// test: its module path without the crate, e.g. `datapath::pins_are_root_only`.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = ::std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.split_once("::").map_or(path, |(_, rest)| rest)
+    }};
+}
+
+/// `privileged!()`: [`privileged`] for the test it is used in, named by
+/// [`test_name!`].
+#[macro_export]
+macro_rules! privileged {
+    () => {
+        $crate::privileged($crate::test_name!())
+    };
+}
+
 /// Whether a privileged test can run here. Under `CI=true` it must: a
-/// missing privilege fails the test instead of skipping it.
+/// missing privilege fails the test instead of skipping it. Tests call it
+/// as `privileged!()`, which passes their own name.
 pub fn privileged(test: &str) -> bool {
     if sys::is_root() {
         return true;

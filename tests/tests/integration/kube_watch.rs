@@ -58,6 +58,28 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A fake API server serving every recorded kind, the watch on it (with
+/// [`options`]), and the watch's first snapshot.
+async fn watching_all() -> (Arc<FakeApi>, KubeSync, Arc<DocumentSet>) {
+    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
+    let mut sync = start_sync(&fake, options());
+    let first = next_snapshot(&mut sync).await;
+    (fake, sync, first)
+}
+
+/// Waits until the watch has a watch request open for every kind, so that
+/// an event pushed now arrives as an event rather than in a list.
+async fn wait_for_watches(fake: &FakeApi) {
+    wait_for("watches to start", || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.contains("watch=true"))
+            .count()
+            >= ALL.len()
+    })
+    .await;
+}
+
 fn names(set: &DocumentSet, kind: &str) -> Vec<String> {
     set.iter()
         .filter(|d| d.kind == kind)
@@ -93,9 +115,7 @@ fn web_annotated(value: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_list_produces_the_documents() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let set = next_snapshot(&mut sync).await;
+    let (fake, sync, set) = watching_all().await;
 
     assert_eq!(
         names(&set, "Namespace"),
@@ -216,9 +236,7 @@ async fn initial_list_produces_the_documents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modified_and_deleted_events_publish_new_snapshots() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let first = next_snapshot(&mut sync).await;
+    let (fake, mut sync, first) = watching_all().await;
     assert_eq!(
         annotation(
             &first,
@@ -229,14 +247,7 @@ async fn modified_and_deleted_events_publish_new_snapshots() {
         ),
         None
     );
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    wait_for_watches(&fake).await;
 
     // An annotation added with kubectl annotate.
     let pushed = Instant::now();
@@ -284,17 +295,8 @@ async fn modified_and_deleted_events_publish_new_snapshots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_events_is_one_snapshot() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     let burst: Vec<Value> = (0..50)
         .map(|i| web_annotated(&format!("{}", 10000 + i)))
@@ -349,17 +351,8 @@ async fn a_burst_of_events_is_one_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_that_change_nothing_relevant_publish_nothing() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // A container restart: only status conditions, containerStatuses and
     // resourceVersion change. Plus a bookmark.
@@ -372,17 +365,8 @@ async fn updates_that_change_nothing_relevant_publish_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_errors_keep_the_last_set_and_recover() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let first = next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, first) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // The API server answers 500 to everything and its watches are cut.
     fake.set_mode(Mode::Error500);
@@ -419,17 +403,8 @@ async fn api_server_errors_keep_the_last_set_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_gone_and_back_on_the_same_address() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let first = next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, first) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // Listener closed, watch streams cut mid-stream.
     fake.stop();
@@ -489,9 +464,7 @@ async fn kinds_the_server_does_not_serve_are_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_ends_when_the_receiver_is_dropped() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
+    let (_fake, sync, _) = watching_all().await;
     let KubeSync {
         snapshots, task, ..
     } = sync;
@@ -511,9 +484,7 @@ fn verdict(set: &DocumentSet, addr: &str, port: u16) -> Protocol {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let set = next_snapshot(&mut sync).await;
+    let (fake, mut sync, set) = watching_all().await;
 
     // shop/mysql: `config.linkerd.io/opaque-ports: 3306,33060` (33060 is
     // not a default opaque port).
@@ -528,14 +499,7 @@ async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
     assert_ne!(web_80, Protocol::Opaque);
 
     // `kubectl annotate svc web config.linkerd.io/opaque-ports=80`, live.
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    wait_for_watches(&fake).await;
     fake.push(SERVICES, vec![web_annotated("80")]);
     let set = next_snapshot(&mut sync).await;
     assert_eq!(verdict(&set, "10.96.80.80", 80), Protocol::Opaque);
@@ -555,17 +519,8 @@ async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_history_is_relisted() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // Away long enough that the deletion of nats is compacted away: the
     // watch from the old resourceVersion gets 410 and the kinds are listed

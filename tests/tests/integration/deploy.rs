@@ -4,7 +4,7 @@
 //! with exactly the DaemonSet's capabilities.
 
 #[allow(dead_code)]
-#[path = "../../xtask/src/manifests.rs"]
+#[path = "../../../xtask/src/manifests.rs"]
 mod manifests;
 
 use std::{
@@ -433,7 +433,7 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
 
 #[test]
 fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
-    if !privileged("the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each") {
+    if !privileged!() {
         return;
     }
     // Every flag the DaemonSet passes exists in this agent.
