@@ -103,6 +103,17 @@ fn annotation(
         .map(str::to_owned)
 }
 
+/// shop/web's `config.linkerd.io/opaque-ports` annotation in `set`.
+fn web_opaque_ports(set: &DocumentSet) -> Option<String> {
+    annotation(
+        set,
+        "Service",
+        Some("shop"),
+        "web",
+        "config.linkerd.io/opaque-ports",
+    )
+}
+
 fn web_annotated(value: &str) -> Value {
     let mut event = fixture("watch/service-web-annotated.json");
     event["object"]["metadata"]["annotations"]["config.linkerd.io/opaque-ports"] = json!(value);
@@ -237,16 +248,7 @@ async fn initial_list_produces_the_documents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modified_and_deleted_events_publish_new_snapshots() {
     let (fake, mut sync, first) = watching_all().await;
-    assert_eq!(
-        annotation(
-            &first,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        ),
-        None
-    );
+    assert_eq!(web_opaque_ports(&first), None);
     wait_for_watches(&fake).await;
 
     // An annotation added with kubectl annotate.
@@ -257,29 +259,10 @@ async fn modified_and_deleted_events_publish_new_snapshots() {
         pushed.elapsed() >= QUIET - Duration::from_millis(20),
         "published before the quiet period"
     );
-    assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
-        Some("11211")
-    );
+    assert_eq!(web_opaque_ports(&set).as_deref(), Some("11211"));
     assert_eq!(set.iter().count(), 12);
     // The first snapshot is untouched (snapshots are immutable).
-    assert_eq!(
-        annotation(
-            &first,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        ),
-        None
-    );
+    assert_eq!(web_opaque_ports(&first), None);
 
     // A deletion.
     fake.push(SERVICES, vec![fixture("watch/service-nats-deleted.json")]);
@@ -303,17 +286,7 @@ async fn a_burst_of_events_is_one_snapshot() {
         .collect();
     fake.push(SERVICES, burst);
     let set = next_snapshot(&mut sync).await;
-    assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
-        Some("10049")
-    );
+    assert_eq!(web_opaque_ports(&set).as_deref(), Some("10049"));
     tokio::time::sleep(QUIET * 4).await;
     assert_eq!(
         sync.status.snapshots(),
@@ -437,17 +410,7 @@ async fn api_server_gone_and_back_on_the_same_address() {
     .await;
     fake.push(SERVICES, vec![fixture("watch/service-web-annotated.json")]);
     let set = next_snapshot(&mut sync).await;
-    assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
-        Some("11211")
-    );
+    assert_eq!(web_opaque_ports(&set).as_deref(), Some("11211"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
