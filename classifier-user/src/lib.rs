@@ -16,10 +16,14 @@
 //!                counters' Prometheus encoding
 //! metrics/       `agent --metrics-addr`: /metrics, /healthz, /readyz
 //! proxy_client   the getsockopt query a proxy makes on its accepted socket
+//! sys/           every raw system call, behind safe wrappers: the only
+//!                module allowed `unsafe`
 //! ```
 //!
 //! Modules depend one way: `agent` on everything below it, `metrics` on
 //! `stats`, `stats` and `agent` on `datapath`; never the reverse.
+
+#![deny(unsafe_code)]
 
 pub use classifier_policy as policy;
 
@@ -30,3 +34,5 @@ pub mod proxy;
 pub mod proxy_client;
 pub mod sources;
 pub mod stats;
+#[allow(unsafe_code)]
+mod sys;

@@ -1,6 +1,8 @@
 //! The `classifier` command: the node agent, its stats, and a policy
 //! explainer. See `classifier --help`.
 
+#![deny(unsafe_code)]
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};

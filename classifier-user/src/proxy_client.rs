@@ -63,26 +63,20 @@ impl Verdict {
 /// know the option level). `Ok(Some(v))`: the classifier answered; without
 /// a verdict `v.protocol` is `Detect`.
 pub fn query(socket: &impl AsRawFd) -> io::Result<Option<Verdict>> {
-    let mut buf = [0u8; REPLY_LEN];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: buf and len are live and len is buf's size.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            QUERY_LEVEL,
-            QUERY_OPTNAME,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
+    let (buf, len) = match crate::sys::socket::getsockopt::<[u8; REPLY_LEN]>(
+        socket.as_raw_fd(),
+        QUERY_LEVEL,
+        QUERY_OPTNAME,
+    ) {
+        Ok(reply) => reply,
+        Err(err) => {
+            return match err.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT) => Ok(None),
+                _ => Err(err),
+            }
+        }
     };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    parse(&buf[..len as usize]).map(Some)
+    parse(&buf[..len]).map(Some)
 }
 
 /// `query`, cross-checked against the destination the proxy knows the

@@ -7,14 +7,13 @@
 //! classifier) are `probe` processes started inside the test cgroup and
 //! namespace: cgroup membership is per process.
 
+#![deny(unsafe_code)]
+
 use std::{
     ffi::CString,
     fs,
     io::{BufRead as _, BufReader, Lines},
-    os::{
-        fd::{AsRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
-    },
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -28,15 +27,38 @@ use serde_json::Value;
 pub mod e2e;
 pub mod fake_kube;
 pub mod qemu;
+#[allow(unsafe_code)]
+pub mod sys;
 
 /// The proxy's UID in Linkerd (excluded by the built-in policy).
 pub const PROXY_UID: u32 = 2102;
 
+/// The name of the function this is used in, as the test harness names a
+/// test: its module path without the crate, e.g. `datapath::pins_are_root_only`.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = ::std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.split_once("::").map_or(path, |(_, rest)| rest)
+    }};
+}
+
+/// `privileged!()`: [`privileged`] for the test it is used in, named by
+/// [`test_name!`].
+#[macro_export]
+macro_rules! privileged {
+    () => {
+        $crate::privileged($crate::test_name!())
+    };
+}
+
 /// Whether a privileged test can run here. Under `CI=true` it must: a
-/// missing privilege fails the test instead of skipping it.
+/// missing privilege fails the test instead of skipping it. Tests call it
+/// as `privileged!()`, which passes their own name.
 pub fn privileged(test: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if sys::is_root() {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -248,8 +270,7 @@ impl Sandbox {
 
     pub fn stop_agent(&mut self) {
         if let Some(mut child) = self.agent.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            sys::terminate(&child);
             let _ = child.wait();
         }
     }
@@ -321,38 +342,7 @@ impl Sandbox {
             .into();
         let mut cmd = Command::new(probe_bin());
         cmd.args(args);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Join the cgroup first: after setns there is no /sys of ours
-                // to worry about, but the order also keeps the child out of
-                // the namespace if it cannot be classified.
-                if join_cgroup {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0" moves the writing process itself.
-                    let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if wrote != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(uid) = uid {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(uid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        sys::enter_before_exec(&mut cmd, join_cgroup.then_some(procs), netns, uid);
         cmd
     }
 
@@ -471,8 +461,7 @@ impl Drop for Sandbox {
             for dir in &tree {
                 let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
                 for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                    // SAFETY: signalling a test process.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    let _ = sys::kill(pid, libc::SIGKILL);
                 }
             }
             for dir in tree.iter().rev() {

@@ -68,8 +68,7 @@ impl Applier {
         // Parsing and compiling a large policy leaves freed heap behind that
         // glibc keeps; give it back so the agent's resident size is what it
         // actually holds (the previous and current compiled policies).
-        // SAFETY: malloc_trim has no preconditions.
-        unsafe { libc::malloc_trim(0) };
+        crate::sys::process::release_free_heap();
         tracing::info!(
             source,
             generation = applied.generation,

@@ -26,8 +26,7 @@ pub fn check() -> Result<()> {
 }
 
 pub fn require_root(what: &str) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::sys::process::is_root() {
         bail!("{what} needs root (uid 0 with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); run it with sudo");
     }
     Ok(())

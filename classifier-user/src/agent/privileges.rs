@@ -9,23 +9,10 @@
 
 use anyhow::{bail, Result};
 
+use crate::sys::caps;
+
 pub const CAP_BPF: u32 = 39;
 const LAST_CAP: u32 = 40;
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
 
 /// Keeps only `keep` (capability numbers) on this thread, which must be
 /// the agent's only thread: capabilities are per thread.
@@ -40,31 +27,12 @@ pub fn keep_only(keep: &[u32]) -> Result<()> {
     // about to go.
     for cap in 0..=LAST_CAP {
         if !keep.contains(&cap) {
-            // SAFETY: prctl with integer arguments. EINVAL for a capability
-            // this kernel does not know is fine.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            // EINVAL for a capability this kernel does not know is fine.
+            let _ = caps::drop_from_bounding_set(cap);
         }
     }
-    let mut data = [CapData::default(); 2];
-    for cap in keep {
-        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-        data[word].effective |= bit;
-        data[word].permitted |= bit;
-    }
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: header and data are the v3 layout capset expects.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
-    if rc != 0 {
-        bail!("capset failed: {}", std::io::Error::last_os_error());
+    if let Err(err) = caps::set_effective_and_permitted(keep) {
+        bail!("capset failed: {err}");
     }
     Ok(())
 }

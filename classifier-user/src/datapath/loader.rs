@@ -61,14 +61,7 @@ pub struct PinLock(#[allow(dead_code)] File);
 pub fn lock(pins: &PinDir) -> Result<PinLock> {
     let dir =
         File::open(pins.root()).with_context(|| format!("opening {}", pins.root().display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&dir),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    } != 0
-    {
+    if !matches!(crate::sys::fs::try_lock_exclusive(&dir), Ok(true)) {
         bail!(
             "another classifier agent is already running with --pin-dir {} (stop it first; \
              two agents would overwrite each other's policy)",

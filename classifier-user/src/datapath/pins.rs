@@ -9,13 +9,14 @@
 //! is what lets the agent restart (or crash) without a gap.
 
 use std::{
-    ffi::CString,
     fs,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _, Result};
+
+use crate::sys;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/classifier";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -98,33 +99,12 @@ fn bpffs_mount_point_for(pin_dir: &Path) -> PathBuf {
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
+    sys::fs::fs_type(path).is_ok_and(|t| t == BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
     fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
-    let target = CString::new(at.as_os_str().as_encoded_bytes())?;
-    let bpf = CString::new("bpf")?;
-    let mode = CString::new("mode=0700")?;
-    // SAFETY: all pointers are to live NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            bpf.as_ptr(),
-            target.as_ptr(),
-            bpf.as_ptr(),
-            0,
-            mode.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = sys::fs::mount("bpf", at, "mode=0700") {
         bail!(
             "bpffs is not mounted at {} and mounting it failed: {err}",
             at.display()

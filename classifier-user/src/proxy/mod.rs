@@ -182,21 +182,6 @@ async fn forward(
 /// The accepted socket's `SO_MARK`: the classifier's mark in mark mode
 /// (with `net.ipv4.tcp_fwmark_accept=1`), else 0.
 pub fn socket_mark(socket: &impl AsRawFd) -> u32 {
-    let mut mark: u32 = 0;
-    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-    // SAFETY: mark and len are live and sized.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&raw mut mark).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        mark
-    } else {
-        0
-    }
+    crate::sys::socket::getsockopt::<u32>(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK)
+        .map_or(0, |(mark, _)| mark)
 }

@@ -111,8 +111,7 @@ fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
 }
 
 pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::sys::process::is_root();
     if !root && !pins.root().exists() {
         // The pin directory is root-only, so it is invisible either way.
         bail!(

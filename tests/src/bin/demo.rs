@@ -12,19 +12,12 @@
 //! demo [--detect-timeout SECS]      (default 10, Linkerd's)
 //! ```
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+#![deny(unsafe_code)]
+
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tests::e2e::{World, MARIADB};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 fn main() {
     if let Err(err) = run() {
@@ -39,8 +32,7 @@ fn run() -> Result<()> {
         Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(10),
         None => 10,
     };
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !tests::sys::is_root() {
         bail!("the demo needs root (network namespaces, iptables, cgroups, eBPF): sudo -E cargo xtask demo");
     }
     if !tests::e2e::prerequisites("demo") {
@@ -49,12 +41,9 @@ fn run() -> Result<()> {
     // Ctrl-C only sets a flag: the mariadb client (same process group)
     // gets the signal and exits, `run` returns, and the World's Drop
     // removes namespaces, cgroup, pins and processes.
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
+    tests::sys::flag_on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let interrupted = || -> Result<()> {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if tests::sys::signalled() {
             bail!("interrupted (everything the demo created has been removed)");
         }
         Ok(())

@@ -19,6 +19,8 @@
 //!             --identity-data DIR --detect-timeout-ms T --runs N --out FILE
 //! ```
 
+#![deny(unsafe_code)]
+
 use std::{
     fs,
     path::{Path, PathBuf},

@@ -12,10 +12,11 @@
 //!                             started: test cgroup, namespace, uid)
 //! ```
 
+#![deny(unsafe_code)]
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     time::Duration,
 };
 
@@ -133,49 +134,10 @@ fn connect_held(addr: SocketAddr, count: usize) {
 /// Connects from a fixed source address (so two namespaces can hold the
 /// very same 4-tuple), then waits for the server to close.
 fn connect_from(src: SocketAddr, dst: SocketAddr) {
-    // SAFETY: plain socket calls on an fd we own; sockaddr_in is plain data.
-    let fd = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&raw const one).cast(),
-            4,
-        );
-        let to_sockaddr = |a: SocketAddr| {
-            let SocketAddr::V4(a) = a else {
-                panic!("IPv4 only")
-            };
-            libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            }
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let s = to_sockaddr(src);
-        assert_eq!(
-            libc::bind(fd, (&raw const s).cast(), len),
-            0,
-            "bind {src}: {}",
-            std::io::Error::last_os_error()
-        );
-        let d = to_sockaddr(dst);
-        assert_eq!(
-            libc::connect(fd, (&raw const d).cast(), len),
-            0,
-            "connect {dst}: {}",
-            std::io::Error::last_os_error()
-        );
-        fd
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+        panic!("IPv4 only")
     };
-    // SAFETY: fd is a connected socket we own.
-    let mut stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut stream = tests::sys::connect_from(src, dst).unwrap_or_else(|err| panic!("{err}"));
     println!("ok {src} -> {dst}");
     std::io::stdout().flush().unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
@@ -368,7 +330,7 @@ fn connect_loop(args: &[String]) {
         }
         // Linger 0: close with RST so TIME_WAIT does not pile up over
         // hundreds of thousands of iterations.
-        set_linger_zero(&client);
+        tests::sys::set_linger_zero(&client);
         drop((client, server));
     }
     let elapsed = started.elapsed();
@@ -376,23 +338,6 @@ fn connect_loop(args: &[String]) {
         "{}",
         json!({"iterations": n, "ns_per_iteration": elapsed.as_nanos() as f64 / n as f64})
     );
-}
-
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: linger is a live struct of the size passed.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 /// `probe greeting ADDR`: connect and wait for the server's first bytes (a

@@ -13,21 +13,20 @@ use anyhow::{Context as _, Result};
 use classifier_common::programs;
 use serde_json::Value;
 use tests::{
-    classifier_bin,
+    classifier_bin, privileged,
     qemu::{self, Guest},
+    test_name,
 };
 
-const TEST: &str = "programs_load_attach_and_classify_on_debian_6_1_kernel";
-
 /// Skips (or under CI=true fails) when qemu is missing.
-fn qemu_available() -> bool {
+fn qemu_available(test: &str) -> bool {
     if qemu::qemu_binary().is_some() {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{TEST}: needs qemu-system-x86_64 (Debian package qemu-system-x86), and CI=true forbids skipping");
+        panic!("{test}: needs qemu-system-x86_64 (Debian package qemu-system-x86), and CI=true forbids skipping");
     }
-    eprintln!("SKIPPED {TEST}: needs qemu-system-x86_64 (Debian package qemu-system-x86)");
+    eprintln!("SKIPPED {test}: needs qemu-system-x86_64 (Debian package qemu-system-x86)");
     false
 }
 
@@ -41,13 +40,14 @@ fn verdict_line(section: &str) -> Result<Value> {
 
 #[test]
 fn programs_load_attach_and_classify_on_debian_6_1_kernel() -> Result<()> {
-    if !tests::privileged(TEST) || !qemu_available() {
+    let test = test_name!();
+    if !privileged!() || !qemu_available(test) {
         return Ok(());
     }
     let t0 = Instant::now();
     let kernel = qemu::debian_kernel()?;
     eprintln!(
-        "{TEST}: kernel {} from {} ({:.1} s to fetch or find in {})",
+        "{test}: kernel {} from {} ({:.1} s to fetch or find in {})",
         kernel.release,
         kernel.package,
         t0.elapsed().as_secs_f64(),
@@ -57,7 +57,7 @@ fn programs_load_attach_and_classify_on_debian_6_1_kernel() -> Result<()> {
     let initramfs = guest.build_initramfs(&classifier_bin(), &qemu::probe_bin())?;
     let boot = guest.boot(&kernel, &initramfs)?;
     eprintln!(
-        "{TEST}: boot + test took {:.1} s under {}",
+        "{test}: boot + test took {:.1} s under {}",
         boot.elapsed.as_secs_f64(),
         boot.accel
     );

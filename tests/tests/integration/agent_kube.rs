@@ -18,7 +18,7 @@ fn wait_for_log(sb: &Sandbox, needle: &str, count: usize) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_kubernetes_documents_classify_and_follow_annotation_changes() -> Result<()> {
-    if !privileged("live_kubernetes_documents_classify_and_follow_annotation_changes") {
+    if !privileged!() {
         return Ok(());
     }
     let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();

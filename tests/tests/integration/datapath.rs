@@ -27,7 +27,7 @@ spec:
 
 #[test]
 fn accepted_sockets_report_opaque_and_unknown_v4_and_v6() -> Result<()> {
-    if !privileged("accepted_sockets_report_opaque_and_unknown_v4_and_v6") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("verdicts")?;
@@ -63,7 +63,7 @@ fn accepted_sockets_report_opaque_and_unknown_v4_and_v6() -> Result<()> {
 
 #[test]
 fn proxy_behind_linkerd_style_redirect_sees_the_original_destinations_verdict() -> Result<()> {
-    if !privileged("proxy_behind_linkerd_style_redirect_sees_the_original_destinations_verdict") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("redirect")?;
@@ -111,7 +111,7 @@ fn proxy_behind_linkerd_style_redirect_sees_the_original_destinations_verdict() 
 
 #[test]
 fn connects_from_excluded_uids_are_not_classified() -> Result<()> {
-    if !privileged("connects_from_excluded_uids_are_not_classified") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("excluded")?;
@@ -130,7 +130,7 @@ fn connects_from_excluded_uids_are_not_classified() -> Result<()> {
 
 #[test]
 fn policy_file_changes_apply_and_bad_files_keep_the_old_policy() -> Result<()> {
-    if !privileged("policy_file_changes_apply_and_bad_files_keep_the_old_policy") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("reload")?;
@@ -182,7 +182,7 @@ fn policy_file_changes_apply_and_bad_files_keep_the_old_policy() -> Result<()> {
 
 #[test]
 fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
-    if !privileged("stats_json_counts_exactly_the_connects_made") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("stats")?;
@@ -235,7 +235,7 @@ fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
 
 #[test]
 fn agent_restart_keeps_programs_attached_and_adopts_them() -> Result<()> {
-    if !privileged("agent_restart_keeps_programs_attached_and_adopts_them") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("restart")?;
@@ -275,7 +275,7 @@ fn agent_restart_keeps_programs_attached_and_adopts_them() -> Result<()> {
 
 #[test]
 fn mark_mode_marks_opaque_sockets_and_the_accepted_socket_sees_it() -> Result<()> {
-    if !privileged("mark_mode_marks_opaque_sockets_and_the_accepted_socket_sees_it") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("mark")?;

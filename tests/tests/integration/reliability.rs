@@ -16,7 +16,7 @@ const NOBODY: u32 = 65534;
 
 #[test]
 fn full_verdict_table_evicts_the_oldest_and_never_fails_a_connect() -> Result<()> {
-    if !privileged("full_verdict_table_evicts_the_oldest_and_never_fails_a_connect") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("full-table")?;
@@ -76,7 +76,7 @@ fn full_verdict_table_evicts_the_oldest_and_never_fails_a_connect() -> Result<()
 
 #[test]
 fn pins_of_another_layout_are_refused_and_left_attached() -> Result<()> {
-    if !privileged("pins_of_another_layout_are_refused_and_left_attached") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("layout")?;
@@ -121,7 +121,7 @@ fn pins_of_another_layout_are_refused_and_left_attached() -> Result<()> {
 
 #[test]
 fn pins_are_root_only() -> Result<()> {
-    if !privileged("pins_are_root_only") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("perms")?;
@@ -170,7 +170,7 @@ fn pins_are_root_only() -> Result<()> {
 
 #[test]
 fn a_socket_only_learns_its_own_connections_verdict() -> Result<()> {
-    if !privileged("a_socket_only_learns_its_own_connections_verdict") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("isolation")?;
@@ -224,7 +224,7 @@ fn a_socket_only_learns_its_own_connections_verdict() -> Result<()> {
 
 #[test]
 fn cli_errors_are_one_clear_line() -> Result<()> {
-    if !privileged("cli_errors_are_one_clear_line") {
+    if !privileged!() {
         return Ok(());
     }
     let sb = Sandbox::new("cli")?;
@@ -335,7 +335,7 @@ const POLICY_B: &str = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPol
 
 #[test]
 fn policy_reloads_under_load_never_fail_a_connect_or_mix_policies() -> Result<()> {
-    if !privileged("policy_reloads_under_load_never_fail_a_connect_or_mix_policies") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("reload-load")?;
@@ -404,7 +404,7 @@ fn policy_reloads_under_load_never_fail_a_connect_or_mix_policies() -> Result<()
 
 #[test]
 fn agent_killed_under_load_loses_no_connect_and_no_verdict() -> Result<()> {
-    if !privileged("agent_killed_under_load_loses_no_connect_and_no_verdict") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("kill-load")?;
@@ -467,7 +467,7 @@ fn capability_line(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn agent_keeps_only_cap_bpf_after_attaching_and_still_applies_policy() -> Result<()> {
-    if !privileged("agent_keeps_only_cap_bpf_after_attaching_and_still_applies_policy") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("caps")?;
@@ -504,7 +504,7 @@ fn agent_keeps_only_cap_bpf_after_attaching_and_still_applies_policy() -> Result
 
 #[test]
 fn policy_files_others_can_change_are_refused_unless_allowed() -> Result<()> {
-    if !privileged("policy_files_others_can_change_are_refused_unless_allowed") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("untrusted")?;
@@ -537,7 +537,7 @@ fn policy_files_others_can_change_are_refused_unless_allowed() -> Result<()> {
 
 #[test]
 fn a_second_agent_on_the_same_pins_is_refused() -> Result<()> {
-    if !privileged("a_second_agent_on_the_same_pins_is_refused") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("two-agents")?;
@@ -561,7 +561,7 @@ fn a_second_agent_on_the_same_pins_is_refused() -> Result<()> {
 
 #[test]
 fn an_install_that_failed_half_way_does_not_block_the_next_start() -> Result<()> {
-    if !privileged("an_install_that_failed_half_way_does_not_block_the_next_start") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("half-install")?;
@@ -587,7 +587,7 @@ fn an_install_that_failed_half_way_does_not_block_the_next_start() -> Result<()>
 
 #[test]
 fn adopting_checks_the_cgroup_the_programs_are_on() -> Result<()> {
-    if !privileged("adopting_checks_the_cgroup_the_programs_are_on") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("adopt-cgroup")?;

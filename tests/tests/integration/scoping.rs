@@ -3,9 +3,8 @@
 //! classes), Pod documents with the matching UIDs, and EgressNetworks in a
 //! pod's own namespace and in the global `linkerd-egress` namespace.
 
-use std::{fs, path::PathBuf};
+use std::{fs, path::Path};
 
-use anyhow::Result;
 use serde_json::Value;
 use tests::{privileged, Sandbox};
 
@@ -21,23 +20,31 @@ fn egress(namespace: &str, name: &str, ports: &str) -> String {
 }
 
 /// The verdict a client in `cgroup` gets for 127.0.0.1:`port`.
-fn verdict_from(sb: &Sandbox, cgroup: &PathBuf, port: u16) -> Result<Value> {
+fn verdict_from(sb: &Sandbox, cgroup: &Path, port: u16) -> Value {
     let addr = format!("127.0.0.1:{port}");
-    let server = sb.serve(&addr, 1, None)?;
-    let out = sb.probe_in_cgroup(&["connect", &addr], cgroup).output()?;
+    let server = sb
+        .serve(&addr, 1, None)
+        .unwrap_or_else(|e| panic!("serve {addr}: {e:#}"));
+    let out = sb
+        .probe_in_cgroup(&["connect", &addr], cgroup)
+        .output()
+        .expect("probe connect");
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("ok"),
         "{out:?}"
     );
-    Ok(server.results()?.remove(0))
+    server
+        .results()
+        .unwrap_or_else(|e| panic!("verdict for {addr}: {e:#}"))
+        .remove(0)
 }
 
 #[test]
-fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() -> Result<()> {
-    if !privileged("namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest") {
-        return Ok(());
+fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() {
+    if !privileged!() {
+        return;
     }
-    let mut sb = Sandbox::new("scoping")?;
+    let mut sb = Sandbox::new("scoping").expect("sandbox");
     // kubelet layouts: systemd driver, Burstable; cgroupfs driver, BestEffort.
     let team_a = sb.cgroup.join(format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-0123.scope",
@@ -46,11 +53,11 @@ fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() -
     let team_b = sb
         .cgroup
         .join(format!("kubepods/besteffort/pod{TEAM_B_POD}/4567"));
-    fs::create_dir_all(&team_a)?;
-    fs::create_dir_all(&team_b)?;
+    fs::create_dir_all(&team_a).expect("team-a pod cgroup");
+    fs::create_dir_all(&team_b).expect("team-b pod cgroup");
 
     let dir = sb.dir.join("policy");
-    fs::create_dir(&dir)?;
+    fs::create_dir(&dir).unwrap();
     fs::write(
         dir.join("pods.yaml"),
         format!(
@@ -58,7 +65,8 @@ fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() -
             pod(TEAM_A_POD, "team-a", "a"),
             pod(TEAM_B_POD, "team-b", "b")
         ),
-    )?;
+    )
+    .unwrap();
     fs::write(
         dir.join("egress.yaml"),
         format!(
@@ -66,17 +74,19 @@ fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() -
             egress("team-a", "local", "4222"),
             egress("linkerd-egress", "global", "5222")
         ),
-    )?;
-    sb.start_agent(&["--policy", dir.to_str().unwrap()])?;
+    )
+    .unwrap();
+    sb.start_agent(&["--policy", dir.to_str().unwrap()])
+        .expect("agent starts with the pods and EgressNetworks");
 
     // team-a's own EgressNetwork decides for its pod: 4222 opaque, every
     // other port detected (Linkerd: an EgressNetwork's ports replace the
     // defaults), even 3306.
-    let v = verdict_from(&sb, &team_a, 4222)?;
+    let v = verdict_from(&sb, &team_a, 4222);
     assert_eq!(v["protocol"], "opaque", "team-a pod, 4222: {v}");
-    let v = verdict_from(&sb, &team_a, 5222)?;
+    let v = verdict_from(&sb, &team_a, 5222);
     assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
-    let v = verdict_from(&sb, &team_a, 3306)?;
+    let v = verdict_from(&sb, &team_a, 3306);
     assert_eq!(
         v["protocol"], "unknown",
         "team-a pod, 3306 not in its EgressNetwork's ports: {v}"
@@ -92,9 +102,9 @@ fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() -
         ("team-b pod", &team_b),
         ("node process", &sb.cgroup.clone()),
     ] {
-        let v = verdict_from(&sb, cgroup, 5222)?;
+        let v = verdict_from(&sb, cgroup, 5222);
         assert_eq!(v["protocol"], "opaque", "{who}, 5222: {v}");
-        let v = verdict_from(&sb, cgroup, 4222)?;
+        let v = verdict_from(&sb, cgroup, 4222);
         assert_eq!(v["protocol"], "unknown", "{who}, 4222: {v}");
     }
     // Only team-a has scoped rules: its pod is the one registered.
@@ -103,5 +113,4 @@ fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() -
         "{}",
         sb.agent_log()
     );
-    Ok(())
 }

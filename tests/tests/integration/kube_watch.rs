@@ -58,6 +58,28 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A fake API server serving every recorded kind, the watch on it (with
+/// [`options`]), and the watch's first snapshot.
+async fn watching_all() -> (Arc<FakeApi>, KubeSync, Arc<DocumentSet>) {
+    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
+    let mut sync = start_sync(&fake, options());
+    let first = next_snapshot(&mut sync).await;
+    (fake, sync, first)
+}
+
+/// Waits until the watch has a watch request open for every kind, so that
+/// an event pushed now arrives as an event rather than in a list.
+async fn wait_for_watches(fake: &FakeApi) {
+    wait_for("watches to start", || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.contains("watch=true"))
+            .count()
+            >= ALL.len()
+    })
+    .await;
+}
+
 fn names(set: &DocumentSet, kind: &str) -> Vec<String> {
     set.iter()
         .filter(|d| d.kind == kind)
@@ -81,6 +103,17 @@ fn annotation(
         .map(str::to_owned)
 }
 
+/// shop/web's `config.linkerd.io/opaque-ports` annotation in `set`.
+fn web_opaque_ports(set: &DocumentSet) -> Option<String> {
+    annotation(
+        set,
+        "Service",
+        Some("shop"),
+        "web",
+        "config.linkerd.io/opaque-ports",
+    )
+}
+
 fn web_annotated(value: &str) -> Value {
     let mut event = fixture("watch/service-web-annotated.json");
     event["object"]["metadata"]["annotations"]["config.linkerd.io/opaque-ports"] = json!(value);
@@ -93,9 +126,7 @@ fn web_annotated(value: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_list_produces_the_documents() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let set = next_snapshot(&mut sync).await;
+    let (fake, sync, set) = watching_all().await;
 
     assert_eq!(
         names(&set, "Namespace"),
@@ -216,27 +247,9 @@ async fn initial_list_produces_the_documents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modified_and_deleted_events_publish_new_snapshots() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let first = next_snapshot(&mut sync).await;
-    assert_eq!(
-        annotation(
-            &first,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        ),
-        None
-    );
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, first) = watching_all().await;
+    assert_eq!(web_opaque_ports(&first), None);
+    wait_for_watches(&fake).await;
 
     // An annotation added with kubectl annotate.
     let pushed = Instant::now();
@@ -246,29 +259,10 @@ async fn modified_and_deleted_events_publish_new_snapshots() {
         pushed.elapsed() >= QUIET - Duration::from_millis(20),
         "published before the quiet period"
     );
-    assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
-        Some("11211")
-    );
+    assert_eq!(web_opaque_ports(&set).as_deref(), Some("11211"));
     assert_eq!(set.iter().count(), 12);
     // The first snapshot is untouched (snapshots are immutable).
-    assert_eq!(
-        annotation(
-            &first,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        ),
-        None
-    );
+    assert_eq!(web_opaque_ports(&first), None);
 
     // A deletion.
     fake.push(SERVICES, vec![fixture("watch/service-nats-deleted.json")]);
@@ -284,34 +278,15 @@ async fn modified_and_deleted_events_publish_new_snapshots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_events_is_one_snapshot() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     let burst: Vec<Value> = (0..50)
         .map(|i| web_annotated(&format!("{}", 10000 + i)))
         .collect();
     fake.push(SERVICES, burst);
     let set = next_snapshot(&mut sync).await;
-    assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
-        Some("10049")
-    );
+    assert_eq!(web_opaque_ports(&set).as_deref(), Some("10049"));
     tokio::time::sleep(QUIET * 4).await;
     assert_eq!(
         sync.status.snapshots(),
@@ -349,17 +324,8 @@ async fn a_burst_of_events_is_one_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_that_change_nothing_relevant_publish_nothing() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // A container restart: only status conditions, containerStatuses and
     // resourceVersion change. Plus a bookmark.
@@ -372,17 +338,8 @@ async fn updates_that_change_nothing_relevant_publish_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_errors_keep_the_last_set_and_recover() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let first = next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, first) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // The API server answers 500 to everything and its watches are cut.
     fake.set_mode(Mode::Error500);
@@ -419,17 +376,8 @@ async fn api_server_errors_keep_the_last_set_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_gone_and_back_on_the_same_address() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let first = next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, first) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // Listener closed, watch streams cut mid-stream.
     fake.stop();
@@ -462,17 +410,7 @@ async fn api_server_gone_and_back_on_the_same_address() {
     .await;
     fake.push(SERVICES, vec![fixture("watch/service-web-annotated.json")]);
     let set = next_snapshot(&mut sync).await;
-    assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "web",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
-        Some("11211")
-    );
+    assert_eq!(web_opaque_ports(&set).as_deref(), Some("11211"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,9 +427,7 @@ async fn kinds_the_server_does_not_serve_are_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_ends_when_the_receiver_is_dropped() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
+    let (_fake, sync, _) = watching_all().await;
     let KubeSync {
         snapshots, task, ..
     } = sync;
@@ -511,9 +447,7 @@ fn verdict(set: &DocumentSet, addr: &str, port: u16) -> Protocol {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    let set = next_snapshot(&mut sync).await;
+    let (fake, mut sync, set) = watching_all().await;
 
     // shop/mysql: `config.linkerd.io/opaque-ports: 3306,33060` (33060 is
     // not a default opaque port).
@@ -528,14 +462,7 @@ async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
     assert_ne!(web_80, Protocol::Opaque);
 
     // `kubectl annotate svc web config.linkerd.io/opaque-ports=80`, live.
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    wait_for_watches(&fake).await;
     fake.push(SERVICES, vec![web_annotated("80")]);
     let set = next_snapshot(&mut sync).await;
     assert_eq!(verdict(&set, "10.96.80.80", 80), Protocol::Opaque);
@@ -555,17 +482,8 @@ async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_history_is_relisted() {
-    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
-    let mut sync = start_sync(&fake, options());
-    next_snapshot(&mut sync).await;
-    wait_for("watches to start", || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.contains("watch=true"))
-            .count()
-            >= 5
-    })
-    .await;
+    let (fake, mut sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
 
     // Away long enough that the deletion of nats is compacted away: the
     // watch from the old resourceVersion gets 410 and the kinds are listed

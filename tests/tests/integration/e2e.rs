@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tests::e2e::{prerequisites, World, BYPASS_RULE, DETECT_TIMEOUT, MARIADB};
+use tests::{
+    e2e::{prerequisites, World, BYPASS_RULE, DETECT_TIMEOUT, MARIADB},
+    test_name,
+};
 
 const TIMED_OUT: &str = "protocol detection timed out after";
 const OPAQUE: &str = "opaque from kernel verdict";
@@ -26,7 +29,7 @@ fn iptables_nat(world: &World, rule: &str) -> Result<()> {
 
 #[test]
 fn mariadb_through_the_proxy_stalls_without_the_classifier_and_not_with_it() -> Result<()> {
-    let test = "mariadb_through_the_proxy_stalls_without_the_classifier_and_not_with_it";
+    let test = test_name!();
     if !prerequisites(test) {
         return Ok(());
     }
@@ -72,7 +75,7 @@ fn mariadb_through_the_proxy_stalls_without_the_classifier_and_not_with_it() -> 
 
 #[test]
 fn mariadb_stalls_when_3306_is_removed_from_the_policy() -> Result<()> {
-    let test = "mariadb_stalls_when_3306_is_removed_from_the_policy";
+    let test = test_name!();
     if !prerequisites(test) {
         return Ok(());
     }
@@ -103,7 +106,7 @@ fn mariadb_stalls_when_3306_is_removed_from_the_policy() -> Result<()> {
 
 #[test]
 fn http_is_still_detected_through_the_proxy() -> Result<()> {
-    let test = "http_is_still_detected_through_the_proxy";
+    let test = test_name!();
     if !prerequisites(test) {
         return Ok(());
     }
@@ -140,7 +143,7 @@ fn http_is_still_detected_through_the_proxy() -> Result<()> {
 
 #[test]
 fn mark_mode_marks_the_accepted_socket_and_the_bypass_rule_skips_the_proxy() -> Result<()> {
-    let test = "mark_mode_marks_the_accepted_socket_and_the_bypass_rule_skips_the_proxy";
+    let test = test_name!();
     if !prerequisites(test) {
         return Ok(());
     }

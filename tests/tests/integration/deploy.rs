@@ -4,7 +4,7 @@
 //! with exactly the DaemonSet's capabilities.
 
 #[allow(dead_code)]
-#[path = "../../xtask/src/manifests.rs"]
+#[path = "../../../xtask/src/manifests.rs"]
 mod manifests;
 
 use std::{
@@ -426,15 +426,14 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    tests::sys::terminate(&child);
     let _ = child.wait();
     (ready, fs::read_to_string(&log_path).unwrap_or_default())
 }
 
 #[test]
 fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
-    if !privileged("the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each") {
+    if !privileged!() {
         return;
     }
     // Every flag the DaemonSet passes exists in this agent.

@@ -80,7 +80,7 @@ spec:
 
 #[test]
 fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
-    if !privileged("metrics_health_and_readiness_of_a_running_agent") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("metrics")?;
@@ -171,7 +171,7 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
 
 #[test]
 fn an_agent_that_could_not_apply_its_policy_is_live_but_not_ready() -> Result<()> {
-    if !privileged("an_agent_that_could_not_apply_its_policy_is_live_but_not_ready") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("readiness")?;

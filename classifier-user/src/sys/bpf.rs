@@ -1,0 +1,117 @@
+//! bpf(2) for what aya 0.14 does not offer: cgroup links created, pinned
+//! and inspected by hand (see `datapath::link` for why). The attribute and
+//! info layouts are aya-obj's generated kernel bindings, not offsets.
+
+use std::{
+    ffi::CString,
+    io, mem,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+pub use aya_obj::generated::bpf_attach_type;
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info};
+
+/// An all-zero `bpf_attr`: the kernel requires every byte it does not use
+/// for the command to be zero.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a union of structs of integers, for which the
+    // all-zero bit pattern is valid.
+    unsafe { mem::zeroed() }
+}
+
+/// # Safety
+/// Every pointer `attr` carries for `cmd` (as a u64) must point to memory
+/// that is valid for the kernel to read or write as `cmd` specifies, for
+/// the duration of the call.
+unsafe fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: attr is a live, zero-padded bpf_attr of the size passed; the
+    // caller vouches for the pointers inside it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            &raw mut *attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A command that returns a new file descriptor.
+///
+/// # Safety
+/// As for [`sys_bpf`].
+unsafe fn sys_bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    // SAFETY: forwarded from the caller.
+    let fd = unsafe { sys_bpf(cmd, attr)? };
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf returned no fd"))?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else
+    // owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// BPF_LINK_CREATE: attaches `program` to `target` (a cgroup directory
+/// for the cgroup attach types) and returns the link.
+pub fn link_create(
+    program: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = program.as_raw_fd() as u32;
+    attr.link_create.__bindgen_anon_2.target_fd = target.as_raw_fd() as u32;
+    attr.link_create.attach_type = attach_type as u32;
+    // SAFETY: BPF_LINK_CREATE with no iterator or cookie data reads no
+    // pointers from attr.
+    unsafe { sys_bpf_fd(bpf_cmd::BPF_LINK_CREATE, &mut attr) }
+}
+
+/// BPF_OBJ_PIN: pins `object` (a map, program or link) at `path` on bpffs.
+pub fn obj_pin(object: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = object.as_raw_fd() as u32;
+    // SAFETY: pathname points to `path`, a NUL-terminated string that
+    // outlives the call.
+    unsafe { sys_bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr) }.map(drop)
+}
+
+/// BPF_OBJ_GET: opens the object pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    // SAFETY: pathname points to `path`, a NUL-terminated string that
+    // outlives the call.
+    unsafe { sys_bpf_fd(bpf_cmd::BPF_OBJ_GET, &mut attr) }
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD on a cgroup link: the id of the cgroup it is
+/// attached to (the cgroup directory's inode on cgroup v2), 0 once that
+/// cgroup is gone.
+pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: bpf_link_info is a struct and union of integers, for which
+    // the all-zero bit pattern is valid.
+    let mut info: bpf_link_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = link.as_raw_fd() as u32;
+    attr.info.info_len = mem::size_of::<bpf_link_info>() as u32;
+    attr.info.info = (&raw mut info) as u64;
+    // SAFETY: info points to a live bpf_link_info of info_len bytes, which
+    // the kernel fills; nothing else reads or writes it during the call.
+    unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    // SAFETY: every member of the union is integers, so reading the cgroup
+    // member is defined whatever link type the kernel described.
+    Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+}

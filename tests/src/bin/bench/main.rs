@@ -1,0 +1,114 @@
+//! `cargo xtask bench`: what the classifier costs per connect() and what it
+//! saves, measured side by side in one run.
+//!
+//! Every comparison is interleaved (A B A B ...) and reported as a median
+//! with its spread; absolute times are printed but only the ratios matter.
+//! Runs as root in its own cgroups, namespaces and pin directories (the
+//! test harness's `Sandbox`), and removes them when done.
+//!
+//! ```text
+//! bench [--quick] [--out DIR]      results in DIR/results.json and DIR/results.md
+//! ```
+//!
+//! ```text
+//! args.rs        the command line and the plan it gives (--quick or full)
+//! stats.rs       medians and quartiles, interleaved A/B runs, paired ratios
+//! rng.rs         a deterministic generator, so every run measures the same input
+//! policies.rs    random policies, and a policy as the agent's YAML
+//! scenarios/     what is measured, one file per scenario
+//! system.rs      a process's resident memory, bpftool's JSON
+//! report.rs      the machine description and the Markdown report
+//! ```
+
+#![deny(unsafe_code)]
+
+mod args;
+mod policies;
+mod report;
+mod rng;
+mod scenarios;
+mod stats;
+mod system;
+
+use std::{fs, time::Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use tests::Sandbox;
+
+use crate::{
+    args::{Args, Plan},
+    report::{machine, render_markdown},
+    scenarios::*,
+};
+
+fn main() {
+    if let Err(err) = real_main() {
+        eprintln!("bench: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let Args { quick, out } = Args::parse(std::env::args().skip(1));
+    if !tests::sys::is_root() {
+        bail!("benchmarks attach eBPF programs and create cgroups and namespaces: run as root");
+    }
+    let plan = Plan::new(quick);
+    fs::create_dir_all(&out)?;
+    let started = Instant::now();
+
+    let mut results = json!({
+        "quick": quick,
+        "machine": machine(),
+        "iterations_per_loop": plan.iterations,
+        "repeats": plan.repeats,
+    });
+
+    let mut attached = Sandbox::new("bench-attached")?;
+    let bare = Sandbox::new("bench-bare")?;
+    attached.start_agent(&[])?;
+
+    step("1/6 connect overhead (attached vs bare cgroup, interleaved)");
+    results["connect_overhead"] = connect_overhead(&plan, &attached, &bare)?;
+    results["program_run_time"] = program_run_times(&plan, &attached)?;
+
+    step("2/6 policy scale");
+    // The bench writes the policy itself from here on, to time each part;
+    // the programs stay attached through their pinned links.
+    attached.kill_agent();
+    results["policy_scale"] = policy_scale(&plan, &attached, &bare)?;
+    step("6/6 a cluster's worth of Kubernetes documents (10k Services, 50k Pods)");
+    results["kubernetes_scale"] = kubernetes_scale(&attached)?;
+
+    step("3/6 stats with the verdict table full");
+    results["stats_at_scale"] = stats_at_scale(&plan, &attached)?;
+    drop(attached);
+    drop(bare);
+
+    step("4/6 agent footprint");
+    results["footprint"] = footprint()?;
+
+    step("5/6 the stall it removes (MariaDB greeting)");
+    results["stall"] = stall(&plan)?;
+
+    results["elapsed_s"] = json!(started.elapsed().as_secs_f64());
+    let markdown = render_markdown(&results);
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    fs::write(out.join("results.md"), &markdown)?;
+    println!("{markdown}");
+    eprintln!(
+        "bench: wrote {} and {} in {:.0} s",
+        out.join("results.json").display(),
+        out.join("results.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub(crate) fn step(what: &str) {
+    eprintln!("bench: {what}");
+}

@@ -1,0 +1,165 @@
+//! The report: the machine the numbers come from, and results.json
+//! rendered as the Markdown tables of BENCHMARKS.md.
+
+use std::{fmt::Write as _, fs};
+
+use serde_json::{json, Value};
+
+pub(crate) fn machine() -> Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    json!({ "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel })
+}
+
+pub(crate) fn render_markdown(r: &Value) -> String {
+    let mut md = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores), kernel {}. {} connects per loop, {} interleaved repeats{}.\n",
+        m["cpu"].as_str().unwrap_or(""),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or(""),
+        r["iterations_per_loop"],
+        r["repeats"],
+        if r["quick"] == true { " (--quick)" } else { "" }
+    );
+
+    let _ = writeln!(
+        md,
+        "### Connect overhead (connect + accept + close on loopback)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| destination | with classifier ns | without ns | added ns | ratio (median, p25-p75) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    if let Some(rows) = r["connect_overhead"].as_object() {
+        for (name, v) in rows {
+            let _ = writeln!(
+                md,
+                "| {name} `{}` | {:.0} | {:.0} | {:.0} | {:.3} ({:.3}-{:.3}) |",
+                v["addr"].as_str().unwrap_or(""),
+                f(&v["with_ns"]["median"]),
+                f(&v["without_ns"]["median"]),
+                f(&v["added_ns"]),
+                f(&v["ratio"]["median"]),
+                f(&v["ratio"]["p25"]),
+                f(&v["ratio"]["p75"])
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nKernel-measured run time per program invocation (`run_time_ns / run_cnt`):\n"
+    );
+    let _ = writeln!(md, "| program | runs | ns per run |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    if let Some(rows) = r["program_run_time"].as_object() {
+        for (name, v) in rows {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {:.0} |",
+                v["run_cnt"],
+                f(&v["ns_per_run"])
+            );
+        }
+    }
+
+    let _ = writeln!(
+        md,
+        "\n### Policy scale (random v4/v6 networks, 2 ports each)\n"
+    );
+    let _ = writeln!(md, "| rules | trie entries v4 + v6 | compile ms | apply in full ms | ns/connect with | ratio | ratio vs 0 rules |");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+    if let Some(rows) = r["policy_scale"]["rows"].as_array() {
+        for v in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} + {} | {:.1} | {:.1} | {:.0} | {:.3} | {:.3} |",
+                v["rules"],
+                v["v4_entries"],
+                v["v6_entries"],
+                f(&v["compile_ms"]),
+                f(&v["apply_full_ms"]),
+                f(&v["with_ns"]["median"]),
+                f(&v["ratio"]["median"]),
+                f(&v["ratio_vs_0_rules"])
+            );
+        }
+    }
+    let c = &r["policy_scale"]["one_rule_change"];
+    let _ = writeln!(md, "\nOne-rule change to the {}-rule policy: apply {:.2} ms median ({} map writes), compile {:.1} ms median.",
+        c["rules"], f(&c["apply_ms"]["median"]), c["map_writes"], f(&c["compile_ms"]["median"]));
+
+    let k = &r["kubernetes_scale"];
+    let _ = writeln!(md, "\n### Kubernetes documents at scale\n\n{} documents (100 Namespaces, 10,000 Services, 50,000 Pods) -> {} rules, {} + {} trie entries: documents to policy {:.0} ms, compile {:.0} ms, apply in full {:.0} ms, apply again unchanged {:.1} ms; memory held for documents, policy and compiled entries {:.0} MiB.",
+        k["documents"], k["rules"], k["v4_entries"], k["v6_entries"], f(&k["documents_to_policy_ms"]), f(&k["compile_ms"]), f(&k["apply_full_ms"]), f(&k["apply_unchanged_ms"]), f(&k["memory_kib"]) / 1024.0);
+
+    let s = &r["stats_at_scale"];
+    let _ = writeln!(md, "\n### Stats at scale\n\n`classifier stats --json` with {} verdict entries: {:.0} ms median (p25-p75 {:.0}-{:.0}).",
+        s["entries"], f(&s["stats_json_ms"]["median"]), f(&s["stats_json_ms"]["p25"]), f(&s["stats_json_ms"]["p75"]));
+
+    let _ = writeln!(
+        md,
+        "\n### Agent footprint\n\n| policy | agent RSS MiB | map memory MiB |\n|---|---:|---:|"
+    );
+    if let Some(rows) = r["footprint"].as_object() {
+        for (name, v) in rows {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.1} | {:.1} |",
+                f(&v["agent_rss_kib"]) / 1024.0,
+                f(&v["map_memory_bytes"]) / 1048576.0
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n### The stall it removes\n\n{}",
+        stall_markdown(&r["stall"])
+    );
+    md
+}
+
+fn stall_markdown(v: &Value) -> String {
+    match v["rows"].as_array() {
+        None => format!("{}", v["status"].as_str().unwrap_or("not measured")),
+        Some(rows) => {
+            let mut md = String::from(
+                "| path | time to server greeting ms (median, p25-p75) | runs |\n|---|---:|---:|\n",
+            );
+            for row in rows {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.2} ({:.2}-{:.2}) | {} |",
+                    row["path"].as_str().unwrap_or(""),
+                    f(&row["ms"]["median"]),
+                    f(&row["ms"]["p25"]),
+                    f(&row["ms"]["p75"]),
+                    row["runs"]
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\nThe classified path adds {:.2} ms (median) over a direct connection.",
+                f(&v["with_minus_direct_ms"])
+            );
+            md
+        }
+    }
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}

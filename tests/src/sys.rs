@@ -1,0 +1,183 @@
+//! Every raw system call of the test harness, the benchmark, the demo and
+//! the probe, behind safe wrappers: the only module of this package
+//! allowed `unsafe` (each crate root denies it). Each `unsafe` block says
+//! why it is sound.
+
+use std::{
+    ffi::CString,
+    io,
+    net::{SocketAddrV4, TcpStream},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    process::{Child, Command},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+/// Whether the process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// kill(2): sends `signal` to process `pid`.
+pub fn kill(pid: i32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes integers only; signalling a pid that has exited
+    // fails with ESRCH.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// SIGTERM to a child of ours (not yet waited for, so its pid is still
+/// ours).
+pub fn terminate(child: &Child) {
+    let _ = kill(child.id() as i32, libc::SIGTERM);
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn set_signalled(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+/// From now on `signals` only set a flag that [`signalled`] reads.
+pub fn flag_on_signals(signals: &[libc::c_int]) {
+    for &sig in signals {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, set_signalled as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Whether one of the signals given to [`flag_on_signals`] arrived.
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
+
+/// Makes `cmd`'s child, between fork and exec: join the cgroup whose
+/// `cgroup.procs` is `cgroup_procs` (if any), enter the network namespace
+/// `netns`, and become `uid` (with gid `uid` and no supplementary groups)
+/// if given.
+pub fn enter_before_exec(
+    cmd: &mut Command,
+    cgroup_procs: Option<CString>,
+    netns: OwnedFd,
+    uid: Option<u32>,
+) {
+    let in_child = move || {
+        // Join the cgroup first: the order keeps the child out of the
+        // namespace if it cannot be classified.
+        if let Some(procs) = &cgroup_procs {
+            // SAFETY: open, write and close are async-signal-safe; procs is
+            // a NUL-terminated path and the buffer is a live 1-byte slice.
+            let wrote = unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                wrote
+            };
+            if wrote != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: setns on a namespace fd the closure owns; async-signal-safe.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(uid) = uid {
+            // SAFETY: setgroups with a count of 0 reads no pointer; setgid
+            // and setuid take integers; all are async-signal-safe.
+            let failed = unsafe {
+                libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+            };
+            if failed {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes only async-signal-safe calls and allocates
+    // nothing (its captures were made before the fork).
+    unsafe {
+        cmd.pre_exec(in_child);
+    }
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A TCP connection from the fixed address `src` (bound with
+/// SO_REUSEADDR) to `dst`.
+pub fn connect_from(src: SocketAddrV4, dst: SocketAddrV4) -> io::Result<TcpStream> {
+    let with = |what: String| {
+        let err = io::Error::last_os_error();
+        io::Error::new(err.kind(), format!("{what}: {err}"))
+    };
+    // SAFETY: socket takes integers only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(with("socket".into()));
+    }
+    // SAFETY: fd is a new socket that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a live c_int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let s = sockaddr_in(src);
+    // SAFETY: s is a live sockaddr_in of the length passed.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const s).cast(), len) } != 0 {
+        return Err(with(format!("bind {src}")));
+    }
+    let d = sockaddr_in(dst);
+    // SAFETY: d is a live sockaddr_in of the length passed.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const d).cast(), len) } != 0 {
+        return Err(with(format!("connect {dst}")));
+    }
+    Ok(TcpStream::from(fd))
+}
+
+/// SO_LINGER {on, 0}: close resets the connection instead of leaving it in
+/// TIME_WAIT.
+pub fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is a live struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
