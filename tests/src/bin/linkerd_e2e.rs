@@ -124,6 +124,14 @@ fn e2e(args: &Args) -> Result<()> {
     let hinted_after_http = hinted_connections(&world)?;
     let patched_log = world.proxy_log();
 
+    // The policy the proxies received for MariaDB's address: Linkerd's
+    // fallback, Detect (the case the series is for).
+    let control_log =
+        fs::read_to_string(world.sb.dir.join("control-plane.log")).unwrap_or_default();
+    let detect_policy = control_log
+        .lines()
+        .any(|l| l.contains(&format!("target={MARIADB} ")) && l.contains("Detect("));
+
     world.sb.uninstall_agent()?;
     eprintln!("linkerd-e2e: agent stopped and uninstalled");
     let without = greetings(&world, args.runs, "patched proxy, no classifier")?;
@@ -141,6 +149,7 @@ fn e2e(args: &Args) -> Result<()> {
         },
         "patched_hinted_connections": hinted,
         "http1_detected": detected_http,
+        "policy_was_detect": detect_policy,
     });
     if let Some(dir) = args.out.parent() {
         fs::create_dir_all(dir)?;
@@ -154,6 +163,11 @@ fn e2e(args: &Args) -> Result<()> {
         failures.push(format!(
             "the stock proxy did not stall: median {:.1} ms < 0.9 x {t} ms",
             median(&stock)
+        ));
+    }
+    if !detect_policy {
+        failures.push(format!(
+            "the control plane did not answer Detect for {MARIADB}:\n{control_log}"
         ));
     }
     if stock_log.contains("Skipping protocol detection") {

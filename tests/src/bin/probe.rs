@@ -38,6 +38,7 @@ fn main() {
         }
         Some("load") => load(&args[1..]),
         Some("connect-loop") => connect_loop(&args[1..]),
+        Some("query-loop") => query_loop(&args[1..]),
         Some("greeting") => greeting(args[1].parse().expect("ADDR")),
         Some("serve-held") => serve_held(
             args[1].parse().expect("ADDR"),
@@ -337,6 +338,36 @@ fn connect_loop(args: &[String]) {
     println!(
         "{}",
         json!({"iterations": n, "ns_per_iteration": elapsed.as_nanos() as f64 / n as f64})
+    );
+}
+
+/// `probe query-loop ADDR N`: one connection to ADDR, accepted, then N
+/// proxy queries (`getsockopt(0xC1A5, 1)`, 32 bytes) on the accepted socket,
+/// as a patched proxy makes one per accepted connection. Prints the time
+/// per query and what the last one answered.
+fn query_loop(args: &[String]) {
+    let addr: SocketAddr = args[0].parse().expect("ADDR");
+    let n: u64 = args[1].parse().expect("N");
+    let listener = TcpListener::bind(addr).expect("bind");
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let mut answer = classifier_user::proxy_client::query(&server);
+    for _ in 0..(n / 20).max(10) {
+        answer = classifier_user::proxy_client::query(&server);
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        answer = std::hint::black_box(classifier_user::proxy_client::query(&server));
+    }
+    let elapsed = started.elapsed();
+    let answered = match answer {
+        Ok(None) => "no classifier".to_owned(),
+        Ok(Some(v)) => format!("{:?}", v.protocol),
+        Err(err) => format!("error: {err}"),
+    };
+    println!(
+        "{}",
+        json!({"queries": n, "ns_per_query": elapsed.as_nanos() as f64 / n as f64, "answer": answered})
     );
 }
 

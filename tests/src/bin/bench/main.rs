@@ -69,27 +69,30 @@ fn real_main() -> Result<()> {
     let bare = Sandbox::new("bench-bare")?;
     attached.start_agent(&[])?;
 
-    step("1/6 connect overhead (attached vs bare cgroup, interleaved)");
+    step("1/7 connect overhead (attached vs bare cgroup, interleaved)");
     results["connect_overhead"] = connect_overhead(&plan, &attached, &bare)?;
     results["program_run_time"] = program_run_times(&plan, &attached)?;
 
-    step("2/6 policy scale");
+    step("7/7 the proxy's query per accepted connection (attached vs bare cgroup)");
+    results["proxy_query"] = proxy_query(&plan, &attached, &bare)?;
+
+    step("2/7 policy scale");
     // The bench writes the policy itself from here on, to time each part;
     // the programs stay attached through their pinned links.
     attached.kill_agent();
     results["policy_scale"] = policy_scale(&plan, &attached, &bare)?;
-    step("6/6 a cluster's worth of Kubernetes documents (10k Services, 50k Pods)");
+    step("6/7 a cluster's worth of Kubernetes documents (10k Services, 50k Pods)");
     results["kubernetes_scale"] = kubernetes_scale(&attached)?;
 
-    step("3/6 stats with the verdict table full");
+    step("3/7 stats with the verdict table full");
     results["stats_at_scale"] = stats_at_scale(&plan, &attached)?;
     drop(attached);
     drop(bare);
 
-    step("4/6 agent footprint");
+    step("4/7 agent footprint");
     results["footprint"] = footprint()?;
 
-    step("5/6 the stall it removes (MariaDB greeting)");
+    step("5/7 the stall it removes (MariaDB greeting)");
     results["stall"] = stall(&plan)?;
 
     results["elapsed_s"] = json!(started.elapsed().as_secs_f64());

@@ -129,6 +129,28 @@ pub(crate) fn render_markdown(r: &Value) -> String {
         "\n### The stall it removes\n\n{}",
         stall_markdown(&r["stall"])
     );
+    let q = &r["proxy_query"];
+    let _ = writeln!(
+        md,
+        "\n### The proxy's query per accepted connection\n\n`getsockopt(0xC1A5, 1)` (32 bytes) on an accepted socket, {} calls per loop, ns per call (median, p25-p75):\n\n| destination | classifier attached | answer | nothing attached | answer |\n|---|---:|---|---:|---|",
+        q["queries_per_loop"]
+    );
+    for name in ["classified_v4", "no_verdict_v4"] {
+        let v = &q[name];
+        let _ = writeln!(
+            md,
+            "| {name} `{}` | {:.0} ({:.0}-{:.0}) | {} | {:.0} ({:.0}-{:.0}) | {} |",
+            v["addr"].as_str().unwrap_or(""),
+            f(&v["with_classifier_ns"]["median"]),
+            f(&v["with_classifier_ns"]["p25"]),
+            f(&v["with_classifier_ns"]["p75"]),
+            v["with_classifier_answer"].as_str().unwrap_or(""),
+            f(&v["without_classifier_ns"]["median"]),
+            f(&v["without_classifier_ns"]["p25"]),
+            f(&v["without_classifier_ns"]["p75"]),
+            v["without_classifier_answer"].as_str().unwrap_or(""),
+        );
+    }
     md
 }
 
