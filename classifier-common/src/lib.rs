@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -133,6 +133,7 @@ impl core::str::FromStr for Protocol {
 pub const SOURCE_NONE: u8 = Source::None as u8;
 pub const SOURCE_DEFAULT_PORT: u8 = Source::DefaultPort as u8;
 pub const SOURCE_RULE: u8 = Source::Rule as u8;
+pub const SOURCE_LEARNED: u8 = Source::Learned as u8;
 
 /// Where a verdict came from: the source byte of verdicts and replies.
 #[repr(u8)]
@@ -144,6 +145,9 @@ pub enum Source {
     DefaultPort = 1,
     /// A policy rule (its id is alongside).
     Rule = 2,
+    /// A destination the classifier learned to be server-first (issue 11):
+    /// opaque, with no rule or default port behind it.
+    Learned = 3,
 }
 
 impl Source {
@@ -153,6 +157,7 @@ impl Source {
             Source::None => "none",
             Source::DefaultPort => "default_port",
             Source::Rule => "rule",
+            Source::Learned => "learned",
         }
     }
 }
@@ -166,6 +171,7 @@ impl TryFrom<u8> for Source {
             0 => Ok(Source::None),
             1 => Ok(Source::DefaultPort),
             2 => Ok(Source::Rule),
+            3 => Ok(Source::Learned),
             other => Err(other),
         }
     }
@@ -401,6 +407,68 @@ pub struct PinMeta {
 }
 
 // ---------------------------------------------------------------------------
+// Learning server-first destinations (issue 11)
+// ---------------------------------------------------------------------------
+
+/// Key of the learned table: who may use the entry (scope) and the
+/// destination as the client's connect() named it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LearnedKey {
+    /// `SCOPE_NODE` (0) for node-wide learning and clients outside pods,
+    /// else the client namespace's scope id (as in `CLS_SCOPES`).
+    pub scope: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+}
+
+/// Value of the learned table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LearnedEntry {
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the first observation.
+    pub first_seen_ns: u64,
+    /// Same clock, last server-first observation.
+    pub last_seen_ns: u64,
+    /// Server-first observations since the entry was made.
+    pub observations: u32,
+    pub _pad: u32,
+}
+
+/// A socket being watched: what to record when its first data segment
+/// leaves. Keyed by socket cookie in `CLS_LEARN_PENDING`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LearnWatch {
+    pub key: LearnedKey,
+}
+
+/// The learning settings (one entry; the agent writes it after each policy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LearnConfig {
+    /// `LEARN_FLAG_*`; 0 (the value before any agent wrote it) is off.
+    pub flags: u32,
+    /// An entry gives verdicts once it has this many observations.
+    pub min_observations: u32,
+    /// Entries one scope may hold (fair share of `LEARNED_CAPACITY`).
+    pub scope_quota: u32,
+    pub _pad: u32,
+}
+
+/// Learning is on: unclassified sockets are watched, the table consulted.
+pub const LEARN_FLAG_ENABLED: u32 = 1 << 0;
+/// `scope: node`: every client learns into and reads `SCOPE_NODE`.
+pub const LEARN_FLAG_NODE_SCOPE: u32 = 1 << 1;
+
+// ---------------------------------------------------------------------------
 // Map names and sizes (names are also the pin file names)
 // ---------------------------------------------------------------------------
 
@@ -421,9 +489,17 @@ pub mod maps {
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
     pub const AGENT_STATUS: &str = "CLS_AGENT_STATUS";
+    /// Learning (issue 11): the learned server-first destinations.
+    pub const LEARNED: &str = "CLS_LEARNED";
+    /// Learning: socket cookie -> destination being watched for who speaks first.
+    pub const LEARN_PENDING: &str = "CLS_LEARN_PENDING";
+    /// Learning: the settings (one entry, written by the agent).
+    pub const LEARN_CONFIG: &str = "CLS_LEARN_CONFIG";
+    /// Learning: scope -> number of its entries in `LEARNED` (fair share).
+    pub const LEARN_SCOPES: &str = "CLS_LEARN_SCOPES";
 
     /// Every map, for pinning, adoption and uninstall.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE_SLOT,
         POLICY_CONFIG,
         RULES_V4,
@@ -438,6 +514,10 @@ pub mod maps {
         SCOPES,
         SCOPE_IDS,
         AGENT_STATUS,
+        LEARNED,
+        LEARN_PENDING,
+        LEARN_CONFIG,
+        LEARN_SCOPES,
     ];
 
     /// Trie capacity, shared by both slots: during a switch the old and new
@@ -455,6 +535,14 @@ pub mod maps {
     pub const SCOPES_CAPACITY: u32 = 16384;
     /// Namespaces with scoped rules (their own EgressNetworks).
     pub const SCOPE_IDS_CAPACITY: u32 = 16384;
+    /// Learned destinations, all scopes together (fixed at load: an LRU
+    /// hash preallocates; 16384 entries of 48 bytes of key and value).
+    pub const LEARNED_CAPACITY: u32 = 16384;
+    /// Unclassified sockets between connect() and their first data
+    /// segment (LRU: a connection that never sends is forgotten).
+    pub const LEARN_PENDING_CAPACITY: u32 = 16384;
+    /// Scopes with learned entries.
+    pub const LEARN_SCOPES_CAPACITY: u32 = 16384;
 }
 
 /// Program names as they appear in the object file.
@@ -521,15 +609,31 @@ pub mod counters {
         /// holds the same client address and port; both now answer
         /// "ambiguous" (no verdict) rather than risk a wrong one.
         PUBLISH_AMBIGUOUS = 25, "publish_ambiguous";
+        // Learning (issue 11).
+        /// Verdict from the learned table (opaque).
+        SOURCE_LEARNED = 26, "source_learned";
+        /// Unclassified connection watched for who speaks first.
+        LEARN_WATCHED = 27, "learn_watched";
+        /// Server-first observation recorded (new entry or one more).
+        LEARN_SERVER_FIRST = 28, "learn_server_first";
+        /// Client-first observation (nothing recorded).
+        LEARN_CLIENT_FIRST = 29, "learn_client_first";
+        /// Client-first observation of a learned destination: removed.
+        LEARN_CONTRADICTED = 30, "learn_contradicted";
+        /// Server-first observation not recorded: its scope is at its quota.
+        LEARN_SCOPE_FULL = 31, "learn_scope_full";
+        /// A watch could not be recorded or the learned table not written.
+        ERR_LEARN = 32, "err_learn";
     }
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 33;
     /// Counters that are internal failures (the connect was allowed anyway).
-    pub const ERRORS: [u32; 5] = [
+    pub const ERRORS: [u32; 6] = [
         ERR_PENDING_INSERT,
         ERR_PUBLISH_INSERT,
         ERR_MARK,
         ERR_CONFIG,
         ERR_CB_FLAGS,
+        ERR_LEARN,
     ];
 }
 
@@ -545,6 +649,10 @@ mod user {
     unsafe impl aya::Pod for PolicyConfig {}
     unsafe impl aya::Pod for PinMeta {}
     unsafe impl aya::Pod for AgentStatus {}
+    unsafe impl aya::Pod for LearnedKey {}
+    unsafe impl aya::Pod for LearnedEntry {}
+    unsafe impl aya::Pod for LearnWatch {}
+    unsafe impl aya::Pod for LearnConfig {}
 }
 
 #[cfg(test)]
@@ -605,7 +713,10 @@ mod tests {
             [PROTO_UNKNOWN, PROTO_OPAQUE, PROTO_HTTP1, PROTO_HTTP2],
             [0, 1, 2, 3]
         );
-        assert_eq!([SOURCE_NONE, SOURCE_DEFAULT_PORT, SOURCE_RULE], [0, 1, 2]);
+        assert_eq!(
+            [SOURCE_NONE, SOURCE_DEFAULT_PORT, SOURCE_RULE, SOURCE_LEARNED],
+            [0, 1, 2, 3]
+        );
         assert_eq!(size_of::<Protocol>(), 1);
         assert_eq!(size_of::<Source>(), 1);
         for v in 0..=255u8 {
@@ -615,7 +726,7 @@ mod tests {
             }
             match Source::try_from(v) {
                 Ok(s) => assert_eq!(s as u8, v),
-                Err(e) => assert!(v > 2 && e == v),
+                Err(e) => assert!(v > 3 && e == v),
             }
         }
         assert_eq!(Protocol::from_wire(9), Protocol::Detect);
@@ -634,6 +745,21 @@ mod tests {
         assert_eq!(k[..5], [0, 0, 0, 0, 0]);
         assert_eq!(k[5..], v6);
         assert_eq!(RULE_KEY_FIXED_BITS, 5 * 8);
+    }
+
+    #[test]
+    fn learning_layouts_are_pinned() {
+        assert_eq!(size_of::<LearnedKey>(), 24);
+        assert_eq!(offset_of!(LearnedKey, port), 4);
+        assert_eq!(offset_of!(LearnedKey, addr), 8);
+        assert_eq!(size_of::<LearnedEntry>(), 24);
+        assert_eq!(offset_of!(LearnedEntry, last_seen_ns), 8);
+        assert_eq!(offset_of!(LearnedEntry, observations), 16);
+        assert_eq!(size_of::<LearnWatch>(), 24);
+        assert_eq!(size_of::<LearnConfig>(), 16);
+        assert_eq!(offset_of!(LearnConfig, scope_quota), 8);
+        assert_eq!(Source::try_from(3), Ok(Source::Learned));
+        assert_eq!(Source::Learned.as_str(), "learned");
     }
 
     #[test]

@@ -146,6 +146,10 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         )
     } else if is_default_opaque(slot, port) {
         (Protocol::Opaque, Source::DefaultPort, 0)
+    } else if crate::learn::at_connect(ctx, &dst, port) {
+        // Learning (issue 11): a learned server-first destination. Below
+        // rules and default ports; `at_connect` also has the socket watched.
+        (Protocol::Opaque, Source::Learned, 0)
     } else {
         count(c::NO_VERDICT);
         return;
@@ -156,10 +160,10 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         Protocol::Http2 => c::VERDICT_HTTP2,
         Protocol::Detect => c::VERDICT_DETECT,
     });
-    count(if source == Source::Rule {
-        c::SOURCE_RULE
-    } else {
-        c::SOURCE_DEFAULT_PORT
+    count(match source {
+        Source::Rule => c::SOURCE_RULE,
+        Source::Learned => c::SOURCE_LEARNED, // issue 11
+        _ => c::SOURCE_DEFAULT_PORT,
     });
 
     let mut flags = if is_v4 { REPLY_FLAG_DST_IPV4 } else { 0 };
@@ -277,7 +281,7 @@ fn trie_get(slot: u8, scope: u16, dst: &[u8; 16], is_v4: bool, port: u16) -> Rul
 /// cgroup the agent registered (a pod's cgroup; the process is usually in
 /// a container cgroup below it). `SCOPE_NODE` outside any pod.
 #[inline(always)]
-fn client_scope() -> u16 {
+pub(crate) fn client_scope() -> u16 {
     let mut level = 1;
     while level <= MAX_CGROUP_LEVEL {
         // SAFETY: helper with a plain integer argument.

@@ -8,6 +8,9 @@
 //! * `query`: `cgroup/getsockopt` answers a proxy's query on its accepted
 //!   socket from the published verdicts.
 //!
+//! * `learn`: for connections the policy gives no verdict, who sends the
+//!   first payload (issue 11): hooked from `connect` and `publish`.
+//!
 //! Every program lets the operation through on every path: a failure is
 //! counted, never turned into a refused connect.
 #![no_std]
@@ -15,6 +18,7 @@
 
 mod addr;
 mod connect;
+mod learn;
 mod maps;
 mod publish;
 mod query;

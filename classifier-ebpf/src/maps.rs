@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use classifier_common::{
-    counters, maps as m, AgentStatus, ConnKey, ConnVerdict, NamespaceName, PinMeta, PolicyConfig,
-    RuleKeyV4, RuleKeyV6, RuleVerdict, DEFAULT_PORT_WORDS, POLICY_SLOTS,
+    counters, maps as m, AgentStatus, ConnKey, ConnVerdict, LearnConfig, LearnWatch, LearnedEntry,
+    LearnedKey, NamespaceName, PinMeta, PolicyConfig, RuleKeyV4, RuleKeyV6, RuleVerdict,
+    DEFAULT_PORT_WORDS, POLICY_SLOTS,
 };
 
 /// For maps only the agent writes, mostly small or empty: memory is taken
@@ -50,6 +51,19 @@ pub static CLS_AGENT_STATUS: Array<AgentStatus> = Array::pinned(1, 0);
 #[map]
 pub static CLS_SCOPE_IDS: HashMap<NamespaceName, u32> =
     HashMap::pinned(m::SCOPE_IDS_CAPACITY, NO_PREALLOC);
+
+// Learning server-first destinations (issue 11); used by `learn.rs` only.
+#[map]
+pub static CLS_LEARNED: LruHashMap<LearnedKey, LearnedEntry> =
+    LruHashMap::pinned(m::LEARNED_CAPACITY, 0);
+#[map]
+pub static CLS_LEARN_PENDING: LruHashMap<u64, LearnWatch> =
+    LruHashMap::pinned(m::LEARN_PENDING_CAPACITY, 0);
+#[map]
+pub static CLS_LEARN_CONFIG: Array<LearnConfig> = Array::pinned(1, 0);
+#[map]
+pub static CLS_LEARN_SCOPES: HashMap<u32, u32> =
+    HashMap::pinned(m::LEARN_SCOPES_CAPACITY, NO_PREALLOC);
 
 /// Adds one to a per-CPU counter. Per-CPU, so no atomics are needed.
 #[inline(always)]

@@ -8,7 +8,7 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -16,7 +16,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext,
 };
-use classifier_common::{counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS};
+use classifier_common::{
+    counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS, SOURCE_LEARNED,
+};
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -32,6 +34,8 @@ pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => withdraw(&ctx),
+        // Learning (issue 11): only sockets `learn::watch` switched on.
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => crate::learn::on_header_option(&ctx),
         _ => {}
     }
     1
@@ -45,6 +49,7 @@ fn publish(ctx: &SockOpsContext) {
         // Not classified (the common case), or its connect-time entry was
         // evicted from the LRU table before the SYN (not distinguishable
         // here; the table is sized far above connects in flight).
+        crate::learn::watch(ctx, cookie); // issue 11: unclassified, maybe watched
         return;
     };
     // SAFETY: the pointer is to a live map value; copied out at once.
@@ -80,6 +85,9 @@ fn publish(ctx: &SockOpsContext) {
         .is_err()
     {
         count(c::ERR_CB_FLAGS);
+    }
+    if verdict.source == SOURCE_LEARNED {
+        crate::learn::watch(ctx, cookie); // issue 11: watched for contradiction
     }
 }
 

@@ -11,6 +11,7 @@
 //! policy         = classifier_policy: file -> Policy -> explain / compile
 //! sources/       classifier_policy::sources, plus the live Kubernetes watch
 //! datapath/      embedded object, pins, install-or-adopt, atomic policy writes
+//! learned/       the learned server-first destinations: read, expire, suggest
 //! agent/         the long-running `classifier agent`
 //! stats/         `classifier stats` from the pinned maps, and the kernel
 //!                counters' Prometheus encoding
@@ -29,6 +30,7 @@ pub use classifier_policy as policy;
 
 pub mod agent;
 pub mod datapath;
+pub mod learned;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_client;

@@ -35,6 +35,8 @@ pub enum Source {
     None,
     DefaultPort,
     Rule(u32),
+    /// A destination the classifier learned to be server-first (byte 2 = 3).
+    Learned,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +137,7 @@ pub fn parse(bytes: &[u8]) -> io::Result<Verdict> {
     let source = match classifier_common::Source::try_from(r.source) {
         Ok(classifier_common::Source::DefaultPort) => Source::DefaultPort,
         Ok(classifier_common::Source::Rule) => Source::Rule(r.rule_id),
+        Ok(classifier_common::Source::Learned) => Source::Learned,
         Ok(classifier_common::Source::None) | Err(_) => Source::None,
     };
     let original_dst = (bytes.len() >= REPLY_LEN && source != Source::None).then(|| {
@@ -179,6 +182,27 @@ mod tests {
         assert_eq!(v.generation, 3);
         assert_eq!(v.original_dst, Some("203.0.113.9:3306".parse().unwrap()));
         assert!(v.skip_detection());
+    }
+
+    #[test]
+    fn learned_source_is_byte_3() {
+        let reply = QueryReply {
+            version: 1,
+            protocol: Protocol::Opaque.wire(),
+            source: classifier_common::SOURCE_LEARNED,
+            flags: REPLY_FLAG_DST_IPV4,
+            rule_id: 0,
+            generation: 3,
+            dst_port_be: 2222u16.to_be(),
+            _reserved: 0,
+            dst_addr: Ipv4Addr::new(10, 0, 0, 9).to_ipv6_mapped().octets(),
+        };
+        let bytes = bytemuck::bytes_of(&reply);
+        assert_eq!(bytes[2], 3);
+        let v = parse(bytes).unwrap();
+        assert_eq!(v.source, Source::Learned);
+        assert!(v.skip_detection());
+        assert_eq!(v.original_dst, Some("10.0.0.9:2222".parse().unwrap()));
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
         rules,
         mark: None,
         pod_namespaces: Default::default(),
+        learning: Default::default(),
     }
 }
 

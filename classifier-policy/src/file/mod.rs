@@ -129,6 +129,7 @@ pub fn parse_policy_document_at(
         rules,
         mark: spec.mark.map(|m| m.0),
         pod_namespaces: Default::default(),
+        learning: learning(spec.learning),
     };
     let cluster_networks = match spec.cluster_networks {
         Some(ClusterNetworks(n)) => n,
@@ -138,6 +139,27 @@ pub fn parse_policy_document_at(
         policy,
         cluster_networks,
     })
+}
+
+/// `spec.learning` over its defaults (values were checked when read).
+fn learning(raw: Option<schema::RawLearning>) -> crate::model::Learning {
+    let mut out = crate::model::Learning::default();
+    let Some(raw) = raw else {
+        return out;
+    };
+    if let Some(enabled) = raw.enabled {
+        out.enabled = enabled;
+    }
+    if let Some(ttl) = raw.ttl {
+        out.ttl = ttl.0;
+    }
+    if let Some(n) = raw.min_observations {
+        out.min_observations = n.0;
+    }
+    if let Some(scope) = raw.scope {
+        out.scope = scope.0;
+    }
+    out
 }
 
 /// A ClassifierPolicy document: the [`Policy`] it gives on its own, plus the

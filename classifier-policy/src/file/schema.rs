@@ -44,6 +44,65 @@ pub(super) struct Spec {
     pub(super) mark: Option<CheckedMark>,
     #[serde(default)]
     pub(super) cluster_networks: Option<ClusterNetworks>,
+    #[serde(default)]
+    pub(super) learning: Option<RawLearning>,
+}
+
+/// `spec.learning` (issue 11); each value checked where it is read, so an
+/// error names its field and line.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawLearning {
+    #[serde(default)]
+    pub(super) enabled: Option<bool>,
+    #[serde(default)]
+    pub(super) ttl: Option<Ttl>,
+    #[serde(default)]
+    pub(super) min_observations: Option<MinObservations>,
+    #[serde(default)]
+    pub(super) scope: Option<Scope>,
+}
+
+pub(super) struct Ttl(pub(super) std::time::Duration);
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| crate::model::parse_ttl(s).map(Ttl))
+    }
+}
+
+pub(super) struct Scope(pub(super) crate::model::LearningScope);
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| crate::model::LearningScope::parse(s).map(Scope))
+    }
+}
+
+pub(super) struct MinObservations(pub(super) u32);
+
+impl<'de> Deserialize<'de> for MinObservations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MinObservations;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number of at least 1")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<MinObservations, E> {
+                if v < 1 || v > i64::from(u32::MAX) {
+                    return Err(E::custom(format!(
+                        "minObservations {v} is out of range: it must be at least 1"
+                    )));
+                }
+                Ok(MinObservations(v as u32))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<MinObservations, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `clusterNetworks`: a list of CIDRs or one comma-separated string of them

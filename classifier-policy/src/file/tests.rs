@@ -44,6 +44,7 @@ fn example_parses() {
                 mask: 0x40000
             }),
             pod_namespaces: Default::default(),
+            learning: Default::default(),
         }
     );
 }
@@ -430,4 +431,48 @@ fn cluster_networks_and_wildcard_ports() {
     assert!(syntax_error(&text).contains("spec.defaultOpaquePorts"));
     let text = format!("{head}spec:\n  rules: [{{networks: [\"0.0.0.0/0\"], ports: \"*,80\", protocol: detect}}]\n");
     assert!(syntax_error(&text).contains("spec.rules[0].ports"));
+}
+
+#[test]
+fn learning_defaults_and_values() {
+    use crate::model::{Learning, LearningScope};
+    let head = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n";
+    assert_eq!(
+        parse_policy(head, "policy.yaml").unwrap().learning,
+        Learning::default()
+    );
+    let p = parse_policy(
+        &format!("{head}  learning:\n    enabled: false\n    ttl: 1h30m\n    minObservations: 3\n    scope: node\n"),
+        "policy.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        p.learning,
+        Learning {
+            enabled: false,
+            ttl: std::time::Duration::from_secs(5400),
+            min_observations: 3,
+            scope: LearningScope::Node,
+        }
+    );
+}
+
+#[test]
+fn bad_learning_values_name_origin_field_line_and_value() {
+    let head = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  learning:\n";
+    for (body, parts) in [
+        ("    ttl: soon\n", vec!["spec.learning.ttl", "\"soon\"", "line 5"]),
+        (
+            "    minObservations: 0\n",
+            vec!["spec.learning.minObservations", "minObservations 0", "line 5"],
+        ),
+        (
+            "    scope: cluster\n",
+            vec!["spec.learning.scope", "\"cluster\"", "line 5"],
+        ),
+        ("    enabled: yes please\n", vec!["spec.learning.enabled", "line 5"]),
+        ("    bogus: 1\n", vec!["spec.learning", "bogus", "line 5"]),
+    ] {
+        assert_error(&format!("{head}{body}"), &parts);
+    }
 }

@@ -18,11 +18,13 @@ use crate::ports::PortSet;
 
 mod cidr;
 mod error;
+mod learning;
 
 pub use cidr::{
     check_except, default_cluster_networks, parse_cidr, LINKERD_DEFAULT_CLUSTER_NETWORKS,
 };
 pub use error::PolicyError;
+pub use learning::{format_ttl, parse_ttl, Learning, LearningScope};
 
 /// Linkerd's `proxy.opaquePorts` default; destinations on these ports are
 /// opaque unless a rule says otherwise.
@@ -138,6 +140,8 @@ pub struct Policy {
     /// Pod UID -> namespace, from Pod documents: the agent maps a pod's
     /// cgroup to the scope of its namespace with it.
     pub pod_namespaces: BTreeMap<String, String>,
+    /// `spec.learning` (issue 11).
+    pub learning: Learning,
 }
 
 impl Policy {
@@ -152,6 +156,7 @@ impl Policy {
             rules: Vec::new(),
             mark: None,
             pod_namespaces: BTreeMap::new(),
+            learning: Learning::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::pods;
+use super::{learning::Learner, pods};
 use crate::{
     datapath::{policy_maps::Applied, PinDir, PolicyMaps, ScopeMaps},
     policy::{compile::compile_with_scopes, Policy},
@@ -26,6 +26,8 @@ pub struct Applier {
     scope_ids: BTreeMap<String, u16>,
     /// Whether this agent has switched in a policy of its own yet.
     applied_once: bool,
+    /// Learning (issue 11).
+    learner: Learner,
 }
 
 impl Applier {
@@ -38,6 +40,7 @@ impl Applier {
             pod_namespaces: BTreeMap::new(),
             scope_ids: BTreeMap::new(),
             applied_once: false,
+            learner: Learner::open(pins)?,
         })
     }
 
@@ -46,11 +49,14 @@ impl Applier {
     }
 
     pub fn apply(&mut self, policy: &Policy, source: &str) -> Result<Applied> {
-        let namespaces: Vec<&str> = policy
+        let mut namespaces: Vec<&str> = policy
             .rules
             .iter()
             .filter_map(|r| r.scope.as_deref())
             .collect();
+        namespaces.extend(Learner::namespaces(policy)); // issue 11
+        namespaces.sort_unstable();
+        namespaces.dedup();
         let scope_ids = self.scopes.ids_for(namespaces)?;
         let compiled =
             compile_with_scopes(policy, &scope_ids).with_context(|| source.to_owned())?;
@@ -65,6 +71,7 @@ impl Applier {
         self.scope_ids = scope_ids;
         self.applied_once = true;
         self.scopes.unregister_others(&wanted)?;
+        self.learner.apply(&policy.learning)?; // issue 11
         // Parsing and compiling a large policy leaves freed heap behind that
         // glibc keeps; give it back so the agent's resident size is what it
         // actually holds (the previous and current compiled policies).
@@ -100,6 +107,7 @@ impl Applier {
     /// this agent has applied a policy it does not know which pods the
     /// policy in force needs (an adopted one), so it leaves them alone.
     pub fn refresh_pods(&mut self) -> Result<()> {
+        self.learner.tick(); // issue 11: ttl expiry, every tick
         if !self.applied_once {
             return Ok(());
         }

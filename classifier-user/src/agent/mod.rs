@@ -3,6 +3,7 @@
 //! programs attached and the last policy active; `--uninstall` removes them.
 
 mod applier;
+mod learning;
 mod pods;
 mod policy_source;
 mod preflight;

@@ -88,6 +88,7 @@ fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
                 Source::None => "none".to_owned(),
                 Source::DefaultPort => "default_port".to_owned(),
                 Source::Rule(id) => format!("rule:{id}"),
+                Source::Learned => "learned".to_owned(),
             },
             "marked": v.marked,
             "ambiguous": v.ambiguous,

@@ -1,0 +1,207 @@
+//! Learning server-first destinations (issue 11).
+//!
+//! For a connection the policy gives no verdict, who sends the first
+//! payload tells the protocol's direction: on the client socket, a first
+//! outgoing data segment that leaves after bytes have arrived means the
+//! server spoke first (SSH, SMTP, MySQL, FTP, IMAP...); HTTP, TLS and gRPC
+//! clients always speak first.
+//!
+//! * `at_connect` (from `connect::classify`, only when no rule and no
+//!   default port decided): looks the destination up in `CLS_LEARNED` for
+//!   the client's scope, and remembers the socket in `CLS_LEARN_PENDING`.
+//! * `watch` (from `publish`, at `TCP_CONNECT_CB`, only for sockets without
+//!   a rule or default-port verdict): switches on the header-option
+//!   callback for that socket alone.
+//! * `on_header_option` (`HDR_OPT_LEN_CB`, once per outgoing segment while
+//!   the callback is on): at the first segment with payload, switches the
+//!   callback off again and records the observation: server-first adds to
+//!   (or creates) the entry, client-first removes a learned one.
+//!
+//! So a classified connection pays nothing, an unclassified one a hash
+//! insert at connect, a lookup at connect time and a few callbacks until
+//! its first data segment, and nothing after it.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    bindings::BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    programs::{SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use classifier_common::{
+    counters as c, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE,
+    PORT_ANY, SCOPE_NODE,
+};
+
+use crate::{
+    connect::client_scope,
+    maps::{count, CLS_LEARNED, CLS_LEARN_CONFIG, CLS_LEARN_PENDING, CLS_LEARN_SCOPES},
+};
+
+const BPF_NOEXIST: u64 = 1;
+
+/// At connect, for a destination without a rule or default-port verdict:
+/// whether it is a learned server-first destination for this client. With
+/// learning on, the socket is also remembered for `watch`.
+#[inline(always)]
+pub fn at_connect(ctx: &SockAddrContext, dst: &[u8; 16], port: u16) -> bool {
+    let Some(config) = CLS_LEARN_CONFIG.get(0) else {
+        return false;
+    };
+    if config.flags & LEARN_FLAG_ENABLED == 0 || port == PORT_ANY {
+        return false;
+    }
+    let scope = if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
+        SCOPE_NODE
+    } else {
+        client_scope()
+    };
+    let key = LearnedKey {
+        scope: u32::from(scope),
+        port,
+        _pad: 0,
+        addr: *dst,
+    };
+    let learned = match CLS_LEARNED.get_ptr(&key) {
+        // SAFETY: live map value, read at once.
+        Some(entry) => (unsafe { (*entry).observations }) >= config.min_observations,
+        None => false,
+    };
+    // SAFETY: the helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if CLS_LEARN_PENDING
+        .insert(&cookie, &LearnWatch { key }, 0)
+        .is_err()
+    {
+        count(c::ERR_LEARN);
+    }
+    learned
+}
+
+/// At `TCP_CONNECT_CB` for a socket with no verdict or a learned one:
+/// switch the header-option callback on if `at_connect` remembered it.
+#[inline(always)]
+pub fn watch(ctx: &SockOpsContext, cookie: u64) {
+    if CLS_LEARN_PENDING.get_ptr(&cookie).is_none() {
+        return;
+    }
+    if ctx
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32)
+        .is_err()
+    {
+        count(c::ERR_CB_FLAGS);
+        let _ = CLS_LEARN_PENDING.remove(&cookie);
+        return;
+    }
+    count(c::LEARN_WATCHED);
+}
+
+/// `HDR_OPT_LEN_CB`: an outgoing segment of a watched socket.
+#[inline(always)]
+pub fn on_header_option(ctx: &SockOpsContext) {
+    let ops = ctx.ops;
+    // SAFETY: readable sockops context fields (0 when there is no skb).
+    let (skb_len, bytes_received) = unsafe {
+        (
+            read_volatile(&(*ops).skb_len),
+            read_volatile(&(*ops).bytes_received),
+        )
+    };
+    if skb_len == 0 {
+        // SYN, pure ACK: no payload yet.
+        return;
+    }
+    // The first data segment: this socket is done with callbacks.
+    if ctx
+        .set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32)
+        .is_err()
+    {
+        count(c::ERR_CB_FLAGS);
+    }
+    // SAFETY: the helper accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(watch) = CLS_LEARN_PENDING.get_ptr(&cookie) else {
+        return;
+    };
+    // SAFETY: live map value, copied out at once.
+    let key = unsafe { (*watch).key };
+    let _ = CLS_LEARN_PENDING.remove(&cookie);
+    if bytes_received > 0 {
+        server_first(&key);
+    } else {
+        client_first(&key);
+    }
+}
+
+#[inline(always)]
+fn server_first(key: &LearnedKey) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(entry) = CLS_LEARNED.get_ptr_mut(key) {
+        // SAFETY: live map value. Two CPUs may race on one entry; a lost
+        // increment or a last-seen off by microseconds is harmless.
+        unsafe {
+            (*entry).observations = (*entry).observations.saturating_add(1);
+            (*entry).last_seen_ns = now;
+        }
+        count(c::LEARN_SERVER_FIRST);
+        return;
+    }
+    // A new entry: only while its scope is under its quota, so one scope
+    // cannot fill the table and push the others' entries out.
+    let quota = match CLS_LEARN_CONFIG.get(0) {
+        Some(config) => config.scope_quota,
+        None => 0,
+    };
+    let held = match CLS_LEARN_SCOPES.get_ptr_mut(&key.scope) {
+        Some(n) => n,
+        None => {
+            if CLS_LEARN_SCOPES.insert(&key.scope, &0, BPF_NOEXIST).is_err()
+                && CLS_LEARN_SCOPES.get_ptr(&key.scope).is_none()
+            {
+                count(c::ERR_LEARN);
+                return;
+            }
+            match CLS_LEARN_SCOPES.get_ptr_mut(&key.scope) {
+                Some(n) => n,
+                None => {
+                    count(c::ERR_LEARN);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: live map value. Not atomic: two CPUs inserting for the same
+    // scope at once may both pass; the agent recounts every tick.
+    if unsafe { *held } >= quota {
+        count(c::LEARN_SCOPE_FULL);
+        return;
+    }
+    let entry = LearnedEntry {
+        first_seen_ns: now,
+        last_seen_ns: now,
+        observations: 1,
+        _pad: 0,
+    };
+    if CLS_LEARNED.insert(key, &entry, BPF_NOEXIST).is_err() {
+        count(c::ERR_LEARN);
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { *held += 1 };
+    count(c::LEARN_SERVER_FIRST);
+}
+
+#[inline(always)]
+fn client_first(key: &LearnedKey) {
+    if CLS_LEARNED.remove(key).is_ok() {
+        if let Some(held) = CLS_LEARN_SCOPES.get_ptr_mut(&key.scope) {
+            // SAFETY: live map value.
+            unsafe { *held = (*held).saturating_sub(1) };
+        }
+        count(c::LEARN_CONTRADICTED);
+    } else {
+        count(c::LEARN_CLIENT_FIRST);
+    }
+}

@@ -1,0 +1,69 @@
+//! The agent's side of learning (issue 11): write `spec.learning` into the
+//! kernel's settings after every policy, and expire entries older than its
+//! ttl at every tick.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::{
+    datapath::PinDir,
+    learned::LearnedTable,
+    policy::{Learning, LearningScope, Policy},
+};
+
+pub struct Learner {
+    table: LearnedTable,
+    /// The settings this agent wrote; `None` until its first policy (an
+    /// adopted policy keeps its predecessor's settings, and nothing expires).
+    settings: Option<Learning>,
+}
+
+impl Learner {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            table: LearnedTable::open(pins)?,
+            settings: None,
+        })
+    }
+
+    /// The namespaces whose pods need a scope id for learning: every pod's,
+    /// under `scope: namespace` (a pod without one would learn into, and
+    /// read, the node scope).
+    pub fn namespaces(policy: &Policy) -> impl Iterator<Item = &str> {
+        let wanted = policy.learning.enabled && policy.learning.scope == LearningScope::Namespace;
+        policy
+            .pod_namespaces
+            .values()
+            .map(String::as_str)
+            .filter(move |_| wanted)
+    }
+
+    pub fn apply(&mut self, learning: &Learning) -> Result<()> {
+        self.table.write_config(learning)?;
+        if self.settings.as_ref() != Some(learning) {
+            tracing::info!(
+                enabled = learning.enabled,
+                ttl = %crate::policy::format_ttl(learning.ttl),
+                min_observations = learning.min_observations,
+                scope = %learning.scope,
+                "learning settings"
+            );
+        }
+        self.settings = Some(learning.clone());
+        Ok(())
+    }
+
+    /// Expires entries not seen for the ttl; recounts each scope's entries.
+    pub fn tick(&mut self) {
+        let Some(settings) = &self.settings else {
+            return;
+        };
+        let ttl: Duration = settings.ttl;
+        match self.table.expire(ttl) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "learned destinations expired"),
+            Err(err) => tracing::warn!("expiring learned destinations failed: {err:#}"),
+        }
+    }
+}
