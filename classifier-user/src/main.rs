@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use classifier_user::{
     agent::{self, AgentOptions},
     datapath::{pins::DEFAULT_PIN_DIR, PinDir},
+    learned,
     policy::{classify_from, load_policy_path, Policy},
     proxy::{self, ProxyOptions},
     stats,
@@ -44,6 +45,18 @@ enum Command {
     Stats(StatsArgs),
     /// Show what the policy decides for a destination, and why (no root or agent needed).
     Explain(ExplainArgs),
+    /// List the server-first destinations the classifier learned from the traffic (needs root).
+    ///
+    /// Connections the policy gives no verdict are watched until their first data segment: if
+    /// the server spoke first, the destination is learned (opaque from then on, for clients of
+    /// the same scope); a client-first connection to a learned destination removes it.
+    Learned(LearnedArgs),
+    /// Print mesh configuration that fixes the learned destinations (needs root to read them).
+    ///
+    /// linkerd: EgressNetworks (in the client's namespace, or linkerd-egress for the node scope)
+    /// with the config.linkerd.io/opaque-ports annotation; istio: ServiceEntry objects with
+    /// protocol TCP; policy: a ClassifierPolicy with opaque rules.
+    Suggest(SuggestArgs),
     /// Run the reference outbound proxy: the model for adopting the query contract.
     ///
     /// Accepts connections REDIRECTed to it (linkerd-init style), reads SO_ORIGINAL_DST and
@@ -129,9 +142,31 @@ struct ExplainArgs {
     #[arg(long, value_name = "NS")]
     from_namespace: Option<String>,
     /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id",
-    /// "network", "origin", "scope"}.
+    /// "network", "origin", "scope"}; "source": "learned" when the live learned table decided.
     #[arg(long)]
     json: bool,
+    /// Where the running classifier is pinned: when its maps are there (and readable), a
+    /// destination the policy leaves undecided is also looked up in its learned table.
+    #[command(flatten)]
+    pins: PinArgs,
+}
+
+#[derive(Args)]
+struct LearnedArgs {
+    #[command(flatten)]
+    pins: PinArgs,
+    /// Print JSON: a list of {destination, scope, namespace, observations, first_seen, last_seen, ...}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SuggestArgs {
+    #[command(flatten)]
+    pins: PinArgs,
+    /// Output: linkerd, istio or policy.
+    #[arg(long, value_name = "FORMAT")]
+    format: classifier_user::learned::suggest::Format,
 }
 
 #[derive(Args)]
@@ -221,6 +256,43 @@ fn run(cli: Cli) -> Result<()> {
                 args.destination.ip(),
                 args.destination.port(),
             );
+            // Learning (issue 11): below every rule and default port.
+            let pins = PinDir::new(args.pins.pin_dir.clone());
+            let learned = if decision.source == classifier_user::policy::DecisionSource::None
+                && learned::cli::installed(&pins)
+            {
+                learned::cli::explain(&pins, args.from_namespace.as_deref(), args.destination)
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            if let Some(entry) = learned {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "protocol": "opaque",
+                            "source": "learned",
+                            "rule_id": null,
+                            "network": null,
+                            "origin": null,
+                            "scope": entry.namespace,
+                            "observations": entry.observations,
+                            "last_seen_unix": entry.last_seen_unix,
+                        })
+                    );
+                } else {
+                    println!("{} -> opaque", args.destination);
+                    println!(
+                        "  because the classifier learned it is server-first ({} observations, {})",
+                        entry.observations,
+                        entry.scope_label()
+                    );
+                    println!("  from    the live learned table at {}", pins.root().display());
+                }
+                return Ok(());
+            }
             if args.json {
                 println!(
                     "{}",
@@ -240,6 +312,22 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!("  policy  {origin}");
             }
+            Ok(())
+        }
+        Command::Learned(args) => {
+            let pins = PinDir::new(args.pins.pin_dir);
+            let entries = learned::cli::list(&pins)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&learned::cli::to_json(&entries))?);
+            } else {
+                print!("{}", learned::cli::render_table(&entries));
+            }
+            Ok(())
+        }
+        Command::Suggest(args) => {
+            let pins = PinDir::new(args.pins.pin_dir);
+            let entries = learned::cli::list(&pins)?;
+            print!("{}", learned::suggest::render(args.format, &entries));
             Ok(())
         }
         Command::Proxy(args) => {

@@ -22,6 +22,9 @@ use classifier_common::{
 };
 use serde::Serialize;
 
+pub mod cli;
+pub mod suggest;
+
 use crate::{
     datapath::{policy_maps::open, PinDir},
     policy::{Learning, LearningScope},

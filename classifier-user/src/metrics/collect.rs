@@ -167,6 +167,8 @@ mod tests {
                 connects: 5,
             }],
             agent: None,
+            learning: None,
+            learned_destinations: Vec::new(),
         }
     }
 

@@ -136,6 +136,27 @@ impl Collector for KernelCollector {
             "Verdicts evicted before their connection closed",
             s.verdict_table.evicted,
         )?;
+        // Learning (issue 11): counts only, never addresses.
+        if let Some(l) = &s.learning {
+            gauge(
+                &mut enc,
+                "learned_destinations",
+                "Learned server-first destinations in the table",
+                l.entries,
+            )?;
+            counter(
+                &mut enc,
+                "learned_observations",
+                "Server-first observations recorded",
+                l.learned_total,
+            )?;
+            counter(
+                &mut enc,
+                "learned_contradicted",
+                "Learned destinations removed by a client-first observation",
+                l.contradicted_total,
+            )?;
+        }
         let p = &s.policy;
         gauge(
             &mut enc,

@@ -26,6 +26,24 @@ pub struct Snapshot {
     pub top_ports: Vec<PortCount>,
     /// What the agent last reported; `None` if no agent ever ran here.
     pub agent: Option<AgentInfo>,
+    /// Learning (issue 11); `None` if the learning maps cannot be read.
+    pub learning: Option<LearningInfo>,
+    /// The learned destinations themselves (`learned_destinations` in JSON).
+    pub learned_destinations: Vec<crate::learned::LearnedDestination>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LearningInfo {
+    pub enabled: bool,
+    pub scope: &'static str,
+    pub min_observations: u32,
+    pub entries: usize,
+    pub capacity: u32,
+    pub scope_quota: u32,
+    /// Server-first observations recorded (new entries and repeats).
+    pub learned_total: u64,
+    /// Learned entries removed by a client-first observation.
+    pub contradicted_total: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -159,6 +177,7 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
 
     let published = get(counters::PUBLISHED);
     let withdrawn = get(counters::UNPUBLISHED);
+    let learning = learning_snapshot(pins);
     Ok(Snapshot {
         connects_total: get(counters::CONNECT4)
             + get(counters::CONNECT6)
@@ -196,7 +215,32 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
         },
         top_ports,
         agent: agent_info(pins),
+        learning: learning.as_ref().map(|(config, entries)| LearningInfo {
+            enabled: config.flags & classifier_common::LEARN_FLAG_ENABLED != 0,
+            scope: if config.flags & classifier_common::LEARN_FLAG_NODE_SCOPE != 0 {
+                "node"
+            } else {
+                "namespace"
+            },
+            min_observations: config.min_observations,
+            entries: entries.len(),
+            capacity: classifier_common::maps::LEARNED_CAPACITY,
+            scope_quota: config.scope_quota,
+            learned_total: get(counters::LEARN_SERVER_FIRST),
+            contradicted_total: get(counters::LEARN_CONTRADICTED),
+        }),
+        learned_destinations: learning.map(|(_, e)| e).unwrap_or_default(),
     })
+}
+
+/// The learning settings and entries, if readable.
+fn learning_snapshot(
+    pins: &PinDir,
+) -> Option<(classifier_common::LearnConfig, Vec<crate::learned::LearnedDestination>)> {
+    let table = crate::learned::LearnedTable::open(pins).ok()?;
+    let config = table.config().ok()?;
+    let entries = table.entries(&crate::learned::scope_names(pins)).ok()?;
+    Some((config, entries))
 }
 
 fn agent_info(pins: &PinDir) -> Option<AgentInfo> {

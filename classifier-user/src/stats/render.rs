@@ -33,6 +33,7 @@ pub fn render_table(s: &Snapshot) -> String {
         c(k::SOURCE_DEFAULT_PORT)
     );
     let _ = writeln!(out, "  by policy rule      {:>12}", c(k::SOURCE_RULE));
+    let _ = writeln!(out, "  by learning         {:>12}", c(k::SOURCE_LEARNED));
     let _ = writeln!(out, "  marked              {:>12}", c(k::MARK_SET));
     let _ = writeln!(
         out,
@@ -49,6 +50,29 @@ pub fn render_table(s: &Snapshot) -> String {
         100.0 * s.verdict_table.entries as f64 / s.verdict_table.capacity.max(1) as f64,
         s.verdict_table.evicted
     );
+    if let Some(l) = &s.learning {
+        let _ = writeln!(
+            out,
+            "learned destinations  {:>12}   of {} ({} scope, quota {} per scope, min {} observations{})",
+            l.entries,
+            l.capacity,
+            l.scope,
+            l.scope_quota,
+            l.min_observations,
+            if l.enabled { "" } else { ", learning off" }
+        );
+        let _ = writeln!(out, "  server-first seen   {:>12}", l.learned_total);
+        let _ = writeln!(out, "  contradicted        {:>12}", l.contradicted_total);
+        for e in &s.learned_destinations {
+            let _ = writeln!(
+                out,
+                "  {:<44} {} ({} observations)",
+                e.destination().to_string(),
+                e.scope_label(),
+                e.observations
+            );
+        }
+    }
     let _ = writeln!(out, "errors                {:>12}", s.errors_total);
     for (name, value) in s
         .counters
@@ -121,5 +145,7 @@ pub fn render_json(s: &Snapshot) -> Value {
         "policy": s.policy,
         "top_ports": s.top_ports,
         "agent": s.agent,
+        "learning": s.learning,
+        "learned_destinations": crate::learned::cli::to_json(&s.learned_destinations),
     })
 }

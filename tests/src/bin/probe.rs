@@ -40,6 +40,12 @@ fn main() {
         Some("connect-loop") => connect_loop(&args[1..]),
         Some("query-loop") => query_loop(&args[1..]),
         Some("greeting") => greeting(args[1].parse().expect("ADDR")),
+        Some("talk-serve") => talk_serve(
+            args[1].parse().expect("ADDR"),
+            args[2].parse().expect("COUNT"),
+            args[3] == "server-first",
+        ),
+        Some("talk") => talk(args[1].parse().expect("ADDR"), args[2] == "server-first"),
         Some("serve-held") => serve_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
@@ -384,4 +390,45 @@ fn greeting(addr: SocketAddr) {
         "{}",
         json!({"ms": started.elapsed().as_secs_f64() * 1e3, "bytes": n})
     );
+}
+
+/// `probe talk-serve ADDR COUNT server-first|client-first` (learning tests):
+/// per connection, greet first (server-first) or wait for the client's
+/// line first (client-first), then answer the line, then print the verdict
+/// the kernel gave the connection (queried after the exchange).
+fn talk_serve(addr: SocketAddr, count: usize, server_first: bool) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    println!("ready {}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    for _ in 0..count {
+        let (mut stream, peer) = listener.accept().expect("accept");
+        let mut buf = [0u8; 256];
+        if server_first {
+            stream.write_all(b"220 hello, server speaks first\r\n").expect("greet");
+            let _ = stream.read(&mut buf);
+        } else {
+            let _ = stream.read(&mut buf);
+        }
+        let _ = stream.write_all(b"200 bye\r\n");
+        let line = describe(&stream, peer);
+        println!("{line}");
+        std::io::stdout().flush().unwrap();
+        drop(stream);
+    }
+}
+
+/// `probe talk ADDR server-first|client-first`: the client half of
+/// `talk-serve`; prints "ok" after the exchange.
+fn talk(addr: SocketAddr, server_first: bool) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let mut buf = [0u8; 256];
+    if server_first {
+        let n = stream.read(&mut buf).expect("read greeting");
+        assert!(n > 0, "no greeting");
+        stream.write_all(b"QUIT\r\n").expect("write");
+    } else {
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    }
+    let _ = stream.read(&mut buf);
+    println!("ok");
 }

@@ -15,6 +15,7 @@ mod datapath;
 mod deploy;
 mod e2e;
 mod kube_watch;
+mod learning;
 mod metrics;
 mod old_kernel;
 mod reliability;
