@@ -13,9 +13,11 @@
 //!   a rule or default-port verdict): switches on the header-option
 //!   callback for that socket alone.
 //! * `on_header_option` (`HDR_OPT_LEN_CB`, once per outgoing segment while
-//!   the callback is on): at the first segment with payload, switches the
-//!   callback off again and records the observation: server-first adds to
-//!   (or creates) the entry, client-first removes a learned one.
+//!   the callback is on): at the first segment that carries payload or
+//!   acknowledges received bytes, switches the callback off again and
+//!   records the observation: bytes received before the client sent any
+//!   means server-first (adds to or creates the entry); otherwise
+//!   client-first (removes a learned one).
 //!
 //! So a classified connection pays nothing, an unclassified one a hash
 //! insert at connect, a lookup at connect time and a few callbacks until
@@ -40,6 +42,13 @@ use crate::{
 };
 
 const BPF_NOEXIST: u64 = 1;
+const TCP_FIN: u32 = 0x01;
+const TCP_RST: u32 = 0x04;
+// TCP states (include/net/tcp_states.h) in which the peer's FIN was received.
+const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
 
 /// At connect, for a destination without a rule or default-port verdict:
 /// whether it is a learned server-first destination for this client. With
@@ -102,17 +111,42 @@ pub fn watch(ctx: &SockOpsContext, cookie: u64) {
 pub fn on_header_option(ctx: &SockOpsContext) {
     let ops = ctx.ops;
     // SAFETY: readable sockops context fields (0 when there is no skb).
-    let (skb_len, bytes_received) = unsafe {
+    let (skb_len, bytes_received, tcp_flags, state) = unsafe {
         (
             read_volatile(&(*ops).skb_len),
             read_volatile(&(*ops).bytes_received),
+            read_volatile(&(*ops).skb_tcp_flags),
+            read_volatile(&(*ops).state),
         )
     };
-    if skb_len == 0 {
-        // SYN, pure ACK: no payload yet.
+    // The peer's FIN counts one in bytes_received: it is not speech.
+    let fin_in = u64::from(matches!(
+        state,
+        TCP_TIME_WAIT | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+    ));
+    let server_spoke = bytes_received > fin_in;
+    if skb_len == 0 && !server_spoke {
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 || fin_in != 0 {
+            // Closed before anyone spoke: nothing to learn; stop watching
+            // and free the entry now rather than leave it to the LRU.
+            if ctx
+                .set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32)
+                .is_err()
+            {
+                count(c::ERR_CB_FLAGS);
+            }
+            // SAFETY: the helper accepts a sock_ops context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = CLS_LEARN_PENDING.remove(&cookie);
+        }
+        // SYN, handshake ACK: nobody has spoken yet.
         return;
     }
-    // The first data segment: this socket is done with callbacks.
+    // Either the client's first data segment, or (bytes_received > 0) an
+    // ACK of the server's first bytes before the client sent any: the
+    // answer is known either way, and this socket is done with callbacks
+    // (a server that streams to a silent client costs one callback, not
+    // one per ACK).
     if ctx
         .set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32)
         .is_err()
@@ -127,7 +161,7 @@ pub fn on_header_option(ctx: &SockOpsContext) {
     // SAFETY: live map value, copied out at once.
     let key = unsafe { (*watch).key };
     let _ = CLS_LEARN_PENDING.remove(&cookie);
-    if bytes_received > 0 {
+    if server_spoke {
         server_first(&key);
     } else {
         client_first(&key);

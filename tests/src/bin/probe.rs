@@ -39,13 +39,14 @@ fn main() {
         Some("load") => load(&args[1..]),
         Some("connect-loop") => connect_loop(&args[1..]),
         Some("query-loop") => query_loop(&args[1..]),
+        Some("transfer-loop") => transfer_loop(&args[1..]),
         Some("greeting") => greeting(args[1].parse().expect("ADDR")),
         Some("talk-serve") => talk_serve(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
             args[3] == "server-first",
         ),
-        Some("talk") => talk(args[1].parse().expect("ADDR"), args[2] == "server-first"),
+        Some("talk") => talk(args[1].parse().expect("ADDR"), &args[2]),
         Some("serve-held") => serve_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
@@ -417,18 +418,66 @@ fn talk_serve(addr: SocketAddr, count: usize, server_first: bool) {
     }
 }
 
-/// `probe talk ADDR server-first|client-first`: the client half of
-/// `talk-serve`; prints "ok" after the exchange.
-fn talk(addr: SocketAddr, server_first: bool) {
+/// `probe talk ADDR server-first|client-first|tls`: the client half of
+/// `talk-serve`; `tls` opens with the first bytes of a TLS ClientHello
+/// record. Prints "ok" after the exchange.
+fn talk(addr: SocketAddr, mode: &str) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     let mut buf = [0u8; 256];
-    if server_first {
-        let n = stream.read(&mut buf).expect("read greeting");
-        assert!(n > 0, "no greeting");
-        stream.write_all(b"QUIT\r\n").expect("write");
-    } else {
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    match mode {
+        "server-first" => {
+            let n = stream.read(&mut buf).expect("read greeting");
+            assert!(n > 0, "no greeting");
+            stream.write_all(b"QUIT\r\n").expect("write");
+        }
+        "tls" => {
+            // Record header (handshake, TLS 1.0 record version, length),
+            // handshake header (ClientHello), client version TLS 1.2, random.
+            let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03];
+            hello.extend_from_slice(&[0x42; 32]);
+            hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
+            stream.write_all(&hello).expect("write");
+        }
+        _ => stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write"),
     }
     let _ = stream.read(&mut buf);
     println!("ok");
+}
+
+/// `probe transfer-loop ADDR N BYTES` (learning bench): N times, connect,
+/// the client writes BYTES (client first: a learning watch ends at the first
+/// segment) and closes, the server reads them to EOF. Prints ns/iteration.
+fn transfer_loop(args: &[String]) {
+    let addr: SocketAddr = args[0].parse().expect("ADDR");
+    let n: u64 = args[1].parse().expect("N");
+    let bytes: usize = args[2].parse().expect("BYTES");
+    let listener = TcpListener::bind(addr).expect("bind");
+    let target = listener.local_addr().unwrap();
+    let payload = vec![0x5au8; bytes];
+    let once = || {
+        let writer = {
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                let mut client = TcpStream::connect(target).expect("connect");
+                client.write_all(&payload).expect("write");
+            })
+        };
+        let (mut server, _) = listener.accept().expect("accept");
+        let mut sink = Vec::with_capacity(bytes);
+        server.read_to_end(&mut sink).expect("read");
+        assert_eq!(sink.len(), bytes);
+        writer.join().unwrap();
+    };
+    for _ in 0..(n / 20).max(3) {
+        once();
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        once();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{}",
+        json!({"iterations": n, "ns_per_iteration": elapsed.as_nanos() as f64 / n as f64})
+    );
 }

@@ -76,6 +76,9 @@ fn real_main() -> Result<()> {
     step("7/7 the proxy's query per accepted connection (attached vs bare cgroup)");
     results["proxy_query"] = proxy_query(&plan, &attached, &bare)?;
 
+    step("8/8 learning: a connection without a verdict, watched until its first segment");
+    results["learning"] = learning(&plan, &attached, &bare)?;
+
     step("2/7 policy scale");
     // The bench writes the policy itself from here on, to time each part;
     // the programs stay attached through their pinned links.

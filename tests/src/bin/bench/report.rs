@@ -151,6 +151,33 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             v["without_classifier_answer"].as_str().unwrap_or(""),
         );
     }
+    let l = &r["learning"];
+    if l.is_object() {
+        let _ = writeln!(
+            md,
+            "\n### Learning (issue 11): a connection without a verdict\n\nAttached sandbox with learning on (the default) vs no classifier, to `{}` (no rule, not a default port), median (p25-p75):\n\n| loop | with learning ns | no classifier ns | ratio |\n|---|---:|---:|---:|",
+            l["connect_no_verdict"]["addr"].as_str().unwrap_or("")
+        );
+        for (name, label) in [
+            ("connect_no_verdict", "connect + accept + close"),
+            ("transfer_1mib", "connect + 1 MiB client-first transfer + close"),
+        ] {
+            let v = &l[name];
+            let _ = writeln!(
+                md,
+                "| {label} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.3} ({:.3}-{:.3}) |",
+                f(&v["with_ns"]["median"]),
+                f(&v["with_ns"]["p25"]),
+                f(&v["with_ns"]["p75"]),
+                f(&v["without_ns"]["median"]),
+                f(&v["without_ns"]["p25"]),
+                f(&v["without_ns"]["p75"]),
+                f(&v["ratio"]["median"]),
+                f(&v["ratio"]["p25"]),
+                f(&v["ratio"]["p75"]),
+            );
+        }
+    }
     md
 }
 

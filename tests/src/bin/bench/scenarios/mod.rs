@@ -4,6 +4,7 @@
 mod connect_overhead; // 1, and the kernel's own per-program run times
 mod footprint; // 4
 mod kubernetes_scale; // 6
+mod learning; // 8 (issue 11)
 mod policy_scale; // 2
 mod proxy_query; // 7
 mod stall; // 5
@@ -12,6 +13,7 @@ mod stats_at_scale; // 3
 pub(crate) use connect_overhead::{connect_overhead, program_run_times};
 pub(crate) use footprint::footprint;
 pub(crate) use kubernetes_scale::kubernetes_scale;
+pub(crate) use learning::learning;
 pub(crate) use policy_scale::policy_scale;
 pub(crate) use proxy_query::proxy_query;
 pub(crate) use stall::stall;
