@@ -25,7 +25,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("tab indentation", s(format!("{HEAD}\trules: []\n")), "found character that cannot start any token at line 4 column 1"),
         ("wrong kind", s("apiVersion: classifier.dev/v1alpha1\nkind: Policy\n".into()), "kind: unsupported kind \"Policy\", expected \"ClassifierPolicy\" at line 2 column 7"),
         ("wrong apiVersion", s("apiVersion: v1\nkind: ClassifierPolicy\n".into()), "apiVersion: unsupported apiVersion \"v1\", expected \"classifier.dev/v1alpha1\" at line 1 column 13"),
-        ("unknown spec field", s(format!("{HEAD}  rulez: []\n")), "spec: unknown field `rulez`, expected one of `defaultOpaquePorts`, `excludeUids`, `rules`, `mark`, `clusterNetworks` at line 4 column 3"),
+        ("unknown spec field", s(format!("{HEAD}  rulez: []\n")), "spec: unknown field `rulez`, expected one of `defaultOpaquePorts`, `excludeUids`, `rules`, `mark`, `clusterNetworks`, `learning` at line 4 column 3"),
         ("unknown rule field", s(with_rules("    - {networks: [\"10.0.0.0/8\"], ports: \"80\", protocol: opaque, colour: red}\n")), "spec.rules[0]: unknown field `colour`, expected one of `networks`, `ports`, `protocol` at line 5 column 65"),
         ("ports of the wrong type", s(rule("\"10.0.0.0/8\"", "[80]", "opaque")), "spec.rules[0].ports: invalid type: sequence, expected a port list string like \"25,587,4000-4100\" or a port number at line 5 column 41"),
         ("excludeUids of the wrong type", s(format!("{HEAD}  excludeUids: \"2102\"\n")), "spec.excludeUids: invalid type: string \"2102\", expected a sequence at line 4 column 16"),

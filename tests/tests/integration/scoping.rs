@@ -107,9 +107,10 @@ fn namespace_egress_networks_apply_to_their_pods_and_global_ones_to_the_rest() {
         let v = verdict_from(&sb, cgroup, 4222);
         assert_eq!(v["protocol"], "unknown", "{who}, 4222: {v}");
     }
-    // Only team-a has scoped rules: its pod is the one registered.
+    // Only team-a has scoped rules, but learning (on by default, namespace
+    // scope) gives every pod its namespace's scope: both are registered.
     assert!(
-        sb.agent_log().contains("scoped_pods=1"),
+        sb.agent_log().contains("scoped_pods=2"),
         "{}",
         sb.agent_log()
     );
