@@ -5,8 +5,12 @@
 //! `s` only (node-wide rules are scope [`SCOPE_NODE`]). Port [`PORT_ANY`]
 //! holds the entries of wildcard-port rules (every port, `ports: "*"`).
 //!
+//! The rules of Linkerd's global EgressNetworks ([`Rule::global_egress`])
+//! are their own universe, [`SCOPE_GLOBAL_EGRESS`].
+//!
 //! What the kernel does per connect, for each universe in turn (the client's
-//! scope first, if it has one, then the node's):
+//! scope first, if it has one, then the node's, then, for a client without
+//! a scope, the global EgressNetworks'):
 //!
 //! 1. look up `(scope, port, addr)` (hit E) and `(scope, PORT_ANY, addr)`
 //!    (hit W);
@@ -50,7 +54,7 @@ use std::collections::BTreeMap;
 
 use classifier_common::{
     maps, rule_key_v4, rule_key_v6, RuleKeyV4, RuleKeyV6, RuleVerdict, PORT_ANY,
-    RULE_KEY_FIXED_BITS, SCOPE_NODE,
+    RULE_KEY_FIXED_BITS, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 use ipnet::IpNet;
 
@@ -101,6 +105,10 @@ pub struct CompiledPolicy {
     /// Some entry is at [`PORT_ANY`]: the kernel must do the wildcard-port
     /// lookups (`CONFIG_FLAG_ANY_PORT`).
     pub any_port: bool,
+    /// Some rule is a global EgressNetwork's: the kernel must look up
+    /// [`SCOPE_GLOBAL_EGRESS`] for clients without a scope
+    /// (`CONFIG_FLAG_GLOBAL_EGRESS`).
+    pub global_egress: bool,
     /// The scope id of every namespace that has rules (a subset of the ids
     /// given to [`compile_with_scopes`]).
     pub scope_ids: BTreeMap<String, u16>,
@@ -118,6 +126,7 @@ impl CompiledPolicy {
             rule_count: 0,
             scoped: false,
             any_port: false,
+            global_egress: false,
             scope_ids: BTreeMap::new(),
         }
     }
@@ -148,6 +157,10 @@ pub enum CompileError {
     },
     #[error("namespace {scope:?} has scope id 0, which is reserved for node-wide rules")]
     ScopeIdZero { scope: String },
+    #[error(
+        "namespace {scope:?} has scope id {id}, which is reserved for the global EgressNetworks"
+    )]
+    ScopeIdReserved { scope: String, id: u16 },
     #[error("the policy has rules for {count} namespaces, at most 65535 are supported")]
     TooManyScopes { count: usize },
 }
@@ -178,7 +191,7 @@ pub const MAX_V6_ENTRIES: u64 = maps::RULES_V6_CAPACITY as u64 / 2;
 /// policy changes, uses [`compile_with_scopes`].
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, CompileError> {
     let names = policy.scopes();
-    if names.len() > u16::MAX as usize {
+    if names.len() >= SCOPE_GLOBAL_EGRESS as usize {
         return Err(CompileError::TooManyScopes { count: names.len() });
     }
     let ids: BTreeMap<String, u16> = names
@@ -261,6 +274,10 @@ pub fn compile_with_scopes(
         rule_count: policy.rules.len() as u32,
         scoped: !used_scopes.is_empty(),
         any_port,
+        global_egress: policy
+            .rules
+            .iter()
+            .any(|r| r.scope.is_none() && r.global_egress),
         scope_ids: used_scopes,
     })
 }
@@ -275,9 +292,16 @@ fn resolve_scopes(
     let mut rule_scope: Vec<u16> = Vec::with_capacity(policy.rules.len());
     for r in &policy.rules {
         let id = match &r.scope {
+            None if r.global_egress => SCOPE_GLOBAL_EGRESS,
             None => SCOPE_NODE,
             Some(ns) => match scope_ids.get(ns) {
                 Some(0) => return Err(CompileError::ScopeIdZero { scope: ns.clone() }),
+                Some(&SCOPE_GLOBAL_EGRESS) => {
+                    return Err(CompileError::ScopeIdReserved {
+                        scope: ns.clone(),
+                        id: SCOPE_GLOBAL_EGRESS,
+                    })
+                }
                 Some(&id) => {
                     used_scopes.insert(ns.clone(), id);
                     id

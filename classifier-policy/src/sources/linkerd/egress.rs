@@ -94,7 +94,10 @@ impl Compiler {
                     networks.push(Network { cidr, except });
                 }
             }
-            let ports = opaque_annotation(doc, None)?.unwrap_or_else(|| defaults.clone());
+            let ports = match opaque_annotation(doc, false)? {
+                Some(a) => a.ports,
+                None => defaults.clone(),
+            };
             all.push(Egress {
                 doc,
                 scope,
@@ -117,33 +120,46 @@ impl Compiler {
             }
             let origin = rule_origin(e.doc);
             let (networks, ports, scope) = (e.networks.clone(), e.ports.clone(), e.scope.clone());
-            self.push(
+            // EgressNetworks of the global namespace are their own tier,
+            // which a namespace with EgressNetworks of its own never sees.
+            let global = scope.is_none();
+            self.push_rule(
                 networks.clone(),
                 ports.clone(),
                 Protocol::Opaque,
                 scope.clone(),
+                global,
                 origin.clone(),
             );
             if ports.is_all() {
                 // Our opaque rule is itself a wildcard one.
-                self.push(
+                self.push_rule(
                     networks.clone(),
                     contested.clone(),
                     Protocol::Opaque,
                     scope.clone(),
+                    global,
                     origin.clone(),
                 );
             } else {
                 let detect: PortSet = contested.iter().filter(|p| !ports.contains(*p)).collect();
-                self.push(
+                self.push_rule(
                     networks.clone(),
                     detect,
                     Protocol::Detect,
                     scope.clone(),
+                    global,
                     origin.clone(),
                 );
             }
-            self.push(networks, PortSet::all(), Protocol::Detect, scope, origin);
+            self.push_rule(
+                networks,
+                PortSet::all(),
+                Protocol::Detect,
+                scope,
+                global,
+                origin,
+            );
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `ClassifierPolicy` (at most one) | defaults, excluded UIDs, mark, `clusterNetworks`; its own rules first (ids 1..) |
 //! | `Server` | per selected pod: its IPs, `port` (number or named container port), `proxyProtocol` |
-//! | `Service` | cluster IPs: opaque-ports annotation (own, else namespace's), `appProtocol: linkerd.io/opaque` ports |
+//! | `Service` | cluster IPs: opaque-ports annotation (own, else namespace's), each port's `appProtocol` |
 //! | `Pod` | pod IPs: opaque-ports annotation (own, else namespace's); UID -> namespace |
 //! | `Namespace` | only its annotation, inherited by Services and Pods |
 //! | `EgressNetwork` | its networks: annotation (else default) opaque, every other port detect |
@@ -35,12 +35,19 @@
 //!   `TLS` -> no rule: Linkerd skips detection and forwards the bytes as
 //!   TLS without terminating, but a TLS client speaks first (ClientHello),
 //!   so detection never stalls and there is nothing to say in the kernel.
-//!   Server rules come before the Pod rules of the same IPs, so a Server's
-//!   protocol wins over the pod's annotation on its port; among Servers
+//!   A port the pod's (or its namespace's) opaque-ports annotation lists
+//!   gets no Server rule: the annotation wins, as in Linkerd. Among Servers
 //!   selecting the same pod port the oldest wins (then by name).
-//! - Pods that have finished (`Succeeded`, `Failed`; their IPs get reused)
-//!   and `hostNetwork` pods (their IP is the node's, and Linkerd does not
-//!   mesh them) get no rules.
+//! - Pods that are going away (`deletionTimestamp`, phase `Succeeded` or
+//!   `Failed`; their IPs get reused), pods without an IP and `hostNetwork`
+//!   pods (their IP is the node's, and Linkerd does not mesh them) get no
+//!   rules; an IP two live pods claim gets no pod rules (logged).
+//! - EgressNetworks of the global namespace are node-wide rules of their own
+//!   tier ([`Rule::global_egress`]): a namespace with EgressNetworks of its
+//!   own never sees them.
+//!
+//! The README's "Linkerd's own resources" lists the linkerd2 source each
+//! rule follows, and every deliberate difference.
 //!
 //! Everything else in the set is skipped with a debug log. Malformed
 //! documents of the kinds above are errors naming the document (origin,
@@ -66,7 +73,10 @@ use crate::model::{default_cluster_networks, Network, Policy, PolicyError, Proto
 use crate::ports::PortSet;
 use pod::PodInfo;
 use selector::Selector;
-use values::{at, host_networks, invalid, need_name, opaque_annotation, parse_ip, seq_at, str_at};
+use values::{
+    at, host_networks, invalid, need_name, opaque_annotation, parse_ip, seq_at, str_at,
+    PortsAnnotation,
+};
 
 mod egress;
 mod pod;
@@ -77,6 +87,19 @@ mod values;
 pub const OPAQUE_PORTS_ANNOTATION: &str = "config.linkerd.io/opaque-ports";
 /// A Service port with this `appProtocol` is opaque.
 pub const OPAQUE_APP_PROTOCOL: &str = "linkerd.io/opaque";
+
+/// What a Service port's `appProtocol` says, as linkerd2's `AppProtocol`
+/// (`policy-controller/core/src/outbound.rs`) reads it, case-insensitive:
+/// `http` is HTTP/1, `kubernetes.io/h2c` HTTP/2, `linkerd.io/opaque` and
+/// `linkerd.io/tcp` opaque, and any other value is `Unknown`, which
+/// `policy-controller/grpc/src/outbound.rs` serves as opaque.
+pub fn app_protocol_of(value: &str) -> Protocol {
+    match value.to_ascii_lowercase().as_str() {
+        "http" => Protocol::Http1,
+        "kubernetes.io/h2c" => Protocol::Http2,
+        _ => Protocol::Opaque,
+    }
+}
 /// Linkerd's default global egress namespace.
 pub const DEFAULT_EGRESS_NAMESPACE: &str = "linkerd-egress";
 
@@ -136,11 +159,12 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
         }
     }
 
-    // Namespace annotations, inherited by Services and Pods.
-    let mut ns_ports: BTreeMap<&str, PortSet> = BTreeMap::new();
+    // Namespace annotations, inherited by Services and Pods (port names in
+    // them resolve per pod, or per Service).
+    let mut ns_ports: BTreeMap<&str, PortsAnnotation> = BTreeMap::new();
     for doc in read(set, &kinds::NAMESPACE) {
         need_name(doc)?;
-        if let Some(ports) = opaque_annotation(doc, None)? {
+        if let Some(ports) = opaque_annotation(doc, true)? {
             ns_ports.insert(&doc.name, ports);
         }
     }
@@ -152,13 +176,16 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
         let ns = doc.namespace.as_deref().unwrap_or("default");
         if let Some(uid) = str_at(doc, &["metadata", "uid"])? {
             if !uid.is_empty() {
+                // Kept for a pod that is going away too: its processes may
+                // still connect, and the UID is its own.
                 policy
                     .pod_namespaces
                     .insert(uid.to_string(), ns.to_string());
             }
         }
-        pods.push(PodInfo::parse(doc)?);
+        pods.push(PodInfo::parse(doc, ns_ports.get(ns))?);
     }
+    drop_contested_ips(&mut pods);
 
     // Servers, oldest first so that they win ties on the same pod port.
     let mut servers: Vec<&Document> = read(set, &kinds::SERVER).collect();
@@ -172,13 +199,34 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
     }
 
     for pod in &pods {
-        c.pod(pod, &ns_ports)?;
+        c.pod(pod);
     }
 
     c.egress_networks(set, opts, &defaults, &cluster_networks)?;
 
     policy.rules = c.rules;
     Ok(policy)
+}
+
+/// An IP that two live pods claim belongs to neither: no pod rule (Server
+/// or annotation) is written for it. linkerd2's destination service
+/// refuses such an address too (`getPodByPodIP` in
+/// `controller/api/destination/watcher/workload_watcher.go`: "found
+/// conflicting ... IP on the pod network").
+fn drop_contested_ips(pods: &mut [PodInfo]) {
+    let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+    for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.inactive) {
+        for ip in &pod.ips {
+            claims.entry(*ip).or_default().push(i);
+        }
+    }
+    for (ip, owners) in claims.into_iter().filter(|(_, o)| o.len() > 1) {
+        let names: Vec<String> = owners.iter().map(|&i| pods[i].doc.describe()).collect();
+        tracing::warn!(%ip, pods = %names.join(", "), "live pods claim the same IP; none of them gets a rule for it");
+        for i in owners {
+            pods[i].ips.retain(|a| *a != ip);
+        }
+    }
 }
 
 /// The documents of `kind` in `set` at an API version the compiler reads.
@@ -220,6 +268,18 @@ impl Compiler {
         scope: Option<String>,
         origin: String,
     ) {
+        self.push_rule(networks, ports, protocol, scope, false, origin);
+    }
+
+    pub(super) fn push_rule(
+        &mut self,
+        networks: Vec<Network>,
+        ports: PortSet,
+        protocol: Protocol,
+        scope: Option<String>,
+        global_egress: bool,
+        origin: String,
+    ) {
         if networks.is_empty() || ports.is_empty() {
             return;
         }
@@ -231,6 +291,7 @@ impl Compiler {
             ports,
             protocol,
             scope,
+            global_egress,
             origin,
         });
     }
@@ -322,6 +383,15 @@ impl Compiler {
                     }
                 },
             };
+            // The pod's (or its namespace's) opaque-ports annotation wins
+            // over a Server: Linkerd's destination service marks the port
+            // opaque from the annotation (`GetAnnotatedOpaquePorts`,
+            // controller/api/destination/watcher/workload_watcher.go)
+            // whatever Server selects it. A Server's HTTP hint is our
+            // extension and only applies where no annotation says opaque.
+            if pod.opaque.as_ref().is_some_and(|o| o.contains(number)) {
+                continue;
+            }
             by_port.entry(number).or_default().extend(&pod.ips);
         }
         for (number, ips) in by_port {
@@ -339,7 +409,7 @@ impl Compiler {
     fn service(
         &mut self,
         doc: &Document,
-        ns_ports: &BTreeMap<&str, PortSet>,
+        ns_ports: &BTreeMap<&str, PortsAnnotation>,
     ) -> Result<(), PolicyError> {
         need_name(doc)?;
         let ns = doc.namespace.as_deref().unwrap_or("default");
@@ -369,11 +439,22 @@ impl Compiler {
         ips.sort();
         ips.dedup();
 
-        let mut app_opaque = PortSet::new();
+        // Port -> protocol of the ports with an appProtocol, and the names
+        // of the Service's ports (for names in its annotation).
+        let mut app: BTreeMap<u16, Protocol> = BTreeMap::new();
+        let mut port_names: BTreeMap<String, u16> = BTreeMap::new();
         for (i, p) in seq_at(doc, &["spec", "ports"])?.iter().enumerate() {
-            if p.get("appProtocol").and_then(Value::as_str) != Some(OPAQUE_APP_PROTOCOL) {
-                continue;
+            if let (Some(name), Some(n)) = (
+                p.get("name").and_then(Value::as_str),
+                p.get("port")
+                    .and_then(Value::as_u64)
+                    .filter(|n| (1..=65535).contains(n)),
+            ) {
+                port_names.insert(name.to_string(), n as u16);
             }
+            let Some(app_protocol) = p.get("appProtocol").and_then(Value::as_str) else {
+                continue;
+            };
             let port = p
                 .get("port")
                 .and_then(Value::as_u64)
@@ -388,42 +469,49 @@ impl Compiler {
                         ),
                     )
                 })?;
-            app_opaque.insert(port as u16);
+            app.insert(port as u16, app_protocol_of(app_protocol));
         }
-        let annotation = opaque_annotation(doc, None)?.or_else(|| ns_ports.get(ns).cloned());
+        const WHAT: &str = "port of the Service";
+        let annotation = match (opaque_annotation(doc, true)?, ns_ports.get(ns)) {
+            (Some(a), _) => Some(a.resolve(doc, &port_names, WHAT, true)?),
+            (None, Some(a)) => Some(a.resolve(doc, &port_names, WHAT, false)?),
+            (None, None) => None,
+        };
         if ips.is_empty() {
             return Ok(());
         }
         let networks = host_networks(&ips);
-        match annotation {
-            Some(ports) => self.annotated(networks, ports.union(&app_opaque), rule_origin(doc)),
-            None => self.push(
-                networks,
-                app_opaque,
-                Protocol::Opaque,
-                None,
-                rule_origin(doc),
-            ),
+        // A port's appProtocol wins over the opaque-ports annotation (and
+        // the default ports) on that port, as linkerd2's outbound index
+        // does ("`appProtocol` set on service port, ignoring opaque port
+        // setting", policy-controller/k8s/index/src/outbound/index.rs).
+        for protocol in [Protocol::Opaque, Protocol::Http1, Protocol::Http2] {
+            let ports: PortSet = app
+                .iter()
+                .filter(|(_, p)| **p == protocol)
+                .map(|(n, _)| *n)
+                .collect();
+            self.push(networks.clone(), ports, protocol, None, rule_origin(doc));
+        }
+        if let Some(ports) = annotation {
+            let ports: PortSet = ports.iter().filter(|p| !app.contains_key(p)).collect();
+            self.annotated(networks, ports, rule_origin(doc));
         }
         Ok(())
     }
 
-    fn pod(
-        &mut self,
-        pod: &PodInfo,
-        ns_ports: &BTreeMap<&str, PortSet>,
-    ) -> Result<(), PolicyError> {
-        let own = opaque_annotation(pod.doc, Some(&pod.port_names))?;
-        let Some(ports) = own.or_else(|| ns_ports.get(pod.namespace).cloned()) else {
-            return Ok(());
+    fn pod(&mut self, pod: &PodInfo) {
+        let Some(ports) = &pod.opaque else {
+            return;
         };
         if pod.inactive || pod.ips.is_empty() {
-            return Ok(());
+            return;
         }
-        self.annotated(host_networks(&pod.ips), ports, rule_origin(pod.doc));
-        Ok(())
+        self.annotated(host_networks(&pod.ips), ports.clone(), rule_origin(pod.doc));
     }
 }
 
+#[cfg(test)]
+mod semantics_tests;
 #[cfg(test)]
 mod tests;
