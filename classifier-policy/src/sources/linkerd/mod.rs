@@ -103,23 +103,91 @@ pub fn app_protocol_of(value: &str) -> Protocol {
 /// Linkerd's default global egress namespace.
 pub const DEFAULT_EGRESS_NAMESPACE: &str = "linkerd-egress";
 
+/// Trie entries one namespace's rules may take, by default (65,536): a
+/// quarter of what one policy may hold per address family
+/// ([`crate::compile::MAX_V4_ENTRIES`]), so that no one namespace can take
+/// the tables from the others, while a namespace of several thousand
+/// annotated pods (two to ten entries each) still fits.
+pub const DEFAULT_NAMESPACE_ENTRY_BUDGET: u64 = crate::compile::MAX_V4_ENTRIES / 4;
+
 /// Compiler settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// EgressNetworks in this namespace apply to every client.
     pub egress_global_namespace: String,
+    /// At most this many trie entries (IPv4 and IPv6 together, counted by
+    /// [`crate::compile::entry_bound`]) for the rules of one namespace's
+    /// objects; a namespace over it has all its rules dropped and reported.
+    pub namespace_entry_budget: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             egress_global_namespace: DEFAULT_EGRESS_NAMESPACE.to_string(),
+            namespace_entry_budget: DEFAULT_NAMESPACE_ENTRY_BUDGET,
         }
     }
 }
 
-/// Compiles `set` into a policy; see the module documentation.
+/// An object the compiler skipped, and why; the rest of the policy applies
+/// without it.
+#[derive(Debug)]
+pub struct Rejected {
+    /// `file#N` or `kubernetes:Kind/ns/name`.
+    pub origin: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// Names the document, the field and the value.
+    pub error: PolicyError,
+}
+
+impl Rejected {
+    fn of(doc: &Document, error: PolicyError) -> Rejected {
+        tracing::warn!(origin = %doc.origin, object = %doc.describe(), %error, "skipping an object the policy compiler rejects; the rest of the policy applies");
+        Rejected {
+            origin: doc.origin.clone(),
+            kind: doc.kind.clone(),
+            namespace: doc.namespace.clone(),
+            name: doc.name.clone(),
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)
+    }
+}
+
+/// A compiled policy and the objects left out of it.
+#[derive(Debug)]
+pub struct Compiled {
+    pub policy: Policy,
+    /// In the order the compiler met them.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Compiles `set` into a policy; see the module documentation. Strict: the
+/// first object [`compile_documents_report`] would skip is the error.
 pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, PolicyError> {
+    let compiled = compile_documents_report(set, opts)?;
+    match compiled.rejected.into_iter().next() {
+        Some(r) => Err(r.error),
+        None => Ok(compiled.policy),
+    }
+}
+
+/// Compiles `set` into a policy, skipping (and returning, and logging) the
+/// objects that are malformed or whose namespace is over its entry budget:
+/// one tenant's mistake never takes the others' policy with it. Only the
+/// ClassifierPolicy (the operator's, not a tenant's) is an error.
+pub fn compile_documents_report(
+    set: &DocumentSet,
+    opts: &Options,
+) -> Result<Compiled, PolicyError> {
     let mut c = Compiler::default();
 
     // ClassifierPolicy: settings and its own rules, ids 1.. as in a file.
@@ -147,6 +215,7 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
     };
     c.next_id = policy.rules.len() as u32 + 1;
     c.rules = std::mem::take(&mut policy.rules);
+    c.owners = vec![None; c.rules.len()];
     let defaults = policy.default_opaque_ports.clone();
 
     for doc in set.iter() {
@@ -163,27 +232,40 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
     // them resolve per pod, or per Service).
     let mut ns_ports: BTreeMap<&str, PortsAnnotation> = BTreeMap::new();
     for doc in read(set, &kinds::NAMESPACE) {
-        need_name(doc)?;
-        if let Some(ports) = opaque_annotation(doc, true)? {
-            ns_ports.insert(&doc.name, ports);
+        match need_name(doc).and_then(|()| opaque_annotation(doc, true)) {
+            Ok(Some(ports)) => {
+                ns_ports.insert(&doc.name, ports);
+            }
+            Ok(None) => {}
+            Err(e) => c.rejected.push(Rejected::of(doc, e)),
         }
     }
 
     // Pods, parsed once: Servers select them and get their own rules.
     let mut pods: Vec<PodInfo> = Vec::new();
     for doc in read(set, &kinds::POD) {
-        need_name(doc)?;
         let ns = doc.namespace.as_deref().unwrap_or("default");
-        if let Some(uid) = str_at(doc, &["metadata", "uid"])? {
-            if !uid.is_empty() {
-                // Kept for a pod that is going away too: its processes may
-                // still connect, and the UID is its own.
+        let uid = need_name(doc).and_then(|()| str_at(doc, &["metadata", "uid"]));
+        match uid {
+            Ok(Some(uid)) if !uid.is_empty() => {
+                // Kept for a pod that is going away too (its processes may
+                // still connect, and the UID is its own), and for a pod
+                // whose rules are rejected (its cgroup is still in its
+                // namespace).
                 policy
                     .pod_namespaces
                     .insert(uid.to_string(), ns.to_string());
             }
+            Ok(_) => {}
+            Err(e) => {
+                c.rejected.push(Rejected::of(doc, e));
+                continue;
+            }
         }
-        pods.push(PodInfo::parse(doc, ns_ports.get(ns))?);
+        match PodInfo::parse(doc, ns_ports.get(ns)) {
+            Ok(pod) => pods.push(pod),
+            Err(e) => c.rejected.push(Rejected::of(doc, e)),
+        }
     }
     drop_contested_ips(&mut pods);
 
@@ -191,21 +273,32 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
     let mut servers: Vec<&Document> = read(set, &kinds::SERVER).collect();
     servers.sort_by(|a, b| age_order(a, b));
     for doc in servers {
-        c.server(doc, &pods)?;
+        c.owner = doc.namespace.clone();
+        if let Err(e) = c.server(doc, &pods) {
+            c.rejected.push(Rejected::of(doc, e));
+        }
     }
 
     for doc in read(set, &kinds::SERVICE) {
-        c.service(doc, &ns_ports)?;
+        c.owner = doc.namespace.clone();
+        if let Err(e) = c.service(doc, &ns_ports) {
+            c.rejected.push(Rejected::of(doc, e));
+        }
     }
 
     for pod in &pods {
+        c.owner = Some(pod.namespace.to_string());
         c.pod(pod);
     }
 
-    c.egress_networks(set, opts, &defaults, &cluster_networks)?;
+    c.egress_networks(set, opts, &defaults, &cluster_networks);
+    c.enforce_budget(set, opts.namespace_entry_budget);
 
     policy.rules = c.rules;
-    Ok(policy)
+    Ok(Compiled {
+        policy,
+        rejected: c.rejected,
+    })
 }
 
 /// An IP that two live pods claim belongs to neither: no pod rule (Server
@@ -251,7 +344,13 @@ pub(super) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
 #[derive(Default)]
 struct Compiler {
     rules: Vec<Rule>,
+    /// The namespace of the object each rule comes from (`None`: the
+    /// ClassifierPolicy's), for the entry budget.
+    owners: Vec<Option<String>>,
+    /// The namespace of the object being compiled.
+    owner: Option<String>,
     next_id: u32,
+    rejected: Vec<Rejected>,
 }
 
 /// `Kind ns/name (origin)`, a rule's origin.
@@ -285,6 +384,7 @@ impl Compiler {
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.owners.push(self.owner.clone());
         self.rules.push(Rule {
             id,
             networks,
@@ -294,6 +394,66 @@ impl Compiler {
             global_egress,
             origin,
         });
+    }
+
+    /// Drops the rules of every namespace whose objects need more trie
+    /// entries than `budget`, reporting each of its objects that had rules
+    /// (the count is taken before any trie is built), and renumbers the
+    /// remaining rules 1.. in order.
+    fn enforce_budget(&mut self, set: &DocumentSet, budget: u64) {
+        let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, owner) in self.owners.iter().enumerate() {
+            if let Some(ns) = owner {
+                by_ns.entry(ns).or_default().push(i);
+            }
+        }
+        let mut over: BTreeMap<String, u64> = BTreeMap::new();
+        for (ns, idx) in by_ns {
+            let (n4, n6) = crate::compile::entry_bound(idx.iter().map(|&i| &self.rules[i]));
+            let n = n4.saturating_add(n6);
+            if n > budget {
+                over.insert(ns.to_string(), n);
+            }
+        }
+        if over.is_empty() {
+            return;
+        }
+        // Report each object of those namespaces that had rules, by origin.
+        let docs: std::collections::HashMap<String, &Document> = set
+            .iter()
+            .filter(|d| d.namespace.as_ref().is_some_and(|n| over.contains_key(n)))
+            .map(|d| (rule_origin(d), d))
+            .collect();
+        let mut reported = std::collections::BTreeSet::new();
+        for (r, owner) in self.rules.iter().zip(&self.owners) {
+            let Some(n) = owner.as_ref().and_then(|o| over.get(o)) else {
+                continue;
+            };
+            let Some(&doc) = docs.get(&r.origin) else {
+                continue;
+            };
+            if reported.insert(doc.origin.clone()) {
+                let e = invalid(
+                    doc,
+                    "metadata.namespace",
+                    format!(
+                        "namespace {:?} needs at least {n} trie entries, over its budget of {budget}; all of its rules are dropped",
+                        owner.as_deref().unwrap_or_default()
+                    ),
+                );
+                self.rejected.push(Rejected::of(doc, e));
+            }
+        }
+        let owners = std::mem::take(&mut self.owners);
+        let rules = std::mem::take(&mut self.rules);
+        for (mut r, owner) in rules.into_iter().zip(owners) {
+            if owner.as_ref().is_some_and(|o| over.contains_key(o)) {
+                continue;
+            }
+            r.id = self.rules.len() as u32 + 1;
+            self.rules.push(r);
+            self.owners.push(owner);
+        }
     }
 
     /// Rules for an annotated destination: the annotated ports opaque, all
@@ -513,5 +673,7 @@ impl Compiler {
 
 #[cfg(test)]
 mod semantics_tests;
+#[cfg(test)]
+mod tenant_tests;
 #[cfg(test)]
 mod tests;

@@ -532,6 +532,7 @@ fn equal_cidrs_go_to_the_oldest_then_by_name() {
     // A configured global namespace.
     let opts = Options {
         egress_global_namespace: "team-a".into(),
+        ..Options::default()
     };
     let p = compile_documents(&set_of(&text), &opts).unwrap();
     assert!(p.rules.iter().all(|r| r.scope.as_deref() != Some("team-a")));
