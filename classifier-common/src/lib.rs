@@ -301,6 +301,14 @@ pub fn rule_key_v6(slot: u8, scope: u16, port: u16, addr: &[u8; 16]) -> RuleKeyV
 pub const PORT_ANY: u16 = 0;
 /// Rules that apply to every client.
 pub const SCOPE_NODE: u16 = 0;
+/// The rules of Linkerd's global EgressNetworks (namespace
+/// `linkerd-egress`): looked up after the node-wide ones, and only for
+/// clients without a registered scope. A client whose namespace has
+/// EgressNetworks of its own (hence a scope) never sees them, as
+/// `resolve_egress_network` in linkerd2's
+/// `policy-controller/k8s/index/src/outbound/index/egress_network.rs`
+/// does. Never given to a namespace.
+pub const SCOPE_GLOBAL_EGRESS: u16 = u16::MAX;
 /// How deep in the cgroup hierarchy a pod's cgroup may sit (the kubelet's
 /// layouts put it at level 2 to 4 below the root).
 pub const MAX_CGROUP_LEVEL: u32 = 8;
@@ -358,6 +366,9 @@ pub const CONFIG_FLAG_MARK: u32 = 1 << 0;
 pub const CONFIG_FLAG_SCOPED: u32 = 1 << 1;
 /// The policy has wildcard-port rules: do the `PORT_ANY` lookups.
 pub const CONFIG_FLAG_ANY_PORT: u32 = 1 << 2;
+/// The policy has rules in [`SCOPE_GLOBAL_EGRESS`]: look them up last for
+/// clients without a scope.
+pub const CONFIG_FLAG_GLOBAL_EGRESS: u32 = 1 << 3;
 
 /// What the agent last did, for `classifier stats` (which reads pins, not
 /// the agent). Written by the agent every watch tick.

@@ -4,8 +4,9 @@
 //!
 //! Cost per connect, whatever the policy size: one array read (active slot),
 //! one for the slot's config, one hash lookup (excluded UIDs), one to four
-//! LPM trie lookups (exact and wildcard port, client scope and node-wide;
-//! only those the policy needs), up to `MAX_CGROUP_LEVEL` scope lookups for
+//! LPM trie lookups (exact and wildcard port, in two universes: the client's
+//! scope and the node-wide rules, or the node-wide rules and the global
+//! EgressNetworks; only those the policy needs), up to `MAX_CGROUP_LEVEL` scope lookups for
 //! scoped policies, one bitmap word, one hash update (pending) and the port
 //! counter.
 
@@ -24,9 +25,9 @@ use aya_ebpf::{
 };
 use classifier_common::{
     counters as c, excluded_uid_key, rule_key_v4, rule_key_v6, ConnVerdict, PolicyConfig, Protocol,
-    RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED,
-    DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
-    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
+    RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS, CONFIG_FLAG_MARK,
+    CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4,
+    REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use crate::{
@@ -190,7 +191,8 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
 
 /// The rule verdict for (dst, port): the client's namespace scope first (a
 /// match there decides, as Linkerd's namespace-local EgressNetworks do),
-/// then the node-wide rules. A `RULE_MATCH` verdict when a rule decides
+/// then the node-wide rules, then (for clients without a scope) the global
+/// EgressNetworks. A `RULE_MATCH` verdict when a rule decides
 /// (`PROTO_UNKNOWN` for a `detect` override), else `RULE_NONE`: fall
 /// through to the default ports.
 ///
@@ -212,8 +214,9 @@ fn lookup_rule(
         return RuleVerdict::default();
     }
     let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
+    let mut scope = SCOPE_NODE;
     if config.flags & CONFIG_FLAG_SCOPED != 0 {
-        let scope = client_scope();
+        scope = client_scope();
         if scope != SCOPE_NODE {
             let hit = lookup_in_scope(slot, scope, dst, is_v4, port, any_port);
             if hit.kind == RULE_MATCH {
@@ -221,7 +224,18 @@ fn lookup_rule(
             }
         }
     }
-    lookup_in_scope(slot, SCOPE_NODE, dst, is_v4, port, any_port)
+    let hit = lookup_in_scope(slot, SCOPE_NODE, dst, is_v4, port, any_port);
+    // Linkerd's global EgressNetworks, unless the client's namespace has
+    // its own (it has a scope then): those shadow them even where none
+    // matches (linkerd2 policy-controller/k8s/index/src/outbound/index/
+    // egress_network.rs, `resolve_egress_network`).
+    if hit.kind == RULE_MATCH
+        || scope != SCOPE_NODE
+        || config.flags & CONFIG_FLAG_GLOBAL_EGRESS == 0
+    {
+        return hit;
+    }
+    lookup_in_scope(slot, SCOPE_GLOBAL_EGRESS, dst, is_v4, port, any_port)
 }
 
 /// One universe of rules: the exact port and, when the policy has any, the

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use classifier_user::{
     agent::{self, AgentOptions},
     datapath::{pins::DEFAULT_PIN_DIR, PinDir},
-    policy::{classify_from, load_policy_path, Policy},
+    policy::{classify_from, Policy},
     proxy::{self, ProxyOptions},
     stats,
 };
@@ -80,6 +80,10 @@ struct AgentArgs {
     /// EgressNetworks in this namespace apply to clients in every namespace.
     #[arg(long, value_name = "NS", default_value = "linkerd-egress")]
     egress_namespace: String,
+    /// Trie entries one namespace's objects may take; a namespace over it has all its rules
+    /// dropped (and reported), so that it cannot exhaust the kernel tables for the others.
+    #[arg(long, value_name = "N", default_value_t = classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET)]
+    namespace_entry_budget: u64,
     /// How often to check the policy file for changes.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     watch_interval: f64,
@@ -121,9 +125,14 @@ struct ExplainArgs {
     destination: SocketAddr,
     /// Policy to evaluate: a ClassifierPolicy file, or a file or directory of Kubernetes
     /// manifests (Linkerd's EgressNetwork, Server, Service, Pod, Namespace, and optionally one
-    /// ClassifierPolicy) [default: the built-in policy].
+    /// ClassifierPolicy; `kind: List` too), `-` for standard input [default: the built-in
+    /// policy]. Objects the compiler rejects are skipped and listed on stderr; a path
+    /// without any document it reads is an error.
     #[arg(long, value_name = "PATH")]
     policy: Option<PathBuf>,
+    /// Trie entries one namespace's objects may take before all its rules are dropped.
+    #[arg(long, value_name = "N", default_value_t = classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET)]
+    namespace_entry_budget: u64,
     /// Classify as a client in this Kubernetes namespace: its namespaced EgressNetworks come
     /// first [default: a process outside any pod, node-wide rules only].
     #[arg(long, value_name = "NS")]
@@ -183,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
                 metrics_addr: args.metrics_addr,
                 kubernetes: args.kubernetes,
                 egress_namespace: args.egress_namespace,
+                namespace_entry_budget: args.namespace_entry_budget,
             }))
         }
         Command::Stats(args) => {
@@ -212,7 +222,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Explain(args) => {
             let policy = match &args.policy {
-                Some(path) => load_policy_path(path)?,
+                Some(path) => {
+                    let opts = classifier_policy::sources::Options {
+                        namespace_entry_budget: args.namespace_entry_budget,
+                        ..Default::default()
+                    };
+                    let compiled = classifier_policy::load_policy_path_report(path, &opts)?;
+                    for r in &compiled.rejected {
+                        eprintln!(
+                            "skipped {} {}{} (document {}): {}",
+                            r.kind,
+                            r.namespace
+                                .as_deref()
+                                .map_or(String::new(), |n| format!("{n}/")),
+                            r.name,
+                            r.origin,
+                            r.error
+                        );
+                    }
+                    compiled.policy
+                }
                 None => Policy::builtin_default(),
             };
             let decision = classify_from(

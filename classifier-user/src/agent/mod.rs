@@ -40,6 +40,9 @@ pub struct AgentOptions {
     pub kubernetes: bool,
     /// EgressNetworks in this namespace apply to every client.
     pub egress_namespace: String,
+    /// Trie entries one namespace's objects may take (see
+    /// `classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET`).
+    pub namespace_entry_budget: u64,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -53,6 +56,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     let linkerd = Options {
         egress_global_namespace: opts.egress_namespace.clone(),
+        namespace_entry_budget: opts.namespace_entry_budget,
     };
     let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy, linkerd);
     // Parse before touching the kernel: a bad file on first start should not

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData};
 use classifier_common::{
     excluded_uid_key, maps, PolicyConfig, RuleKeyV4, RuleKeyV6, RuleVerdict, CONFIG_FLAG_ANY_PORT,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
+    CONFIG_FLAG_GLOBAL_EGRESS, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
 };
 
 use super::pins::PinDir;
@@ -122,6 +122,9 @@ impl PolicyMaps {
         }
         if policy.any_port {
             flags |= CONFIG_FLAG_ANY_PORT;
+        }
+        if policy.global_egress {
+            flags |= CONFIG_FLAG_GLOBAL_EGRESS;
         }
         let config = PolicyConfig {
             generation,
