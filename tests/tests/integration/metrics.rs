@@ -223,3 +223,121 @@ fn an_agent_that_could_not_apply_its_policy_is_live_but_not_ready() -> Result<()
     assert!(TcpStream::connect(&addr).is_err(), "metrics port closed");
     Ok(())
 }
+
+/// A connection to `addr` from the local address `src` (loopback takes any
+/// 127/8 source), standing for another pod.
+fn connect_from(src: &str, addr: &str) -> Result<TcpStream> {
+    let src: std::net::SocketAddrV4 = format!("{src}:0").parse()?;
+    let dst: std::net::SocketAddrV4 = addr.parse()?;
+    tests::sys::connect_from(src, dst).with_context(|| format!("connecting {src} -> {dst}"))
+}
+
+/// Whether the server closed `stream` (EOF or reset), waiting up to `within`.
+fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or 400 before the close is fine; keep reading to EOF.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `/healthz` with its answer time.
+fn timed_healthz(addr: &str) -> Result<(u16, Duration)> {
+    let t = Instant::now();
+    let (status, _) = get(addr, "/healthz")?;
+    Ok((status, t.elapsed()))
+}
+
+#[test]
+fn probes_answer_within_a_second_while_100_idle_and_slowloris_connections_are_held() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("metrics-dos")?;
+    let addr = free_addr();
+    let policy = sb.write_file("policy.yaml", GOOD_POLICY);
+    sb.start_agent(&[
+        "--metrics-addr",
+        &addr,
+        "--policy",
+        policy.to_str().unwrap(),
+    ])?;
+    wait_for_status(&addr, "/readyz", 200)?;
+
+    // 100 connections held open, none from the prober's 127.0.0.1:
+    // 40 idle from 40 peers, 30 idle from one peer (over its quota),
+    // 30 slowloris from 30 peers, each dripping a header byte every 100 ms.
+    let mut idle = Vec::new();
+    for i in 0..40 {
+        idle.push(connect_from(&format!("127.0.1.{}", i + 1), &addr)?);
+    }
+    for _ in 0..30 {
+        idle.push(connect_from("127.0.0.2", &addr)?);
+    }
+    let mut slow = Vec::new();
+    for i in 0..30 {
+        let mut s = connect_from(&format!("127.0.2.{}", i + 1), &addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")?;
+        slow.push(s);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dripper = {
+        let stop = stop.clone();
+        let mut slow: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            let mut alive = slow.len();
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && alive > 0 {
+                alive = 0;
+                for s in slow.iter_mut() {
+                    if s.write_all(b"X").is_ok() {
+                        alive += 1;
+                    }
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            rounds
+        })
+    };
+
+    // While all 100 are held (the idle ones live up to the 2 s header
+    // timeout, the slow ones drip), the probes answer at once, every time,
+    // and so do scrapes.
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let (status, took) = timed_healthz(&addr)?;
+        assert_eq!(status, 200);
+        worst = worst.max(took);
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+        assert_eq!(get(&addr, "/readyz")?.0, 200);
+    }
+    let t = Instant::now();
+    let (status, body) = get(&addr, "/metrics")?;
+    assert_eq!(status, 200, "{body}");
+    eprintln!(
+        "/healthz worst {worst:?} under 100 held connections; a scrape took {:?}",
+        t.elapsed()
+    );
+
+    // The server, not the test, ends them: every idle and slowloris
+    // connection is closed by the header timeout (or at accept for the
+    // ones over their peer's quota).
+    for (i, s) in idle.iter_mut().chain(slow.iter_mut()).enumerate() {
+        assert!(
+            closed_by_server(s, Duration::from_secs(10)),
+            "connection {i} still open"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = dripper.join().unwrap();
+    assert!(rounds >= 1);
+    assert_eq!(timed_healthz(&addr)?.0, 200);
+    Ok(())
+}
