@@ -136,6 +136,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         false => None,
     };
     let mut sync_errors_seen = 0;
+    if kube.is_some() {
+        agent_metrics.set_kubernetes_connected(false);
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -159,6 +162,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                         agent_metrics.sync_failed();
                     }
                     sync_errors_seen = errors;
+                    agent_metrics.set_kubernetes_connected(sync.status.connected());
                     status.synced(&sync.status);
                 }
                 status.publish();
