@@ -28,6 +28,7 @@
 pub use classifier_policy as policy;
 
 pub mod agent;
+pub mod build_info;
 pub mod datapath;
 pub mod metrics;
 pub mod proxy;

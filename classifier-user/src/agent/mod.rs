@@ -51,7 +51,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         metrics::AgentMetrics::new((opts.watch_interval * 10).max(Duration::from_secs(30)));
     // Bound before the kernel is touched, so a taken port fails fast.
     let metrics_server = match opts.metrics_addr {
-        Some(addr) => Some(metrics::MetricsServer::bind(addr).await?),
+        Some(addr) => Some(metrics::MetricsServer::bind(addr)?),
         None => None,
     };
     let linkerd = Options {
@@ -67,6 +67,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Some(path) => path.clone(),
         None => cgroup::cgroup2_root()?,
     };
+    preflight::check_pin_dir(&opts.pins)?;
     let (installed, _pin_lock) = datapath::install_or_adopt(&InstallOptions {
         pins: &opts.pins,
         cgroup: &cgroup,
@@ -83,14 +84,24 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
     let mut status = Status::new(StatusMap::open(&opts.pins)?, opts.kubernetes);
-    // Everything that needs more than CAP_BPF is done.
-    match privileges::keep_only(&[privileges::CAP_BPF]) {
-        Ok(()) => tracing::info!("dropped every capability but CAP_BPF"),
-        Err(err) => tracing::warn!("{err:#}; running with the capabilities it was started with"),
+    // Everything that needs more than CAP_BPF is done. A drop that fails
+    // stops the agent: it never runs with more than it says.
+    let dropped = privileges::keep_only(&[privileges::CAP_BPF])
+        .context("dropping capabilities after attaching")?;
+    if dropped.bounding_kept.is_empty() {
+        tracing::info!("dropped every capability but CAP_BPF");
+    } else {
+        tracing::info!(
+            bounding_set_keeps = %dropped.bounding_kept.join(","),
+            "dropped every capability but CAP_BPF from the effective and permitted sets; \
+             the bounding set keeps what it cannot drop without CAP_SETPCAP, and no_new_privs \
+             is set so no exec can regain it"
+        );
     }
+    // After the drop: the server's threads inherit only CAP_BPF.
     if let Some(server) = metrics_server {
         let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
-        server.start(exporter, agent_metrics.clone());
+        server.start(exporter, agent_metrics.clone())?;
     }
     let active = applier.active_generation();
     // A restarted agent that takes its policy from the cluster keeps the
@@ -129,6 +140,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         false => None,
     };
     let mut sync_errors_seen = 0;
+    if kube.is_some() {
+        agent_metrics.set_kubernetes_connected(false);
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -152,6 +166,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                         agent_metrics.sync_failed();
                     }
                     sync_errors_seen = errors;
+                    agent_metrics.set_kubernetes_connected(sync.status.connected());
                     status.synced(&sync.status);
                 }
                 status.publish();

@@ -23,7 +23,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 pub use collect::{Exporter, CONTENT_TYPE};
@@ -47,9 +47,11 @@ struct Inner {
     sync_errors: AtomicU64,
     ready: AtomicBool,
     stopping: AtomicBool,
-    last_apply: Mutex<Option<Instant>>,
-    last_sync: Mutex<Option<Instant>>,
+    last_apply: Mutex<Option<SystemTime>>,
+    last_sync: Mutex<Option<SystemTime>>,
     last_heartbeat: Mutex<Instant>,
+    /// `None` without `--kubernetes`.
+    kubernetes_connected: Mutex<Option<bool>>,
 }
 
 /// What `/healthz` and `/readyz` answer: `Ok(text)` is 200, `Err(text)` 503.
@@ -71,6 +73,7 @@ impl AgentMetrics {
             last_apply: Mutex::new(None),
             last_sync: Mutex::new(None),
             last_heartbeat: Mutex::new(Instant::now()),
+            kubernetes_connected: Mutex::new(None),
         }))
     }
 
@@ -81,7 +84,7 @@ impl AgentMetrics {
         i.policy_generation
             .store(u64::from(generation), Ordering::Relaxed);
         i.policy_rules.store(rules as u64, Ordering::Relaxed);
-        *lock(&i.last_apply) = Some(Instant::now());
+        *lock(&i.last_apply) = Some(SystemTime::now());
         i.ready.store(true, Ordering::Release);
     }
 
@@ -93,7 +96,13 @@ impl AgentMetrics {
 
     /// A sync with the policy's source (the Kubernetes API) succeeded.
     pub fn sync_succeeded(&self) {
-        *lock(&self.0.last_sync) = Some(Instant::now());
+        *lock(&self.0.last_sync) = Some(SystemTime::now());
+    }
+
+    /// Whether the Kubernetes watch is connected (call it only with
+    /// `--kubernetes`: without, no gauge is exported).
+    pub fn set_kubernetes_connected(&self, connected: bool) {
+        *lock(&self.0.kubernetes_connected) = Some(connected);
     }
 
     /// A sync with the policy's source failed (it will be retried).
@@ -158,8 +167,9 @@ impl AgentMetrics {
             apply_errors: i.apply_errors.load(Ordering::Relaxed),
             sync_errors: i.sync_errors.load(Ordering::Relaxed),
             ready: self.is_ready(),
-            last_apply_age: lock(&i.last_apply).map(|t| t.elapsed().as_secs_f64()),
-            last_sync_age: lock(&i.last_sync).map(|t| t.elapsed().as_secs_f64()),
+            last_apply: lock(&i.last_apply).map(unix_seconds),
+            last_sync: lock(&i.last_sync).map(unix_seconds),
+            kubernetes_connected: *lock(&i.kubernetes_connected),
         }
     }
 }
@@ -171,11 +181,18 @@ struct AgentValues {
     apply_errors: u64,
     sync_errors: u64,
     ready: bool,
-    last_apply_age: Option<f64>,
-    last_sync_age: Option<f64>,
+    /// Unix time, seconds.
+    last_apply: Option<f64>,
+    last_sync: Option<f64>,
+    kubernetes_connected: Option<bool>,
 }
 
-/// The values behind these locks are plain `Instant`s, so a panic while one
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The values behind these locks are plain times and flags, so a panic while one
 /// was held cannot have left it half-written.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

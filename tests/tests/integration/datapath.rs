@@ -214,12 +214,15 @@ fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
             .arg(&sb.pins),
     )?;
     let prom = String::from_utf8_lossy(&prom.stdout);
+    let connects: u64 = prom
+        .lines()
+        .filter(|l| l.starts_with("classifier_connects_total{family="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(connects, 8, "{prom}");
     assert!(
-        prom.lines().any(|l| l == "classifier_connects_total 8"),
-        "{prom}"
-    );
-    assert!(
-        prom.lines().any(|l| l == "classifier_opaque_total 5"),
+        prom.lines()
+            .any(|l| l == "classifier_verdicts_total{protocol=\"opaque\"} 5"),
         "{prom}"
     );
     // What the agent reported through its pinned status map.

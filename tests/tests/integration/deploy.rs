@@ -394,8 +394,9 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// Runs the agent on the sandbox with `caps` as its whole bounding set
 /// (as a container runtime does with `capabilities.add` + `drop: [ALL]`),
-/// and returns whether it became ready, with its log.
-fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
+/// and returns whether it became ready, with its log and, once ready, its
+/// /proc/PID/status.
+fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String, String) {
     let bounding = std::iter::once("-all".to_owned())
         .chain(caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())))
         .collect::<Vec<_>>()
@@ -417,8 +418,11 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
         .spawn()
         .expect("setpriv (util-linux)");
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = String::new();
     let ready = loop {
         if http_status(&addr, "/readyz") == Some(200) {
+            // setpriv exec()s the agent: the child's pid is the agent's.
+            status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
             break true;
         }
         if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
@@ -428,7 +432,20 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
     };
     tests::sys::terminate(&child);
     let _ = child.wait();
-    (ready, fs::read_to_string(&log_path).unwrap_or_default())
+    (
+        ready,
+        fs::read_to_string(&log_path).unwrap_or_default(),
+        status,
+    )
+}
+
+/// A `Cap*:` line of a /proc/PID/status as a mask.
+fn cap_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
 }
 
 #[test]
@@ -459,7 +476,7 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
     // install, so nothing is pinned yet).
     for missing in &caps {
         let fewer: Vec<&str> = caps.iter().copied().filter(|c| c != missing).collect();
-        let (ready, log) = agent_ready_with(&sb, &fewer);
+        let (ready, log, _) = agent_ready_with(&sb, &fewer);
         assert!(!ready, "without {missing} the agent should fail:\n{log}");
         assert!(
             log.contains("Permission denied") || log.contains("Operation not permitted"),
@@ -474,16 +491,41 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
     }
 
     // Exactly the set: installs, applies, serves ready, and drops to CAP_BPF.
-    let (ready, log) = agent_ready_with(&sb, &caps);
+    let (ready, log, status) = agent_ready_with(&sb, &caps);
     assert!(ready, "with {caps:?}:\n{log}");
     assert!(log.contains("attached programs"), "{log}");
     assert!(
         log.contains("dropped every capability but CAP_BPF"),
         "{log}"
     );
+    // What the README says remains under the DaemonSet, read from the
+    // running agent: CAP_BPF effective and permitted, nothing inheritable
+    // or ambient; the bounding set keeps the three it was given (dropping
+    // from it needs CAP_SETPCAP, which the DaemonSet does not grant), and
+    // no_new_privs is set so no exec can regain them.
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    assert_eq!(cap_mask(&status, "CapEff:"), CAP_BPF, "{status}");
+    assert_eq!(cap_mask(&status, "CapPrm:"), CAP_BPF, "{status}");
+    assert_eq!(cap_mask(&status, "CapInh:"), 0, "{status}");
+    assert_eq!(cap_mask(&status, "CapAmb:"), 0, "{status}");
+    assert_eq!(
+        cap_mask(&status, "CapBnd:"),
+        CAP_BPF | CAP_NET_ADMIN | CAP_PERFMON,
+        "{status}"
+    );
+    assert!(
+        status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+        "{status}"
+    );
+    assert!(
+        log.contains("bounding_set_keeps=CAP_NET_ADMIN,CAP_PERFMON"),
+        "{log}"
+    );
 
     // And adopts what it pinned, as an upgraded agent in the next pod does.
-    let (ready, log) = agent_ready_with(&sb, &caps);
+    let (ready, log, _) = agent_ready_with(&sb, &caps);
     assert!(ready, "adopting with {caps:?}:\n{log}");
     assert!(log.contains("adopted programs"), "{log}");
 }

@@ -503,6 +503,43 @@ fn agent_keeps_only_cap_bpf_after_attaching_and_still_applies_policy() -> Result
 }
 
 #[test]
+fn pin_directories_others_own_or_can_write_are_refused() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("pin-owner")?;
+    // Someone else's directory where the pins would go (on bpffs, as the
+    // real one).
+    fs::create_dir(&sb.pins)?;
+    std::os::unix::fs::chown(&sb.pins, Some(NOBODY), Some(NOBODY))?;
+    fs::set_permissions(&sb.pins, fs::Permissions::from_mode(0o700))?;
+    let err = sb.start_agent(&[]).expect_err("pin dir owned by nobody");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("refusing pin directory") && msg.contains("owned by uid 65534"),
+        "{msg}"
+    );
+
+    // Root's, but writable by others.
+    std::os::unix::fs::chown(&sb.pins, Some(0), Some(0))?;
+    fs::set_permissions(&sb.pins, fs::Permissions::from_mode(0o777))?;
+    let err = sb.start_agent(&[]).expect_err("world-writable pin dir");
+    assert!(
+        format!("{err:#}").contains("writable by group or others (mode 777)"),
+        "{err:#}"
+    );
+    // Nothing was installed, nor the mode "repaired".
+    assert!(!sb.pins.join("maps").exists());
+    assert_eq!(fs::metadata(&sb.pins)?.permissions().mode() & 0o777, 0o777);
+
+    // Root-only: accepted.
+    fs::set_permissions(&sb.pins, fs::Permissions::from_mode(0o700))?;
+    sb.start_agent(&[])?;
+    assert!(sb.pins.join("maps").is_dir());
+    Ok(())
+}
+
+#[test]
 fn policy_files_others_can_change_are_refused_unless_allowed() -> Result<()> {
     if !privileged!() {
         return Ok(());
