@@ -19,3 +19,4 @@ mod metrics;
 mod old_kernel;
 mod reliability;
 mod scoping;
+mod tenant_isolation;

@@ -90,7 +90,7 @@ fn manifests() -> String {
 
 #[test]
 fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()> {
-    if !privileged("bad_objects_are_reported_and_the_rest_classifies_real_connects") {
+    if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("tenant-isolation")?;
