@@ -34,11 +34,16 @@ pub fn embedded_version(bytes: &[u8]) -> Option<String> {
     // Assembled at run time, so the needle itself is not in the binary.
     let needle: Vec<u8> = [&b"\0classifier"[..], &b"-build:"[..]].concat();
     let mut rest = bytes;
-    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle.as_slice()) {
+    while let Some(at) = rest
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+    {
         let tail = &rest[at + needle.len()..];
         let end = tail.iter().position(|&b| b == 0)?;
         let found = std::str::from_utf8(&tail[..end]).ok();
-        if let Some(v) = found.filter(|v| v.starts_with(|c: char| c.is_ascii_digit()) && v.len() < 100) {
+        if let Some(v) =
+            found.filter(|v| v.starts_with(|c: char| c.is_ascii_digit()) && v.len() < 100)
+        {
             return Some(v.to_owned());
         }
         rest = tail;

@@ -95,10 +95,20 @@ pub struct AgentArgs {
     #[arg(long, env = "CLASSIFIER_KUBERNETES")]
     pub kubernetes: bool,
     /// EgressNetworks in this namespace apply to clients in every namespace.
-    #[arg(long, value_name = "NS", default_value = "linkerd-egress", env = "CLASSIFIER_EGRESS_NAMESPACE")]
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value = "linkerd-egress",
+        env = "CLASSIFIER_EGRESS_NAMESPACE"
+    )]
     pub egress_namespace: String,
     /// How often to check the policy file for changes.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0, env = "CLASSIFIER_WATCH_INTERVAL")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 1.0,
+        env = "CLASSIFIER_WATCH_INTERVAL"
+    )]
     pub watch_interval: f64,
     /// Size of the published-verdict table (open classified connections). Applies when the
     /// programs are first installed.

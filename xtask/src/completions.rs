@@ -25,7 +25,13 @@ pub struct Options {
 
 pub fn completions(Options { out }: Options) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish, Shell::Elvish, Shell::PowerShell] {
+    for shell in [
+        Shell::Bash,
+        Shell::Zsh,
+        Shell::Fish,
+        Shell::Elvish,
+        Shell::PowerShell,
+    ] {
         let mut cmd = Cli::command();
         let path = clap_complete::generate_to(shell, &mut cmd, "classifier", &out)
             .with_context(|| format!("writing {shell} completions"))?;

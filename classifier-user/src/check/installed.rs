@@ -20,7 +20,10 @@ pub fn checks(pins: &PinDir) -> Vec<Check> {
     if !pins.root().exists() || !pins.maps_dir().is_dir() {
         return vec![Check::fail(
             "pin-dir",
-            format!("no classifier is installed at {} (no agent has run on this node)", pins.root().display()),
+            format!(
+                "no classifier is installed at {} (no agent has run on this node)",
+                pins.root().display()
+            ),
             "install the agent (`kubectl apply -k deploy/`, or `classifier agent` as root)",
         )];
     }
@@ -60,7 +63,10 @@ fn pinned_programs(pins: &PinDir) -> Check {
         .filter(|p| !pins.link(p).exists())
         .collect();
     if missing.is_empty() {
-        Check::pass("pinned-programs", format!("{} attached through pinned links", programs::ALL.join(", ")))
+        Check::pass(
+            "pinned-programs",
+            format!("{} attached through pinned links", programs::ALL.join(", ")),
+        )
     } else {
         Check::fail(
             "pinned-programs",
@@ -96,9 +102,19 @@ fn agent(pins: &PinDir) -> Vec<Check> {
         )
     });
     out.push(if status.last_apply_unix == 0 {
-        Check::fail("policy-applied", "the running agent has applied no policy", "see the agent's log: the policy it was given was rejected")
+        Check::fail(
+            "policy-applied",
+            "the running agent has applied no policy",
+            "see the agent's log: the policy it was given was rejected",
+        )
     } else {
-        Check::pass("policy-applied", format!("last applied {} s ago", now.saturating_sub(status.last_apply_unix)))
+        Check::pass(
+            "policy-applied",
+            format!(
+                "last applied {} s ago",
+                now.saturating_sub(status.last_apply_unix)
+            ),
+        )
     });
     out.push(if status.policy_errors == 0 {
         Check::pass("policy-rejections", "no policy rejected")

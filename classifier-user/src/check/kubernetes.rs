@@ -22,22 +22,33 @@ pub fn checks() -> Vec<Check> {
         .build()
     {
         Ok(rt) => rt,
-        Err(err) => return vec![Check::fail("kubernetes-api", format!("no runtime: {err}"), "report a bug")],
+        Err(err) => {
+            return vec![Check::fail(
+                "kubernetes-api",
+                format!("no runtime: {err}"),
+                "report a bug",
+            )]
+        }
     };
     runtime.block_on(async {
-        let client = match tokio::time::timeout(CALL_TIMEOUT, crate::sources::kubernetes::client()).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(err)) => {
-                return vec![Check::fail(
-                    "kubernetes-api",
-                    format!("{err:#}"),
-                    "run in the agent's pod (its service account) or set KUBECONFIG",
-                )]
-            }
-            Err(_) => {
-                return vec![Check::fail("kubernetes-api", "building the client timed out", "check KUBECONFIG")]
-            }
-        };
+        let client =
+            match tokio::time::timeout(CALL_TIMEOUT, crate::sources::kubernetes::client()).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(err)) => {
+                    return vec![Check::fail(
+                        "kubernetes-api",
+                        format!("{err:#}"),
+                        "run in the agent's pod (its service account) or set KUBECONFIG",
+                    )]
+                }
+                Err(_) => {
+                    return vec![Check::fail(
+                        "kubernetes-api",
+                        "building the client timed out",
+                        "check KUBECONFIG",
+                    )]
+                }
+            };
         with_client(client).await
     })
 }
@@ -73,7 +84,11 @@ pub async fn with_client(client: Client) -> Vec<Check> {
 async fn rbac(client: &Client, group: &str, plural: &str) -> Check {
     let name = format!(
         "rbac-{plural}{}",
-        if group.is_empty() { String::new() } else { format!(".{group}") }
+        if group.is_empty() {
+            String::new()
+        } else {
+            format!(".{group}")
+        }
     );
     let mut denied = Vec::new();
     for verb in ["list", "watch"] {
@@ -81,7 +96,11 @@ async fn rbac(client: &Client, group: &str, plural: &str) -> Check {
             Ok(true) => {}
             Ok(false) => denied.push(verb.to_owned()),
             Err(err) => {
-                return Check::fail(&name, format!("SelfSubjectAccessReview failed: {err:#}"), "check the API server and credentials")
+                return Check::fail(
+                    &name,
+                    format!("SelfSubjectAccessReview failed: {err:#}"),
+                    "check the API server and credentials",
+                )
             }
         }
     }

@@ -108,7 +108,10 @@ mod tests {
         ];
         let text = render_text(&checks);
         assert!(text.contains("ok   kernel   6.1\n"), "{text}");
-        assert!(text.contains("FAIL pin-dir  missing; fix: start the agent\n"), "{text}");
+        assert!(
+            text.contains("FAIL pin-dir  missing; fix: start the agent\n"),
+            "{text}"
+        );
         assert!(text.ends_with("1 of 2 checks failed\n"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&render_json(&checks).unwrap()).unwrap();
         assert_eq!(json[1]["check"], "pin-dir");

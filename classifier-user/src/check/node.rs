@@ -38,7 +38,12 @@ fn kernel() -> Check {
 /// The kernel configuration the programs need, from /proc/config.gz or
 /// /boot/config-RELEASE when either is readable; the BTF the loader uses.
 fn bpf_features() -> Check {
-    const NEEDED: [&str; 4] = ["CONFIG_BPF_SYSCALL", "CONFIG_CGROUP_BPF", "CONFIG_BPF_JIT", "CONFIG_CGROUPS"];
+    const NEEDED: [&str; 4] = [
+        "CONFIG_BPF_SYSCALL",
+        "CONFIG_CGROUP_BPF",
+        "CONFIG_BPF_JIT",
+        "CONFIG_CGROUPS",
+    ];
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let config = fs::read_to_string(format!("/boot/config-{}", release.trim())).ok();
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
@@ -58,7 +63,14 @@ fn bpf_features() -> Check {
         .filter(|k| !config.lines().any(|l| l == format!("{k}=y")))
         .collect();
     if missing.is_empty() {
-        Check::pass("bpf-features", format!("{} set; BTF {}", NEEDED.join(", "), if btf { "present" } else { "absent" }))
+        Check::pass(
+            "bpf-features",
+            format!(
+                "{} set; BTF {}",
+                NEEDED.join(", "),
+                if btf { "present" } else { "absent" }
+            ),
+        )
     } else {
         Check::fail(
             "bpf-features",
@@ -79,7 +91,10 @@ fn cgroups(wanted: Option<&Path>) -> Vec<Check> {
             )]
         }
     };
-    let mut out = vec![Check::pass("cgroup-v2", format!("mounted at {}", root.display()))];
+    let mut out = vec![Check::pass(
+        "cgroup-v2",
+        format!("mounted at {}", root.display()),
+    )];
     let target = wanted.map_or(root.clone(), Path::to_path_buf);
     out.push(match sys::fs::fs_type(&target) {
         Ok(CGROUP2_SUPER_MAGIC) => Check::pass(
@@ -126,7 +141,10 @@ fn capabilities() -> Check {
         .collect();
     let root = sys::process::is_root();
     if missing.is_empty() && root {
-        Check::pass("capabilities", "uid 0 with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
+        Check::pass(
+            "capabilities",
+            "uid 0 with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+        )
     } else {
         let mut found = Vec::new();
         if !root {

@@ -79,7 +79,9 @@ pub fn render_table(s: &Snapshot) -> String {
             let _ = writeln!(
                 out,
                 "agent version         {}",
-                a.version.as_deref().unwrap_or("unknown (not a classifier process in this pid namespace)")
+                a.version
+                    .as_deref()
+                    .unwrap_or("unknown (not a classifier process in this pid namespace)")
             );
             if let Some(k) = &a.kubernetes {
                 let synced = k.last_sync_age_s.map_or("never synced".to_owned(), |t| {

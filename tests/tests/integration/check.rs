@@ -42,7 +42,10 @@ fn by_name(list: &[Value]) -> BTreeMap<String, (bool, String)> {
         .map(|c| {
             (
                 c["check"].as_str().unwrap().to_owned(),
-                (c["ok"].as_bool().unwrap(), c["detail"].as_str().unwrap().to_owned()),
+                (
+                    c["ok"].as_bool().unwrap(),
+                    c["detail"].as_str().unwrap().to_owned(),
+                ),
             )
         })
         .collect()
@@ -66,7 +69,14 @@ fn without_an_agent_check_says_what_is_missing_and_fails() -> Result<()> {
     let (out, list) = check(&sb, &[], &[]);
     assert_eq!(out.status.code(), Some(1), "{list:?}");
     let checks = by_name(&list);
-    for name in ["kernel", "bpf-features", "cgroup-v2", "attach-cgroup", "bpffs", "capabilities"] {
+    for name in [
+        "kernel",
+        "bpf-features",
+        "cgroup-v2",
+        "attach-cgroup",
+        "bpffs",
+        "capabilities",
+    ] {
         assert!(checks[name].0, "{name}: {:?}", checks[name]);
     }
     let (ok, detail) = &checks["pin-dir"];
@@ -75,7 +85,9 @@ fn without_an_agent_check_says_what_is_missing_and_fails() -> Result<()> {
         detail.contains("no classifier is installed") && detail.contains("fix: install the agent"),
         "{detail}"
     );
-    assert!(checks["attach-cgroup"].1.contains(sb.cgroup.to_str().unwrap()));
+    assert!(checks["attach-cgroup"]
+        .1
+        .contains(sb.cgroup.to_str().unwrap()));
     Ok(())
 }
 
@@ -101,7 +113,10 @@ fn with_a_healthy_agent_every_check_passes_and_a_rejected_policy_fails_one() -> 
         assert!(checks.get(name).is_some_and(|c| c.0), "{name}: {checks:#?}");
     }
     let pid = sb.agent_pid().unwrap().to_string();
-    assert!(checks["agent"].1.contains(&format!("pid {pid} ")), "{checks:#?}");
+    assert!(
+        checks["agent"].1.contains(&format!("pid {pid} ")),
+        "{checks:#?}"
+    );
 
     // `--version` names the commit and map layout; `stats` shows the
     // running agent's version, and the agent logged it at start.
@@ -120,8 +135,17 @@ fn with_a_healthy_agent_every_check_passes_and_a_rejected_policy_fails_one() -> 
         format!("{semver} commit {commit}"),
         "{stats}"
     );
-    assert!(sb.agent_log().contains("classifier agent starting"), "{}", sb.agent_log());
-    assert!(sb.agent_log().contains(&format!("commit=\"{commit}\"")) || sb.agent_log().contains(&format!("commit={commit}")), "{}", sb.agent_log());
+    assert!(
+        sb.agent_log().contains("classifier agent starting"),
+        "{}",
+        sb.agent_log()
+    );
+    assert!(
+        sb.agent_log().contains(&format!("commit=\"{commit}\""))
+            || sb.agent_log().contains(&format!("commit={commit}")),
+        "{}",
+        sb.agent_log()
+    );
 
     // A rejected policy: the agent counts it in its status (written every
     // tick); check reports it with the fix, and fails.
@@ -132,7 +156,10 @@ fn with_a_healthy_agent_every_check_passes_and_a_rejected_policy_fails_one() -> 
         let checks = by_name(&list);
         let (ok, detail) = &checks["policy-rejections"];
         if !ok {
-            assert!(detail.contains("1 policies rejected") && detail.contains("fix:"), "{detail}");
+            assert!(
+                detail.contains("1 policies rejected") && detail.contains("fix:"),
+                "{detail}"
+            );
             assert_eq!(out.status.code(), Some(1));
             break;
         }
@@ -151,7 +178,9 @@ fn check_kubernetes_reports_an_unreachable_api_server() -> Result<()> {
     }
     let sb = Sandbox::new("check-kube")?;
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let kubeconfig = sb.write_file(
         "kubeconfig",
         &format!(
@@ -164,7 +193,11 @@ current-context: x
 "
         ),
     );
-    let (out, list) = check(&sb, &["--kubernetes"], &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let (out, list) = check(
+        &sb,
+        &["--kubernetes"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
     assert_eq!(out.status.code(), Some(1));
     let checks = by_name(&list);
     let (ok, detail) = &checks["kubernetes-api"];

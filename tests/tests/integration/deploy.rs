@@ -244,17 +244,27 @@ spec:
     let binding = the_in(&docs, "ClusterRoleBinding");
     assert_eq!(binding["subjects"][0]["namespace"], "platform-classifier");
     for doc in &docs {
-        if !matches!(s(&doc["kind"]), "Namespace" | "ClusterRole" | "ClusterRoleBinding") {
-            assert_eq!(doc["metadata"]["namespace"], "platform-classifier", "{doc:?}");
+        if !matches!(
+            s(&doc["kind"]),
+            "Namespace" | "ClusterRole" | "ClusterRoleBinding"
+        ) {
+            assert_eq!(
+                doc["metadata"]["namespace"], "platform-classifier",
+                "{doc:?}"
+            );
         }
     }
 }
 
 #[test]
-fn every_container_runs_under_the_runtime_default_seccomp_profile_and_the_init_container_is_locked_down() {
+fn every_container_runs_under_the_runtime_default_seccomp_profile_and_the_init_container_is_locked_down(
+) {
     let ds = the("DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let containers: Vec<&Value> = pod["containers"]
         .as_sequence()
         .unwrap()
@@ -263,7 +273,12 @@ fn every_container_runs_under_the_runtime_default_seccomp_profile_and_the_init_c
         .collect();
     for c in &containers {
         let sc = &c["securityContext"];
-        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{}", s(&c["name"]));
+        assert_eq!(
+            sc["seccompProfile"]["type"],
+            "RuntimeDefault",
+            "{}",
+            s(&c["name"])
+        );
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", s(&c["name"]));
         // The API server rejects allowPrivilegeEscalation: false on a
         // privileged container.
@@ -287,7 +302,10 @@ fn only_scrapers_reach_the_metrics_port() {
     let ds = the("DaemonSet");
     assert_eq!(policy["metadata"]["namespace"], manifests::NAMESPACE);
     let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in policy["spec"]["podSelector"]["matchLabels"].as_mapping().unwrap() {
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
         assert_eq!(&pod_labels[s(k)], v, "selects the agent's pods");
     }
     assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"]);
@@ -302,7 +320,9 @@ fn only_scrapers_reach_the_metrics_port() {
     for peer in from {
         assert!(peer.get("ipBlock").is_none(), "{peer:?}");
         assert!(
-            peer["podSelector"]["matchLabels"].as_mapping().is_some_and(|m| !m.is_empty()),
+            peer["podSelector"]["matchLabels"]
+                .as_mapping()
+                .is_some_and(|m| !m.is_empty()),
             "a peer narrowed to the scraper's pods: {peer:?}"
         );
     }
@@ -734,7 +754,9 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
         "{status}"
     );
     assert!(
-        status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
         "{status}"
     );
     assert!(
