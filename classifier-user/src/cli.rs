@@ -47,7 +47,10 @@ pub enum Command {
     ///
     /// Needs root. The programs and maps are pinned under --pin-dir, so they stay attached
     /// when the agent stops or restarts; a restarted agent adopts them without a gap.
-    /// `--uninstall` detaches everything and removes the pins.
+    /// `--uninstall` detaches everything and removes the pins. Every flag but --uninstall can
+    /// also be set as an environment variable, CLASSIFIER_ and the flag's name in capitals
+    /// (CLASSIFIER_METRICS_ADDR, CLASSIFIER_KUBERNETES=true); a flag given on the command line
+    /// wins.
     Agent(AgentArgs),
     /// Show what the kernel side has seen, from the pinned maps (agent need not run; needs root).
     Stats(StatsArgs),
