@@ -20,7 +20,7 @@ use crate::util::step;
 pub struct Options {
     /// Directory to write the scripts into.
     #[arg(long, value_name = "DIR", default_value = "target/completions")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 pub fn completions(Options { out }: Options) -> Result<()> {

@@ -18,7 +18,7 @@ use crate::util::step;
 pub struct Options {
     /// Directory to write the pages into.
     #[arg(long, value_name = "DIR", default_value = "target/man")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 pub fn manpage(Options { out }: Options) -> Result<()> {
@@ -34,4 +34,37 @@ pub fn manpage(Options { out }: Options) -> Result<()> {
         step!("wrote {}", page.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn writes_a_page_per_subcommand_and_completions_for_each_shell() {
+        let dir = std::env::temp_dir().join(format!("xtask-man-{}", std::process::id()));
+        super::manpage(super::Options {
+            out: dir.join("man"),
+        })
+        .unwrap();
+        for page in [
+            "classifier",
+            "classifier-agent",
+            "classifier-check",
+            "classifier-stats",
+        ] {
+            let text = std::fs::read_to_string(dir.join(format!("man/{page}.1"))).unwrap();
+            assert!(text.contains(".TH"), "{page}");
+        }
+        let agent = std::fs::read_to_string(dir.join("man/classifier-agent.1")).unwrap();
+        assert!(agent.contains("metrics\\-addr"), "{agent}");
+        crate::completions::completions(crate::completions::Options {
+            out: dir.join("completions"),
+        })
+        .unwrap();
+        let bash = std::fs::read_to_string(dir.join("completions/classifier.bash")).unwrap();
+        assert!(
+            bash.contains("--metrics-addr") && bash.contains("check"),
+            "{bash}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

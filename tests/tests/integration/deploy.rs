@@ -769,3 +769,59 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
     assert!(ready, "adopting with {caps:?}:\n{log}");
     assert!(log.contains("adopted programs"), "{log}");
 }
+
+#[test]
+fn agent_flags_come_from_classifier_env_vars_and_json_logs_parse() {
+    if !privileged!() {
+        return;
+    }
+    let mut sb = Sandbox::new("deploy-env").unwrap();
+    let addr = free_addr();
+    let policy = sb.write_file(
+        "policy.yaml",
+        "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec: {}\n",
+    );
+    // As the DaemonSet does: JSON logs; the rest as a Kustomize env patch
+    // would set them, with no flag on the command line.
+    sb.start_agent_with_env(
+        &[],
+        &[
+            ("CLASSIFIER_LOG_FORMAT", "json"),
+            ("CLASSIFIER_METRICS_ADDR", &addr),
+            ("CLASSIFIER_POLICY", policy.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http_status(&addr, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready on {addr}:\n{}",
+            sb.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = sb.agent_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "classifier agent starting")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(
+        start["fields"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{start}"
+    );
+    assert!(start["fields"]["commit"].is_string(), "{start}");
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy applied"))
+            && log.contains(policy.to_str().unwrap())),
+        "the policy came from CLASSIFIER_POLICY:\n{log}"
+    );
+    sb.stop_agent();
+}
