@@ -381,10 +381,7 @@ mod tests {
         let (addr, _agent) = serve(|| Err(anyhow::anyhow!("none")));
         // 127.0.0.2 fills its quota; 127.0.0.1 (the "kubelet") still gets in.
         let hog: Vec<TcpStream> = (0..MAX_PER_PEER + 20)
-            .map(|_| {
-                let s = socket2_bind_connect("127.0.0.2", addr);
-                s
-            })
+            .map(|_| connect_from("127.0.0.2", addr))
             .collect();
         let t = Instant::now();
         let r = get(addr, &req("GET", "/healthz"));
@@ -405,7 +402,7 @@ mod tests {
     }
 
     /// A TCP connection to `addr` from `src` (any port).
-    fn socket2_bind_connect(src: &str, addr: SocketAddr) -> TcpStream {
+    fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind(SocketAddr::new(src.parse().unwrap(), 0)).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
