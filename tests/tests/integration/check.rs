@@ -204,3 +204,75 @@ current-context: x
     assert!(!ok && detail.contains("fix:"), "{detail}");
     Ok(())
 }
+
+/// `--kubernetes` against the fake API server: reachable, RBAC allowed
+/// for every kind it serves, and a missing CRD (Server) reported both as
+/// an RBAC failure and as a CRD that is not installed, each with its fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_kubernetes_checks_rbac_per_kind_and_linkerd_crds() -> Result<()> {
+    use tests::fake_kube::{FakeApi, ALL, SERVERS};
+    if !privileged!() {
+        return Ok(());
+    }
+    let sb = Sandbox::new("check-kube-rbac")?;
+    let kubeconfig_for = |url: String, name: &str| {
+        sb.write_file(
+            name,
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: f, cluster: {{server: \"{url}\"}}}}]\nusers: [{{name: f, user: {{}}}}]\ncontexts: [{{name: f, context: {{cluster: f, user: f}}}}]\ncurrent-context: f\n"
+            ),
+        )
+    };
+    let all: Vec<&str> = ALL.iter().map(|(p, _)| *p).collect();
+    let full = FakeApi::start(&all).await;
+    let no_servers: Vec<&str> = all.iter().copied().filter(|p| *p != SERVERS).collect();
+    let partial = FakeApi::start(&no_servers).await;
+    let full_config = kubeconfig_for(full.url(), "full");
+    let partial_config = kubeconfig_for(partial.url(), "partial");
+
+    let sb = tokio::task::spawn_blocking(move || {
+        let (_, list) = check(
+            &sb,
+            &["--kubernetes"],
+            &[("KUBECONFIG", full_config.to_str().unwrap())],
+        );
+        let checks = by_name(&list);
+        assert!(checks["kubernetes-api"].0, "{checks:#?}");
+        assert!(
+            checks["kubernetes-api"].1.contains("v1.33.1"),
+            "{checks:#?}"
+        );
+        let rbac: Vec<&String> = checks.keys().filter(|k| k.starts_with("rbac-")).collect();
+        assert_eq!(rbac.len(), 5, "one per watched kind: {rbac:?}");
+        for name in rbac {
+            assert!(checks[name].0, "{name}: {checks:#?}");
+        }
+        assert!(checks["linkerd-crds"].0, "{checks:#?}");
+
+        let (out, list) = check(
+            &sb,
+            &["--kubernetes"],
+            &[("KUBECONFIG", partial_config.to_str().unwrap())],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let checks = by_name(&list);
+        let (ok, detail) = &checks["rbac-servers.policy.linkerd.io"];
+        assert!(
+            !ok && detail.contains("may not list or watch servers") && detail.contains("fix:"),
+            "{detail}"
+        );
+        assert!(checks["rbac-services"].0, "{checks:#?}");
+        let (ok, detail) = &checks["linkerd-crds"];
+        assert!(
+            !ok && detail.contains("servers.policy.linkerd.io")
+                && !detail.contains("egressnetworks"),
+            "{detail}"
+        );
+        sb
+    })
+    .await?;
+    drop(sb);
+    full.stop();
+    partial.stop();
+    Ok(())
+}
