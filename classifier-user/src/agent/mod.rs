@@ -5,8 +5,8 @@
 mod applier;
 mod pods;
 mod policy_source;
-mod preflight;
-mod privileges;
+pub mod preflight;
+pub mod privileges;
 
 use std::{path::PathBuf, time::Duration};
 

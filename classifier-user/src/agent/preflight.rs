@@ -93,7 +93,7 @@ fn check_owned_dir(dir: &Path, uid: u32) -> Result<()> {
     Ok(())
 }
 
-fn parse_release(release: &str) -> Option<(u32, u32)> {
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }

@@ -75,7 +75,8 @@ pub fn keep_only(keep: &[u32]) -> Result<Dropped> {
     }
     let status = std::fs::read_to_string("/proc/thread-self/status")
         .context("reading /proc/thread-self/status")?;
-    let effective = status_mask(&status, "CapEff:").context("no CapEff in /proc/thread-self/status")?;
+    let effective =
+        status_mask(&status, "CapEff:").context("no CapEff in /proc/thread-self/status")?;
     let can_shrink_bounding = effective & (1 << CAP_SETPCAP) != 0;
     // The bounding set first: dropping from it needs CAP_SETPCAP, which is
     // about to go.
@@ -99,13 +100,21 @@ pub fn keep_only(keep: &[u32]) -> Result<Dropped> {
     let status = std::fs::read_to_string("/proc/thread-self/status")
         .context("reading /proc/thread-self/status")?;
     let want: u64 = keep.iter().fold(0, |m, c| m | (1 << c));
-    for (field, expected) in [("CapEff:", want), ("CapPrm:", want), ("CapInh:", 0), ("CapAmb:", 0)] {
+    for (field, expected) in [
+        ("CapEff:", want),
+        ("CapPrm:", want),
+        ("CapInh:", 0),
+        ("CapAmb:", 0),
+    ] {
         let got = status_mask(&status, field).unwrap_or(0);
         if got != expected {
             bail!("after dropping capabilities {field} is {got:#x}, expected {expected:#x}");
         }
     }
-    if !status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])) {
+    if !status
+        .lines()
+        .any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"]))
+    {
         bail!("no_new_privs is not set after setting it");
     }
     Ok(Dropped { bounding_kept })

@@ -233,12 +233,15 @@ mod tests {
             );
         }
         assert!(text.contains("classifier_agent_last_apply_timestamp_seconds "));
-        assert!(text.contains(&format!(
-            "classifier_build_info{{version=\"{}\",commit=\"{}\",layout=\"{}\"}} 1",
-            build_info::VERSION,
-            build_info::COMMIT,
-            build_info::LAYOUT
-        )), "{text}");
+        assert!(
+            text.contains(&format!(
+                "classifier_build_info{{version=\"{}\",commit=\"{}\",layout=\"{}\"}} 1",
+                build_info::VERSION,
+                build_info::COMMIT,
+                build_info::LAYOUT
+            )),
+            "{text}"
+        );
         // Never synced, no --kubernetes: no sync time, no connected gauge.
         assert!(!text.contains("last_sync"), "{text}");
         assert!(!text.contains("kubernetes_connected"), "{text}");

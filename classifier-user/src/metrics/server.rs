@@ -85,7 +85,11 @@ impl MetricsServer {
     /// Serves `/metrics`, `/healthz` and `/readyz` on a new thread (its own
     /// current-thread runtime) until the process exits. Call it after the
     /// capabilities are dropped: the thread inherits the caller's.
-    pub fn start(self, exporter: Exporter, agent: AgentMetrics) -> Result<std::thread::JoinHandle<()>> {
+    pub fn start(
+        self,
+        exporter: Exporter,
+        agent: AgentMetrics,
+    ) -> Result<std::thread::JoinHandle<()>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .max_blocking_threads(MAX_CONCURRENT_SCRAPES)
@@ -181,9 +185,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         // An IPv4 peer on a dual-stack socket counts as its IPv4 address.
         let peer_ip = match peer.ip() {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(IpAddr::V6(v6), IpAddr::V4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
         let Some(slot) = Slot::take(&slots, peer_ip) else {
@@ -290,7 +292,9 @@ mod tests {
 
     fn get(addr: SocketAddr, request: &str) -> String {
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut out = String::new();
         let _ = stream.read_to_string(&mut out);
@@ -331,7 +335,10 @@ mod tests {
 
         let r = get(addr, &req("HEAD", "/metrics"));
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        assert!(!r.contains("classifier_agent_ready"), "HEAD has no body: {r}");
+        assert!(
+            !r.contains("classifier_agent_ready"),
+            "HEAD has no body: {r}"
+        );
         let r = get(addr, &req("GET", "/nope"));
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
         let r = get(addr, &req("POST", "/metrics"));
@@ -374,10 +381,7 @@ mod tests {
         let (addr, _agent) = serve(|| Err(anyhow::anyhow!("none")));
         // 127.0.0.2 fills its quota; 127.0.0.1 (the "kubelet") still gets in.
         let hog: Vec<TcpStream> = (0..MAX_PER_PEER + 20)
-            .map(|_| {
-                let s = socket2_bind_connect("127.0.0.2", addr);
-                s
-            })
+            .map(|_| connect_from("127.0.0.2", addr))
             .collect();
         let t = Instant::now();
         let r = get(addr, &req("GET", "/healthz"));
@@ -389,12 +393,16 @@ mod tests {
             s.set_read_timeout(Some(HEADER_TIMEOUT * 3)).unwrap();
             let mut buf = [0u8; 64];
             let n = s.read(&mut buf);
-            assert!(matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "server closed the idle connection");
+            assert!(
+                matches!(n, Ok(0))
+                    || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "server closed the idle connection"
+            );
         }
     }
 
     /// A TCP connection to `addr` from `src` (any port).
-    fn socket2_bind_connect(src: &str, addr: SocketAddr) -> TcpStream {
+    fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind(SocketAddr::new(src.parse().unwrap(), 0)).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -312,11 +312,18 @@ mod tests {
                 .filter(|f| f.counters.iter().any(|(c, _)| c == name))
                 .map(|f| f.name)
                 .collect();
-            assert_eq!(homes.len(), 1, "kernel counter {name} is exported in {homes:?}: add it to KERNEL_FAMILIES");
+            assert_eq!(
+                homes.len(),
+                1,
+                "kernel counter {name} is exported in {homes:?}: add it to KERNEL_FAMILIES"
+            );
         }
         for f in KERNEL_FAMILIES {
             for (c, label) in f.counters {
-                assert!(counters::NAMES.iter().any(|(_, n)| n == c), "{c} is no kernel counter");
+                assert!(
+                    counters::NAMES.iter().any(|(_, n)| n == c),
+                    "{c} is no kernel counter"
+                );
                 assert_eq!(label.is_some(), f.label.is_some(), "{}", f.name);
             }
             assert!(f.label.is_some() || f.counters.len() == 1, "{}", f.name);

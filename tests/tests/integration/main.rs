@@ -11,6 +11,7 @@
 
 mod agent_kube;
 mod bad_input;
+mod check;
 mod datapath;
 mod deploy;
 mod e2e;

@@ -148,7 +148,10 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
         "{body}"
     );
     assert!(
-        must(&body, "classifier_proxy_queries_total{result=\"classified\"}") >= 2.0,
+        must(
+            &body,
+            "classifier_proxy_queries_total{result=\"classified\"}"
+        ) >= 2.0,
         "{body}"
     );
     assert_eq!(
@@ -157,9 +160,10 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
     );
     // Build info names this binary.
     assert!(
-        body.lines().any(|l| l.starts_with("classifier_build_info{version=")
-            && l.contains(",layout=\"")
-            && l.ends_with("} 1")),
+        body.lines()
+            .any(|l| l.starts_with("classifier_build_info{version=")
+                && l.contains(",layout=\"")
+                && l.ends_with("} 1")),
         "{body}"
     );
     // By the book, as Prometheus' own linter reads it.
@@ -181,9 +185,15 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();
     let applied = must(&body, "classifier_agent_last_apply_timestamp_seconds");
-    assert!(applied <= now && applied > now - 120.0, "{applied} vs {now}");
+    assert!(
+        applied <= now && applied > now - 120.0,
+        "{applied} vs {now}"
+    );
     assert!(!body.contains("kernel_events"), "{body}");
-    assert!(!body.contains("kubernetes_connected"), "no --kubernetes: {body}");
+    assert!(
+        !body.contains("kubernetes_connected"),
+        "no --kubernetes: {body}"
+    );
     // Read after the agent dropped every capability but CAP_BPF: opening
     // the root-only pins as uid 0 needs no other.
     assert!(
@@ -494,14 +504,17 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
     let rule_text = deploy_file("monitoring/prometheusrule.yaml");
     let dashboard = deploy_file("monitoring/grafana-dashboard.json");
     let _: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
-    for (file, text) in [("prometheusrule.yaml", &rule_text), ("grafana-dashboard.json", &dashboard)] {
+    for (file, text) in [
+        ("prometheusrule.yaml", &rule_text),
+        ("grafana-dashboard.json", &dashboard),
+    ] {
         let used = metric_names(text);
         assert!(!used.is_empty(), "{file}");
-        let unknown: Vec<&String> = used
-            .iter()
-            .filter(|n| !exported.contains(*n))
-            .collect();
-        assert!(unknown.is_empty(), "{file} uses metrics /metrics does not export: {unknown:?}");
+        let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics /metrics does not export: {unknown:?}"
+        );
     }
 
     // The alerts: the four the README promises, and spec.groups is a rule
