@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -234,6 +234,29 @@ pub struct ConnVerdict {
     pub owner_cookie: u64,
 }
 
+/// What the classifier keeps on a TCP socket (`CLS_SOCK`, socket-local
+/// storage freed with the socket): written by `connect4|6` on every
+/// connect, read by `sockops` when the SYN is about to go out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockState {
+    /// The verdict of the socket's latest connect (valid with
+    /// `SOCK_HAS_VERDICT`); `owner_cookie` is 0 here.
+    pub verdict: ConnVerdict,
+    /// `SOCK_*` bits.
+    pub flags: u32,
+    /// `SO_MARK` bits this classifier set at the latest connect (0: none),
+    /// so that a later connect of the same socket can take them back.
+    pub mark_mask: u32,
+    /// What those bits were before the classifier set them.
+    pub mark_prev: u32,
+    pub _pad: u32,
+}
+
+/// `SockState::verdict` is the verdict of the socket's latest connect.
+pub const SOCK_HAS_VERDICT: u32 = 1 << 0;
+
 /// Key of the published-verdict table: the client socket's own local
 /// address, which is what the proxy sees as the peer of the socket it
 /// accepted through a REDIRECT, plus the network namespace both live in.
@@ -411,7 +434,6 @@ pub mod maps {
     pub const RULES_V6: &str = "CLS_RULES_V6";
     pub const DEFAULT_PORTS: &str = "CLS_DEFAULT_PORTS";
     pub const EXCLUDED_UIDS: &str = "CLS_EXCLUDED_UIDS";
-    pub const PENDING: &str = "CLS_PENDING";
     pub const VERDICTS: &str = "CLS_VERDICTS";
     pub const COUNTERS: &str = "CLS_COUNTERS";
     pub const PORT_COUNTS: &str = "CLS_PORT_COUNTS";
@@ -421,6 +443,10 @@ pub mod maps {
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
     pub const AGENT_STATUS: &str = "CLS_AGENT_STATUS";
+    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of the verdict from
+    /// connect() to the SYN. Pinned with the rest (a restarted agent's
+    /// programs share it); userspace never reads it.
+    pub const SOCK: &str = "CLS_SOCK";
 
     /// Every map, for pinning, adoption and uninstall.
     pub const ALL: [&str; 14] = [
@@ -430,7 +456,6 @@ pub mod maps {
         RULES_V6,
         DEFAULT_PORTS,
         EXCLUDED_UIDS,
-        PENDING,
         VERDICTS,
         COUNTERS,
         PORT_COUNTS,
@@ -438,6 +463,7 @@ pub mod maps {
         SCOPES,
         SCOPE_IDS,
         AGENT_STATUS,
+        SOCK,
     ];
 
     /// Trie capacity, shared by both slots: during a switch the old and new
@@ -445,8 +471,6 @@ pub mod maps {
     pub const RULES_V4_CAPACITY: u32 = 1 << 19;
     pub const RULES_V6_CAPACITY: u32 = 1 << 19;
     pub const EXCLUDED_UIDS_CAPACITY: u32 = 2048;
-    /// Sockets between connect() and the TCP SYN; short lived.
-    pub const PENDING_CAPACITY: u32 = 16384;
     /// Published verdicts of open, classified connections (LRU).
     pub const VERDICTS_CAPACITY: u32 = 65536;
     /// Distinct destination ports counted for "top ports".
@@ -509,7 +533,8 @@ pub mod counters {
         QUERY_UNKNOWN = 17, "query_unknown";
         /// Query with a buffer shorter than REPLY_MIN_LEN.
         QUERY_BAD_BUFFER = 18, "query_bad_buffer";
-        ERR_PENDING_INSERT = 19, "err_pending_insert";
+        /// The socket's local storage could not be created or read.
+        ERR_SOCK_STORAGE = 19, "err_sock_storage";
         ERR_PUBLISH_INSERT = 20, "err_publish_insert";
         ERR_MARK = 21, "err_mark";
         /// The active slot or its config could not be read.
@@ -521,11 +546,20 @@ pub mod counters {
         /// holds the same client address and port; both now answer
         /// "ambiguous" (no verdict) rather than risk a wrong one.
         PUBLISH_AMBIGUOUS = 25, "publish_ambiguous";
+        /// The socket's verdict was taken for another destination than the
+        /// one it is connecting to: not published.
+        PUBLISH_DST_MISMATCH = 26, "publish_dst_mismatch";
+        /// A query on a socket that is not a connected TCP socket: not
+        /// answered (the caller sees the kernel's own error).
+        QUERY_NOT_CONNECTED = 27, "query_not_connected";
+        /// SO_MARK bits set at an earlier connect of the same socket were
+        /// taken back at a later connect.
+        MARK_CLEARED = 28, "mark_cleared";
     }
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 29;
     /// Counters that are internal failures (the connect was allowed anyway).
     pub const ERRORS: [u32; 5] = [
-        ERR_PENDING_INSERT,
+        ERR_SOCK_STORAGE,
         ERR_PUBLISH_INSERT,
         ERR_MARK,
         ERR_CONFIG,
@@ -540,6 +574,7 @@ mod user {
     // arrays, and have no implicit padding (checked by the layout tests).
     unsafe impl aya::Pod for QueryReply {}
     unsafe impl aya::Pod for ConnVerdict {}
+    unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for RuleVerdict {}
     unsafe impl aya::Pod for PolicyConfig {}
@@ -574,6 +609,10 @@ mod tests {
         assert_eq!(offset_of!(ConnVerdict, owner_cookie), 32);
         assert_eq!(offset_of!(ConnVerdict, rule_id), 4);
         assert_eq!(offset_of!(ConnVerdict, dst_addr), 16);
+        assert_eq!(size_of::<SockState>(), 56);
+        assert_eq!(offset_of!(SockState, flags), 40);
+        assert_eq!(offset_of!(SockState, mark_mask), 44);
+        assert_eq!(offset_of!(SockState, mark_prev), 48);
         assert_eq!(size_of::<ConnKey>(), 32);
         assert_eq!(offset_of!(ConnKey, addr), 8);
         assert_eq!(offset_of!(ConnKey, port), 24);

@@ -3,6 +3,10 @@
 //! keyed by (network namespace, local address, local port): that is the
 //! peer a proxy sees on the socket it accepted through a REDIRECT. The entry
 //! is withdrawn when the connection closes.
+//!
+//! A verdict is published only if it was taken for the destination the
+//! socket is connecting to (the socket's remote address), so a verdict can
+//! never describe another connect of the same socket.
 
 use core::ptr::read_volatile;
 
@@ -16,13 +20,15 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext,
 };
-use classifier_common::{counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS};
+use classifier_common::{
+    counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS, SOCK_HAS_VERDICT,
+};
 
 const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::{v4_mapped, v6_bytes},
-    maps::{count, CLS_PENDING, CLS_VERDICTS},
+    maps::{count, sock_state, CLS_VERDICTS},
 };
 
 const AF_INET: u32 = 2;
@@ -39,18 +45,30 @@ pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn publish(ctx: &SockOpsContext) {
-    // SAFETY: the helper accepts a sock_ops context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(verdict) = CLS_PENDING.get_ptr(cookie) else {
-        // Not classified (the common case), or its connect-time entry was
-        // evicted from the LRU table before the SYN (not distinguishable
-        // here; the table is sized far above connects in flight).
+    let ops = ctx.ops;
+    // SAFETY: sk is a readable field of sockops contexts (null unless a
+    // full socket, which it is at TCP_CONNECT_CB).
+    let sk = unsafe { read_volatile(&(*ops).__bindgen_anon_2.sk) };
+    // SAFETY: sk was just read from the context.
+    let state = unsafe { sock_state(sk, false) };
+    if state.is_null() {
+        // Not classified: the common case.
         return;
-    };
-    // SAFETY: the pointer is to a live map value; copied out at once.
-    let mut verdict = unsafe { *verdict };
-    let _ = CLS_PENDING.remove(cookie);
-    verdict.owner_cookie = cookie;
+    }
+    // SAFETY: a live storage value of this socket.
+    let state = unsafe { &mut *state };
+    if state.flags & SOCK_HAS_VERDICT == 0 {
+        return;
+    }
+    // Used once: the storage lives as long as the socket.
+    state.flags &= !SOCK_HAS_VERDICT;
+    let mut verdict = state.verdict;
+    if !is_remote(ctx, &verdict) {
+        count(c::PUBLISH_DST_MISMATCH);
+        return;
+    }
+    // SAFETY: the helper accepts a sock_ops context.
+    verdict.owner_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
     let key = local_key(ctx);
     if CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
@@ -100,6 +118,52 @@ fn withdraw(ctx: &SockOpsContext) {
     } else {
         count(c::UNPUBLISH_MISSING);
     }
+}
+
+/// Whether `verdict` was taken for the socket's remote address and port.
+#[inline(always)]
+fn is_remote(ctx: &SockOpsContext, verdict: &ConnVerdict) -> bool {
+    let ops = ctx.ops;
+    // SAFETY: these fields are readable in sockops programs.
+    let (family, ip4, ip6, port) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).remote_ip4),
+            [
+                read_volatile(&(*ops).remote_ip6[0]),
+                read_volatile(&(*ops).remote_ip6[1]),
+                read_volatile(&(*ops).remote_ip6[2]),
+                read_volatile(&(*ops).remote_ip6[3]),
+            ],
+            read_volatile(&(*ops).remote_port),
+        )
+    };
+    let addr = if family == AF_INET {
+        v4_mapped(ip4)
+    } else {
+        v6_bytes(ip6)
+    };
+    // remote_port holds the port as stored in the socket (network byte
+    // order) in its upper 16 bits on little-endian machines, the lower 16
+    // on big-endian ones.
+    #[cfg(target_endian = "little")]
+    let port_be = (port >> 16) as u16;
+    #[cfg(target_endian = "big")]
+    let port_be = port as u16;
+    port_be == verdict.dst_port_be && same_addr(&addr, &verdict.dst_addr)
+}
+
+/// Byte-wise, unrolled: a slice comparison may become a `bcmp` call, which
+/// eBPF does not have.
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
 }
 
 #[inline(always)]

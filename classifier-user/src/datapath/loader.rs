@@ -158,6 +158,9 @@ fn check_layout(pins: &PinDir) -> Result<()> {
 fn install(opts: &InstallOptions<'_>) -> Result<()> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(opts.pins.maps_dir());
+    // A BTF map definition has no pinning attribute: pin it by path.
+    let sock_pin = opts.pins.map(maps::SOCK);
+    loader.map_pin_path(maps::SOCK, sock_pin.as_path());
     if let Some(capacity) = opts.verdict_capacity {
         loader.map_max_entries(maps::VERDICTS, capacity);
     }

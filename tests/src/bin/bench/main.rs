@@ -71,7 +71,9 @@ fn real_main() -> Result<()> {
 
     step("1/6 connect overhead (attached vs bare cgroup, interleaved)");
     results["connect_overhead"] = connect_overhead(&plan, &attached, &bare)?;
-    results["program_run_time"] = program_run_times(&plan, &attached)?;
+    let (run_times, per_connect) = program_run_times(&plan, &attached)?;
+    results["program_run_time"] = run_times;
+    results["program_cost_per_connect"] = per_connect;
 
     step("2/6 policy scale");
     // The bench writes the policy itself from here on, to time each part;
