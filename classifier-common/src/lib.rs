@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -421,6 +421,20 @@ pub const fn excluded_uid_key(slot: u32, uid: u32) -> u64 {
 pub struct PinMeta {
     pub layout_version: u32,
     pub _pad: u32,
+    /// Build stamp of the programs attached through the pinned links (a
+    /// hash of the eBPF object; 0: not stamped). An agent whose embedded
+    /// programs differ replaces them in place.
+    pub program_build: u64,
+}
+
+/// `PinMeta` as layout versions 1 and 2 wrote it (8 bytes), so that a newer
+/// agent can still read the version of older pins and refuse them by name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PinMetaV1 {
+    pub layout_version: u32,
+    pub _pad: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -444,8 +458,8 @@ pub mod maps {
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
     pub const AGENT_STATUS: &str = "CLS_AGENT_STATUS";
     /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of the verdict from
-    /// connect() to the SYN. Pinned with the rest (a restarted agent's
-    /// programs share it); userspace never reads it.
+    /// connect() to the SYN. Pinned so that programs replaced in an upgrade
+    /// keep reading what the ones before wrote; userspace never reads it.
     pub const SOCK: &str = "CLS_SOCK";
 
     /// Every map, for pinning, adoption and uninstall.
@@ -579,6 +593,7 @@ mod user {
     unsafe impl aya::Pod for RuleVerdict {}
     unsafe impl aya::Pod for PolicyConfig {}
     unsafe impl aya::Pod for PinMeta {}
+    unsafe impl aya::Pod for PinMetaV1 {}
     unsafe impl aya::Pod for AgentStatus {}
 }
 
@@ -618,7 +633,9 @@ mod tests {
         assert_eq!(offset_of!(ConnKey, port), 24);
         assert_eq!(size_of::<RuleVerdict>(), 8);
         assert_eq!(size_of::<PolicyConfig>(), 40);
-        assert_eq!(size_of::<PinMeta>(), 8);
+        assert_eq!(size_of::<PinMeta>(), 16);
+        assert_eq!(offset_of!(PinMeta, program_build), 8);
+        assert_eq!(size_of::<PinMetaV1>(), 8);
         assert_eq!(size_of::<AgentStatus>(), 48);
         assert_eq!(size_of::<RuleKeyV4>(), 9);
         assert_eq!(size_of::<RuleKeyV6>(), 21);

@@ -188,3 +188,22 @@ impl RcuBarrier {
         map_update_u32(self.outer.as_fd(), 0, self.inner.as_raw_fd() as u32)
     }
 }
+
+/// BPF_LINK_UPDATE: replaces the program of `link` with `program` in place
+/// (the attachment is never removed). With `expected`, the kernel refuses
+/// (EPERM) unless the link still runs that program.
+pub fn link_update(
+    link: BorrowedFd<'_>,
+    program: BorrowedFd<'_>,
+    expected: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = link.as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = program.as_raw_fd() as u32;
+    if let Some(old) = expected {
+        attr.link_update.flags = aya_obj::generated::BPF_F_REPLACE;
+        attr.link_update.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
+    }
+    // SAFETY: BPF_LINK_UPDATE reads no pointers from attr.
+    unsafe { sys_bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
+}

@@ -223,3 +223,30 @@ fn an_agent_that_could_not_apply_its_policy_is_live_but_not_ready() -> Result<()
     assert!(TcpStream::connect(&addr).is_err(), "metrics port closed");
     Ok(())
 }
+
+#[test]
+fn readyz_fails_once_a_program_is_detached() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("readyz-detached")?;
+    let addr = free_addr();
+    sb.start_agent(&["--metrics-addr", &addr])?;
+    wait_for_status(&addr, "/readyz", 200)?;
+
+    // Something else detaches one of the links (the pin stays).
+    let link = sb
+        .pins
+        .join("links")
+        .join(classifier_common::programs::SOCKOPS);
+    tests::run(
+        std::process::Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&link),
+    )?;
+    let (status, body) = get(&addr, "/readyz")?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("publish_sockops"), "names the program: {body}");
+    assert_eq!(get(&addr, "/healthz")?.0, 200, "still live");
+    Ok(())
+}

@@ -92,6 +92,7 @@ fn pins_of_another_layout_are_refused_and_left_attached() -> Result<()> {
         PinMeta {
             layout_version: 99,
             _pad: 0,
+            program_build: 0,
         },
         0,
     )?;
@@ -619,5 +620,137 @@ fn adopting_checks_the_cgroup_the_programs_are_on() -> Result<()> {
     // The same cgroup: adopted.
     sb.start_agent(&[])?;
     assert!(sb.agent_log().contains("adopted"), "{}", sb.agent_log());
+    Ok(())
+}
+
+#[test]
+fn uninstall_while_an_agent_runs_is_refused_and_changes_nothing() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("uninstall-running")?;
+    sb.start_agent(&[])?;
+
+    let out = Command::new(classifier_bin())
+        .args(["agent", "--uninstall", "--pin-dir"])
+        .arg(&sb.pins)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("already running"),
+        "says an agent holds the pins: {stderr}"
+    );
+    for program in programs::ALL {
+        assert!(
+            sb.pins.join("links").join(program).exists(),
+            "{program} still pinned"
+        );
+    }
+    assert_eq!(sb.verdict("127.0.0.1:3306")?["protocol"], "opaque");
+
+    // Once the agent has stopped, uninstall goes through.
+    sb.uninstall_agent()?;
+    assert!(!sb.pins.join("links").exists(), "pins removed");
+    Ok(())
+}
+
+/// The id of the program a pinned link runs, from bpftool.
+fn link_prog_id(link: &std::path::Path) -> Result<u64> {
+    let out = tests::run(
+        Command::new("bpftool")
+            .args(["--json", "link", "show", "pinned"])
+            .arg(link),
+    )?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["prog_id"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn an_agent_of_another_build_replaces_the_programs_in_place_under_load() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("upgrade-load")?;
+    sb.start_agent(&[])?;
+    sb.kill_agent();
+    // Pins as an agent of another build would have left them: same map
+    // layout, another program build stamp.
+    let mut meta: Array<MapData, PinMeta> = Array::try_from(Map::Array(MapData::from_pin(
+        sb.pins.join("maps").join(maps::META),
+    )?))?;
+    let stamped = meta.get(&0, 0)?;
+    meta.set(
+        0,
+        PinMeta {
+            program_build: stamped.program_build ^ 0x5a5a,
+            ..stamped
+        },
+        0,
+    )?;
+    let links: Vec<_> = programs::ALL
+        .iter()
+        .map(|p| sb.pins.join("links").join(p))
+        .collect();
+    let inodes: Vec<u64> = links
+        .iter()
+        .map(|l| std::os::unix::fs::MetadataExt::ino(&fs::metadata(l).unwrap()))
+        .collect();
+    let prog_ids: Vec<u64> = links.iter().map(|l| link_prog_id(l)).collect::<Result<_>>()?;
+
+    let summary = under_load(&mut sb, "3306,8080", 5_000, |sb| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sb.start_agent(&[])?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(())
+    })?;
+    eprintln!("{summary}");
+    assert!(
+        sb.agent_log().contains("replaced its programs in place"),
+        "{}",
+        sb.agent_log()
+    );
+    for ((link, inode), old_id) in links.iter().zip(&inodes).zip(&prog_ids) {
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(link)?),
+            *inode,
+            "same link, never detached: {}",
+            link.display()
+        );
+        assert_ne!(
+            link_prog_id(link)?,
+            *old_id,
+            "the link runs the new program: {}",
+            link.display()
+        );
+    }
+    let verdicts = summary["verdicts"].as_object().unwrap();
+    for key in verdicts.keys() {
+        let allowed = [
+            "3306 opaque default_port 0",
+            "3306 opaque default_port 1",
+            "3306 unknown none -",
+            "8080 unknown none -",
+        ];
+        assert!(
+            allowed.contains(&key.as_str()) || key.contains(" ambiguous "),
+            "every 3306 connect classified (or safely ambiguous), nothing else: {key} in {summary}"
+        );
+    }
+    let lost = verdicts
+        .get("3306 unknown none -")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    assert_lost_only_to_shared_ports(&sb, &summary, lost)?;
+    // Stamped with this build now: the next start adopts as is.
+    assert_eq!(
+        Array::<MapData, PinMeta>::try_from(Map::Array(MapData::from_pin(
+            sb.pins.join("maps").join(maps::META),
+        )?))?
+        .get(&0, 0)?
+        .program_build,
+        stamped.program_build
+    );
+    assert_eq!(sb.stats()?["errors_total"], 0);
     Ok(())
 }
