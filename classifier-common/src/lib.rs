@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -234,28 +234,13 @@ pub struct ConnVerdict {
     pub owner_cookie: u64,
 }
 
-/// What the classifier keeps on a TCP socket (`CLS_SOCK`, socket-local
-/// storage freed with the socket): written by `connect4|6` on every
-/// connect, read by `sockops` when the SYN is about to go out.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct SockState {
-    /// The verdict of the socket's latest connect (valid with
-    /// `SOCK_HAS_VERDICT`); `owner_cookie` is 0 here.
-    pub verdict: ConnVerdict,
-    /// `SOCK_*` bits.
-    pub flags: u32,
-    /// `SO_MARK` bits this classifier set at the latest connect (0: none),
-    /// so that a later connect of the same socket can take them back.
-    pub mark_mask: u32,
-    /// What those bits were before the classifier set them.
-    pub mark_prev: u32,
-    pub _pad: u32,
+/// Slot of a socket in `CLS_INFLIGHT` (the verdict between connect() and
+/// the SYN): the low bits of its cookie. A slot belongs to the socket whose
+/// cookie is in `ConnVerdict::owner_cookie`.
+#[inline(always)]
+pub const fn inflight_slot(cookie: u64) -> u32 {
+    (cookie as u32) & (maps::INFLIGHT_CAPACITY - 1)
 }
-
-/// `SockState::verdict` is the verdict of the socket's latest connect.
-pub const SOCK_HAS_VERDICT: u32 = 1 << 0;
 
 /// Key of the published-verdict table: the client socket's own local
 /// address, which is what the proxy sees as the peer of the socket it
@@ -457,10 +442,9 @@ pub mod maps {
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
     pub const AGENT_STATUS: &str = "CLS_AGENT_STATUS";
-    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of the verdict from
-    /// connect() to the SYN. Pinned so that programs replaced in an upgrade
-    /// keep reading what the ones before wrote; userspace never reads it.
-    pub const SOCK: &str = "CLS_SOCK";
+    /// The verdict of each socket between connect() and its SYN, in the
+    /// slot its cookie selects (an array: no insert, no eviction, no delete).
+    pub const INFLIGHT: &str = "CLS_INFLIGHT";
 
     /// Every map, for pinning, adoption and uninstall.
     pub const ALL: [&str; 14] = [
@@ -477,7 +461,7 @@ pub mod maps {
         SCOPES,
         SCOPE_IDS,
         AGENT_STATUS,
-        SOCK,
+        INFLIGHT,
     ];
 
     /// Trie capacity, shared by both slots: during a switch the old and new
@@ -485,6 +469,10 @@ pub mod maps {
     pub const RULES_V4_CAPACITY: u32 = 1 << 19;
     pub const RULES_V6_CAPACITY: u32 = 1 << 19;
     pub const EXCLUDED_UIDS_CAPACITY: u32 = 2048;
+    /// Slots of `CLS_INFLIGHT` (a power of two). Only sockets between
+    /// connect() and the SYN (microseconds, within one connect() call)
+    /// use one; two of them clash only if their cookies share the low bits.
+    pub const INFLIGHT_CAPACITY: u32 = 16384;
     /// Published verdicts of open, classified connections (LRU).
     pub const VERDICTS_CAPACITY: u32 = 65536;
     /// Distinct destination ports counted for "top ports".
@@ -547,8 +535,8 @@ pub mod counters {
         QUERY_UNKNOWN = 17, "query_unknown";
         /// Query with a buffer shorter than REPLY_MIN_LEN.
         QUERY_BAD_BUFFER = 18, "query_bad_buffer";
-        /// The socket's local storage could not be created or read.
-        ERR_SOCK_STORAGE = 19, "err_sock_storage";
+        /// The socket's in-flight slot could not be read.
+        ERR_INFLIGHT = 19, "err_inflight";
         ERR_PUBLISH_INSERT = 20, "err_publish_insert";
         ERR_MARK = 21, "err_mark";
         /// The active slot or its config could not be read.
@@ -566,14 +554,14 @@ pub mod counters {
         /// A query on a socket that is not a connected TCP socket: not
         /// answered (the caller sees the kernel's own error).
         QUERY_NOT_CONNECTED = 27, "query_not_connected";
-        /// SO_MARK bits set at an earlier connect of the same socket were
-        /// taken back at a later connect.
+        /// The classifier's SO_MARK bits (set at an earlier connect of the
+        /// same socket) were cleared at a connect that is not marked.
         MARK_CLEARED = 28, "mark_cleared";
     }
     pub const COUNT: u32 = 29;
     /// Counters that are internal failures (the connect was allowed anyway).
     pub const ERRORS: [u32; 5] = [
-        ERR_SOCK_STORAGE,
+        ERR_INFLIGHT,
         ERR_PUBLISH_INSERT,
         ERR_MARK,
         ERR_CONFIG,
@@ -588,7 +576,6 @@ mod user {
     // arrays, and have no implicit padding (checked by the layout tests).
     unsafe impl aya::Pod for QueryReply {}
     unsafe impl aya::Pod for ConnVerdict {}
-    unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for RuleVerdict {}
     unsafe impl aya::Pod for PolicyConfig {}
@@ -624,10 +611,6 @@ mod tests {
         assert_eq!(offset_of!(ConnVerdict, owner_cookie), 32);
         assert_eq!(offset_of!(ConnVerdict, rule_id), 4);
         assert_eq!(offset_of!(ConnVerdict, dst_addr), 16);
-        assert_eq!(size_of::<SockState>(), 56);
-        assert_eq!(offset_of!(SockState, flags), 40);
-        assert_eq!(offset_of!(SockState, mark_mask), 44);
-        assert_eq!(offset_of!(SockState, mark_prev), 48);
         assert_eq!(size_of::<ConnKey>(), 32);
         assert_eq!(offset_of!(ConnKey, addr), 8);
         assert_eq!(offset_of!(ConnKey, port), 24);
@@ -690,6 +673,14 @@ mod tests {
         assert_eq!(k[..5], [0, 0, 0, 0, 0]);
         assert_eq!(k[5..], v6);
         assert_eq!(RULE_KEY_FIXED_BITS, 5 * 8);
+    }
+
+    #[test]
+    fn inflight_slots_cover_the_array() {
+        assert!(maps::INFLIGHT_CAPACITY.is_power_of_two());
+        assert_eq!(inflight_slot(0), 0);
+        assert_eq!(inflight_slot(u64::MAX), maps::INFLIGHT_CAPACITY - 1);
+        assert_eq!(inflight_slot(maps::INFLIGHT_CAPACITY as u64 + 5), 5);
     }
 
     #[test]

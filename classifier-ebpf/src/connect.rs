@@ -1,26 +1,27 @@
 //! `cgroup/connect4` and `cgroup/connect6`: classify the destination of a
-//! TCP connect() and remember the verdict on the socket itself
-//! (`CLS_SOCK`, socket-local storage) until `publish` can key it by the
-//! 4-tuple.
+//! TCP connect() and leave the verdict in the socket's in-flight slot
+//! (`CLS_INFLIGHT`, selected by its cookie) until `publish` can key it by
+//! the 4-tuple, just before the SYN in the same connect() call.
 //!
 //! Every connect first forgets what an earlier connect of the same socket
 //! decided (a connect that failed before its SYN, or one undone with
-//! `connect(AF_UNSPEC)`): its verdict, and the `SO_MARK` bits it set.
+//! `connect(AF_UNSPEC)`): its in-flight verdict, and, in mark mode, the
+//! classifier's `SO_MARK` bits unless this connect is marked again.
 //!
-//! Cost per connect, whatever the policy size: one socket-storage lookup,
-//! one array read (active slot), one for the slot's config, one hash lookup
+//! Cost per connect, whatever the policy size: one array read (in-flight
+//! slot), one (active slot), one for the slot's config, one hash lookup
 //! (excluded UIDs), one to four LPM trie lookups (exact and wildcard port,
 //! client scope and node-wide; only those the policy needs), up to
 //! `MAX_CGROUP_LEVEL` scope lookups for scoped policies, one bitmap word,
-//! the port counter, and for a classified connect one socket-storage write.
+//! the port counter; in mark mode one SO_MARK read.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_getsockopt,
-        bpf_setsockopt,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie,
+        bpf_getsockopt, bpf_setsockopt,
     },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
@@ -29,7 +30,7 @@ use aya_ebpf::{
 };
 use classifier_common::{
     counters as c, excluded_uid_key, rule_key_v4, rule_key_v6, ConnVerdict, PolicyConfig, Protocol,
-    RuleVerdict, SockState, Source, SOCK_HAS_VERDICT, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED,
+    RuleVerdict, Source, inflight_slot, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED,
     DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
     RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
 };
@@ -37,7 +38,7 @@ use classifier_common::{
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
-        count, sock_state, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS,
+        count, CLS_ACTIVE_SLOT, CLS_INFLIGHT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS,
         CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6, CLS_SCOPES,
     },
 };
@@ -115,13 +116,19 @@ fn port_from_ctx(user_port: u32) -> u16 {
 
 #[inline(always)]
 fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
-    // SAFETY: sk is a readable field of sock_addr contexts.
-    let sk = unsafe { read_volatile(&(*ctx.sock_addr).__bindgen_anon_1.sk) };
-    // SAFETY: sk was just read from the context.
-    let earlier = unsafe { sock_state(sk, false) };
-    if !earlier.is_null() {
-        // SAFETY: a live storage value of this socket.
-        forget_earlier_connect(ctx, unsafe { &mut *earlier });
+    // SAFETY: the helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(inflight) = CLS_INFLIGHT.get_ptr_mut(inflight_slot(cookie)) else {
+        count(c::ERR_INFLIGHT);
+        return;
+    };
+    // An earlier connect of this socket that never reached its SYN left
+    // its verdict here: it does not describe this connect.
+    // SAFETY: a live array value; owner_cookie is read and written whole.
+    unsafe {
+        if read_volatile(&(*inflight).owner_cookie) == cookie {
+            write_volatile(&mut (*inflight).owner_cookie, 0);
+        }
     }
     let Some(slot) = CLS_ACTIVE_SLOT.get(0) else {
         count(c::ERR_CONFIG);
@@ -149,6 +156,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         return;
     }
     count_port(port);
+    let marking = config.flags & CONFIG_FLAG_MARK != 0;
 
     let rule = lookup_rule(slot as u8, config, &dst, is_v4, port);
     let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
@@ -161,6 +169,9 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         (Protocol::Opaque, Source::DefaultPort, 0)
     } else {
         count(c::NO_VERDICT);
+        if marking {
+            clear_mark(ctx, config);
+        }
         return;
     };
     count(match protocol {
@@ -175,28 +186,18 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         c::SOURCE_DEFAULT_PORT
     });
 
-    // SAFETY: sk was just read from the context.
-    let state = unsafe { sock_state(sk, true) };
-    if state.is_null() {
-        // No verdict without a place to keep it; nor a mark, which a later
-        // connect of this socket could then not take back.
-        count(c::ERR_SOCK_STORAGE);
-        return;
-    }
-    // SAFETY: a live storage value of this socket, not shared with another
-    // program while this connect() holds the socket lock.
-    let state = unsafe { &mut *state };
-
     let mut flags = if is_v4 { REPLY_FLAG_DST_IPV4 } else { 0 };
-    if protocol == Protocol::Opaque && config.flags & CONFIG_FLAG_MARK != 0 {
-        if let Some(before) = set_mark(ctx, config) {
-            flags |= REPLY_FLAG_MARKED;
-            state.mark_mask = config.mark_mask;
-            state.mark_prev = before & config.mark_mask;
+    if marking {
+        if protocol == Protocol::Opaque {
+            if set_mark(ctx, config) {
+                flags |= REPLY_FLAG_MARKED;
+            }
+        } else {
+            clear_mark(ctx, config);
         }
     }
 
-    state.verdict = ConnVerdict {
+    let verdict = ConnVerdict {
         protocol: protocol.wire(),
         source: source as u8,
         flags,
@@ -206,24 +207,26 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         dst_port_be: port.to_be(),
         _pad2: 0,
         dst_addr: dst,
-        // Set when published, where the cookie is needed anyway.
         owner_cookie: 0,
     };
-    state.flags = SOCK_HAS_VERDICT;
+    // Claim the slot (0 first, so a reader never takes the fields being
+    // written for its own), write the verdict, then sign it with the
+    // cookie. A slot another in-flight socket held is taken over: that
+    // socket finds another cookie and publishes nothing (detection as
+    // usual, never a wrong verdict).
+    // SAFETY: a live array value.
+    unsafe {
+        write_volatile(&mut (*inflight).owner_cookie, 0);
+        *inflight = verdict;
+        write_volatile(&mut (*inflight).owner_cookie, cookie);
+    }
 }
 
-/// A socket connects again (its earlier connect failed before the SYN, or
-/// was undone with `connect(AF_UNSPEC)`): whatever that connect decided no
-/// longer describes the socket. The verdict is dropped and the `SO_MARK`
-/// bits it set are put back as they were.
+/// In mark mode the mark bits under the policy's mask are the
+/// classifier's (README, "Mark mode"): a connect that is not marked clears
+/// any the socket still carries from an earlier connect.
 #[inline(always)]
-fn forget_earlier_connect(ctx: &SockAddrContext, state: &mut SockState) {
-    state.flags = 0;
-    let mask = state.mark_mask;
-    if mask == 0 {
-        return;
-    }
-    state.mark_mask = 0;
+fn clear_mark(ctx: &SockAddrContext, config: &PolicyConfig) {
     let mut mark: u32 = 0;
     // SAFETY: both helpers are allowed in sock_addr programs; the buffer is
     // a live u32 of the size passed.
@@ -232,7 +235,10 @@ fn forget_earlier_connect(ctx: &SockAddrContext, state: &mut SockState) {
             count(c::ERR_MARK);
             return;
         }
-        mark = (mark & !mask) | (state.mark_prev & mask);
+        if mark & config.mark_mask == 0 {
+            return;
+        }
+        mark &= !config.mark_mask;
         if bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) != 0 {
             count(c::ERR_MARK);
             return;
@@ -373,9 +379,9 @@ fn count_port(port: u16) {
 }
 
 /// Sets `SO_MARK` bits `value` under `mask`, keeping the socket's other mark
-/// bits. Returns the mark before, or `None` if the mark was not set.
+/// bits. Returns whether the mark was set.
 #[inline(always)]
-fn set_mark(ctx: &SockAddrContext, config: &PolicyConfig) -> Option<u32> {
+fn set_mark(ctx: &SockAddrContext, config: &PolicyConfig) -> bool {
     let mut mark: u32 = 0;
     // SAFETY: both helpers are allowed in sock_addr programs; the buffers
     // are live u32s of the size passed.
@@ -383,13 +389,12 @@ fn set_mark(ctx: &SockAddrContext, config: &PolicyConfig) -> Option<u32> {
         if bpf_getsockopt(ctx.as_ptr(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) != 0 {
             mark = 0;
         }
-        let before = mark;
         mark = (mark & !config.mark_mask) | (config.mark_value & config.mark_mask);
         if bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) != 0 {
             count(c::ERR_MARK);
-            return None;
+            return false;
         }
-        count(c::MARK_SET);
-        Some(before)
     }
+    count(c::MARK_SET);
+    true
 }

@@ -8,7 +8,7 @@
 //! socket is connecting to (the socket's remote address), so a verdict can
 //! never describe another connect of the same socket.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{
@@ -21,14 +21,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS, SOCK_HAS_VERDICT,
+    counters as c, inflight_slot, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS,
 };
 
 const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::{v4_mapped, v6_bytes},
-    maps::{count, sock_state, CLS_VERDICTS},
+    maps::{count, CLS_INFLIGHT, CLS_VERDICTS},
 };
 
 const AF_INET: u32 = 2;
@@ -45,30 +45,34 @@ pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn publish(ctx: &SockOpsContext) {
-    let ops = ctx.ops;
-    // SAFETY: sk is a readable field of sockops contexts (null unless a
-    // full socket, which it is at TCP_CONNECT_CB).
-    let sk = unsafe { read_volatile(&(*ops).__bindgen_anon_2.sk) };
-    // SAFETY: sk was just read from the context.
-    let state = unsafe { sock_state(sk, false) };
-    if state.is_null() {
-        // Not classified: the common case.
+    // SAFETY: the helper accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(inflight) = CLS_INFLIGHT.get_ptr_mut(inflight_slot(cookie)) else {
+        count(c::ERR_INFLIGHT);
         return;
-    }
-    // SAFETY: a live storage value of this socket.
-    let state = unsafe { &mut *state };
-    if state.flags & SOCK_HAS_VERDICT == 0 {
-        return;
-    }
-    // Used once: the storage lives as long as the socket.
-    state.flags &= !SOCK_HAS_VERDICT;
-    let mut verdict = state.verdict;
+    };
+    // The slot is this socket's only if it carries its cookie before and
+    // after the copy (a classified connect of a socket whose cookie shares
+    // the slot's bits may be writing it on another CPU).
+    // SAFETY: a live array value; owner_cookie is read and written whole.
+    let mut verdict = unsafe {
+        if read_volatile(&(*inflight).owner_cookie) != cookie {
+            // Not classified: the common case.
+            return;
+        }
+        let verdict = *inflight;
+        if read_volatile(&(*inflight).owner_cookie) != cookie {
+            return;
+        }
+        // Used once.
+        write_volatile(&mut (*inflight).owner_cookie, 0);
+        verdict
+    };
+    verdict.owner_cookie = cookie;
     if !is_remote(ctx, &verdict) {
         count(c::PUBLISH_DST_MISMATCH);
         return;
     }
-    // SAFETY: the helper accepts a sock_ops context.
-    verdict.owner_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
     let key = local_key(ctx);
     if CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {

@@ -212,9 +212,6 @@ fn write_meta(pins: &PinDir) -> Result<()> {
 fn load_verified(opts: &InstallOptions<'_>) -> Result<aya::Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(opts.pins.maps_dir());
-    // A BTF map definition has no pinning attribute: pin it by path.
-    let sock_pin = opts.pins.map(maps::SOCK);
-    loader.map_pin_path(maps::SOCK, sock_pin.as_path());
     if let Some(capacity) = opts.verdict_capacity {
         loader.map_max_entries(maps::VERDICTS, capacity);
     }
@@ -237,8 +234,8 @@ fn load_verified(opts: &InstallOptions<'_>) -> Result<aya::Ebpf> {
 }
 
 /// Swaps the program behind each pinned link for this build's, in place
-/// (`BPF_LINK_UPDATE`): the maps (policy, verdicts, counters, socket
-/// storage) are the pinned ones, and the hook never goes without a
+/// (`BPF_LINK_UPDATE`): the maps (policy, verdicts, counters, in-flight
+/// verdicts) are the pinned ones, and the hook never goes without a
 /// program. Everything is verified before the first link is touched. The
 /// publishing side goes first, the connect side last, so a connect the
 /// new programs classify is always published by a new program.

@@ -14,13 +14,16 @@
 //! After a switch, connects that read the old slot index just before it may
 //! still be looking up in that slot. The old slot is rewritten only after
 //! an RCU grace period (`sys::bpf::RcuBarrier`), which every program
-//! running at the switch has left by then; only the first apply after a
-//! switch waits for it.
+//! running at the switch has left by then. The wait starts on a helper
+//! thread right after the switch; the next apply joins it before it writes,
+//! so only policies changing faster than a grace period (milliseconds)
+//! ever wait.
 
 use std::{
     cmp::Ordering,
     collections::HashSet,
     sync::Arc,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -47,9 +50,9 @@ pub struct PolicyMaps {
     /// What each slot holds, when known. `None` for a slot this agent has
     /// not written (adopted pins) or whose write failed half way.
     contents: [Option<Arc<CompiledPolicy>>; 2],
-    /// A switch happened and no grace period has passed since.
-    switched: bool,
-    rcu: RcuBarrier,
+    /// The grace period after the last switch, being waited for.
+    grace: Option<thread::JoinHandle<std::io::Result<()>>>,
+    rcu: Arc<RcuBarrier>,
 }
 
 /// What an `apply` did, for logs and benchmarks.
@@ -94,9 +97,10 @@ impl PolicyMaps {
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,
             excluded: HashMap::try_from(Map::HashMap(open(pins, maps::EXCLUDED_UIDS)?))?,
             contents: [None, None],
-            // An earlier agent may have switched just before it stopped.
-            switched: true,
-            rcu: RcuBarrier::new().context("creating the map-in-map used as an RCU barrier")?,
+            grace: None,
+            rcu: Arc::new(
+                RcuBarrier::new().context("creating the map-in-map used as an RCU barrier")?,
+            ),
         })
     }
 
@@ -117,12 +121,15 @@ impl PolicyMaps {
         let new = old ^ 1;
         let generation = self.config.get(&old, 0)?.generation.wrapping_add(1).max(1);
         let grace_started = Instant::now();
-        if self.switched {
-            self.rcu
-                .wait()
-                .context("waiting for an RCU grace period after the last policy switch")?;
-            self.switched = false;
+        match self.grace.take() {
+            Some(waiting) => waiting
+                .join()
+                .map_err(|_| anyhow::anyhow!("the RCU grace period thread panicked"))?,
+            // No switch by this agent yet; an earlier agent may have
+            // switched just before it stopped.
+            None => self.rcu.wait(),
         }
+        .context("waiting for an RCU grace period after the last policy switch")?;
         let grace_wait = grace_started.elapsed();
 
         // Until the switch succeeds, the inactive slot's contents are unknown.
@@ -177,7 +184,8 @@ impl PolicyMaps {
         self.active
             .set(0, new, 0)
             .context("switching the active policy slot")?;
-        self.switched = true;
+        let rcu = Arc::clone(&self.rcu);
+        self.grace = Some(thread::spawn(move || rcu.wait()));
         let (v4_entries, v6_entries) = (policy.v4.len(), policy.v6.len());
         self.contents[new as usize] = Some(policy);
 
