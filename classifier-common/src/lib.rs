@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -445,9 +445,12 @@ pub mod maps {
     /// The verdict of each socket between connect() and its SYN, in the
     /// slot its cookie selects (an array: no insert, no eviction, no delete).
     pub const INFLIGHT: &str = "CLS_INFLIGHT";
+    /// Network namespace cookie -> number of its entries in `VERDICTS`
+    /// (each namespace may hold at most its share).
+    pub const NETNS_VERDICTS: &str = "CLS_NETNS_VERDICTS";
 
     /// Every map, for pinning, adoption and uninstall.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ACTIVE_SLOT,
         POLICY_CONFIG,
         RULES_V4,
@@ -462,6 +465,7 @@ pub mod maps {
         SCOPE_IDS,
         AGENT_STATUS,
         INFLIGHT,
+        NETNS_VERDICTS,
     ];
 
     /// Trie capacity, shared by both slots: during a switch the old and new
@@ -473,8 +477,14 @@ pub mod maps {
     /// connect() and the SYN (microseconds, within one connect() call)
     /// use one; two of them clash only if their cookies share the low bits.
     pub const INFLIGHT_CAPACITY: u32 = 16384;
-    /// Published verdicts of open, classified connections (LRU).
+    /// Published verdicts of open, classified connections (a hash, no
+    /// eviction: one namespace cannot push out another's verdicts).
     pub const VERDICTS_CAPACITY: u32 = 65536;
+    /// Each network namespace may hold at most this fraction of the verdict
+    /// table (the programs' `VERDICTS_PER_NETNS`, set at load).
+    pub const VERDICTS_NETNS_SHARE_DIVISOR: u32 = 8;
+    /// Network namespaces with published verdicts at once.
+    pub const NETNS_VERDICTS_CAPACITY: u32 = 16384;
     /// Distinct destination ports counted for "top ports".
     pub const PORT_COUNTS_CAPACITY: u32 = 4096;
     /// Pods per node the scope map can hold.
@@ -557,8 +567,13 @@ pub mod counters {
         /// The classifier's SO_MARK bits (set at an earlier connect of the
         /// same socket) were cleared at a connect that is not marked.
         MARK_CLEARED = 28, "mark_cleared";
+        /// Not published: the client's network namespace holds its whole
+        /// share of the verdict table (detection as usual).
+        PUBLISH_NETNS_FULL = 29, "publish_netns_full";
+        /// Not published: the verdict table is full.
+        PUBLISH_TABLE_FULL = 30, "publish_table_full";
     }
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 31;
     /// Counters that are internal failures (the connect was allowed anyway).
     pub const ERRORS: [u32; 5] = [
         ERR_INFLIGHT,
@@ -687,5 +702,16 @@ mod tests {
     fn excluded_uid_key_separates_slots() {
         assert_eq!(excluded_uid_key(0, 2102), 2102);
         assert_eq!(excluded_uid_key(1, 2102), (1u64 << 32) | 2102);
+    }
+}
+
+/// The share of a verdict table of `capacity` entries each network
+/// namespace may hold.
+pub const fn verdicts_per_netns(capacity: u32) -> u32 {
+    let share = capacity / maps::VERDICTS_NETNS_SHARE_DIVISOR;
+    if share == 0 {
+        1
+    } else {
+        share
     }
 }

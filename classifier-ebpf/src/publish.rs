@@ -28,7 +28,10 @@ const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::{v4_mapped, v6_bytes},
-    maps::{count, CLS_INFLIGHT, CLS_VERDICTS},
+    maps::{
+        count, netns_verdicts, netns_verdicts_add, verdicts_per_netns, CLS_INFLIGHT,
+        CLS_VERDICTS,
+    },
 };
 
 const AF_INET: u32 = 2;
@@ -75,13 +78,25 @@ fn publish(ctx: &SockOpsContext) {
     }
 
     let key = local_key(ctx);
-    if CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
+    let share = verdicts_per_netns();
+    let within_share = share == 0 || netns_verdicts(key.netns_cookie) < share;
+    if within_share && CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
         count(c::PUBLISHED);
+        netns_verdicts_add(key.netns_cookie, 1);
     } else {
         if CLS_VERDICTS.get_ptr(key).is_none() {
-            count(c::ERR_PUBLISH_INSERT);
+            // A new entry was not allowed (the namespace's share is used
+            // up) or did not fit (the table is full): no verdict, the
+            // proxy detects as usual. Nobody else's entry is touched.
+            count(if within_share {
+                c::PUBLISH_TABLE_FULL
+            } else {
+                c::PUBLISH_NETNS_FULL
+            });
             return;
         }
+        // (Whatever the share: the entry there must not answer for this
+        // connection too.)
         // Another live connection has the same local address and port (to
         // another destination). A proxy could not tell the two apart, so
         // neither gets a verdict: detection as usual beats a wrong answer.
@@ -115,10 +130,11 @@ fn withdraw(ctx: &SockOpsContext) {
         Some(v) => unsafe { (*v).owner_cookie == cookie || (*v).flags & REPLY_FLAG_AMBIGUOUS != 0 },
         None => false,
     };
-    // An entry of another connection (ours was evicted, and the port then
-    // reused) is left alone.
+    // An entry of another connection (ours was never published, and the
+    // port then reused) is left alone.
     if ours && CLS_VERDICTS.remove(key).is_ok() {
         count(c::UNPUBLISHED);
+        netns_verdicts_add(key.netns_cookie, u64::MAX);
     } else {
         count(c::UNPUBLISH_MISSING);
     }

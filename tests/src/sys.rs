@@ -163,6 +163,28 @@ pub fn connect_from(src: SocketAddrV4, dst: SocketAddrV4) -> io::Result<TcpStrea
     Ok(TcpStream::from(fd))
 }
 
+/// A non-blocking TCP connect to `dst` that is left in progress (the SYN
+/// may never be answered): the socket, held open by the caller.
+pub fn connect_pending(dst: SocketAddrV4) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integers only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let d = sockaddr_in(dst);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: d is a live sockaddr_in of the length passed.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const d).cast(), len) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    Ok(fd)
+}
+
 /// One TCP socket, bound to `src` (with SO_REUSEADDR), connecting more than
 /// once: the same fd across several connect() calls.
 pub struct Reconnecting {

@@ -215,6 +215,19 @@ fn load_verified(opts: &InstallOptions<'_>) -> Result<aya::Ebpf> {
     if let Some(capacity) = opts.verdict_capacity {
         loader.map_max_entries(maps::VERDICTS, capacity);
     }
+    // Each network namespace's share of the verdict table: of the pinned
+    // table when there is one (its size was fixed when it was created).
+    let pinned = opts.pins.map(maps::VERDICTS);
+    let capacity = if pinned.exists() {
+        MapData::from_pin(&pinned)
+            .with_context(|| format!("opening {}", pinned.display()))?
+            .info()?
+            .max_entries()
+    } else {
+        opts.verdict_capacity.unwrap_or(maps::VERDICTS_CAPACITY)
+    };
+    let share = classifier_common::verdicts_per_netns(capacity);
+    loader.override_global("VERDICTS_PER_NETNS", &share, true);
     let mut ebpf = loader
         .load(object::bytes())
         .context("loading the eBPF object")?;

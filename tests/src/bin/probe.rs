@@ -15,6 +15,10 @@
 //!                             with `unspec`, waits for the server to close and
 //!                             dissolves the connection with AF_UNSPEC), then
 //!                             connects to SECOND; prints one JSON line
+//! probe connect-pending ADDR COUNT
+//!                             COUNT non-blocking connects to ADDR left in
+//!                             progress; prints "ready N", holds them until
+//!                             stdin closes
 //! probe udp-query PEER        a UDP socket connected to PEER asks the
 //!                             classifier's question; prints one JSON line
 //! ```
@@ -57,6 +61,10 @@ fn main() {
             args.get(4).is_some_and(|a| a == "unspec"),
         ),
         Some("udp-query") => udp_query(args[1].parse().expect("PEER")),
+        Some("connect-pending") => connect_pending(
+            args[1].parse().expect("ADDR"),
+            args[2].parse().expect("COUNT"),
+        ),
         Some("connect-held") => connect_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
@@ -172,6 +180,16 @@ fn reconnect(
             "so_mark": mark,
         })
     );
+}
+
+fn connect_pending(addr: std::net::SocketAddrV4, count: usize) {
+    let held: Vec<_> = (0..count)
+        .filter_map(|_| tests::sys::connect_pending(addr).ok())
+        .collect();
+    println!("ready {}", held.len());
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(held);
 }
 
 fn udp_query(peer: SocketAddr) {

@@ -16,7 +16,7 @@ use crate::{
 
 pub(crate) fn stats_at_scale(plan: &Plan, sb: &Sandbox) -> Result<Value> {
     let pins = PinDir::new(&sb.pins);
-    let mut verdicts: HashMap<MapData, ConnKey, ConnVerdict> = HashMap::try_from(Map::LruHashMap(
+    let mut verdicts: HashMap<MapData, ConnKey, ConnVerdict> = HashMap::try_from(Map::HashMap(
         MapData::from_pin(pins.map(maps::VERDICTS))?,
     ))?;
     let capacity = verdicts.map().info()?.max_entries();
