@@ -584,6 +584,17 @@ pub mod counters {
     ];
 }
 
+/// The share of a verdict table of `capacity` entries each network
+/// namespace may hold.
+pub const fn verdicts_per_netns(capacity: u32) -> u32 {
+    let share = capacity / maps::VERDICTS_NETNS_SHARE_DIVISOR;
+    if share == 0 {
+        1
+    } else {
+        share
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -691,6 +702,13 @@ mod tests {
     }
 
     #[test]
+    fn each_namespace_gets_an_eighth_of_the_verdict_table() {
+        assert_eq!(verdicts_per_netns(maps::VERDICTS_CAPACITY), 8192);
+        assert_eq!(verdicts_per_netns(64), 8);
+        assert_eq!(verdicts_per_netns(4), 1);
+    }
+
+    #[test]
     fn inflight_slots_cover_the_array() {
         assert!(maps::INFLIGHT_CAPACITY.is_power_of_two());
         assert_eq!(inflight_slot(0), 0);
@@ -702,16 +720,5 @@ mod tests {
     fn excluded_uid_key_separates_slots() {
         assert_eq!(excluded_uid_key(0, 2102), 2102);
         assert_eq!(excluded_uid_key(1, 2102), (1u64 << 32) | 2102);
-    }
-}
-
-/// The share of a verdict table of `capacity` entries each network
-/// namespace may hold.
-pub const fn verdicts_per_netns(capacity: u32) -> u32 {
-    let share = capacity / maps::VERDICTS_NETNS_SHARE_DIVISOR;
-    if share == 0 {
-        1
-    } else {
-        share
     }
 }

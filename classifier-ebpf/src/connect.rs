@@ -29,16 +29,16 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, excluded_uid_key, rule_key_v4, rule_key_v6, ConnVerdict, PolicyConfig, Protocol,
-    RuleVerdict, Source, inflight_slot, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED,
-    DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
-    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
+    counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
+    PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK,
+    CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4,
+    REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
 };
 
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
-        count, CLS_ACTIVE_SLOT, CLS_INFLIGHT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS,
+        count, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_INFLIGHT,
         CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6, CLS_SCOPES,
     },
 };

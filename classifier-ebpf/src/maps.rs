@@ -40,8 +40,7 @@ pub static CLS_INFLIGHT: Array<ConnVerdict> = Array::pinned(m::INFLIGHT_CAPACITY
 /// namespace's connects evict another's verdicts. Each namespace holds at
 /// most `VERDICTS_PER_NETNS` entries (counted in `CLS_NETNS_VERDICTS`).
 #[map]
-pub static CLS_VERDICTS: HashMap<ConnKey, ConnVerdict> =
-    HashMap::pinned(m::VERDICTS_CAPACITY, 0);
+pub static CLS_VERDICTS: HashMap<ConnKey, ConnVerdict> = HashMap::pinned(m::VERDICTS_CAPACITY, 0);
 #[map]
 pub static CLS_NETNS_VERDICTS: HashMap<u64, u64> =
     HashMap::pinned(m::NETNS_VERDICTS_CAPACITY, NO_PREALLOC);
@@ -122,4 +121,3 @@ pub fn count(counter: u32) {
         unsafe { *value += 1 };
     }
 }
-

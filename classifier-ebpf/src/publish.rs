@@ -20,17 +20,14 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext,
 };
-use classifier_common::{
-    counters as c, inflight_slot, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS,
-};
+use classifier_common::{counters as c, inflight_slot, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS};
 
 const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::{v4_mapped, v6_bytes},
     maps::{
-        count, netns_verdicts, netns_verdicts_add, verdicts_per_netns, CLS_INFLIGHT,
-        CLS_VERDICTS,
+        count, netns_verdicts, netns_verdicts_add, verdicts_per_netns, CLS_INFLIGHT, CLS_VERDICTS,
     },
 };
 

@@ -111,8 +111,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // adopted one (built from the cluster by its predecessor) until its own
     // first snapshot, rather than falling back to the file or built-in
     // policy in between, or for as long as the API server is away.
-    let keep_adopted =
-        opts.kubernetes && matches!(installed, Installed::Adopted | Installed::Replaced { .. }) && active > 0;
+    let keep_adopted = opts.kubernetes
+        && matches!(installed, Installed::Adopted | Installed::Replaced { .. })
+        && active > 0;
     match first {
         Ok(_) if keep_adopted => {
             tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");

@@ -46,7 +46,11 @@ pub fn all_attached(pins: &super::PinDir, cgroup_id: u64) -> Result<(), String> 
         match pinned_link_cgroup(&pins.link(program)) {
             Ok(id) if id == cgroup_id => {}
             Ok(0) => return Err(format!("{program} is detached")),
-            Ok(other) => return Err(format!("{program} is attached to another cgroup (id {other})")),
+            Ok(other) => {
+                return Err(format!(
+                    "{program} is attached to another cgroup (id {other})"
+                ))
+            }
             Err(err) => return Err(format!("{program}: {err:#}")),
         }
     }

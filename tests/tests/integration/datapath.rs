@@ -331,13 +331,19 @@ fn a_connect_that_failed_before_its_syn_leaves_no_verdict_and_no_mark() -> Resul
     // fails after the classifier ran and before any SYN. The same socket
     // then connects to a port with no verdict.
     let plain = sb.serve("127.0.0.1:8080", 1, None)?;
-    let client = reconnect(&sb, &["127.0.0.1:41001", "203.0.113.9:3306", "127.0.0.1:8080"])?;
+    let client = reconnect(
+        &sb,
+        &["127.0.0.1:41001", "203.0.113.9:3306", "127.0.0.1:8080"],
+    )?;
     assert!(
         client["first"].as_str().unwrap().starts_with("err"),
         "{client}"
     );
     assert_eq!(client["second"], "ok", "{client}");
-    assert_eq!(client["so_mark"], 0, "the client socket's mark is taken back: {client}");
+    assert_eq!(
+        client["so_mark"], 0,
+        "the client socket's mark is taken back: {client}"
+    );
     let seen = plain.results()?.remove(0);
     assert_eq!(protocol(&seen), "unknown", "{seen}");
     assert_eq!(
@@ -345,7 +351,10 @@ fn a_connect_that_failed_before_its_syn_leaves_no_verdict_and_no_mark() -> Resul
         "nothing published for the second connect, not even a verdict for the first destination: {seen}"
     );
     assert_eq!(seen["marked"], false, "{seen}");
-    assert_eq!(seen["so_mark"], 0, "no stale mark reaches the accepted socket: {seen}");
+    assert_eq!(
+        seen["so_mark"], 0,
+        "no stale mark reaches the accepted socket: {seen}"
+    );
 
     let stats = sb.stats()?;
     assert_eq!(stats["counters"]["mark_set"], 1, "{stats}");
@@ -373,7 +382,12 @@ fn a_connection_dissolved_with_af_unspec_leaves_no_verdict_and_no_mark() -> Resu
     // port with no verdict.
     let client = reconnect(
         &sb,
-        &["127.0.0.1:41002", "127.0.0.1:3306", "127.0.0.1:8080", "unspec"],
+        &[
+            "127.0.0.1:41002",
+            "127.0.0.1:3306",
+            "127.0.0.1:8080",
+            "unspec",
+        ],
     )?;
     assert_eq!(client["first"], "ok", "{client}");
     assert_eq!(client["second"], "ok", "{client}");
@@ -384,7 +398,10 @@ fn a_connection_dissolved_with_af_unspec_leaves_no_verdict_and_no_mark() -> Resu
     assert_eq!(first["marked"], true, "{first}");
     assert_eq!(first["peer"], "127.0.0.1:41002");
     let second = plain.results()?.remove(0);
-    assert_eq!(second["peer"], "127.0.0.1:41002", "same client address: {second}");
+    assert_eq!(
+        second["peer"], "127.0.0.1:41002",
+        "same client address: {second}"
+    );
     assert_eq!(protocol(&second), "unknown", "{second}");
     assert_eq!(second["raw_protocol"], "Detect", "{second}");
     assert_eq!(second["so_mark"], 0, "{second}");

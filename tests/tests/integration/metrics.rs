@@ -246,7 +246,10 @@ fn readyz_fails_once_a_program_is_detached() -> Result<()> {
     )?;
     let (status, body) = get(&addr, "/readyz")?;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("publish_sockops"), "names the program: {body}");
+    assert!(
+        body.contains("publish_sockops"),
+        "names the program: {body}"
+    );
     assert_eq!(get(&addr, "/healthz")?.0, 200, "still live");
     Ok(())
 }

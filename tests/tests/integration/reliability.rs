@@ -96,7 +96,10 @@ fn a_namespace_flooding_half_open_connects_does_not_evict_anothers_verdicts() ->
 
     // Then the flood: more half-open connects than the whole table.
     let mut flood = sb
-        .probe_in_netns(&["connect-pending", "198.51.100.7:3306", "200"], &flood_ns.netns)
+        .probe_in_netns(
+            &["connect-pending", "198.51.100.7:3306", "200"],
+            &flood_ns.netns,
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -749,7 +752,10 @@ fn an_agent_of_another_build_replaces_the_programs_in_place_under_load() -> Resu
         .iter()
         .map(|l| std::os::unix::fs::MetadataExt::ino(&fs::metadata(l).unwrap()))
         .collect();
-    let prog_ids: Vec<u64> = links.iter().map(|l| link_prog_id(l)).collect::<Result<_>>()?;
+    let prog_ids: Vec<u64> = links
+        .iter()
+        .map(|l| link_prog_id(l))
+        .collect::<Result<_>>()?;
 
     let summary = under_load(&mut sb, "3306,8080", 5_000, |sb| {
         std::thread::sleep(std::time::Duration::from_millis(300));

@@ -79,7 +79,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
         md,
         "\nPer connect + accept + close, by destination (kernel figures, stats on): invocations x ns per run = ns\n"
     );
-    let _ = writeln!(md, "| destination | connect4/6 | sockops | getsockopt | total ns |");
+    let _ = writeln!(
+        md,
+        "| destination | connect4/6 | sockops | getsockopt | total ns |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     if let Some(rows) = r["program_cost_per_connect"].as_object() {
         for (name, v) in rows {
@@ -97,10 +100,15 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             } else {
                 "classify_connect4"
             };
-            let total: f64 = ["classify_connect4", "classify_connect6", "publish_sockops", "answer_getsockopt"]
-                .iter()
-                .map(|p| f(&v[*p]["ns_per_connect"]))
-                .sum();
+            let total: f64 = [
+                "classify_connect4",
+                "classify_connect6",
+                "publish_sockops",
+                "answer_getsockopt",
+            ]
+            .iter()
+            .map(|p| f(&v[*p]["ns_per_connect"]))
+            .sum();
             let _ = writeln!(
                 md,
                 "| {name} `{}` | {} | {} | {} | {:.0} |",
