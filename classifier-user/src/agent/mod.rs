@@ -80,6 +80,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Installed::Adopted => {
             tracing::info!(pins = %opts.pins.root().display(), "adopted programs attached by a previous agent; no detach")
         }
+        Installed::Replaced { from } => {
+            tracing::info!(
+                pins = %opts.pins.root().display(),
+                from = format!("{from:016x}"),
+                to = format!("{:016x}", datapath::object::build_hash()),
+                "adopted a previous agent's maps and links and replaced its programs in place (BPF_LINK_UPDATE); no detach"
+            )
+        }
     }
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
@@ -98,6 +106,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
              is set so no exec can regain it"
         );
     }
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let cgroup_id = std::fs::metadata(&cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?
+            .ino();
+        let pins = opts.pins.clone();
+        agent_metrics.set_attached_check(std::sync::Arc::new(move || {
+            datapath::link::all_attached(&pins, cgroup_id)
+        }));
+    }
     // After the drop: the server's threads inherit only CAP_BPF.
     if let Some(server) = metrics_server {
         let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
@@ -108,7 +126,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // adopted one (built from the cluster by its predecessor) until its own
     // first snapshot, rather than falling back to the file or built-in
     // policy in between, or for as long as the API server is away.
-    let keep_adopted = opts.kubernetes && installed == Installed::Adopted && active > 0;
+    let keep_adopted = opts.kubernetes
+        && matches!(installed, Installed::Adopted | Installed::Replaced { .. })
+        && active > 0;
     match first {
         Ok(_) if keep_adopted => {
             tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");

@@ -52,7 +52,21 @@ struct Inner {
     last_heartbeat: Mutex<Instant>,
     /// `None` without `--kubernetes`.
     kubernetes_connected: Mutex<Option<bool>>,
+    /// Whether the programs are still attached (checked by `/readyz`).
+    attached: CheckSlot,
 }
+
+#[derive(Default)]
+struct CheckSlot(Mutex<Option<AttachedCheck>>);
+
+impl std::fmt::Debug for CheckSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckSlot")
+    }
+}
+
+/// Says whether the programs are still attached: `Err(why)` when not.
+pub type AttachedCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What `/healthz` and `/readyz` answer: `Ok(text)` is 200, `Err(text)` 503.
 pub type Probe = Result<String, String>;
@@ -74,6 +88,7 @@ impl AgentMetrics {
             last_sync: Mutex::new(None),
             last_heartbeat: Mutex::new(Instant::now()),
             kubernetes_connected: Mutex::new(None),
+            attached: CheckSlot::default(),
         }))
     }
 
@@ -115,6 +130,12 @@ impl AgentMetrics {
         self.0.ready.store(ready, Ordering::Release);
     }
 
+    /// From now on `/readyz` also fails when `check` says the programs are
+    /// no longer attached.
+    pub fn set_attached_check(&self, check: AttachedCheck) {
+        *lock(&self.0.attached.0) = Some(check);
+    }
+
     /// The agent loop is alive: call it on every tick.
     pub fn heartbeat(&self) {
         *lock(&self.0.last_heartbeat) = Instant::now();
@@ -145,8 +166,13 @@ impl AgentMetrics {
         Ok("ok\n".into())
     }
 
-    /// `/readyz`: programs attached or adopted and a policy applied by this agent.
+    /// `/readyz`: programs attached or adopted (and still attached) and a
+    /// policy applied by this agent.
     pub fn readiness(&self) -> Probe {
+        let check = lock(&self.0.attached.0).clone();
+        if let Some(Err(why)) = check.map(|check| check()) {
+            return Err(format!("not ready: {why}\n"));
+        }
         if self.is_ready() {
             Ok(format!(
                 "ready: policy generation {}\n",

@@ -231,6 +231,22 @@ pub const KERNEL_FAMILIES: &[KernelFamily] = &[
         counters: &[("mark_set", None)],
     },
     KernelFamily {
+        name: "marks_cleared",
+        help: "Sockets whose SO_MARK bits from an earlier connect were cleared at a connect that is not marked",
+        label: None,
+        counters: &[("mark_cleared", None)],
+    },
+    KernelFamily {
+        name: "verdicts_not_published",
+        help: "Verdicts not published for the proxy, by reason (the proxy detects as usual)",
+        label: Some("reason"),
+        counters: &[
+            ("publish_dst_mismatch", Some("destination_mismatch")),
+            ("publish_netns_full", Some("netns_share_full")),
+            ("publish_table_full", Some("table_full")),
+        ],
+    },
+    KernelFamily {
         name: "verdicts_published",
         help: "Verdicts published for the proxy at TCP connect",
         label: None,
@@ -262,6 +278,7 @@ pub const KERNEL_FAMILIES: &[KernelFamily] = &[
             ("query_classified", Some("classified")),
             ("query_unknown", Some("unknown")),
             ("query_bad_buffer", Some("bad_buffer")),
+            ("query_not_connected", Some("not_connected")),
         ],
     },
     KernelFamily {
@@ -269,7 +286,7 @@ pub const KERNEL_FAMILIES: &[KernelFamily] = &[
         help: "Internal errors of the kernel programs, by reason (the connect was allowed anyway)",
         label: Some("reason"),
         counters: &[
-            ("err_pending_insert", Some("pending_insert")),
+            ("err_inflight", Some("inflight")),
             ("err_publish_insert", Some("publish_insert")),
             ("err_mark", Some("mark")),
             ("err_config", Some("config")),

@@ -141,7 +141,7 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
     let get = |i: u32| values[i as usize];
 
     let verdicts: HashMap<MapData, ConnKey, ConnVerdict> =
-        HashMap::try_from(Map::LruHashMap(open_map(pins, maps::VERDICTS)?))?;
+        HashMap::try_from(Map::HashMap(open_map(pins, maps::VERDICTS)?))?;
     let capacity = u64::from(verdicts.map().info()?.max_entries());
     let entries = verdicts.keys().filter(|k| k.is_ok()).count() as u64;
 

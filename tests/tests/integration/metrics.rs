@@ -155,7 +155,7 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
         "{body}"
     );
     assert_eq!(
-        must(&body, "classifier_errors_total{reason=\"pending_insert\"}"),
+        must(&body, "classifier_errors_total{reason=\"inflight\"}"),
         0.0
     );
     // Build info names this binary.
@@ -556,4 +556,34 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
         }
         Err(err) => panic!("promtool (Debian's `prometheus`) is needed: {err}"),
     }
+}
+
+#[test]
+fn readyz_fails_once_a_program_is_detached() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("readyz-detached")?;
+    let addr = free_addr();
+    sb.start_agent(&["--metrics-addr", &addr])?;
+    wait_for_status(&addr, "/readyz", 200)?;
+
+    // Something else detaches one of the links (the pin stays).
+    let link = sb
+        .pins
+        .join("links")
+        .join(classifier_common::programs::SOCKOPS);
+    tests::run(
+        std::process::Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&link),
+    )?;
+    let (status, body) = get(&addr, "/readyz")?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("publish_sockops"),
+        "names the program: {body}"
+    );
+    assert_eq!(get(&addr, "/healthz")?.0, 200, "still live");
+    Ok(())
 }
