@@ -22,5 +22,40 @@ fn main() -> anyhow::Result<()> {
     if !object.exists() {
         fs::write(&object, []).context("writing the placeholder object")?;
     }
+    git_commit();
     Ok(())
+}
+
+/// `CLASSIFIER_GIT_COMMIT` for `--version`, `classifier_build_info` and the
+/// start-up log: the environment's value if set (an image build without
+/// `.git`), else `git rev-parse --short=12 HEAD`, else "unknown".
+fn git_commit() {
+    println!("cargo:rerun-if-env-changed=CLASSIFIER_GIT_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = env::var("CLASSIFIER_GIT_COMMIT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    // Rebuild when HEAD moves (the branch ref it names, or a detached HEAD).
+    for path in ["HEAD", "packed-refs"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(p) = git(&["rev-parse", "--git-path", &branch]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    println!("cargo:rustc-env=CLASSIFIER_GIT_COMMIT={commit}");
 }

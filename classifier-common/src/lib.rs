@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 6;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -240,6 +240,14 @@ pub struct ConnVerdict {
     pub owner_cookie: u64,
 }
 
+/// Slot of a socket in `CLS_INFLIGHT` (the verdict between connect() and
+/// the SYN): the low bits of its cookie. A slot belongs to the socket whose
+/// cookie is in `ConnVerdict::owner_cookie`.
+#[inline(always)]
+pub const fn inflight_slot(cookie: u64) -> u32 {
+    (cookie as u32) & (maps::INFLIGHT_CAPACITY - 1)
+}
+
 /// Key of the published-verdict table: the client socket's own local
 /// address, which is what the proxy sees as the peer of the socket it
 /// accepted through a REDIRECT, plus the network namespace both live in.
@@ -307,6 +315,14 @@ pub fn rule_key_v6(slot: u8, scope: u16, port: u16, addr: &[u8; 16]) -> RuleKeyV
 pub const PORT_ANY: u16 = 0;
 /// Rules that apply to every client.
 pub const SCOPE_NODE: u16 = 0;
+/// The rules of Linkerd's global EgressNetworks (namespace
+/// `linkerd-egress`): looked up after the node-wide ones, and only for
+/// clients without a registered scope. A client whose namespace has
+/// EgressNetworks of its own (hence a scope) never sees them, as
+/// `resolve_egress_network` in linkerd2's
+/// `policy-controller/k8s/index/src/outbound/index/egress_network.rs`
+/// does. Never given to a namespace.
+pub const SCOPE_GLOBAL_EGRESS: u16 = u16::MAX;
 /// How deep in the cgroup hierarchy a pod's cgroup may sit (the kubelet's
 /// layouts put it at level 2 to 4 below the root).
 pub const MAX_CGROUP_LEVEL: u32 = 8;
@@ -364,6 +380,9 @@ pub const CONFIG_FLAG_MARK: u32 = 1 << 0;
 pub const CONFIG_FLAG_SCOPED: u32 = 1 << 1;
 /// The policy has wildcard-port rules: do the `PORT_ANY` lookups.
 pub const CONFIG_FLAG_ANY_PORT: u32 = 1 << 2;
+/// The policy has rules in [`SCOPE_GLOBAL_EGRESS`]: look them up last for
+/// clients without a scope.
+pub const CONFIG_FLAG_GLOBAL_EGRESS: u32 = 1 << 3;
 
 /// What the agent last did, for `classifier stats` (which reads pins, not
 /// the agent). Written by the agent every watch tick.
@@ -402,6 +421,20 @@ pub const fn excluded_uid_key(slot: u32, uid: u32) -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PinMeta {
+    pub layout_version: u32,
+    pub _pad: u32,
+    /// Build stamp of the programs attached through the pinned links (a
+    /// hash of the eBPF object; 0: not stamped). An agent whose embedded
+    /// programs differ replaces them in place.
+    pub program_build: u64,
+}
+
+/// `PinMeta` as layout versions 1 and 2 wrote it (8 bytes), so that a newer
+/// agent can still read the version of older pins and refuse them by name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PinMetaV1 {
     pub layout_version: u32,
     pub _pad: u32,
 }
@@ -479,7 +512,6 @@ pub mod maps {
     pub const RULES_V6: &str = "CLS_RULES_V6";
     pub const DEFAULT_PORTS: &str = "CLS_DEFAULT_PORTS";
     pub const EXCLUDED_UIDS: &str = "CLS_EXCLUDED_UIDS";
-    pub const PENDING: &str = "CLS_PENDING";
     pub const VERDICTS: &str = "CLS_VERDICTS";
     pub const COUNTERS: &str = "CLS_COUNTERS";
     pub const PORT_COUNTS: &str = "CLS_PORT_COUNTS";
@@ -489,6 +521,13 @@ pub mod maps {
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
     pub const AGENT_STATUS: &str = "CLS_AGENT_STATUS";
+    /// The verdict of each socket between connect() and its SYN, in the
+    /// slot its cookie selects (an array: no insert, no eviction, no delete).
+    pub const INFLIGHT: &str = "CLS_INFLIGHT";
+    /// Network namespace cookie -> number of its entries in `VERDICTS`
+    /// (each namespace may hold at most its share).
+    pub const NETNS_VERDICTS: &str = "CLS_NETNS_VERDICTS";
+
     /// Learning (issue 11): the learned server-first destinations.
     pub const LEARNED: &str = "CLS_LEARNED";
     /// Learning: socket cookie -> destination being watched for who speaks first.
@@ -499,14 +538,13 @@ pub mod maps {
     pub const LEARN_SCOPES: &str = "CLS_LEARN_SCOPES";
 
     /// Every map, for pinning, adoption and uninstall.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ACTIVE_SLOT,
         POLICY_CONFIG,
         RULES_V4,
         RULES_V6,
         DEFAULT_PORTS,
         EXCLUDED_UIDS,
-        PENDING,
         VERDICTS,
         COUNTERS,
         PORT_COUNTS,
@@ -514,6 +552,8 @@ pub mod maps {
         SCOPES,
         SCOPE_IDS,
         AGENT_STATUS,
+        INFLIGHT,
+        NETNS_VERDICTS,
         LEARNED,
         LEARN_PENDING,
         LEARN_CONFIG,
@@ -525,10 +565,18 @@ pub mod maps {
     pub const RULES_V4_CAPACITY: u32 = 1 << 19;
     pub const RULES_V6_CAPACITY: u32 = 1 << 19;
     pub const EXCLUDED_UIDS_CAPACITY: u32 = 2048;
-    /// Sockets between connect() and the TCP SYN; short lived.
-    pub const PENDING_CAPACITY: u32 = 16384;
-    /// Published verdicts of open, classified connections (LRU).
+    /// Slots of `CLS_INFLIGHT` (a power of two). Only sockets between
+    /// connect() and the SYN (microseconds, within one connect() call)
+    /// use one; two of them clash only if their cookies share the low bits.
+    pub const INFLIGHT_CAPACITY: u32 = 16384;
+    /// Published verdicts of open, classified connections (a hash, no
+    /// eviction: one namespace cannot push out another's verdicts).
     pub const VERDICTS_CAPACITY: u32 = 65536;
+    /// Each network namespace may hold at most this fraction of the verdict
+    /// table (the programs' `VERDICTS_PER_NETNS`, set at load).
+    pub const VERDICTS_NETNS_SHARE_DIVISOR: u32 = 8;
+    /// Network namespaces with published verdicts at once.
+    pub const NETNS_VERDICTS_CAPACITY: u32 = 16384;
     /// Distinct destination ports counted for "top ports".
     pub const PORT_COUNTS_CAPACITY: u32 = 4096;
     /// Pods per node the scope map can hold.
@@ -597,7 +645,8 @@ pub mod counters {
         QUERY_UNKNOWN = 17, "query_unknown";
         /// Query with a buffer shorter than REPLY_MIN_LEN.
         QUERY_BAD_BUFFER = 18, "query_bad_buffer";
-        ERR_PENDING_INSERT = 19, "err_pending_insert";
+        /// The socket's in-flight slot could not be read.
+        ERR_INFLIGHT = 19, "err_inflight";
         ERR_PUBLISH_INSERT = 20, "err_publish_insert";
         ERR_MARK = 21, "err_mark";
         /// The active slot or its config could not be read.
@@ -609,32 +658,57 @@ pub mod counters {
         /// holds the same client address and port; both now answer
         /// "ambiguous" (no verdict) rather than risk a wrong one.
         PUBLISH_AMBIGUOUS = 25, "publish_ambiguous";
+        /// The socket's verdict was taken for another destination than the
+        /// one it is connecting to: not published.
+        PUBLISH_DST_MISMATCH = 26, "publish_dst_mismatch";
+        /// A query on a socket that is not a connected TCP socket: not
+        /// answered (the caller sees the kernel's own error).
+        QUERY_NOT_CONNECTED = 27, "query_not_connected";
+        /// The classifier's SO_MARK bits (set at an earlier connect of the
+        /// same socket) were cleared at a connect that is not marked.
+        MARK_CLEARED = 28, "mark_cleared";
+        /// Not published: the client's network namespace holds its whole
+        /// share of the verdict table (detection as usual).
+        PUBLISH_NETNS_FULL = 29, "publish_netns_full";
+        /// Not published: the verdict table is full.
+        PUBLISH_TABLE_FULL = 30, "publish_table_full";
         // Learning (issue 11).
         /// Verdict from the learned table (opaque).
-        SOURCE_LEARNED = 26, "source_learned";
+        SOURCE_LEARNED = 31, "source_learned";
         /// Unclassified connection watched for who speaks first.
-        LEARN_WATCHED = 27, "learn_watched";
+        LEARN_WATCHED = 32, "learn_watched";
         /// Server-first observation recorded (new entry or one more).
-        LEARN_SERVER_FIRST = 28, "learn_server_first";
+        LEARN_SERVER_FIRST = 33, "learn_server_first";
         /// Client-first observation (nothing recorded).
-        LEARN_CLIENT_FIRST = 29, "learn_client_first";
+        LEARN_CLIENT_FIRST = 34, "learn_client_first";
         /// Client-first observation of a learned destination: removed.
-        LEARN_CONTRADICTED = 30, "learn_contradicted";
+        LEARN_CONTRADICTED = 35, "learn_contradicted";
         /// Server-first observation not recorded: its scope is at its quota.
-        LEARN_SCOPE_FULL = 31, "learn_scope_full";
+        LEARN_SCOPE_FULL = 36, "learn_scope_full";
         /// A watch could not be recorded or the learned table not written.
-        ERR_LEARN = 32, "err_learn";
+        ERR_LEARN = 37, "err_learn";
     }
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 38;
     /// Counters that are internal failures (the connect was allowed anyway).
     pub const ERRORS: [u32; 6] = [
-        ERR_PENDING_INSERT,
+        ERR_INFLIGHT,
         ERR_PUBLISH_INSERT,
         ERR_MARK,
         ERR_CONFIG,
         ERR_CB_FLAGS,
         ERR_LEARN,
     ];
+}
+
+/// The share of a verdict table of `capacity` entries each network
+/// namespace may hold.
+pub const fn verdicts_per_netns(capacity: u32) -> u32 {
+    let share = capacity / maps::VERDICTS_NETNS_SHARE_DIVISOR;
+    if share == 0 {
+        1
+    } else {
+        share
+    }
 }
 
 #[cfg(feature = "user")]
@@ -648,6 +722,7 @@ mod user {
     unsafe impl aya::Pod for RuleVerdict {}
     unsafe impl aya::Pod for PolicyConfig {}
     unsafe impl aya::Pod for PinMeta {}
+    unsafe impl aya::Pod for PinMetaV1 {}
     unsafe impl aya::Pod for AgentStatus {}
     unsafe impl aya::Pod for LearnedKey {}
     unsafe impl aya::Pod for LearnedEntry {}
@@ -687,7 +762,9 @@ mod tests {
         assert_eq!(offset_of!(ConnKey, port), 24);
         assert_eq!(size_of::<RuleVerdict>(), 8);
         assert_eq!(size_of::<PolicyConfig>(), 40);
-        assert_eq!(size_of::<PinMeta>(), 8);
+        assert_eq!(size_of::<PinMeta>(), 16);
+        assert_eq!(offset_of!(PinMeta, program_build), 8);
+        assert_eq!(size_of::<PinMetaV1>(), 8);
         assert_eq!(size_of::<AgentStatus>(), 48);
         assert_eq!(size_of::<RuleKeyV4>(), 9);
         assert_eq!(size_of::<RuleKeyV6>(), 21);
@@ -760,6 +837,21 @@ mod tests {
         assert_eq!(offset_of!(LearnConfig, scope_quota), 8);
         assert_eq!(Source::try_from(3), Ok(Source::Learned));
         assert_eq!(Source::Learned.as_str(), "learned");
+    }
+
+    #[test]
+    fn each_namespace_gets_an_eighth_of_the_verdict_table() {
+        assert_eq!(verdicts_per_netns(maps::VERDICTS_CAPACITY), 8192);
+        assert_eq!(verdicts_per_netns(64), 8);
+        assert_eq!(verdicts_per_netns(4), 1);
+    }
+
+    #[test]
+    fn inflight_slots_cover_the_array() {
+        assert!(maps::INFLIGHT_CAPACITY.is_power_of_two());
+        assert_eq!(inflight_slot(0), 0);
+        assert_eq!(inflight_slot(u64::MAX), maps::INFLIGHT_CAPACITY - 1);
+        assert_eq!(inflight_slot(maps::INFLIGHT_CAPACITY as u64 + 5), 5);
     }
 
     #[test]

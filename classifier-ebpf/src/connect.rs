@@ -1,15 +1,22 @@
 //! `cgroup/connect4` and `cgroup/connect6`: classify the destination of a
-//! TCP connect() and remember the verdict under the socket's cookie until
-//! `publish` can key it by the 4-tuple.
+//! TCP connect() and leave the verdict in the socket's in-flight slot
+//! (`CLS_INFLIGHT`, selected by its cookie) until `publish` can key it by
+//! the 4-tuple, just before the SYN in the same connect() call.
 //!
-//! Cost per connect, whatever the policy size: one array read (active slot),
-//! one for the slot's config, one hash lookup (excluded UIDs), one to four
-//! LPM trie lookups (exact and wildcard port, client scope and node-wide;
-//! only those the policy needs), up to `MAX_CGROUP_LEVEL` scope lookups for
-//! scoped policies, one bitmap word, one hash update (pending) and the port
-//! counter.
+//! Every connect first forgets what an earlier connect of the same socket
+//! decided (a connect that failed before its SYN, or one undone with
+//! `connect(AF_UNSPEC)`): its in-flight verdict, and, in mark mode, the
+//! classifier's `SO_MARK` bits unless this connect is marked again.
+//!
+//! Cost per connect, whatever the policy size: one array read (in-flight
+//! slot), one (active slot), one for the slot's config, one hash lookup
+//! (excluded UIDs), one to four LPM trie lookups (exact and wildcard port,
+//! in two universes: the client's scope and the node-wide rules, or the
+//! node-wide rules and the global EgressNetworks; only those the policy
+//! needs), up to `MAX_CGROUP_LEVEL` scope lookups for scoped policies, one
+//! bitmap word, the port counter; in mark mode one SO_MARK read.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -23,16 +30,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, excluded_uid_key, rule_key_v4, rule_key_v6, ConnVerdict, PolicyConfig, Protocol,
-    RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED,
-    DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
-    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
+    counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
+    PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY,
+    REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS,
+    SCOPE_NODE,
 };
 
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
-        count, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_PENDING,
+        count, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_INFLIGHT,
         CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6, CLS_SCOPES,
     },
 };
@@ -110,6 +118,20 @@ fn port_from_ctx(user_port: u32) -> u16 {
 
 #[inline(always)]
 fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
+    // SAFETY: the helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(inflight) = CLS_INFLIGHT.get_ptr_mut(inflight_slot(cookie)) else {
+        count(c::ERR_INFLIGHT);
+        return;
+    };
+    // An earlier connect of this socket that never reached its SYN left
+    // its verdict here: it does not describe this connect.
+    // SAFETY: a live array value; owner_cookie is read and written whole.
+    unsafe {
+        if read_volatile(&(*inflight).owner_cookie) == cookie {
+            write_volatile(&mut (*inflight).owner_cookie, 0);
+        }
+    }
     let Some(slot) = CLS_ACTIVE_SLOT.get(0) else {
         count(c::ERR_CONFIG);
         return;
@@ -136,6 +158,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         return;
     }
     count_port(port);
+    let marking = config.flags & CONFIG_FLAG_MARK != 0;
 
     let rule = lookup_rule(slot as u8, config, &dst, is_v4, port);
     let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
@@ -152,6 +175,9 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         (Protocol::Opaque, Source::Learned, 0)
     } else {
         count(c::NO_VERDICT);
+        if marking {
+            clear_mark(ctx, config);
+        }
         return;
     };
     count(match protocol {
@@ -167,9 +193,14 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     });
 
     let mut flags = if is_v4 { REPLY_FLAG_DST_IPV4 } else { 0 };
-    if protocol == Protocol::Opaque && config.flags & CONFIG_FLAG_MARK != 0 && set_mark(ctx, config)
-    {
-        flags |= REPLY_FLAG_MARKED;
+    if marking {
+        if protocol == Protocol::Opaque {
+            if set_mark(ctx, config) {
+                flags |= REPLY_FLAG_MARKED;
+            }
+        } else {
+            clear_mark(ctx, config);
+        }
     }
 
     let verdict = ConnVerdict {
@@ -182,19 +213,50 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         dst_port_be: port.to_be(),
         _pad2: 0,
         dst_addr: dst,
-        // Set when published, where the cookie is needed anyway.
         owner_cookie: 0,
     };
-    // SAFETY: the helper accepts a sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if CLS_PENDING.insert(cookie, verdict, 0).is_err() {
-        count(c::ERR_PENDING_INSERT);
+    // Claim the slot (0 first, so a reader never takes the fields being
+    // written for its own), write the verdict, then sign it with the
+    // cookie. A slot another in-flight socket held is taken over: that
+    // socket finds another cookie and publishes nothing (detection as
+    // usual, never a wrong verdict).
+    // SAFETY: a live array value.
+    unsafe {
+        write_volatile(&mut (*inflight).owner_cookie, 0);
+        *inflight = verdict;
+        write_volatile(&mut (*inflight).owner_cookie, cookie);
     }
+}
+
+/// In mark mode the mark bits under the policy's mask are the
+/// classifier's (README, "Mark mode"): a connect that is not marked clears
+/// any the socket still carries from an earlier connect.
+#[inline(always)]
+fn clear_mark(ctx: &SockAddrContext, config: &PolicyConfig) {
+    let mut mark: u32 = 0;
+    // SAFETY: both helpers are allowed in sock_addr programs; the buffer is
+    // a live u32 of the size passed.
+    unsafe {
+        if bpf_getsockopt(ctx.as_ptr(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) != 0 {
+            count(c::ERR_MARK);
+            return;
+        }
+        if mark & config.mark_mask == 0 {
+            return;
+        }
+        mark &= !config.mark_mask;
+        if bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), 4) != 0 {
+            count(c::ERR_MARK);
+            return;
+        }
+    }
+    count(c::MARK_CLEARED);
 }
 
 /// The rule verdict for (dst, port): the client's namespace scope first (a
 /// match there decides, as Linkerd's namespace-local EgressNetworks do),
-/// then the node-wide rules. A `RULE_MATCH` verdict when a rule decides
+/// then the node-wide rules, then (for clients without a scope) the global
+/// EgressNetworks. A `RULE_MATCH` verdict when a rule decides
 /// (`PROTO_UNKNOWN` for a `detect` override), else `RULE_NONE`: fall
 /// through to the default ports.
 ///
@@ -216,8 +278,9 @@ fn lookup_rule(
         return RuleVerdict::default();
     }
     let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
+    let mut scope = SCOPE_NODE;
     if config.flags & CONFIG_FLAG_SCOPED != 0 {
-        let scope = client_scope();
+        scope = client_scope();
         if scope != SCOPE_NODE {
             let hit = lookup_in_scope(slot, scope, dst, is_v4, port, any_port);
             if hit.kind == RULE_MATCH {
@@ -225,7 +288,18 @@ fn lookup_rule(
             }
         }
     }
-    lookup_in_scope(slot, SCOPE_NODE, dst, is_v4, port, any_port)
+    let hit = lookup_in_scope(slot, SCOPE_NODE, dst, is_v4, port, any_port);
+    // Linkerd's global EgressNetworks, unless the client's namespace has
+    // its own (it has a scope then): those shadow them even where none
+    // matches (linkerd2 policy-controller/k8s/index/src/outbound/index/
+    // egress_network.rs, `resolve_egress_network`).
+    if hit.kind == RULE_MATCH
+        || scope != SCOPE_NODE
+        || config.flags & CONFIG_FLAG_GLOBAL_EGRESS == 0
+    {
+        return hit;
+    }
+    lookup_in_scope(slot, SCOPE_GLOBAL_EGRESS, dst, is_v4, port, any_port)
 }
 
 /// One universe of rules: the exact port and, when the policy has any, the

@@ -15,6 +15,9 @@
 //! counted, never turned into a refused connect.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd` (see `maps::atomic_add`); built with nightly.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod addr;
 mod connect;

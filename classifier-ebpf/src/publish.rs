@@ -3,8 +3,12 @@
 //! keyed by (network namespace, local address, local port): that is the
 //! peer a proxy sees on the socket it accepted through a REDIRECT. The entry
 //! is withdrawn when the connection closes.
+//!
+//! A verdict is published only if it was taken for the destination the
+//! socket is connecting to (the socket's remote address), so a verdict can
+//! never describe another connect of the same socket.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{
@@ -17,14 +21,16 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS, SOURCE_LEARNED,
+    counters as c, inflight_slot, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS, SOURCE_LEARNED,
 };
 
 const BPF_NOEXIST: u64 = 1;
 
 use crate::{
     addr::{v4_mapped, v6_bytes},
-    maps::{count, CLS_PENDING, CLS_VERDICTS},
+    maps::{
+        count, netns_verdicts, netns_verdicts_add, verdicts_per_netns, CLS_INFLIGHT, CLS_VERDICTS,
+    },
 };
 
 const AF_INET: u32 = 2;
@@ -45,26 +51,54 @@ pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
 fn publish(ctx: &SockOpsContext) {
     // SAFETY: the helper accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(verdict) = CLS_PENDING.get_ptr(cookie) else {
-        // Not classified (the common case), or its connect-time entry was
-        // evicted from the LRU table before the SYN (not distinguishable
-        // here; the table is sized far above connects in flight).
-        crate::learn::watch(ctx, cookie); // issue 11: unclassified, maybe watched
+    let Some(inflight) = CLS_INFLIGHT.get_ptr_mut(inflight_slot(cookie)) else {
+        count(c::ERR_INFLIGHT);
         return;
     };
-    // SAFETY: the pointer is to a live map value; copied out at once.
-    let mut verdict = unsafe { *verdict };
-    let _ = CLS_PENDING.remove(cookie);
-    verdict.owner_cookie = cookie;
-
-    let key = local_key(ctx);
-    if CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
-        count(c::PUBLISHED);
-    } else {
-        if CLS_VERDICTS.get_ptr(key).is_none() {
-            count(c::ERR_PUBLISH_INSERT);
+    // The slot is this socket's only if it carries its cookie before and
+    // after the copy (a classified connect of a socket whose cookie shares
+    // the slot's bits may be writing it on another CPU).
+    // SAFETY: a live array value; owner_cookie is read and written whole.
+    let mut verdict = unsafe {
+        if read_volatile(&(*inflight).owner_cookie) != cookie {
+            // Not classified: the common case.
+            crate::learn::watch(ctx, cookie); // issue 11: unclassified, maybe watched
             return;
         }
+        let verdict = *inflight;
+        if read_volatile(&(*inflight).owner_cookie) != cookie {
+            return;
+        }
+        // Used once.
+        write_volatile(&mut (*inflight).owner_cookie, 0);
+        verdict
+    };
+    verdict.owner_cookie = cookie;
+    if !is_remote(ctx, &verdict) {
+        count(c::PUBLISH_DST_MISMATCH);
+        return;
+    }
+
+    let key = local_key(ctx);
+    let share = verdicts_per_netns();
+    let within_share = share == 0 || netns_verdicts(key.netns_cookie) < share;
+    if within_share && CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
+        count(c::PUBLISHED);
+        netns_verdicts_add(key.netns_cookie, 1);
+    } else {
+        if CLS_VERDICTS.get_ptr(key).is_none() {
+            // A new entry was not allowed (the namespace's share is used
+            // up) or did not fit (the table is full): no verdict, the
+            // proxy detects as usual. Nobody else's entry is touched.
+            count(if within_share {
+                c::PUBLISH_TABLE_FULL
+            } else {
+                c::PUBLISH_NETNS_FULL
+            });
+            return;
+        }
+        // (Whatever the share: the entry there must not answer for this
+        // connection too.)
         // Another live connection has the same local address and port (to
         // another destination). A proxy could not tell the two apart, so
         // neither gets a verdict: detection as usual beats a wrong answer.
@@ -101,13 +135,60 @@ fn withdraw(ctx: &SockOpsContext) {
         Some(v) => unsafe { (*v).owner_cookie == cookie || (*v).flags & REPLY_FLAG_AMBIGUOUS != 0 },
         None => false,
     };
-    // An entry of another connection (ours was evicted, and the port then
-    // reused) is left alone.
+    // An entry of another connection (ours was never published, and the
+    // port then reused) is left alone.
     if ours && CLS_VERDICTS.remove(key).is_ok() {
         count(c::UNPUBLISHED);
+        netns_verdicts_add(key.netns_cookie, u64::MAX);
     } else {
         count(c::UNPUBLISH_MISSING);
     }
+}
+
+/// Whether `verdict` was taken for the socket's remote address and port.
+#[inline(always)]
+fn is_remote(ctx: &SockOpsContext, verdict: &ConnVerdict) -> bool {
+    let ops = ctx.ops;
+    // SAFETY: these fields are readable in sockops programs.
+    let (family, ip4, ip6, port) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).remote_ip4),
+            [
+                read_volatile(&(*ops).remote_ip6[0]),
+                read_volatile(&(*ops).remote_ip6[1]),
+                read_volatile(&(*ops).remote_ip6[2]),
+                read_volatile(&(*ops).remote_ip6[3]),
+            ],
+            read_volatile(&(*ops).remote_port),
+        )
+    };
+    let addr = if family == AF_INET {
+        v4_mapped(ip4)
+    } else {
+        v6_bytes(ip6)
+    };
+    // remote_port holds the port as stored in the socket (network byte
+    // order) in its upper 16 bits on little-endian machines, the lower 16
+    // on big-endian ones.
+    #[cfg(target_endian = "little")]
+    let port_be = (port >> 16) as u16;
+    #[cfg(target_endian = "big")]
+    let port_be = port as u16;
+    port_be == verdict.dst_port_be && same_addr(&addr, &verdict.dst_addr)
+}
+
+/// Byte-wise, unrolled: a slice comparison may become a `bcmp` call, which
+/// eBPF does not have.
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
 }
 
 #[inline(always)]

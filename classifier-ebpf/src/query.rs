@@ -3,7 +3,10 @@
 //! Any other option passes through untouched.
 //!
 //! The socket's own peer address is the only key, so a caller learns about
-//! the connection it holds and nothing else.
+//! the connection it holds and nothing else; and only a connected TCP
+//! socket is answered: a UDP socket, or a TCP socket that is not (or no
+//! longer) connected, gets the kernel's own error, as if no classifier
+//! were loaded.
 
 use core::ptr::{read_volatile, write_unaligned, write_volatile};
 
@@ -24,6 +27,12 @@ use crate::{
 /// Let the call return to the caller (0 would turn it into EPERM).
 const PASS: i32 = 1;
 const AF_INET: u32 = 2;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+/// `BPF_TCP_ESTABLISHED` and `BPF_TCP_CLOSE_WAIT` (the client already sent
+/// its FIN): the states of a connected socket the proxy may query.
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE_WAIT: u32 = 8;
 
 #[cgroup_sockopt(getsockopt)]
 pub fn answer_getsockopt(ctx: SockoptContext) -> i32 {
@@ -64,6 +73,21 @@ fn answer(ctx: &SockoptContext, so: *mut bpf_sockopt) {
     // One volatile load per field, straight off the socket pointer (the
     // verifier rejects loads through an offset copy of it).
     // SAFETY: sk is a non-null bpf_sock of the calling socket.
+    let (type_, protocol, state) = unsafe {
+        (
+            read_volatile(&(*sk).type_),
+            read_volatile(&(*sk).protocol),
+            read_volatile(&(*sk).state),
+        )
+    };
+    if type_ != SOCK_STREAM
+        || protocol != IPPROTO_TCP
+        || (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT)
+    {
+        count(c::QUERY_NOT_CONNECTED);
+        return;
+    }
+    // SAFETY: as above.
     let (family, peer_port_be, ip4, ip6) = unsafe {
         (
             read_volatile(&(*sk).family),

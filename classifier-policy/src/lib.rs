@@ -53,4 +53,4 @@ pub use model::{
     LINKERD_DEFAULT_OPAQUE_PORTS, LINKERD_PROXY_UID,
 };
 pub use ports::{PortListError, PortSet};
-pub use sources::load_policy_path;
+pub use sources::{load_policy_path, load_policy_path_report, load_policy_text_report};

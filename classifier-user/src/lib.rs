@@ -29,6 +29,8 @@
 pub use classifier_policy as policy;
 
 pub mod agent;
+pub mod build_info;
+pub mod check;
 pub mod datapath;
 pub mod learned;
 pub mod metrics;

@@ -1,194 +1,48 @@
-//! The `classifier` command: the node agent, its stats, and a policy
-//! explainer. See `classifier --help`.
+//! The `classifier` command: the node agent, its stats, a policy explainer,
+//! the reference proxy and `check`. See `classifier --help`; the clap
+//! definitions are in `cli.rs`.
 
 #![deny(unsafe_code)]
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+mod cli;
+
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _};
 use classifier_user::{
     agent::{self, AgentOptions},
-    datapath::{pins::DEFAULT_PIN_DIR, PinDir},
+    build_info, check,
+    datapath::PinDir,
     learned,
-    policy::{classify_from, load_policy_path, Policy},
+    policy::{classify_from, Policy},
     proxy::{self, ProxyOptions},
     stats,
 };
-
-#[derive(Parser)]
-#[command(
-    name = "classifier",
-    version,
-    about = "Classifies every TCP connect() in the kernel so a sidecar proxy can skip protocol detection for server-speaks-first protocols",
-    long_about = "Classifies every TCP connect() in the kernel so a sidecar proxy can skip \
-protocol detection for server-speaks-first protocols (MySQL, SMTP, NATS, ...), which \
-otherwise stall until the proxy's detection timeout.\n\n\
-Typical use, as root:\n  classifier agent                       # attach, apply the built-in policy, watch\n  \
-classifier stats                       # what the kernel side has seen\n  \
-classifier explain 203.0.113.9:3306    # what the policy says about a destination"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Attach the classifier (or adopt the one already attached) and keep its policy current.
-    ///
-    /// Needs root. The programs and maps are pinned under --pin-dir, so they stay attached
-    /// when the agent stops or restarts; a restarted agent adopts them without a gap.
-    /// `--uninstall` detaches everything and removes the pins.
-    Agent(AgentArgs),
-    /// Show what the kernel side has seen, from the pinned maps (agent need not run; needs root).
-    Stats(StatsArgs),
-    /// Show what the policy decides for a destination, and why (no root or agent needed).
-    Explain(ExplainArgs),
-    /// List the server-first destinations the classifier learned from the traffic (needs root).
-    ///
-    /// Connections the policy gives no verdict are watched until their first data segment: if
-    /// the server spoke first, the destination is learned (opaque from then on, for clients of
-    /// the same scope); a client-first connection to a learned destination removes it.
-    Learned(LearnedArgs),
-    /// Print mesh configuration that fixes the learned destinations (needs root to read them).
-    ///
-    /// linkerd: EgressNetworks (in the client's namespace, or linkerd-egress for the node scope)
-    /// with the config.linkerd.io/opaque-ports annotation; istio: ServiceEntry objects with
-    /// protocol TCP; policy: a ClassifierPolicy with opaque rules.
-    Suggest(SuggestArgs),
-    /// Run the reference outbound proxy: the model for adopting the query contract.
-    ///
-    /// Accepts connections REDIRECTed to it (linkerd-init style), reads SO_ORIGINAL_DST and
-    /// asks the kernel for the verdict. Opaque: forwards at once. Otherwise: waits up to
-    /// --detect-timeout for the client's first bytes to detect HTTP/1 or HTTP/2, then
-    /// forwards (as opaque TCP on timeout). Run it as the UID the nat rules return (2102).
-    Proxy(ProxyArgs),
-}
-
-#[derive(Args)]
-struct PinArgs {
-    /// bpffs directory holding the classifier's pinned maps and links.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-}
-
-#[derive(Args)]
-struct AgentArgs {
-    #[command(flatten)]
-    pins: PinArgs,
-    /// cgroup v2 directory to attach to [default: the cgroup v2 root from /proc/self/mountinfo].
-    #[arg(long, value_name = "PATH")]
-    cgroup: Option<PathBuf>,
-    /// Policy: a ClassifierPolicy YAML file, or a file or directory of Kubernetes manifests
-    /// (ClassifierPolicy, EgressNetwork, Service, Pod, Namespace, Server), compiled with
-    /// Linkerd's semantics. Watched, and re-applied atomically when it changes. Without it
-    /// (and without --kubernetes): Linkerd's default opaque ports, UID 2102 (the proxy) excluded.
-    #[arg(long, value_name = "PATH")]
-    policy: Option<PathBuf>,
-    /// Also watch Services, Pods, Namespaces, EgressNetworks and Servers live through the
-    /// Kubernetes API (in-cluster service account, or KUBECONFIG); --policy documents are added.
-    #[arg(long)]
-    kubernetes: bool,
-    /// EgressNetworks in this namespace apply to clients in every namespace.
-    #[arg(long, value_name = "NS", default_value = "linkerd-egress")]
-    egress_namespace: String,
-    /// How often to check the policy file for changes.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-    watch_interval: f64,
-    /// Size of the published-verdict table (open classified connections). Applies when the
-    /// programs are first installed.
-    #[arg(long, value_name = "ENTRIES")]
-    verdict_table_size: Option<u32>,
-    /// Apply a policy file even if non-root users could change it (by default the file and
-    /// its directory must be root-owned and not writable by others).
-    #[arg(long)]
-    allow_untrusted_policy: bool,
-    /// Serve Prometheus /metrics, /healthz (the agent loop runs) and /readyz (programs attached
-    /// and a policy applied) on this address, e.g. 0.0.0.0:9990 [default: off].
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<SocketAddr>,
-    /// Detach the programs and remove every pin under --pin-dir, then exit.
-    #[arg(long)]
-    uninstall: bool,
-}
-
-#[derive(Args)]
-struct StatsArgs {
-    #[command(flatten)]
-    pins: PinArgs,
-    /// Print JSON (top-level connects_total, opaque_total, excluded_total, proxy_queries_total, errors_total, ...).
-    #[arg(long, conflicts_with = "prometheus")]
-    json: bool,
-    /// Print Prometheus text exposition.
-    #[arg(long)]
-    prometheus: bool,
-    /// Print again every SECS seconds until interrupted.
-    #[arg(long, value_name = "SECS")]
-    watch: Option<f64>,
-}
-
-#[derive(Args)]
-struct ExplainArgs {
-    /// Destination as IP:PORT ([IPv6]:PORT for IPv6).
-    destination: SocketAddr,
-    /// Policy to evaluate: a ClassifierPolicy file, or a file or directory of Kubernetes
-    /// manifests (Linkerd's EgressNetwork, Server, Service, Pod, Namespace, and optionally one
-    /// ClassifierPolicy) [default: the built-in policy].
-    #[arg(long, value_name = "PATH")]
-    policy: Option<PathBuf>,
-    /// Classify as a client in this Kubernetes namespace: its namespaced EgressNetworks come
-    /// first [default: a process outside any pod, node-wide rules only].
-    #[arg(long, value_name = "NS")]
-    from_namespace: Option<String>,
-    /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id",
-    /// "network", "origin", "scope"}; "source": "learned" when the live learned table decided.
-    #[arg(long)]
-    json: bool,
-    /// Where the running classifier is pinned: when its maps are there (and readable), a
-    /// destination the policy leaves undecided is also looked up in its learned table.
-    #[command(flatten)]
-    pins: PinArgs,
-}
-
-#[derive(Args)]
-struct LearnedArgs {
-    #[command(flatten)]
-    pins: PinArgs,
-    /// Print JSON: a list of {destination, scope, namespace, observations, first_seen, last_seen, ...}.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct SuggestArgs {
-    #[command(flatten)]
-    pins: PinArgs,
-    /// Output: linkerd, istio or policy.
-    #[arg(long, value_name = "FORMAT")]
-    format: classifier_user::learned::suggest::Format,
-}
-
-#[derive(Args)]
-struct ProxyArgs {
-    /// Address to listen on (where the nat rules REDIRECT to).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4140")]
-    listen: SocketAddr,
-    /// How long to wait for a client's first bytes when the kernel gave no opaque verdict
-    /// (Linkerd's outbound default is 10 s).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    detect_timeout: f64,
-}
+use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `--version`: the version, git commit and map layout (build_info).
+    let long_version: &'static str = Box::leak(build_info::long_version().into_boxed_str());
+    let matches = Cli::command()
+        .version(build_info::VERSION)
+        .long_version(long_version)
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -205,6 +59,12 @@ fn run(cli: Cli) -> Result<()> {
             if args.uninstall {
                 return agent::uninstall(&pins);
             }
+            tracing::info!(
+                version = build_info::VERSION,
+                commit = build_info::COMMIT,
+                layout = build_info::LAYOUT,
+                "classifier agent starting"
+            );
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -218,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
                 metrics_addr: args.metrics_addr,
                 kubernetes: args.kubernetes,
                 egress_namespace: args.egress_namespace,
+                namespace_entry_budget: args.namespace_entry_budget,
             }))
         }
         Command::Stats(args) => {
@@ -247,7 +108,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Explain(args) => {
             let policy = match &args.policy {
-                Some(path) => load_policy_path(path)?,
+                Some(path) => {
+                    let opts = classifier_policy::sources::Options {
+                        namespace_entry_budget: args.namespace_entry_budget,
+                        ..Default::default()
+                    };
+                    let compiled = classifier_policy::load_policy_path_report(path, &opts)?;
+                    for r in &compiled.rejected {
+                        eprintln!(
+                            "skipped {} {}{} (document {}): {}",
+                            r.kind,
+                            r.namespace
+                                .as_deref()
+                                .map_or(String::new(), |n| format!("{n}/")),
+                            r.name,
+                            r.origin,
+                            r.error
+                        );
+                    }
+                    compiled.policy
+                }
                 None => Policy::builtin_default(),
             };
             let decision = classify_from(
@@ -327,7 +207,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Suggest(args) => {
             let pins = PinDir::new(args.pins.pin_dir);
             let entries = learned::cli::list(&pins)?;
-            print!("{}", learned::suggest::render(args.format, &entries));
+            let format = match args.format {
+                cli::SuggestFormat::Linkerd => learned::suggest::Format::Linkerd,
+                cli::SuggestFormat::Istio => learned::suggest::Format::Istio,
+                cli::SuggestFormat::Policy => learned::suggest::Format::Policy,
+            };
+            print!("{}", learned::suggest::render(format, &entries));
+            Ok(())
+        }
+        Command::Check(args) => {
+            let checks = check::run(&check::CheckOptions {
+                pins: PinDir::new(args.pins.pin_dir),
+                cgroup: args.cgroup,
+                kubernetes: args.kubernetes,
+            });
+            if args.json {
+                println!("{}", check::render_json(&checks)?);
+            } else {
+                print!("{}", check::render_text(&checks));
+            }
+            if checks.iter().any(|c| !c.ok) {
+                // The report said which and why; only the status is left.
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Proxy(args) => {
@@ -339,5 +241,22 @@ fn run(cli: Cli) -> Result<()> {
                 detect_timeout: Duration::from_secs_f64(args.detect_timeout.max(0.0)),
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+        assert_eq!(
+            super::cli::DEFAULT_PIN_DIR,
+            classifier_user::datapath::pins::DEFAULT_PIN_DIR
+        );
+        assert_eq!(
+            super::cli::DEFAULT_NAMESPACE_ENTRY_BUDGET,
+            classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET
+        );
     }
 }

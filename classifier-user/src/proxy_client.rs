@@ -90,9 +90,12 @@ pub fn query_checked(
     socket: &impl AsRawFd,
     original_dst: SocketAddr,
 ) -> io::Result<Option<Verdict>> {
-    let Some(verdict) = query(socket)? else {
-        return Ok(None);
-    };
+    Ok(query(socket)?.map(|verdict| checked(verdict, original_dst)))
+}
+
+/// The check `query_checked` makes, on a verdict already read: a verdict
+/// for another destination than `original_dst` becomes `Detect`.
+pub fn checked(verdict: Verdict, original_dst: SocketAddr) -> Verdict {
     // Address and port only: an IPv6 SocketAddr also carries flow info and
     // a scope id, which SO_ORIGINAL_DST may fill and the reply does not.
     let canonical = |a: SocketAddr| match a.ip() {
@@ -102,7 +105,7 @@ pub fn query_checked(
         ),
         IpAddr::V4(v4) => (IpAddr::V4(v4), a.port()),
     };
-    Ok(Some(match verdict.original_dst {
+    match verdict.original_dst {
         Some(dst) if canonical(dst) != canonical(original_dst) => Verdict {
             protocol: Protocol::Detect,
             source: Source::None,
@@ -112,7 +115,7 @@ pub fn query_checked(
             original_dst: Some(dst),
         },
         _ => verdict,
-    }))
+    }
 }
 
 /// Decodes a reply (exposed for tests and for proxies that make the call

@@ -255,6 +255,12 @@ impl FakeApi {
             });
             return respond(&mut stream, "200 OK", &body.to_string()).await;
         }
+        if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+            return self.access_review(stream, buf).await;
+        }
+        if let Some(body) = self.discovery(path) {
+            return respond(&mut stream, "200 OK", &body.to_string()).await;
+        }
         if params.get("watch") == Some(&"true") {
             let from: u64 = params
                 .get("resourceVersion")
@@ -286,6 +292,66 @@ impl FakeApi {
             return respond(&mut stream, "404 Not Found", &body).await;
         }
         respond(&mut stream, "200 OK", &body).await
+    }
+
+    /// `POST .../selfsubjectaccessreviews` (what `classifier check
+    /// --kubernetes` asks): allowed exactly for the resources this server
+    /// serves, whatever the verb.
+    async fn access_review(&self, mut stream: TcpStream, mut buf: Vec<u8>) -> std::io::Result<()> {
+        let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut chunk = [0u8; 4096];
+        while buf.len() < body_at + len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let mut review: Value =
+            serde_json::from_slice(&buf[body_at..body_at + len]).unwrap_or(Value::Null);
+        let plural = review["spec"]["resourceAttributes"]["resource"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let allowed = self
+            .state
+            .lock()
+            .unwrap()
+            .resources
+            .keys()
+            .any(|p| p.ends_with(&format!("/{plural}")));
+        review["status"] = json!({"allowed": allowed});
+        respond(&mut stream, "201 Created", &review.to_string()).await
+    }
+
+    /// `GET /apis/GROUP/VERSION`: the APIResourceList of the served
+    /// resources of that group version, `None` when there are none (404,
+    /// as for a CRD that is not installed).
+    fn discovery(&self, path: &str) -> Option<Value> {
+        let group_version = path.strip_prefix("/apis/")?;
+        if group_version.matches('/').count() != 1 {
+            return None;
+        }
+        let st = self.state.lock().unwrap();
+        let resources: Vec<Value> = st
+            .resources
+            .keys()
+            .filter_map(|p| p.strip_prefix(&format!("{path}/")))
+            .map(|plural| {
+                json!({"name": plural, "singularName": "", "namespaced": true, "kind": "",
+                       "verbs": ["get", "list", "watch"]})
+            })
+            .collect();
+        (!resources.is_empty()).then(|| {
+            json!({"kind": "APIResourceList", "apiVersion": "v1",
+                   "groupVersion": group_version, "resources": resources})
+        })
     }
 
     pub async fn watch(

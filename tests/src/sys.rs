@@ -163,6 +163,100 @@ pub fn connect_from(src: SocketAddrV4, dst: SocketAddrV4) -> io::Result<TcpStrea
     Ok(TcpStream::from(fd))
 }
 
+/// A non-blocking TCP connect to `dst` that is left in progress (the SYN
+/// may never be answered): the socket, held open by the caller.
+pub fn connect_pending(dst: SocketAddrV4) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integers only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let d = sockaddr_in(dst);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: d is a live sockaddr_in of the length passed.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const d).cast(), len) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    Ok(fd)
+}
+
+/// One TCP socket, bound to `src` (with SO_REUSEADDR), connecting more than
+/// once: the same fd across several connect() calls.
+pub struct Reconnecting {
+    fd: OwnedFd,
+}
+
+impl Reconnecting {
+    pub fn bound(src: SocketAddrV4) -> io::Result<Self> {
+        // SAFETY: socket takes integers only.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new socket that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a live c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let s = sockaddr_in(src);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: s is a live sockaddr_in of the length passed.
+        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const s).cast(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// connect(2) to `dst`.
+    pub fn connect(&self, dst: SocketAddrV4) -> io::Result<()> {
+        let d = sockaddr_in(dst);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: d is a live sockaddr_in of the length passed.
+        if unsafe { libc::connect(self.fd.as_raw_fd(), (&raw const d).cast(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// connect(2) with `AF_UNSPEC`: dissolves the connection, keeps the
+    /// socket (and its bound address) for another connect.
+    pub fn disconnect(&self) -> io::Result<()> {
+        // SAFETY: sockaddr is plain integers; all-zero is valid.
+        let mut a: libc::sockaddr = unsafe { std::mem::zeroed() };
+        a.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        // SAFETY: a is a live sockaddr of the length passed.
+        let rc = unsafe {
+            libc::connect(
+                self.fd.as_raw_fd(),
+                &raw const a,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The socket as a stream (for reads and socket options).
+    pub fn stream(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream::from(self.fd.try_clone()?))
+    }
+}
+
 /// SO_LINGER {on, 0}: close resets the connection instead of leaving it in
 /// TIME_WAIT.
 pub fn set_linger_zero(stream: &TcpStream) {

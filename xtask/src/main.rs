@@ -2,17 +2,22 @@
 //!
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
-//! options (`build`, `run`, `test`, `demo`, `bench`, `render_manifests`,
-//! `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they share.
+//! options (`build`, `run`, `test`, `demo`, `bench`, `completions`,
+//! `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
+//! share, and `classifier_cli` is the `classifier` binary's clap
+//! definitions (included from classifier-user/src/cli.rs).
 
 mod bench;
 mod build;
 mod cargo;
+#[allow(dead_code)]
+#[path = "../../classifier-user/src/cli.rs"]
+mod classifier_cli;
+mod completions;
 mod demo;
 mod linkerd_proxy;
-mod manifests;
+mod manpage;
 mod prereqs;
-mod render_manifests;
 mod run;
 mod test;
 mod util;
@@ -43,7 +48,8 @@ enum Cmd {
     Test(test::Options),
     Demo(demo::Options),
     Bench(bench::Options),
-    Manifests(render_manifests::Options),
+    Completions(completions::Options),
+    Manpage(manpage::Options),
     LinkerdProxy(linkerd_proxy::Options),
 }
 
@@ -55,7 +61,8 @@ fn main() {
         Cmd::Test(opts) => test::test(opts),
         Cmd::Demo(opts) => demo::demo(opts),
         Cmd::Bench(opts) => bench::bench(opts),
-        Cmd::Manifests(opts) => render_manifests::render(opts),
+        Cmd::Completions(opts) => completions::completions(opts),
+        Cmd::Manpage(opts) => manpage::manpage(opts),
         Cmd::LinkerdProxy(opts) => linkerd_proxy::linkerd_proxy(opts),
     };
     if let Err(err) = result {

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use classifier_common::{
-    rule_key_v4, rule_key_v6, RuleVerdict, PORT_ANY, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_NODE,
+    rule_key_v4, rule_key_v6, RuleVerdict, PORT_ANY, RULE_KEY_FIXED_BITS, RULE_MATCH,
+    SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use super::{key_v4, key_v6, CompiledPolicy};
@@ -101,7 +102,8 @@ impl<'c> KernelModel<'c> {
     }
 
     /// What the kernel does: per universe (the client's scope, then the
-    /// node's), the exact-port and PORT_ANY lookups, the RULE_MATCH with
+    /// node's, then for a client without a scope the global
+    /// EgressNetworks'), the exact-port and PORT_ANY lookups, the RULE_MATCH with
     /// the larger net_prefix (exact on a tie) decides; else the default
     /// bitmap. Returns (protocol wire value, source, rule id).
     pub fn lookup(&self, client_scope: Option<u16>, addr: IpAddr, port: u16) -> (u8, Source, u32) {
@@ -110,7 +112,11 @@ impl<'c> KernelModel<'c> {
             // As the kernel: port 0 is the wildcard's key, not a port.
             return (Protocol::Detect.wire(), Source::None, 0);
         }
-        let universes = client_scope.into_iter().chain([SCOPE_NODE]);
+        // A client with a scope (its namespace has EgressNetworks of its
+        // own) never sees the global EgressNetworks.
+        let global =
+            (client_scope.is_none() && self.compiled.global_egress).then_some(SCOPE_GLOBAL_EGRESS);
+        let universes = client_scope.into_iter().chain([SCOPE_NODE]).chain(global);
         for scope in universes {
             let exact = self.lpm(scope, port, addr).filter(|v| v.kind == RULE_MATCH);
             let any = if self.compiled.any_port {

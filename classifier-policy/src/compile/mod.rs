@@ -5,8 +5,12 @@
 //! `s` only (node-wide rules are scope [`SCOPE_NODE`]). Port [`PORT_ANY`]
 //! holds the entries of wildcard-port rules (every port, `ports: "*"`).
 //!
+//! The rules of Linkerd's global EgressNetworks ([`Rule::global_egress`])
+//! are their own universe, [`SCOPE_GLOBAL_EGRESS`].
+//!
 //! What the kernel does per connect, for each universe in turn (the client's
-//! scope first, if it has one, then the node's):
+//! scope first, if it has one, then the node's, then, for a client without
+//! a scope, the global EgressNetworks'):
 //!
 //! 1. look up `(scope, port, addr)` (hit E) and `(scope, PORT_ANY, addr)`
 //!    (hit W);
@@ -50,7 +54,7 @@ use std::collections::BTreeMap;
 
 use classifier_common::{
     maps, rule_key_v4, rule_key_v6, RuleKeyV4, RuleKeyV6, RuleVerdict, PORT_ANY,
-    RULE_KEY_FIXED_BITS, SCOPE_NODE,
+    RULE_KEY_FIXED_BITS, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 use ipnet::IpNet;
 
@@ -101,6 +105,10 @@ pub struct CompiledPolicy {
     /// Some entry is at [`PORT_ANY`]: the kernel must do the wildcard-port
     /// lookups (`CONFIG_FLAG_ANY_PORT`).
     pub any_port: bool,
+    /// Some rule is a global EgressNetwork's: the kernel must look up
+    /// [`SCOPE_GLOBAL_EGRESS`] for clients without a scope
+    /// (`CONFIG_FLAG_GLOBAL_EGRESS`).
+    pub global_egress: bool,
     /// The scope id of every namespace that has rules (a subset of the ids
     /// given to [`compile_with_scopes`]).
     pub scope_ids: BTreeMap<String, u16>,
@@ -118,6 +126,7 @@ impl CompiledPolicy {
             rule_count: 0,
             scoped: false,
             any_port: false,
+            global_egress: false,
             scope_ids: BTreeMap::new(),
         }
     }
@@ -148,6 +157,10 @@ pub enum CompileError {
     },
     #[error("namespace {scope:?} has scope id 0, which is reserved for node-wide rules")]
     ScopeIdZero { scope: String },
+    #[error(
+        "namespace {scope:?} has scope id {id}, which is reserved for the global EgressNetworks"
+    )]
+    ScopeIdReserved { scope: String, id: u16 },
     #[error("the policy has rules for {count} namespaces, at most 65535 are supported")]
     TooManyScopes { count: usize },
 }
@@ -178,7 +191,7 @@ pub const MAX_V6_ENTRIES: u64 = maps::RULES_V6_CAPACITY as u64 / 2;
 /// policy changes, uses [`compile_with_scopes`].
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, CompileError> {
     let names = policy.scopes();
-    if names.len() > u16::MAX as usize {
+    if names.len() >= SCOPE_GLOBAL_EGRESS as usize {
         return Err(CompileError::TooManyScopes { count: names.len() });
     }
     let ids: BTreeMap<String, u16> = names
@@ -261,6 +274,10 @@ pub fn compile_with_scopes(
         rule_count: policy.rules.len() as u32,
         scoped: !used_scopes.is_empty(),
         any_port,
+        global_egress: policy
+            .rules
+            .iter()
+            .any(|r| r.scope.is_none() && r.global_egress),
         scope_ids: used_scopes,
     })
 }
@@ -275,9 +292,16 @@ fn resolve_scopes(
     let mut rule_scope: Vec<u16> = Vec::with_capacity(policy.rules.len());
     for r in &policy.rules {
         let id = match &r.scope {
+            None if r.global_egress => SCOPE_GLOBAL_EGRESS,
             None => SCOPE_NODE,
             Some(ns) => match scope_ids.get(ns) {
                 Some(0) => return Err(CompileError::ScopeIdZero { scope: ns.clone() }),
+                Some(&SCOPE_GLOBAL_EGRESS) => {
+                    return Err(CompileError::ScopeIdReserved {
+                        scope: ns.clone(),
+                        id: SCOPE_GLOBAL_EGRESS,
+                    })
+                }
                 Some(&id) => {
                     used_scopes.insert(ns.clone(), id);
                     id
@@ -302,20 +326,73 @@ fn explicit_ports(r: &Rule) -> Option<&PortSet> {
     (!r.is_wildcard_port()).then_some(&r.ports)
 }
 
-/// Refuses a policy whose keys before deduplication are far over the
-/// capacity (a cheap upper bound, computed without allocating).
-fn check_raw_entries(policy: &Policy) -> Result<(), CompileError> {
-    let (mut raw4, mut raw6) = (0u64, 0u64);
-    for r in &policy.rules {
+/// An upper bound on the trie keys `rules` make, per family (IPv4, IPv6),
+/// computed without allocating anything proportional to it: every port of
+/// an explicit rule times its networks and excepts, one key per network
+/// and except of a wildcard-port rule, and the keys the holes of
+/// wildcard-port rules punch at the explicit ports of the explicit
+/// networks (of the same universe) around them. That last term is what
+/// makes two EgressNetworks with all ports and a few hundred excepts ask
+/// for millions of keys, so it is counted before anything is built.
+///
+/// The universe of a rule is (scope, global egress); `rules` may be a
+/// whole policy or one namespace's rules.
+pub fn entry_bound<'r>(rules: impl IntoIterator<Item = &'r Rule> + Clone) -> (u64, u64) {
+    use std::collections::HashMap;
+    type Universe<'a> = (Option<&'a str>, bool);
+    let universe = |r: &'r Rule| -> Universe<'r> {
+        (r.scope.as_deref(), r.scope.is_none() && r.global_egress)
+    };
+    let (mut n4, mut n6) = (0u64, 0u64);
+    let mut add = |net: &IpNet, n: u64| match net {
+        IpNet::V4(_) => n4 = n4.saturating_add(n),
+        IpNet::V6(_) => n6 = n6.saturating_add(n),
+    };
+    // Explicit networks by (universe, cidr) -> the rules with it, and the
+    // prefix lengths present per family, to walk up from each hole.
+    let mut explicit: HashMap<(Universe<'r>, IpNet), Vec<&'r Rule>> = HashMap::new();
+    let mut lens = [[false; 129]; 2];
+    let mut any_holes = false;
+    for r in rules.clone() {
         let ports = explicit_ports(r).map_or(1, |p| p.len() as u64);
         for n in &r.networks {
-            let keys = 1 + n.except.len() as u64;
-            match n.cidr {
-                IpNet::V4(_) => raw4 += ports * keys,
-                IpNet::V6(_) => raw6 += ports * keys,
+            add(&n.cidr, ports.saturating_mul(1 + n.except.len() as u64));
+            if explicit_ports(r).is_some() {
+                explicit.entry((universe(r), n.cidr)).or_default().push(r);
+                lens[usize::from(n.cidr.addr().is_ipv6())][n.cidr.prefix_len() as usize] = true;
+            } else {
+                any_holes |= !n.except.is_empty();
             }
         }
     }
+    if !any_holes || explicit.is_empty() {
+        return (n4, n6);
+    }
+    let mut ports = PortSet::new();
+    for r in rules.into_iter().filter(|r| explicit_ports(r).is_none()) {
+        for hole in r.networks.iter().flat_map(|n| &n.except) {
+            ports = PortSet::new();
+            let family = usize::from(hole.addr().is_ipv6());
+            for len in (0..=hole.prefix_len()).filter(|&l| lens[family][l as usize]) {
+                let sup = IpNet::new(hole.addr(), len)
+                    .expect("shorter prefix is valid")
+                    .trunc();
+                for e in explicit.get(&(universe(r), sup)).into_iter().flatten() {
+                    ports.union_with(&e.ports);
+                }
+            }
+            add(hole, ports.len() as u64);
+        }
+    }
+    drop(ports);
+    (n4, n6)
+}
+
+/// Refuses a policy whose keys, counted by [`entry_bound`] before anything
+/// is built, are far over the capacity: whatever the policy says, the
+/// compiler then never holds more than a few times the capacity in keys.
+fn check_raw_entries(policy: &Policy) -> Result<(), CompileError> {
+    let (raw4, raw6) = entry_bound(&policy.rules);
     for (family, raw, cap) in [
         ("IPv4", raw4, MAX_V4_ENTRIES),
         ("IPv6", raw6, MAX_V6_ENTRIES),

@@ -101,12 +101,14 @@ fn random_policy(rng: &mut Rng) -> Policy {
         } else {
             None
         };
+        let global_egress = scope.is_none() && rng.chance(30);
         rules.push(Rule {
             id,
             networks,
             ports,
             protocol,
             scope,
+            global_egress,
             origin: format!("rule {id}"),
         });
     }
@@ -222,6 +224,7 @@ fn rule(id: u32, nets: &[&str], ports: &str, protocol: Protocol) -> Rule {
         ports: ports.parse().unwrap(),
         protocol,
         scope: None,
+        global_egress: false,
         origin: String::new(),
     }
 }
@@ -238,6 +241,7 @@ fn entries_and_keys() {
         ports: "4222".parse().unwrap(),
         protocol: Protocol::Opaque,
         scope: None,
+        global_egress: false,
         origin: String::new(),
     });
     p.rules

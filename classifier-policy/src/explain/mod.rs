@@ -86,16 +86,15 @@ pub fn classify(policy: &Policy, addr: IpAddr, port: u16) -> Decision {
 fn best_in_scope<'p>(
     policy: &'p Policy,
     scope: Option<&str>,
+    global_egress: bool,
     addr: IpAddr,
     port: u16,
 ) -> Option<(&'p Rule, IpNet)> {
     // (prefix, explicit ports, Reverse(id)) ordering, as a "better" test.
     let mut best: Option<(u8, bool, u32, &Rule, IpNet)> = None;
-    for rule in policy
-        .rules
-        .iter()
-        .filter(|r| r.scope.as_deref() == scope && r.ports.contains(port))
-    {
+    for rule in policy.rules.iter().filter(|r| {
+        r.scope.as_deref() == scope && r.global_egress == global_egress && r.ports.contains(port)
+    }) {
         let explicit = !rule.is_wildcard_port();
         for net in rule.networks.iter().filter(|n| n.matches(addr)) {
             let prefix = net.cidr.prefix_len();
@@ -121,8 +120,13 @@ fn best_in_scope<'p>(
 ///    [`best_in_scope`] for the choice among them); if one matches, it
 ///    decides, whatever its protocol (a `detect` rule too).
 /// 2. Otherwise the node-wide rules, chosen the same way.
-/// 3. Otherwise a default opaque port is opaque.
-/// 4. Otherwise there is no verdict (detect).
+/// 3. Otherwise, unless the client's namespace has scoped rules (its own
+///    EgressNetworks, which shadow the global ones even where none of them
+///    matches, as linkerd2's `resolve_egress_network` in
+///    `policy-controller/k8s/index/src/outbound/index/egress_network.rs`
+///    does), the global EgressNetworks' rules ([`Rule::global_egress`]).
+/// 4. Otherwise a default opaque port is opaque.
+/// 5. Otherwise there is no verdict (detect).
 ///
 /// A matching rule beats the default opaque ports whatever its protocol, so
 /// a `detect` rule can turn detection back on for a default opaque port.
@@ -133,9 +137,15 @@ pub fn classify_from(
     port: u16,
 ) -> Decision {
     let addr = canonical_addr(addr);
+    let shadowed = client_namespace.is_some_and(|ns| policy.has_rules_scoped_to(ns));
     let best = client_namespace
-        .and_then(|ns| best_in_scope(policy, Some(ns), addr, port))
-        .or_else(|| best_in_scope(policy, None, addr, port));
+        .and_then(|ns| best_in_scope(policy, Some(ns), false, addr, port))
+        .or_else(|| best_in_scope(policy, None, false, addr, port))
+        .or_else(|| {
+            (!shadowed)
+                .then(|| best_in_scope(policy, None, true, addr, port))
+                .flatten()
+        });
     let (protocol, source, origin, scope) = match best {
         Some((rule, network)) => (
             rule.protocol,

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::model::Network;
 use serde_json::json;
@@ -20,6 +19,7 @@ fn rule(id: u32, nets: &[(&str, &[&str])], ports: &str, protocol: Protocol) -> R
         ports: ports.parse().unwrap(),
         protocol,
         scope: None,
+        global_egress: false,
         origin: format!("spec.rules[{}]", id - 1),
     }
 }

@@ -117,6 +117,7 @@ pub fn parse_policy_document_at(
             ports: raw.ports.0,
             protocol: raw.protocol,
             scope: None,
+            global_egress: false,
             origin: format!("spec.rules[{i}]"),
         });
     }

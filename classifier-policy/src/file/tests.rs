@@ -37,6 +37,7 @@ fn example_parses() {
                 ports: "4222,8000-8100".parse().unwrap(),
                 protocol: Protocol::Opaque,
                 scope: None,
+                global_egress: false,
                 origin: "spec.rules[0]".into(),
             }],
             mark: Some(Mark {

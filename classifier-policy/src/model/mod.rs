@@ -87,6 +87,13 @@ pub struct Rule {
     /// to clients in Kubernetes namespace `ns`, and beats every node-wide
     /// rule for them.
     pub scope: Option<String>,
+    /// A node-wide rule (`scope` is `None`) of Linkerd's global
+    /// EgressNetworks: consulted only after every other node-wide rule, and
+    /// never for a client whose namespace has scoped rules of its own (its
+    /// own EgressNetworks shadow the global ones even where none of them
+    /// matches: `resolve_egress_network` in linkerd2's
+    /// `policy-controller/k8s/index/src/outbound/index/egress_network.rs`).
+    pub global_egress: bool,
     /// Where the rule comes from, for humans: `spec.rules[0]`, or
     /// `EgressNetwork team-a/nats-egress (egress.yaml#2)`.
     pub origin: String,
@@ -102,12 +109,19 @@ impl Rule {
             ports,
             protocol,
             scope: None,
+            global_egress: false,
             origin: String::new(),
         }
     }
 
     pub fn with_scope(mut self, scope: Option<String>) -> Rule {
         self.scope = scope;
+        self
+    }
+
+    /// Marks a node-wide rule as one of the global EgressNetworks'.
+    pub fn with_global_egress(mut self, global_egress: bool) -> Rule {
+        self.global_egress = global_egress;
         self
     }
 
@@ -158,6 +172,12 @@ impl Policy {
             pod_namespaces: BTreeMap::new(),
             learning: Learning::default(),
         }
+    }
+
+    /// Whether namespace `ns` has scoped rules: its clients then never see
+    /// the global EgressNetworks' rules.
+    pub fn has_rules_scoped_to(&self, ns: &str) -> bool {
+        self.rules.iter().any(|r| r.scope.as_deref() == Some(ns))
     }
 
     /// Whether any rule is namespace-scoped.

@@ -6,8 +6,8 @@ mod applier;
 mod learning;
 mod pods;
 mod policy_source;
-mod preflight;
-mod privileges;
+pub mod preflight;
+pub mod privileges;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -41,6 +41,9 @@ pub struct AgentOptions {
     pub kubernetes: bool,
     /// EgressNetworks in this namespace apply to every client.
     pub egress_namespace: String,
+    /// Trie entries one namespace's objects may take (see
+    /// `classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET`).
+    pub namespace_entry_budget: u64,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -49,11 +52,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         metrics::AgentMetrics::new((opts.watch_interval * 10).max(Duration::from_secs(30)));
     // Bound before the kernel is touched, so a taken port fails fast.
     let metrics_server = match opts.metrics_addr {
-        Some(addr) => Some(metrics::MetricsServer::bind(addr).await?),
+        Some(addr) => Some(metrics::MetricsServer::bind(addr)?),
         None => None,
     };
     let linkerd = Options {
         egress_global_namespace: opts.egress_namespace.clone(),
+        namespace_entry_budget: opts.namespace_entry_budget,
     };
     let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy, linkerd);
     // Parse before touching the kernel: a bad file on first start should not
@@ -64,6 +68,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Some(path) => path.clone(),
         None => cgroup::cgroup2_root()?,
     };
+    preflight::check_pin_dir(&opts.pins)?;
     let (installed, _pin_lock) = datapath::install_or_adopt(&InstallOptions {
         pins: &opts.pins,
         cgroup: &cgroup,
@@ -76,25 +81,55 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Installed::Adopted => {
             tracing::info!(pins = %opts.pins.root().display(), "adopted programs attached by a previous agent; no detach")
         }
+        Installed::Replaced { from } => {
+            tracing::info!(
+                pins = %opts.pins.root().display(),
+                from = format!("{from:016x}"),
+                to = format!("{:016x}", datapath::object::build_hash()),
+                "adopted a previous agent's maps and links and replaced its programs in place (BPF_LINK_UPDATE); no detach"
+            )
+        }
     }
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
     let mut status = Status::new(StatusMap::open(&opts.pins)?, opts.kubernetes);
-    // Everything that needs more than CAP_BPF is done.
-    match privileges::keep_only(&[privileges::CAP_BPF]) {
-        Ok(()) => tracing::info!("dropped every capability but CAP_BPF"),
-        Err(err) => tracing::warn!("{err:#}; running with the capabilities it was started with"),
+    // Everything that needs more than CAP_BPF is done. A drop that fails
+    // stops the agent: it never runs with more than it says.
+    let dropped = privileges::keep_only(&[privileges::CAP_BPF])
+        .context("dropping capabilities after attaching")?;
+    if dropped.bounding_kept.is_empty() {
+        tracing::info!("dropped every capability but CAP_BPF");
+    } else {
+        tracing::info!(
+            bounding_set_keeps = %dropped.bounding_kept.join(","),
+            "dropped every capability but CAP_BPF from the effective and permitted sets; \
+             the bounding set keeps what it cannot drop without CAP_SETPCAP, and no_new_privs \
+             is set so no exec can regain it"
+        );
     }
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let cgroup_id = std::fs::metadata(&cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?
+            .ino();
+        let pins = opts.pins.clone();
+        agent_metrics.set_attached_check(std::sync::Arc::new(move || {
+            datapath::link::all_attached(&pins, cgroup_id)
+        }));
+    }
+    // After the drop: the server's threads inherit only CAP_BPF.
     if let Some(server) = metrics_server {
         let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
-        server.start(exporter, agent_metrics.clone());
+        server.start(exporter, agent_metrics.clone())?;
     }
     let active = applier.active_generation();
     // A restarted agent that takes its policy from the cluster keeps the
     // adopted one (built from the cluster by its predecessor) until its own
     // first snapshot, rather than falling back to the file or built-in
     // policy in between, or for as long as the API server is away.
-    let keep_adopted = opts.kubernetes && installed == Installed::Adopted && active > 0;
+    let keep_adopted = opts.kubernetes
+        && matches!(installed, Installed::Adopted | Installed::Replaced { .. })
+        && active > 0;
     match first {
         Ok(_) if keep_adopted => {
             tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");
@@ -126,6 +161,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         false => None,
     };
     let mut sync_errors_seen = 0;
+    if kube.is_some() {
+        agent_metrics.set_kubernetes_connected(false);
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -149,6 +187,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                         agent_metrics.sync_failed();
                     }
                     sync_errors_seen = errors;
+                    agent_metrics.set_kubernetes_connected(sync.status.connected());
                     status.synced(&sync.status);
                 }
                 status.publish();

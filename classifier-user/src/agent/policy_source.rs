@@ -20,8 +20,8 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    policy::{load_policy_path, Policy},
-    sources::{compile_documents, DocumentSet, Options},
+    policy::{sources::load_policy_path_lenient, Policy},
+    sources::{compile_documents_report, DocumentSet, Options},
 };
 
 pub struct PolicySource {
@@ -139,7 +139,10 @@ impl PolicySource {
                         set.insert(doc.clone());
                     }
                 }
-                Ok(compile_documents(&set, &self.linkerd)?)
+                // Objects the compiler rejects are skipped (each logged as
+                // a warning) and the rest applies.
+                let compiled = compile_documents_report(&set, &self.linkerd)?;
+                Ok(compiled.policy)
             }
         }
     }
@@ -160,7 +163,8 @@ impl PolicySource {
 
     fn read(&self, path: &Path) -> Result<Policy> {
         self.check(path)?;
-        Ok(load_policy_path(path)?)
+        let compiled = load_policy_path_lenient(path, &self.linkerd)?;
+        Ok(compiled.policy)
     }
 
     fn check(&self, path: &Path) -> Result<()> {

@@ -38,3 +38,21 @@ pub fn pinned_link_cgroup(pin: &Path) -> Result<u64> {
     bpf::link_cgroup_id(link.as_fd())
         .with_context(|| format!("reading link info of {}", pin.display()))
 }
+
+/// Whether every program's pinned link is still attached to the cgroup
+/// whose id is `cgroup_id`; `Err` names the first one that is not.
+pub fn all_attached(pins: &super::PinDir, cgroup_id: u64) -> Result<(), String> {
+    for program in classifier_common::programs::ALL {
+        match pinned_link_cgroup(&pins.link(program)) {
+            Ok(id) if id == cgroup_id => {}
+            Ok(0) => return Err(format!("{program} is detached")),
+            Ok(other) => {
+                return Err(format!(
+                    "{program} is attached to another cgroup (id {other})"
+                ))
+            }
+            Err(err) => return Err(format!("{program}: {err:#}")),
+        }
+    }
+    Ok(())
+}

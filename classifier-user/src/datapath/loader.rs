@@ -4,6 +4,12 @@
 //! is: an agent that finds them (with a compatible map layout) only opens
 //! the maps and writes policy. It never detaches and re-attaches, so there
 //! is no window in which connects go unclassified.
+//!
+//! The pins also carry the build stamp of the programs behind the links
+//! (`PinMeta::program_build`). An agent whose embedded programs differ
+//! (an upgrade, or a downgrade) loads its own against the pinned maps and
+//! swaps each link's program in place with `BPF_LINK_UPDATE`: the
+//! attachment is never removed, so there is no gap either.
 
 use std::{
     fs::{self, File},
@@ -17,7 +23,7 @@ use aya::{
     programs::{CgroupSockAddr, CgroupSockopt, SockOps},
     EbpfLoader,
 };
-use classifier_common::{maps, programs, PinMeta, LAYOUT_VERSION};
+use classifier_common::{maps, programs, PinMeta, PinMetaV1, LAYOUT_VERSION};
 
 use super::{link, object, pins::PinDir};
 
@@ -28,6 +34,12 @@ pub enum Installed {
     Fresh,
     /// Found programs attached by an earlier agent and took them over.
     Adopted,
+    /// Found programs of another build attached by an earlier agent, kept
+    /// its maps and links, and replaced the programs behind the links.
+    Replaced {
+        /// The build stamp found in the pins (0: none).
+        from: u64,
+    },
 }
 
 pub struct InstallOptions<'a> {
@@ -95,7 +107,12 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock
             attached.push(link::pinned_link_cgroup(&opts.pins.link(program))?);
         }
         if attached.iter().all(|id| *id == wanted) {
-            return Ok((Installed::Adopted, lock));
+            let found = read_meta(opts.pins)?.map_or(0, |m| m.program_build);
+            if found == object::build_hash() {
+                return Ok((Installed::Adopted, lock));
+            }
+            replace_programs(opts)?;
+            return Ok((Installed::Replaced { from: found }, lock));
         }
         if attached.iter().any(|id| *id != 0 && *id != wanted) {
             bail!(
@@ -138,10 +155,16 @@ fn check_layout(pins: &PinDir) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let meta: Array<MapData, PinMeta> = Array::try_from(aya::maps::Map::Array(
-        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
-    ))?;
-    let found = meta.get(&0, 0)?.layout_version;
+    let found = match read_meta(pins)? {
+        Some(meta) => meta.layout_version,
+        // Layouts 1 and 2 had an 8-byte PinMeta.
+        None => {
+            let meta: Array<MapData, PinMetaV1> = Array::try_from(aya::maps::Map::Array(
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?,
+            ))?;
+            meta.get(&0, 0)?.layout_version
+        }
+    };
     // 0: never stamped (an install that stopped before its maps were
     // pinned); nothing to be incompatible with.
     if found != LAYOUT_VERSION && found != 0 {
@@ -155,19 +178,20 @@ fn check_layout(pins: &PinDir) -> Result<()> {
     Ok(())
 }
 
-fn install(opts: &InstallOptions<'_>) -> Result<()> {
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(opts.pins.maps_dir());
-    if let Some(capacity) = opts.verdict_capacity {
-        loader.map_max_entries(maps::VERDICTS, capacity);
+/// The pinned metadata, or `None` when the pinned map has another value
+/// size (pins of another layout).
+fn read_meta(pins: &PinDir) -> Result<Option<PinMeta>> {
+    let path = pins.map(maps::META);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    match Array::<MapData, PinMeta>::try_from(aya::maps::Map::Array(data)) {
+        Ok(meta) => Ok(Some(meta.get(&0, 0)?)),
+        Err(aya::maps::MapError::InvalidValueSize { .. }) => Ok(None),
+        Err(err) => Err(err.into()),
     }
-    let mut ebpf = loader
-        .load(object::bytes())
-        .context("loading the eBPF object")?;
-    // The maps are pinned now: stamp their layout at once, so that a failure
-    // below (bad --cgroup, verifier, capabilities) leaves pins a later start
-    // can adopt or repair rather than refuse.
-    let meta_path = opts.pins.map(maps::META);
+}
+
+fn write_meta(pins: &PinDir) -> Result<()> {
+    let meta_path = pins.map(maps::META);
     let mut meta: Array<MapData, PinMeta> =
         Array::try_from(aya::maps::Map::Array(MapData::from_pin(&meta_path)?))?;
     meta.set(
@@ -175,16 +199,40 @@ fn install(opts: &InstallOptions<'_>) -> Result<()> {
         PinMeta {
             layout_version: LAYOUT_VERSION,
             _pad: 0,
+            program_build: object::build_hash(),
         },
         0,
     )?;
+    Ok(())
+}
 
-    let cgroup = File::open(opts.cgroup)
-        .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
-
+/// The object loaded against the pin directory (pinned maps are reused,
+/// missing ones created and pinned) with every program verified, nothing
+/// attached.
+fn load_verified(opts: &InstallOptions<'_>) -> Result<aya::Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(opts.pins.maps_dir());
+    if let Some(capacity) = opts.verdict_capacity {
+        loader.map_max_entries(maps::VERDICTS, capacity);
+    }
+    // Each network namespace's share of the verdict table: of the pinned
+    // table when there is one (its size was fixed when it was created).
+    let pinned = opts.pins.map(maps::VERDICTS);
+    let capacity = if pinned.exists() {
+        MapData::from_pin(&pinned)
+            .with_context(|| format!("opening {}", pinned.display()))?
+            .info()?
+            .max_entries()
+    } else {
+        opts.verdict_capacity.unwrap_or(maps::VERDICTS_CAPACITY)
+    };
+    let share = classifier_common::verdicts_per_netns(capacity);
+    loader.override_global("VERDICTS_PER_NETNS", &share, true);
+    let mut ebpf = loader
+        .load(object::bytes())
+        .context("loading the eBPF object")?;
     // Loading (verification) is typed per program kind in aya; attaching
-    // is one raw link per program, the same for all four. Everything is
-    // verified before anything is attached.
+    // is one raw link per program, the same for all four.
     for name in [programs::CONNECT4, programs::CONNECT6] {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
         prog.load().with_context(|| format!("verifying {name}"))?;
@@ -195,6 +243,43 @@ fn install(opts: &InstallOptions<'_>) -> Result<()> {
     let prog: &mut CgroupSockopt = program(&mut ebpf, programs::GETSOCKOPT)?.try_into()?;
     prog.load()
         .with_context(|| format!("verifying {}", programs::GETSOCKOPT))?;
+    Ok(ebpf)
+}
+
+/// Swaps the program behind each pinned link for this build's, in place
+/// (`BPF_LINK_UPDATE`): the maps (policy, verdicts, counters, in-flight
+/// verdicts) are the pinned ones, and the hook never goes without a
+/// program. Everything is verified before the first link is touched. The
+/// publishing side goes first, the connect side last, so a connect the
+/// new programs classify is always published by a new program.
+fn replace_programs(opts: &InstallOptions<'_>) -> Result<()> {
+    let mut ebpf = load_verified(opts)?;
+    for name in [
+        programs::GETSOCKOPT,
+        programs::SOCKOPS,
+        programs::CONNECT6,
+        programs::CONNECT4,
+    ] {
+        let pin = opts.pins.link(name);
+        let link = crate::sys::bpf::obj_get(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        let prog_fd = program(&mut ebpf, name)?.fd()?.as_fd();
+        crate::sys::bpf::link_update(link.as_fd(), prog_fd, None)
+            .with_context(|| format!("replacing the program of {}", pin.display()))?;
+    }
+    write_meta(opts.pins)?;
+    Ok(())
+}
+
+fn install(opts: &InstallOptions<'_>) -> Result<()> {
+    let mut ebpf = load_verified(opts)?;
+    // The maps are pinned now: stamp their layout at once, so that a failure
+    // below (bad --cgroup, capabilities) leaves pins a later start can adopt
+    // or repair rather than refuse.
+    write_meta(opts.pins)?;
+
+    let cgroup = File::open(opts.cgroup)
+        .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
 
     for (name, attach_type) in [
         (programs::CONNECT4, link::BPF_CGROUP_INET4_CONNECT),
@@ -216,10 +301,13 @@ fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::progr
 }
 
 /// Detaches everything and removes the pins. Counters are lost with them.
+/// Takes the agent's lock first: a running agent's pins are never removed
+/// under it (stop the agent, then uninstall).
 pub fn uninstall(pins: &PinDir) -> Result<bool> {
     if !pins.root().exists() {
         return Ok(false);
     }
+    let _lock = lock(pins).context("not uninstalling")?;
     pins.remove_all()?;
     Ok(true)
 }

@@ -3,7 +3,7 @@
 //! maps.
 
 pub mod cgroup;
-mod link;
+pub mod link;
 pub mod loader;
 pub mod object;
 pub mod pins;

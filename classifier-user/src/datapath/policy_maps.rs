@@ -9,7 +9,15 @@
 //! that one and the new one. A one-rule change to a 100k-rule policy costs a
 //! handful of map writes, not a rewrite. When the inactive slot's contents
 //! are unknown (after an agent restart, or a failed apply) it is cleared and
-//! written in full.
+//! written in full; so is a slot whose difference could not be written.
+//!
+//! After a switch, connects that read the old slot index just before it may
+//! still be looking up in that slot. The old slot is rewritten only after
+//! an RCU grace period (`sys::bpf::RcuBarrier`), which every program
+//! running at the switch has left by then. The wait starts on a helper
+//! thread right after the switch; the next apply joins it before it writes,
+//! so only policies changing faster than a grace period (milliseconds)
+//! ever wait.
 
 use std::{
     cmp::Ordering,
@@ -20,20 +28,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError};
 use classifier_common::{
     excluded_uid_key, maps, PolicyConfig, RuleKeyV4, RuleKeyV6, RuleVerdict, CONFIG_FLAG_ANY_PORT,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
+    CONFIG_FLAG_GLOBAL_EGRESS, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
 };
 
 use super::pins::PinDir;
-use crate::policy::compile::{key_v4, key_v6, CompiledPolicy, TrieEntry};
-
-/// After a switch, connects that read the old slot index just before it may
-/// still be looking up in that slot. eBPF programs run to completion in
-/// microseconds; the old slot is not modified until this long after the
-/// switch (only policies changing faster than this ever wait).
-const GRACE: Duration = Duration::from_millis(20);
+use crate::{
+    policy::compile::{key_v4, key_v6, CompiledPolicy, TrieEntry},
+    sys::bpf::RcuBarrier,
+};
 
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
@@ -45,7 +50,9 @@ pub struct PolicyMaps {
     /// What each slot holds, when known. `None` for a slot this agent has
     /// not written (adopted pins) or whose write failed half way.
     contents: [Option<Arc<CompiledPolicy>>; 2],
-    last_switch: Option<Instant>,
+    /// The grace period after the last switch, being waited for.
+    grace: Option<thread::JoinHandle<std::io::Result<()>>>,
+    rcu: Arc<RcuBarrier>,
 }
 
 /// What an `apply` did, for logs and benchmarks.
@@ -58,7 +65,21 @@ pub struct Applied {
     /// Map writes and deletes this apply made (a full write or a diff).
     pub map_writes: usize,
     pub incremental: bool,
+    /// The difference could not be written, so the slot was rewritten in
+    /// full (the error is logged).
+    pub rewritten: bool,
+    /// Time spent waiting for the grace period after the previous switch.
+    pub grace_wait: Duration,
     pub elapsed: Duration,
+}
+
+/// A delete of a key that should be there: its absence is the state wanted,
+/// so only other errors count.
+fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 pub(crate) fn open(pins: &PinDir, name: &str) -> Result<MapData> {
@@ -76,7 +97,10 @@ impl PolicyMaps {
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,
             excluded: HashMap::try_from(Map::HashMap(open(pins, maps::EXCLUDED_UIDS)?))?,
             contents: [None, None],
-            last_switch: None,
+            grace: None,
+            rcu: Arc::new(
+                RcuBarrier::new().context("creating the map-in-map used as an RCU barrier")?,
+            ),
         })
     }
 
@@ -96,21 +120,38 @@ impl PolicyMaps {
         let old = self.active_slot()?;
         let new = old ^ 1;
         let generation = self.config.get(&old, 0)?.generation.wrapping_add(1).max(1);
-        if let Some(since) = self.last_switch.map(|t| t.elapsed()) {
-            if since < GRACE {
-                thread::sleep(GRACE - since);
-            }
+        let grace_started = Instant::now();
+        match self.grace.take() {
+            Some(waiting) => waiting
+                .join()
+                .map_err(|_| anyhow::anyhow!("the RCU grace period thread panicked"))?,
+            // No switch by this agent yet; an earlier agent may have
+            // switched just before it stopped.
+            None => self.rcu.wait(),
         }
+        .context("waiting for an RCU grace period after the last policy switch")?;
+        let grace_wait = grace_started.elapsed();
 
         // Until the switch succeeds, the inactive slot's contents are unknown.
         let previous = self.contents[new as usize].take();
         let incremental = previous.is_some();
+        let mut rewritten = false;
         let map_writes = match previous {
-            Some(previous) => self.write_diff(new, &previous, &policy)?,
-            None => {
-                self.clear_slot(new)?;
-                self.write_diff(new, &CompiledPolicy::empty(), &policy)?
-            }
+            Some(previous) => match self.write_diff(new, &previous, &policy) {
+                Ok(writes) => writes,
+                Err(err) => {
+                    // The slot is in no known state now: bring it to the
+                    // new policy from scratch.
+                    tracing::warn!(
+                        slot = new,
+                        error = format!("{err:#}"),
+                        "writing the policy difference failed; rewriting the slot in full"
+                    );
+                    rewritten = true;
+                    self.rewrite(new, &policy)?
+                }
+            },
+            None => self.rewrite(new, &policy)?,
         };
 
         let (mut flags, mark_value, mark_mask) = match policy.mark {
@@ -122,6 +163,9 @@ impl PolicyMaps {
         }
         if policy.any_port {
             flags |= CONFIG_FLAG_ANY_PORT;
+        }
+        if policy.global_egress {
+            flags |= CONFIG_FLAG_GLOBAL_EGRESS;
         }
         let config = PolicyConfig {
             generation,
@@ -143,7 +187,8 @@ impl PolicyMaps {
         self.active
             .set(0, new, 0)
             .context("switching the active policy slot")?;
-        self.last_switch = Some(Instant::now());
+        let rcu = Arc::clone(&self.rcu);
+        self.grace = Some(thread::spawn(move || rcu.wait()));
         let (v4_entries, v6_entries) = (policy.v4.len(), policy.v6.len());
         self.contents[new as usize] = Some(policy);
 
@@ -154,8 +199,20 @@ impl PolicyMaps {
             v6_entries,
             map_writes,
             incremental,
+            rewritten,
+            grace_wait,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Clears `slot` and writes `policy` into it; returns the number of map
+    /// writes. An error leaves the slot's contents unknown (the caller's
+    /// `contents` entry stays `None`), so the next apply rewrites it again.
+    fn rewrite(&mut self, slot: u32, policy: &CompiledPolicy) -> Result<usize> {
+        self.clear_slot(slot)
+            .with_context(|| format!("clearing policy slot {slot}"))?;
+        self.write_diff(slot, &CompiledPolicy::empty(), policy)
+            .with_context(|| format!("writing policy slot {slot} in full"))
     }
 
     /// Brings `slot` from `from` to `to`; returns the number of map writes.
@@ -171,7 +228,8 @@ impl PolicyMaps {
         let (removed, upserted) = diff_entries(&from.v4, &to.v4);
         for entry in removed {
             let (prefix_len, data) = key_v4(tag, &entry);
-            let _ = self.v4.remove(&Key::new(prefix_len, data));
+            absent_ok(self.v4.remove(&Key::new(prefix_len, data)))
+                .context("removing an IPv4 rule entry")?;
             writes += 1;
         }
         for entry in upserted {
@@ -185,7 +243,8 @@ impl PolicyMaps {
         let (removed, upserted) = diff_entries(&from.v6, &to.v6);
         for entry in removed {
             let (prefix_len, data) = key_v6(tag, &entry);
-            let _ = self.v6.remove(&Key::new(prefix_len, data));
+            absent_ok(self.v6.remove(&Key::new(prefix_len, data)))
+                .context("removing an IPv6 rule entry")?;
             writes += 1;
         }
         for entry in upserted {
@@ -213,7 +272,8 @@ impl PolicyMaps {
         let before: HashSet<u32> = from.excluded_uids.iter().copied().collect();
         let after: HashSet<u32> = to.excluded_uids.iter().copied().collect();
         for uid in before.difference(&after) {
-            let _ = self.excluded.remove(&excluded_uid_key(slot, *uid));
+            absent_ok(self.excluded.remove(&excluded_uid_key(slot, *uid)))
+                .context("removing an excluded UID")?;
             writes += 1;
         }
         for uid in after.difference(&before) {
@@ -225,39 +285,41 @@ impl PolicyMaps {
         Ok(writes)
     }
 
-    /// Removes everything in `slot`, whatever wrote it.
+    /// Removes everything in `slot`, whatever wrote it. Any failure (listing
+    /// or deleting) is an error: the slot is then not known to be empty.
     fn clear_slot(&mut self, slot: u32) -> Result<()> {
         let tag = slot as u8;
-        let stale_v4: Vec<Key<RuleKeyV4>> = self
+        let stale_v4 = self
             .v4
             .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.data()[0] == tag)
-            .collect();
+            .filter(|k| k.as_ref().map_or(true, |k| k.data()[0] == tag))
+            .collect::<Result<Vec<Key<RuleKeyV4>>, _>>()
+            .context("listing IPv4 rule entries")?;
         for key in stale_v4 {
-            let _ = self.v4.remove(&key);
+            absent_ok(self.v4.remove(&key)).context("removing an IPv4 rule entry")?;
         }
-        let stale_v6: Vec<Key<RuleKeyV6>> = self
+        let stale_v6 = self
             .v6
             .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.data()[0] == tag)
-            .collect();
+            .filter(|k| k.as_ref().map_or(true, |k| k.data()[0] == tag))
+            .collect::<Result<Vec<Key<RuleKeyV6>>, _>>()
+            .context("listing IPv6 rule entries")?;
         for key in stale_v6 {
-            let _ = self.v6.remove(&key);
+            absent_ok(self.v6.remove(&key)).context("removing an IPv6 rule entry")?;
         }
         for i in 0..DEFAULT_PORT_WORDS {
             self.default_ports
-                .set(slot * DEFAULT_PORT_WORDS + i, 0, 0)?;
+                .set(slot * DEFAULT_PORT_WORDS + i, 0, 0)
+                .context("clearing the default port bitmap")?;
         }
-        let stale_uids: Vec<u64> = self
+        let stale_uids = self
             .excluded
             .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| (k >> 32) as u32 == slot)
-            .collect();
+            .filter(|k| k.as_ref().map_or(true, |k| (k >> 32) as u32 == slot))
+            .collect::<Result<Vec<u64>, _>>()
+            .context("listing excluded UIDs")?;
         for key in stale_uids {
-            let _ = self.excluded.remove(&key);
+            absent_ok(self.excluded.remove(&key)).context("removing an excluded UID")?;
         }
         Ok(())
     }

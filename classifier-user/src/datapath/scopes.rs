@@ -70,7 +70,8 @@ impl ScopeMaps {
                 None => {
                     let next = self.known.values().max().copied().unwrap_or(0) as u32 + 1;
                     if self.known.len() >= maps::SCOPE_IDS_CAPACITY as usize
-                        || next > u32::from(u16::MAX)
+                        // The last id is the global EgressNetworks'.
+                        || next >= u32::from(classifier_common::SCOPE_GLOBAL_EGRESS)
                     {
                         bail!(
                             "more than {} namespaces with namespace-scoped rules (their own EgressNetworks)",

@@ -11,21 +11,23 @@
 //!
 //! The kernel counters are [`stats::KernelCollector`](crate::stats::KernelCollector),
 //! the encoding `classifier stats --prometheus` prints
-//! (`classifier_connects_total`, `classifier_kernel_events_total{event=...}`,
-//! ...), registered here next to `classifier_agent_*` for the agent's own
-//! state.
+//! (`classifier_connects_total{family}`, `classifier_verdicts_total{protocol}`,
+//! `classifier_errors_total{reason}`, ...), registered here next to
+//! `classifier_agent_*` for the agent's own state and `classifier_build_info`.
 
 use std::fmt;
 
 use anyhow::Result;
 use prometheus_client::{
     collector::Collector,
-    encoding::{prometheus_text, DescriptorEncoder},
+    encoding::{prometheus_text, DescriptorEncoder, EncodeMetric as _},
+    metrics::{info::Info, MetricType},
     registry::Registry,
 };
 
 use super::AgentMetrics;
 use crate::{
+    build_info,
     datapath::PinDir,
     stats::{
         prometheus::{counter, encode, gauge, KernelCollector, PREFIX},
@@ -112,22 +114,43 @@ impl Collector for AgentCollector {
             "Failed syncs with the policy source (Kubernetes API); retried with backoff",
             v.sync_errors,
         )?;
-        if let Some(age) = v.last_apply_age {
+        if let Some(t) = v.last_apply {
             gauge(
                 &mut enc,
-                "agent_last_apply_age_seconds",
-                "Seconds since this agent last applied a policy",
-                age,
+                "agent_last_apply_timestamp_seconds",
+                "Unix time this agent last applied a policy",
+                t,
             )?;
         }
-        if let Some(age) = v.last_sync_age {
+        if let Some(t) = v.last_sync {
             gauge(
                 &mut enc,
-                "agent_last_sync_age_seconds",
-                "Seconds since the last successful sync with the policy source",
-                age,
+                "agent_last_sync_timestamp_seconds",
+                "Unix time of the last successful sync with the policy source (Kubernetes API)",
+                t,
             )?;
         }
+        if let Some(connected) = v.kubernetes_connected {
+            gauge(
+                &mut enc,
+                "agent_kubernetes_connected",
+                "1 while the Kubernetes watch is connected (the last policy stays when it is not)",
+                u32::from(connected),
+            )?;
+        }
+        let info = enc.encode_descriptor(
+            "build",
+            "The agent's version, git commit and map layout version (always 1)",
+            None,
+            MetricType::Info,
+        )?;
+        let layout = build_info::LAYOUT.to_string();
+        let labels = [
+            ("version", build_info::VERSION),
+            ("commit", build_info::COMMIT),
+            ("layout", layout.as_str()),
+        ];
+        Info::new(labels).encode(info)?;
         Ok(())
     }
 }
@@ -147,7 +170,14 @@ mod tests {
             excluded_total: 1,
             proxy_queries_total: 2,
             errors_total: 0,
-            counters: vec![("connect4".into(), 6), ("connect6".into(), 1)],
+            counters: vec![
+                ("connect4".into(), 6),
+                ("connect6".into(), 1),
+                ("excluded".into(), 1),
+                ("verdict_opaque".into(), 5),
+                ("source_default_port".into(), 5),
+                ("query_classified".into(), 2),
+            ],
             verdict_table: VerdictTable {
                 entries: 3,
                 capacity: 65536,
@@ -180,27 +210,45 @@ mod tests {
         let text = Exporter::with_snapshots(|| Ok(snapshot()), agent).render();
         for line in [
             "# TYPE classifier_connects_total counter",
-            "classifier_connects_total 7",
-            "classifier_opaque_total 5",
+            "classifier_connects_total{family=\"ipv4\"} 6",
+            "classifier_connects_total{family=\"ipv6\"} 1",
+            "classifier_connects_total{family=\"ipv4_mapped\"} 0",
+            "classifier_verdicts_total{protocol=\"opaque\"} 5",
+            "classifier_verdict_sources_total{source=\"default_port\"} 5",
+            "classifier_errors_total{reason=\"mark\"} 0",
+            "classifier_proxy_queries_total{result=\"classified\"} 2",
+            "classifier_excluded_connects_total 1",
             "classifier_verdict_table_capacity 65536",
             "classifier_policy_generation 4",
             "classifier_policy_trie_entries{family=\"ipv6\"} 1",
-            "classifier_kernel_events_total{event=\"connect4\"} 6",
             "classifier_kernel_maps_readable 1",
             "classifier_agent_ready 1",
             "classifier_agent_policy_generation 4",
             "classifier_agent_policy_rules 2",
             "classifier_agent_policy_apply_errors_total 1",
             "classifier_agent_sync_errors_total 0",
+            "# TYPE classifier_build_info gauge",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in:\n{text}"
             );
         }
-        assert!(text.contains("classifier_agent_last_apply_age_seconds "));
-        // Never synced: no age to report.
-        assert!(!text.contains("last_sync_age"), "{text}");
+        assert!(text.contains("classifier_agent_last_apply_timestamp_seconds "));
+        assert!(
+            text.contains(&format!(
+                "classifier_build_info{{version=\"{}\",commit=\"{}\",layout=\"{}\"}} 1",
+                build_info::VERSION,
+                build_info::COMMIT,
+                build_info::LAYOUT
+            )),
+            "{text}"
+        );
+        // Never synced, no --kubernetes: no sync time, no connected gauge.
+        assert!(!text.contains("last_sync"), "{text}");
+        assert!(!text.contains("kubernetes_connected"), "{text}");
+        // No family mixes kinds of events any more.
+        assert!(!text.contains("kernel_events"), "{text}");
         // Destination ports are not exported.
         assert!(!text.contains("3306"), "{text}");
     }
@@ -210,6 +258,7 @@ mod tests {
         let agent = AgentMetrics::new(Duration::from_secs(30));
         agent.sync_failed();
         agent.sync_succeeded();
+        agent.set_kubernetes_connected(true);
         let text = Exporter::with_snapshots(|| Err(anyhow::anyhow!("no pins")), agent).render();
         assert!(
             text.contains("classifier_kernel_maps_readable 0\n"),
@@ -220,7 +269,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("classifier_agent_last_sync_age_seconds "),
+            text.contains("classifier_agent_last_sync_timestamp_seconds "),
+            "{text}"
+        );
+        assert!(
+            text.contains("classifier_agent_kubernetes_connected 1\n"),
             "{text}"
         );
         assert!(!text.contains("classifier_connects_total"), "{text}");

@@ -23,7 +23,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 pub use collect::{Exporter, CONTENT_TYPE};
@@ -47,10 +47,26 @@ struct Inner {
     sync_errors: AtomicU64,
     ready: AtomicBool,
     stopping: AtomicBool,
-    last_apply: Mutex<Option<Instant>>,
-    last_sync: Mutex<Option<Instant>>,
+    last_apply: Mutex<Option<SystemTime>>,
+    last_sync: Mutex<Option<SystemTime>>,
     last_heartbeat: Mutex<Instant>,
+    /// `None` without `--kubernetes`.
+    kubernetes_connected: Mutex<Option<bool>>,
+    /// Whether the programs are still attached (checked by `/readyz`).
+    attached: CheckSlot,
 }
+
+#[derive(Default)]
+struct CheckSlot(Mutex<Option<AttachedCheck>>);
+
+impl std::fmt::Debug for CheckSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckSlot")
+    }
+}
+
+/// Says whether the programs are still attached: `Err(why)` when not.
+pub type AttachedCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What `/healthz` and `/readyz` answer: `Ok(text)` is 200, `Err(text)` 503.
 pub type Probe = Result<String, String>;
@@ -71,6 +87,8 @@ impl AgentMetrics {
             last_apply: Mutex::new(None),
             last_sync: Mutex::new(None),
             last_heartbeat: Mutex::new(Instant::now()),
+            kubernetes_connected: Mutex::new(None),
+            attached: CheckSlot::default(),
         }))
     }
 
@@ -81,7 +99,7 @@ impl AgentMetrics {
         i.policy_generation
             .store(u64::from(generation), Ordering::Relaxed);
         i.policy_rules.store(rules as u64, Ordering::Relaxed);
-        *lock(&i.last_apply) = Some(Instant::now());
+        *lock(&i.last_apply) = Some(SystemTime::now());
         i.ready.store(true, Ordering::Release);
     }
 
@@ -93,7 +111,13 @@ impl AgentMetrics {
 
     /// A sync with the policy's source (the Kubernetes API) succeeded.
     pub fn sync_succeeded(&self) {
-        *lock(&self.0.last_sync) = Some(Instant::now());
+        *lock(&self.0.last_sync) = Some(SystemTime::now());
+    }
+
+    /// Whether the Kubernetes watch is connected (call it only with
+    /// `--kubernetes`: without, no gauge is exported).
+    pub fn set_kubernetes_connected(&self, connected: bool) {
+        *lock(&self.0.kubernetes_connected) = Some(connected);
     }
 
     /// A sync with the policy's source failed (it will be retried).
@@ -104,6 +128,12 @@ impl AgentMetrics {
     /// Sets readiness explicitly (normally [`policy_applied`](Self::policy_applied) does).
     pub fn set_ready(&self, ready: bool) {
         self.0.ready.store(ready, Ordering::Release);
+    }
+
+    /// From now on `/readyz` also fails when `check` says the programs are
+    /// no longer attached.
+    pub fn set_attached_check(&self, check: AttachedCheck) {
+        *lock(&self.0.attached.0) = Some(check);
     }
 
     /// The agent loop is alive: call it on every tick.
@@ -136,8 +166,13 @@ impl AgentMetrics {
         Ok("ok\n".into())
     }
 
-    /// `/readyz`: programs attached or adopted and a policy applied by this agent.
+    /// `/readyz`: programs attached or adopted (and still attached) and a
+    /// policy applied by this agent.
     pub fn readiness(&self) -> Probe {
+        let check = lock(&self.0.attached.0).clone();
+        if let Some(Err(why)) = check.map(|check| check()) {
+            return Err(format!("not ready: {why}\n"));
+        }
         if self.is_ready() {
             Ok(format!(
                 "ready: policy generation {}\n",
@@ -158,8 +193,9 @@ impl AgentMetrics {
             apply_errors: i.apply_errors.load(Ordering::Relaxed),
             sync_errors: i.sync_errors.load(Ordering::Relaxed),
             ready: self.is_ready(),
-            last_apply_age: lock(&i.last_apply).map(|t| t.elapsed().as_secs_f64()),
-            last_sync_age: lock(&i.last_sync).map(|t| t.elapsed().as_secs_f64()),
+            last_apply: lock(&i.last_apply).map(unix_seconds),
+            last_sync: lock(&i.last_sync).map(unix_seconds),
+            kubernetes_connected: *lock(&i.kubernetes_connected),
         }
     }
 }
@@ -171,11 +207,18 @@ struct AgentValues {
     apply_errors: u64,
     sync_errors: u64,
     ready: bool,
-    last_apply_age: Option<f64>,
-    last_sync_age: Option<f64>,
+    /// Unix time, seconds.
+    last_apply: Option<f64>,
+    last_sync: Option<f64>,
+    kubernetes_connected: Option<bool>,
 }
 
-/// The values behind these locks are plain `Instant`s, so a panic while one
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The values behind these locks are plain times and flags, so a panic while one
 /// was held cannot have left it half-written.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,21 +1,34 @@
-//! The HTTP side: hyper 1.x, HTTP/1 only, on the agent's current-thread
-//! tokio runtime. No extra thread is started (the agent drops its
-//! capabilities per thread, and keeps exactly one): connections are tasks
-//! on the same runtime, and a scrape encodes on it.
+//! The HTTP side: hyper 1.x, HTTP/1 only, on a thread of its own.
 //!
-//! Kept robust against slow or hostile clients, since the port may be
-//! reachable from the pod network: a request's headers must arrive within
-//! [`HEADER_TIMEOUT`], a connection lives at most [`CONNECTION_LIFETIME`],
-//! at most [`MAX_CONNECTIONS`] are served at once (more are closed at
-//! accept), and only `GET`/`HEAD` of three fixed paths are answered.
+//! The server runs on its own thread with its own current-thread tokio
+//! runtime, started after the agent dropped its capabilities (a thread
+//! inherits its creator's capabilities, so this one and the blocking thread
+//! a scrape runs on hold only CAP_BPF). So:
+//!
+//! - a scrape never runs on the agent's loop: reading the maps (about
+//!   80 ms for a full 65,536-entry verdict table) happens on a blocking
+//!   thread of the server's runtime, at most [`MAX_CONCURRENT_SCRAPES`] at
+//!   once;
+//! - `/healthz` and `/readyz` are answered on the server's own thread from
+//!   atomics, never behind a scrape: liveness still means "the agent loop
+//!   ticks" (its heartbeat), not "the server answers".
+//!
+//! Kept robust against slow or hostile clients, since the port is
+//! reachable from the pod network (the DaemonSet's NetworkPolicy narrows
+//! that, where the cluster enforces it): a request's headers must arrive
+//! within [`HEADER_TIMEOUT`] (idle and slowloris connections are closed
+//! then), a connection lives at most [`CONNECTION_LIFETIME`], one peer
+//! address holds at most [`MAX_PER_PEER`] connections and all peers
+//! together [`MAX_CONNECTIONS`] (more are closed at accept), and only
+//! `GET`/`HEAD` of three fixed paths are answered. A pod that opens
+//! hundreds of idle connections fills only its own per-peer quota; the
+//! kubelet's probes come from the node's address.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -27,27 +40,40 @@ use hyper::{
     StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{AgentMetrics, Exporter, Probe, CONTENT_TYPE};
 
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
-pub const MAX_CONNECTIONS: usize = 16;
+/// The whole request head must arrive within this, counted from when the
+/// server starts waiting for it (also on an idle keep-alive connection).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Any connection is closed after this, whatever it is doing.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Connections served at once, all peers together.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Connections served at once for one peer IP address (the kubelet needs
+/// two, a Prometheus server one or two).
+pub const MAX_PER_PEER: usize = 8;
+/// Scrapes reading the maps at once; more wait (up to [`SCRAPE_WAIT`]).
+pub const MAX_CONCURRENT_SCRAPES: usize = 2;
+/// How long a scrape waits for its turn before it is answered 503.
+pub const SCRAPE_WAIT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (hyper's minimum buffer).
+const MAX_HEAD_BYTES: usize = 8192;
 
 /// A bound, not yet serving, metrics listener: bind early (before the
 /// agent touches the kernel, so a taken port fails fast) and
 /// [`start`](Self::start) once the agent is ready to be scraped.
 pub struct MetricsServer {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
 }
 
 impl MetricsServer {
-    pub async fn bind(addr: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind(addr)
-            .await
+    pub fn bind(addr: SocketAddr) -> Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr })
     }
@@ -56,25 +82,100 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` on a task of the current
-    /// runtime until the runtime stops.
-    pub fn start(self, exporter: Exporter, agent: AgentMetrics) -> tokio::task::JoinHandle<()> {
-        tracing::info!(addr = %self.addr, "serving /metrics, /healthz and /readyz");
-        let state = Arc::new(State { exporter, agent });
-        tokio::spawn(accept_loop(self.listener, state))
+    /// Serves `/metrics`, `/healthz` and `/readyz` on a new thread (its own
+    /// current-thread runtime) until the process exits. Call it after the
+    /// capabilities are dropped: the thread inherits the caller's.
+    pub fn start(
+        self,
+        exporter: Exporter,
+        agent: AgentMetrics,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(MAX_CONCURRENT_SCRAPES)
+            .thread_name("metrics-scrape")
+            .build()
+            .context("metrics: building the server's runtime")?;
+        let addr = self.addr;
+        let std_listener = self.listener;
+        let state = Arc::new(State {
+            exporter,
+            agent,
+            scrapes: Semaphore::new(MAX_CONCURRENT_SCRAPES),
+        });
+        let handle = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(err) => {
+                            tracing::error!("metrics: cannot serve on {addr}: {err}");
+                            return;
+                        }
+                    };
+                    accept_loop(listener, state).await;
+                })
+            })
+            .context("metrics: starting the server thread")?;
+        tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
+        Ok(handle)
     }
 }
 
 struct State {
     exporter: Exporter,
     agent: AgentMetrics,
+    scrapes: Semaphore,
+}
+
+/// Live connections, in total and per peer address.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+/// Holds a connection's slot until dropped.
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    peer: IpAddr,
+}
+
+impl Slot {
+    fn take(slots: &Arc<Mutex<Slots>>, peer: IpAddr) -> Option<Slot> {
+        let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = s.per_peer.get(&peer).copied().unwrap_or(0);
+        if s.total >= MAX_CONNECTIONS || mine >= MAX_PER_PEER {
+            return None;
+        }
+        s.total += 1;
+        s.per_peer.insert(peer, mine + 1);
+        Some(Slot {
+            slots: slots.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.total -= 1;
+        if let Some(n) = s.per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_peer.remove(&self.peer);
+            }
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!("metrics: accept failed: {err}");
@@ -82,23 +183,27 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!("metrics: too many connections, closing a new one");
+        // An IPv4 peer on a dual-stack socket counts as its IPv4 address.
+        let peer_ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let Some(slot) = Slot::take(&slots, peer_ip) else {
+            tracing::debug!(%peer, "metrics: connection limit reached, closing a new one");
             continue;
-        }
+        };
         let _ = stream.set_nodelay(true);
-        let guard = Active(active.clone());
         let state = state.clone();
         tokio::spawn(async move {
-            let _guard = guard;
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                async move { Ok::<_, Infallible>(respond(state, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 Ok(Ok(())) => {}
@@ -109,16 +214,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-/// Counts a live connection until dropped.
-struct Active(Arc<AtomicUsize>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         resp.headers_mut()
@@ -126,8 +222,33 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return resp;
     }
     match req.uri().path() {
-        "/metrics" => {
-            let body = state.exporter.render();
+        "/metrics" => scrape(state).await,
+        "/healthz" => probe(state.agent.liveness()),
+        "/readyz" => probe(state.agent.readiness()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+/// One scrape, on a blocking thread, so that neither the probes nor other
+/// connections wait for the map reads.
+async fn scrape(state: Arc<State>) -> Response<Full<Bytes>> {
+    let permit = match tokio::time::timeout(SCRAPE_WAIT, state.scrapes.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many scrapes at once, try again\n".into(),
+            )
+        }
+    };
+    let worker = state.clone();
+    let rendered = tokio::task::spawn_blocking(move || worker.exporter.render()).await;
+    drop(permit);
+    match rendered {
+        Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -135,12 +256,10 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             );
             resp
         }
-        "/healthz" => probe(state.agent.liveness()),
-        "/readyz" => probe(state.agent.readiness()),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
-        ),
+        Err(err) => {
+            tracing::error!("metrics: scrape failed: {err}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "scrape failed\n".into())
+        }
     }
 }
 
@@ -163,17 +282,22 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+        time::{Duration, Instant},
+    };
 
     use super::*;
 
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
+    fn get(addr: SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
         let mut out = String::new();
-        stream.read_to_string(&mut out).await.unwrap();
+        let _ = stream.read_to_string(&mut out);
         out
     }
 
@@ -181,53 +305,113 @@ mod tests {
         format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     }
 
+    fn serve(
+        read: impl Fn() -> anyhow::Result<crate::stats::Snapshot> + Send + Sync + 'static,
+    ) -> (SocketAddr, AgentMetrics) {
+        let agent = AgentMetrics::new(Duration::from_secs(30));
+        let exporter = Exporter::with_snapshots(read, agent.clone());
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr();
+        server.start(exporter, agent.clone()).unwrap();
+        (addr, agent)
+    }
+
     #[test]
     fn serves_metrics_health_and_readiness() {
+        let (addr, agent) = serve(|| Err(anyhow::anyhow!("no maps in a unit test")));
+
+        let r = get(addr, &req("GET", "/healthz"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = get(addr, &req("GET", "/readyz"));
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        agent.policy_applied(1, 0);
+        let r = get(addr, &req("GET", "/readyz"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+        let r = get(addr, &req("GET", "/metrics"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("content-type: text/plain; version=0.0.4"), "{r}");
+        assert!(r.contains("\nclassifier_agent_ready 1\n"), "{r}");
+
+        let r = get(addr, &req("HEAD", "/metrics"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(
+            !r.contains("classifier_agent_ready"),
+            "HEAD has no body: {r}"
+        );
+        let r = get(addr, &req("GET", "/nope"));
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = get(addr, &req("POST", "/metrics"));
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        let r = get(addr, "garbage\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400") || r.is_empty(), "{r}");
+
+        agent.stopping();
+        let r = get(addr, &req("GET", "/healthz"));
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    }
+
+    /// A slow scrape (standing in for a full verdict table) neither delays
+    /// the probes nor runs on the caller's thread.
+    #[test]
+    fn probes_do_not_wait_behind_a_slow_scrape() {
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let started_tx = Mutex::new(started_tx);
+        let release_rx = Mutex::new(release_rx);
+        let (addr, _agent) = serve(move || {
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = release_rx.lock().unwrap().recv();
+            Err(anyhow::anyhow!("released"))
+        });
+        let scraper = std::thread::spawn(move || get(addr, &req("GET", "/metrics")));
+        started_rx.recv().unwrap();
+        // The scrape is now blocked inside the map read.
+        let t = Instant::now();
+        let r = get(addr, &req("GET", "/healthz"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        release_tx.send(()).unwrap();
+        let r = scraper.join().unwrap();
+        assert!(r.contains("classifier_kernel_maps_readable 0"), "{r}");
+    }
+
+    #[test]
+    fn one_peer_cannot_take_every_connection() {
+        let (addr, _agent) = serve(|| Err(anyhow::anyhow!("none")));
+        // 127.0.0.2 fills its quota; 127.0.0.1 (the "kubelet") still gets in.
+        let hog: Vec<TcpStream> = (0..MAX_PER_PEER + 20)
+            .map(|_| connect_from("127.0.0.2", addr))
+            .collect();
+        let t = Instant::now();
+        let r = get(addr, &req("GET", "/healthz"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // The connections over the quota are closed at once, the others
+        // after the header timeout: all of them end.
+        for mut s in hog {
+            s.set_read_timeout(Some(HEADER_TIMEOUT * 3)).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf);
+            assert!(
+                matches!(n, Ok(0))
+                    || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "server closed the idle connection"
+            );
+        }
+    }
+
+    /// A TCP connection to `addr` from `src` (any port).
+    fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(src.parse().unwrap(), 0)).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let agent = AgentMetrics::new(Duration::from_secs(30));
-            let exporter = Exporter::with_snapshots(
-                || Err(anyhow::anyhow!("no maps in a unit test")),
-                agent.clone(),
-            );
-            let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap();
-            let addr = server.local_addr();
-            server.start(exporter, agent.clone());
-
-            let r = get(addr, &req("GET", "/healthz")).await;
-            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-            let r = get(addr, &req("GET", "/readyz")).await;
-            assert!(r.starts_with("HTTP/1.1 503"), "{r}");
-            agent.policy_applied(1, 0);
-            let r = get(addr, &req("GET", "/readyz")).await;
-            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-
-            let r = get(addr, &req("GET", "/metrics")).await;
-            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-            assert!(r.contains("content-type: text/plain; version=0.0.4"), "{r}");
-            assert!(r.contains("\nclassifier_agent_ready 1\n"), "{r}");
-
-            let r = get(addr, &req("HEAD", "/metrics")).await;
-            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-            assert!(
-                !r.contains("classifier_agent_ready"),
-                "HEAD has no body: {r}"
-            );
-            let r = get(addr, &req("GET", "/nope")).await;
-            assert!(r.starts_with("HTTP/1.1 404"), "{r}");
-            let r = get(addr, &req("POST", "/metrics")).await;
-            assert!(r.starts_with("HTTP/1.1 405"), "{r}");
-            let r = get(addr, "garbage\r\n\r\n").await;
-            assert!(r.starts_with("HTTP/1.1 400") || r.is_empty(), "{r}");
-
-            agent.stopping();
-            let r = get(addr, &req("GET", "/healthz")).await;
-            assert!(r.starts_with("HTTP/1.1 503"), "{r}");
-        });
+        let stream = rt.block_on(sock.connect(addr)).unwrap();
+        let std = stream.into_std().unwrap();
+        std.set_nonblocking(false).unwrap();
+        std
     }
 }

@@ -49,6 +49,10 @@ pub struct LearningInfo {
 #[derive(Clone, Debug, Serialize)]
 pub struct AgentInfo {
     pub pid: u32,
+    /// `VERSION commit COMMIT` of the agent's executable, when its pid is a
+    /// `classifier` process in this pid namespace (`None` otherwise, e.g.
+    /// read from the host while the agent runs in a container).
+    pub version: Option<String>,
     /// Seconds since the agent last wrote its status (it does every tick;
     /// a large value means it is not running).
     pub status_age_s: u64,
@@ -155,7 +159,7 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
     let get = |i: u32| values[i as usize];
 
     let verdicts: HashMap<MapData, ConnKey, ConnVerdict> =
-        HashMap::try_from(Map::LruHashMap(open_map(pins, maps::VERDICTS)?))?;
+        HashMap::try_from(Map::HashMap(open_map(pins, maps::VERDICTS)?))?;
     let capacity = u64::from(verdicts.map().info()?.max_entries());
     let entries = verdicts.keys().filter(|k| k.is_ok()).count() as u64;
 
@@ -250,6 +254,7 @@ fn agent_info(pins: &PinDir) -> Option<AgentInfo> {
     let age = |t: u64| (t != 0).then(|| now.saturating_sub(t));
     Some(AgentInfo {
         pid: status.pid,
+        version: running_version(status.pid),
         status_age_s: now.saturating_sub(status.updated_unix),
         last_apply_age_s: age(status.last_apply_unix),
         policy_errors: status.policy_errors,
@@ -259,4 +264,15 @@ fn agent_info(pins: &PinDir) -> Option<AgentInfo> {
             last_sync_age_s: age(status.last_sync_unix),
         }),
     })
+}
+
+/// The version embedded in the running agent's executable, if `pid` is a
+/// `classifier` process here.
+fn running_version(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim() != "classifier" {
+        return None;
+    }
+    let exe = std::fs::read(format!("/proc/{pid}/exe")).ok()?;
+    crate::build_info::embedded_version(&exe)
 }

@@ -100,6 +100,13 @@ pub fn render_table(s: &Snapshot) -> String {
                 "agent                 pid {}, status {} s old, {applied}, {} policies rejected",
                 a.pid, a.status_age_s, a.policy_errors
             );
+            let _ = writeln!(
+                out,
+                "agent version         {}",
+                a.version
+                    .as_deref()
+                    .unwrap_or("unknown (not a classifier process in this pid namespace)")
+            );
             if let Some(k) = &a.kubernetes {
                 let synced = k.last_sync_age_s.map_or("never synced".to_owned(), |t| {
                     format!("last sync {t} s ago")

@@ -10,7 +10,7 @@ use std::{
 };
 
 pub use aya_obj::generated::bpf_attach_type;
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_map_type};
 
 /// An all-zero `bpf_attr`: the kernel requires every byte it does not use
 /// for the command to be zero.
@@ -114,4 +114,96 @@ pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: every member of the union is integers, so reading the cgroup
     // member is defined whatever link type the kernel described.
     Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+}
+
+/// BPF_MAP_CREATE for a small map of integers (no BTF): `inner` is the
+/// template map of a map-in-map type.
+fn map_create(
+    map_type: bpf_map_type,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    inner: Option<BorrowedFd<'_>>,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing plain integers into the union member for MAP_CREATE.
+    let create = unsafe { &mut attr.__bindgen_anon_1 };
+    create.map_type = map_type as u32;
+    create.key_size = key_size;
+    create.value_size = value_size;
+    create.max_entries = max_entries;
+    if let Some(inner) = inner {
+        create.inner_map_fd = inner.as_raw_fd() as u32;
+    }
+    // SAFETY: BPF_MAP_CREATE without a name, BTF or token reads no pointers.
+    unsafe { sys_bpf_fd(bpf_cmd::BPF_MAP_CREATE, &mut attr) }
+}
+
+/// BPF_MAP_UPDATE_ELEM with a u32 key and a u32 value.
+fn map_update_u32(map: BorrowedFd<'_>, key: u32, value: u32) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing plain integers into the union member for the element
+    // commands.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = map.as_raw_fd() as u32;
+    elem.key = (&raw const key) as u64;
+    elem.__bindgen_anon_1.value = (&raw const value) as u64;
+    // SAFETY: key and value point to live u32s (the map's key and value
+    // size) that outlive the call; the kernel only reads them.
+    unsafe { sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
+}
+
+/// Waits for an RCU grace period: every eBPF program (non-sleepable, as all
+/// of the classifier's are) that was running when this was called has
+/// returned when it returns.
+///
+/// The kernel offers no direct call for this, but documents one that
+/// implies it: an update of a map-in-map (`BPF_MAP_TYPE_ARRAY_OF_MAPS`)
+/// returns only after `synchronize_rcu()` (`maybe_wait_bpf_programs()` in
+/// kernel/bpf/syscall.c, since 5.x; the comment there states this very
+/// purpose). The map-in-map here is private to the caller and no program
+/// reads it.
+pub struct RcuBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl RcuBarrier {
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::AsFd as _;
+        let inner = map_create(bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1, None)?;
+        let outer = map_create(
+            bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            4,
+            4,
+            1,
+            Some(inner.as_fd()),
+        )?;
+        Ok(Self { outer, inner })
+    }
+
+    /// Returns after a full RCU grace period.
+    pub fn wait(&self) -> io::Result<()> {
+        use std::os::fd::AsFd as _;
+        map_update_u32(self.outer.as_fd(), 0, self.inner.as_raw_fd() as u32)
+    }
+}
+
+/// BPF_LINK_UPDATE: replaces the program of `link` with `program` in place
+/// (the attachment is never removed). With `expected`, the kernel refuses
+/// (EPERM) unless the link still runs that program.
+pub fn link_update(
+    link: BorrowedFd<'_>,
+    program: BorrowedFd<'_>,
+    expected: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = link.as_raw_fd() as u32;
+    attr.link_update.__bindgen_anon_1.new_prog_fd = program.as_raw_fd() as u32;
+    if let Some(old) = expected {
+        attr.link_update.flags = aya_obj::generated::BPF_F_REPLACE;
+        attr.link_update.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
+    }
+    // SAFETY: BPF_LINK_UPDATE reads no pointers from attr.
+    unsafe { sys_bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
 }

@@ -58,3 +58,54 @@ pub fn set_effective_and_permitted(caps: &[u32]) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Whether `cap` is in this thread's bounding set (PR_CAPBSET_READ; needs
+/// no privilege). `Ok(false)` too for a capability this kernel does not know.
+pub fn in_bounding_set(cap: u32) -> io::Result<bool> {
+    // SAFETY: PR_CAPBSET_READ takes integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+    match rc {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Empties this thread's ambient set (needs no privilege).
+pub fn clear_ambient() -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT takes integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets no_new_privs (needs no privilege, cannot be undone): no execve by
+/// this process or its children can gain capabilities, so what stays in a
+/// bounding set that could not be emptied cannot be regained.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -10,6 +10,17 @@
 //!                             every request with 200 "ok" and closes
 //! probe exec PROGRAM ARGS...  become PROGRAM (so it runs where the probe was
 //!                             started: test cgroup, namespace, uid)
+//! probe reconnect SRC FIRST SECOND [unspec]
+//!                             one socket bound to SRC connects to FIRST (and,
+//!                             with `unspec`, waits for the server to close and
+//!                             dissolves the connection with AF_UNSPEC), then
+//!                             connects to SECOND; prints one JSON line
+//! probe connect-pending ADDR COUNT
+//!                             COUNT non-blocking connects to ADDR left in
+//!                             progress; prints "ready N", holds them until
+//!                             stdin closes
+//! probe udp-query PEER        a UDP socket connected to PEER asks the
+//!                             classifier's question; prints one JSON line
 //! ```
 
 #![deny(unsafe_code)]
@@ -20,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use classifier_user::proxy_client::{query_checked, Protocol, Source};
+use classifier_user::proxy_client::{checked, query, Protocol, Source};
 use serde_json::json;
 
 fn main() {
@@ -48,6 +59,17 @@ fn main() {
         ),
         Some("talk") => talk(args[1].parse().expect("ADDR"), &args[2]),
         Some("serve-held") => serve_held(
+            args[1].parse().expect("ADDR"),
+            args[2].parse().expect("COUNT"),
+        ),
+        Some("reconnect") => reconnect(
+            args[1].parse().expect("SRC"),
+            args[2].parse().expect("FIRST"),
+            args[3].parse().expect("SECOND"),
+            args.get(4).is_some_and(|a| a == "unspec"),
+        ),
+        Some("udp-query") => udp_query(args[1].parse().expect("PEER")),
+        Some("connect-pending") => connect_pending(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
         ),
@@ -80,7 +102,17 @@ fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
     // Behind a REDIRECT the destination the client asked for is
     // SO_ORIGINAL_DST; on a direct connection it is our own address.
     let asked_for = original_dst(stream).unwrap_or_else(|| stream.local_addr().unwrap());
-    match query_checked(stream, asked_for) {
+    // One query (the stats tests count them); the check is made on its
+    // result, and the raw answer is reported too.
+    let raw = query(stream);
+    let raw_fields = match &raw {
+        Ok(Some(v)) => Some((
+            format!("{:?}", v.protocol),
+            v.original_dst.map(|a| a.to_string()),
+        )),
+        _ => None,
+    };
+    match raw.map(|v| v.map(|v| checked(v, asked_for))) {
         Ok(None) => json!({"peer": peer.to_string(), "classifier": false}),
         Ok(Some(v)) => json!({
             "peer": peer.to_string(),
@@ -106,6 +138,78 @@ fn describe(stream: &TcpStream, peer: SocketAddr) -> serde_json::Value {
         }),
         Err(err) => json!({"peer": peer.to_string(), "error": err.to_string()}),
     }
+    .as_object()
+    .cloned()
+    .map(|mut line| {
+        // What the kernel answered before the destination check.
+        if let Some((protocol, dst)) = raw_fields {
+            line.insert("raw_protocol".into(), json!(protocol));
+            line.insert("raw_original_dst".into(), json!(dst));
+        }
+        serde_json::Value::Object(line)
+    })
+    .unwrap()
+}
+
+/// Waits until the server closes the connection (it has queried by then).
+fn wait_for_close(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let _ = stream.read(&mut [0u8; 1]);
+}
+
+fn reconnect(
+    src: std::net::SocketAddrV4,
+    first: std::net::SocketAddrV4,
+    second: std::net::SocketAddrV4,
+    unspec: bool,
+) {
+    let socket = tests::sys::Reconnecting::bound(src).expect("socket");
+    let first_result = match socket.connect(first) {
+        Ok(()) => {
+            let mut stream = socket.stream().expect("dup");
+            wait_for_close(&mut stream);
+            if unspec {
+                socket.disconnect().expect("connect(AF_UNSPEC)");
+            }
+            "ok".to_owned()
+        }
+        Err(err) => format!("err {err}"),
+    };
+    let second_result = socket.connect(second);
+    let mut stream = socket.stream().expect("dup");
+    let mark = so_mark(&stream);
+    if second_result.is_ok() {
+        wait_for_close(&mut stream);
+    }
+    println!(
+        "{}",
+        json!({
+            "first": first_result,
+            "second": second_result.map(|()| "ok".to_owned()).unwrap_or_else(|e| format!("err {e}")),
+            "so_mark": mark,
+        })
+    );
+}
+
+fn connect_pending(addr: std::net::SocketAddrV4, count: usize) {
+    let held: Vec<_> = (0..count)
+        .filter_map(|_| tests::sys::connect_pending(addr).ok())
+        .collect();
+    println!("ready {}", held.len());
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(held);
+}
+
+fn udp_query(peer: SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(peer).expect("connect");
+    let line = match classifier_user::proxy_client::query(&socket) {
+        Ok(None) => json!({"answered": false}),
+        Ok(Some(v)) => json!({"answered": true, "protocol": format!("{:?}", v.protocol)}),
+        Err(err) => json!({"answered": false, "error": err.to_string()}),
+    };
+    println!("{line}");
 }
 
 /// Accepts COUNT connections and keeps them all open, then queries each:

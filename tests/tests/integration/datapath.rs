@@ -214,12 +214,15 @@ fn stats_json_counts_exactly_the_connects_made() -> Result<()> {
             .arg(&sb.pins),
     )?;
     let prom = String::from_utf8_lossy(&prom.stdout);
+    let connects: u64 = prom
+        .lines()
+        .filter(|l| l.starts_with("classifier_connects_total{family="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(connects, 8, "{prom}");
     assert!(
-        prom.lines().any(|l| l == "classifier_connects_total 8"),
-        "{prom}"
-    );
-    assert!(
-        prom.lines().any(|l| l == "classifier_opaque_total 5"),
+        prom.lines()
+            .any(|l| l == "classifier_verdicts_total{protocol=\"opaque\"} 5"),
         "{prom}"
     );
     // What the agent reported through its pinned status map.
@@ -303,5 +306,151 @@ fn mark_mode_marks_opaque_sockets_and_the_accepted_socket_sees_it() -> Result<()
         "unclassified connections are not marked: {plain}"
     );
     assert_eq!(sb.stats()?["counters"]["mark_set"], 1);
+    Ok(())
+}
+
+const MARK_POLICY: &str = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  mark: {value: 0x40000, mask: 0x40000}\n";
+
+/// `probe reconnect ...`: the one JSON line it prints.
+fn reconnect(sb: &Sandbox, args: &[&str]) -> Result<Value> {
+    let mut argv = vec!["reconnect"];
+    argv.extend_from_slice(args);
+    let out = tests::run(&mut sb.probe(&argv, None))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("probe reconnect printed {text:?}"))
+}
+
+#[test]
+fn a_connect_that_failed_before_its_syn_leaves_no_verdict_and_no_mark() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("reconnect-failed")?;
+    sb.sysctl("net.ipv4.tcp_fwmark_accept", "1")?;
+    let policy = sb.write_file("policy.yaml", MARK_POLICY);
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+
+    // 3306 is opaque (and marked), but there is no route to it: connect()
+    // fails after the classifier ran and before any SYN. The same socket
+    // then connects to a port with no verdict.
+    let plain = sb.serve("127.0.0.1:8080", 1, None)?;
+    let client = reconnect(
+        &sb,
+        &["127.0.0.1:41001", "203.0.113.9:3306", "127.0.0.1:8080"],
+    )?;
+    assert!(
+        client["first"].as_str().unwrap().starts_with("err"),
+        "{client}"
+    );
+    assert_eq!(client["second"], "ok", "{client}");
+    assert_eq!(
+        client["so_mark"], 0,
+        "the client socket's mark is taken back: {client}"
+    );
+    let seen = plain.results()?.remove(0);
+    assert_eq!(protocol(&seen), "unknown", "{seen}");
+    assert_eq!(
+        seen["raw_protocol"], "Detect",
+        "nothing published for the second connect, not even a verdict for the first destination: {seen}"
+    );
+    assert_eq!(seen["marked"], false, "{seen}");
+    assert_eq!(
+        seen["so_mark"], 0,
+        "no stale mark reaches the accepted socket: {seen}"
+    );
+
+    let stats = sb.stats()?;
+    assert_eq!(stats["counters"]["mark_set"], 1, "{stats}");
+    assert_eq!(stats["counters"]["mark_cleared"], 1, "{stats}");
+    assert_eq!(stats["counters"]["published"], 0, "{stats}");
+    assert_eq!(stats["errors_total"], 0, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn a_connection_dissolved_with_af_unspec_leaves_no_verdict_and_no_mark() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("reconnect-unspec")?;
+    sb.sysctl("net.ipv4.tcp_fwmark_accept", "1")?;
+    let policy = sb.write_file("policy.yaml", MARK_POLICY);
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+
+    let opaque = sb.serve("127.0.0.1:3306", 1, None)?;
+    let plain = sb.serve("127.0.0.1:8080", 1, None)?;
+    // The same socket, bound to the same port both times (so a verdict left
+    // under that address would be found), connects to an opaque port,
+    // dissolves the connection with connect(AF_UNSPEC) and connects to a
+    // port with no verdict.
+    let client = reconnect(
+        &sb,
+        &[
+            "127.0.0.1:41002",
+            "127.0.0.1:3306",
+            "127.0.0.1:8080",
+            "unspec",
+        ],
+    )?;
+    assert_eq!(client["first"], "ok", "{client}");
+    assert_eq!(client["second"], "ok", "{client}");
+    assert_eq!(client["so_mark"], 0, "{client}");
+
+    let first = opaque.results()?.remove(0);
+    assert_eq!(protocol(&first), "opaque", "{first}");
+    assert_eq!(first["marked"], true, "{first}");
+    assert_eq!(first["peer"], "127.0.0.1:41002");
+    let second = plain.results()?.remove(0);
+    assert_eq!(
+        second["peer"], "127.0.0.1:41002",
+        "same client address: {second}"
+    );
+    assert_eq!(protocol(&second), "unknown", "{second}");
+    assert_eq!(second["raw_protocol"], "Detect", "{second}");
+    assert_eq!(second["so_mark"], 0, "{second}");
+
+    let stats = sb.stats()?;
+    assert_eq!(stats["counters"]["mark_cleared"], 1, "{stats}");
+    assert_eq!(stats["errors_total"], 0, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn only_connected_tcp_sockets_get_answers() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("udp-query")?;
+    sb.start_agent(&[])?;
+
+    // A classified connection from 127.0.0.1:41003, held open.
+    let server = sb.serve_held("127.0.0.1:3306", 2)?;
+    let mut client = sb
+        .probe(&["connect-from", "127.0.0.1:41003", "127.0.0.1:3306"], None)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.as_mut().unwrap()),
+        &mut first,
+    )?;
+    assert!(first.starts_with("ok"), "{first}");
+
+    // A UDP socket in the same namespace whose peer is that client address
+    // asks: it is not a connected TCP socket, it learns nothing.
+    let out = tests::run(&mut sb.probe(&["udp-query", "127.0.0.1:41003"], None))?;
+    let udp: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(udp["answered"], false, "{udp}");
+
+    // The verdict was there all along for the TCP connection.
+    let lines = sb.connect(&["127.0.0.1:3306"], None)?;
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{lines:?}");
+    let seen = server.results()?;
+    assert_eq!(seen[0]["peer"], "127.0.0.1:41003", "{}", seen[0]);
+    assert_eq!(protocol(&seen[0]), "opaque", "{}", seen[0]);
+    let _ = client.wait();
+
+    let stats = sb.stats()?;
+    assert_eq!(stats["counters"]["query_not_connected"], 1, "{stats}");
     Ok(())
 }

@@ -1,17 +1,17 @@
-//! The Kubernetes manifests in `deploy/`: parsed and checked for the
-//! properties the README promises (no cluster is needed, nor root), kept
-//! equal to `cargo xtask manifests`' rendering, and, as root, the agent run
-//! with exactly the DaemonSet's capabilities.
-
-#[allow(dead_code)]
-#[path = "../../../xtask/src/manifests.rs"]
-mod manifests;
+//! The Kubernetes manifests in `deploy/`, a Kustomize base: rendered with
+//! the real `kubectl kustomize` (as `kubectl apply -k deploy/` does),
+//! validated against the Kubernetes schema (`kubernetes-validate`, offline
+//! from its bundled schemas), overlaid to show that image, namespace and
+//! resources change without a Rust toolchain, and checked for the
+//! properties the README promises (no cluster is needed, nor root); as
+//! root, the agent run with exactly the DaemonSet's capabilities.
 
 use std::{
     collections::BTreeSet,
     fs,
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,30 +20,89 @@ use classifier_user::policy::{parse_policy, Policy};
 use serde_yaml::Value;
 use tests::{classifier_bin, privileged, Sandbox};
 
-fn documents(file: &str) -> Vec<Value> {
-    let path = manifests::deploy_dir().join(file);
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    // Documents are separated by `---` lines (the manifests use no other
-    // multi-document syntax).
+/// What the tests expect of the base (the README says the same).
+mod manifests {
+    use std::path::PathBuf;
+
+    pub const IMAGE: &str = concat!("classifier:", env!("CARGO_PKG_VERSION"));
+    pub const NAMESPACE: &str = "classifier-system";
+    pub const METRICS_PORT: u16 = 9990;
+    pub const HOST_CGROUP: &str = "/host/sys/fs/cgroup";
+    /// The agent container's capabilities: the smallest set that works
+    /// (the privileged test below runs the agent with exactly these, and
+    /// with each one left out).
+    pub const CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
+    pub const AGENT_ARGS: [&str; 8] = [
+        "agent",
+        "--cgroup",
+        HOST_CGROUP,
+        "--policy",
+        "/etc/classifier/policy.yaml",
+        "--metrics-addr",
+        "0.0.0.0:9990",
+        "--kubernetes",
+    ];
+
+    pub fn deploy_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// `kubectl kustomize DIR`, or `None` without kubectl (an error under CI).
+fn kustomize(dir: &Path) -> Option<String> {
+    match Command::new("kubectl").arg("kustomize").arg(dir).output() {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "kubectl kustomize {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(String::from_utf8(out.stdout).unwrap())
+        }
+        Err(err) if !in_ci() => {
+            eprintln!("SKIPPED kubectl kustomize (install Debian's kubernetes-client): {err}");
+            None
+        }
+        Err(err) => panic!("kubectl (Debian's kubernetes-client) is needed: {err}"),
+    }
+}
+
+fn split_documents(text: &str, what: &str) -> Vec<Value> {
     text.split("\n---\n")
-        .map(|doc| serde_yaml::from_str(doc).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .map(|doc| serde_yaml::from_str(doc).unwrap_or_else(|e| panic!("{what}: {e}")))
+        .filter(|doc: &Value| !doc.is_null())
         .collect()
 }
 
+/// The base as `kubectl apply -k deploy/` sends it: the real kustomize
+/// rendering, or without kubectl (outside CI) the resources the
+/// kustomization lists, read as they are.
 fn all_documents() -> Vec<Value> {
-    manifests::MANIFESTS
+    let dir = manifests::deploy_dir();
+    if let Some(rendered) = kustomize(&dir) {
+        return split_documents(&rendered, "kubectl kustomize deploy/");
+    }
+    let kustomization: Value =
+        serde_yaml::from_str(&fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+    strings(&kustomization["resources"])
         .iter()
-        .flat_map(|f| documents(f))
+        .flat_map(|f| split_documents(&fs::read_to_string(dir.join(f)).unwrap(), f))
         .collect()
+}
+
+fn the_in(docs: &[Value], kind: &str) -> Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "exactly one {kind}");
+    found[0].clone()
 }
 
 fn the(kind: &str) -> Value {
-    let mut found: Vec<Value> = all_documents()
-        .into_iter()
-        .filter(|d| d["kind"] == kind)
-        .collect();
-    assert_eq!(found.len(), 1, "exactly one {kind}");
-    found.remove(0)
+    the_in(&all_documents(), kind)
 }
 
 fn s(v: &Value) -> &str {
@@ -75,25 +134,196 @@ fn flag(args: &[String], flag: &str) -> String {
     args[i + 1].clone()
 }
 
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("classifier-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
-fn committed_manifests_are_the_rendering_of_the_templates() {
-    let stale = manifests::stale().unwrap();
-    assert!(
-        stale.is_empty(),
-        "deploy/{stale:?} differ from deploy/templates rendered with {}: run `cargo xtask manifests`",
-        manifests::DEFAULT_IMAGE
+fn the_kustomize_base_validates_against_the_kubernetes_schema() {
+    let Some(rendered) = kustomize(&manifests::deploy_dir()) else {
+        return;
+    };
+    let scratch = Scratch::new("validate");
+    let file = scratch.0.join("rendered.yaml");
+    fs::write(&file, &rendered).unwrap();
+    // Strict: unknown fields are errors too. Offline: the package bundles
+    // the schemas of each Kubernetes version.
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.30.0"])
+        .arg(&file)
+        .output();
+    match out {
+        Ok(out) => {
+            let report = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "kubernetes-validate: {report}");
+            assert_eq!(
+                report.matches(" passed for resource ").count(),
+                split_documents(&rendered, "rendered").len(),
+                "every document validated: {report}"
+            );
+        }
+        Err(err) if !in_ci() => {
+            eprintln!("SKIPPED kubernetes-validate (pip install kubernetes-validate): {err}")
+        }
+        Err(err) => panic!("kubernetes-validate (PyPI) is needed: {err}"),
+    }
+}
+
+#[test]
+fn an_overlay_changes_image_namespace_and_resources_without_rust() {
+    let scratch = Scratch::new("overlay");
+    // Kustomize takes a base only by a relative path.
+    let base = manifests::deploy_dir().canonicalize().unwrap();
+    let depth = scratch.0.canonicalize().unwrap().components().count() - 1;
+    let base = Path::new(&"../".repeat(depth)).join(base.strip_prefix("/").unwrap());
+    fs::write(
+        scratch.0.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [{}]
+namespace: platform-classifier
+images:
+  - name: classifier
+    newName: registry.example/classifier
+    newTag: 9.9.9
+patchesStrategicMerge: [limits.yaml]
+",
+            base.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        scratch.0.join("limits.yaml"),
+        "apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: classifier, namespace: classifier-system}
+spec:
+  template:
+    spec:
+      containers:
+        - name: agent
+          resources:
+            limits: {memory: 512Mi}
+",
+    )
+    .unwrap();
+    let Some(rendered) = kustomize(&scratch.0) else {
+        return;
+    };
+    let docs = split_documents(&rendered, "overlay");
+    let ds = the_in(&docs, "DaemonSet");
+    assert_eq!(ds["metadata"]["namespace"], "platform-classifier");
+    let pod = &ds["spec"]["template"]["spec"];
+    let agent = named(&pod["containers"], "agent");
+    assert_eq!(agent["image"], "registry.example/classifier:9.9.9");
+    assert_eq!(
+        named(&pod["initContainers"], "mount-bpffs")["image"],
+        "registry.example/classifier:9.9.9"
     );
-    // Another image changes only the image lines.
-    let other = manifests::render_all("registry.example/classifier:9.9.9").unwrap();
-    for (name, text) in other {
-        let committed = fs::read_to_string(manifests::deploy_dir().join(&name)).unwrap();
+    assert_eq!(agent["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(agent["resources"]["limits"]["cpu"], "1", "the rest is kept");
+    let binding = the_in(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["subjects"][0]["namespace"], "platform-classifier");
+    for doc in &docs {
+        if !matches!(
+            s(&doc["kind"]),
+            "Namespace" | "ClusterRole" | "ClusterRoleBinding"
+        ) {
+            assert_eq!(
+                doc["metadata"]["namespace"], "platform-classifier",
+                "{doc:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_container_runs_under_the_runtime_default_seccomp_profile_and_the_init_container_is_locked_down(
+) {
+    let ds = the("DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let containers: Vec<&Value> = pod["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .chain(pod["initContainers"].as_sequence().unwrap())
+        .collect();
+    for c in &containers {
+        let sc = &c["securityContext"];
         assert_eq!(
-            text.replace(
-                "registry.example/classifier:9.9.9",
-                manifests::DEFAULT_IMAGE
-            ),
-            committed,
-            "{name}"
+            sc["seccompProfile"]["type"],
+            "RuntimeDefault",
+            "{}",
+            s(&c["name"])
+        );
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", s(&c["name"]));
+        // The API server rejects allowPrivilegeEscalation: false on a
+        // privileged container.
+        assert!(
+            !(sc["privileged"] == true && sc["allowPrivilegeEscalation"] == false),
+            "{} would be rejected by the API server",
+            s(&c["name"])
+        );
+    }
+    let init = named(&pod["initContainers"], "mount-bpffs");
+    let script = strings(&init["command"]).join(" ");
+    assert!(
+        script.contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
+        "bpffs mounted root-only: {script}"
+    );
+}
+
+#[test]
+fn only_scrapers_reach_the_metrics_port() {
+    let policy = the("NetworkPolicy");
+    let ds = the("DaemonSet");
+    assert_eq!(policy["metadata"]["namespace"], manifests::NAMESPACE);
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&pod_labels[s(k)], v, "selects the agent's pods");
+    }
+    assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"]);
+    let ingress = policy["spec"]["ingress"].as_sequence().unwrap();
+    assert_eq!(ingress.len(), 1, "one rule: the scrapers");
+    let rule = &ingress[0];
+    let ports = rule["ports"].as_sequence().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert!(ports[0]["port"] == "metrics" || ports[0]["port"] == manifests::METRICS_PORT);
+    let from = rule["from"].as_sequence().unwrap();
+    assert!(!from.is_empty(), "not open to everyone");
+    for peer in from {
+        assert!(peer.get("ipBlock").is_none(), "{peer:?}");
+        assert!(
+            peer["podSelector"]["matchLabels"]
+                .as_mapping()
+                .is_some_and(|m| !m.is_empty()),
+            "a peer narrowed to the scraper's pods: {peer:?}"
         );
     }
 }
@@ -103,8 +333,8 @@ fn every_manifest_parses_and_lives_in_the_classifier_namespace() {
     let docs = all_documents();
     assert_eq!(
         docs.len(),
-        6,
-        "Namespace, ServiceAccount, ClusterRole(Binding), ConfigMap, DaemonSet"
+        7,
+        "Namespace, ServiceAccount, ClusterRole(Binding), ConfigMap, DaemonSet, NetworkPolicy"
     );
     for doc in &docs {
         assert!(
@@ -169,7 +399,7 @@ fn agent_container_has_exactly_the_documented_capabilities_and_no_more() {
     let pod = &ds["spec"]["template"]["spec"];
     let agent = named(&pod["containers"], "agent");
     assert_eq!(pod["containers"].as_sequence().unwrap().len(), 1);
-    assert_eq!(agent["image"], manifests::DEFAULT_IMAGE);
+    assert_eq!(agent["image"], manifests::IMAGE);
 
     let sc = &agent["securityContext"];
     assert_eq!(sc["privileged"], false);
@@ -179,7 +409,7 @@ fn agent_container_has_exactly_the_documented_capabilities_and_no_more() {
     let added: BTreeSet<String> = strings(&sc["capabilities"]["add"]).into_iter().collect();
     let documented: BTreeSet<String> = manifests::CAPABILITIES
         .iter()
-        .map(|(c, _)| c.to_string())
+        .map(|c| c.to_string())
         .collect();
     assert_eq!(added, documented);
     assert_eq!(
@@ -188,9 +418,8 @@ fn agent_container_has_exactly_the_documented_capabilities_and_no_more() {
         "the measured minimal set (see the privileged test below)"
     );
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
-    // Each added capability is explained next to it in the template.
-    let template =
-        fs::read_to_string(manifests::deploy_dir().join("templates/daemonset.yaml")).unwrap();
+    // Each added capability is explained next to it in the manifest.
+    let template = fs::read_to_string(manifests::deploy_dir().join("daemonset.yaml")).unwrap();
     for cap in &added {
         assert!(
             template.contains(&format!("# {cap}: ")),
@@ -203,7 +432,7 @@ fn agent_container_has_exactly_the_documented_capabilities_and_no_more() {
     assert_eq!(inits.len(), 1);
     assert_eq!(inits[0]["name"], "mount-bpffs");
     assert_eq!(inits[0]["securityContext"]["privileged"], true);
-    assert_eq!(inits[0]["image"], manifests::DEFAULT_IMAGE);
+    assert_eq!(inits[0]["image"], manifests::IMAGE);
 }
 
 #[test]
@@ -214,7 +443,7 @@ fn bpffs_cgroup_and_policy_are_mounted_as_the_agent_expects() {
     let init = named(&pod["initContainers"], "mount-bpffs");
     let volumes = &pod["volumes"];
     let args = strings(&agent["args"]);
-    assert_eq!(args, manifests::agent_args());
+    assert_eq!(args, manifests::AGENT_ARGS);
     assert_eq!(args[0], "agent");
 
     // bpffs: the host's, so pins outlive the pod. The init container mounts
@@ -394,8 +623,9 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// Runs the agent on the sandbox with `caps` as its whole bounding set
 /// (as a container runtime does with `capabilities.add` + `drop: [ALL]`),
-/// and returns whether it became ready, with its log.
-fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
+/// and returns whether it became ready, with its log and, once ready, its
+/// /proc/PID/status.
+fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String, String) {
     let bounding = std::iter::once("-all".to_owned())
         .chain(caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())))
         .collect::<Vec<_>>()
@@ -417,8 +647,11 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
         .spawn()
         .expect("setpriv (util-linux)");
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = String::new();
     let ready = loop {
         if http_status(&addr, "/readyz") == Some(200) {
+            // setpriv exec()s the agent: the child's pid is the agent's.
+            status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
             break true;
         }
         if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
@@ -428,7 +661,20 @@ fn agent_ready_with(sb: &Sandbox, caps: &[&str]) -> (bool, String) {
     };
     tests::sys::terminate(&child);
     let _ = child.wait();
-    (ready, fs::read_to_string(&log_path).unwrap_or_default())
+    (
+        ready,
+        fs::read_to_string(&log_path).unwrap_or_default(),
+        status,
+    )
+}
+
+/// A `Cap*:` line of a /proc/PID/status as a mask.
+fn cap_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
 }
 
 #[test]
@@ -442,24 +688,33 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for arg in manifests::agent_args()
-        .iter()
-        .filter(|a| a.starts_with("--"))
-    {
+    for arg in manifests::AGENT_ARGS.iter().filter(|a| a.starts_with("--")) {
         assert!(
-            help.contains(arg.as_str()),
+            help.contains(*arg),
             "`classifier agent` has no {arg}:\n{help}"
         );
     }
+    // And every CLASSIFIER_* variable it sets is one the agent reads.
+    let ds = the("DaemonSet");
+    let agent = named(&ds["spec"]["template"]["spec"]["containers"], "agent");
+    for var in agent["env"].as_sequence().unwrap() {
+        let name = s(&var["name"]);
+        if name.starts_with("CLASSIFIER_") {
+            assert!(
+                help.contains(&format!("[env: {name}=")),
+                "`classifier agent` reads no {name}:\n{help}"
+            );
+        }
+    }
 
     let sb = Sandbox::new("deploy-caps").unwrap();
-    let caps: Vec<&str> = manifests::CAPABILITIES.iter().map(|(c, _)| *c).collect();
+    let caps: Vec<&str> = manifests::CAPABILITIES.to_vec();
 
     // Each one left out: the agent cannot install (tried before any
     // install, so nothing is pinned yet).
     for missing in &caps {
         let fewer: Vec<&str> = caps.iter().copied().filter(|c| c != missing).collect();
-        let (ready, log) = agent_ready_with(&sb, &fewer);
+        let (ready, log, _) = agent_ready_with(&sb, &fewer);
         assert!(!ready, "without {missing} the agent should fail:\n{log}");
         assert!(
             log.contains("Permission denied") || log.contains("Operation not permitted"),
@@ -474,16 +729,99 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
     }
 
     // Exactly the set: installs, applies, serves ready, and drops to CAP_BPF.
-    let (ready, log) = agent_ready_with(&sb, &caps);
+    let (ready, log, status) = agent_ready_with(&sb, &caps);
     assert!(ready, "with {caps:?}:\n{log}");
     assert!(log.contains("attached programs"), "{log}");
     assert!(
         log.contains("dropped every capability but CAP_BPF"),
         "{log}"
     );
+    // What the README says remains under the DaemonSet, read from the
+    // running agent: CAP_BPF effective and permitted, nothing inheritable
+    // or ambient; the bounding set keeps the three it was given (dropping
+    // from it needs CAP_SETPCAP, which the DaemonSet does not grant), and
+    // no_new_privs is set so no exec can regain them.
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    assert_eq!(cap_mask(&status, "CapEff:"), CAP_BPF, "{status}");
+    assert_eq!(cap_mask(&status, "CapPrm:"), CAP_BPF, "{status}");
+    assert_eq!(cap_mask(&status, "CapInh:"), 0, "{status}");
+    assert_eq!(cap_mask(&status, "CapAmb:"), 0, "{status}");
+    assert_eq!(
+        cap_mask(&status, "CapBnd:"),
+        CAP_BPF | CAP_NET_ADMIN | CAP_PERFMON,
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+        "{status}"
+    );
+    assert!(
+        log.contains("bounding_set_keeps=CAP_NET_ADMIN,CAP_PERFMON"),
+        "{log}"
+    );
 
     // And adopts what it pinned, as an upgraded agent in the next pod does.
-    let (ready, log) = agent_ready_with(&sb, &caps);
+    let (ready, log, _) = agent_ready_with(&sb, &caps);
     assert!(ready, "adopting with {caps:?}:\n{log}");
     assert!(log.contains("adopted programs"), "{log}");
+}
+
+#[test]
+fn agent_flags_come_from_classifier_env_vars_and_json_logs_parse() {
+    if !privileged!() {
+        return;
+    }
+    let mut sb = Sandbox::new("deploy-env").unwrap();
+    let addr = free_addr();
+    let policy = sb.write_file(
+        "policy.yaml",
+        "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec: {}\n",
+    );
+    // As the DaemonSet does: JSON logs; the rest as a Kustomize env patch
+    // would set them, with no flag on the command line.
+    sb.start_agent_with_env(
+        &[],
+        &[
+            ("CLASSIFIER_LOG_FORMAT", "json"),
+            ("CLASSIFIER_METRICS_ADDR", &addr),
+            ("CLASSIFIER_POLICY", policy.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http_status(&addr, "/readyz") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready on {addr}:\n{}",
+            sb.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = sb.agent_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "classifier agent starting")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(
+        start["fields"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{start}"
+    );
+    assert!(start["fields"]["commit"].is_string(), "{start}");
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy applied"))
+            && log.contains(policy.to_str().unwrap())),
+        "the policy came from CLASSIFIER_POLICY:\n{log}"
+    );
+    sb.stop_agent();
 }

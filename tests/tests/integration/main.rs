@@ -11,6 +11,7 @@
 
 mod agent_kube;
 mod bad_input;
+mod check;
 mod datapath;
 mod deploy;
 mod e2e;
@@ -20,3 +21,4 @@ mod metrics;
 mod old_kernel;
 mod reliability;
 mod scoping;
+mod tenant_isolation;

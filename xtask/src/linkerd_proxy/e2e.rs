@@ -17,8 +17,9 @@ pub struct Options {
     /// Connections measured per proxy and case (the median is reported).
     #[arg(long, default_value_t = 5, value_name = "N")]
     runs: u32,
-    /// The detect timeout the control plane's Detect policy carries
-    /// (Linkerd's default is 10 s; shorter keeps the run short).
+    /// The detect timeout: the proxy's LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT
+    /// and the control plane's Detect policy (Linkerd's default is 10 s;
+    /// shorter keeps the run short).
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     detect_timeout_ms: u64,
 }

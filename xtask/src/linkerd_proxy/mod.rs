@@ -27,10 +27,9 @@ use crate::util::step;
 /// the clone (--target-dir) so that later runs are incremental; a cold build
 /// of one proxy takes about 4 minutes on 2 cores.
 ///
-/// Examples:
-///   cargo xtask linkerd-proxy build
-///   cargo xtask linkerd-proxy test
-///   sudo -E cargo xtask linkerd-proxy e2e --runs 5
+/// Examples: `cargo xtask linkerd-proxy build` (prints the two binaries),
+/// `cargo xtask linkerd-proxy test`, `sudo -E cargo xtask linkerd-proxy e2e
+/// --runs 5`. What the series changes: integrations/linkerd2-proxy/README.md.
 #[derive(clap::Args)]
 pub struct Options {
     #[command(subcommand)]

@@ -273,9 +273,33 @@ impl DocumentSet {
             if value.is_null() {
                 continue;
             }
+            // `kind: List` (what `kubectl get -o yaml` prints): its items,
+            // as documents `file#N.items[i]`.
+            let items = match value.get("kind").and_then(Value::as_str) {
+                Some("List") if value.get("items").is_some_and(Value::is_sequence) => {
+                    let Some(Value::Sequence(items)) = value.get("items") else {
+                        unreachable!("checked above")
+                    };
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(j, item)| (format!("{origin}.items[{j}]"), item.clone()))
+                        .collect()
+                }
+                _ => vec![(origin.clone(), value)],
+            };
+            for (origin, value) in items {
+                self.add_value(value, origin, r)?;
+            }
+        }
+        Ok(raw.len())
+    }
+
+    fn add_value(&mut self, value: Value, origin: String, r: &RawDocument) -> Result<(), AddError> {
+        {
             let Some(doc) = Document::from_value(value, origin.clone())? else {
                 tracing::debug!(%origin, "skipping a document without apiVersion and kind");
-                continue;
+                return Ok(());
             };
             if let Some(other) = self.docs.get(&doc.key()) {
                 let message = if doc.is_classifier_policy() && other.is_classifier_policy() {
@@ -296,12 +320,12 @@ impl DocumentSet {
                     message,
                 }));
             }
-            if doc.is_classifier_policy() {
+            if doc.is_classifier_policy() && !origin.contains(".items[") {
                 self.texts.insert(origin, (r.text.clone(), r.line_offset));
             }
             self.docs.insert(doc.key(), doc);
         }
-        Ok(raw.len())
+        Ok(())
     }
 }
 

@@ -7,20 +7,20 @@ use ipnet::IpNet;
 use serde_yaml::Value;
 
 use super::values::{invalid, need_name, opaque_annotation, seq_at, str_at};
-use super::{age_order, read, rule_origin, Compiler, Options};
+use super::{age_order, read, rule_origin, Compiler, Options, Rejected};
 use crate::model::{check_except, parse_cidr, Network, PolicyError, Protocol};
 use crate::ports::PortSet;
 use crate::sources::document::{show, Document, DocumentSet};
 use crate::sources::kinds;
 
 impl Compiler {
-    pub(super) fn egress_networks(
+    pub(super) fn egress_networks<'a>(
         &mut self,
-        set: &DocumentSet,
+        set: &'a DocumentSet,
         opts: &Options,
         defaults: &PortSet,
         cluster_networks: &[IpNet],
-    ) -> Result<(), PolicyError> {
+    ) {
         struct Egress<'a> {
             doc: &'a Document,
             scope: Option<String>,
@@ -28,7 +28,7 @@ impl Compiler {
             ports: PortSet,
         }
         let mut all: Vec<Egress> = Vec::new();
-        for doc in read(set, &kinds::EGRESS_NETWORK) {
+        let parse = |doc: &'a Document| -> Result<Egress<'a>, PolicyError> {
             need_name(doc)?;
             let ns = doc.namespace.clone().unwrap_or_else(|| "default".into());
             let scope = (ns != opts.egress_global_namespace).then_some(ns);
@@ -94,13 +94,22 @@ impl Compiler {
                     networks.push(Network { cidr, except });
                 }
             }
-            let ports = opaque_annotation(doc, None)?.unwrap_or_else(|| defaults.clone());
-            all.push(Egress {
+            let ports = match opaque_annotation(doc, false)? {
+                Some(a) => a.ports,
+                None => defaults.clone(),
+            };
+            Ok(Egress {
                 doc,
                 scope,
                 networks,
                 ports,
-            });
+            })
+        };
+        for doc in read(set, &kinds::EGRESS_NETWORK) {
+            match parse(doc) {
+                Ok(e) => all.push(e),
+                Err(e) => self.rejected.push(Rejected::of(doc, e)),
+            }
         }
         // Node-wide first, then by namespace; within one, precedence order.
         all.sort_by(|a, b| a.scope.cmp(&b.scope).then_with(|| age_order(a.doc, b.doc)));
@@ -116,35 +125,48 @@ impl Compiler {
                 }
             }
             let origin = rule_origin(e.doc);
+            self.owner = e.doc.namespace.clone();
             let (networks, ports, scope) = (e.networks.clone(), e.ports.clone(), e.scope.clone());
-            self.push(
+            // EgressNetworks of the global namespace are their own tier,
+            // which a namespace with EgressNetworks of its own never sees.
+            let global = scope.is_none();
+            self.push_rule(
                 networks.clone(),
                 ports.clone(),
                 Protocol::Opaque,
                 scope.clone(),
+                global,
                 origin.clone(),
             );
             if ports.is_all() {
                 // Our opaque rule is itself a wildcard one.
-                self.push(
+                self.push_rule(
                     networks.clone(),
                     contested.clone(),
                     Protocol::Opaque,
                     scope.clone(),
+                    global,
                     origin.clone(),
                 );
             } else {
                 let detect: PortSet = contested.iter().filter(|p| !ports.contains(*p)).collect();
-                self.push(
+                self.push_rule(
                     networks.clone(),
                     detect,
                     Protocol::Detect,
                     scope.clone(),
+                    global,
                     origin.clone(),
                 );
             }
-            self.push(networks, PortSet::all(), Protocol::Detect, scope, origin);
+            self.push_rule(
+                networks,
+                PortSet::all(),
+                Protocol::Detect,
+                scope,
+                global,
+                origin,
+            );
         }
-        Ok(())
     }
 }

@@ -91,11 +91,52 @@ fn namespaced_egress_network_comes_first_for_its_clients() {
         .as_str()
         .unwrap()
         .contains("egress.yaml#2"));
-    // Its except falls back to the global one.
+    // Namespace shadowing (linkerd2 `resolve_egress_network`): team-a has
+    // an EgressNetwork of its own, so the global ones are not consulted for
+    // its clients, even where none of its own matches (its except, or
+    // anywhere else outside the cluster). What is left is ours: the
+    // default opaque ports (which Linkerd's egress fallback ignores).
     check(
         &p,
         Some("team-a"),
         "203.0.113.200:25",
+        Protocol::Opaque,
+        None,
+    );
+    check(
+        &p,
+        Some("team-a"),
+        "203.0.113.200:4222",
+        Protocol::Detect,
+        None,
+    );
+    check(
+        &p,
+        Some("team-a"),
+        "93.184.216.34:4222",
+        Protocol::Detect,
+        None,
+    );
+    check(
+        &p,
+        Some("team-a"),
+        "93.184.216.34:3306",
+        Protocol::Opaque,
+        None,
+    );
+    // Node-wide rules that are not global EgressNetworks still apply.
+    check(
+        &p,
+        Some("team-a"),
+        "198.51.100.7:9000",
+        Protocol::Http1,
+        Some("ClassifierPolicy"),
+    );
+    // Without an EgressNetwork of its own, a namespace gets the global one.
+    check(
+        &p,
+        Some("shop"),
+        "93.184.216.34:4222",
         Protocol::Opaque,
         Some(all),
     );
@@ -491,6 +532,7 @@ fn equal_cidrs_go_to_the_oldest_then_by_name() {
     // A configured global namespace.
     let opts = Options {
         egress_global_namespace: "team-a".into(),
+        ..Options::default()
     };
     let p = compile_documents(&set_of(&text), &opts).unwrap();
     assert!(p.rules.iter().all(|r| r.scope.as_deref() != Some("team-a")));

@@ -105,12 +105,81 @@ pub(super) fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-/// The document's opaque-ports annotation, if it has one. `names` resolves
-/// named ports (a Pod's container ports), when given.
+/// An opaque-ports annotation, checked but not yet resolved: its port
+/// numbers and ranges, and the port names in it, which mean the container
+/// ports (on a Pod, or a Namespace's annotation inherited by its pods) or
+/// the Service ports of that name.
+///
+/// As linkerd2's `ParseContainerOpaquePorts` (`pkg/util/parsing.go`) and
+/// `parseServiceOpaquePorts`
+/// (`controller/api/destination/watcher/opaque_ports_watcher.go`) read it:
+/// items split at commas (one trailing comma ignored), names first. A
+/// port name (IANA_SVC_NAME) always has a letter, a port range never has,
+/// so the two cannot be confused.
+#[derive(Clone, Debug)]
+pub(super) struct PortsAnnotation {
+    pub(super) text: String,
+    pub(super) ports: PortSet,
+    pub(super) names: Vec<String>,
+}
+
+impl PortsAnnotation {
+    /// The ports, with names resolved through `lookup`. An unknown name is
+    /// an error naming `doc` (the object the ports are for) when the
+    /// annotation is its own (`own`); in an annotation inherited from the
+    /// namespace it is skipped, as Linkerd skips an item it cannot resolve
+    /// (a namespace's names need not exist in every pod).
+    pub(super) fn resolve(
+        &self,
+        doc: &Document,
+        lookup: &BTreeMap<String, u16>,
+        what: &str,
+        own: bool,
+    ) -> Result<PortSet, PolicyError> {
+        let mut set = self.ports.clone();
+        for name in &self.names {
+            match lookup.get(name) {
+                Some(&p) => {
+                    set.insert(p);
+                }
+                None if !own => {}
+                None => {
+                    return Err(invalid(
+                        doc,
+                        format!("metadata.annotations.{OPAQUE_PORTS_ANNOTATION}"),
+                        format!(
+                            "port name {name:?} is not the name of any {what} (in {:?})",
+                            self.text
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// Whether `item` is a Kubernetes port name (IANA_SVC_NAME: 1-15
+/// lowercase letters, digits and dashes, at least one letter, no dash at
+/// either end nor two in a row).
+fn is_port_name(item: &str) -> bool {
+    (1..=15).contains(&item.len())
+        && item
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && item.bytes().any(|b| b.is_ascii_lowercase())
+        && !item.starts_with('-')
+        && !item.ends_with('-')
+        && !item.contains("--")
+}
+
+/// The document's opaque-ports annotation, if it has one. `allow_names`:
+/// whether port names are meaningful on this kind (Pod, Namespace,
+/// Service); elsewhere a name is an error.
 pub(super) fn opaque_annotation(
     doc: &Document,
-    names: Option<&BTreeMap<String, u16>>,
-) -> Result<Option<PortSet>, PolicyError> {
+    allow_names: bool,
+) -> Result<Option<PortsAnnotation>, PolicyError> {
     let field = format!("metadata.annotations.{OPAQUE_PORTS_ANNOTATION}");
     let Some(v) = doc
         .body
@@ -131,30 +200,33 @@ pub(super) fn opaque_annotation(
             ))
         }
     };
-    match text.parse::<PortSet>() {
-        Ok(set) => Ok(Some(set)),
-        Err(e) => {
-            // Linkerd also takes container port names on Pods.
-            if let Some(names) = names {
-                let mut set = PortSet::new();
-                let mut ok = true;
-                for item in text.split(',').map(str::trim) {
-                    if let Ok(s) = item.parse::<PortSet>() {
-                        set.union_with(&s);
-                    } else if let Some(&p) = names.get(item) {
-                        set.insert(p);
-                    } else {
-                        ok = false;
-                        break;
-                    }
-                }
-                if ok && !text.split(',').any(|i| i.trim().is_empty()) {
-                    return Ok(Some(set));
-                }
+    // Numbers only: the port-list parser's own errors, as before.
+    let numeric = text.parse::<PortSet>();
+    if let Ok(ports) = &numeric {
+        return Ok(Some(PortsAnnotation {
+            text,
+            ports: ports.clone(),
+            names: Vec::new(),
+        }));
+    }
+    let err = numeric.expect_err("checked above");
+    if !allow_names {
+        return Err(invalid(doc, field, format!("{err} (in {text:?})")));
+    }
+    let body = text.strip_suffix(',').unwrap_or(&text);
+    let mut ports = PortSet::new();
+    let mut names = Vec::new();
+    for item in body.split(',').map(str::trim) {
+        if is_port_name(item) {
+            names.push(item.to_string());
+        } else {
+            match item.parse::<PortSet>() {
+                Ok(p) if !item.is_empty() => ports.union_with(&p),
+                _ => return Err(invalid(doc, field, format!("{err} (in {text:?})"))),
             }
-            Err(invalid(doc, field, format!("{e} (in {text:?})")))
         }
     }
+    Ok(Some(PortsAnnotation { text, ports, names }))
 }
 
 pub(super) fn parse_ip(doc: &Document, field: &str, text: &str) -> Result<IpAddr, PolicyError> {

@@ -71,7 +71,9 @@ fn real_main() -> Result<()> {
 
     step("1/7 connect overhead (attached vs bare cgroup, interleaved)");
     results["connect_overhead"] = connect_overhead(&plan, &attached, &bare)?;
-    results["program_run_time"] = program_run_times(&plan, &attached)?;
+    let (run_times, per_connect) = program_run_times(&plan, &attached)?;
+    results["program_run_time"] = run_times;
+    results["program_cost_per_connect"] = per_connect;
 
     step("7/7 the proxy's query per accepted connection (attached vs bare cgroup)");
     results["proxy_query"] = proxy_query(&plan, &attached, &bare)?;

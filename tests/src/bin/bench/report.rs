@@ -75,6 +75,51 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\nPer connect + accept + close, by destination (kernel figures, stats on): invocations x ns per run = ns\n"
+    );
+    let _ = writeln!(
+        md,
+        "| destination | connect4/6 | sockops | getsockopt | total ns |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    if let Some(rows) = r["program_cost_per_connect"].as_object() {
+        for (name, v) in rows {
+            let cell = |p: &str| {
+                let x = &v[p];
+                format!(
+                    "{:.2} x {:.0} = {:.0}",
+                    f(&x["runs_per_connect"]),
+                    f(&x["ns_per_run"]),
+                    f(&x["ns_per_connect"])
+                )
+            };
+            let connect = if v["addr"].as_str().is_some_and(|a| a.starts_with('[')) {
+                "classify_connect6"
+            } else {
+                "classify_connect4"
+            };
+            let total: f64 = [
+                "classify_connect4",
+                "classify_connect6",
+                "publish_sockops",
+                "answer_getsockopt",
+            ]
+            .iter()
+            .map(|p| f(&v[*p]["ns_per_connect"]))
+            .sum();
+            let _ = writeln!(
+                md,
+                "| {name} `{}` | {} | {} | {} | {:.0} |",
+                v["addr"].as_str().unwrap_or(""),
+                cell(connect),
+                cell("publish_sockops"),
+                cell("answer_getsockopt"),
+                total
+            );
+        }
+    }
 
     let _ = writeln!(
         md,

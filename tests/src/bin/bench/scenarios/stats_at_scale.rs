@@ -16,9 +16,8 @@ use crate::{
 
 pub(crate) fn stats_at_scale(plan: &Plan, sb: &Sandbox) -> Result<Value> {
     let pins = PinDir::new(&sb.pins);
-    let mut verdicts: HashMap<MapData, ConnKey, ConnVerdict> = HashMap::try_from(Map::LruHashMap(
-        MapData::from_pin(pins.map(maps::VERDICTS))?,
-    ))?;
+    let mut verdicts: HashMap<MapData, ConnKey, ConnVerdict> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(pins.map(maps::VERDICTS))?))?;
     let capacity = verdicts.map().info()?.max_entries();
     // Fill the table as a busy node would: one entry per open connection.
     for i in 0..capacity {

@@ -1,0 +1,183 @@
+//! One tenant never breaks the others: bad objects are skipped and
+//! reported, a namespace over its entry budget loses its own rules only,
+//! and the entry count is bounded before anything is allocated.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::compile::{compile, entry_bound, CompileError};
+
+fn set_of(text: &str) -> DocumentSet {
+    let mut set = DocumentSet::new();
+    set.add_text(text, "x.yaml").unwrap();
+    set
+}
+
+const GOOD_AND_BAD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: db
+  namespace: good
+  annotations: {config.linkerd.io/opaque-ports: "4000"}
+status: {phase: Running, podIP: 10.244.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: typo
+  namespace: bad
+  annotations: {config.linkerd.io/opaque-ports: "mysql"}
+status: {phase: Running, podIP: 10.244.1.2}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: broken, namespace: bad}
+spec:
+  trafficPolicy: Allow
+  networks: [{cidr: 203.0.113.0/33}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata:
+  name: nats
+  namespace: linkerd-egress
+  annotations: {config.linkerd.io/opaque-ports: "4222"}
+spec: {trafficPolicy: Allow, networks: [{cidr: 192.0.2.0/24}]}
+"#;
+
+#[test]
+fn a_bad_object_is_skipped_and_reported_and_the_rest_applies() {
+    let set = set_of(GOOD_AND_BAD);
+    let c = compile_documents_report(&set, &Options::default()).unwrap();
+    let found: Vec<(String, String, Option<String>, String)> = c
+        .rejected
+        .iter()
+        .map(|r| {
+            (
+                r.origin.clone(),
+                r.kind.clone(),
+                r.namespace.clone(),
+                r.name.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                "x.yaml#2".into(),
+                "Pod".into(),
+                Some("bad".into()),
+                "typo".into()
+            ),
+            (
+                "x.yaml#3".into(),
+                "EgressNetwork".into(),
+                Some("bad".into()),
+                "broken".into()
+            ),
+        ]
+    );
+    assert!(
+        c.rejected[0].to_string().contains("\"mysql\""),
+        "{}",
+        c.rejected[0]
+    );
+    assert!(
+        c.rejected[1].to_string().contains("spec.networks[0].cidr"),
+        "{}",
+        c.rejected[1]
+    );
+    let p = &c.policy;
+    let at = |dst: &str| {
+        let sa: std::net::SocketAddr = dst.parse().unwrap();
+        crate::classify(p, sa.ip(), sa.port()).protocol
+    };
+    assert_eq!(at("10.244.1.1:4000"), Protocol::Opaque);
+    assert_eq!(at("192.0.2.7:4222"), Protocol::Opaque);
+    // The rejected pod keeps the defaults.
+    assert_eq!(at("10.244.1.2:3306"), Protocol::Opaque);
+    // Strict compilation still fails on the first one, as before.
+    let e = compile_documents(&set, &Options::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with("x.yaml#2 (Pod bad/typo): "),
+        "{e}"
+    );
+}
+
+/// Two EgressNetworks in one namespace: one with (almost) every port as
+/// opaque on 0.0.0.0/0, one with the default ports and `holes` excepts.
+/// Each hole of the second's wildcard rule is a key at every one of the
+/// first's 65,534 ports: millions of keys for a few hundred excepts.
+fn hole_bomb(ns: &str, holes: usize) -> String {
+    let except: Vec<String> = (0..holes)
+        .map(|i| format!("\"100.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    format!(
+        r#"---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata:
+  name: wide
+  namespace: {ns}
+  creationTimestamp: "2024-01-01T00:00:00Z"
+  annotations: {{config.linkerd.io/opaque-ports: "1-65534"}}
+spec: {{trafficPolicy: Allow, networks: [{{cidr: 0.0.0.0/0}}]}}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata:
+  name: holes
+  namespace: {ns}
+  creationTimestamp: "2024-01-02T00:00:00Z"
+spec:
+  trafficPolicy: Allow
+  networks: [{{cidr: 0.0.0.0/0, except: [{}]}}]
+"#,
+        except.join(", ")
+    )
+}
+
+#[test]
+fn wildcard_holes_are_counted_before_anything_is_allocated() {
+    let text = format!(
+        "{}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: fine\n  annotations: {{config.linkerd.io/opaque-ports: \"4000\"}}\nstatus: {{phase: Running, podIP: 10.244.7.7}}\n",
+        hole_bomb("greedy", 300)
+    );
+    let set = set_of(&text);
+    let start = Instant::now();
+    // Without a budget the whole policy is refused by the pre-check, from
+    // the count alone.
+    let unbounded = Options {
+        namespace_entry_budget: u64::MAX,
+        ..Options::default()
+    };
+    let p = compile_documents(&set, &unbounded).unwrap();
+    let (n4, _) = entry_bound(&p.rules);
+    assert!(n4 > 300 * 65_534, "bound {n4}");
+    match compile(&p) {
+        Err(CompileError::TooManyEntries { entries, .. }) => assert!(entries > 300 * 65_534),
+        other => panic!("expected TooManyEntries, got {other:?}"),
+    }
+    // With the default budget, the greedy namespace loses its rules and is
+    // reported; the other namespace's rules compile.
+    let c = compile_documents_report(&set, &Options::default()).unwrap();
+    let names: Vec<&str> = c.rejected.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["wide", "holes"]);
+    assert!(
+        c.rejected[0]
+            .to_string()
+            .contains("over its budget of 65536"),
+        "{}",
+        c.rejected[0]
+    );
+    assert!(c.policy.rules.iter().all(|r| !r.origin.contains("greedy")));
+    for (i, r) in c.policy.rules.iter().enumerate() {
+        assert_eq!(r.id, i as u32 + 1);
+    }
+    let compiled = compile(&c.policy).unwrap();
+    assert!(compiled.v4.len() < 10, "{}", compiled.v4.len());
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

@@ -1,0 +1,256 @@
+//! The `classifier` command line: clap definitions only (std and clap, no
+//! other crate), so that `cargo xtask completions` and `cargo xtask
+//! manpage` include this file (`#[path]`) and generate from the very
+//! definitions the binary parses with.
+//!
+//! Every `classifier agent` flag but `--uninstall` can also be set as a
+//! `CLASSIFIER_<FLAG>` environment variable (`--metrics-addr` is
+//! `CLASSIFIER_METRICS_ADDR`); a flag on the command line wins.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `classifier_user::datapath::pins::DEFAULT_PIN_DIR` (checked equal by a
+/// unit test of the binary).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/classifier";
+
+/// `classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET`
+/// (checked equal by a unit test of the binary).
+pub const DEFAULT_NAMESPACE_ENTRY_BUDGET: u64 = 65_536;
+
+#[derive(Parser)]
+#[command(
+    name = "classifier",
+    version,
+    about = "Classifies every TCP connect() in the kernel so a sidecar proxy can skip protocol detection for server-speaks-first protocols",
+    long_about = "Classifies every TCP connect() in the kernel so a sidecar proxy can skip \
+protocol detection for server-speaks-first protocols (MySQL, SMTP, NATS, ...), which \
+otherwise stall until the proxy's detection timeout.\n\n\
+Typical use, as root:\n  classifier agent                       # attach, apply the built-in policy, watch\n  \
+classifier stats                       # what the kernel side has seen\n  \
+classifier explain 203.0.113.9:3306    # what the policy says about a destination"
+)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CLASSIFIER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Attach the classifier (or adopt the one already attached) and keep its policy current.
+    ///
+    /// Needs root. The programs and maps are pinned under --pin-dir, so they stay attached
+    /// when the agent stops or restarts; a restarted agent adopts them without a gap.
+    /// `--uninstall` detaches everything and removes the pins. Every flag but --uninstall can
+    /// also be set as an environment variable, CLASSIFIER_ and the flag's name in capitals
+    /// (CLASSIFIER_METRICS_ADDR, CLASSIFIER_KUBERNETES=true); a flag given on the command line
+    /// wins.
+    Agent(AgentArgs),
+    /// Show what the kernel side has seen, from the pinned maps (agent need not run; needs root).
+    Stats(StatsArgs),
+    /// Show what the policy decides for a destination, and why (no root or agent needed).
+    Explain(ExplainArgs),
+    /// List the server-first destinations the classifier learned from the traffic (needs root).
+    ///
+    /// Connections the policy gives no verdict are watched until their first data segment: if
+    /// the server spoke first, the destination is learned (opaque from then on, for clients of
+    /// the same scope); a client-first connection to a learned destination removes it.
+    Learned(LearnedArgs),
+    /// Print mesh configuration that fixes the learned destinations (needs root to read them).
+    ///
+    /// linkerd: EgressNetworks (in the client's namespace, or linkerd-egress for the node scope)
+    /// with the config.linkerd.io/opaque-ports annotation; istio: ServiceEntry objects with
+    /// protocol TCP; policy: a ClassifierPolicy with opaque rules.
+    Suggest(SuggestArgs),
+    /// Run the reference outbound proxy: the model for adopting the query contract.
+    ///
+    /// Accepts connections REDIRECTed to it (linkerd-init style), reads SO_ORIGINAL_DST and
+    /// asks the kernel for the verdict. Opaque: forwards at once. Otherwise: waits up to
+    /// --detect-timeout for the client's first bytes to detect HTTP/1 or HTTP/2, then
+    /// forwards (as opaque TCP on timeout). Run it as the UID the nat rules return (2102).
+    Proxy(ProxyArgs),
+    /// Check whether this node can run the agent and whether the agent is healthy.
+    ///
+    /// Each line is a named check with what it found and, when it fails, the fix: kernel and
+    /// BPF features, cgroup v2 and the attach cgroup, bpffs and the pin directory, the
+    /// capabilities, the pinned layout and programs, the agent's liveness and status age, its
+    /// last policy apply and rejections; with --kubernetes also API reachability, RBAC for
+    /// each watched kind and Linkerd's CRDs. Needs no agent. Exits non-zero if a check fails.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the classifier's pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR, env = "CLASSIFIER_PIN_DIR")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// cgroup v2 directory to attach to [default: the cgroup v2 root from /proc/self/mountinfo].
+    #[arg(long, value_name = "PATH", env = "CLASSIFIER_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// Policy: a ClassifierPolicy YAML file, or a file or directory of Kubernetes manifests
+    /// (ClassifierPolicy, EgressNetwork, Service, Pod, Namespace, Server), compiled with
+    /// Linkerd's semantics. Watched, and re-applied atomically when it changes. Without it
+    /// (and without --kubernetes): Linkerd's default opaque ports, UID 2102 (the proxy) excluded.
+    #[arg(long, value_name = "PATH", env = "CLASSIFIER_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Also watch Services, Pods, Namespaces, EgressNetworks and Servers live through the
+    /// Kubernetes API (in-cluster service account, or KUBECONFIG); --policy documents are added.
+    #[arg(long, env = "CLASSIFIER_KUBERNETES")]
+    pub kubernetes: bool,
+    /// EgressNetworks in this namespace apply to clients in every namespace.
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value = "linkerd-egress",
+        env = "CLASSIFIER_EGRESS_NAMESPACE"
+    )]
+    pub egress_namespace: String,
+    /// Trie entries one namespace's objects may take; a namespace over it has all its rules
+    /// dropped (and reported), so that it cannot exhaust the kernel tables for the others.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_NAMESPACE_ENTRY_BUDGET,
+        env = "CLASSIFIER_NAMESPACE_ENTRY_BUDGET"
+    )]
+    pub namespace_entry_budget: u64,
+    /// How often to check the policy file for changes.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 1.0,
+        env = "CLASSIFIER_WATCH_INTERVAL"
+    )]
+    pub watch_interval: f64,
+    /// Size of the published-verdict table (open classified connections). Applies when the
+    /// programs are first installed.
+    #[arg(long, value_name = "ENTRIES", env = "CLASSIFIER_VERDICT_TABLE_SIZE")]
+    pub verdict_table_size: Option<u32>,
+    /// Apply a policy file even if non-root users could change it (by default the file and
+    /// its directory must be root-owned and not writable by others).
+    #[arg(long, env = "CLASSIFIER_ALLOW_UNTRUSTED_POLICY")]
+    pub allow_untrusted_policy: bool,
+    /// Serve Prometheus /metrics, /healthz (the agent loop runs) and /readyz (programs attached
+    /// and a policy applied) on this address, e.g. 0.0.0.0:9990 [default: off].
+    #[arg(long, value_name = "ADDR", env = "CLASSIFIER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Detach the programs and remove every pin under --pin-dir, then exit. (The one agent
+    /// flag with no CLASSIFIER_* variable: an environment should never uninstall.)
+    #[arg(long)]
+    pub uninstall: bool,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Print JSON (top-level connects_total, opaque_total, excluded_total, proxy_queries_total, errors_total, ...).
+    #[arg(long, conflicts_with = "prometheus")]
+    pub json: bool,
+    /// Print Prometheus text exposition.
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Print again every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Destination as IP:PORT ([IPv6]:PORT for IPv6).
+    pub destination: SocketAddr,
+    /// Policy to evaluate: a ClassifierPolicy file, or a file or directory of Kubernetes
+    /// manifests (Linkerd's EgressNetwork, Server, Service, Pod, Namespace, and optionally one
+    /// ClassifierPolicy; `kind: List` too), `-` for standard input [default: the built-in
+    /// policy]. Objects the compiler rejects are skipped and listed on stderr; a path
+    /// without any document it reads is an error.
+    #[arg(long, value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+    /// Trie entries one namespace's objects may take before all its rules are dropped.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_NAMESPACE_ENTRY_BUDGET)]
+    pub namespace_entry_budget: u64,
+    /// Classify as a client in this Kubernetes namespace: its namespaced EgressNetworks come
+    /// first [default: a process outside any pod, node-wide rules only].
+    #[arg(long, value_name = "NS")]
+    pub from_namespace: Option<String>,
+    /// Print JSON: {"protocol": "opaque"|"http1"|"http2"|"detect", "source", "rule_id",
+    /// "network", "origin", "scope"}; "source": "learned" when the live learned table decided.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the running classifier is pinned: when its maps are there (and readable), a
+    /// destination the policy leaves undecided is also looked up in its learned table.
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(Args)]
+pub struct LearnedArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Print JSON: a list of {destination, scope, namespace, observations, first_seen, last_seen, ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SuggestArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Output: linkerd, istio or policy.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: SuggestFormat,
+}
+
+/// What `classifier suggest` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SuggestFormat {
+    /// EgressNetworks with Linkerd's opaque-ports annotation.
+    Linkerd,
+    /// Istio ServiceEntry objects, protocol TCP.
+    Istio,
+    /// A ClassifierPolicy with opaque rules.
+    Policy,
+}
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (where the nat rules REDIRECT to).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4140")]
+    pub listen: SocketAddr,
+    /// How long to wait for a client's first bytes when the kernel gave no opaque verdict
+    /// (Linkerd's outbound default is 10 s).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub detect_timeout: f64,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// The cgroup v2 directory the agent attaches to [default: the cgroup v2 root].
+    #[arg(long, value_name = "PATH", env = "CLASSIFIER_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// Also check the Kubernetes API, RBAC for every watched kind (SelfSubjectAccessReview)
+    /// and Linkerd's CRDs, with the in-cluster service account or KUBECONFIG.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Print JSON: a list of {"check", "ok", "detail"}.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,129 @@
+//! One tenant never breaks the others, on a real kernel and a real agent:
+//! a directory of manifests with bad objects among good ones. The good
+//! rules classify real connects, the bad objects are reported, the agent
+//! is ready; and a namespace with an EgressNetwork of its own never sees
+//! the global ones (Linkerd's namespace shadowing), even where its own do
+//! not match.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+use tests::{privileged, Sandbox};
+
+const TEAM_A_POD: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";
+const TEAM_B_POD: &str = "11111111-2222-3333-4444-555555555555";
+
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP response: {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+fn wait_for_status(addr: &str, path: &str, status: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let last = get(addr, path);
+        match &last {
+            Ok((s, _)) if *s == status => return Ok(()),
+            _ if Instant::now() > deadline => bail!("{path} never answered {status}: {last:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The verdict a client in `cgroup` gets for 127.0.0.1:`port`.
+fn verdict_from(sb: &Sandbox, cgroup: &Path, port: u16) -> Result<Value> {
+    let addr = format!("127.0.0.1:{port}");
+    let server = sb.serve(&addr, 1, None)?;
+    let out = sb.probe_in_cgroup(&["connect", &addr], cgroup).output()?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ok"),
+        "{out:?}"
+    );
+    Ok(server.results()?.remove(0))
+}
+
+fn manifests() -> String {
+    let pod = |uid: &str, ns: &str, name: &str, ip: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  uid: {uid}\nstatus:\n  phase: Running\n  podIP: {ip}\n")
+    };
+    [
+        pod(TEAM_A_POD, "team-a", "a", "10.244.0.1"),
+        pod(TEAM_B_POD, "team-b", "b", "10.244.0.2"),
+        // Good: the global EgressNetwork says 5222 is opaque on loopback.
+        "---\napiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata:\n  name: global\n  namespace: linkerd-egress\n  annotations: {config.linkerd.io/opaque-ports: \"5222\"}\nspec:\n  trafficPolicy: Allow\n  networks: [{cidr: 127.0.0.0/8}]\n".into(),
+        // Good: team-a's own EgressNetwork, which does not cover 127.0.0.1.
+        "---\napiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata:\n  name: own\n  namespace: team-a\n  annotations: {config.linkerd.io/opaque-ports: \"5222\"}\nspec:\n  trafficPolicy: Allow\n  networks: [{cidr: 192.0.2.0/24}]\n".into(),
+        // Bad: a CIDR that does not parse, in another tenant's namespace.
+        "---\napiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata:\n  name: broken\n  namespace: team-c\nspec:\n  trafficPolicy: Allow\n  networks: [{cidr: 127.0.0.0/33}]\n".into(),
+        // Bad: a named port the pod does not have.
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\n  namespace: team-c\n  annotations: {config.linkerd.io/opaque-ports: \"mysql\"}\nstatus:\n  phase: Running\n  podIP: 10.244.0.3\n".into(),
+    ]
+    .concat()
+}
+
+#[test]
+fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("tenant-isolation")?;
+    let team_a = sb.cgroup.join(format!("kubepods/burstable/pod{TEAM_A_POD}/c1"));
+    let team_b = sb.cgroup.join(format!("kubepods/besteffort/pod{TEAM_B_POD}/c2"));
+    fs::create_dir_all(&team_a)?;
+    fs::create_dir_all(&team_b)?;
+    let dir = sb.dir.join("policy");
+    fs::create_dir(&dir)?;
+    fs::write(dir.join("all.yaml"), manifests())?;
+    let metrics = free_addr();
+    sb.start_agent(&["--policy", dir.to_str().unwrap(), "--metrics-addr", &metrics])?;
+    wait_for_status(&metrics, "/readyz", 200)?;
+
+    // The global EgressNetwork applies to team-b and to node processes.
+    for (who, cgroup) in [("team-b pod", team_b.clone()), ("node", sb.cgroup.clone())] {
+        let v = verdict_from(&sb, &cgroup, 5222)?;
+        assert_eq!(v["protocol"], "opaque", "{who}, 5222: {v}");
+    }
+    // team-a has an EgressNetwork of its own: the global one is shadowed,
+    // even though its own does not match 127.0.0.1.
+    let v = verdict_from(&sb, &team_a, 5222)?;
+    assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
+
+    // Both bad objects are reported by name.
+    let log = sb.agent_log();
+    for needle in ["EgressNetwork team-c/broken", "Pod team-c/typo"] {
+        assert!(
+            log.contains(needle) && log.contains("skipping an object"),
+            "{needle} not reported:\n{log}"
+        );
+    }
+    // Still ready after all that.
+    assert_eq!(get(&metrics, "/readyz")?.0, 200);
+    Ok(())
+}
