@@ -6,5 +6,5 @@ mod read;
 mod render;
 
 pub use prometheus::{render_prometheus, KernelCollector};
-pub use read::{read_snapshot, PolicyInfo, PortCount, Snapshot, VerdictTable};
+pub use read::{read_snapshot, LearningInfo, PolicyInfo, PortCount, Snapshot, VerdictTable};
 pub use render::{render_json, render_table};

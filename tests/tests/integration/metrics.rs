@@ -417,7 +417,7 @@ fn probes_answer_within_a_second_while_100_idle_and_slowloris_connections_are_he
 fn full_exposition() -> String {
     use classifier_user::{
         metrics::{AgentMetrics, Exporter},
-        stats::{PolicyInfo, Snapshot, VerdictTable},
+        stats::{LearningInfo, PolicyInfo, Snapshot, VerdictTable},
     };
     let counters: Vec<(String, u64)> = classifier_common::counters::NAMES
         .iter()
@@ -447,6 +447,17 @@ fn full_exposition() -> String {
         },
         top_ports: vec![],
         agent: None,
+        learning: Some(LearningInfo {
+            enabled: true,
+            scope: "namespace",
+            min_observations: 1,
+            entries: 1,
+            capacity: 16384,
+            scope_quota: 1024,
+            learned_total: 1,
+            contradicted_total: 0,
+        }),
+        learned_destinations: vec![],
     };
     let agent = AgentMetrics::new(Duration::from_secs(30));
     agent.policy_applied(2, 1);
