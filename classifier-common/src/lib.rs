@@ -323,6 +323,11 @@ pub const SCOPE_NODE: u16 = 0;
 /// `policy-controller/k8s/index/src/outbound/index/egress_network.rs`
 /// does. Never given to a namespace.
 pub const SCOPE_GLOBAL_EGRESS: u16 = u16::MAX;
+/// In `CLS_SCOPES` values (the scope id is the low 16 bits): the
+/// namespace has rules of its own (its EgressNetworks), which shadow the
+/// global ones. Namespaces also get a scope for learning alone, so having
+/// a scope does not say this.
+pub const SCOPE_FLAG_OWN_RULES: u32 = 1 << 16;
 /// How deep in the cgroup hierarchy a pod's cgroup may sit (the kubelet's
 /// layouts put it at level 2 to 4 below the root).
 pub const MAX_CGROUP_LEVEL: u32 = 8;

@@ -33,8 +33,8 @@ use classifier_common::{
     counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
     PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS,
     CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY,
-    REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS,
-    SCOPE_NODE,
+    REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_FLAG_OWN_RULES,
+    SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use crate::{
@@ -279,8 +279,11 @@ fn lookup_rule(
     }
     let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
     let mut scope = SCOPE_NODE;
+    let mut own_rules = false;
     if config.flags & CONFIG_FLAG_SCOPED != 0 {
-        scope = client_scope();
+        let entry = client_scope_entry();
+        scope = entry as u16;
+        own_rules = entry & SCOPE_FLAG_OWN_RULES != 0;
         if scope != SCOPE_NODE {
             let hit = lookup_in_scope(slot, scope, dst, is_v4, port, any_port);
             if hit.kind == RULE_MATCH {
@@ -290,12 +293,10 @@ fn lookup_rule(
     }
     let hit = lookup_in_scope(slot, SCOPE_NODE, dst, is_v4, port, any_port);
     // Linkerd's global EgressNetworks, unless the client's namespace has
-    // its own (it has a scope then): those shadow them even where none
-    // matches (linkerd2 policy-controller/k8s/index/src/outbound/index/
+    // its own (flagged in its scope entry): those shadow them even where
+    // none matches (linkerd2 policy-controller/k8s/index/src/outbound/index/
     // egress_network.rs, `resolve_egress_network`).
-    if hit.kind == RULE_MATCH
-        || scope != SCOPE_NODE
-        || config.flags & CONFIG_FLAG_GLOBAL_EGRESS == 0
+    if hit.kind == RULE_MATCH || own_rules || config.flags & CONFIG_FLAG_GLOBAL_EGRESS == 0
     {
         return hit;
     }
@@ -356,6 +357,13 @@ fn trie_get(slot: u8, scope: u16, dst: &[u8; 16], is_v4: bool, port: u16) -> Rul
 /// a container cgroup below it). `SCOPE_NODE` outside any pod.
 #[inline(always)]
 pub(crate) fn client_scope() -> u16 {
+    client_scope_entry() as u16
+}
+
+/// The client's `CLS_SCOPES` entry: the scope id in the low 16 bits and
+/// `SCOPE_FLAG_*` bits; 0 (`SCOPE_NODE`, no flags) outside any pod.
+#[inline(always)]
+fn client_scope_entry() -> u32 {
     let mut level = 1;
     while level <= MAX_CGROUP_LEVEL {
         // SAFETY: helper with a plain integer argument.
@@ -366,11 +374,11 @@ pub(crate) fn client_scope() -> u16 {
         }
         if let Some(scope) = CLS_SCOPES.get_ptr(id) {
             // SAFETY: live map value.
-            return unsafe { *scope } as u16;
+            return unsafe { *scope };
         }
         level += 1;
     }
-    SCOPE_NODE
+    0
 }
 
 #[inline(always)]

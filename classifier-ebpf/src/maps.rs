@@ -48,8 +48,14 @@ pub static CLS_NETNS_VERDICTS: HashMap<u64, u64> =
 
 /// Entries of `CLS_VERDICTS` one network namespace may hold; set by the
 /// loader (`classifier_common::verdicts_per_netns` of the table's size).
+///
+/// `static mut`, so that it lives in `.data`, not `.rodata`: LLVM merges an
+/// immutable zero with the anonymous zero constants that code passes by
+/// reference (a map insert's `&0`), and the loader's value then replaced
+/// those too (found by the learning tests: every new scope counted 8192
+/// entries). The programs only ever read it.
 #[no_mangle]
-static VERDICTS_PER_NETNS: u32 = 0;
+static mut VERDICTS_PER_NETNS: u32 = 0;
 
 /// The per-namespace share (0 until the loader sets it: no limit).
 #[inline(always)]

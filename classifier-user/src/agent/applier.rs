@@ -24,6 +24,8 @@ pub struct Applier {
     cgroup_root: PathBuf,
     pod_namespaces: BTreeMap<String, String>,
     scope_ids: BTreeMap<String, u16>,
+    /// Scope ids of namespaces with rules of their own (not only learning).
+    own_rule_scopes: std::collections::HashSet<u16>,
     /// Whether this agent has switched in a policy of its own yet.
     applied_once: bool,
     /// Learning (issue 11).
@@ -39,6 +41,7 @@ impl Applier {
             cgroup_root,
             pod_namespaces: BTreeMap::new(),
             scope_ids: BTreeMap::new(),
+            own_rule_scopes: Default::default(),
             applied_once: false,
             learner: Learner::open(pins)?,
         })
@@ -54,10 +57,16 @@ impl Applier {
             .iter()
             .filter_map(|r| r.scope.as_deref())
             .collect();
+        let with_rules: std::collections::BTreeSet<&str> = namespaces.iter().copied().collect();
         namespaces.extend(Learner::namespaces(policy)); // issue 11
         namespaces.sort_unstable();
         namespaces.dedup();
         let scope_ids = self.scopes.ids_for(namespaces)?;
+        let own_rule_scopes: std::collections::HashSet<u16> = scope_ids
+            .iter()
+            .filter(|(ns, _)| with_rules.contains(ns.as_str()))
+            .map(|(_, id)| *id)
+            .collect();
         let compiled =
             compile_with_scopes(policy, &scope_ids).with_context(|| source.to_owned())?;
         // Pods the new policy scopes are registered before the switch (a
@@ -65,8 +74,9 @@ impl Applier {
         // node-wide ones); pods it no longer scopes are dropped after it, so
         // the policy in force always finds its pods.
         let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids);
-        self.scopes.register(&wanted)?;
+        self.scopes.register(&wanted, &own_rule_scopes)?;
         let applied = self.maps.apply(Arc::new(compiled))?;
+        self.own_rule_scopes = own_rule_scopes;
         self.pod_namespaces = policy.pod_namespaces.clone();
         self.scope_ids = scope_ids;
         self.applied_once = true;
@@ -112,7 +122,7 @@ impl Applier {
             return Ok(());
         }
         let wanted = self.pod_table(&self.pod_namespaces, &self.scope_ids);
-        let changed = self.scopes.register(&wanted)?;
+        let changed = self.scopes.register(&wanted, &self.own_rule_scopes)?;
         let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {
             tracing::info!(

@@ -92,14 +92,24 @@ impl ScopeMaps {
 
     /// Registers (or re-points) every cgroup in `wanted`; returns how many
     /// changed.
-    pub fn register(&mut self, wanted: &StdHashMap<u64, u16>) -> Result<usize> {
+    /// Scopes in `own_rules` (namespaces with rules of their own) are
+    /// flagged `SCOPE_FLAG_OWN_RULES`.
+    pub fn register(
+        &mut self,
+        wanted: &StdHashMap<u64, u16>,
+        own_rules: &std::collections::HashSet<u16>,
+    ) -> Result<usize> {
         let mut changed = 0;
         for (id, scope) in wanted {
-            if self.registered.get(id) != Some(&u32::from(*scope)) {
+            let mut value = u32::from(*scope);
+            if own_rules.contains(scope) {
+                value |= classifier_common::SCOPE_FLAG_OWN_RULES;
+            }
+            if self.registered.get(id) != Some(&value) {
                 self.cgroups
-                    .insert(*id, u32::from(*scope), 0)
+                    .insert(*id, value, 0)
                     .context("registering a pod cgroup")?;
-                self.registered.insert(*id, u32::from(*scope));
+                self.registered.insert(*id, value);
                 changed += 1;
             }
         }
