@@ -105,16 +105,6 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
     sb.start_agent(&["--policy", dir.to_str().unwrap(), "--metrics-addr", &metrics])?;
     wait_for_status(&metrics, "/readyz", 200)?;
 
-    // The global EgressNetwork applies to team-b and to node processes.
-    for (who, cgroup) in [("team-b pod", team_b.clone()), ("node", sb.cgroup.clone())] {
-        let v = verdict_from(&sb, &cgroup, 5222)?;
-        assert_eq!(v["protocol"], "opaque", "{who}, 5222: {v}");
-    }
-    // team-a has an EgressNetwork of its own: the global one is shadowed,
-    // even though its own does not match 127.0.0.1.
-    let v = verdict_from(&sb, &team_a, 5222)?;
-    assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
-
     // Both bad objects are reported by name.
     let log = sb.agent_log();
     for needle in ["EgressNetwork team-c/broken", "Pod team-c/typo"] {
@@ -165,6 +155,16 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
     assert!(!text.contains("typo") && !text.contains("team-c"), "{text}");
+
+    // The global EgressNetwork applies to team-b and to node processes.
+    for (who, cgroup) in [("team-b pod", team_b.clone()), ("node", sb.cgroup.clone())] {
+        let v = verdict_from(&sb, &cgroup, 5222)?;
+        assert_eq!(v["protocol"], "opaque", "{who}, 5222: {v}");
+    }
+    // team-a has an EgressNetwork of its own: the global one is shadowed,
+    // even though its own does not match 127.0.0.1.
+    let v = verdict_from(&sb, &team_a, 5222)?;
+    assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
 
     // Still ready after all that.
     assert_eq!(get(&metrics, "/readyz")?.0, 200);
