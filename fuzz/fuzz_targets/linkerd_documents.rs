@@ -17,12 +17,13 @@
 //! - rule ids are 1..=n, rules have networks and ports;
 //! - the scoped compilation of the policy, with an id for every namespace
 //!   its rules name, either refuses with `TooManyEntries` or gives sorted
-//!   entries, each in a scope that was given.
+//!   entries, each in a scope that was given (or node-wide, or the global
+//!   egress scope).
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use classifier_common::SCOPE_NODE;
+use classifier_common::{SCOPE_GLOBAL_EGRESS, SCOPE_NODE};
 use classifier_policy::compile::{compile_with_scopes, entry_bound};
 use classifier_policy::sources::{compile_documents, compile_documents_report, DocumentSet, Options};
 use classifier_policy::CompileError;
@@ -95,7 +96,11 @@ fuzz_target!(|data: &[u8]| {
         .enumerate()
         .map(|(i, ns)| (ns, i as u16 + 1))
         .collect();
-    let given: BTreeSet<u16> = scope_ids.values().copied().chain([SCOPE_NODE]).collect();
+    let given: BTreeSet<u16> = scope_ids
+        .values()
+        .copied()
+        .chain([SCOPE_NODE, SCOPE_GLOBAL_EGRESS])
+        .collect();
     match compile_with_scopes(policy, &scope_ids) {
         Ok(c) => {
             assert_eq!(c.rule_count as usize, policy.rules.len());
