@@ -92,7 +92,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
-    let mut status = Status::new(StatusMap::open(&opts.pins)?, opts.kubernetes);
+    let mut status = Status::new(StatusMap::open(&opts.pins)?, opts.pins.clone(), opts.kubernetes);
     // Everything that needs more than CAP_BPF is done. A drop that fails
     // stops the agent: it never runs with more than it says.
     let dropped = privileges::keep_only(&[privileges::CAP_BPF])
@@ -137,6 +137,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
         Ok(policy) => {
             let applied = applier.apply(&policy, &source.describe())?;
+            // Before ready: whoever waits for /readyz finds the report.
+            report_rejected(&source, &agent_metrics, &status);
             agent_metrics.policy_applied(applied.generation, policy.rules.len());
             status.applied();
         }
@@ -219,6 +221,7 @@ fn apply_reloaded(
     let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
     match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
         Ok(applied) => {
+            report_rejected(source, agent_metrics, status);
             agent_metrics.policy_applied(applied.generation, rules);
             status.applied();
         }
@@ -231,17 +234,30 @@ fn apply_reloaded(
     }
 }
 
+/// The objects the policy just applied skipped (issue 12): counts by kind
+/// for `/metrics`, the first few for `classifier stats`.
+fn report_rejected(source: &PolicySource, agent_metrics: &metrics::AgentMetrics, status: &Status) {
+    let report = source.rejected();
+    agent_metrics.set_rejected(&report.by_kind);
+    if let Err(err) = report.write(&status.pins) {
+        tracing::warn!("writing the rejected-objects report for `classifier stats`: {err:#}");
+    }
+}
+
 /// The agent's status as `classifier stats` shows it (see `StatusMap`).
 struct Status {
     map: StatusMap,
+    /// Where the rejected-objects report goes (see `RejectedReport`).
+    pins: PinDir,
     value: AgentStatus,
 }
 
 impl Status {
-    fn new(map: StatusMap, kubernetes: bool) -> Self {
+    fn new(map: StatusMap, pins: PinDir, kubernetes: bool) -> Self {
         let flags = if kubernetes { AGENT_FLAG_KUBERNETES } else { 0 };
         let mut status = Self {
             map,
+            pins,
             value: AgentStatus {
                 flags,
                 pid: std::process::id(),

@@ -21,7 +21,8 @@ use anyhow::{bail, Result};
 
 use crate::{
     policy::{sources::load_policy_path_lenient, Policy},
-    sources::{compile_documents_report, DocumentSet, Options},
+    datapath::status::RejectedReport,
+    sources::{compile_documents_report, DocumentSet, Options, Rejected},
 };
 
 pub struct PolicySource {
@@ -32,6 +33,8 @@ pub struct PolicySource {
     /// file's documents are added to them.
     kubernetes: Option<Arc<DocumentSet>>,
     linkerd: Options,
+    /// The objects the last policy composed skipped (issue 12).
+    rejected: std::sync::Mutex<RejectedReport>,
 }
 
 /// What changes when the policy's contents may have: for every file, which
@@ -98,6 +101,7 @@ impl PolicySource {
             last_seen: None,
             kubernetes: None,
             linkerd,
+            rejected: std::sync::Mutex::new(RejectedReport::default()),
         }
     }
 
@@ -127,9 +131,24 @@ impl PolicySource {
         self.compose()
     }
 
+    /// The objects the policy last loaded skipped (empty for the
+    /// built-in policy and for classifier-format files).
+    pub fn rejected(&self) -> RejectedReport {
+        self.rejected.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn set_rejected(&self, rejected: &[Rejected]) {
+        if let Ok(mut r) = self.rejected.lock() {
+            *r = RejectedReport::of(rejected);
+        }
+    }
+
     fn compose(&self) -> Result<Policy> {
         match (&self.path, &self.kubernetes) {
-            (None, None) => Ok(Policy::builtin_default()),
+            (None, None) => {
+                self.set_rejected(&[]);
+                Ok(Policy::builtin_default())
+            }
             (Some(path), None) => self.read(path),
             (path, Some(live)) => {
                 let mut set = DocumentSet::clone(live);
@@ -142,6 +161,7 @@ impl PolicySource {
                 // Objects the compiler rejects are skipped (each logged as
                 // a warning) and the rest applies.
                 let compiled = compile_documents_report(&set, &self.linkerd)?;
+                self.set_rejected(&compiled.rejected);
                 Ok(compiled.policy)
             }
         }
@@ -164,6 +184,7 @@ impl PolicySource {
     fn read(&self, path: &Path) -> Result<Policy> {
         self.check(path)?;
         let compiled = load_policy_path_lenient(path, &self.linkerd)?;
+        self.set_rejected(&compiled.rejected);
         Ok(compiled.policy)
     }
 

@@ -21,7 +21,7 @@ use anyhow::Result;
 use prometheus_client::{
     collector::Collector,
     encoding::{prometheus_text, DescriptorEncoder, EncodeMetric as _},
-    metrics::{info::Info, MetricType},
+    metrics::{gauge::ConstGauge, info::Info, MetricType},
     registry::Registry,
 };
 
@@ -138,6 +138,26 @@ impl Collector for AgentCollector {
                 u32::from(connected),
             )?;
         }
+        // Issue 12: counts only, never names (those are in `classifier
+        // stats`). Every watched kind is listed, at 0 when none is skipped.
+        {
+            let mut by_kind: std::collections::BTreeMap<&str, u64> = crate::sources::kinds::KINDS
+                .iter()
+                .map(|k| (k.kind, 0))
+                .collect();
+            for (kind, n) in &v.rejected_by_kind {
+                *by_kind.entry(kind.as_str()).or_insert(0) += n;
+            }
+            let mut family = enc.encode_descriptor(
+                "agent_rejected_objects",
+                "Objects the current policy skipped because the compiler rejects them (the rest applies), by kind",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (kind, n) in by_kind {
+                ConstGauge::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+            }
+        }
         let info = enc.encode_descriptor(
             "build",
             "The agent's version, git commit and map layout version (always 1)",
@@ -199,6 +219,7 @@ mod tests {
             agent: None,
             learning: None,
             learned_destinations: Vec::new(),
+            rejected: None,
         }
     }
 
@@ -207,6 +228,7 @@ mod tests {
         let agent = AgentMetrics::new(Duration::from_secs(30));
         agent.policy_applied(4, 2);
         agent.policy_apply_failed();
+        agent.set_rejected(&[("Pod".to_owned(), 2), ("EgressNetwork".to_owned(), 1)].into());
         let text = Exporter::with_snapshots(|| Ok(snapshot()), agent).render();
         for line in [
             "# TYPE classifier_connects_total counter",
@@ -228,6 +250,10 @@ mod tests {
             "classifier_agent_policy_apply_errors_total 1",
             "classifier_agent_sync_errors_total 0",
             "# TYPE classifier_build_info gauge",
+            "# TYPE classifier_agent_rejected_objects gauge",
+            "classifier_agent_rejected_objects{kind=\"Pod\"} 2",
+            "classifier_agent_rejected_objects{kind=\"EgressNetwork\"} 1",
+            "classifier_agent_rejected_objects{kind=\"Server\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -54,6 +54,8 @@ struct Inner {
     kubernetes_connected: Mutex<Option<bool>>,
     /// Whether the programs are still attached (checked by `/readyz`).
     attached: CheckSlot,
+    /// The objects the current policy skipped, by kind (issue 12).
+    rejected_by_kind: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -89,6 +91,7 @@ impl AgentMetrics {
             last_heartbeat: Mutex::new(Instant::now()),
             kubernetes_connected: Mutex::new(None),
             attached: CheckSlot::default(),
+            rejected_by_kind: Mutex::default(),
         }))
     }
 
@@ -101,6 +104,11 @@ impl AgentMetrics {
         i.policy_rules.store(rules as u64, Ordering::Relaxed);
         *lock(&i.last_apply) = Some(SystemTime::now());
         i.ready.store(true, Ordering::Release);
+    }
+
+    /// The objects the policy just applied skipped, by kind.
+    pub fn set_rejected(&self, by_kind: &std::collections::BTreeMap<String, u64>) {
+        *lock(&self.0.rejected_by_kind) = by_kind.clone();
     }
 
     /// A policy could not be loaded, compiled or written; the previous one
@@ -196,6 +204,7 @@ impl AgentMetrics {
             last_apply: lock(&i.last_apply).map(unix_seconds),
             last_sync: lock(&i.last_sync).map(unix_seconds),
             kubernetes_connected: *lock(&i.kubernetes_connected),
+            rejected_by_kind: lock(&i.rejected_by_kind).clone(),
         }
     }
 }
@@ -211,6 +220,7 @@ struct AgentValues {
     last_apply: Option<f64>,
     last_sync: Option<f64>,
     kubernetes_connected: Option<bool>,
+    rejected_by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {

@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub learning: Option<LearningInfo>,
     /// The learned destinations themselves (`learned_destinations` in JSON).
     pub learned_destinations: Vec<crate::learned::LearnedDestination>,
+    /// The objects the agent's current policy skipped (issue 12); `None`
+    /// if no agent reported any here.
+    pub rejected: Option<crate::datapath::status::RejectedReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -234,6 +237,7 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
             contradicted_total: get(counters::LEARN_CONTRADICTED),
         }),
         learned_destinations: learning.map(|(_, e)| e).unwrap_or_default(),
+        rejected: crate::datapath::status::RejectedReport::read(pins),
     })
 }
 

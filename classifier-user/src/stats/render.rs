@@ -124,6 +124,37 @@ pub fn render_table(s: &Snapshot) -> String {
             }
         }
     }
+    if let Some(r) = &s.rejected {
+        let kinds: Vec<String> = r.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "rejected objects      {:>12}   {}",
+            r.total,
+            if kinds.is_empty() {
+                "(the current policy applies every object)".to_owned()
+            } else {
+                format!("skipped, the rest applies: {}", kinds.join(", "))
+            }
+        );
+        for o in &r.objects {
+            let _ = writeln!(
+                out,
+                "  {} {}{} ({}): {}",
+                o.kind,
+                o.namespace.as_deref().map_or(String::new(), |n| format!("{n}/")),
+                o.name,
+                o.origin,
+                o.reason
+            );
+        }
+        if (r.objects.len() as u64) < r.total {
+            let _ = writeln!(
+                out,
+                "  ... and {} more (see the agent's log)",
+                r.total - r.objects.len() as u64
+            );
+        }
+    }
     if !s.top_ports.is_empty() {
         let ports: Vec<String> = s
             .top_ports
@@ -154,5 +185,10 @@ pub fn render_json(s: &Snapshot) -> Value {
         "agent": s.agent,
         "learning": s.learning,
         "learned_destinations": crate::learned::cli::to_json(&s.learned_destinations),
+        // Issue 12: at most RejectedReport::MAX_OBJECTS listed, the total
+        // and the counts by kind always complete.
+        "rejected_objects": s.rejected.as_ref().map_or_else(Vec::new, |r| r.objects.clone()),
+        "rejected_objects_total": s.rejected.as_ref().map_or(0, |r| r.total),
+        "rejected_objects_by_kind": s.rejected.as_ref().map(|r| r.by_kind.clone()).unwrap_or_default(),
     })
 }

@@ -458,6 +458,7 @@ fn full_exposition() -> String {
             contradicted_total: 0,
         }),
         learned_destinations: vec![],
+        rejected: None,
     };
     let agent = AgentMetrics::new(Duration::from_secs(30));
     agent.policy_applied(2, 1);

@@ -105,6 +105,57 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
     sb.start_agent(&["--policy", dir.to_str().unwrap(), "--metrics-addr", &metrics])?;
     wait_for_status(&metrics, "/readyz", 200)?;
 
+    // Both bad objects are reported by name.
+    let log = sb.agent_log();
+    for needle in ["EgressNetwork team-c/broken", "Pod team-c/typo"] {
+        assert!(
+            log.contains(needle) && log.contains("skipping an object"),
+            "{needle} not reported:\n{log}"
+        );
+    }
+    // `classifier stats --json` lists them, with the reason and where each
+    // came from (the agent writes the report after applying the policy,
+    // before /readyz says ready).
+    let stats = sb.stats()?;
+    assert_eq!(stats["rejected_objects_total"], 2, "{stats:#}");
+    assert_eq!(stats["rejected_objects_by_kind"]["Pod"], 1, "{stats:#}");
+    assert_eq!(stats["rejected_objects_by_kind"]["EgressNetwork"], 1, "{stats:#}");
+    let listed = stats["rejected_objects"].as_array().context("rejected_objects")?;
+    for (kind, name, reason) in [("EgressNetwork", "broken", "127.0.0.0/33"), ("Pod", "typo", "mysql")] {
+        let object = listed
+            .iter()
+            .find(|o| o["kind"] == kind && o["name"] == name)
+            .with_context(|| format!("{kind} {name} not in {stats:#}"))?;
+        assert_eq!(object["namespace"], "team-c", "{object}");
+        assert!(object["origin"].as_str().unwrap_or("").contains("all.yaml"), "{object}");
+        assert!(object["reason"].as_str().unwrap_or("").contains(reason), "{object}");
+    }
+    // The table says so too.
+    let out = std::process::Command::new(tests::classifier_bin())
+        .args(["stats", "--pin-dir"])
+        .arg(&sb.pins)
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        table.lines().any(|l| l.starts_with("rejected objects") && l.contains("EgressNetwork 1, Pod 1")),
+        "{table}"
+    );
+    assert!(table.contains("  Pod team-c/typo ("), "{table}");
+
+    // /metrics counts them by kind, without names.
+    let (status, text) = get(&metrics, "/metrics")?;
+    assert_eq!(status, 200);
+    for line in [
+        "# TYPE classifier_agent_rejected_objects gauge",
+        "classifier_agent_rejected_objects{kind=\"Pod\"} 1",
+        "classifier_agent_rejected_objects{kind=\"EgressNetwork\"} 1",
+        "classifier_agent_rejected_objects{kind=\"Server\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("typo") && !text.contains("team-c"), "{text}");
+
     // The global EgressNetwork applies to team-b and to node processes.
     for (who, cgroup) in [("team-b pod", team_b.clone()), ("node", sb.cgroup.clone())] {
         let v = verdict_from(&sb, &cgroup, 5222)?;
@@ -115,14 +166,6 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
     let v = verdict_from(&sb, &team_a, 5222)?;
     assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
 
-    // Both bad objects are reported by name.
-    let log = sb.agent_log();
-    for needle in ["EgressNetwork team-c/broken", "Pod team-c/typo"] {
-        assert!(
-            log.contains(needle) && log.contains("skipping an object"),
-            "{needle} not reported:\n{log}"
-        );
-    }
     // Still ready after all that.
     assert_eq!(get(&metrics, "/readyz")?.0, 200);
     Ok(())
