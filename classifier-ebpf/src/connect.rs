@@ -278,11 +278,10 @@ fn lookup_rule(
         return RuleVerdict::default();
     }
     let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
-    let mut scope = SCOPE_NODE;
     let mut own_rules = false;
     if config.flags & CONFIG_FLAG_SCOPED != 0 {
         let entry = client_scope_entry();
-        scope = entry as u16;
+        let scope = entry as u16;
         own_rules = entry & SCOPE_FLAG_OWN_RULES != 0;
         if scope != SCOPE_NODE {
             let hit = lookup_in_scope(slot, scope, dst, is_v4, port, any_port);
