@@ -796,7 +796,12 @@ mod tests {
             [0, 1, 2, 3]
         );
         assert_eq!(
-            [SOURCE_NONE, SOURCE_DEFAULT_PORT, SOURCE_RULE, SOURCE_LEARNED],
+            [
+                SOURCE_NONE,
+                SOURCE_DEFAULT_PORT,
+                SOURCE_RULE,
+                SOURCE_LEARNED
+            ],
             [0, 1, 2, 3]
         );
         assert_eq!(size_of::<Protocol>(), 1);

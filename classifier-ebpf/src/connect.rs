@@ -13,17 +13,15 @@
 //! (excluded UIDs), one to four LPM trie lookups (exact and wildcard port,
 //! in two universes: the client's scope and the node-wide rules, or the
 //! node-wide rules and the global EgressNetworks; only those the policy
-//! needs), up to `MAX_CGROUP_LEVEL` scope lookups for scoped policies, one
+//! needs), up to `MAX_CGROUP_LEVEL` scope lookups, at most once per connect
+//! (`scope`) and only for scoped policies or learning, one
 //! bitmap word, the port counter; in mark mode one SO_MARK read.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie,
-        bpf_getsockopt, bpf_setsockopt,
-    },
+    helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt},
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -32,17 +30,17 @@ use aya_ebpf::{
 use classifier_common::{
     counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
     PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, MAX_CGROUP_LEVEL, PORT_ANY,
-    REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_FLAG_OWN_RULES,
-    SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, PORT_ANY, REPLY_FLAG_DST_IPV4,
+    REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
         count, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_INFLIGHT,
-        CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6, CLS_SCOPES,
+        CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6,
     },
+    scope::ClientScope,
 };
 
 /// Return value that lets the connect() proceed.
@@ -160,7 +158,8 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     count_port(port);
     let marking = config.flags & CONFIG_FLAG_MARK != 0;
 
-    let rule = lookup_rule(slot as u8, config, &dst, is_v4, port);
+    let mut scope = ClientScope::new();
+    let rule = lookup_rule(slot as u8, config, &dst, is_v4, port, &mut scope);
     let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
         (
             Protocol::from_wire(rule.protocol),
@@ -169,7 +168,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         )
     } else if is_default_opaque(slot, port) {
         (Protocol::Opaque, Source::DefaultPort, 0)
-    } else if crate::learn::at_connect(ctx, &dst, port) {
+    } else if crate::learn::at_connect(ctx, &dst, port, &mut scope) {
         // Learning (issue 11): a learned server-first destination. Below
         // rules and default ports; `at_connect` also has the socket watched.
         (Protocol::Opaque, Source::Learned, 0)
@@ -270,6 +269,7 @@ fn lookup_rule(
     dst: &[u8; 16],
     is_v4: bool,
     port: u16,
+    client: &mut ClientScope,
 ) -> RuleVerdict {
     // Port 0 is the wildcard's key: a connect to it (meaningless, but
     // possible) must not read wildcard entries as its own. No rule lists
@@ -280,9 +280,8 @@ fn lookup_rule(
     let any_port = config.flags & CONFIG_FLAG_ANY_PORT != 0;
     let mut own_rules = false;
     if config.flags & CONFIG_FLAG_SCOPED != 0 {
-        let entry = client_scope_entry();
-        let scope = entry as u16;
-        own_rules = entry & SCOPE_FLAG_OWN_RULES != 0;
+        let scope = client.id();
+        own_rules = client.has_own_rules();
         if scope != SCOPE_NODE {
             let hit = lookup_in_scope(slot, scope, dst, is_v4, port, any_port);
             if hit.kind == RULE_MATCH {
@@ -295,8 +294,7 @@ fn lookup_rule(
     // its own (flagged in its scope entry): those shadow them even where
     // none matches (linkerd2 policy-controller/k8s/index/src/outbound/index/
     // egress_network.rs, `resolve_egress_network`).
-    if hit.kind == RULE_MATCH || own_rules || config.flags & CONFIG_FLAG_GLOBAL_EGRESS == 0
-    {
+    if hit.kind == RULE_MATCH || own_rules || config.flags & CONFIG_FLAG_GLOBAL_EGRESS == 0 {
         return hit;
     }
     lookup_in_scope(slot, SCOPE_GLOBAL_EGRESS, dst, is_v4, port, any_port)
@@ -349,35 +347,6 @@ fn trie_get(slot: u8, scope: u16, dst: &[u8; 16], is_v4: bool, port: u16) -> Rul
         Some(v) => *v,
         None => RuleVerdict::default(),
     }
-}
-
-/// The scope of the connecting process: that of the nearest ancestor
-/// cgroup the agent registered (a pod's cgroup; the process is usually in
-/// a container cgroup below it). `SCOPE_NODE` outside any pod.
-#[inline(always)]
-pub(crate) fn client_scope() -> u16 {
-    client_scope_entry() as u16
-}
-
-/// The client's `CLS_SCOPES` entry: the scope id in the low 16 bits and
-/// `SCOPE_FLAG_*` bits; 0 (`SCOPE_NODE`, no flags) outside any pod.
-#[inline(always)]
-fn client_scope_entry() -> u32 {
-    let mut level = 1;
-    while level <= MAX_CGROUP_LEVEL {
-        // SAFETY: helper with a plain integer argument.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id == 0 {
-            // Deeper than the process's own cgroup.
-            break;
-        }
-        if let Some(scope) = CLS_SCOPES.get_ptr(id) {
-            // SAFETY: live map value.
-            return unsafe { *scope };
-        }
-        level += 1;
-    }
-    0
 }
 
 #[inline(always)]

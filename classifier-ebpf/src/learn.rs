@@ -37,8 +37,8 @@ use classifier_common::{
 };
 
 use crate::{
-    connect::client_scope,
     maps::{count, CLS_LEARNED, CLS_LEARN_CONFIG, CLS_LEARN_PENDING, CLS_LEARN_SCOPES},
+    scope::ClientScope,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -54,7 +54,12 @@ const TCP_CLOSING: u32 = 11;
 /// whether it is a learned server-first destination for this client. With
 /// learning on, the socket is also remembered for `watch`.
 #[inline(always)]
-pub fn at_connect(ctx: &SockAddrContext, dst: &[u8; 16], port: u16) -> bool {
+pub fn at_connect(
+    ctx: &SockAddrContext,
+    dst: &[u8; 16],
+    port: u16,
+    client: &mut ClientScope,
+) -> bool {
     let Some(config) = CLS_LEARN_CONFIG.get(0) else {
         return false;
     };
@@ -64,7 +69,7 @@ pub fn at_connect(ctx: &SockAddrContext, dst: &[u8; 16], port: u16) -> bool {
     let scope = if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
         SCOPE_NODE
     } else {
-        client_scope()
+        client.id()
     };
     let key = LearnedKey {
         scope: u32::from(scope),
@@ -196,7 +201,9 @@ fn server_first(key: &LearnedKey) {
             let mut zero = 0u32;
             // SAFETY: a write to a local.
             unsafe { core::ptr::write_volatile(&mut zero, 0) };
-            if CLS_LEARN_SCOPES.insert(&key.scope, &zero, BPF_NOEXIST).is_err()
+            if CLS_LEARN_SCOPES
+                .insert(&key.scope, &zero, BPF_NOEXIST)
+                .is_err()
                 && CLS_LEARN_SCOPES.get_ptr(&key.scope).is_none()
             {
                 count(c::ERR_LEARN);

@@ -25,6 +25,7 @@ mod learn;
 mod maps;
 mod publish;
 mod query;
+mod scope;
 
 #[cfg(not(test))]
 #[panic_handler]

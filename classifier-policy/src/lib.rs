@@ -48,9 +48,8 @@ pub use compile::{compile, compile_with_scopes, CompileError, CompiledPolicy, Tr
 pub use explain::{classify, classify_from, Decision, DecisionSource};
 pub use file::{load_policy_file, parse_policy, parse_policy_document, ParsedPolicy};
 pub use model::{
-    format_ttl, parse_ttl, Learning, LearningScope,
-    Mark, Network, Policy, PolicyError, Protocol, Rule, LINKERD_DEFAULT_CLUSTER_NETWORKS,
-    LINKERD_DEFAULT_OPAQUE_PORTS, LINKERD_PROXY_UID,
+    format_ttl, parse_ttl, Learning, LearningScope, Mark, Network, Policy, PolicyError, Protocol,
+    Rule, LINKERD_DEFAULT_CLUSTER_NETWORKS, LINKERD_DEFAULT_OPAQUE_PORTS, LINKERD_PROXY_UID,
 };
 pub use ports::{PortListError, PortSet};
 pub use sources::{load_policy_path, load_policy_path_report, load_policy_text_report};

@@ -169,7 +169,10 @@ fn run(cli: Cli) -> Result<()> {
                         entry.observations,
                         entry.scope_label()
                     );
-                    println!("  from    the live learned table at {}", pins.root().display());
+                    println!(
+                        "  from    the live learned table at {}",
+                        pins.root().display()
+                    );
                 }
                 return Ok(());
             }
@@ -198,7 +201,10 @@ fn run(cli: Cli) -> Result<()> {
             let pins = PinDir::new(args.pins.pin_dir);
             let entries = learned::cli::list(&pins)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&learned::cli::to_json(&entries))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&learned::cli::to_json(&entries))?
+                );
             } else {
                 print!("{}", learned::cli::render_table(&entries));
             }

@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use classifier_common::{SCOPE_GLOBAL_EGRESS, SCOPE_NODE};
 use classifier_policy::compile::{compile_with_scopes, entry_bound};
-use classifier_policy::sources::{compile_documents, compile_documents_report, DocumentSet, Options};
+use classifier_policy::sources::{
+    compile_documents, compile_documents_report, DocumentSet, Options,
+};
 use classifier_policy::CompileError;
 use libfuzzer_sys::fuzz_target;
 
@@ -56,14 +58,19 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             // A whole-set error (a broken ClassifierPolicy, say): the strict
             // compiler says the same.
-            let strict = compile_documents(&set, &opts).expect_err("strict accepts what lenient refuses");
+            let strict =
+                compile_documents(&set, &opts).expect_err("strict accepts what lenient refuses");
             assert_eq!(strict.to_string(), e.to_string());
             return;
         }
     };
     let again = compile_documents_report(&set, &opts).expect("compiled on the first try");
     assert_eq!(again.policy, compiled.policy, "not deterministic");
-    assert_eq!(again.rejected.len(), compiled.rejected.len(), "not deterministic");
+    assert_eq!(
+        again.rejected.len(),
+        compiled.rejected.len(),
+        "not deterministic"
+    );
 
     for r in &compiled.rejected {
         assert!(!r.kind.is_empty() && !r.origin.is_empty(), "{r:?}");
@@ -105,17 +112,37 @@ fuzz_target!(|data: &[u8]| {
         Ok(c) => {
             assert_eq!(c.rule_count as usize, policy.rules.len());
             for w in c.v4.windows(2) {
-                assert!(w[0].sort_key() < w[1].sort_key(), "v4 entries unsorted or repeated");
+                assert!(
+                    w[0].sort_key() < w[1].sort_key(),
+                    "v4 entries unsorted or repeated"
+                );
             }
             for w in c.v6.windows(2) {
-                assert!(w[0].sort_key() < w[1].sort_key(), "v6 entries unsorted or repeated");
+                assert!(
+                    w[0].sort_key() < w[1].sort_key(),
+                    "v6 entries unsorted or repeated"
+                );
             }
-            for scope in c.v4.iter().map(|e| e.scope).chain(c.v6.iter().map(|e| e.scope)) {
-                assert!(given.contains(&scope), "entry in scope {scope}, not one given");
+            for scope in
+                c.v4.iter()
+                    .map(|e| e.scope)
+                    .chain(c.v6.iter().map(|e| e.scope))
+            {
+                assert!(
+                    given.contains(&scope),
+                    "entry in scope {scope}, not one given"
+                );
             }
         }
-        Err(CompileError::TooManyEntries { entries, capacity, family }) => {
-            assert!(entries > capacity, "{family}: refused {entries} <= {capacity}");
+        Err(CompileError::TooManyEntries {
+            entries,
+            capacity,
+            family,
+        }) => {
+            assert!(
+                entries > capacity,
+                "{family}: refused {entries} <= {capacity}"
+            );
         }
         Err(e) => panic!("scoped compilation failed: {e}"),
     }

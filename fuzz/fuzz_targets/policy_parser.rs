@@ -25,13 +25,13 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use classifier_common::{RuleVerdict, PORT_ANY, RULE_MATCH, RULE_NONE, SCOPE_NODE};
+use classifier_policy::compile::kernel_model::KernelModel;
 use classifier_policy::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
 use classifier_policy::explain::canonical_addr;
-use classifier_policy::compile::kernel_model::KernelModel;
 use classifier_policy::file::MAX_EXCLUDED_UIDS;
 use classifier_policy::{
-    classify, compile, parse_policy, CompileError, CompiledPolicy, DecisionSource, Network,
-    Policy, PortSet, Protocol,
+    classify, compile, parse_policy, CompileError, CompiledPolicy, DecisionSource, Network, Policy,
+    PortSet, Protocol,
 };
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
@@ -60,7 +60,10 @@ fn check_ports(what: &str, set: &PortSet) {
 
 fn is_v4_mapped(net: &IpNet) -> bool {
     match net {
-        IpNet::V6(n) => "::ffff:0:0/96".parse::<ipnet::Ipv6Net>().unwrap().contains(n),
+        IpNet::V6(n) => "::ffff:0:0/96"
+            .parse::<ipnet::Ipv6Net>()
+            .unwrap()
+            .contains(n),
         IpNet::V4(_) => false,
     }
 }
@@ -89,9 +92,18 @@ fn check_network(what: &str, n: &Network) {
 fn check_policy(p: &Policy) {
     check_ports("defaultOpaquePorts", &p.default_opaque_ports);
 
-    assert!(p.exclude_uids.len() <= MAX_EXCLUDED_UIDS, "{} UIDs", p.exclude_uids.len());
+    assert!(
+        p.exclude_uids.len() <= MAX_EXCLUDED_UIDS,
+        "{} UIDs",
+        p.exclude_uids.len()
+    );
     let uids: HashSet<u32> = p.exclude_uids.iter().copied().collect();
-    assert_eq!(uids.len(), p.exclude_uids.len(), "repeated UID in {:?}", p.exclude_uids);
+    assert_eq!(
+        uids.len(),
+        p.exclude_uids.len(),
+        "repeated UID in {:?}",
+        p.exclude_uids
+    );
 
     if let Some(m) = p.mark {
         assert_ne!(m.mask, 0, "mark {m:?} has mask 0");
@@ -133,7 +145,11 @@ fn check_policy(p: &Policy) {
 fn raw_entries(p: &Policy) -> (u64, u64) {
     let (mut v4, mut v6) = (0u64, 0u64);
     for r in &p.rules {
-        let ports = if r.is_wildcard_port() { 1 } else { r.ports.len() as u64 };
+        let ports = if r.is_wildcard_port() {
+            1
+        } else {
+            r.ports.len() as u64
+        };
         for n in &r.networks {
             let keys = 1 + n.except.len() as u64;
             match n.cidr {
@@ -149,12 +165,17 @@ fn raw_entries(p: &Policy) -> (u64, u64) {
 fn check_verdict(p: &Policy, port: u16, v: &RuleVerdict) {
     match v.kind {
         RULE_MATCH => {
-            let r = p
-                .rule(v.rule_id)
-                .unwrap_or_else(|| panic!("trie entry names rule {} of {}", v.rule_id, p.rules.len()));
+            let r = p.rule(v.rule_id).unwrap_or_else(|| {
+                panic!("trie entry names rule {} of {}", v.rule_id, p.rules.len())
+            });
             assert_eq!(v.protocol, r.protocol.wire(), "protocol of rule {}", r.id);
             if port == PORT_ANY {
-                assert!(r.is_wildcard_port(), "wildcard-port entry for rule {} with ports {}", r.id, r.ports);
+                assert!(
+                    r.is_wildcard_port(),
+                    "wildcard-port entry for rule {} with ports {}",
+                    r.id,
+                    r.ports
+                );
             } else {
                 // Exact-port entries also carry wildcard rules' verdicts.
                 assert!(
@@ -165,7 +186,9 @@ fn check_verdict(p: &Policy, port: u16, v: &RuleVerdict) {
                 );
             }
             assert!(
-                r.networks.iter().any(|n| n.cidr.prefix_len() == v.net_prefix),
+                r.networks
+                    .iter()
+                    .any(|n| n.cidr.prefix_len() == v.net_prefix),
                 "rule {} entry with net_prefix {}, not the length of any of its networks",
                 r.id,
                 v.net_prefix
@@ -187,12 +210,21 @@ fn check_compiled(p: &Policy, c: &CompiledPolicy) {
     let wildcard = p.rules.iter().any(|r| r.is_wildcard_port());
     let at_any = c.v4.iter().any(|e| e.port == PORT_ANY) || c.v6.iter().any(|e| e.port == PORT_ANY);
     assert_eq!(c.any_port, at_any, "any_port flag vs entries at PORT_ANY");
-    assert_eq!(at_any, wildcard, "entries at PORT_ANY iff a wildcard-port rule");
+    assert_eq!(
+        at_any, wildcard,
+        "entries at PORT_ANY iff a wildcard-port rule"
+    );
     for w in c.v4.windows(2) {
-        assert!(w[0].sort_key() < w[1].sort_key(), "v4 entries unsorted or repeated");
+        assert!(
+            w[0].sort_key() < w[1].sort_key(),
+            "v4 entries unsorted or repeated"
+        );
     }
     for w in c.v6.windows(2) {
-        assert!(w[0].sort_key() < w[1].sort_key(), "v6 entries unsorted or repeated");
+        assert!(
+            w[0].sort_key() < w[1].sort_key(),
+            "v6 entries unsorted or repeated"
+        );
     }
     for e in &c.v4 {
         assert_eq!(e.scope, SCOPE_NODE, "v4 entry in scope {}", e.scope);
@@ -275,7 +307,8 @@ fn probe_ports(p: &Policy, data: &[u8]) -> Vec<u16> {
         }
     };
     for r in &p.rules {
-        if let (Some(&(s, _)), Some(&(_, e))) = (r.ports.ranges().first(), r.ports.ranges().last()) {
+        if let (Some(&(s, _)), Some(&(_, e))) = (r.ports.ranges().first(), r.ports.ranges().last())
+        {
             take(s, &mut out);
             take(e, &mut out);
             take(e.wrapping_add(1), &mut out);
@@ -297,11 +330,18 @@ fn check_decision(p: &Policy, addr: IpAddr, port: u16) -> (u8, u32) {
     assert_eq!(d.port, port);
     match d.source {
         DecisionSource::Rule { id, network } => {
-            let r = p.rule(id).unwrap_or_else(|| panic!("decision names rule {id}"));
+            let r = p
+                .rule(id)
+                .unwrap_or_else(|| panic!("decision names rule {id}"));
             assert_eq!(d.protocol, r.protocol);
-            assert!(r.ports.contains(port), "rule {id} decided port {port} outside its ports");
             assert!(
-                r.networks.iter().any(|n| n.cidr == network && n.matches(d.addr)),
+                r.ports.contains(port),
+                "rule {id} decided port {port} outside its ports"
+            );
+            assert!(
+                r.networks
+                    .iter()
+                    .any(|n| n.cidr == network && n.matches(d.addr)),
                 "rule {id} decided {} through {network}, which does not match it",
                 d.addr
             );
@@ -329,7 +369,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(p) => p,
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.starts_with("fuzz.yaml: "), "error without origin: {msg:?}");
+            assert!(
+                msg.starts_with("fuzz.yaml: "),
+                "error without origin: {msg:?}"
+            );
             let _ = format!("{e:?}");
             // Errors are deterministic too (same message for the same text).
             let again = parse_policy(text, ORIGIN).expect_err("parsed on the second try");
@@ -353,12 +396,27 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(c.excluded_uids, policy.exclude_uids);
                 assert_eq!(c.mark, policy.mark);
                 assert_eq!(c.default_ports, policy.default_opaque_ports.to_bitmap());
-                assert!(c.v4.len() as u64 <= MAX_V4_ENTRIES, "{} v4 entries", c.v4.len());
-                assert!(c.v6.len() as u64 <= MAX_V6_ENTRIES, "{} v6 entries", c.v6.len());
+                assert!(
+                    c.v4.len() as u64 <= MAX_V4_ENTRIES,
+                    "{} v4 entries",
+                    c.v4.len()
+                );
+                assert!(
+                    c.v6.len() as u64 <= MAX_V6_ENTRIES,
+                    "{} v6 entries",
+                    c.v6.len()
+                );
                 Some(c)
             }
-            Err(CompileError::TooManyEntries { entries, capacity, family }) => {
-                assert!(entries > capacity, "{family}: refused {entries} <= {capacity}");
+            Err(CompileError::TooManyEntries {
+                entries,
+                capacity,
+                family,
+            }) => {
+                assert!(
+                    entries > capacity,
+                    "{family}: refused {entries} <= {capacity}"
+                );
                 None
             }
             // Anything else (rule id 0, scope errors) cannot happen to a

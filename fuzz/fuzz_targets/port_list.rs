@@ -38,7 +38,11 @@ fn reference_port(text: &str) -> Option<u32> {
     if digits.len() > 5 {
         return None;
     }
-    let value: u32 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let value: u32 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     (1..=65535).contains(&value).then_some(value)
 }
 
@@ -134,9 +138,19 @@ fuzz_target!(|data: &[u8]| {
             }
             // `contains` (a binary search) agrees at and around every edge.
             for &(s, e) in set.ranges() {
-                for p in [s as u32 - 1, s as u32, (s as u32 + e as u32) / 2, e as u32, e as u32 + 1] {
+                for p in [
+                    s as u32 - 1,
+                    s as u32,
+                    (s as u32 + e as u32) / 2,
+                    e as u32,
+                    e as u32 + 1,
+                ] {
                     if p <= 65535 {
-                        assert_eq!(set.contains(p as u16), bit(&bits, p), "contains({p}) of {set:?}");
+                        assert_eq!(
+                            set.contains(p as u16),
+                            bit(&bits, p),
+                            "contains({p}) of {set:?}"
+                        );
                     }
                 }
             }
@@ -156,7 +170,10 @@ fn check_set(text: &str, set: &PortSet) {
     let mut prev = 0u16;
     for p in set.iter() {
         assert!(p >= 1, "{set:?} yields port 0");
-        assert!(n == 0 || p > prev, "{set:?} iterates out of order: {prev} then {p}");
+        assert!(
+            n == 0 || p > prev,
+            "{set:?} iterates out of order: {prev} then {p}"
+        );
         prev = p;
         n += 1;
     }

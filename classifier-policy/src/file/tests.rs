@@ -462,16 +462,26 @@ fn learning_defaults_and_values() {
 fn bad_learning_values_name_origin_field_line_and_value() {
     let head = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  learning:\n";
     for (body, parts) in [
-        ("    ttl: soon\n", vec!["spec.learning.ttl", "\"soon\"", "line 5"]),
+        (
+            "    ttl: soon\n",
+            vec!["spec.learning.ttl", "\"soon\"", "line 5"],
+        ),
         (
             "    minObservations: 0\n",
-            vec!["spec.learning.minObservations", "minObservations 0", "line 5"],
+            vec![
+                "spec.learning.minObservations",
+                "minObservations 0",
+                "line 5",
+            ],
         ),
         (
             "    scope: cluster\n",
             vec!["spec.learning.scope", "\"cluster\"", "line 5"],
         ),
-        ("    enabled: yes please\n", vec!["spec.learning.enabled", "line 5"]),
+        (
+            "    enabled: yes please\n",
+            vec!["spec.learning.enabled", "line 5"],
+        ),
         ("    bogus: 1\n", vec!["spec.learning", "bogus", "line 5"]),
     ] {
         assert_error(&format!("{head}{body}"), &parts);

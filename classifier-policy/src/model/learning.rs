@@ -133,7 +133,16 @@ mod tests {
         assert_eq!(parse_ttl("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_ttl("7d").unwrap(), Duration::from_secs(7 * 86400));
-        for bad in ["soon", "", "24", "h", "0s", "1x", "-1h", "999999999999999999d"] {
+        for bad in [
+            "soon",
+            "",
+            "24",
+            "h",
+            "0s",
+            "1x",
+            "-1h",
+            "999999999999999999d",
+        ] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
         }
         assert_eq!(format_ttl(Duration::from_secs(5400)), "1h30m");

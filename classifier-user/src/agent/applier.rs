@@ -82,9 +82,9 @@ impl Applier {
         self.applied_once = true;
         self.scopes.unregister_others(&wanted)?;
         self.learner.apply(&policy.learning)?; // issue 11
-        // Parsing and compiling a large policy leaves freed heap behind that
-        // glibc keeps; give it back so the agent's resident size is what it
-        // actually holds (the previous and current compiled policies).
+                                               // Parsing and compiling a large policy leaves freed heap behind that
+                                               // glibc keeps; give it back so the agent's resident size is what it
+                                               // actually holds (the previous and current compiled policies).
         crate::sys::process::release_free_heap();
         tracing::info!(
             source,

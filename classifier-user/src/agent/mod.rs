@@ -92,7 +92,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
-    let mut status = Status::new(StatusMap::open(&opts.pins)?, opts.pins.clone(), opts.kubernetes);
+    let mut status = Status::new(
+        StatusMap::open(&opts.pins)?,
+        opts.pins.clone(),
+        opts.kubernetes,
+    );
     // Everything that needs more than CAP_BPF is done. A drop that fails
     // stops the agent: it never runs with more than it says.
     let dropped = privileges::keep_only(&[privileges::CAP_BPF])

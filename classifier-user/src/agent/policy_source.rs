@@ -20,8 +20,8 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    policy::{sources::load_policy_path_lenient, Policy},
     datapath::status::RejectedReport,
+    policy::{sources::load_policy_path_lenient, Policy},
     sources::{compile_documents_report, DocumentSet, Options, Rejected},
 };
 

@@ -117,7 +117,9 @@ impl RejectedReport {
         // the encoding under the limit whatever happens.
         while report.encode().len() > Self::MAX_BYTES {
             if report.objects.pop().is_none() {
-                let Some(last) = report.by_kind.keys().last().cloned() else { break };
+                let Some(last) = report.by_kind.keys().last().cloned() else {
+                    break;
+                };
                 report.by_kind.remove(&last);
             }
         }

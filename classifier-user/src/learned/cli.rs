@@ -126,6 +126,9 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(super::unix_to_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::unix_to_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            super::unix_to_rfc3339(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
     }
 }

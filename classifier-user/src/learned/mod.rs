@@ -168,9 +168,7 @@ impl LearnedTable {
                 active: v.observations >= min,
             })
             .collect();
-        out.sort_by(|a, b| {
-            (a.scope_id, a.address, a.port).cmp(&(b.scope_id, b.address, b.port))
-        });
+        out.sort_by(|a, b| (a.scope_id, a.address, a.port).cmp(&(b.scope_id, b.address, b.port)));
         Ok(out)
     }
 

@@ -109,7 +109,11 @@ pub fn render(format: Format, entries: &[LearnedDestination]) -> String {
         Format::Istio => {
             for ((scope, ip), ports) in &groups {
                 let namespace = scope.as_deref().unwrap_or("istio-system");
-                let export = if scope.is_some() { "[\".\"]" } else { "[\"*\"]" };
+                let export = if scope.is_some() {
+                    "[\".\"]"
+                } else {
+                    "[\"*\"]"
+                };
                 let _ = write!(
                     out,
                     "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  hosts: [\"{name}.learned.invalid\"]\n  addresses: [\"{cidr}\"]\n  exportTo: {export}\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  endpoints:\n    - address: \"{ip}\"\n  ports:\n",

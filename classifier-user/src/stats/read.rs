@@ -244,7 +244,10 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
 /// The learning settings and entries, if readable.
 fn learning_snapshot(
     pins: &PinDir,
-) -> Option<(classifier_common::LearnConfig, Vec<crate::learned::LearnedDestination>)> {
+) -> Option<(
+    classifier_common::LearnConfig,
+    Vec<crate::learned::LearnedDestination>,
+)> {
     let table = crate::learned::LearnedTable::open(pins).ok()?;
     let config = table.config().ok()?;
     let entries = table.entries(&crate::learned::scope_names(pins)).ok()?;

@@ -141,7 +141,9 @@ pub fn render_table(s: &Snapshot) -> String {
                 out,
                 "  {} {}{} ({}): {}",
                 o.kind,
-                o.namespace.as_deref().map_or(String::new(), |n| format!("{n}/")),
+                o.namespace
+                    .as_deref()
+                    .map_or(String::new(), |n| format!("{n}/")),
                 o.name,
                 o.origin,
                 o.reason

@@ -105,10 +105,18 @@ fn e2e(args: &Args) -> Result<()> {
     let stock = greetings(&world, args.runs, "stock proxy, classifier attached")?;
     let stock_log = world.proxy_log();
 
-    start_linkerd(&mut world, &args.patched, &identity, &trust_anchors, timeout)?;
+    start_linkerd(
+        &mut world,
+        &args.patched,
+        &identity,
+        &trust_anchors,
+        timeout,
+    )?;
     let patched = greetings(&world, args.runs, "patched proxy, classifier attached")?;
     let hinted = hinted_connections(&world)?;
-    let skipped = world.proxy_lines(&["Skipping protocol detection", "Opaque"]).len();
+    let skipped = world
+        .proxy_lines(&["Skipping protocol detection", "Opaque"])
+        .len();
 
     // HTTP/1 through the patched proxy: port 8080 has no verdict, so the
     // proxy detects it as before and serves it as HTTP.
@@ -251,7 +259,10 @@ fn start_linkerd(
         .env("LINKERD2_PROXY_LOG", "warn,linkerd=debug")
         .env("LINKERD2_PROXY_LOG_FORMAT", "plain")
         .env("LINKERD2_PROXY_IDENTITY_DIR", identity)
-        .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", identity.join("token.txt"))
+        .env(
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            identity.join("token.txt"),
+        )
         .env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", trust_anchors)
         .env(
             "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
@@ -260,12 +271,21 @@ fn start_linkerd(
         .env("LINKERD2_PROXY_IDENTITY_SVC_ADDR", control)
         .env("LINKERD2_PROXY_DESTINATION_SVC_ADDR", control)
         .env("LINKERD2_PROXY_POLICY_SVC_ADDR", control)
-        .env("LINKERD2_PROXY_POLICY_WORKLOAD", r#"{"ns":"ns1","pod":"foo"}"#)
+        .env(
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            r#"{"ns":"ns1","pod":"foo"}"#,
+        )
         // The test addresses are outside the cluster's networks, as an
         // external database is: no profile lookup, fallback policy.
-        .env("LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS", "10.255.255.0/24")
+        .env(
+            "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+            "10.255.255.0/24",
+        )
         .env("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "10.255.255.0/24")
-        .env("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated")
+        .env(
+            "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+            "all-unauthenticated",
+        )
         .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS", "127.0.0.1:4140")
         .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "0.0.0.0:4143")
         .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "0.0.0.0:4191")
@@ -330,7 +350,9 @@ fn greetings(world: &World, runs: usize, what: &str) -> Result<Vec<f64>> {
     eprintln!(
         "linkerd-e2e: {what}: greeting after {:.1} ms (median of {runs}: {:?})",
         median(&ms),
-        ms.iter().map(|m| (m * 10.0).round() / 10.0).collect::<Vec<_>>()
+        ms.iter()
+            .map(|m| (m * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
     );
     Ok(ms)
 }

@@ -509,7 +509,9 @@ fn talk_serve(addr: SocketAddr, count: usize, server_first: bool) {
         let (mut stream, peer) = listener.accept().expect("accept");
         let mut buf = [0u8; 256];
         if server_first {
-            stream.write_all(b"220 hello, server speaks first\r\n").expect("greet");
+            stream
+                .write_all(b"220 hello, server speaks first\r\n")
+                .expect("greet");
             let _ = stream.read(&mut buf);
         } else {
             let _ = stream.read(&mut buf);
@@ -537,7 +539,9 @@ fn talk(addr: SocketAddr, mode: &str) {
         "tls" => {
             // Record header (handshake, TLS 1.0 record version, length),
             // handshake header (ClientHello), client version TLS 1.2, random.
-            let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03];
+            let mut hello = vec![
+                0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
+            ];
             hello.extend_from_slice(&[0x42; 32]);
             hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
             stream.write_all(&hello).expect("write");

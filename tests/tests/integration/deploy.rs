@@ -10,12 +10,13 @@ use std::{
     collections::BTreeSet,
     fs,
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use crate::http::free_addr;
 use classifier_user::policy::{parse_policy, Policy};
 use serde_yaml::Value;
 use tests::{classifier_bin, privileged, Sandbox};
@@ -602,11 +603,6 @@ fn dockerfile_builds_with_the_pinned_toolchain_and_ships_only_the_binary() {
 }
 
 // --- privileged -------------------------------------------------------------
-
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
 fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).ok()?;

@@ -13,7 +13,11 @@ use serde_json::Value;
 use tests::{classifier_bin, privileged, run, Sandbox, Server};
 
 fn talk_server(sb: &Sandbox, addr: &str, count: usize, server_first: bool) -> Result<Server> {
-    let mode = if server_first { "server-first" } else { "client-first" };
+    let mode = if server_first {
+        "server-first"
+    } else {
+        "client-first"
+    };
     Sandbox::spawn_server(
         sb.probe(&["talk-serve", addr, &count.to_string(), mode], None),
         count,
@@ -21,7 +25,15 @@ fn talk_server(sb: &Sandbox, addr: &str, count: usize, server_first: bool) -> Re
 }
 
 fn talk(sb: &Sandbox, addr: &str, server_first: bool) -> Result<()> {
-    talk_as(sb, addr, if server_first { "server-first" } else { "client-first" })
+    talk_as(
+        sb,
+        addr,
+        if server_first {
+            "server-first"
+        } else {
+            "client-first"
+        },
+    )
 }
 
 fn talk_as(sb: &Sandbox, addr: &str, mode: &str) -> Result<()> {
@@ -48,14 +60,20 @@ fn wait_learned(sb: &Sandbox, want: impl Fn(&[Value]) -> bool) -> Result<Vec<Val
             return Ok(l);
         }
         if Instant::now() > deadline {
-            bail!("learned table never as wanted: {l:?}\nagent log:\n{}", sb.agent_log());
+            bail!(
+                "learned table never as wanted: {l:?}\nagent log:\n{}",
+                sb.agent_log()
+            );
         }
         thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn counter(sb: &Sandbox, name: &str) -> u64 {
-    sb.stats().ok().and_then(|s| s["counters"][name].as_u64()).unwrap_or(0)
+    sb.stats()
+        .ok()
+        .and_then(|s| s["counters"][name].as_u64())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -73,11 +91,17 @@ fn server_first_is_learned_then_used_and_a_client_first_contradiction_removes_it
     let table = wait_learned(&sb, |l| !l.is_empty())?;
     assert_eq!(table.len(), 1, "{table:?}");
     assert_eq!(table[0]["destination"], "127.0.0.1:2222");
-    assert_eq!(table[0]["scope"], "node", "a process outside pods: node scope");
+    assert_eq!(
+        table[0]["scope"], "node",
+        "a process outside pods: node scope"
+    );
     assert_eq!(table[0]["observations"], 1);
     talk(&sb, "127.0.0.1:2222", true)?;
     let verdicts = server.results()?;
-    assert_eq!(verdicts[0]["protocol"], "unknown", "first connection: no verdict yet");
+    assert_eq!(
+        verdicts[0]["protocol"], "unknown",
+        "first connection: no verdict yet"
+    );
     assert_eq!(verdicts[1]["protocol"], "opaque", "{}", verdicts[1]);
     assert_eq!(verdicts[1]["source"], "learned");
     wait_learned(&sb, |l| l.first().is_some_and(|e| e["observations"] == 2))?;
@@ -91,8 +115,15 @@ fn server_first_is_learned_then_used_and_a_client_first_contradiction_removes_it
     assert_eq!(explained["protocol"], "opaque");
     // stats shows the table and the counters.
     let stats = sb.stats()?;
-    assert_eq!(stats["learned_destinations"].as_array().map(Vec::len), Some(1), "{stats}");
-    assert!(stats["learning"]["learned_total"].as_u64() >= Some(2), "{stats}");
+    assert_eq!(
+        stats["learned_destinations"].as_array().map(Vec::len),
+        Some(1),
+        "{stats}"
+    );
+    assert!(
+        stats["learning"]["learned_total"].as_u64() >= Some(2),
+        "{stats}"
+    );
 
     // HTTP/1 and a TLS client hello (client first) are never learned.
     let http = talk_server(&sb, "127.0.0.1:8081", 4, false)?;
@@ -106,7 +137,11 @@ fn server_first_is_learned_then_used_and_a_client_first_contradiction_removes_it
         anyhow::ensure!(Instant::now() < deadline, "client-first never observed");
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(learned(&sb)?.len(), 1, "client-first 8081 (HTTP/1, TLS) must not be learned");
+    assert_eq!(
+        learned(&sb)?.len(),
+        1,
+        "client-first 8081 (HTTP/1, TLS) must not be learned"
+    );
 
     // The same destination now speaks client first: the entry goes.
     let contra = talk_server(&sb, "127.0.0.1:2222", 1, false)?;
@@ -172,7 +207,12 @@ fn ttl_expires_entries_and_an_agent_restart_keeps_the_table() -> Result<()> {
         "policy.yaml",
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  learning: {ttl: 1h}\n",
     );
-    sb.start_agent(&["--policy", policy.to_str().unwrap(), "--watch-interval", "0.2"])?;
+    sb.start_agent(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--watch-interval",
+        "0.2",
+    ])?;
     sb.wait_for_generation(1)?;
     let server = talk_server(&sb, "127.0.0.1:2224", 1, true)?;
     talk(&sb, "127.0.0.1:2224", true)?;
@@ -182,7 +222,12 @@ fn ttl_expires_entries_and_an_agent_restart_keeps_the_table() -> Result<()> {
     // Restart: the pinned table survives.
     sb.stop_agent();
     assert_eq!(learned(&sb)?.len(), 1, "the table outlives the agent");
-    sb.start_agent(&["--policy", policy.to_str().unwrap(), "--watch-interval", "0.2"])?;
+    sb.start_agent(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--watch-interval",
+        "0.2",
+    ])?;
     sb.wait_for_log("policy applied", 1, Duration::from_secs(15))?;
     assert_eq!(learned(&sb)?.len(), 1, "a restarted agent keeps the table");
 
@@ -214,7 +259,10 @@ fn suggest_round_trips_through_explain() -> Result<()> {
             .arg(&sb.pins))?;
         let text = String::from_utf8(out.stdout)?;
         if format == "istio" {
-            assert!(text.contains("kind: ServiceEntry") && text.contains("protocol: TCP"), "{text}");
+            assert!(
+                text.contains("kind: ServiceEntry") && text.contains("protocol: TCP"),
+                "{text}"
+            );
             continue;
         }
         let file = sb.write_file(&format!("suggest-{format}.yaml"), &text);
@@ -230,7 +278,11 @@ fn suggest_round_trips_through_explain() -> Result<()> {
         assert_eq!(fixed["protocol"], "opaque", "{format}: {fixed}\n{text}");
         assert_eq!(fixed["source"], "rule", "{format}: {fixed}");
         // No other verdict changes: a default opaque port and an unknown one.
-        for (dst, want) in [("127.0.0.1:3306", "opaque"), ("127.0.0.1:8080", "detect"), ("127.0.0.2:2225", "detect")] {
+        for (dst, want) in [
+            ("127.0.0.1:3306", "opaque"),
+            ("127.0.0.1:8080", "detect"),
+            ("127.0.0.2:2225", "detect"),
+        ] {
             let v = explain(dst)?;
             assert_eq!(v["protocol"], want, "{format} {dst}: {v}\n{text}");
         }
@@ -251,22 +303,35 @@ fn a_destination_learned_in_one_namespace_does_not_apply_in_another() -> Result<
         return Ok(());
     }
     let mut sb = Sandbox::new("learn-scope")?;
-    let team_a = sb.cgroup.join(format!("kubepods/burstable/pod{TEAM_A_POD}/c1"));
-    let team_b = sb.cgroup.join(format!("kubepods/burstable/pod{TEAM_B_POD}/c2"));
+    let team_a = sb
+        .cgroup
+        .join(format!("kubepods/burstable/pod{TEAM_A_POD}/c1"));
+    let team_b = sb
+        .cgroup
+        .join(format!("kubepods/burstable/pod{TEAM_B_POD}/c2"));
     std::fs::create_dir_all(&team_a)?;
     std::fs::create_dir_all(&team_b)?;
     let dir = sb.dir.join("policy");
     std::fs::create_dir(&dir)?;
     std::fs::write(
         dir.join("pods.yaml"),
-        format!("{}---\n{}", pod(TEAM_A_POD, "team-a", "a"), pod(TEAM_B_POD, "team-b", "b")),
+        format!(
+            "{}---\n{}",
+            pod(TEAM_A_POD, "team-a", "a"),
+            pod(TEAM_B_POD, "team-b", "b")
+        ),
     )?;
     sb.start_agent(&["--policy", dir.to_str().unwrap()])?;
     sb.wait_for_generation(1)?;
 
     let talk_in = |cgroup: &std::path::Path| -> Result<()> {
-        let out = sb.probe_in_cgroup(&["talk", "127.0.0.1:2226", "server-first"], cgroup).output()?;
-        anyhow::ensure!(String::from_utf8_lossy(&out.stdout).contains("ok"), "{out:?}");
+        let out = sb
+            .probe_in_cgroup(&["talk", "127.0.0.1:2226", "server-first"], cgroup)
+            .output()?;
+        anyhow::ensure!(
+            String::from_utf8_lossy(&out.stdout).contains("ok"),
+            "{out:?}"
+        );
         Ok(())
     };
     let server = talk_server(&sb, "127.0.0.1:2226", 3, true)?;
@@ -278,19 +343,34 @@ fn a_destination_learned_in_one_namespace_does_not_apply_in_another() -> Result<
     talk_in(&team_a)?;
     let v = server.results()?;
     assert_eq!(v[0]["protocol"], "unknown");
-    assert_eq!(v[1]["protocol"], "unknown", "team-b does not get team-a's entry: {}", v[1]);
+    assert_eq!(
+        v[1]["protocol"], "unknown",
+        "team-b does not get team-a's entry: {}",
+        v[1]
+    );
     assert_eq!(v[2]["source"], "learned", "team-a does: {}", v[2]);
     // explain --from-namespace reads the right scope.
     let explain = |ns: &str| -> Result<Value> {
         let out = run(Command::new(classifier_bin())
-            .args(["explain", "127.0.0.1:2226", "--json", "--from-namespace", ns, "--pin-dir"])
+            .args([
+                "explain",
+                "127.0.0.1:2226",
+                "--json",
+                "--from-namespace",
+                ns,
+                "--pin-dir",
+            ])
             .arg(&sb.pins))?;
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     assert_eq!(explain("team-a")?["source"], "learned");
     // team-b has by now learned its own entry from its own connection.
     wait_learned(&sb, |l| l.len() == 2)?;
-    assert_eq!(explain("team-c")?["source"], "none", "a namespace without pods: node scope");
+    assert_eq!(
+        explain("team-c")?["source"],
+        "none",
+        "a namespace without pods: node scope"
+    );
     Ok(())
 }
 
@@ -310,7 +390,9 @@ fn mariadb_outside_the_default_ports_stalls_once_then_is_learned() -> Result<()>
         "policy.yaml",
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  defaultOpaquePorts: \"\"\n",
     );
-    world.sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    world
+        .sb
+        .start_agent(&["--policy", policy.to_str().unwrap()])?;
     world.sb.wait_for_generation(1)?;
 
     let (out, elapsed) = world.curl(&[])?;
@@ -319,15 +401,25 @@ fn mariadb_outside_the_default_ports_stalls_once_then_is_learned() -> Result<()>
 
     let first = world.mariadb_select_1()?;
     eprintln!("{test}: first connection {first:?}");
-    assert!(first >= DETECT_TIMEOUT, "the first connection stalls: {first:?}");
+    assert!(
+        first >= DETECT_TIMEOUT,
+        "the first connection stalls: {first:?}"
+    );
     let table = wait_learned(&world.sb, |l| !l.is_empty())?;
     assert_eq!(table.len(), 1, "only MariaDB, not HTTP: {table:?}");
     assert_eq!(table[0]["destination"], MARIADB);
 
     let second = world.mariadb_select_1()?;
     eprintln!("{test}: second connection {second:?}");
-    assert!(second < DETECT_TIMEOUT / 2, "learned: no stall: {second:?}\n{}", world.proxy_log());
-    world.wait_for_proxy_lines(&["opaque from kernel verdict", &format!("dst={MARIADB}")], 1)?;
+    assert!(
+        second < DETECT_TIMEOUT / 2,
+        "learned: no stall: {second:?}\n{}",
+        world.proxy_log()
+    );
+    world.wait_for_proxy_lines(
+        &["opaque from kernel verdict", &format!("dst={MARIADB}")],
+        1,
+    )?;
     assert_eq!(learned(&world.sb)?.len(), 1);
     Ok(())
 }

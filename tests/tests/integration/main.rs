@@ -15,6 +15,7 @@ mod check;
 mod datapath;
 mod deploy;
 mod e2e;
+mod http;
 mod kube_watch;
 mod learning;
 mod metrics;

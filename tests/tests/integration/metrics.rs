@@ -4,39 +4,14 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, TcpListener, TcpStream},
+    net::{IpAddr, TcpStream},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use tests::{privileged, Sandbox};
 
-/// A port nobody listens on right now.
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// `GET path` over HTTP/1.1: (status, body).
-fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no HTTP response: {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
+use crate::http::{free_addr, get, wait_for_status};
 
 /// `promtool check metrics` (Debian's `prometheus`) on `body`: no
 /// problems reported, exit 0. Without promtool the check is skipped, but
@@ -92,18 +67,6 @@ fn addresses(body: &str) -> Vec<String> {
         .filter(|t| t.parse::<IpAddr>().is_ok())
         .map(str::to_owned)
         .collect()
-}
-
-fn wait_for_status(addr: &str, path: &str, status: u16) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let last = get(addr, path);
-        match &last {
-            Ok((s, body)) if *s == status => return Ok(body.clone()),
-            _ if Instant::now() > deadline => bail!("{path} never answered {status}: {last:?}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 const GOOD_POLICY: &str = "apiVersion: classifier.dev/v1alpha1

@@ -5,57 +5,16 @@
 //! the global ones (Linkerd's namespace shadowing), even where its own do
 //! not match.
 
-use std::{
-    fs,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{fs, path::Path};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tests::{privileged, Sandbox};
 
+use crate::http::{free_addr, get, wait_for_status};
+
 const TEAM_A_POD: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";
 const TEAM_B_POD: &str = "11111111-2222-3333-4444-555555555555";
-
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no HTTP response: {response:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
-
-fn wait_for_status(addr: &str, path: &str, status: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let last = get(addr, path);
-        match &last {
-            Ok((s, _)) if *s == status => return Ok(()),
-            _ if Instant::now() > deadline => bail!("{path} never answered {status}: {last:?}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
 
 /// The verdict a client in `cgroup` gets for 127.0.0.1:`port`.
 fn verdict_from(sb: &Sandbox, cgroup: &Path, port: u16) -> Result<Value> {
@@ -94,15 +53,24 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
         return Ok(());
     }
     let mut sb = Sandbox::new("tenant-isolation")?;
-    let team_a = sb.cgroup.join(format!("kubepods/burstable/pod{TEAM_A_POD}/c1"));
-    let team_b = sb.cgroup.join(format!("kubepods/besteffort/pod{TEAM_B_POD}/c2"));
+    let team_a = sb
+        .cgroup
+        .join(format!("kubepods/burstable/pod{TEAM_A_POD}/c1"));
+    let team_b = sb
+        .cgroup
+        .join(format!("kubepods/besteffort/pod{TEAM_B_POD}/c2"));
     fs::create_dir_all(&team_a)?;
     fs::create_dir_all(&team_b)?;
     let dir = sb.dir.join("policy");
     fs::create_dir(&dir)?;
     fs::write(dir.join("all.yaml"), manifests())?;
     let metrics = free_addr();
-    sb.start_agent(&["--policy", dir.to_str().unwrap(), "--metrics-addr", &metrics])?;
+    sb.start_agent(&[
+        "--policy",
+        dir.to_str().unwrap(),
+        "--metrics-addr",
+        &metrics,
+    ])?;
     wait_for_status(&metrics, "/readyz", 200)?;
 
     // Both bad objects are reported by name.
@@ -119,16 +87,30 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
     let stats = sb.stats()?;
     assert_eq!(stats["rejected_objects_total"], 2, "{stats:#}");
     assert_eq!(stats["rejected_objects_by_kind"]["Pod"], 1, "{stats:#}");
-    assert_eq!(stats["rejected_objects_by_kind"]["EgressNetwork"], 1, "{stats:#}");
-    let listed = stats["rejected_objects"].as_array().context("rejected_objects")?;
-    for (kind, name, reason) in [("EgressNetwork", "broken", "127.0.0.0/33"), ("Pod", "typo", "mysql")] {
+    assert_eq!(
+        stats["rejected_objects_by_kind"]["EgressNetwork"], 1,
+        "{stats:#}"
+    );
+    let listed = stats["rejected_objects"]
+        .as_array()
+        .context("rejected_objects")?;
+    for (kind, name, reason) in [
+        ("EgressNetwork", "broken", "127.0.0.0/33"),
+        ("Pod", "typo", "mysql"),
+    ] {
         let object = listed
             .iter()
             .find(|o| o["kind"] == kind && o["name"] == name)
             .with_context(|| format!("{kind} {name} not in {stats:#}"))?;
         assert_eq!(object["namespace"], "team-c", "{object}");
-        assert!(object["origin"].as_str().unwrap_or("").contains("all.yaml"), "{object}");
-        assert!(object["reason"].as_str().unwrap_or("").contains(reason), "{object}");
+        assert!(
+            object["origin"].as_str().unwrap_or("").contains("all.yaml"),
+            "{object}"
+        );
+        assert!(
+            object["reason"].as_str().unwrap_or("").contains(reason),
+            "{object}"
+        );
     }
     // The table says so too.
     let out = std::process::Command::new(tests::classifier_bin())
@@ -138,7 +120,9 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        table.lines().any(|l| l.starts_with("rejected objects") && l.contains("EgressNetwork 1, Pod 1")),
+        table
+            .lines()
+            .any(|l| l.starts_with("rejected objects") && l.contains("EgressNetwork 1, Pod 1")),
         "{table}"
     );
     assert!(table.contains("  Pod team-c/typo ("), "{table}");
@@ -152,7 +136,10 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
         "classifier_agent_rejected_objects{kind=\"EgressNetwork\"} 1",
         "classifier_agent_rejected_objects{kind=\"Server\"} 0",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
     }
     assert!(!text.contains("typo") && !text.contains("team-c"), "{text}");
 

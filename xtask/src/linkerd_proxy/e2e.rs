@@ -58,10 +58,7 @@ pub fn e2e(builder: &Builder, work: &Path, opts: Options) -> Result<()> {
     cargo::build_test_bins(&["linkerd-e2e", "probe"])?;
 
     let out = work.join("e2e.json");
-    let identity = builder
-        .tree
-        .proxy
-        .join("linkerd/app/integration/src/data");
+    let identity = builder.tree.proxy.join("linkerd/app/integration/src/data");
     let mut cmd = Command::new(cargo::target_dir().join("release").join("linkerd-e2e"));
     cmd.arg("--stock")
         .arg(&proxies.stock)

@@ -119,5 +119,8 @@ fn default_target_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    cache.join("classifier").join("linkerd2-proxy").join("target")
+    cache
+        .join("classifier")
+        .join("linkerd2-proxy")
+        .join("target")
 }

@@ -378,7 +378,12 @@ fn git_cmd(dir: &Path) -> Command {
     cmd.arg("-C")
         .arg(dir)
         .args(["-c", "user.name=xtask", "-c", "user.email=xtask@localhost"])
-        .args(["-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]);
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+        ]);
     cmd
 }
 

@@ -205,7 +205,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
         );
         for (name, label) in [
             ("connect_no_verdict", "connect + accept + close"),
-            ("transfer_1mib", "connect + 1 MiB client-first transfer + close"),
+            (
+                "transfer_1mib",
+                "connect + 1 MiB client-first transfer + close",
+            ),
         ] {
             let v = &l[name];
             let _ = writeln!(
