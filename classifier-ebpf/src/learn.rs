@@ -196,13 +196,8 @@ fn server_first(key: &LearnedKey) {
     let held = match CLS_LEARN_SCOPES.get_ptr_mut(&key.scope) {
         Some(n) => n,
         None => {
-            // A zero on this stack, not a shared constant (see
-            // `maps::VERDICTS_PER_NETNS`).
-            let mut zero = 0u32;
-            // SAFETY: a write to a local.
-            unsafe { core::ptr::write_volatile(&mut zero, 0) };
             if CLS_LEARN_SCOPES
-                .insert(&key.scope, &zero, BPF_NOEXIST)
+                .insert(&key.scope, &0, BPF_NOEXIST)
                 .is_err()
                 && CLS_LEARN_SCOPES.get_ptr(&key.scope).is_none()
             {
