@@ -275,3 +275,46 @@ pub fn set_linger_zero(stream: &TcpStream) {
         );
     }
 }
+
+/// The global allocator with a count of the bytes it holds, so that a
+/// benchmark can say what a structure keeps (resident memory also counts
+/// what the allocator has not yet returned to the system).
+pub struct CountingAlloc;
+
+static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl CountingAlloc {
+    /// Bytes allocated and not yet freed, by every thread.
+    pub fn held() -> usize {
+        ALLOCATED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+// SAFETY: every method forwards to the system allocator with the same
+// layout and pointer; the count is only bookkeeping.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc`, passed on unchanged.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            ALLOCATED.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc`/`realloc` above with `layout`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`, passed on unchanged.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !p.is_null() {
+            ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            ALLOCATED.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+}

@@ -350,22 +350,32 @@ pub fn entry_bound<'r>(rules: impl IntoIterator<Item = &'r Rule> + Clone) -> (u6
     };
     // Explicit networks by (universe, cidr) -> the rules with it, and the
     // prefix lengths present per family, to walk up from each hole.
-    let mut explicit: HashMap<(Universe<'r>, IpNet), Vec<&'r Rule>> = HashMap::new();
-    let mut lens = [[false; 129]; 2];
     let mut any_holes = false;
     for r in rules.clone() {
         let ports = explicit_ports(r).map_or(1, |p| p.len() as u64);
         for n in &r.networks {
             add(&n.cidr, ports.saturating_mul(1 + n.except.len() as u64));
-            if explicit_ports(r).is_some() {
-                explicit.entry((universe(r), n.cidr)).or_default().push(r);
-                lens[usize::from(n.cidr.addr().is_ipv6())][n.cidr.prefix_len() as usize] = true;
-            } else {
-                any_holes |= !n.except.is_empty();
-            }
+            any_holes |= explicit_ports(r).is_none() && !n.except.is_empty();
         }
     }
-    if !any_holes || explicit.is_empty() {
+    if !any_holes {
+        // The common case (no wildcard-port rule with an `except`), without
+        // building the map below.
+        return (n4, n6);
+    }
+    let mut explicit: HashMap<(Universe<'r>, IpNet), Vec<&'r Rule>> = HashMap::new();
+    let mut lens = [[false; 129]; 2];
+    for r in rules
+        .clone()
+        .into_iter()
+        .filter(|r| explicit_ports(r).is_some())
+    {
+        for n in &r.networks {
+            explicit.entry((universe(r), n.cidr)).or_default().push(r);
+            lens[usize::from(n.cidr.addr().is_ipv6())][n.cidr.prefix_len() as usize] = true;
+        }
+    }
+    if explicit.is_empty() {
         return (n4, n6);
     }
     let mut ports = PortSet::new();

@@ -4,17 +4,6 @@
 //! live watch in classifier-user (what it lists and watches, and what it
 //! keeps of each object) all read it.
 
-/// What the live watch keeps of an object of a kind (the compiler reads a
-/// handful of fields; the rest only costs memory).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prune {
-    /// Drop bulky metadata (managed fields, last-applied annotations) only.
-    Metadata,
-    /// Also keep only the Pod fields the compiler reads (names, ports,
-    /// phase, IPs, `hostNetwork`).
-    Pod,
-}
-
 /// One kind the policy compiler reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KubeKind {
@@ -29,7 +18,6 @@ pub struct KubeKind {
     /// A document of a namespaced kind without `metadata.namespace` is in
     /// `default`, as with kubectl.
     pub namespaced: bool,
-    pub prune: Prune,
 }
 
 impl KubeKind {
@@ -60,7 +48,6 @@ pub const NAMESPACE: KubeKind = KubeKind {
     versions: &["v1"],
     plural: "namespaces",
     namespaced: false,
-    prune: Prune::Metadata,
 };
 
 pub const SERVICE: KubeKind = KubeKind {
@@ -69,7 +56,6 @@ pub const SERVICE: KubeKind = KubeKind {
     versions: &["v1"],
     plural: "services",
     namespaced: true,
-    prune: Prune::Metadata,
 };
 
 pub const POD: KubeKind = KubeKind {
@@ -78,7 +64,6 @@ pub const POD: KubeKind = KubeKind {
     versions: &["v1"],
     plural: "pods",
     namespaced: true,
-    prune: Prune::Pod,
 };
 
 pub const EGRESS_NETWORK: KubeKind = KubeKind {
@@ -87,7 +72,6 @@ pub const EGRESS_NETWORK: KubeKind = KubeKind {
     versions: &["v1alpha1"],
     plural: "egressnetworks",
     namespaced: true,
-    prune: Prune::Metadata,
 };
 
 pub const SERVER: KubeKind = KubeKind {
@@ -96,7 +80,6 @@ pub const SERVER: KubeKind = KubeKind {
     versions: &["v1beta1", "v1beta2", "v1beta3"],
     plural: "servers",
     namespaced: true,
-    prune: Prune::Metadata,
 };
 
 /// Every kind the compiler reads, in the order the watch starts them.

@@ -27,6 +27,7 @@ use crate::model::{Policy, PolicyError};
 pub mod document;
 pub mod kinds;
 pub mod linkerd;
+pub mod objects;
 
 pub use document::{Document, DocumentSet};
 pub use kinds::{KubeKind, KINDS};

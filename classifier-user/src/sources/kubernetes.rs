@@ -50,7 +50,9 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::kinds::{self, Prune};
+use super::document::KUBERNETES_ORIGIN;
+use super::kinds;
+use super::linkerd::OPAQUE_PORTS_ANNOTATION;
 use super::{Document, DocumentSet};
 
 /// Re-exported so callers can name `kube::Client` without their own dependency.
@@ -371,9 +373,9 @@ type Key = (Option<String>, String);
 /// What is known of one kind.
 struct KindState {
     ar: ApiResource,
-    docs: BTreeMap<Key, Document>,
+    docs: BTreeMap<Key, Arc<Document>>,
     /// Objects of a (re-)list in progress, swapped in at `InitDone`.
-    relist: Option<BTreeMap<Key, Document>>,
+    relist: Option<BTreeMap<Key, Arc<Document>>>,
     /// Listed at least once (or known not to be served).
     listed: bool,
     /// The API server answered 404 for this kind (CRD not installed).
@@ -435,7 +437,7 @@ impl KindState {
                         .get(&key)
                         .is_some_and(|old| same_document(old, &doc));
                     if !same {
-                        debug!(origin = %doc.origin, "applied");
+                        debug!(origin = %doc.origin(), "applied");
                         self.docs.insert(key, doc);
                     }
                     !same
@@ -483,9 +485,15 @@ impl KindState {
         }
     }
 
-    fn document(&self, obj: DynamicObject) -> Option<(Key, Document)> {
+    fn document(&self, obj: DynamicObject) -> Option<(Key, Arc<Document>)> {
         match to_document(&self.ar, obj) {
-            Ok(doc) => Some(((doc.namespace.clone(), doc.name.clone()), doc)),
+            Ok(doc) => Some((
+                (
+                    doc.namespace.as_deref().map(str::to_owned),
+                    doc.name.to_string(),
+                ),
+                Arc::new(doc),
+            )),
             Err(e) => {
                 warn!(kind = %self.ar.kind, "skipping object: {e:#}");
                 None
@@ -503,125 +511,73 @@ fn is_not_found(e: &watcher::Error) -> bool {
 }
 
 fn same_document(a: &Document, b: &Document) -> bool {
-    a.creation_timestamp == b.creation_timestamp && a.body == b.body
+    a.creation_timestamp == b.creation_timestamp && a.uid == b.uid && a.content == b.content
 }
 
 fn snapshot(kinds: &[KindState]) -> DocumentSet {
     let mut set = DocumentSet::default();
     for kind in kinds {
         for doc in kind.docs.values() {
-            set.insert(doc.clone());
+            set.insert_shared(doc.clone());
         }
     }
     set
 }
 
-/// Metadata that changes on every write (or is large) and that no policy
-/// depends on: dropped so that a status-only or no-op update does not
-/// publish a new snapshot.
-const DROPPED_METADATA: &[&str] = &["resourceVersion", "managedFields", "generation"];
-const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
-
-/// Pods are many (tens of thousands) and their status churns (probes,
-/// restarts), so a Pod document keeps only what a policy can depend on:
-/// identity, labels and annotations (opaque ports, Server podSelector), the
-/// UID (source scoping), the node, the IPs, and the containers' named ports
-/// (Server `port` by name). Everything else is dropped.
-const POD_METADATA: &[&str] = &[
-    "name",
-    "namespace",
-    "uid",
-    "labels",
-    "annotations",
-    "creationTimestamp",
-    "deletionTimestamp",
-];
-const POD_SPEC: &[&str] = &["nodeName", "hostNetwork"];
-const POD_CONTAINER: &[&str] = &["name", "ports", "restartPolicy"];
-const POD_STATUS: &[&str] = &["phase", "podIP", "podIPs", "hostIP"];
-
-fn keep_only(map: &mut serde_json::Map<String, serde_json::Value>, keep: &[&str]) {
-    map.retain(|k, _| keep.contains(&k.as_str()));
-}
-
-fn prune(ar: &ApiResource, obj: &mut serde_json::Map<String, serde_json::Value>) {
-    use serde_json::Value;
-    let is_pod = kinds::lookup(&ar.group, &ar.kind).is_some_and(|k| k.prune == Prune::Pod);
-    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-        for key in DROPPED_METADATA {
-            meta.remove(*key);
-        }
-        if let Some(Value::Object(ann)) = meta.get_mut("annotations") {
-            for key in DROPPED_ANNOTATIONS {
-                ann.remove(*key);
-            }
-        }
-        if is_pod {
-            keep_only(meta, POD_METADATA);
-        }
-    }
-    if !is_pod {
-        return;
-    }
-    if let Some(Value::Object(spec)) = obj.get_mut("spec") {
-        let mut containers: Vec<(&str, Value)> = Vec::new();
-        for field in ["containers", "initContainers"] {
-            if let Some(Value::Array(list)) = spec.remove(field) {
-                let list = list
-                    .into_iter()
-                    .map(|mut c| {
-                        if let Value::Object(c) = &mut c {
-                            keep_only(c, POD_CONTAINER);
-                        }
-                        c
-                    })
-                    .collect();
-                containers.push((field, Value::Array(list)));
-            }
-        }
-        keep_only(spec, POD_SPEC);
-        for (field, list) in containers {
-            spec.insert(field.to_owned(), list);
-        }
-    }
-    if let Some(Value::Object(status)) = obj.get_mut("status") {
-        keep_only(status, POD_STATUS);
-    }
-}
-
 /// An API object as a [`Document`], the form the policy compiler takes.
+///
+/// Only what a policy can depend on is handed over (identity, labels, the
+/// opaque-ports annotation, deletion, and the spec and status), and
+/// [`Document::from_value`] keeps only the fields the compiler reads: a
+/// status-only or no-op update gives an equal document, which publishes
+/// nothing, and a node holds a few hundred bytes per pod.
 pub fn to_document(ar: &ApiResource, obj: DynamicObject) -> Result<Document> {
-    let name = obj
-        .metadata
+    use serde_json::{Map, Value};
+    let DynamicObject {
+        metadata, mut data, ..
+    } = obj;
+    let name = metadata
         .name
-        .clone()
         .filter(|n| !n.is_empty())
         .context("object has no metadata.name")?;
-    let namespace = obj.metadata.namespace.clone().filter(|n| !n.is_empty());
-    let creation_timestamp = obj
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| serde_json::to_value(t).ok())
-        .and_then(|v| v.as_str().map(str::to_owned));
-    let mut json = serde_json::to_value(&obj).context("serializing the object")?;
-    let map = json.as_object_mut().context("object is not a map")?;
+    let namespace = metadata.namespace.filter(|n| !n.is_empty());
+    let mut meta = Map::new();
+    meta.insert("name".into(), name.clone().into());
+    if let Some(ns) = &namespace {
+        meta.insert("namespace".into(), ns.clone().into());
+    }
+    if let Some(uid) = metadata.uid {
+        meta.insert("uid".into(), uid.into());
+    }
+    for (field, time) in [
+        ("creationTimestamp", metadata.creation_timestamp),
+        ("deletionTimestamp", metadata.deletion_timestamp),
+    ] {
+        if let Some(t) = time.and_then(|t| serde_json::to_value(t).ok()) {
+            meta.insert(field.into(), t);
+        }
+    }
+    if let Some(labels) = metadata.labels {
+        meta.insert("labels".into(), serde_json::to_value(labels)?);
+    }
+    if let Some(v) = metadata
+        .annotations
+        .and_then(|mut a| a.remove(OPAQUE_PORTS_ANNOTATION))
+    {
+        meta.insert(
+            "annotations".into(),
+            Value::Object(Map::from_iter([(
+                OPAQUE_PORTS_ANNOTATION.to_string(),
+                v.into(),
+            )])),
+        );
+    }
+    let body = data.as_object_mut().context("object is not a map")?;
     // List items come without these; watch events carry them.
-    map.insert("apiVersion".into(), ar.api_version.clone().into());
-    map.insert("kind".into(), ar.kind.clone().into());
-    prune(ar, map);
-    let body = serde_yaml::to_value(&json).context("converting the object to YAML")?;
-    let origin = match &namespace {
-        Some(ns) => format!("kubernetes:{}/{}/{}", ar.kind, ns, name),
-        None => format!("kubernetes:{}/{}", ar.kind, name),
-    };
-    Ok(Document {
-        api_version: ar.api_version.clone(),
-        kind: ar.kind.clone(),
-        namespace,
-        name,
-        creation_timestamp,
-        body,
-        origin,
-    })
+    body.insert("apiVersion".into(), ar.api_version.clone().into());
+    body.insert("kind".into(), ar.kind.clone().into());
+    body.insert("metadata".into(), Value::Object(meta));
+    // The origin, `kubernetes:Kind/ns/name`, follows from the identity.
+    Document::from_value(data, KUBERNETES_ORIGIN.to_string())?
+        .context("object has no apiVersion and kind")
 }

@@ -14,6 +14,7 @@ use classifier_user::{
     sources::{
         compile_documents,
         kubernetes::{self, KubeSync, WatchOptions},
+        objects::{Object, ServerPort},
         DocumentSet, Options,
     },
 };
@@ -82,36 +83,38 @@ async fn wait_for_watches(fake: &FakeApi) {
 
 fn names(set: &DocumentSet, kind: &str) -> Vec<String> {
     set.iter()
-        .filter(|d| d.kind == kind)
+        .filter(|d| &*d.kind == kind)
         .map(|d| match &d.namespace {
             Some(ns) => format!("{ns}/{}", d.name),
-            None => d.name.clone(),
+            None => d.name.to_string(),
         })
         .collect()
 }
 
-fn annotation(
-    set: &DocumentSet,
-    kind: &str,
-    ns: Option<&str>,
-    name: &str,
-    key: &str,
-) -> Option<String> {
-    let doc = set.get(kind, ns, name)?;
-    doc.body["metadata"]["annotations"][key]
-        .as_str()
-        .map(str::to_owned)
+/// What the compiler read of `kind` `ns`/`name` in `set`.
+fn object<'a>(set: &'a DocumentSet, kind: &str, ns: Option<&str>, name: &str) -> &'a Object {
+    set.get(kind, ns, name)
+        .unwrap_or_else(|| panic!("no {kind} {ns:?}/{name}"))
+        .object()
+        .unwrap_or_else(|| panic!("{kind} {ns:?}/{name} did not read"))
+}
+
+/// The `config.linkerd.io/opaque-ports` annotation of a Namespace, Service
+/// or Pod in `set`, as written.
+fn opaque_ports(set: &DocumentSet, kind: &str, ns: Option<&str>, name: &str) -> Option<String> {
+    set.get(kind, ns, name)?;
+    let a = match object(set, kind, ns, name) {
+        Object::Namespace(n) => &n.opaque,
+        Object::Service(s) => &s.opaque,
+        Object::Pod(p) => &p.opaque,
+        other => panic!("no annotation on {other:?}"),
+    };
+    a.as_ref().map(|a| a.text.clone())
 }
 
 /// shop/web's `config.linkerd.io/opaque-ports` annotation in `set`.
 fn web_opaque_ports(set: &DocumentSet) -> Option<String> {
-    annotation(
-        set,
-        "Service",
-        Some("shop"),
-        "web",
-        "config.linkerd.io/opaque-ports",
-    )
+    opaque_ports(set, "Service", Some("shop"), "web")
 }
 
 fn web_annotated(value: &str) -> Value {
@@ -145,81 +148,54 @@ async fn initial_list_produces_the_documents() {
     assert_eq!(set.iter().count(), 12);
 
     let mysql = set.get("Service", Some("shop"), "mysql").unwrap();
-    assert_eq!(mysql.origin, "kubernetes:Service/shop/mysql");
-    assert_eq!(mysql.api_version, "v1");
+    assert_eq!(mysql.origin(), "kubernetes:Service/shop/mysql");
+    assert_eq!(&*mysql.api_version, "v1");
     assert_eq!(
         mysql.creation_timestamp.as_deref(),
         Some("2025-03-04T16:03:10Z")
     );
     // List items come without kind/apiVersion; the document has them.
-    assert_eq!(mysql.body["kind"].as_str(), Some("Service"));
-    assert_eq!(mysql.body["apiVersion"].as_str(), Some("v1"));
+    assert_eq!(&*mysql.kind, "Service");
+    let Object::Service(svc) = object(&set, "Service", Some("shop"), "mysql") else {
+        panic!("not a Service")
+    };
     assert_eq!(
-        mysql.body["spec"]["clusterIP"].as_str(),
-        Some("10.96.12.34")
+        svc.ips,
+        ["10.96.12.34".parse::<std::net::IpAddr>().unwrap()]
     );
     assert_eq!(
-        annotation(
-            &set,
-            "Service",
-            Some("shop"),
-            "mysql",
-            "config.linkerd.io/opaque-ports"
-        )
-        .as_deref(),
+        opaque_ports(&set, "Service", Some("shop"), "mysql").as_deref(),
         Some("3306,33060")
     );
-    // Bookkeeping that changes on every write is dropped.
-    assert!(mysql.body["metadata"].get("resourceVersion").is_none());
-    assert!(annotation(
-        &set,
-        "Service",
-        Some("shop"),
-        "mysql",
-        "kubectl.kubernetes.io/last-applied-configuration"
-    )
-    .is_none());
     let ns = set.get("Namespace", None, "shop").unwrap();
-    assert_eq!(ns.origin, "kubernetes:Namespace/shop");
-    assert!(
-        set.get("Namespace", None, "default").unwrap().body["metadata"]
-            .get("managedFields")
-            .is_none()
-    );
+    assert_eq!(ns.origin(), "kubernetes:Namespace/shop");
     let pod = set.get("Pod", Some("shop"), "mysql-0").unwrap();
-    assert_eq!(pod.body["status"]["podIP"].as_str(), Some("10.244.1.17"));
     assert_eq!(
-        pod.body["metadata"]["uid"].as_str(),
+        pod.uid.as_deref(),
         Some("3f1e2d3c-4b5a-4697-8877-665544332211")
     );
-    assert_eq!(
-        pod.body["spec"]["containers"][0]["ports"][0]["name"].as_str(),
-        Some("mysql")
-    );
-    assert_eq!(pod.body["spec"]["nodeName"].as_str(), Some("node-a"));
-    assert_eq!(
-        pod.body["metadata"]["labels"]["app"].as_str(),
-        Some("mysql")
-    );
-    // Pods keep only what a policy can depend on (memory, churn).
-    assert!(pod.body["status"].get("containerStatuses").is_none());
-    assert!(pod.body["status"].get("conditions").is_none());
-    assert!(pod.body["spec"]["containers"][0].get("image").is_none());
-    assert!(pod.body["metadata"].get("ownerReferences").is_none());
+    let Object::Pod(p) = object(&set, "Pod", Some("shop"), "mysql-0") else {
+        panic!("not a Pod")
+    };
+    assert_eq!(p.ips, ["10.244.1.17".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(p.port_names.get("mysql"), Some(3306));
+    assert_eq!(p.labels.get("app"), Some("mysql"));
+    assert!(!p.inactive);
     let egress = set
         .get("EgressNetwork", Some("linkerd-egress"), "all-egress")
         .unwrap();
-    assert_eq!(egress.api_version, "policy.linkerd.io/v1alpha1");
+    assert_eq!(&*egress.api_version, "policy.linkerd.io/v1alpha1");
     assert_eq!(
-        egress.origin,
+        egress.origin(),
         "kubernetes:EgressNetwork/linkerd-egress/all-egress"
     );
     let server = set.get("Server", Some("shop"), "web-http").unwrap();
-    assert_eq!(server.api_version, "policy.linkerd.io/v1beta3");
-    assert_eq!(
-        server.body["spec"]["proxyProtocol"].as_str(),
-        Some("HTTP/1")
-    );
+    assert_eq!(&*server.api_version, "policy.linkerd.io/v1beta3");
+    let Object::Server(srv) = object(&set, "Server", Some("shop"), "web-http") else {
+        panic!("not a Server")
+    };
+    assert_eq!(srv.protocol, Some(Protocol::Http1));
+    assert_eq!(srv.port, ServerPort::Number(8080));
 
     let st = &sync.status;
     assert!(st.synced());
@@ -309,15 +285,11 @@ async fn a_burst_of_events_is_one_snapshot() {
         "a steady stream of events starved the debounce"
     );
     wait_for("the last event", || {
-        sync.snapshots.borrow().as_ref().and_then(|s| {
-            annotation(
-                s,
-                "Service",
-                Some("shop"),
-                "web",
-                "config.linkerd.io/opaque-ports",
-            )
-        }) == Some(format!("{}", 20000 + i - 1))
+        sync.snapshots
+            .borrow()
+            .as_ref()
+            .and_then(|s| opaque_ports(s, "Service", Some("shop"), "web"))
+            == Some(format!("{}", 20000 + i - 1))
     })
     .await;
 }

@@ -15,46 +15,85 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::kinds;
+use super::objects::{FieldError, Object};
 use crate::file::{
     parse_policy_document_at, read_policy_text, yaml_message, ParsedPolicy, API_VERSION,
 };
 use crate::model::PolicyError;
+
+pub use super::objects::show;
 
 /// At most this many documents in one policy (all files together).
 pub const MAX_DOCUMENTS: usize = 10_000;
 /// Directories deeper than this below the policy directory are an error.
 pub const MAX_DEPTH: usize = 16;
 
-/// One Kubernetes object (or our ClassifierPolicy).
+/// One Kubernetes object (or our ClassifierPolicy): its identity, and what
+/// the compiler reads of it. The rest of the body is not kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Box<str>,
+    pub kind: Box<str>,
     /// `None` for cluster-scoped kinds (Namespace, ClassifierPolicy).
-    pub namespace: Option<String>,
+    pub namespace: Option<Box<str>>,
     /// `metadata.name`; empty when the document has none (a
     /// ClassifierPolicy needs no metadata).
-    pub name: String,
+    pub name: Box<str>,
     /// `metadata.creationTimestamp` as written (RFC 3339).
-    pub creation_timestamp: Option<String>,
-    /// The whole document.
-    pub body: Value,
-    /// Where it came from: `path#N`, or `kubernetes:Kind/ns/name`.
-    pub origin: String,
+    pub creation_timestamp: Option<Box<str>>,
+    /// A Pod's `metadata.uid` (which ties its cgroup to its namespace).
+    pub uid: Option<Box<str>>,
+    pub content: Content,
+    /// See [`Document::origin`]; empty for an object of the live watch,
+    /// whose origin follows from its identity (one string less per pod).
+    origin: Box<str>,
 }
 
-/// Key of a document in a set: (kind, namespace, name).
-pub type DocumentKey = (String, Option<String>, String);
+/// The origin of an object of the live watch: `kubernetes:Kind/ns/name`.
+pub const KUBERNETES_ORIGIN: &str = "kubernetes:";
+
+/// What the compiler reads of a document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// Of a kind (and API version) the compiler reads.
+    Object(Arc<Object>),
+    /// Of a kind the compiler reads, with a field that does not read: the
+    /// compiler reports the object and skips it.
+    Invalid(Box<FieldError>),
+    /// A ClassifierPolicy, as YAML (or JSON, which is YAML) text, parsed
+    /// by the compiler with the policy file's own errors.
+    ClassifierPolicy(Arc<str>),
+    /// Anything else: not read.
+    Other,
+}
+
+/// Key of a document in a set: kind, namespace and name, packed in one
+/// string (`kind\0namespace\0name`, one allocation rather than three),
+/// which sorts as the tuple would: NUL is below every other character.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DocumentKey(Box<str>);
+
+impl DocumentKey {
+    pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        DocumentKey(format!("{kind}\0{}\0{name}", namespace.unwrap_or("")).into_boxed_str())
+    }
+}
 
 impl Document {
-    /// The document for a parsed YAML object, or `None` when it is not a
-    /// Kubernetes-style object (no string `apiVersion` and `kind`). Fails
-    /// when `metadata.name`, `metadata.namespace` or
-    /// `metadata.creationTimestamp` is there but not a string.
+    /// The document for a parsed YAML or JSON object, or `None` when it is
+    /// not a Kubernetes-style object (no string `apiVersion` and `kind`).
+    /// Fails when `metadata.name`, `metadata.namespace` or
+    /// `metadata.creationTimestamp` is there but not a string. A kind the
+    /// compiler reads is read now ([`Object::read`]); its errors are kept
+    /// as [`Content::Invalid`].
+    ///
+    /// `origin` is `path#N`, or [`KUBERNETES_ORIGIN`] for an object of the
+    /// live watch.
     pub fn from_value(body: Value, origin: String) -> Result<Option<Document>, PolicyError> {
         let (Some(api_version), Some(kind)) = (
             body.get("apiVersion").and_then(Value::as_str),
@@ -63,8 +102,9 @@ impl Document {
             return Ok(None);
         };
         let (api_version, kind) = (api_version.to_string(), kind.to_string());
+        let meta = |field: &str| body.get("metadata").and_then(|m| m.get(field));
         let meta_str = |field: &str| -> Result<Option<String>, PolicyError> {
-            match body.get("metadata").and_then(|m| m.get(field)) {
+            match meta(field) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(other) => Err(PolicyError::Invalid {
@@ -76,32 +116,80 @@ impl Document {
         };
         let name = meta_str("name")?.unwrap_or_default();
         let mut namespace = meta_str("namespace")?.filter(|n| !n.is_empty());
+        let reader = kinds::by_name(&kind).filter(|k| k.reads_api_version(&api_version));
         // A document of a namespaced kind the compiler reads without
         // `metadata.namespace` is in `default`, as with kubectl.
         if namespace.is_none() && kinds::by_name(&kind).is_some_and(|k| k.namespaced) {
             namespace = Some("default".to_string());
         }
         let creation_timestamp = meta_str("creationTimestamp")?;
+        let mut uid = None;
+        let content = if kind == crate::file::KIND || api_version.starts_with("classifier.dev/") {
+            Content::ClassifierPolicy(body.to_string().into())
+        } else if let Some(reader) = reader {
+            let mut read = || -> Result<Object, FieldError> {
+                if name.is_empty() {
+                    return Err(FieldError::new("metadata.name", "missing"));
+                }
+                if reader.kind == kinds::POD.kind {
+                    uid = match meta("uid") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(s)) if s.is_empty() => None,
+                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(other) => {
+                            return Err(FieldError::new(
+                                "metadata.uid",
+                                format!("expected a string, got {}", show(other)),
+                            ))
+                        }
+                    };
+                }
+                Object::read(reader, &body)
+            };
+            match read() {
+                Ok(object) => Content::Object(Arc::new(object)),
+                Err(e) => Content::Invalid(Box::new(e)),
+            }
+        } else {
+            Content::Other
+        };
         Ok(Some(Document {
-            api_version,
-            kind,
-            namespace,
-            name,
-            creation_timestamp,
-            body,
-            origin,
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: namespace.map(Into::into),
+            name: name.into(),
+            creation_timestamp: creation_timestamp.map(Into::into),
+            uid: uid.map(Into::into),
+            content,
+            origin: if origin == KUBERNETES_ORIGIN {
+                Box::default()
+            } else {
+                origin.into()
+            },
         }))
     }
 
+    /// Where it came from: `path#N` (`path#N.items[i]` in a List), or
+    /// `kubernetes:Kind/ns/name`.
+    pub fn origin(&self) -> std::borrow::Cow<'_, str> {
+        if !self.origin.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.origin);
+        }
+        std::borrow::Cow::Owned(match &self.namespace {
+            Some(ns) => format!("{KUBERNETES_ORIGIN}{}/{ns}/{}", self.kind, self.name),
+            None => format!("{KUBERNETES_ORIGIN}{}/{}", self.kind, self.name),
+        })
+    }
+
     pub fn key(&self) -> DocumentKey {
-        (self.kind.clone(), self.namespace.clone(), self.name.clone())
+        DocumentKey::new(&self.kind, self.namespace.as_deref(), &self.name)
     }
 
     /// `Kind namespace/name` or `Kind name`, for messages.
     pub fn describe(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
-            None if self.name.is_empty() => self.kind.clone(),
+            None if self.name.is_empty() => self.kind.to_string(),
             None => format!("{} {}", self.kind, self.name),
         }
     }
@@ -109,27 +197,24 @@ impl Document {
     /// Whether this is one of ours (a ClassifierPolicy, or any kind under
     /// our API group, which the policy parser then rejects by name).
     pub fn is_classifier_policy(&self) -> bool {
-        self.kind == crate::file::KIND || self.api_version.starts_with("classifier.dev/")
+        matches!(self.content, Content::ClassifierPolicy(_))
     }
-}
 
-/// A short rendering of a YAML value for error messages.
-pub(crate) fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{s:?}"),
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a map".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    /// What the compiler read of it, if it read.
+    pub fn object(&self) -> Option<&Object> {
+        match &self.content {
+            Content::Object(o) => Some(o),
+            _ => None,
+        }
     }
 }
 
 /// The documents of one policy, keyed by (kind, namespace, name).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DocumentSet {
-    pub docs: BTreeMap<DocumentKey, Document>,
+    /// Shared: the live watch keeps the same documents, and a snapshot of
+    /// the set costs its keys, not its documents.
+    pub docs: BTreeMap<DocumentKey, Arc<Document>>,
     /// Source text and line offset of the ClassifierPolicy documents read
     /// from files, by origin: their errors then carry the file's line
     /// numbers.
@@ -143,32 +228,36 @@ impl DocumentSet {
 
     /// Adds or replaces the document with the same (kind, namespace, name);
     /// returns the one replaced.
-    pub fn insert(&mut self, doc: Document) -> Option<Document> {
+    pub fn insert(&mut self, doc: Document) -> Option<Arc<Document>> {
+        self.insert_shared(Arc::new(doc))
+    }
+
+    /// [`DocumentSet::insert`] of a document shared with its holder.
+    pub fn insert_shared(&mut self, doc: Arc<Document>) -> Option<Arc<Document>> {
         let old = self.docs.insert(doc.key(), doc);
         if let Some(old) = &old {
-            self.texts.remove(&old.origin);
+            self.texts.remove(&*old.origin);
         }
         old
     }
 
-    pub fn remove(&mut self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Document> {
-        let old = self.docs.remove(&(
-            kind.to_owned(),
-            namespace.map(str::to_owned),
-            name.to_owned(),
-        ));
+    pub fn remove(
+        &mut self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<Document>> {
+        let old = self.docs.remove(&DocumentKey::new(kind, namespace, name));
         if let Some(old) = &old {
-            self.texts.remove(&old.origin);
+            self.texts.remove(&*old.origin);
         }
         old
     }
 
     pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<&Document> {
-        self.docs.get(&(
-            kind.to_owned(),
-            namespace.map(str::to_owned),
-            name.to_owned(),
-        ))
+        self.docs
+            .get(&DocumentKey::new(kind, namespace, name))
+            .map(|d| &**d)
     }
 
     pub fn len(&self) -> usize {
@@ -181,29 +270,31 @@ impl DocumentSet {
 
     /// In key order: kind, then namespace, then name.
     pub fn iter(&self) -> impl Iterator<Item = &Document> {
-        self.docs.values()
+        self.docs.values().map(|d| &**d)
     }
 
     /// The documents of one kind, in (namespace, name) order.
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Document> + 'a {
+        let prefix = format!("{kind}\0");
         self.docs
-            .range((kind.to_owned(), None, String::new())..)
-            .take_while(move |((k, _, _), _)| k == kind)
-            .map(|(_, d)| d)
+            .range(DocumentKey(prefix.clone().into_boxed_str())..)
+            .take_while(move |(k, _)| k.0.starts_with(&prefix))
+            .map(|(_, d)| &**d)
     }
 
     /// Parses a ClassifierPolicy document of this set, with file positions
     /// in its errors when it was read from a file.
     pub fn parse_classifier_policy(&self, doc: &Document) -> Result<ParsedPolicy, PolicyError> {
-        match self.texts.get(&doc.origin) {
+        match self.texts.get(&*doc.origin) {
             Some((text, offset)) => parse_policy_document_at(text, &doc.origin, *offset),
-            None => {
-                let text = serde_yaml::to_string(&doc.body).map_err(|e| PolicyError::Syntax {
-                    origin: doc.origin.clone(),
-                    message: e.to_string(),
-                })?;
-                parse_policy_document_at(&text, &doc.origin, 0)
-            }
+            None => match &doc.content {
+                Content::ClassifierPolicy(text) => parse_policy_document_at(text, &doc.origin, 0),
+                _ => Err(PolicyError::Invalid {
+                    origin: doc.origin().into_owned(),
+                    field: "kind".into(),
+                    message: format!("{} is not a ClassifierPolicy", doc.describe()),
+                }),
+            },
         }
     }
 
@@ -276,8 +367,8 @@ impl DocumentSet {
             // `kind: List` (what `kubectl get -o yaml` prints): its items,
             // as documents `file#N.items[i]`.
             let items = match value.get("kind").and_then(Value::as_str) {
-                Some("List") if value.get("items").is_some_and(Value::is_sequence) => {
-                    let Some(Value::Sequence(items)) = value.get("items") else {
+                Some("List") if value.get("items").is_some_and(Value::is_array) => {
+                    let Some(Value::Array(items)) = value.get("items") else {
                         unreachable!("checked above")
                     };
                     items
@@ -323,7 +414,7 @@ impl DocumentSet {
             if doc.is_classifier_policy() && !origin.contains(".items[") {
                 self.texts.insert(origin, (r.text.clone(), r.line_offset));
             }
-            self.docs.insert(doc.key(), doc);
+            self.docs.insert(doc.key(), Arc::new(doc));
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ fn documents_keys_namespaces_and_duplicates() {
     assert_eq!(set.add_text(text, "a.yaml").unwrap(), 3);
     assert_eq!(set.len(), 2);
     let svc = set.get("Service", Some("default"), "db").unwrap();
-    assert_eq!(svc.origin, "a.yaml#1");
+    assert_eq!(svc.origin(), "a.yaml#1");
     assert_eq!(svc.describe(), "Service default/db");
     assert!(set.get("Namespace", None, "team-a").is_some());
     assert_eq!(set.of_kind("Service").count(), 1);
@@ -101,7 +101,7 @@ fn directories_are_walked_sorted_and_loops_reported() {
     // The same directory twice is read once.
     std::os::unix::fs::symlink(dir.join("sub"), dir.join("sub2")).unwrap();
     let set = DocumentSet::from_path(&dir).unwrap();
-    let names: Vec<&str> = set.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = set.iter().map(|d| &*d.name).collect();
     assert_eq!(names, vec!["a", "b", "d"]);
     assert!(set
         .get("Namespace", None, "a")

@@ -4,19 +4,18 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use serde_yaml::Value;
 
-use super::values::{invalid, need_name, opaque_annotation, seq_at, str_at};
-use super::{age_order, read, rule_origin, Compiler, Options, Rejected};
-use crate::model::{check_except, parse_cidr, Network, PolicyError, Protocol};
+use super::{age_order, rule_origin, Compiler, Options};
+use crate::model::{check_except, Network, Protocol};
 use crate::ports::PortSet;
-use crate::sources::document::{show, Document, DocumentSet};
+use crate::sources::document::{Document, DocumentSet};
 use crate::sources::kinds;
+use crate::sources::objects::EgressNetwork;
 
 impl Compiler {
-    pub(super) fn egress_networks<'a>(
+    pub(super) fn egress_networks(
         &mut self,
-        set: &'a DocumentSet,
+        set: &DocumentSet,
         opts: &Options,
         defaults: &PortSet,
         cluster_networks: &[IpNet],
@@ -27,62 +26,11 @@ impl Compiler {
             networks: Vec<Network>,
             ports: PortSet,
         }
-        let mut all: Vec<Egress> = Vec::new();
-        let parse = |doc: &'a Document| -> Result<Egress<'a>, PolicyError> {
-            need_name(doc)?;
-            let ns = doc.namespace.clone().unwrap_or_else(|| "default".into());
-            let scope = (ns != opts.egress_global_namespace).then_some(ns);
-            if let Some(tp) = str_at(doc, &["spec", "trafficPolicy"])? {
-                if tp != "Allow" && tp != "Deny" {
-                    return Err(invalid(
-                        doc,
-                        "spec.trafficPolicy",
-                        format!("unknown trafficPolicy {tp:?}, expected Allow or Deny"),
-                    ));
-                }
-            }
-            let mut networks = Vec::new();
-            for (i, n) in seq_at(doc, &["spec", "networks"])?.iter().enumerate() {
-                let field = format!("spec.networks[{i}]");
-                let cidr_text = n.get("cidr").and_then(Value::as_str).ok_or_else(|| {
-                    invalid(
-                        doc,
-                        format!("{field}.cidr"),
-                        format!(
-                            "expected a CIDR string, got {}",
-                            n.get("cidr").map_or("nothing".into(), show)
-                        ),
-                    )
-                })?;
-                let cidr =
-                    parse_cidr(cidr_text).map_err(|m| invalid(doc, format!("{field}.cidr"), m))?;
-                let mut except = Vec::new();
-                match n.get("except") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Sequence(list)) => {
-                        for (j, e) in list.iter().enumerate() {
-                            let f = format!("{field}.except[{j}]");
-                            let text = e.as_str().ok_or_else(|| {
-                                invalid(doc, &f, format!("expected a CIDR string, got {}", show(e)))
-                            })?;
-                            let e = parse_cidr(text).map_err(|m| invalid(doc, &f, m))?;
-                            check_except(cidr, e).map_err(|m| invalid(doc, &f, m))?;
-                            except.push(e);
-                        }
-                    }
-                    Some(other) => {
-                        return Err(invalid(
-                            doc,
-                            format!("{field}.except"),
-                            format!("expected a list, got {}", show(other)),
-                        ))
-                    }
-                }
-                networks.push(Network { cidr, except });
-            }
-            if networks.is_empty() {
-                // Everything outside the cluster's networks, v4 and v6.
-                for all_net in ["0.0.0.0/0", "::/0"] {
+        let outside_cluster = || -> Vec<Network> {
+            // Everything outside the cluster's networks, v4 and v6.
+            ["0.0.0.0/0", "::/0"]
+                .into_iter()
+                .map(|all_net| {
                     let cidr: IpNet = all_net.parse().expect("valid");
                     let mut except: Vec<IpNet> = cluster_networks
                         .iter()
@@ -91,26 +39,28 @@ impl Compiler {
                         .collect();
                     except.sort();
                     except.dedup();
-                    networks.push(Network { cidr, except });
-                }
-            }
-            let ports = match opaque_annotation(doc, false)? {
-                Some(a) => a.ports,
-                None => defaults.clone(),
-            };
-            Ok(Egress {
-                doc,
-                scope,
-                networks,
-                ports,
-            })
+                    Network { cidr, except }
+                })
+                .collect()
         };
-        for doc in read(set, &kinds::EGRESS_NETWORK) {
-            match parse(doc) {
-                Ok(e) => all.push(e),
-                Err(e) => self.rejected.push(Rejected::of(doc, e)),
-            }
-        }
+        let egresses: Vec<(&Document, &EgressNetwork)> =
+            self.read(set, &kinds::EGRESS_NETWORK).collect();
+        let mut all: Vec<Egress> = egresses
+            .into_iter()
+            .map(|(doc, e)| {
+                let ns = doc.namespace.as_deref().unwrap_or("default").to_string();
+                Egress {
+                    doc,
+                    scope: (ns != opts.egress_global_namespace).then_some(ns),
+                    networks: if e.networks.is_empty() {
+                        outside_cluster()
+                    } else {
+                        e.networks.clone()
+                    },
+                    ports: e.opaque.clone().unwrap_or_else(|| defaults.clone()),
+                }
+            })
+            .collect();
         // Node-wide first, then by namespace; within one, precedence order.
         all.sort_by(|a, b| a.scope.cmp(&b.scope).then_with(|| age_order(a.doc, b.doc)));
         for i in 0..all.len() {
@@ -125,7 +75,7 @@ impl Compiler {
                 }
             }
             let origin = rule_origin(e.doc);
-            self.owner = e.doc.namespace.clone();
+            self.set_owner(e.doc.namespace.as_deref());
             let (networks, ports, scope) = (e.networks.clone(), e.ports.clone(), e.scope.clone());
             // EgressNetworks of the global namespace are their own tier,
             // which a namespace with EgressNetworks of its own never sees.

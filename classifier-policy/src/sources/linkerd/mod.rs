@@ -57,48 +57,43 @@
 //! Services, then Pods (each in (namespace, name) order), then
 //! EgressNetworks in precedence order.
 //!
-//! The parts: [`values`] (typed reads of document fields, with errors
-//! that name them), [`pod`] (what the compiler needs of a Pod),
-//! [`selector`] (label selectors), [`egress`] (EgressNetwork precedence)
-//! and this module (the compiler, one kind at a time).
+//! The documents come read ([`super::objects`]: typed, checked, only the
+//! fields used); this module is the compiler, one kind at a time, and
+//! [`egress`] the EgressNetwork precedence.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde_yaml::Value;
-
-use super::document::{show, Document, DocumentSet};
+use super::document::{Content, Document, DocumentSet};
 use super::kinds::{self, KubeKind};
+use super::objects::{
+    host_networks, EgressNetwork, FieldError, Namespace, Object, Pod, PortsAnnotation, Server,
+    ServerPort, Service,
+};
 use crate::model::{default_cluster_networks, Network, Policy, PolicyError, Protocol, Rule};
 use crate::ports::PortSet;
-use pod::PodInfo;
-use selector::Selector;
-use values::{
-    at, host_networks, invalid, need_name, opaque_annotation, parse_ip, seq_at, str_at,
-    PortsAnnotation,
-};
 
 mod egress;
-mod pod;
-mod selector;
-mod values;
 
-/// Linkerd's annotation for opaque ports.
-pub const OPAQUE_PORTS_ANNOTATION: &str = "config.linkerd.io/opaque-ports";
+pub use super::objects::{app_protocol_of, OPAQUE_PORTS_ANNOTATION};
 /// A Service port with this `appProtocol` is opaque.
 pub const OPAQUE_APP_PROTOCOL: &str = "linkerd.io/opaque";
 
-/// What a Service port's `appProtocol` says, as linkerd2's `AppProtocol`
-/// (`policy-controller/core/src/outbound.rs`) reads it, case-insensitive:
-/// `http` is HTTP/1, `kubernetes.io/h2c` HTTP/2, `linkerd.io/opaque` and
-/// `linkerd.io/tcp` opaque, and any other value is `Unknown`, which
-/// `policy-controller/grpc/src/outbound.rs` serves as opaque.
-pub fn app_protocol_of(value: &str) -> Protocol {
-    match value.to_ascii_lowercase().as_str() {
-        "http" => Protocol::Http1,
-        "kubernetes.io/h2c" => Protocol::Http2,
-        _ => Protocol::Opaque,
+/// The error for `doc`'s `field`.
+pub(super) fn invalid(
+    doc: &Document,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> PolicyError {
+    PolicyError::Invalid {
+        origin: format!("{} ({})", doc.origin(), doc.describe()),
+        field: field.into(),
+        message: message.into(),
     }
+}
+
+fn field_error(doc: &Document, e: FieldError) -> PolicyError {
+    invalid(doc, e.field, e.message)
 }
 /// Linkerd's default global egress namespace.
 pub const DEFAULT_EGRESS_NAMESPACE: &str = "linkerd-egress";
@@ -145,12 +140,12 @@ pub struct Rejected {
 
 impl Rejected {
     fn of(doc: &Document, error: PolicyError) -> Rejected {
-        tracing::warn!(origin = %doc.origin, object = %doc.describe(), %error, "skipping an object the policy compiler rejects; the rest of the policy applies");
+        tracing::warn!(origin = %doc.origin(), object = %doc.describe(), %error, "skipping an object the policy compiler rejects; the rest of the policy applies");
         Rejected {
-            origin: doc.origin.clone(),
-            kind: doc.kind.clone(),
-            namespace: doc.namespace.clone(),
-            name: doc.name.clone(),
+            origin: doc.origin().into_owned(),
+            kind: doc.kind.to_string(),
+            namespace: doc.namespace.as_deref().map(str::to_string),
+            name: doc.name.to_string(),
             error,
         }
     }
@@ -200,14 +195,14 @@ pub fn compile_documents_report(
                     "kind",
                     format!(
                         "at most one ClassifierPolicy is allowed; another one is at {}",
-                        doc.origin
+                        doc.origin()
                     ),
                 ));
             }
             let parsed = set.parse_classifier_policy(doc)?;
             let mut policy = parsed.policy;
             for r in &mut policy.rules {
-                r.origin = format!("{} ({}) {}", doc.describe(), doc.origin, r.origin);
+                r.origin = format!("{} ({}) {}", doc.describe(), doc.origin(), r.origin);
             }
             (policy, parsed.cluster_networks)
         }
@@ -224,70 +219,69 @@ pub fn compile_documents_report(
             None => doc.is_classifier_policy(),
         };
         if !known {
-            tracing::debug!(origin = %doc.origin, kind = %doc.kind, api_version = %doc.api_version, "skipping a document the policy compiler does not read");
+            tracing::debug!(origin = %doc.origin(), kind = %doc.kind, api_version = %doc.api_version, "skipping a document the policy compiler does not read");
         }
     }
 
     // Namespace annotations, inherited by Services and Pods (port names in
     // them resolve per pod, or per Service).
-    let mut ns_ports: BTreeMap<&str, PortsAnnotation> = BTreeMap::new();
-    for doc in read(set, &kinds::NAMESPACE) {
-        match need_name(doc).and_then(|()| opaque_annotation(doc, true)) {
-            Ok(Some(ports)) => {
-                ns_ports.insert(&doc.name, ports);
-            }
-            Ok(None) => {}
-            Err(e) => c.rejected.push(Rejected::of(doc, e)),
+    let mut ns_ports: BTreeMap<&str, &PortsAnnotation> = BTreeMap::new();
+    for (doc, ns) in c.read::<Namespace>(set, &kinds::NAMESPACE) {
+        if let Some(ports) = &ns.opaque {
+            ns_ports.insert(&doc.name, ports);
         }
     }
 
-    // Pods, parsed once: Servers select them and get their own rules.
+    // Pods, resolved once: Servers select them and get their own rules.
     let mut pods: Vec<PodInfo> = Vec::new();
     for doc in read(set, &kinds::POD) {
         let ns = doc.namespace.as_deref().unwrap_or("default");
-        let uid = need_name(doc).and_then(|()| str_at(doc, &["metadata", "uid"]));
-        match uid {
-            Ok(Some(uid)) if !uid.is_empty() => {
-                // Kept for a pod that is going away too (its processes may
-                // still connect, and the UID is its own), and for a pod
-                // whose rules are rejected (its cgroup is still in its
-                // namespace).
-                policy
-                    .pod_namespaces
-                    .insert(uid.to_string(), ns.to_string());
-            }
-            Ok(_) => {}
-            Err(e) => {
-                c.rejected.push(Rejected::of(doc, e));
+        if let Some(uid) = &doc.uid {
+            // Kept for a pod that is going away too (its processes may
+            // still connect, and the UID is its own), and for a pod whose
+            // rules are rejected (its cgroup is still in its namespace).
+            policy
+                .pod_namespaces
+                .insert(uid.to_string(), ns.to_string());
+        }
+        let pod = match &doc.content {
+            Content::Object(o) => match &**o {
+                Object::Pod(p) => p,
+                _ => continue,
+            },
+            Content::Invalid(e) => {
+                c.rejected
+                    .push(Rejected::of(doc, field_error(doc, (**e).clone())));
                 continue;
             }
-        }
-        match PodInfo::parse(doc, ns_ports.get(ns)) {
+            _ => continue,
+        };
+        match PodInfo::resolve(doc, pod, ns_ports.get(ns).copied()) {
             Ok(pod) => pods.push(pod),
-            Err(e) => c.rejected.push(Rejected::of(doc, e)),
+            Err(e) => c.rejected.push(Rejected::of(doc, field_error(doc, e))),
         }
     }
     drop_contested_ips(&mut pods);
+    debug_assert!(pods.windows(2).all(|w| w[0].namespace <= w[1].namespace));
 
     // Servers, oldest first so that they win ties on the same pod port.
-    let mut servers: Vec<&Document> = read(set, &kinds::SERVER).collect();
-    servers.sort_by(|a, b| age_order(a, b));
-    for doc in servers {
-        c.owner = doc.namespace.clone();
-        if let Err(e) = c.server(doc, &pods) {
-            c.rejected.push(Rejected::of(doc, e));
-        }
+    let mut servers: Vec<(&Document, &Server)> = c.read(set, &kinds::SERVER).collect();
+    servers.sort_by(|a, b| age_order(a.0, b.0));
+    for (doc, server) in servers {
+        c.set_owner(doc.namespace.as_deref());
+        c.server(doc, server, &pods);
     }
 
-    for doc in read(set, &kinds::SERVICE) {
-        c.owner = doc.namespace.clone();
-        if let Err(e) = c.service(doc, &ns_ports) {
-            c.rejected.push(Rejected::of(doc, e));
+    let services: Vec<(&Document, &Service)> = c.read(set, &kinds::SERVICE).collect();
+    for (doc, service) in services {
+        c.set_owner(doc.namespace.as_deref());
+        if let Err(e) = c.service(doc, service, &ns_ports) {
+            c.rejected.push(Rejected::of(doc, field_error(doc, e)));
         }
     }
 
     for pod in &pods {
-        c.owner = Some(pod.namespace.to_string());
+        c.set_owner(Some(pod.namespace));
         c.pod(pod);
     }
 
@@ -308,8 +302,8 @@ pub fn compile_documents_report(
 /// conflicting ... IP on the pod network").
 fn drop_contested_ips(pods: &mut [PodInfo]) {
     let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
-    for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.inactive) {
-        for ip in &pod.ips {
+    for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.pod.inactive) {
+        for ip in pod.ips.iter() {
             claims.entry(*ip).or_default().push(i);
         }
     }
@@ -317,7 +311,7 @@ fn drop_contested_ips(pods: &mut [PodInfo]) {
         let names: Vec<String> = owners.iter().map(|&i| pods[i].doc.describe()).collect();
         tracing::warn!(%ip, pods = %names.join(", "), "live pods claim the same IP; none of them gets a rule for it");
         for i in owners {
-            pods[i].ips.retain(|a| *a != ip);
+            pods[i].ips.to_mut().retain(|a| *a != ip);
         }
     }
 }
@@ -326,6 +320,66 @@ fn drop_contested_ips(pods: &mut [PodInfo]) {
 fn read<'a>(set: &'a DocumentSet, kind: &'a KubeKind) -> impl Iterator<Item = &'a Document> + 'a {
     set.of_kind(kind.kind)
         .filter(|d| kind.reads_api_version(&d.api_version))
+}
+
+/// The typed object of each kind.
+pub(super) trait Kind: Sized {
+    fn of(o: &Object) -> Option<&Self>;
+}
+
+macro_rules! kind {
+    ($t:ident) => {
+        impl Kind for $t {
+            fn of(o: &Object) -> Option<&Self> {
+                match o {
+                    Object::$t(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+kind!(Namespace);
+kind!(Service);
+kind!(Server);
+kind!(EgressNetwork);
+
+/// What the compiler needs of a Pod, its namespace's annotation resolved.
+struct PodInfo<'a> {
+    doc: &'a Document,
+    pod: &'a Pod,
+    namespace: &'a str,
+    /// Its IPs, less those another live pod claims too.
+    ips: std::borrow::Cow<'a, [IpAddr]>,
+    /// Its opaque-ports annotation, else its namespace's, with port names
+    /// resolved against its container ports; `None` when neither has one.
+    opaque: Option<PortSet>,
+}
+
+impl<'a> PodInfo<'a> {
+    fn resolve(
+        doc: &'a Document,
+        pod: &'a Pod,
+        ns_ports: Option<&PortsAnnotation>,
+    ) -> Result<Self, FieldError> {
+        const WHAT: &str = "container port of the pod";
+        let opaque = if pod.inactive {
+            None
+        } else {
+            match (&pod.opaque, ns_ports) {
+                (Some(a), _) => Some(a.resolve(&pod.port_names, WHAT, true)?),
+                (None, Some(a)) => Some(a.resolve(&pod.port_names, WHAT, false)?),
+                (None, None) => None,
+            }
+        };
+        Ok(PodInfo {
+            doc,
+            pod,
+            namespace: doc.namespace.as_deref().unwrap_or("default"),
+            ips: std::borrow::Cow::Borrowed(&pod.ips),
+            opaque,
+        })
+    }
 }
 
 /// Oldest first (a missing timestamp counts as newest), then by name.
@@ -345,20 +399,48 @@ pub(super) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
 struct Compiler {
     rules: Vec<Rule>,
     /// The namespace of the object each rule comes from (`None`: the
-    /// ClassifierPolicy's), for the entry budget.
-    owners: Vec<Option<String>>,
+    /// ClassifierPolicy's), for the entry budget: an index in
+    /// `namespaces`.
+    owners: Vec<Option<u32>>,
     /// The namespace of the object being compiled.
-    owner: Option<String>,
+    owner: Option<u32>,
+    /// The namespaces of `owners`, and their indices.
+    namespaces: Vec<String>,
+    namespace_index: std::collections::HashMap<String, u32>,
     next_id: u32,
     rejected: Vec<Rejected>,
 }
 
 /// `Kind ns/name (origin)`, a rule's origin.
 fn rule_origin(doc: &Document) -> String {
-    format!("{} ({})", doc.describe(), doc.origin)
+    format!("{} ({})", doc.describe(), doc.origin())
 }
 
 impl Compiler {
+    /// The objects of `kind` in `set` that read; the others are rejected
+    /// (reported) here.
+    pub(super) fn read<'a, K: Kind + 'a>(
+        &mut self,
+        set: &'a DocumentSet,
+        kind: &'a KubeKind,
+    ) -> impl Iterator<Item = (&'a Document, &'a K)> + 'a {
+        let mut out = Vec::new();
+        for doc in read(set, kind) {
+            match &doc.content {
+                Content::Object(o) => {
+                    if let Some(k) = K::of(o) {
+                        out.push((doc, k));
+                    }
+                }
+                Content::Invalid(e) => self
+                    .rejected
+                    .push(Rejected::of(doc, field_error(doc, (**e).clone()))),
+                _ => {}
+            }
+        }
+        out.into_iter()
+    }
+
     pub(super) fn push(
         &mut self,
         networks: Vec<Network>,
@@ -384,7 +466,7 @@ impl Compiler {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.owners.push(self.owner.clone());
+        self.owners.push(self.owner);
         self.rules.push(Rule {
             id,
             networks,
@@ -401,18 +483,19 @@ impl Compiler {
     /// (the count is taken before any trie is built), and renumbers the
     /// remaining rules 1.. in order.
     fn enforce_budget(&mut self, set: &DocumentSet, budget: u64) {
-        let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut by_ns: Vec<Vec<usize>> = vec![Vec::new(); self.namespaces.len()];
         for (i, owner) in self.owners.iter().enumerate() {
             if let Some(ns) = owner {
-                by_ns.entry(ns).or_default().push(i);
+                by_ns[*ns as usize].push(i);
             }
         }
-        let mut over: BTreeMap<String, u64> = BTreeMap::new();
-        for (ns, idx) in by_ns {
+        // Namespace index -> entries, of those over.
+        let mut over: BTreeMap<u32, u64> = BTreeMap::new();
+        for (ns, idx) in by_ns.iter().enumerate() {
             let (n4, n6) = crate::compile::entry_bound(idx.iter().map(|&i| &self.rules[i]));
             let n = n4.saturating_add(n6);
             if n > budget {
-                over.insert(ns.to_string(), n);
+                over.insert(ns as u32, n);
             }
         }
         if over.is_empty() {
@@ -421,24 +504,29 @@ impl Compiler {
         // Report each object of those namespaces that had rules, by origin.
         let docs: std::collections::HashMap<String, &Document> = set
             .iter()
-            .filter(|d| d.namespace.as_ref().is_some_and(|n| over.contains_key(n)))
+            .filter(|d| {
+                d.namespace
+                    .as_deref()
+                    .and_then(|n| self.namespace_index.get(n))
+                    .is_some_and(|i| over.contains_key(i))
+            })
             .map(|d| (rule_origin(d), d))
             .collect();
         let mut reported = std::collections::BTreeSet::new();
         for (r, owner) in self.rules.iter().zip(&self.owners) {
-            let Some(n) = owner.as_ref().and_then(|o| over.get(o)) else {
+            let Some((ns, n)) = owner.and_then(|o| Some((o, over.get(&o)?))) else {
                 continue;
             };
             let Some(&doc) = docs.get(&r.origin) else {
                 continue;
             };
-            if reported.insert(doc.origin.clone()) {
+            if reported.insert(doc.origin().into_owned()) {
                 let e = invalid(
                     doc,
                     "metadata.namespace",
                     format!(
                         "namespace {:?} needs at least {n} trie entries, over its budget of {budget}; all of its rules are dropped",
-                        owner.as_deref().unwrap_or_default()
+                        self.namespaces[ns as usize]
                     ),
                 );
                 self.rejected.push(Rejected::of(doc, e));
@@ -447,13 +535,27 @@ impl Compiler {
         let owners = std::mem::take(&mut self.owners);
         let rules = std::mem::take(&mut self.rules);
         for (mut r, owner) in rules.into_iter().zip(owners) {
-            if owner.as_ref().is_some_and(|o| over.contains_key(o)) {
+            if owner.is_some_and(|o| over.contains_key(&o)) {
                 continue;
             }
             r.id = self.rules.len() as u32 + 1;
             self.rules.push(r);
             self.owners.push(owner);
         }
+    }
+
+    /// Makes the objects of namespace `ns` (`None`: the operator's) the
+    /// owner of the rules pushed from now on.
+    pub(super) fn set_owner(&mut self, ns: Option<&str>) {
+        self.owner = ns.map(|ns| match self.namespace_index.get(ns) {
+            Some(&i) => i,
+            None => {
+                let i = self.namespaces.len() as u32;
+                self.namespaces.push(ns.to_string());
+                self.namespace_index.insert(ns.to_string(), i);
+                i
+            }
+        });
     }
 
     /// Rules for an annotated destination: the annotated ports opaque, all
@@ -469,76 +571,30 @@ impl Compiler {
         self.push(networks, PortSet::all(), Protocol::Detect, None, origin);
     }
 
-    fn server(&mut self, doc: &Document, pods: &[PodInfo]) -> Result<(), PolicyError> {
-        need_name(doc)?;
+    fn server(&mut self, doc: &Document, server: &Server, pods: &[PodInfo]) {
+        let Some(selector) = &server.selector else {
+            tracing::debug!(origin = %doc.origin(), "skipping a Server for external workloads");
+            return;
+        };
+        let Some(protocol) = server.protocol else {
+            return;
+        };
         let ns = doc.namespace.as_deref().unwrap_or("default");
-        let Some(sel) = at(&doc.body, &["spec", "podSelector"]) else {
-            if at(&doc.body, &["spec", "externalWorkloadSelector"]).is_some() {
-                tracing::debug!(origin = %doc.origin, "skipping a Server for external workloads");
-                return Ok(());
-            }
-            return Err(invalid(doc, "spec.podSelector", "missing"));
-        };
-        let selector = Selector::parse(doc, sel, "spec.podSelector")?;
-        let protocol_text = str_at(doc, &["spec", "proxyProtocol"])?.unwrap_or("unknown");
-        let protocol = match protocol_text {
-            "opaque" => Some(Protocol::Opaque),
-            "HTTP/1" => Some(Protocol::Http1),
-            "HTTP/2" | "gRPC" => Some(Protocol::Http2),
-            // unknown: Linkerd detects. TLS: Linkerd forwards without
-            // detection, but the client speaks first, so nothing stalls.
-            "unknown" | "TLS" => None,
-            other => {
-                return Err(invalid(
-                    doc,
-                    "spec.proxyProtocol",
-                    format!("unknown proxyProtocol {other:?}, expected unknown, HTTP/1, HTTP/2, gRPC, opaque or TLS"),
-                ))
-            }
-        };
-        enum Port<'a> {
-            Number(u16),
-            Name(&'a str),
-        }
-        let port = match at(&doc.body, &["spec", "port"]) {
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(p @ 1..=65535) => Port::Number(p as u16),
-                _ => {
-                    return Err(invalid(
-                        doc,
-                        "spec.port",
-                        format!("port {n} is out of range (1-65535)"),
-                    ))
-                }
-            },
-            Some(Value::String(s)) if !s.is_empty() => match s.parse::<u16>() {
-                Ok(p) if p > 0 => Port::Number(p),
-                _ => Port::Name(s),
-            },
-            Some(other) => {
-                return Err(invalid(
-                    doc,
-                    "spec.port",
-                    format!("expected a port number or name, got {}", show(other)),
-                ))
-            }
-            None => return Err(invalid(doc, "spec.port", "missing")),
-        };
-        let Some(protocol) = protocol else {
-            return Ok(());
-        };
         // One rule per resolved port number, on the IPs of the pods with it.
         let mut by_port: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
-        for pod in pods
+        // `pods` is in (namespace, name) order, as the set iterates.
+        let first = pods.partition_point(|p| p.namespace < ns);
+        let end = first + pods[first..].partition_point(|p| p.namespace == ns);
+        for pod in pods[first..end]
             .iter()
-            .filter(|p| p.namespace == ns && !p.inactive && selector.matches(&p.labels))
+            .filter(|p| !p.pod.inactive && selector.matches(&p.pod.labels))
         {
-            let number = match port {
-                Port::Number(n) => n,
-                Port::Name(name) => match pod.port_names.get(name) {
-                    Some(&n) => n,
+            let number = match &server.port {
+                ServerPort::Number(n) => *n,
+                ServerPort::Name(name) => match pod.pod.port_names.get(name) {
+                    Some(n) => n,
                     None => {
-                        tracing::debug!(server = %doc.describe(), pod = %pod.doc.describe(), port = name, "pod has no container port of that name");
+                        tracing::debug!(server = %doc.describe(), pod = %pod.doc.describe(), port = %name, "pod has no container port of that name");
                         continue;
                     }
                 },
@@ -552,7 +608,7 @@ impl Compiler {
             if pod.opaque.as_ref().is_some_and(|o| o.contains(number)) {
                 continue;
             }
-            by_port.entry(number).or_default().extend(&pod.ips);
+            by_port.entry(number).or_default().extend(pod.ips.iter());
         }
         for (number, ips) in by_port {
             self.push(
@@ -563,90 +619,32 @@ impl Compiler {
                 rule_origin(doc),
             );
         }
-        Ok(())
     }
 
     fn service(
         &mut self,
         doc: &Document,
-        ns_ports: &BTreeMap<&str, PortsAnnotation>,
-    ) -> Result<(), PolicyError> {
-        need_name(doc)?;
+        service: &Service,
+        ns_ports: &BTreeMap<&str, &PortsAnnotation>,
+    ) -> Result<(), FieldError> {
         let ns = doc.namespace.as_deref().unwrap_or("default");
-        let mut ips = Vec::new();
-        let mut take = |field: &str, ip: &str| -> Result<(), PolicyError> {
-            if !ip.is_empty() && ip != "None" {
-                ips.push(parse_ip(doc, field, ip)?);
-            }
-            Ok(())
-        };
-        if let Some(ip) = str_at(doc, &["spec", "clusterIP"])? {
-            take("spec.clusterIP", ip)?;
-        }
-        for (i, ip) in seq_at(doc, &["spec", "clusterIPs"])?.iter().enumerate() {
-            let field = format!("spec.clusterIPs[{i}]");
-            match ip {
-                Value::String(s) => take(&field, s)?,
-                other => {
-                    return Err(invalid(
-                        doc,
-                        field,
-                        format!("expected a string, got {}", show(other)),
-                    ))
-                }
-            }
-        }
-        ips.sort();
-        ips.dedup();
-
-        // Port -> protocol of the ports with an appProtocol, and the names
-        // of the Service's ports (for names in its annotation).
-        let mut app: BTreeMap<u16, Protocol> = BTreeMap::new();
-        let mut port_names: BTreeMap<String, u16> = BTreeMap::new();
-        for (i, p) in seq_at(doc, &["spec", "ports"])?.iter().enumerate() {
-            if let (Some(name), Some(n)) = (
-                p.get("name").and_then(Value::as_str),
-                p.get("port")
-                    .and_then(Value::as_u64)
-                    .filter(|n| (1..=65535).contains(n)),
-            ) {
-                port_names.insert(name.to_string(), n as u16);
-            }
-            let Some(app_protocol) = p.get("appProtocol").and_then(Value::as_str) else {
-                continue;
-            };
-            let port = p
-                .get("port")
-                .and_then(Value::as_u64)
-                .filter(|n| (1..=65535).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        doc,
-                        format!("spec.ports[{i}].port"),
-                        format!(
-                            "expected a port number 1-65535, got {}",
-                            p.get("port").map_or("nothing".into(), show)
-                        ),
-                    )
-                })?;
-            app.insert(port as u16, app_protocol_of(app_protocol));
-        }
         const WHAT: &str = "port of the Service";
-        let annotation = match (opaque_annotation(doc, true)?, ns_ports.get(ns)) {
-            (Some(a), _) => Some(a.resolve(doc, &port_names, WHAT, true)?),
-            (None, Some(a)) => Some(a.resolve(doc, &port_names, WHAT, false)?),
+        let annotation = match (&service.opaque, ns_ports.get(ns)) {
+            (Some(a), _) => Some(a.resolve(&service.port_names, WHAT, true)?),
+            (None, Some(a)) => Some(a.resolve(&service.port_names, WHAT, false)?),
             (None, None) => None,
         };
-        if ips.is_empty() {
+        if service.ips.is_empty() {
             return Ok(());
         }
-        let networks = host_networks(&ips);
+        let networks = host_networks(&service.ips);
         // A port's appProtocol wins over the opaque-ports annotation (and
         // the default ports) on that port, as linkerd2's outbound index
         // does ("`appProtocol` set on service port, ignoring opaque port
         // setting", policy-controller/k8s/index/src/outbound/index.rs).
         for protocol in [Protocol::Opaque, Protocol::Http1, Protocol::Http2] {
-            let ports: PortSet = app
+            let ports: PortSet = service
+                .app
                 .iter()
                 .filter(|(_, p)| **p == protocol)
                 .map(|(n, _)| *n)
@@ -654,7 +652,10 @@ impl Compiler {
             self.push(networks.clone(), ports, protocol, None, rule_origin(doc));
         }
         if let Some(ports) = annotation {
-            let ports: PortSet = ports.iter().filter(|p| !app.contains_key(p)).collect();
+            let ports: PortSet = ports
+                .iter()
+                .filter(|p| !service.app.contains_key(p))
+                .collect();
             self.annotated(networks, ports, rule_origin(doc));
         }
         Ok(())
@@ -664,7 +665,7 @@ impl Compiler {
         let Some(ports) = &pod.opaque else {
             return;
         };
-        if pod.inactive || pod.ips.is_empty() {
+        if pod.pod.inactive || pod.ips.is_empty() {
             return;
         }
         self.annotated(host_networks(&pod.ips), ports.clone(), rule_origin(pod.doc));

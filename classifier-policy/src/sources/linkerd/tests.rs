@@ -732,7 +732,7 @@ fn documents_can_be_inserted_and_removed_one_by_one() {
         .unwrap();
     let p = compile_documents(&set, &Options::default()).unwrap();
     assert!(p.rules.is_empty());
-    assert!(set.insert(doc).is_none());
+    assert!(set.insert_shared(doc).is_none());
     assert_eq!(
         compile_documents(&set, &Options::default())
             .unwrap()

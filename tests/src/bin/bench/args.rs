@@ -7,6 +7,8 @@ pub(crate) struct Args {
     pub(crate) quick: bool,
     /// Where results.json and results.md go.
     pub(crate) out: PathBuf,
+    /// `--only NAME`: one scenario alone.
+    pub(crate) only: Option<String>,
 }
 
 impl Args {
@@ -19,7 +21,12 @@ impl Args {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("target/bench"));
-        Args { quick, out }
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned();
+        Args { quick, out, only }
     }
 }
 

@@ -2,19 +2,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_yaml::Value;
+use serde_json::Value;
 
-use super::values::{invalid, scalar_text, string_map};
-use crate::model::PolicyError;
-use crate::sources::document::{show, Document};
+use super::packed::PackedMap;
+use super::values::{scalar_text, show, show_opt, string_map};
+use super::FieldError;
 
 /// A `podSelector`: matchLabels AND every matchExpression.
-pub(super) struct Selector {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector {
     labels: BTreeMap<String, String>,
     exprs: Vec<(String, Op, BTreeSet<String>)>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     In,
     NotIn,
@@ -23,33 +24,27 @@ enum Op {
 }
 
 impl Selector {
-    pub(super) fn parse(doc: &Document, v: &Value, field: &str) -> Result<Selector, PolicyError> {
-        if !v.is_mapping() {
-            return Err(invalid(
-                doc,
+    pub(super) fn parse(v: &Value, field: &str) -> Result<Selector, FieldError> {
+        if !v.is_object() {
+            return Err(FieldError::new(
                 field,
                 format!("expected a map, got {}", show(v)),
             ));
         }
         let labels = string_map(
-            doc,
             v.get("matchLabels").filter(|v| !v.is_null()),
             &format!("{field}.matchLabels"),
         )?;
         let mut exprs = Vec::new();
         match v.get("matchExpressions") {
             None | Some(Value::Null) => {}
-            Some(Value::Sequence(list)) => {
+            Some(Value::Array(list)) => {
                 for (i, e) in list.iter().enumerate() {
                     let f = format!("{field}.matchExpressions[{i}]");
                     let key = e.get("key").and_then(Value::as_str).ok_or_else(|| {
-                        invalid(
-                            doc,
+                        FieldError::new(
                             format!("{f}.key"),
-                            format!(
-                                "expected a string, got {}",
-                                e.get("key").map_or("nothing".into(), show)
-                            ),
+                            format!("expected a string, got {}", show_opt(e.get("key"))),
                         )
                     })?;
                     let op_text = e.get("operator").and_then(Value::as_str).unwrap_or("");
@@ -59,8 +54,7 @@ impl Selector {
                         "Exists" => Op::Exists,
                         "DoesNotExist" => Op::DoesNotExist,
                         _ => {
-                            return Err(invalid(
-                                doc,
+                            return Err(FieldError::new(
                                 format!("{f}.operator"),
                                 format!(
                                 "unknown operator {}, expected In, NotIn, Exists or DoesNotExist",
@@ -72,11 +66,10 @@ impl Selector {
                     let mut values = BTreeSet::new();
                     match e.get("values") {
                         None | Some(Value::Null) => {}
-                        Some(Value::Sequence(vs)) => {
+                        Some(Value::Array(vs)) => {
                             for (j, v) in vs.iter().enumerate() {
                                 values.insert(scalar_text(v).ok_or_else(|| {
-                                    invalid(
-                                        doc,
+                                    FieldError::new(
                                         format!("{f}.values[{j}]"),
                                         format!("expected a string, got {}", show(v)),
                                     )
@@ -84,8 +77,7 @@ impl Selector {
                             }
                         }
                         Some(other) => {
-                            return Err(invalid(
-                                doc,
+                            return Err(FieldError::new(
                                 format!("{f}.values"),
                                 format!("expected a list, got {}", show(other)),
                             ))
@@ -93,15 +85,13 @@ impl Selector {
                     }
                     match op {
                         Op::In | Op::NotIn if values.is_empty() => {
-                            return Err(invalid(
-                                doc,
+                            return Err(FieldError::new(
                                 format!("{f}.values"),
                                 format!("operator {op_text} needs at least one value"),
                             ))
                         }
                         Op::Exists | Op::DoesNotExist if !values.is_empty() => {
-                            return Err(invalid(
-                                doc,
+                            return Err(FieldError::new(
                                 format!("{f}.values"),
                                 format!("operator {op_text} takes no values"),
                             ))
@@ -112,8 +102,7 @@ impl Selector {
                 }
             }
             Some(other) => {
-                return Err(invalid(
-                    doc,
+                return Err(FieldError::new(
                     format!("{field}.matchExpressions"),
                     format!("expected a list, got {}", show(other)),
                 ))
@@ -122,8 +111,10 @@ impl Selector {
         Ok(Selector { labels, exprs })
     }
 
-    pub(super) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn matches(&self, labels: &PackedMap) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.exprs.iter().all(|(k, op, values)| match op {
                 Op::In => labels.get(k).is_some_and(|v| values.contains(v)),
                 Op::NotIn => labels.get(k).is_none_or(|v| !values.contains(v)),

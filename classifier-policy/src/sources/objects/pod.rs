@@ -1,0 +1,121 @@
+//! What the compiler reads of a Pod: labels, IPs, named container ports,
+//! its opaque-ports annotation, and whether it can have connections at all.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::annotation::{opaque_annotation, PortsAnnotation};
+use super::packed::{PackedMap, PortNames};
+use super::values::{at, parse_ip, seq_at, show, show_opt, str_at, string_map};
+use super::FieldError;
+
+/// A Pod, as the compiler reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub labels: PackedMap,
+    pub ips: Vec<IpAddr>,
+    /// Container port name -> number.
+    pub port_names: PortNames,
+    /// Going away, finished, without an IP, or host-network: no rules.
+    pub inactive: bool,
+    /// Its own annotation, unresolved (names resolve against
+    /// `port_names`); `None` for an inactive pod, whose annotation is not
+    /// read.
+    pub opaque: Option<Box<PortsAnnotation>>,
+}
+
+impl Pod {
+    pub(super) fn read(body: &Value) -> Result<Self, FieldError> {
+        let labels = string_map(at(body, &["metadata", "labels"]), "metadata.labels")?;
+        let mut ips = Vec::new();
+        if let Some(ip) = str_at(body, &["status", "podIP"])? {
+            if !ip.is_empty() {
+                ips.push(parse_ip("status.podIP", ip)?);
+            }
+        }
+        for (i, entry) in seq_at(body, &["status", "podIPs"])?.iter().enumerate() {
+            let field = format!("status.podIPs[{i}].ip");
+            match entry.get("ip") {
+                Some(Value::String(s)) => ips.push(parse_ip(&field, s)?),
+                other => {
+                    return Err(FieldError::new(
+                        field,
+                        format!("expected a string, got {}", show_opt(other)),
+                    ))
+                }
+            }
+        }
+        ips.sort();
+        ips.dedup();
+        // Init containers first, then containers, a later name replacing
+        // an earlier one: linkerd2's `GetNamedPorts` (pkg/util/parsing.go),
+        // which the destination service's `GetAnnotatedOpaquePorts`
+        // (controller/api/destination/watcher/workload_watcher.go) and the
+        // proxy injector use.
+        let mut port_names = BTreeMap::new();
+        for list in ["initContainers", "containers"] {
+            for (ci, c) in seq_at(body, &["spec", list])?.iter().enumerate() {
+                let Some(ports) = c.get("ports").filter(|p| !p.is_null()) else {
+                    continue;
+                };
+                let Value::Array(ports) = ports else {
+                    return Err(FieldError::new(
+                        format!("spec.{list}[{ci}].ports"),
+                        format!("expected a list, got {}", show(ports)),
+                    ));
+                };
+                for (pi, p) in ports.iter().enumerate() {
+                    let Some(name) = p.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let port = super::values::port_of(p, "containerPort").ok_or_else(|| {
+                        FieldError::new(
+                            format!("spec.{list}[{ci}].ports[{pi}].containerPort"),
+                            format!(
+                                "expected a port number 1-65535, got {}",
+                                show_opt(p.get("containerPort"))
+                            ),
+                        )
+                    })?;
+                    port_names.insert(name.to_string(), port);
+                }
+            }
+        }
+        let phase = str_at(body, &["status", "phase"])?.unwrap_or("");
+        let host_network = matches!(at(body, &["spec", "hostNetwork"]), Some(Value::Bool(true)));
+        // A pod that is going away contributes nothing: its IP is about to
+        // be another pod's. linkerd2's `podNotTerminating`
+        // (controller/api/destination/watcher/k8s.go): a deletionTimestamp,
+        // or phase Succeeded or Failed.
+        let deleting = at(body, &["metadata", "deletionTimestamp"]).is_some();
+        let inactive =
+            host_network || deleting || phase == "Succeeded" || phase == "Failed" || ips.is_empty();
+        if inactive {
+            // Nothing else of it is ever read: keep nothing.
+            return Ok(Pod {
+                labels: PackedMap::default(),
+                ips,
+                port_names: PortNames::default(),
+                inactive,
+                opaque: None,
+            });
+        }
+        let opaque = opaque_annotation(body, true)?.map(Box::new);
+        Ok(Pod {
+            labels: PackedMap::new(&labels).map_err(|bad| {
+                FieldError::new("metadata.labels", format!("{bad:?} has a NUL character"))
+            })?,
+            ips,
+            port_names: PortNames::new(&port_names).map_err(|bad| {
+                FieldError::new(
+                    "spec.containers",
+                    format!("port name {bad:?} has a NUL character"),
+                )
+            })?,
+            inactive,
+            opaque,
+        })
+    }
+}
