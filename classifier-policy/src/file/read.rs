@@ -79,7 +79,7 @@ pub const MAX_ALIAS_REPLAYED_EVENTS: usize = 100_000;
 /// - YAML 1.2 booleans: only `true`/`false` (any case) are booleans, so
 ///   `enabled: yes` or `on` is an error rather than a silent `true`, and an
 ///   untyped `on` stays the string `"on"` (as serde_yaml had it);
-/// - `0755` is decimal 755, as in YAML 1.2 (no YAML 1.1 octal);
+/// - `0o17` and `0x1F` are integers; no YAML 1.1 octal (`0755`, below);
 /// - a duplicate mapping key is an error naming its line;
 /// - alias expansion is bounded ([`MAX_ALIAS_REPLAYED_EVENTS`]), nesting
 ///   too; the event and node budgets grow with the text, which the callers

@@ -629,7 +629,7 @@ fn parse_yaml_value_for_manifests() {
     // A syntax error: the line is the file's (document from line 21 on).
     let msg = err("kind: Pod\nmetadata:\n  name: [x\n", 20);
     assert!(
-        msg.starts_with("all.yaml: ") && msg.contains("line 2"),
+        msg.starts_with("all.yaml: metadata.name: ") && msg.contains("line 23 column"),
         "{msg}"
     );
     // A duplicate key names its path and line.
