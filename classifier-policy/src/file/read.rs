@@ -189,16 +189,113 @@ pub(crate) fn from_yaml_str<'de, T: Deserialize<'de>>(
 ///
 /// Mapping keys become strings: a scalar key keeps its spelling (`80: x`
 /// gives `"80"`, `0x1F: x` gives `"0x1F"`); a null key or a sequence or
-/// mapping key is an error naming its line. Empty text is `null`.
+/// mapping key is an error naming its line, and so are two keys of one
+/// mapping that give the same string (`80:` and `"80":`). Empty text is
+/// `null`.
 pub fn parse_yaml_value(
     text: &str,
     origin: &str,
     line_offset: usize,
 ) -> Result<serde_json::Value, PolicyError> {
-    from_yaml_str(text, line_offset).map_err(|message| PolicyError::Syntax {
-        origin: origin.to_string(),
-        message,
-    })
+    from_yaml_str(text, line_offset)
+        .map(|JsonValue(v)| v)
+        .map_err(|message| PolicyError::Syntax {
+            origin: origin.to_string(),
+            message,
+        })
+}
+
+/// A [`serde_json::Value`] read from YAML, refusing two keys of one mapping
+/// that become the same string (`80:` and `"80":` are different YAML keys,
+/// so the YAML reader lets them both through).
+struct JsonValue(serde_json::Value);
+
+impl<'de> Deserialize<'de> for JsonValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<JsonValue, E> {
+                // Non-finite floats arrive as strings (yaml_options).
+                Ok(JsonValue(
+                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::String(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::String(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::Null))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<JsonValue, E> {
+                Ok(JsonValue(Value::Null))
+            }
+            fn visit_some<D2: serde::Deserializer<'de>>(
+                self,
+                d: D2,
+            ) -> Result<JsonValue, D2::Error> {
+                JsonValue::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonValue, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(JsonValue(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(JsonValue(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonValue, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(key) = map.next_key_seed(NewKey(&out))? {
+                    let JsonValue(v) = map.next_value()?;
+                    out.insert(key, v);
+                }
+                Ok(JsonValue(Value::Object(out)))
+            }
+        }
+
+        /// A mapping key as a string, refused if the map already has it;
+        /// checked while the key is read, so the error points at the key.
+        struct NewKey<'m>(&'m serde_json::Map<String, Value>);
+        impl<'de> de::DeserializeSeed<'de> for NewKey<'_> {
+            type Value = String;
+            fn deserialize<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<String, D2::Error> {
+                d.deserialize_string(self)
+            }
+        }
+        impl Visitor<'_> for NewKey<'_> {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                if self.0.contains_key(v) {
+                    return Err(E::custom(format!(
+                        "duplicate mapping key {v:?} (two keys written differently, read as the same string)"
+                    )));
+                }
+                Ok(v.to_owned())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `v` as a YAML document (serde-saphyr's serializer), for whatever needs a

@@ -646,6 +646,13 @@ fn parse_yaml_value_for_manifests() {
         parse_yaml_value("80: http\n0x1F: x\ntrue: t\n1.5: f\n", "k.yaml", 0).unwrap(),
         json!({"80": "http", "0x1F": "x", "true": "t", "1.5": "f"})
     );
+    // Keys that differ in YAML but not as strings are duplicates too.
+    let msg = err("a: 1\nb:\n  80: x\n  \"80\": y\n", 10);
+    assert!(
+        msg.starts_with("all.yaml: b.80: duplicate mapping key \"80\"")
+            && msg.contains("line 14 column 3"),
+        "{msg}"
+    );
     for (text, line) in [
         ("a: 1\n~: x\n", "line 2"),
         ("a: 1\nnull: x\n", "line 2"),
