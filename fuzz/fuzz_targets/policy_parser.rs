@@ -3,7 +3,8 @@
 //!
 //! Properties checked on every input that is UTF-8:
 //!
-//! - `parse_policy` never panics; an error starts with the origin;
+//! - `parse_policy` and `file::parse_yaml_value` never panic; an error
+//!   starts with the origin;
 //! - parsing is deterministic and does not depend on the origin;
 //! - a parsed policy satisfies everything the loader promises downstream:
 //!   rule ids are 1..=n in order, rules have networks and ports, CIDRs have
@@ -28,7 +29,7 @@ use classifier_common::{RuleVerdict, PORT_ANY, RULE_MATCH, RULE_NONE, SCOPE_NODE
 use classifier_policy::compile::kernel_model::KernelModel;
 use classifier_policy::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
 use classifier_policy::explain::canonical_addr;
-use classifier_policy::file::MAX_EXCLUDED_UIDS;
+use classifier_policy::file::{parse_yaml_value, MAX_EXCLUDED_UIDS};
 use classifier_policy::{
     classify, compile, parse_policy, CompileError, CompiledPolicy, DecisionSource, Network, Policy,
     PortSet, Protocol,
@@ -365,6 +366,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The manifest reader, under the same YAML rules: never panics, and an
+    // error names the origin and a line.
+    if let Err(e) = parse_yaml_value(text, ORIGIN, 0) {
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("fuzz.yaml: "),
+            "error without origin: {msg:?}"
+        );
+    }
     let policy = match parse_policy(text, ORIGIN) {
         Ok(p) => p,
         Err(e) => {

@@ -1,8 +1,10 @@
 //! Reading a policy file (YAML) into a [`Policy`].
 //!
 //! Value checks live in `Deserialize` impls and report through
-//! `de::Error::custom`: that is the only way serde_yaml attaches the field
-//! path and line/column, and a user editing a 500-rule file needs both.
+//! `de::Error::custom`: only an error raised while the value is read gets
+//! the value's line/column from serde-saphyr and its field path from
+//! serde_path_to_error ([`read::from_yaml_str`]), and a user editing a
+//! 500-rule file needs both.
 //! Checks that need the whole document (duplicates, totals) run afterwards
 //! and name the field instead.
 
@@ -28,7 +30,10 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use read::{load_policy_file, read_policy_text, yaml_message, MAX_POLICY_FILE_BYTES};
+pub use read::{
+    load_policy_file, parse_yaml_value, read_policy_text, to_yaml_string, yaml_message,
+    MAX_POLICY_FILE_BYTES,
+};
 
 pub const API_VERSION: &str = "classifier.dev/v1alpha1";
 pub const KIND: &str = "ClassifierPolicy";
@@ -54,10 +59,11 @@ pub fn parse_policy_document_at(
     origin: &str,
     line_offset: usize,
 ) -> Result<ParsedPolicy, PolicyError> {
-    let doc: Document = serde_yaml::from_str(text).map_err(|e| PolicyError::Syntax {
-        origin: origin.to_string(),
-        message: yaml_message(&e, line_offset),
-    })?;
+    let doc: Document =
+        read::from_yaml_str(text, line_offset).map_err(|message| PolicyError::Syntax {
+            origin: origin.to_string(),
+            message,
+        })?;
     let invalid = |field: String, message: String| PolicyError::Invalid {
         origin: origin.to_string(),
         field,
@@ -68,7 +74,11 @@ pub fn parse_policy_document_at(
     let default = Policy::builtin_default();
 
     let mut exclude_uids = Vec::new();
-    for uid in spec.exclude_uids.unwrap_or(default.exclude_uids) {
+    let listed = match spec.exclude_uids {
+        Some(uids) => uids.into_iter().map(|u| u.0).collect(),
+        None => default.exclude_uids,
+    };
+    for uid in listed {
         // A repeated UID is harmless; keep the first mention's order.
         if !exclude_uids.contains(&uid) {
             exclude_uids.push(uid);
@@ -149,7 +159,7 @@ fn learning(raw: Option<schema::RawLearning>) -> crate::model::Learning {
         return out;
     };
     if let Some(enabled) = raw.enabled {
-        out.enabled = enabled;
+        out.enabled = enabled.0;
     }
     if let Some(ttl) = raw.ttl {
         out.ttl = ttl.0;

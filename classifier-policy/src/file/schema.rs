@@ -26,7 +26,7 @@ pub(super) struct Document {
     /// and not used.
     #[allow(dead_code)]
     #[serde(default)]
-    metadata: Option<serde_yaml::Value>,
+    metadata: Option<de::IgnoredAny>,
     #[serde(default)]
     pub(super) spec: Option<Spec>,
 }
@@ -37,7 +37,7 @@ pub(super) struct Spec {
     #[serde(default)]
     pub(super) default_opaque_ports: Option<PortSet>,
     #[serde(default)]
-    pub(super) exclude_uids: Option<Vec<u32>>,
+    pub(super) exclude_uids: Option<Vec<Uint32>>,
     #[serde(default)]
     pub(super) rules: Option<Vec<RawRule>>,
     #[serde(default)]
@@ -54,13 +54,89 @@ pub(super) struct Spec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawLearning {
     #[serde(default)]
-    pub(super) enabled: Option<bool>,
+    pub(super) enabled: Option<Bool>,
     #[serde(default)]
     pub(super) ttl: Option<Ttl>,
     #[serde(default)]
     pub(super) min_observations: Option<MinObservations>,
     #[serde(default)]
     pub(super) scope: Option<Scope>,
+}
+
+/// A `u32` whose error names the value written (serde-saphyr's own `u32`
+/// error says "invalid u32" and no more). A leading zero (`0755`) is
+/// refused: YAML 1.1 reads it as octal, 1.2 as decimal.
+#[derive(Clone, Copy)]
+pub(super) struct Uint32(pub(super) u32);
+
+impl<'de> Deserialize<'de> for Uint32 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Uint32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a whole number from 0 to {}", u32::MAX)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Uint32, E> {
+                u32::try_from(v).map(Uint32).map_err(|_| {
+                    E::custom(format!(
+                        "{v} is out of range: expected a whole number from 0 to {}",
+                        u32::MAX
+                    ))
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Uint32, E> {
+                let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+                if digits.len() > 1
+                    && digits.starts_with('0')
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(E::custom(format!(
+                        "{v} has a leading zero, octal in YAML 1.1 and decimal in YAML 1.2: write it without the zero, or as 0o{} for octal",
+                        digits.trim_start_matches('0')
+                    )));
+                }
+                Err(E::invalid_type(de::Unexpected::Str(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Uint32, E> {
+                u64::try_from(v).map_or_else(
+                    |_| {
+                        Err(E::custom(format!(
+                            "{v} is out of range: expected a whole number from 0 to {}",
+                            u32::MAX
+                        )))
+                    },
+                    |v| self.visit_u64(v),
+                )
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `true` or `false` (YAML 1.2: not `yes`, `on`...), an error naming any
+/// other value.
+pub(super) struct Bool(pub(super) bool);
+
+impl<'de> Deserialize<'de> for Bool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Bool, E> {
+                Ok(Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bool, E> {
+                Err(E::custom(format!(
+                    "{v:?} is not a boolean: write true or false"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 pub(super) struct Ttl(pub(super) std::time::Duration);
@@ -154,7 +230,7 @@ pub(super) struct RawRule {
 
 /// Deserializes a string and lets `check` accept or reject it. The check
 /// runs inside the visitor: only errors raised there get the string's own
-/// field path and position from serde_yaml.
+/// field path and position (see [`super::read::from_yaml_str`]).
 fn checked_string<'de, D, T>(d: D, check: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -297,8 +373,8 @@ impl<'de> Deserialize<'de> for CheckedMark {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Raw {
-            value: u32,
-            mask: u32,
+            value: Uint32,
+            mask: Uint32,
         }
 
         // Checked inside visit_map so the error points at the mark itself.
@@ -309,8 +385,10 @@ impl<'de> Deserialize<'de> for CheckedMark {
                 f.write_str("a map {value, mask}")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<CheckedMark, A::Error> {
-                let Raw { value, mask } =
-                    Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let Raw {
+                    value: Uint32(value),
+                    mask: Uint32(mask),
+                } = Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 if mask == 0 {
                     return Err(de::Error::custom("mark mask must not be 0"));
                 }

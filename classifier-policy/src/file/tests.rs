@@ -487,3 +487,197 @@ fn bad_learning_values_name_origin_field_line_and_value() {
         assert_error(&format!("{head}{body}"), &parts);
     }
 }
+
+const HEAD: &str = "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\n";
+
+/// `levels` levels of ten aliases each over the one before: 10^levels
+/// copies of "lol" if it were expanded.
+fn alias_bomb(levels: usize) -> String {
+    let mut s = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..=levels {
+        let prev = format!("*a{}", i - 1);
+        s.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![prev.as_str(); 10].join(", ")
+        ));
+    }
+    s
+}
+
+#[test]
+fn yaml_1_2_rules_and_limits() {
+    // A duplicate key is an error naming the key's line, at any depth.
+    for (text, parts) in [
+        (
+            format!("{HEAD}kind: ClassifierPolicy\n"),
+            vec!["duplicate", "kind", "line 3"],
+        ),
+        (
+            format!("{HEAD}spec:\n  excludeUids: [1]\n  rules: []\n  excludeUids: [2]\n"),
+            vec!["spec", "duplicate", "excludeUids", "line 6"],
+        ),
+        (
+            format!("{HEAD}spec:\n  rules:\n    - {{networks: [\"10.0.0.0/8\"], ports: 80, protocol: http1, ports: 81}}\n"),
+            vec!["spec.rules[0]", "duplicate", "ports", "line 5"],
+        ),
+    ] {
+        let msg = syntax_error(&text);
+        assert!(msg.starts_with("policy.yaml: "), "{msg}");
+        for part in parts {
+            assert!(msg.contains(part), "expected {part:?} in {msg:?}");
+        }
+    }
+
+    // YAML 1.2 booleans: `yes`, `on`, `y` are not booleans (YAML 1.1's
+    // "Norway problem"); true/false in any usual case are.
+    for word in ["yes", "on", "y", "off", "no"] {
+        let msg = syntax_error(&format!("{HEAD}spec:\n  learning:\n    enabled: {word}\n"));
+        for part in ["spec.learning.enabled", word, "line 5"] {
+            assert!(msg.contains(part), "expected {part:?} in {msg:?}");
+        }
+    }
+    for (word, want) in [("true", true), ("False", false), ("TRUE", true)] {
+        let p = parse_policy(
+            &format!("{HEAD}spec:\n  learning:\n    enabled: {word}\n"),
+            "p",
+        )
+        .unwrap();
+        assert_eq!(p.learning.enabled, want, "{word}");
+    }
+
+    // A leading 0 is octal in YAML 1.1 and decimal in 1.2: refused, with
+    // the value and line; 0o and 0x prefixes work.
+    let p = parse_policy(
+        &format!("{HEAD}spec:\n  excludeUids: [755, 0o17, 0x10]\n"),
+        "p",
+    )
+    .unwrap();
+    assert_eq!(p.exclude_uids, vec![755, 15, 16]);
+    assert_error(
+        &format!("{HEAD}spec:\n  excludeUids: [1, 0755]\n"),
+        &["spec.excludeUids[1]", "0755", "leading zero", "line 4"],
+    );
+    assert_error(
+        &format!("{HEAD}spec:\n  mark: {{value: 010, mask: 0x10}}\n"),
+        &["spec.mark.value", "010", "leading zero", "line 4"],
+    );
+    // A port list reads what was written.
+    let p = parse_policy(&format!("{HEAD}spec:\n  defaultOpaquePorts: 0080\n"), "p").unwrap();
+    assert_eq!(p.default_opaque_ports.to_string(), "80");
+    // An out-of-range number names itself, the field and the line.
+    assert_error(
+        &format!("{HEAD}spec:\n  mark: {{value: 4294967296, mask: 1}}\n"),
+        &["spec.mark.value", "4294967296", "line 4"],
+    );
+
+    // Anchors, aliases and merge keys work for a policy that shares lists...
+    let text = format!(
+        "{HEAD}spec:\n  rules:\n    - &base {{networks: &nets [\"10.0.0.0/8\"], ports: 80, protocol: http1}}\n    - {{networks: *nets, ports: 81, protocol: http1}}\n    - {{<<: *base, ports: 82}}\n"
+    );
+    let p = parse_policy(&text, "p").unwrap();
+    assert_eq!(p.rules.len(), 3);
+    assert_eq!(p.rules[2].networks, p.rules[0].networks);
+    assert_eq!(p.rules[2].ports.to_string(), "82");
+    // ...but an alias bomb is refused, not expanded.
+    let text = format!("{HEAD}metadata:\n  {}", alias_bomb(9).replace('\n', "\n  "));
+    let started = std::time::Instant::now();
+    let msg = syntax_error(&text);
+    assert!(msg.contains("alias") || msg.contains("budget"), "{msg}");
+    assert!(msg.contains("line "), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn documents_inside_a_file_report_the_file_lines() {
+    // The document starts on line 11 of its file.
+    let text = doc(r#"["10.0.0.0/33"]"#, "\"25\"", "opaque", "");
+    let msg = match parse_policy_document_at(&text, "all.yaml#2", 10) {
+        Err(e @ PolicyError::Syntax { .. }) => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        msg.starts_with("all.yaml#2: spec.rules[0].networks[0]: ")
+            && msg.contains("10.0.0.0/33")
+            && msg.contains("line 17 column"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn parse_yaml_value_for_manifests() {
+    use serde_json::json;
+    let v = parse_yaml_value(
+        "kind: Service\nmetadata: {name: web, annotations: {a: on, b: \"1\", c: 0755}}\nspec:\n  ports: [{port: 80, name: http}]\n",
+        "svc.yaml",
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({"kind": "Service", "metadata": {"name": "web", "annotations": {"a": "on", "b": "1", "c": "0755"}}, "spec": {"ports": [{"port": 80, "name": "http"}]}})
+    );
+    assert_eq!(parse_yaml_value("", "e.yaml", 0).unwrap(), json!(null));
+    assert_eq!(
+        parse_yaml_value("# nothing\n", "e.yaml", 0).unwrap(),
+        json!(null)
+    );
+
+    let err = |text: &str, offset: usize| match parse_yaml_value(text, "all.yaml", offset) {
+        Err(e @ PolicyError::Syntax { .. }) => e.to_string(),
+        other => panic!("expected a syntax error for {text:?}, got {other:?}"),
+    };
+    // A syntax error: the line is the file's (document from line 21 on).
+    let msg = err("kind: Pod\nmetadata:\n  name: [x\n", 20);
+    assert!(
+        msg.starts_with("all.yaml: metadata.name: ") && msg.contains("line 23 column"),
+        "{msg}"
+    );
+    // A duplicate key names its path and line.
+    let msg = err("kind: Pod\nmetadata:\n  name: a\n  name: b\n", 20);
+    assert!(
+        msg.starts_with("all.yaml: ")
+            && msg.contains("duplicate")
+            && msg.contains("name")
+            && msg.contains("line 24"),
+        "{msg}"
+    );
+    // Scalar keys become their spelling; null and collection keys are errors.
+    assert_eq!(
+        parse_yaml_value("80: http\n0x1F: x\ntrue: t\n1.5: f\n", "k.yaml", 0).unwrap(),
+        json!({"80": "http", "0x1F": "x", "true": "t", "1.5": "f"})
+    );
+    // Keys that differ in YAML but not as strings are duplicates too.
+    let msg = err("a: 1\nb:\n  80: x\n  \"80\": y\n", 10);
+    assert!(
+        msg.starts_with("all.yaml: b.80: duplicate mapping key \"80\"")
+            && msg.contains("line 14 column 3"),
+        "{msg}"
+    );
+    for (text, line) in [
+        ("a: 1\n~: x\n", "line 2"),
+        ("a: 1\nnull: x\n", "line 2"),
+        ("a: 1\n[x, y]: z\n", "line 2"),
+        ("a: 1\n? {x: 1}\n: z\n", "line 2"),
+    ] {
+        let msg = err(text, 0);
+        assert!(msg.contains(line), "{text:?}: {msg}");
+    }
+    // One document only: the caller splits a stream.
+    let msg = err("a: 1\n---\nb: 2\n", 0);
+    assert!(msg.contains("line"), "{msg}");
+    // An alias bomb is refused.
+    let msg = err(&alias_bomb(9), 0);
+    assert!(msg.contains("alias") || msg.contains("budget"), "{msg}");
+    // Non-finite floats stay strings rather than failing the document.
+    assert_eq!(
+        parse_yaml_value("a: .nan\nb: .inf\n", "f.yaml", 0).unwrap(),
+        json!({"a": ".nan", "b": ".inf"})
+    );
+
+    // And back.
+    let text = to_yaml_string(&json!({"a": [1, "on"], "b": {"c": null}})).unwrap();
+    assert_eq!(
+        parse_yaml_value(&text, "round.yaml", 0).unwrap(),
+        json!({"a": [1, "on"], "b": {"c": null}})
+    );
+}

@@ -17,8 +17,9 @@ use std::{
 };
 
 use crate::http::free_addr;
+use classifier_user::policy::file::parse_yaml_value;
 use classifier_user::policy::{parse_policy, Policy};
-use serde_yaml::Value;
+use serde_json::Value;
 use tests::{classifier_bin, privileged, Sandbox};
 
 /// What the tests expect of the base (the README says the same).
@@ -75,7 +76,7 @@ fn kustomize(dir: &Path) -> Option<String> {
 
 fn split_documents(text: &str, what: &str) -> Vec<Value> {
     text.split("\n---\n")
-        .map(|doc| serde_yaml::from_str(doc).unwrap_or_else(|e| panic!("{what}: {e}")))
+        .map(|doc| parse_yaml_value(doc, what, 0).unwrap_or_else(|e| panic!("{e}")))
         .filter(|doc: &Value| !doc.is_null())
         .collect()
 }
@@ -88,8 +89,12 @@ fn all_documents() -> Vec<Value> {
     if let Some(rendered) = kustomize(&dir) {
         return split_documents(&rendered, "kubectl kustomize deploy/");
     }
-    let kustomization: Value =
-        serde_yaml::from_str(&fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+    let kustomization = parse_yaml_value(
+        &fs::read_to_string(dir.join("kustomization.yaml")).unwrap(),
+        "deploy/kustomization.yaml",
+        0,
+    )
+    .unwrap();
     strings(&kustomization["resources"])
         .iter()
         .flat_map(|f| split_documents(&fs::read_to_string(dir.join(f)).unwrap(), f))
@@ -111,7 +116,7 @@ fn s(v: &Value) -> &str {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
+    v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v:?}"))
         .iter()
         .map(|x| s(x).to_owned())
@@ -119,7 +124,7 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list.as_sequence()
+    list.as_array()
         .unwrap()
         .iter()
         .find(|x| x["name"] == name)
@@ -267,10 +272,10 @@ fn every_container_runs_under_the_runtime_default_seccomp_profile_and_the_init_c
         "RuntimeDefault"
     );
     let containers: Vec<&Value> = pod["containers"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
-        .chain(pod["initContainers"].as_sequence().unwrap())
+        .chain(pod["initContainers"].as_array().unwrap())
         .collect();
     for c in &containers {
         let sc = &c["securityContext"];
@@ -304,25 +309,25 @@ fn only_scrapers_reach_the_metrics_port() {
     assert_eq!(policy["metadata"]["namespace"], manifests::NAMESPACE);
     let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
     for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
-        .as_mapping()
+        .as_object()
         .unwrap()
     {
-        assert_eq!(&pod_labels[s(k)], v, "selects the agent's pods");
+        assert_eq!(&pod_labels[k.as_str()], v, "selects the agent's pods");
     }
     assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"]);
-    let ingress = policy["spec"]["ingress"].as_sequence().unwrap();
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
     assert_eq!(ingress.len(), 1, "one rule: the scrapers");
     let rule = &ingress[0];
-    let ports = rule["ports"].as_sequence().unwrap();
+    let ports = rule["ports"].as_array().unwrap();
     assert_eq!(ports.len(), 1);
     assert!(ports[0]["port"] == "metrics" || ports[0]["port"] == manifests::METRICS_PORT);
-    let from = rule["from"].as_sequence().unwrap();
+    let from = rule["from"].as_array().unwrap();
     assert!(!from.is_empty(), "not open to everyone");
     for peer in from {
         assert!(peer.get("ipBlock").is_none(), "{peer:?}");
         assert!(
             peer["podSelector"]["matchLabels"]
-                .as_mapping()
+                .as_object()
                 .is_some_and(|m| !m.is_empty()),
             "a peer narrowed to the scraper's pods: {peer:?}"
         );
@@ -368,7 +373,7 @@ fn daemonset_runs_everywhere_critical_and_rolls_one_node_at_a_time() {
     let ds = the("DaemonSet");
     assert_eq!(ds["apiVersion"], "apps/v1");
     let pod = &ds["spec"]["template"]["spec"];
-    let tolerations = pod["tolerations"].as_sequence().unwrap();
+    let tolerations = pod["tolerations"].as_array().unwrap();
     assert!(
         tolerations.iter().any(|t| t["operator"] == "Exists"
             && t.get("key").is_none()
@@ -389,8 +394,12 @@ fn daemonset_runs_everywhere_critical_and_rolls_one_node_at_a_time() {
     assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 1);
 
     let labels = &ds["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in ds["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
-        assert_eq!(&labels[s(k)], v, "the selector matches the pod template");
+    for (k, v) in ds["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &labels[k.as_str()],
+            v,
+            "the selector matches the pod template"
+        );
     }
 }
 
@@ -399,7 +408,7 @@ fn agent_container_has_exactly_the_documented_capabilities_and_no_more() {
     let ds = the("DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     let agent = named(&pod["containers"], "agent");
-    assert_eq!(pod["containers"].as_sequence().unwrap().len(), 1);
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
     assert_eq!(agent["image"], manifests::IMAGE);
 
     let sc = &agent["securityContext"];
@@ -429,7 +438,7 @@ fn agent_container_has_exactly_the_documented_capabilities_and_no_more() {
     }
 
     // The only privileged container is the init container that mounts bpffs.
-    let inits = pod["initContainers"].as_sequence().unwrap();
+    let inits = pod["initContainers"].as_array().unwrap();
     assert_eq!(inits.len(), 1);
     assert_eq!(inits[0]["name"], "mount-bpffs");
     assert_eq!(inits[0]["securityContext"]["privileged"], true);
@@ -509,10 +518,10 @@ fn probes_hit_healthz_and_readyz_on_the_metrics_port_and_resources_are_set() {
         );
     }
     let containers = pod["containers"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
-        .chain(pod["initContainers"].as_sequence().unwrap());
+        .chain(pod["initContainers"].as_array().unwrap());
     for c in containers {
         for kind in ["requests", "limits"] {
             for resource in ["cpu", "memory"] {
@@ -530,7 +539,7 @@ fn probes_hit_healthz_and_readyz_on_the_metrics_port_and_resources_are_set() {
 fn cluster_role_only_reads_the_kinds_the_policy_comes_from() {
     let role = the("ClusterRole");
     let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_sequence().unwrap() {
+    for rule in role["rules"].as_array().unwrap() {
         let verbs: BTreeSet<String> = strings(&rule["verbs"]).into_iter().collect();
         assert_eq!(
             verbs,
@@ -559,7 +568,7 @@ fn cluster_role_only_reads_the_kinds_the_policy_comes_from() {
     let binding = the("ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
-    let subjects = binding["subjects"].as_sequence().unwrap();
+    let subjects = binding["subjects"].as_array().unwrap();
     assert_eq!(subjects.len(), 1);
     let sa = the("ServiceAccount");
     assert_eq!(subjects[0]["kind"], "ServiceAccount");
@@ -693,7 +702,7 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities_and_needs_each() {
     // And every CLASSIFIER_* variable it sets is one the agent reads.
     let ds = the("DaemonSet");
     let agent = named(&ds["spec"]["template"]["spec"]["containers"], "agent");
-    for var in agent["env"].as_sequence().unwrap() {
+    for var in agent["env"].as_array().unwrap() {
         let name = s(&var["name"]);
         if name.starts_with("CLASSIFIER_") {
             assert!(

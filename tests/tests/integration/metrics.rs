@@ -494,10 +494,15 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
 
     // The alerts: the four the README promises, and spec.groups is a rule
     // file promtool accepts.
-    let rule: serde_yaml::Value = serde_yaml::from_str(&rule_text).unwrap();
+    let rule = classifier_user::policy::file::parse_yaml_value(
+        &rule_text,
+        "deploy/monitoring/prometheusrule.yaml",
+        0,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rule["kind"], "PrometheusRule");
     let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| r["alert"].as_str().unwrap())
@@ -513,7 +518,11 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
     let dir = std::env::temp_dir().join(format!("classifier-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("rules.yaml");
-    std::fs::write(&file, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        classifier_user::policy::file::to_yaml_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
     let out = std::process::Command::new("promtool")
         .args(["check", "rules"])
         .arg(&file)
