@@ -31,8 +31,7 @@ mod schema;
 mod tests;
 
 pub use read::{
-    load_policy_file, parse_yaml_value, read_policy_text, to_yaml_string, yaml_message,
-    MAX_POLICY_FILE_BYTES,
+    load_policy_file, parse_yaml_value, read_policy_text, to_yaml_string, MAX_POLICY_FILE_BYTES,
 };
 
 pub const API_VERSION: &str = "classifier.dev/v1alpha1";

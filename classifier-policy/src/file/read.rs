@@ -51,23 +51,6 @@ pub fn read_policy_text(path: &Path) -> Result<String, PolicyError> {
     })
 }
 
-/// serde_yaml's message for `e`, with its line number moved down by
-/// `line_offset` lines (for a document that starts further into a file).
-///
-/// Only for the Kubernetes document code in `sources`, until it moves to
-/// [`parse_yaml_value`]; the ClassifierPolicy file itself is read with
-/// serde-saphyr ([`from_yaml_str`]).
-pub fn yaml_message(e: &serde_yaml::Error, line_offset: usize) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(loc) if line_offset > 0 => msg.replace(
-            &format!("line {} column {}", loc.line(), loc.column()),
-            &format!("line {} column {}", loc.line() + line_offset, loc.column()),
-        ),
-        _ => msg,
-    }
-}
-
 /// At most this many events replayed from aliases in one document: far
 /// more than a policy or a Kubernetes object sharing a few lists through
 /// anchors needs, and a "billion laughs" alias bomb stops here instead of

@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::kinds;
 use super::objects::{FieldError, Object};
 use crate::file::{
-    parse_policy_document_at, read_policy_text, yaml_message, ParsedPolicy, API_VERSION,
+    parse_policy_document_at, parse_yaml_value, read_policy_text, ParsedPolicy, API_VERSION,
 };
 use crate::model::PolicyError;
 
@@ -357,10 +357,7 @@ impl DocumentSet {
         }
         for (i, r) in raw.iter().enumerate() {
             let origin = format!("{file}#{}", i + 1);
-            let value: Value = serde_yaml::from_str(&r.text).map_err(|e| PolicyError::Syntax {
-                origin: origin.clone(),
-                message: yaml_message(&e, r.line_offset),
-            })?;
+            let value: Value = parse_yaml_value(&r.text, &origin, r.line_offset)?;
             if value.is_null() {
                 continue;
             }
@@ -575,7 +572,7 @@ pub fn is_manifest_text(text: &str) -> bool {
     match docs.as_slice() {
         [] => false,
         [one] => {
-            let Ok(v) = serde_yaml::from_str::<Value>(&one.text) else {
+            let Ok(v) = parse_yaml_value(&one.text, "", one.line_offset) else {
                 return false;
             };
             let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
