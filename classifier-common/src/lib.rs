@@ -530,7 +530,9 @@ pub mod maps {
     pub const COUNTERS: &str = "CLS_COUNTERS";
     pub const PORT_COUNTS: &str = "CLS_PORT_COUNTS";
     pub const META: &str = "CLS_META";
-    /// cgroup id of a pod's cgroup -> scope id (u16 in a u32) of its namespace.
+    /// cgroup id of a pod's cgroup -> scope id (u16 in a u32) of its
+    /// namespace and `SCOPE_FLAG_*` bits; also the kubelet's pod roots ->
+    /// `SCOPE_FLAG_POD_UNKNOWN`.
     pub const SCOPES: &str = "CLS_SCOPES";
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
