@@ -121,7 +121,7 @@ impl Applier {
         scope_ids: &BTreeMap<String, u16>,
         own_rules: &HashSet<u16>,
     ) -> HashMap<u64, u32> {
-        if !self.expects_pods && pod_namespaces.is_empty() {
+        if !self.knows_pods(pod_namespaces) {
             return HashMap::new();
         }
         let tree = pods::scan(&self.cgroup_root);
@@ -136,6 +136,12 @@ impl Applier {
             }
         }
         table
+    }
+
+    /// Whether the agent knows (or expects to know) the namespace of the
+    /// node's pods: then pod roots are marked "namespace unknown".
+    fn knows_pods(&self, pod_namespaces: &BTreeMap<String, String>) -> bool {
+        self.expects_pods || !pod_namespaces.is_empty()
     }
 
     /// Learning's ttl expiry (issue 11), every tick.
@@ -170,7 +176,9 @@ impl Applier {
     /// namespace) is known; otherwise it stays under its pod root's
     /// "namespace unknown" marker until a policy with its Pod is applied.
     pub fn pod_appeared(&mut self, pod: &pods::PodCgroup) -> Result<()> {
-        if !self.applied_once {
+        // Before this agent's first policy, or while it knows no pods (and
+        // so marks no pod root: pods get the node-wide rules).
+        if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
             return Ok(());
         }
         let Some(namespace) = self.pod_namespaces.get(&pod.uid) else {
