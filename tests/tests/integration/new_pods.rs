@@ -324,3 +324,110 @@ fn an_unregistered_pod_gets_no_verdict_until_its_pod_is_known() -> Result<()> {
     );
     Ok(())
 }
+
+/// (b) with `--kubernetes`: the Pod arrives through the API watch after
+/// its cgroup appeared. Until then the pod gets no verdict; the global
+/// EgressNetwork's opaque port, which node processes get, is not its.
+/// Once the Pod is watched, its namespace's own EgressNetwork decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_its_pod(
+) -> Result<()> {
+    use serde_json::json;
+    use tests::fake_kube::{FakeApi, ALL, EGRESS, PODS};
+
+    if !privileged!() {
+        return Ok(());
+    }
+    let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
+    let fake = FakeApi::start(&paths).await;
+    let mut sb = Sandbox::new("new-pods-kube")?;
+    let kubeconfig = sb.write_file(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            fake.url()
+        ),
+    );
+    let qos = qos_class(&sb);
+    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
+        sb.start_agent_with_env(
+            &["--kubernetes"],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        )?;
+        sb.wait_for_log("source=\"kubernetes (", 1, Duration::from_secs(20))?;
+        Ok(sb)
+    })
+    .await??;
+
+    // shop gets an EgressNetwork of its own over loopback (4222 opaque), so
+    // the policy has namespace-scoped rules; the recorded global one
+    // (linkerd-egress/all-egress: 4222 and 5432 opaque, everything outside
+    // the cluster networks) still applies to everyone else.
+    fake.push(
+        EGRESS,
+        vec![json!({"type": "ADDED", "object": {
+            "apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork",
+            "metadata": {"name": "own", "namespace": "shop", "uid": "0e9e55a1-0000-4000-8000-000000000001",
+                "creationTimestamp": "2025-03-06T09:00:00Z",
+                "annotations": {"config.linkerd.io/opaque-ports": "4222"}},
+            "spec": {"trafficPolicy": "Allow", "networks": [{"cidr": "127.0.0.0/8"}]}}})],
+    );
+    let new_uid = uid(7);
+    let pod = pod_cgroup(&qos, &new_uid);
+    let container = pod.join("cri-containerd-7.scope");
+    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
+        sb.wait_for_log("source=\"kubernetes (", 2, Duration::from_secs(20))?;
+        fs::create_dir_all(&container)?;
+        sb.wait_for_log("its Pod is not known yet", 1, Duration::from_secs(10))?;
+        let node = verdict_from(&sb, &sb.cgroup.clone(), 5432)?;
+        assert_eq!(
+            node["protocol"], "opaque",
+            "node process, global EgressNetwork: {node}"
+        );
+        let v = verdict_from(&sb, &container, 5432)?;
+        assert_eq!(v["source"], "none", "unregistered pod: {v}");
+        assert_eq!(counter(&sb, "pod_unregistered")?, 1);
+        Ok(sb)
+    })
+    .await??;
+
+    // The watch brings the Pod.
+    let start = Instant::now();
+    fake.push(
+        PODS,
+        vec![json!({"type": "ADDED", "object": {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "late-0", "namespace": "shop", "uid": new_uid,
+                "creationTimestamp": "2025-03-06T09:01:00Z"},
+            "spec": {"containers": [{"name": "app", "image": "app"}], "nodeName": "node-a"},
+            "status": {"phase": "Pending"}}})],
+    );
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let reader = scopes(&sb);
+        let id = cgroup_id(&pod);
+        let (delay, entry) =
+            wait_for_entry(&reader, id, start, "pod registered once watched", |e| {
+                e.is_some()
+            })?;
+        println!(
+            "Pod watched -> pod cgroup registered: {:.1} ms (watch, debounce, compile, apply)",
+            delay.as_secs_f64() * 1e3
+        );
+        assert_ne!(entry.unwrap() & SCOPE_FLAG_OWN_RULES, 0, "{entry:?}");
+        let container = pod.join("cri-containerd-7.scope");
+        // shop's own EgressNetwork shadows the global one: 5432 detected
+        // (by its rule), 4222 opaque.
+        let v = verdict_from(&sb, &container, 5432)?;
+        assert_eq!(v["protocol"], "unknown", "shop pod, 5432: {v}");
+        assert!(
+            v["source"].as_str().unwrap_or("").starts_with("rule:"),
+            "{v}"
+        );
+        let v = verdict_from(&sb, &container, 4222)?;
+        assert_eq!(v["protocol"], "opaque", "shop pod, 4222: {v}");
+        assert_eq!(counter(&sb, "pod_unregistered")?, 1);
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
