@@ -15,7 +15,7 @@ use core::fmt;
 
 /// Version of the pinned map layout. An agent refuses to adopt pins written
 /// with another version (see the agent's adoption logic).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 // ---------------------------------------------------------------------------
 // The proxy query contract: getsockopt(fd, QUERY_LEVEL, QUERY_OPTNAME, buf, len)
@@ -328,6 +328,15 @@ pub const SCOPE_GLOBAL_EGRESS: u16 = u16::MAX;
 /// global ones. Namespaces also get a scope for learning alone, so having
 /// a scope does not say this.
 pub const SCOPE_FLAG_OWN_RULES: u32 = 1 << 16;
+/// In `CLS_SCOPES` values: "pods below, namespace unknown". The agent
+/// gives it to the kubelet's pod roots (`kubepods`, `kubepods.slice`) when
+/// it knows the node's pods. The scope walk takes any other registered
+/// ancestor before it, so it only holds for a process in a pod cgroup the
+/// agent has not registered (yet): in a policy with namespace-scoped rules
+/// such a connect gets no verdict at all (counted in `pod_unregistered`),
+/// rather than the verdicts of processes outside pods, which may not be
+/// its namespace's. Its scope id bits are `SCOPE_NODE`.
+pub const SCOPE_FLAG_POD_UNKNOWN: u32 = 1 << 17;
 /// How deep in the cgroup hierarchy a pod's cgroup may sit (the kubelet's
 /// layouts put it at level 2 to 4 below the root).
 pub const MAX_CGROUP_LEVEL: u32 = 8;
@@ -521,7 +530,9 @@ pub mod maps {
     pub const COUNTERS: &str = "CLS_COUNTERS";
     pub const PORT_COUNTS: &str = "CLS_PORT_COUNTS";
     pub const META: &str = "CLS_META";
-    /// cgroup id of a pod's cgroup -> scope id (u16 in a u32) of its namespace.
+    /// cgroup id of a pod's cgroup -> scope id (u16 in a u32) of its
+    /// namespace and `SCOPE_FLAG_*` bits; also the kubelet's pod roots ->
+    /// `SCOPE_FLAG_POD_UNKNOWN`.
     pub const SCOPES: &str = "CLS_SCOPES";
     /// Namespace name -> scope id; kept so a restarted agent reuses the ids.
     pub const SCOPE_IDS: &str = "CLS_SCOPE_IDS";
@@ -692,8 +703,14 @@ pub mod counters {
         LEARN_SCOPE_FULL = 36, "learn_scope_full";
         /// A watch could not be recorded or the learned table not written.
         ERR_LEARN = 37, "err_learn";
+        /// A connect from a pod cgroup the agent has not registered yet
+        /// (below a pod root marked `SCOPE_FLAG_POD_UNKNOWN`): no verdict,
+        /// in a policy with namespace-scoped rules, and no learning under
+        /// namespace-scoped learning. Counted in `no_verdict` too when it
+        /// left the connect without a verdict.
+        POD_UNREGISTERED = 38, "pod_unregistered";
     }
-    pub const COUNT: u32 = 38;
+    pub const COUNT: u32 = 39;
     /// Counters that are internal failures (the connect was allowed anyway).
     pub const ERRORS: [u32; 6] = [
         ERR_INFLIGHT,
@@ -847,6 +864,17 @@ mod tests {
         assert_eq!(offset_of!(LearnConfig, scope_quota), 8);
         assert_eq!(Source::try_from(3), Ok(Source::Learned));
         assert_eq!(Source::Learned.as_str(), "learned");
+    }
+
+    #[test]
+    fn scope_entry_flags_stay_clear_of_the_scope_id() {
+        // The low 16 bits of a `CLS_SCOPES` value are the scope id.
+        for flag in [SCOPE_FLAG_OWN_RULES, SCOPE_FLAG_POD_UNKNOWN] {
+            assert_eq!(flag & 0xffff, 0);
+        }
+        assert_ne!(SCOPE_FLAG_OWN_RULES, SCOPE_FLAG_POD_UNKNOWN);
+        assert_eq!(SCOPE_FLAG_POD_UNKNOWN as u16, SCOPE_NODE);
+        assert_eq!(LAYOUT_VERSION, 7, "CLS_SCOPES values gained a flag");
     }
 
     #[test]

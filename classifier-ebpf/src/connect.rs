@@ -14,7 +14,8 @@
 //! in two universes: the client's scope and the node-wide rules, or the
 //! node-wide rules and the global EgressNetworks; only those the policy
 //! needs), up to `MAX_CGROUP_LEVEL` scope lookups, at most once per connect
-//! (`scope`) and only for scoped policies or learning, one
+//! (`scope`) and only for scoped policies or learning (a connect from a pod
+//! the agent has not registered yet stops there, without a verdict), one
 //! bitmap word, the port counter; in mark mode one SO_MARK read.
 
 use core::ptr::{read_volatile, write_volatile};
@@ -159,6 +160,19 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     let marking = config.flags & CONFIG_FLAG_MARK != 0;
 
     let mut scope = ClientScope::new();
+    // A pod the agent has not registered yet: its namespace, hence which
+    // rules are its, is unknown. In a policy with namespace-scoped rules
+    // it gets no verdict at all (the proxy detects, as without the
+    // classifier) rather than the verdicts of processes outside pods,
+    // which its namespace's own rules may contradict.
+    if config.flags & CONFIG_FLAG_SCOPED != 0 && scope.pod_unknown() {
+        count(c::POD_UNREGISTERED);
+        count(c::NO_VERDICT);
+        if marking {
+            clear_mark(ctx, config);
+        }
+        return;
+    }
     let rule = lookup_rule(slot as u8, config, &dst, is_v4, port, &mut scope);
     let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
         (

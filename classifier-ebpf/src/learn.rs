@@ -69,6 +69,12 @@ pub fn at_connect(
     let scope = if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
         SCOPE_NODE
     } else {
+        // A pod not registered yet would learn into, and read, the node
+        // scope: another tenant's. Neither until its namespace is known.
+        if client.pod_unknown() {
+            count(c::POD_UNREGISTERED);
+            return false;
+        }
         client.id()
     };
     let key = LearnedKey {

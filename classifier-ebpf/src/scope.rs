@@ -1,10 +1,14 @@
-//! The connecting process's scope: the `CLS_SCOPES` entry of the nearest
-//! ancestor cgroup the agent registered (a pod's cgroup; the process is
-//! usually in a container cgroup below it). Both the rule lookup and
-//! learning need it; a connect walks the cgroup ancestry at most once.
+//! The connecting process's scope: the `CLS_SCOPES` entry of the first
+//! ancestor cgroup, from the root down, that the agent registered (a pod's
+//! cgroup; the process is usually in a container cgroup below it). A pod
+//! root marked `SCOPE_FLAG_POD_UNKNOWN` ("pods below, namespace unknown")
+//! does not end the walk: it is the answer only when nothing below it is
+//! registered, i.e. for a pod the agent has not registered yet. Both the
+//! rule lookup and learning need it; a connect walks the cgroup ancestry
+//! at most once.
 
 use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
-use classifier_common::{MAX_CGROUP_LEVEL, SCOPE_FLAG_OWN_RULES};
+use classifier_common::{MAX_CGROUP_LEVEL, SCOPE_FLAG_OWN_RULES, SCOPE_FLAG_POD_UNKNOWN};
 
 use crate::maps::CLS_SCOPES;
 
@@ -37,6 +41,13 @@ impl ClientScope {
         self.entry() & SCOPE_FLAG_OWN_RULES != 0
     }
 
+    /// Whether the client is in a pod cgroup the agent has not registered
+    /// yet (its namespace is unknown).
+    #[inline(always)]
+    pub fn pod_unknown(&mut self) -> bool {
+        self.entry() & SCOPE_FLAG_POD_UNKNOWN != 0
+    }
+
     /// The scope id in the low 16 bits and `SCOPE_FLAG_*` bits; 0
     /// (`SCOPE_NODE`, no flags) outside any pod.
     #[inline(always)]
@@ -51,6 +62,8 @@ impl ClientScope {
 
 #[inline(always)]
 fn lookup() -> u32 {
+    // A pod root's "namespace unknown" marker, if the walk passed one.
+    let mut below_pod_root = 0;
     let mut level = 1;
     while level <= MAX_CGROUP_LEVEL {
         // SAFETY: helper with a plain integer argument.
@@ -61,9 +74,13 @@ fn lookup() -> u32 {
         }
         if let Some(scope) = CLS_SCOPES.get_ptr(id) {
             // SAFETY: live map value.
-            return unsafe { *scope };
+            let value = unsafe { *scope };
+            if value & SCOPE_FLAG_POD_UNKNOWN == 0 {
+                return value;
+            }
+            below_pod_root = value;
         }
         level += 1;
     }
-    0
+    below_pod_root
 }

@@ -3,12 +3,14 @@
 //! the maps atomically.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
 };
 
 use anyhow::{Context as _, Result};
+
+use classifier_common::{SCOPE_FLAG_OWN_RULES, SCOPE_FLAG_POD_UNKNOWN, SCOPE_NODE};
 
 use super::{learning::Learner, pods};
 use crate::{
@@ -25,16 +27,20 @@ pub struct Applier {
     pod_namespaces: BTreeMap<String, String>,
     scope_ids: BTreeMap<String, u16>,
     /// Scope ids of namespaces with rules of their own (not only learning).
-    own_rule_scopes: std::collections::HashSet<u16>,
+    own_rule_scopes: HashSet<u16>,
     /// Whether this agent has switched in a policy of its own yet.
     applied_once: bool,
     /// Learning (issue 11).
     learner: Learner,
+    /// The agent watches the cluster's Pods (`--kubernetes`): it expects
+    /// to learn every pod's namespace, so pod roots are marked "namespace
+    /// unknown" even before it knows any pod.
+    expects_pods: bool,
 }
 
 impl Applier {
     /// Opens the pinned maps. Must run before capabilities are dropped.
-    pub fn open(pins: &PinDir, cgroup_root: PathBuf) -> Result<Self> {
+    pub fn open(pins: &PinDir, cgroup_root: PathBuf, expects_pods: bool) -> Result<Self> {
         Ok(Self {
             maps: PolicyMaps::open(pins)?,
             scopes: ScopeMaps::open(pins)?,
@@ -44,6 +50,7 @@ impl Applier {
             own_rule_scopes: Default::default(),
             applied_once: false,
             learner: Learner::open(pins)?,
+            expects_pods,
         })
     }
 
@@ -62,7 +69,7 @@ impl Applier {
         namespaces.sort_unstable();
         namespaces.dedup();
         let scope_ids = self.scopes.ids_for(namespaces)?;
-        let own_rule_scopes: std::collections::HashSet<u16> = scope_ids
+        let own_rule_scopes: HashSet<u16> = scope_ids
             .iter()
             .filter(|(ns, _)| with_rules.contains(ns.as_str()))
             .map(|(_, id)| *id)
@@ -73,8 +80,8 @@ impl Applier {
         // registered pod whose namespace has no rules yet just gets the
         // node-wide ones); pods it no longer scopes are dropped after it, so
         // the policy in force always finds its pods.
-        let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids);
-        self.scopes.register(&wanted, &own_rule_scopes)?;
+        let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids, &own_rule_scopes);
+        self.scopes.register(&wanted)?;
         let applied = self.maps.apply(Arc::new(compiled))?;
         self.own_rule_scopes = own_rule_scopes;
         self.pod_namespaces = policy.pod_namespaces.clone();
@@ -91,7 +98,8 @@ impl Applier {
             generation = applied.generation,
             rules = policy.rules.len(),
             scopes = self.scope_ids.len(),
-            scoped_pods = wanted.len(),
+            scoped_pods = pod_entries(&wanted),
+            pod_roots = wanted.len() - pod_entries(&wanted),
             v4_entries = applied.v4_entries,
             v6_entries = applied.v6_entries,
             map_writes = applied.map_writes,
@@ -101,37 +109,139 @@ impl Applier {
         Ok(applied)
     }
 
+    /// The `CLS_SCOPES` entries the pod cgroups on this node need: each
+    /// pod root marked "namespace unknown", and each pod whose namespace is
+    /// known under its namespace's scope (or the node scope, for a
+    /// namespace without one). Nothing while the agent knows no pods and
+    /// does not expect to (no `--kubernetes`, no Pod in the policy): pods
+    /// then get the node-wide rules, as every other process.
     fn pod_table(
         &self,
         pod_namespaces: &BTreeMap<String, String>,
         scope_ids: &BTreeMap<String, u16>,
-    ) -> HashMap<u64, u16> {
-        if scope_ids.is_empty() {
+        own_rules: &HashSet<u16>,
+    ) -> HashMap<u64, u32> {
+        if !self.knows_pods(pod_namespaces) {
             return HashMap::new();
         }
-        pods::scope_table(&pods::scan(&self.cgroup_root), pod_namespaces, scope_ids)
+        let tree = pods::scan(&self.cgroup_root);
+        let mut table: HashMap<u64, u32> = tree
+            .roots
+            .iter()
+            .map(|(_, id)| (*id, SCOPE_FLAG_POD_UNKNOWN))
+            .collect();
+        for pod in &tree.pods {
+            if let Some(namespace) = pod_namespaces.get(&pod.uid) {
+                table.insert(pod.cgroup_id, entry(namespace, scope_ids, own_rules));
+            }
+        }
+        table
     }
 
-    /// Re-scans pod cgroups (pods come and go between policy changes) and
-    /// keeps the ones whose namespace has scoped rules registered. Until
-    /// this agent has applied a policy it does not know which pods the
-    /// policy in force needs (an adopted one), so it leaves them alone.
+    /// Whether the agent knows (or expects to know) the namespace of the
+    /// node's pods: then pod roots are marked "namespace unknown".
+    fn knows_pods(&self, pod_namespaces: &BTreeMap<String, String>) -> bool {
+        self.expects_pods || !pod_namespaces.is_empty()
+    }
+
+    /// Learning's ttl expiry (issue 11), every tick.
+    pub fn tick(&mut self) {
+        self.learner.tick();
+    }
+
+    /// Re-scans pod cgroups and registers them under their namespaces
+    /// (the safety net behind the inotify watch, or the poll without it).
+    /// Until this agent has applied a policy it does not know which pods
+    /// the policy in force needs (an adopted one), so it leaves them alone.
     pub fn refresh_pods(&mut self) -> Result<()> {
-        self.learner.tick(); // issue 11: ttl expiry, every tick
         if !self.applied_once {
             return Ok(());
         }
-        let wanted = self.pod_table(&self.pod_namespaces, &self.scope_ids);
-        let changed = self.scopes.register(&wanted, &self.own_rule_scopes)?;
+        let wanted = self.pod_table(&self.pod_namespaces, &self.scope_ids, &self.own_rule_scopes);
+        let changed = self.scopes.register(&wanted)?;
         let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {
             tracing::info!(
-                scoped = wanted.len(),
+                scoped = pod_entries(&wanted),
+                pod_roots = wanted.len() - pod_entries(&wanted),
                 changed,
                 removed,
                 "pod cgroups registered"
             );
         }
         Ok(())
+    }
+
+    /// A pod cgroup just created: registered at once if its Pod (hence its
+    /// namespace) is known; otherwise it stays under its pod root's
+    /// "namespace unknown" marker until a policy with its Pod is applied.
+    pub fn pod_appeared(&mut self, pod: &pods::PodCgroup) -> Result<()> {
+        // Before this agent's first policy, or while it knows no pods (and
+        // so marks no pod root: pods get the node-wide rules).
+        if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
+            return Ok(());
+        }
+        let Some(namespace) = self.pod_namespaces.get(&pod.uid) else {
+            tracing::info!(
+                uid = %pod.uid,
+                cgroup = %pod.path.display(),
+                "new pod cgroup; its Pod is not known yet (no verdict until it is)"
+            );
+            return Ok(());
+        };
+        let value = entry(namespace, &self.scope_ids, &self.own_rule_scopes);
+        if self.scopes.register_one(pod.cgroup_id, value)? {
+            tracing::info!(
+                uid = %pod.uid,
+                namespace = %namespace,
+                cgroup_id = pod.cgroup_id,
+                "pod cgroup registered"
+            );
+        }
+        Ok(())
+    }
+
+    /// A pod cgroup removed.
+    pub fn pod_gone(&mut self, pod: &pods::PodCgroup) {
+        if self.scopes.unregister_one(pod.cgroup_id) {
+            tracing::info!(uid = %pod.uid, cgroup_id = pod.cgroup_id, "pod cgroup unregistered");
+        }
+    }
+}
+
+/// The `CLS_SCOPES` value for a pod in `namespace`.
+fn entry(namespace: &str, scope_ids: &BTreeMap<String, u16>, own_rules: &HashSet<u16>) -> u32 {
+    match scope_ids.get(namespace) {
+        Some(id) if own_rules.contains(id) => u32::from(*id) | SCOPE_FLAG_OWN_RULES,
+        Some(id) => u32::from(*id),
+        None => u32::from(SCOPE_NODE),
+    }
+}
+
+/// Entries of pods (not pod roots) in a table from `pod_table`.
+fn pod_entries(table: &HashMap<u64, u32>) -> usize {
+    table
+        .values()
+        .filter(|v| *v & SCOPE_FLAG_POD_UNKNOWN == 0)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_get_their_namespace_scope_or_the_node_scope() {
+        let ids: BTreeMap<String, u16> = [("team-a".to_owned(), 3), ("learn-only".to_owned(), 4)]
+            .into_iter()
+            .collect();
+        let own: HashSet<u16> = [3].into_iter().collect();
+        assert_eq!(entry("team-a", &ids, &own), 3 | SCOPE_FLAG_OWN_RULES);
+        assert_eq!(entry("learn-only", &ids, &own), 4);
+        assert_eq!(entry("no-rules", &ids, &own), u32::from(SCOPE_NODE));
+        let table: HashMap<u64, u32> = [(1, SCOPE_FLAG_POD_UNKNOWN), (2, 3), (3, 0)]
+            .into_iter()
+            .collect();
+        assert_eq!(pod_entries(&table), 2);
     }
 }

@@ -4,6 +4,7 @@
 
 mod applier;
 mod learning;
+mod pod_watch;
 mod pods;
 mod policy_source;
 pub mod preflight;
@@ -91,7 +92,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
 
-    let mut applier = Applier::open(&opts.pins, cgroup.clone())?;
+    let mut applier = Applier::open(&opts.pins, cgroup.clone(), opts.kubernetes)?;
     let mut status = Status::new(
         StatusMap::open(&opts.pins)?,
         opts.pins.clone(),
@@ -171,6 +172,33 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         agent_metrics.set_kubernetes_connected(false);
     }
 
+    // Pod cgroups: watched (inotify) so a new pod is registered as its
+    // cgroup appears; a slow rescan behind it catches what a watch misses.
+    // Without a watch, the old poll on every tick.
+    let mut pod_watch = match pod_watch::PodWatcher::new(&cgroup) {
+        Ok(watcher) => {
+            tracing::info!(
+                watches = watcher.watches(),
+                "watching pod cgroups (inotify)"
+            );
+            Some(watcher)
+        }
+        Err(err) => {
+            tracing::warn!(
+                "cannot watch pod cgroups ({err:#}); polling for them every {:?} instead",
+                opts.watch_interval
+            );
+            None
+        }
+    };
+    // Pods that appeared between the first policy's scan and the watch.
+    if let Err(err) = applier.refresh_pods() {
+        tracing::warn!("registering pod cgroups failed: {err:#}");
+    }
+    let mut rescan = tokio::time::interval(POD_RESCAN_INTERVAL.max(opts.watch_interval));
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rescan.tick().await;
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.watch_interval);
@@ -179,6 +207,32 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            changes = next_pod_changes(&mut pod_watch) => {
+                match changes {
+                    Ok(changes) => {
+                        if let Some(watcher) = &mut pod_watch {
+                            pods_changed(&mut applier, watcher, changes);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            "the pod cgroup watch failed ({err:#}); polling for pod cgroups every {:?} instead",
+                            opts.watch_interval
+                        );
+                        pod_watch = None;
+                    }
+                }
+            }
+            _ = rescan.tick() => {
+                if let Some(watcher) = &mut pod_watch {
+                    if let Err(err) = watcher.rescan() {
+                        tracing::warn!("rescanning the pod cgroup watches: {err:#}");
+                    }
+                    if let Err(err) = applier.refresh_pods() {
+                        tracing::warn!("registering pod cgroups failed: {err:#}");
+                    }
+                }
+            }
             changed = next_snapshot(&mut kube) => {
                 let Some(snapshot) = changed? else { continue };
                 agent_metrics.sync_succeeded();
@@ -197,8 +251,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                     status.synced(&sync.status);
                 }
                 status.publish();
-                if let Err(err) = applier.refresh_pods() {
-                    tracing::warn!("registering pod cgroups failed: {err:#}");
+                applier.tick();
+                if pod_watch.is_none() {
+                    if let Err(err) = applier.refresh_pods() {
+                        tracing::warn!("registering pod cgroups failed: {err:#}");
+                    }
                 }
                 let Some(loaded) = source.reload_if_changed() else { continue };
                 apply_reloaded(&mut applier, &source, loaded, &agent_metrics, &mut status);
@@ -299,6 +356,43 @@ impl Status {
         self.value.updated_unix = unix_now();
         if let Err(err) = self.map.write(&self.value) {
             tracing::debug!("writing the agent status map: {err:#}");
+        }
+    }
+}
+
+/// How often the pod cgroup tree is scanned in full behind its inotify
+/// watch (a safety net: the watch registers new pods within milliseconds).
+const POD_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The next pod cgroup changes, or never without a watch.
+async fn next_pod_changes(
+    watcher: &mut Option<pod_watch::PodWatcher>,
+) -> Result<Vec<pod_watch::PodChange>> {
+    match watcher {
+        Some(watcher) => watcher.changes().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn pods_changed(
+    applier: &mut Applier,
+    watcher: &mut pod_watch::PodWatcher,
+    changes: Vec<pod_watch::PodChange>,
+) {
+    for change in changes {
+        let done = match &change {
+            pod_watch::PodChange::Appeared(pod) => applier.pod_appeared(pod),
+            pod_watch::PodChange::Gone(pod) => {
+                applier.pod_gone(pod);
+                Ok(())
+            }
+            pod_watch::PodChange::Rescan => watcher
+                .rescan()
+                .map(drop)
+                .and_then(|()| applier.refresh_pods()),
+        };
+        if let Err(err) = done {
+            tracing::warn!("registering pod cgroups failed: {err:#}");
         }
     }
 }

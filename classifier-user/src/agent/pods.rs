@@ -11,7 +11,6 @@
 //! hence to its namespace.
 
 use std::{
-    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -26,21 +25,68 @@ pub struct PodCgroup {
     pub cgroup_id: u64,
 }
 
+/// What a scan found: the pod roots (`kubepods`, `kubepods.slice`: every
+/// pod cgroup is below one) and the pod cgroups.
+#[derive(Debug, Default)]
+pub struct PodTree {
+    /// (path, cgroup id) of each pod root.
+    pub roots: Vec<(PathBuf, u64)>,
+    pub pods: Vec<PodCgroup>,
+}
+
 /// Depth limit of the walk: pod cgroups sit 2-3 levels below `kubepods`.
-const MAX_DEPTH: usize = 6;
+pub const MAX_DEPTH: usize = 6;
 /// How deep to look for `kubepods` itself (the root on a node; deeper when
 /// the agent is pointed at a sub-tree, as in tests). The rest of the
 /// hierarchy (system.slice, user sessions) is not walked.
 const MAX_KUBEPODS_DEPTH: usize = 2;
 
-/// Every pod cgroup below `root`.
-pub fn scan(root: &Path) -> Vec<PodCgroup> {
-    let mut found = Vec::new();
-    walk(root, 0, false, &mut found);
+/// Whether a cgroup directory name is a pod root.
+pub fn is_pod_root(name: &str) -> bool {
+    name == "kubepods" || name == "kubepods.slice"
+}
+
+/// Every pod root and pod cgroup below `root`.
+pub fn scan(root: &Path) -> PodTree {
+    scan_with(root, &mut |_, _| {})
+}
+
+/// [`scan`], calling `visit(dir, depth)` for each directory inside a pod
+/// root that is not a pod cgroup (the roots, QoS classes), before its
+/// entries are read: a watch added there sees every entry the read misses.
+pub fn scan_with(root: &Path, visit: &mut dyn FnMut(&Path, usize)) -> PodTree {
+    let mut found = PodTree::default();
+    walk(root, 0, false, &mut found, visit);
     found
 }
 
-fn walk(dir: &Path, depth: usize, in_kubepods: bool, found: &mut Vec<PodCgroup>) {
+/// [`scan_with`] of `dir`, a directory inside a pod root at `depth`.
+pub fn scan_inside(dir: &Path, depth: usize, visit: &mut dyn FnMut(&Path, usize)) -> PodTree {
+    let mut found = PodTree::default();
+    visit(dir, depth);
+    walk(dir, depth + 1, true, &mut found, visit);
+    found
+}
+
+/// The pod cgroup `name` in `dir` (just created), if it is one.
+pub fn pod_cgroup(dir: &Path, name: &str) -> Option<PodCgroup> {
+    let uid = pod_uid(name)?;
+    let path = dir.join(name);
+    let cgroup_id = fs::metadata(&path).ok()?.ino();
+    Some(PodCgroup {
+        uid,
+        path,
+        cgroup_id,
+    })
+}
+
+fn walk(
+    dir: &Path,
+    depth: usize,
+    in_kubepods: bool,
+    found: &mut PodTree,
+    visit: &mut dyn FnMut(&Path, usize),
+) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -57,14 +103,15 @@ fn walk(dir: &Path, depth: usize, in_kubepods: bool, found: &mut Vec<PodCgroup>)
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let path = entry.path();
-        let kubepods = in_kubepods || name == "kubepods" || name == "kubepods.slice";
+        let root = !in_kubepods && is_pod_root(&name);
+        let kubepods = in_kubepods || root;
         if !kubepods && depth >= MAX_KUBEPODS_DEPTH {
             continue;
         }
         if kubepods {
             if let Some(uid) = pod_uid(&name) {
                 if let Ok(meta) = entry.metadata() {
-                    found.push(PodCgroup {
+                    found.pods.push(PodCgroup {
                         uid,
                         path,
                         cgroup_id: meta.ino(),
@@ -73,8 +120,14 @@ fn walk(dir: &Path, depth: usize, in_kubepods: bool, found: &mut Vec<PodCgroup>)
                 // Containers below a pod are not pods.
                 continue;
             }
+            if root {
+                if let Ok(meta) = entry.metadata() {
+                    found.roots.push((path.clone(), meta.ino()));
+                }
+            }
+            visit(&path, depth);
         }
-        walk(&path, depth + 1, kubepods, found);
+        walk(&path, depth + 1, kubepods, found, visit);
     }
 }
 
@@ -99,20 +152,6 @@ fn looks_like_uid(s: &str) -> bool {
                 c.is_ascii_hexdigit()
             }
         })
-}
-
-/// cgroup id -> scope id for the pods whose namespace has a scope.
-pub fn scope_table(
-    pods: &[PodCgroup],
-    pod_namespaces: &std::collections::BTreeMap<String, String>,
-    scope_ids: &std::collections::BTreeMap<String, u16>,
-) -> HashMap<u64, u16> {
-    pods.iter()
-        .filter_map(|pod| {
-            let namespace = pod_namespaces.get(&pod.uid)?;
-            Some((pod.cgroup_id, *scope_ids.get(namespace)?))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -154,12 +193,38 @@ mod tests {
         for dir in [&systemd, &cgroupfs, &unrelated] {
             fs::create_dir_all(dir).unwrap();
         }
-        let mut uids: Vec<String> = scan(&root).into_iter().map(|p| p.uid).collect();
+        let mut visited = Vec::new();
+        let tree = scan_with(&root, &mut |dir, _| {
+            visited.push(dir.strip_prefix(&root).unwrap().to_owned())
+        });
+        let mut uids: Vec<String> = tree.pods.into_iter().map(|p| p.uid).collect();
         uids.sort();
         assert_eq!(
             uids,
             vec![UID.to_owned(), other.to_owned()],
             "pods under kubepods only, not their containers"
+        );
+        let mut roots: Vec<PathBuf> = tree
+            .roots
+            .iter()
+            .map(|(p, _)| p.strip_prefix(&root).unwrap().to_owned())
+            .collect();
+        roots.sort();
+        assert_eq!(
+            roots,
+            vec![PathBuf::from("kubepods"), PathBuf::from("kubepods.slice")]
+        );
+        visited.sort();
+        assert_eq!(
+            visited,
+            [
+                "kubepods",
+                "kubepods/besteffort",
+                "kubepods.slice",
+                "kubepods.slice/kubepods-burstable.slice"
+            ]
+            .map(PathBuf::from),
+            "the directories a watch goes on: pod roots and QoS classes, not pods"
         );
         fs::remove_dir_all(&root).unwrap();
     }

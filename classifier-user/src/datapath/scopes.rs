@@ -4,7 +4,9 @@
 //! Two pinned maps: `CLS_SCOPE_IDS` (namespace name -> scope id) and
 //! `CLS_SCOPES` (cgroup id of a pod's cgroup -> scope id). The kernel walks
 //! the connecting process's cgroup ancestors and takes the first registered
-//! one. Ids only ever get added, and they are pinned, so a restarted agent
+//! one, except that a pod root's "namespace unknown" marker
+//! (`SCOPE_FLAG_POD_UNKNOWN`) gives way to any registered cgroup below it.
+//! Ids only ever get added, and they are pinned, so a restarted agent
 //! gives every namespace the id the running programs already use.
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
@@ -90,34 +92,42 @@ impl ScopeMaps {
         Ok(out)
     }
 
-    /// Registers (or re-points) every cgroup in `wanted`; returns how many
-    /// changed.
-    /// Scopes in `own_rules` (namespaces with rules of their own) are
-    /// flagged `SCOPE_FLAG_OWN_RULES`.
-    pub fn register(
-        &mut self,
-        wanted: &StdHashMap<u64, u16>,
-        own_rules: &std::collections::HashSet<u16>,
-    ) -> Result<usize> {
+    /// Registers (or re-points) every cgroup in `wanted` (cgroup id ->
+    /// `CLS_SCOPES` value: scope id and `SCOPE_FLAG_*` bits); returns how
+    /// many changed.
+    pub fn register(&mut self, wanted: &StdHashMap<u64, u32>) -> Result<usize> {
         let mut changed = 0;
-        for (id, scope) in wanted {
-            let mut value = u32::from(*scope);
-            if own_rules.contains(scope) {
-                value |= classifier_common::SCOPE_FLAG_OWN_RULES;
-            }
-            if self.registered.get(id) != Some(&value) {
-                self.cgroups
-                    .insert(*id, value, 0)
-                    .context("registering a pod cgroup")?;
-                self.registered.insert(*id, value);
+        for (id, value) in wanted {
+            if self.register_one(*id, *value)? {
                 changed += 1;
             }
         }
         Ok(changed)
     }
 
+    /// Registers one cgroup; whether its entry changed.
+    pub fn register_one(&mut self, id: u64, value: u32) -> Result<bool> {
+        if self.registered.get(&id) == Some(&value) {
+            return Ok(false);
+        }
+        self.cgroups
+            .insert(id, value, 0)
+            .context("registering a pod cgroup")?;
+        self.registered.insert(id, value);
+        Ok(true)
+    }
+
+    /// Unregisters one cgroup; whether it was registered.
+    pub fn unregister_one(&mut self, id: u64) -> bool {
+        if self.registered.remove(&id).is_none() {
+            return false;
+        }
+        let _ = self.cgroups.remove(&id);
+        true
+    }
+
     /// Unregisters every cgroup not in `wanted`; returns how many.
-    pub fn unregister_others(&mut self, wanted: &StdHashMap<u64, u16>) -> Result<usize> {
+    pub fn unregister_others(&mut self, wanted: &StdHashMap<u64, u32>) -> Result<usize> {
         let stale: Vec<u64> = self
             .registered
             .keys()
@@ -129,5 +139,28 @@ impl ScopeMaps {
             self.registered.remove(id);
         }
         Ok(stale.len())
+    }
+}
+
+/// The `CLS_SCOPES` entry of one cgroup, read from the pinned map (for
+/// tests and tools; the agent keeps its own mirror).
+pub struct ScopeReader {
+    cgroups: HashMap<aya::maps::MapData, u64, u32>,
+}
+
+impl ScopeReader {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            cgroups: HashMap::try_from(Map::HashMap(open(pins, maps::SCOPES)?))?,
+        })
+    }
+
+    /// The entry of `cgroup_id`, if it is registered.
+    pub fn get(&self, cgroup_id: u64) -> Result<Option<u32>> {
+        match self.cgroups.get(&cgroup_id, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("reading CLS_SCOPES"),
+        }
     }
 }

@@ -236,6 +236,12 @@ pub const KERNEL_FAMILIES: &[KernelFamily] = &[
         ],
     },
     KernelFamily {
+        name: "unregistered_pod_connects",
+        help: "Connects from pod cgroups the agent had not registered yet (namespace unknown): no verdict under namespace-scoped rules, no learning under namespace-scoped learning",
+        label: None,
+        counters: &[("pod_unregistered", None)],
+    },
+    KernelFamily {
         name: "learning_watched",
         help: "Connections without a verdict watched for who speaks first",
         label: None,

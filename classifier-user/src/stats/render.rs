@@ -26,6 +26,7 @@ pub fn render_table(s: &Snapshot) -> String {
     let _ = writeln!(out, "  http2               {:>12}", c(k::VERDICT_HTTP2));
     let _ = writeln!(out, "  detect (rule)       {:>12}", c(k::VERDICT_DETECT));
     let _ = writeln!(out, "  no verdict          {:>12}", c(k::NO_VERDICT));
+    let _ = writeln!(out, "    pod unregistered  {:>12}", c(k::POD_UNREGISTERED));
     let _ = writeln!(out, "  excluded (uid)      {:>12}", s.excluded_total);
     let _ = writeln!(
         out,

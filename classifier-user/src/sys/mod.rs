@@ -10,6 +10,7 @@
 //! bpf.rs       bpf(2): link create, pin, open pinned object, link info
 //! caps.rs      capability bounding set and capset(2)
 //! fs.rs        statfs(2), mount(2), flock(2)
+//! inotify.rs   inotify(7): watching the kubelet's pod cgroup directories
 //! process.rs   effective uid, returning freed heap to the system
 //! socket.rs    getsockopt(2) into a plain-data value
 //! ```
@@ -17,5 +18,6 @@
 pub mod bpf;
 pub mod caps;
 pub mod fs;
+pub mod inotify;
 pub mod process;
 pub mod socket;

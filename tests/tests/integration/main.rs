@@ -19,6 +19,7 @@ mod http;
 mod kube_watch;
 mod learning;
 mod metrics;
+mod new_pods;
 mod old_kernel;
 mod reliability;
 mod scoping;

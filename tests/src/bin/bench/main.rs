@@ -98,6 +98,9 @@ fn real_main() -> Result<()> {
     step("8/8 learning: a connection without a verdict, watched until its first segment");
     results["learning"] = learning(&plan, &attached, &bare)?;
 
+    step("9/9 new pods: mkdir of a pod cgroup to its namespace scope in CLS_SCOPES");
+    results["pod_registration"] = pod_registration(&plan)?;
+
     step("2/7 policy scale");
     // The bench writes the policy itself from here on, to time each part;
     // the programs stay attached through their pinned links.

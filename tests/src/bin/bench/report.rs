@@ -242,6 +242,28 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
+    let p = &r["pod_registration"];
+    if p.is_object() {
+        let _ = writeln!(
+            md,
+            "\n### New pods (issue 12): a pod cgroup to its namespace scope\n\nA real agent watching the kubepods tree (inotify); {} pod cgroups created one at a time, each timed from mkdir to its `CLS_SCOPES` entry, then removed, timed to the entry's removal. Until registered, a pod gets no verdict under namespace-scoped rules.\n\n| | median ms (p25-p75) | max ms |\n|---|---:|---:|",
+            p["pods"]
+        );
+        for (name, label) in [
+            ("registered", "mkdir -> registered"),
+            ("unregistered", "rmdir -> unregistered"),
+        ] {
+            let v = &p[format!("{name}_ms")];
+            let _ = writeln!(
+                md,
+                "| {label} | {:.3} ({:.3}-{:.3}) | {:.3} |",
+                f(&v["median"]),
+                f(&v["p25"]),
+                f(&v["p75"]),
+                f(&p[format!("{name}_max_ms")]),
+            );
+        }
+    }
     md
 }
 

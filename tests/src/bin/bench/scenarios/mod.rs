@@ -5,6 +5,7 @@ mod connect_overhead; // 1, and the kernel's own per-program run times
 mod footprint; // 4
 mod kubernetes_scale; // 6
 mod learning; // 8 (issue 11)
+mod pod_registration; // 9 (issue 12)
 mod policy_scale; // 2
 mod proxy_query; // 7
 mod stall; // 5
@@ -14,6 +15,7 @@ pub(crate) use connect_overhead::{connect_overhead, program_run_times};
 pub(crate) use footprint::footprint;
 pub(crate) use kubernetes_scale::kubernetes_scale;
 pub(crate) use learning::learning;
+pub(crate) use pod_registration::pod_registration;
 pub(crate) use policy_scale::policy_scale;
 pub(crate) use proxy_query::proxy_query;
 pub(crate) use stall::stall;
