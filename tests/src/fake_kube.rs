@@ -44,6 +44,9 @@ pub struct State {
     mode: Mode,
     /// Bumped to drop every open watch stream.
     epoch: u64,
+    /// Bumped to end every open watch stream cleanly, as the API server
+    /// does when a watch's `timeoutSeconds` is over.
+    ended: u64,
     /// Watch history before this resourceVersion is gone (etcd compaction):
     /// a watch from older versions gets `410 Expired`.
     compacted: u64,
@@ -119,6 +122,7 @@ impl FakeApi {
             resources,
             mode: Mode::Up,
             epoch: 0,
+            ended: 0,
             compacted: 0,
             requests: Vec::new(),
         }));
@@ -172,6 +176,13 @@ impl FakeApi {
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().mode = mode;
         self.bump_epoch();
+    }
+
+    /// Ends every open watch cleanly (the terminating chunk), as a watch
+    /// whose time is up: the client watches again from where it was.
+    pub fn end_watches(&self) {
+        self.state.lock().unwrap().ended += 1;
+        self.tick.send_modify(|t| *t += 1);
     }
 
     pub fn bump_epoch(&self) {
@@ -375,7 +386,10 @@ impl FakeApi {
                   Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
             )
             .await?;
-        let compacted = self.state.lock().unwrap().compacted;
+        let (compacted, ended) = {
+            let st = self.state.lock().unwrap();
+            (st.compacted, st.ended)
+        };
         if from < compacted {
             // What the API server sends for a too old resourceVersion.
             let event = json!({"type": "ERROR", "object": serde_json::from_str::<Value>(&status_json(
@@ -390,19 +404,23 @@ impl FakeApi {
         }
         let mut tick = self.tick.subscribe();
         loop {
-            let pending: Vec<(u64, Value)> = {
+            let (pending, end): (Vec<(u64, Value)>, bool) = {
                 let st = self.state.lock().unwrap();
                 if st.epoch != epoch {
                     // Cut without the terminating chunk: the server went away.
                     return Ok(());
                 }
-                st.resources[path]
+                let pending = st.resources[path]
                     .log
                     .iter()
                     .filter(|(rv, _)| *rv > from)
                     .cloned()
-                    .collect()
+                    .collect();
+                (pending, st.ended != ended)
             };
+            if end && pending.is_empty() {
+                return stream.write_all(b"0\r\n\r\n").await;
+            }
             let mut out = Vec::new();
             for (rv, event) in pending {
                 let line = format!("{event}\n");

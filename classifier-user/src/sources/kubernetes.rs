@@ -41,7 +41,6 @@ use kube::{
     api::Api,
     core::{ApiResource, DynamicObject, GroupVersionKind},
     runtime::{
-        utils::{Backoff, ResetTimerBackoff},
         watcher::{self, Event},
         WatchStreamExt as _,
     },
@@ -58,6 +57,9 @@ use super::{Document, DocumentSet};
 /// Re-exported so callers can name `kube::Client` without their own dependency.
 pub use kube;
 
+/// Objects per page of a list.
+pub const LIST_PAGE_SIZE: u32 = 500;
+
 /// Tuning of the watch; `Default` is what the agent should use.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -69,9 +71,6 @@ pub struct WatchOptions {
     /// is reachable again (watch streams say nothing while nothing changes).
     /// `None`: only watch events and errors update [`SyncStatus`].
     pub probe_interval: Option<Duration>,
-    /// First retry delay after an error; doubles (with jitter) up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
     /// Watch request timeout in seconds (`None`: kube's default, 290 s).
     pub watch_timeout: Option<u32>,
     /// The kinds watched; [`watched_kinds`] by default.
@@ -84,9 +83,6 @@ impl Default for WatchOptions {
             debounce_quiet: Duration::from_millis(500),
             debounce_max: Duration::from_secs(5),
             probe_interval: Some(Duration::from_secs(10)),
-            // client-go's reflector backoff, as kube's `default_backoff()`.
-            backoff_initial: Duration::from_millis(800),
-            backoff_max: Duration::from_secs(30),
             watch_timeout: None,
             kinds: watched_kinds(),
         }
@@ -286,14 +282,15 @@ fn kind_stream(
     if let Some(t) = opts.watch_timeout {
         config = config.timeout(t);
     }
-    let backoff = ResetTimerBackoff::new(
-        ExpBackoff::new(opts.backoff_initial, opts.backoff_max),
-        // A stream that stayed healthy this long starts over at the
-        // initial delay (as kube's default backoff does).
-        Duration::from_secs(120),
-    );
+    // Pages of LIST_PAGE_SIZE (kube's default too, said here because it
+    // matters): a node's start never pulls the whole cluster's pods in one
+    // response. Streaming lists (`sendInitialEvents`) would be lighter
+    // still, but API servers before 1.32 refuse them.
+    config.page_size = Some(LIST_PAGE_SIZE);
+    // kube's own backoff: exponential 0.8 s to 30 s with jitter, reset after
+    // 120 s of health (client-go's reflector values).
     watcher::watcher(api, config)
-        .backoff(backoff)
+        .backoff(watcher::DefaultBackoff::default())
         .map(move |item| (idx, item))
         .boxed()
 }
@@ -323,51 +320,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Exponential backoff with up to 50% jitter, for `StreamBackoff`.
-struct ExpBackoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-    seed: u64,
-}
-
-impl ExpBackoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        Self {
-            initial,
-            max: max.max(initial),
-            next: initial,
-            seed,
-        }
-    }
-}
-
-impl Iterator for ExpBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        // xorshift64: good enough to spread retries of several agents.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter = base.mul_f64((self.seed % 1000) as f64 / 2000.0);
-        Some((base + jitter).min(self.max))
-    }
-}
-
-impl Backoff for ExpBackoff {
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
+/// (namespace, name) of an object of one kind.
 type Key = (Option<String>, String);
 
 /// What is known of one kind.
@@ -416,6 +369,13 @@ impl KindState {
                 self.docs.clear();
                 self.listed = true;
                 return changed;
+            }
+            Err(e) if is_expired(&e) => {
+                // The watch's resourceVersion is older than the API server's
+                // history (routine after a long quiet watch, or etcd
+                // compaction): the watcher lists again. Not a failure.
+                debug!(kind = %self.ar.kind, "watch expired (410), listing again: {e}");
+                return false;
             }
             Err(e) => {
                 status.failure();
@@ -499,6 +459,15 @@ impl KindState {
                 None
             }
         }
+    }
+}
+
+fn is_expired(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(s) => s.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 410,
+        _ => false,
     }
 }
 

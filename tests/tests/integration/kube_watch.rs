@@ -28,8 +28,6 @@ fn options() -> WatchOptions {
         debounce_quiet: QUIET,
         debounce_max: Duration::from_millis(600),
         probe_interval: Some(Duration::from_millis(200)),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(400),
         ..WatchOptions::default()
     }
 }
@@ -208,8 +206,11 @@ async fn initial_list_produces_the_documents() {
     let reqs = fake.requests();
     for (path, _) in ALL {
         assert!(
-            reqs.iter()
-                .any(|r| r.starts_with(&format!("{path}?")) && !r.contains("watch=true")),
+            // Listed in pages (`limit`), so a node's start never loads the
+            // whole cluster in one response.
+            reqs.iter().any(|r| r.starts_with(&format!("{path}?"))
+                && !r.contains("watch=true")
+                && r.contains(&format!("limit={}", kubernetes::LIST_PAGE_SIZE))),
             "{reqs:?}"
         );
         assert!(
@@ -450,6 +451,45 @@ async fn snapshots_compile_to_the_opaque_ports_of_service_cluster_ips() {
     );
     let set = next_snapshot(&mut sync).await;
     assert_ne!(verdict(&set, "10.96.12.34", 33060), Protocol::Opaque);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routine_watch_expiry_is_relisted_without_a_sync_error() {
+    let (fake, sync, _) = watching_all().await;
+    wait_for_watches(&fake).await;
+    let lists = |fake: &FakeApi| {
+        fake.requests()
+            .iter()
+            .filter(|r| !r.contains("watch=true"))
+            .count()
+    };
+    let before = lists(&fake);
+    // One Service changes and the history is compacted: every other kind's
+    // watch, when it starts again from its last resourceVersion, gets 410
+    // Expired, which is routine (the watcher lists again), not a failure.
+    fake.push(SERVICES, vec![web_annotated("11211")]);
+    wait_for("the change", || {
+        sync.snapshots
+            .borrow()
+            .as_ref()
+            .and_then(|s| web_opaque_ports(s))
+            .as_deref()
+            == Some("11211")
+    })
+    .await;
+    fake.compact();
+    fake.end_watches();
+    wait_for("the kinds listed again", || {
+        lists(&fake) >= before + ALL.len() - 1
+    })
+    .await;
+    wait_for_watches(&fake).await;
+    assert_eq!(
+        sync.status.errors(),
+        0,
+        "410 Expired counted as a sync error"
+    );
+    assert!(sync.status.connected());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
