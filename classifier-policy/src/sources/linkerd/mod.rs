@@ -73,14 +73,14 @@ use crate::model::{default_cluster_networks, Network, Policy, PolicyError, Proto
 use crate::ports::PortSet;
 use pod::PodInfo;
 use selector::Selector;
-use values::{
-    at, host_networks, invalid, need_name, opaque_annotation, parse_ip, seq_at, str_at,
-    PortsAnnotation,
-};
+use service::ServiceInfo;
+use values::{at, host_networks, invalid, need_name, opaque_annotation, str_at, PortsAnnotation};
 
 mod egress;
 mod pod;
 mod selector;
+mod service;
+pub mod suggest;
 mod values;
 
 /// Linkerd's annotation for opaque ports.
@@ -573,64 +573,11 @@ impl Compiler {
     ) -> Result<(), PolicyError> {
         need_name(doc)?;
         let ns = doc.namespace.as_deref().unwrap_or("default");
-        let mut ips = Vec::new();
-        let mut take = |field: &str, ip: &str| -> Result<(), PolicyError> {
-            if !ip.is_empty() && ip != "None" {
-                ips.push(parse_ip(doc, field, ip)?);
-            }
-            Ok(())
-        };
-        if let Some(ip) = str_at(doc, &["spec", "clusterIP"])? {
-            take("spec.clusterIP", ip)?;
-        }
-        for (i, ip) in seq_at(doc, &["spec", "clusterIPs"])?.iter().enumerate() {
-            let field = format!("spec.clusterIPs[{i}]");
-            match ip {
-                Value::String(s) => take(&field, s)?,
-                other => {
-                    return Err(invalid(
-                        doc,
-                        field,
-                        format!("expected a string, got {}", show(other)),
-                    ))
-                }
-            }
-        }
-        ips.sort();
-        ips.dedup();
-
-        // Port -> protocol of the ports with an appProtocol, and the names
-        // of the Service's ports (for names in its annotation).
-        let mut app: BTreeMap<u16, Protocol> = BTreeMap::new();
-        let mut port_names: BTreeMap<String, u16> = BTreeMap::new();
-        for (i, p) in seq_at(doc, &["spec", "ports"])?.iter().enumerate() {
-            if let (Some(name), Some(n)) = (
-                p.get("name").and_then(Value::as_str),
-                p.get("port")
-                    .and_then(Value::as_u64)
-                    .filter(|n| (1..=65535).contains(n)),
-            ) {
-                port_names.insert(name.to_string(), n as u16);
-            }
-            let Some(app_protocol) = p.get("appProtocol").and_then(Value::as_str) else {
-                continue;
-            };
-            let port = p
-                .get("port")
-                .and_then(Value::as_u64)
-                .filter(|n| (1..=65535).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        doc,
-                        format!("spec.ports[{i}].port"),
-                        format!(
-                            "expected a port number 1-65535, got {}",
-                            p.get("port").map_or("nothing".into(), show)
-                        ),
-                    )
-                })?;
-            app.insert(port as u16, app_protocol_of(app_protocol));
-        }
+        let ServiceInfo {
+            ips,
+            app,
+            port_names,
+        } = ServiceInfo::parse(doc)?;
         const WHAT: &str = "port of the Service";
         let annotation = match (opaque_annotation(doc, true)?, ns_ports.get(ns)) {
             (Some(a), _) => Some(a.resolve(doc, &port_names, WHAT, true)?),
@@ -673,6 +620,8 @@ impl Compiler {
 
 #[cfg(test)]
 mod semantics_tests;
+#[cfg(test)]
+mod suggest_tests;
 #[cfg(test)]
 mod tenant_tests;
 #[cfg(test)]
