@@ -114,6 +114,11 @@ pub struct Fixes {
     pub unpatched: Vec<Unpatched>,
     /// In address and port order.
     pub unheld: Vec<Unheld>,
+    /// The cluster's default opaque ports (the ClassifierPolicy's
+    /// `defaultOpaquePorts`, else Linkerd's), which an EgressNetwork
+    /// without an annotation has: an EgressNetwork for the unheld
+    /// destinations keeps them in its annotation.
+    pub defaults: PortSet,
 }
 
 /// The opaque-ports patches that fix `learned` (deduplicated), with the
@@ -150,7 +155,10 @@ pub fn opaque_ports_patches(
         }
     }
 
-    let mut fixes = Fixes::default();
+    let mut fixes = Fixes {
+        defaults: defaults.clone(),
+        ..Fixes::default()
+    };
     let mut held: BTreeSet<IpAddr> = BTreeSet::new();
     let defaults_now = |ports: PortSet| (CurrentPorts::Defaults, ports);
 
