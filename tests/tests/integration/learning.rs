@@ -591,3 +591,72 @@ fn mariadb_outside_the_default_ports_stalls_once_then_is_learned() -> Result<()>
     assert_eq!(learned(&world.sb)?.len(), 1);
     Ok(())
 }
+
+/// Through the reference proxy (3 s detection timeout, linkerd-init's nat
+/// rules), the real sshd from openssh-server on a port in no default list.
+/// OpenSSH's own `ssh` client sends its banner as soon as it is connected:
+/// client first, it never stalls and is never learned. `ssh-keyscan` waits
+/// for the server's banner: its first connection stalls for the detection
+/// timeout and is learned, the next one does not stall. A later `ssh`
+/// contradicts the entry and removes it (the same server, a client that
+/// speaks first).
+#[test]
+fn sshd_stalls_a_server_first_client_once_then_is_learned() -> Result<()> {
+    use tests::e2e::{sshd_prerequisites, World, DETECT_TIMEOUT, SSHD};
+    let test = tests::test_name!();
+    if !sshd_prerequisites(test) {
+        return Ok(());
+    }
+    let mut world = World::new(test)?;
+    world.sb.start_agent(&[])?;
+    world.sb.wait_for_generation(1)?;
+    let host_key = world.start_sshd()?;
+    let key_base64 = host_key.split_whitespace().nth(1).unwrap().to_owned();
+
+    let (out, elapsed) = world.ssh()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Permission denied"),
+        "ssh reached sshd and was refused: {out:?}"
+    );
+    assert!(
+        elapsed < DETECT_TIMEOUT / 2,
+        "ssh speaks first: no stall: {elapsed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&world.sb, "learn_client_first") < 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the ssh connection was never observed"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(learned(&world.sb)?.is_empty(), "ssh is not learned");
+
+    let (keys, first) = world.ssh_keyscan()?;
+    eprintln!("{test}: first ssh-keyscan {first:?}");
+    assert!(keys.contains(&key_base64), "the test's host key: {keys:?}");
+    assert!(
+        first >= DETECT_TIMEOUT,
+        "the first connection stalls: {first:?}"
+    );
+    let table = wait_learned(&world.sb, |l| !l.is_empty())?;
+    assert_eq!(table.len(), 1, "{table:?}");
+    assert_eq!(table[0]["destination"], SSHD);
+
+    let (keys, second) = world.ssh_keyscan()?;
+    eprintln!("{test}: second ssh-keyscan {second:?}");
+    assert!(keys.contains(&key_base64), "{keys:?}");
+    assert!(
+        second < DETECT_TIMEOUT / 2,
+        "learned: no stall: {second:?}\n{}",
+        world.proxy_log()
+    );
+    world.wait_for_proxy_lines(&["opaque from kernel verdict", &format!("dst={SSHD}")], 1)?;
+
+    let (out, _) = world.ssh()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    wait_learned(&world.sb, |l| l.is_empty())?;
+    assert_eq!(counter(&world.sb, "learn_contradicted"), 1);
+    Ok(())
+}
