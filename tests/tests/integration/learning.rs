@@ -660,3 +660,49 @@ fn sshd_stalls_a_server_first_client_once_then_is_learned() -> Result<()> {
     assert_eq!(counter(&world.sb, "learn_contradicted"), 1);
     Ok(())
 }
+
+/// `suggest --kubernetes` reads the cluster's documents from the API (the
+/// fake API server's recorded lists): the learned cluster IP of Service
+/// default/kubernetes (no annotation, in a namespace without one) gets a
+/// patch keeping the default opaque ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggest_reads_the_documents_from_the_kubernetes_api() -> Result<()> {
+    use tests::fake_kube::{FakeApi, ALL};
+    if !privileged!() {
+        return Ok(());
+    }
+    let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
+    let fake = FakeApi::start(&paths).await;
+    let url = fake.url();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut sb = Sandbox::new("learn-suggest-kube")?;
+        sb.ip(&["addr", "add", "10.96.0.1/32", "dev", "lo"])?;
+        let kubeconfig = sb.write_file(
+            "kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{url}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            ),
+        );
+        sb.start_agent(&[])?;
+        sb.wait_for_generation(1)?;
+        let server = talk_server(&sb, "10.96.0.1:2229", 1, true)?;
+        talk(&sb, "10.96.0.1:2229", true)?;
+        server.results()?;
+        wait_learned(&sb, |l| l.len() == 1)?;
+
+        let out = run(Command::new(classifier_bin())
+            .args(["suggest", "--format", "linkerd", "--kubernetes", "--pin-dir"])
+            .arg(&sb.pins)
+            .env("KUBECONFIG", &kubeconfig))?;
+        let text = String::from_utf8(out.stdout)?;
+        assert!(
+            text.contains("kubectl -n default annotate --overwrite service/kubernetes config.linkerd.io/opaque-ports=25,587,2229,3306,4444,5432,6379,9300,11211")
+                && text.contains("(kubernetes:Service/default/kubernetes)"),
+            "{text}"
+        );
+        assert!(!text.contains("kind: EgressNetwork"), "{text}");
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
