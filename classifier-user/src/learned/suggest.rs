@@ -118,7 +118,7 @@ pub fn render(
                     .flat_map(|((_, ip), ports)| ports.iter().map(|p| SocketAddr::new(*ip, *p)))
                     .collect();
                 let fixes = opaque_ports_patches(set, &learned)?;
-                render_patches(&mut out, &fixes);
+                render_patches(&mut out, &fixes, &learned_by(&groups));
                 // What is left for EgressNetworks: the unheld destinations.
                 let unheld: BTreeSet<SocketAddr> =
                     fixes.unheld.iter().map(|u| u.destination).collect();
@@ -208,9 +208,9 @@ pub fn render(
 /// each with a comment saying what it fixes and what it keeps, then the
 /// learned destinations of those objects that need no patch or that an
 /// annotation cannot fix.
-fn render_patches(out: &mut String, fixes: &Fixes) {
+fn render_patches(out: &mut String, fixes: &Fixes, by: &BTreeMap<SocketAddr, BTreeSet<String>>) {
     for p in &fixes.patches {
-        render_patch(out, p);
+        render_patch(out, p, by);
     }
     if !fixes.unpatched.is_empty() {
         out.push_str("---\n# Learned destinations of Services and Pods that get no patch:\n");
@@ -220,8 +220,39 @@ fn render_patches(out: &mut String, fixes: &Fixes) {
     }
 }
 
-fn render_patch(out: &mut String, p: &OpaquePortsPatch) {
+/// Who learned each destination: `node`, `namespace web`, ...
+fn learned_by(
+    groups: &BTreeMap<(Option<String>, IpAddr), BTreeSet<u16>>,
+) -> BTreeMap<SocketAddr, BTreeSet<String>> {
+    let mut by: BTreeMap<SocketAddr, BTreeSet<String>> = BTreeMap::new();
+    for ((scope, ip), ports) in groups {
+        let label = scope
+            .as_ref()
+            .map_or("node".to_owned(), |ns| format!("namespace {ns}"));
+        for port in ports {
+            by.entry(SocketAddr::new(*ip, *port))
+                .or_default()
+                .insert(label.clone());
+        }
+    }
+    by
+}
+
+fn render_patch(
+    out: &mut String,
+    p: &OpaquePortsPatch,
+    by: &BTreeMap<SocketAddr, BTreeSet<String>>,
+) {
     let addresses: Vec<String> = p.addresses.iter().map(IpAddr::to_string).collect();
+    // The annotation is the object's: it applies to every client, whoever learned it.
+    let scopes: BTreeSet<&str> = p
+        .addresses
+        .iter()
+        .flat_map(|a| p.learned.iter().map(move |port| SocketAddr::new(*a, port)))
+        .filter_map(|d| by.get(&d))
+        .flatten()
+        .map(String::as_str)
+        .collect();
     let now = match &p.current {
         CurrentPorts::Own(text) => format!("its own annotation {text:?}"),
         CurrentPorts::Namespace { namespace, text } => {
@@ -234,11 +265,12 @@ fn render_patch(out: &mut String, p: &OpaquePortsPatch) {
     };
     let _ = write!(
         out,
-        "---\n# {what} ({origin}) holds {addresses}: learned server-first on port(s) {learned}.\n# Its opaque ports now: {now}; the annotation replaces them, so they are kept.\n",
+        "---\n# {what} ({origin}) holds {addresses}: learned server-first on port(s) {learned}\n# by clients of: {scopes} (the annotation applies to every client of the object).\n# Its opaque ports now: {now}; the annotation replaces them, so they are kept.\n",
         what = p.describe(),
         origin = p.origin,
         addresses = addresses.join(", "),
         learned = p.learned,
+        scopes = scopes.into_iter().collect::<Vec<_>>().join(", "),
     );
     if let Some(owner) = &p.owner {
         let _ = writeln!(
@@ -341,6 +373,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("owner (ReplicaSet cache-5f6d)"), "{text}");
+        assert!(
+            text.contains("by clients of: namespace web, node (the annotation applies"),
+            "{text}"
+        );
         assert!(
             text.contains("6 learned server-first destination(s)"),
             "{text}"

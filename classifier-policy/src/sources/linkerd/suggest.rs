@@ -160,7 +160,6 @@ pub fn opaque_ports_patches(
         ..Fixes::default()
     };
     let mut held: BTreeSet<IpAddr> = BTreeSet::new();
-    let defaults_now = |ports: PortSet| (CurrentPorts::Defaults, ports);
 
     for doc in read(set, &kinds::SERVICE) {
         let Ok(info) = need_name(doc).and_then(|()| ServiceInfo::parse(doc)) else {
@@ -185,7 +184,7 @@ pub fn opaque_ports_patches(
             (Ok(None), Some(a)) => a
                 .resolve(doc, &info.port_names, WHAT, false)
                 .map(|p| (namespace_ports(ns, a), p)),
-            (Ok(None), None) => Ok(defaults_now(defaults.clone())),
+            (Ok(None), None) => Ok((CurrentPorts::Defaults, defaults.clone())),
             (Err(e), _) => Err(e),
         };
         let mut learned = PortSet::new();
