@@ -112,7 +112,13 @@ pub fn render(
                 .parse()
                 .expect("the built-in port list parses");
             let mut in_cluster: BTreeSet<IpAddr> = BTreeSet::new();
+            // Namespaces with EgressNetworks of their own, in the documents.
+            let mut egress_namespaces: BTreeSet<String> = BTreeSet::new();
             if let Some(set) = documents {
+                egress_namespaces = set
+                    .of_kind("EgressNetwork")
+                    .filter_map(|d| d.namespace.clone())
+                    .collect();
                 let learned: Vec<SocketAddr> = groups
                     .iter()
                     .flat_map(|((_, ip), ports)| ports.iter().map(|p| SocketAddr::new(*ip, *p)))
@@ -139,6 +145,15 @@ pub fn render(
                 let mut annotation: PortSet = ports.iter().copied().collect();
                 annotation.union_with(&defaults);
                 out.push_str("---\n");
+                if let Some(ns) = scope.as_deref().filter(|ns| {
+                    !egress_namespaces.contains(*ns)
+                        && egress_namespaces.contains(GLOBAL_EGRESS_NAMESPACE)
+                }) {
+                    let _ = writeln!(
+                        out,
+                        "# Namespace {ns} has no EgressNetwork of its own yet: with this one, Linkerd stops applying\n# {GLOBAL_EGRESS_NAMESPACE}'s EgressNetworks to its clients (a namespace's own shadow the global ones).\n# Copy the ones its clients rely on into {ns}, or put this one in {GLOBAL_EGRESS_NAMESPACE}."
+                    );
+                }
                 if in_cluster.contains(ip) {
                     let _ = writeln!(
                         out,
@@ -308,7 +323,7 @@ mod tests {
         }
     }
 
-    const CLUSTER: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 8080, appProtocol: http}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cache-0, namespace: shop, ownerReferences: [{kind: ReplicaSet, name: cache-5f6d}]}\nstatus: {podIP: 10.244.0.5}\n";
+    const CLUSTER: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 8080, appProtocol: http}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cache-0, namespace: shop, ownerReferences: [{kind: ReplicaSet, name: cache-5f6d}]}\nstatus: {podIP: 10.244.0.5}\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata: {name: partners, namespace: linkerd-egress}\nspec: {trafficPolicy: Allow, networks: [{cidr: 198.51.100.0/24}]}\n";
 
     /// Every document of the output is YAML; the patches name their object
     /// and carry the value; the rest is an EgressNetwork per scope and address.
@@ -373,6 +388,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("owner (ReplicaSet cache-5f6d)"), "{text}");
+        assert!(
+            text.contains("# Namespace web has no EgressNetwork of its own yet"),
+            "{text}"
+        );
         assert!(
             text.contains("by clients of: namespace web, node (the annotation applies"),
             "{text}"
