@@ -68,9 +68,12 @@ pub enum Command {
     Learned(LearnedArgs),
     /// Print mesh configuration that fixes the learned destinations (needs root to read them).
     ///
-    /// linkerd: EgressNetworks (in the client's namespace, or linkerd-egress for the node scope)
-    /// with the config.linkerd.io/opaque-ports annotation; istio: ServiceEntry objects with
-    /// protocol TCP; policy: a ClassifierPolicy with opaque rules.
+    /// linkerd: for an address a Service or Pod of the cluster's documents holds (--policy
+    /// manifests, --kubernetes), the config.linkerd.io/opaque-ports annotation to set on that
+    /// object, as a merge patch naming its kind, namespace and name; for any other address, an
+    /// EgressNetwork (in the client's namespace, or linkerd-egress for the node scope) with that
+    /// annotation. istio: ServiceEntry objects with protocol TCP. policy: a ClassifierPolicy
+    /// with opaque rules.
     Suggest(SuggestArgs),
     /// Run the reference outbound proxy: the model for adopting the query contract.
     ///
@@ -215,12 +218,27 @@ pub struct SuggestArgs {
     /// Output: linkerd, istio or policy.
     #[arg(long, value_name = "FORMAT")]
     pub format: SuggestFormat,
+    /// The cluster's documents, for --format linkerd: a file or directory of Kubernetes
+    /// manifests (Service, Pod, Namespace, and optionally the ClassifierPolicy, whose
+    /// defaultOpaquePorts are the cluster's defaults), as `explain --policy` reads them. A
+    /// learned address that one of their Services (cluster IP) or live Pods (pod IP) holds gets
+    /// an opaque-ports patch for that object. The annotation replaces the object's opaque ports,
+    /// so its value is the object's current ones (its own annotation, else its namespace's,
+    /// else the defaults) plus the learned ports: applying the patches and running `explain
+    /// --policy` on the patched documents answers opaque for every learned destination and
+    /// changes no other verdict. Without documents every address gets an EgressNetwork.
+    #[arg(long, value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+    /// Also read the documents from the Kubernetes API (in-cluster service account, or
+    /// KUBECONFIG), as the agent's --kubernetes watch does; --policy documents are added.
+    #[arg(long)]
+    pub kubernetes: bool,
 }
 
 /// What `classifier suggest` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SuggestFormat {
-    /// EgressNetworks with Linkerd's opaque-ports annotation.
+    /// Linkerd's opaque-ports annotation: patches for Services and Pods, else EgressNetworks.
     Linkerd,
     /// Istio ServiceEntry objects, protocol TCP.
     Istio,

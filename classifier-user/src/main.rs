@@ -218,7 +218,35 @@ fn run(cli: Cli) -> Result<()> {
                 cli::SuggestFormat::Istio => learned::suggest::Format::Istio,
                 cli::SuggestFormat::Policy => learned::suggest::Format::Policy,
             };
-            print!("{}", learned::suggest::render(format, &entries));
+            let mut documents = match &args.policy {
+                Some(path) => Some(
+                    classifier_policy::sources::DocumentSet::from_path(path)
+                        .with_context(|| format!("reading the documents at {}", path.display()))?,
+                ),
+                None => None,
+            };
+            if args.kubernetes {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let mut live = runtime.block_on(async {
+                    let client = classifier_user::sources::kubernetes::client().await?;
+                    classifier_user::sources::kubernetes::list_once(client, Duration::from_secs(30))
+                        .await
+                })?;
+                for doc in documents
+                    .take()
+                    .into_iter()
+                    .flat_map(|set| set.docs.into_values())
+                {
+                    live.insert_shared(doc);
+                }
+                documents = Some(live);
+            }
+            print!(
+                "{}",
+                learned::suggest::render(format, &entries, documents.as_ref())?
+            );
             Ok(())
         }
         Command::Check(args) => {

@@ -6,7 +6,8 @@
 //! ```text
 //!  pod netns (sandbox cgroup)                        server netns
 //!  mariadb / curl ──nat REDIRECT──▶ classifier proxy     mariadbd 192.0.2.2:3306
-//!                                    :4140 (uid 2102) ──▶ http     192.0.2.2:8080
+//!  ssh-keyscan / ssh                 :4140 (uid 2102) ──▶ http     192.0.2.2:8080
+//!                                                        sshd     192.0.2.2:2022 (on request)
 //!  e2e-pod 192.0.2.1/24  ◀────────── veth ──────────▶  e2e-srv 192.0.2.2/24
 //! ```
 //!
@@ -31,6 +32,8 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const SERVER_IP: &str = "192.0.2.2";
 pub const MARIADB: &str = "192.0.2.2:3306";
 pub const HTTP_URL: &str = "http://192.0.2.2:8080/";
+/// [`World::start_sshd`]'s address: a port in no default opaque list.
+pub const SSHD: &str = "192.0.2.2:2022";
 /// The bypass recipe for unmodified proxies: classified (marked)
 /// connections skip the REDIRECT. Goes first in PROXY_INIT_OUTPUT.
 pub const BYPASS_RULE: &str = "-I PROXY_INIT_OUTPUT 1 -m mark --mark 0x40000/0x40000 -j RETURN";
@@ -55,19 +58,38 @@ const TOOLS: [&str; 5] = [
 /// Debian packages `mariadb-server`, `mariadb-client`, `curl`, `iptables`.
 /// Under `CI=true` a missing tool fails the test instead of skipping it.
 pub fn prerequisites(test: &str) -> bool {
-    if !privileged(test) {
-        return false;
-    }
-    let missing: Vec<&str> = TOOLS
-        .into_iter()
+    privileged(test)
+        && tools_installed(
+            test,
+            &TOOLS,
+            "apt-get install mariadb-server mariadb-client curl iptables",
+        )
+}
+
+/// [`prerequisites`], and what [`World::start_sshd`] and its clients need:
+/// `sshd` (openssh-server), `ssh`, `ssh-keygen`, `ssh-keyscan`
+/// (openssh-client) and `unshare` (util-linux).
+pub fn sshd_prerequisites(test: &str) -> bool {
+    prerequisites(test)
+        && tools_installed(
+            test,
+            &SSH_TOOLS,
+            "apt-get install openssh-server openssh-client util-linux",
+        )
+}
+
+const SSH_TOOLS: [&str; 5] = ["sshd", "ssh", "ssh-keygen", "ssh-keyscan", "unshare"];
+
+fn tools_installed(test: &str, tools: &[&str], install: &str) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
         .filter(|t| find_tool(t).is_none())
         .collect();
     if missing.is_empty() {
         return true;
     }
-    let why = format!(
-        "{test}: missing {missing:?} (apt-get install mariadb-server mariadb-client curl iptables)"
-    );
+    let why = format!("{test}: missing {missing:?} ({install})");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}, and CI=true forbids skipping");
     }
@@ -88,9 +110,10 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 pub struct World {
     // Fields drop in order: processes first, then the namespaces.
     proxy: Option<Daemon>,
+    sshd: Option<Daemon>,
     _http: Daemon,
     _mariadb: Daemon,
-    _server_ns: Netns,
+    server_ns: Netns,
     pub sb: Sandbox,
     proxy_log: PathBuf,
 }
@@ -144,9 +167,10 @@ impl World {
         let proxy_log = sb.dir.join("proxy.log");
         Ok(World {
             proxy: None,
+            sshd: None,
             _http: http,
             _mariadb: mariadb,
-            _server_ns: server_ns,
+            server_ns,
             sb,
             proxy_log,
         })
@@ -201,6 +225,122 @@ impl World {
         cmd.args(args).arg(HTTP_URL);
         let start = Instant::now();
         let out = cmd.output().context("running curl")?;
+        Ok((out, start.elapsed()))
+    }
+
+    /// Starts the real `sshd` (openssh-server) in the server namespace on
+    /// [`SSHD`], with a throwaway ed25519 host key and a config of its own
+    /// in the sandbox directory; returns the host key's public line. It
+    /// touches nothing of the machine's own sshd: no /etc/ssh file is read
+    /// (`-f`), there is no pid file, and the privilege separation directory
+    /// it insists on (/run/sshd) is made on a tmpfs over /run in a mount
+    /// namespace of its own. It is killed when the world drops.
+    pub fn start_sshd(&mut self) -> Result<String> {
+        let dir = self.sb.dir.join("sshd");
+        fs::create_dir_all(&dir)?;
+        let key = dir.join("host_ed25519_key");
+        run(Command::new(find_tool("ssh-keygen").unwrap())
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "classifier-e2e",
+                "-f",
+            ])
+            .arg(&key))
+        .context("ssh-keygen")?;
+        let public = fs::read_to_string(dir.join("host_ed25519_key.pub"))?;
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            "# classifier e2e: a server that accepts no login\n\
+             UsePAM no\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             AuthorizedKeysFile none\n\
+             PermitRootLogin no\n",
+        )?;
+        let (ip, port) = SSHD.split_once(':').unwrap();
+        let log = dir.join("sshd.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.server_ns.0])
+            .arg(find_tool("unshare").unwrap())
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs -o mode=755 classifier-e2e-sshd /run && mkdir -m 755 /run/sshd && exec \"$@\"")
+            .arg("sh")
+            // sshd re-executes itself: it wants its absolute path.
+            .arg(find_tool("sshd").unwrap())
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .arg("-o")
+            .arg(format!("HostKey={}", key.display()))
+            .args(["-o", &format!("ListenAddress={ip}")])
+            .args(["-o", &format!("Port={port}")])
+            .args(["-o", "PidFile=none"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?);
+        let mut daemon = Daemon::spawn("sshd", cmd)?;
+        wait_for(
+            &log,
+            &format!("Server listening on {ip} port {port}"),
+            &mut daemon,
+        )?;
+        self.sshd = Some(daemon);
+        Ok(public.trim().to_owned())
+    }
+
+    /// `ssh-keyscan -t ed25519` of [`SSHD`] from the pod, as an
+    /// application: a real SSH client that waits for the server's banner
+    /// before it sends its own (server first). Returns what it printed (the
+    /// host key) and how long it took.
+    pub fn ssh_keyscan(&self) -> Result<(String, Duration)> {
+        let (host, port) = SSHD.split_once(':').unwrap();
+        let mut cmd = self.sb.probe(&["exec", "ssh-keyscan"], None);
+        cmd.args(["-t", "ed25519", "-T", "20", "-p", port, host]);
+        let start = Instant::now();
+        let out = run(&mut cmd)?;
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            start.elapsed(),
+        ))
+    }
+
+    /// `ssh` (OpenSSH's client) to [`SSHD`] from the pod, with no
+    /// configuration, key or agent of the machine's; the server accepts no
+    /// login, so it ends with "Permission denied" after the key exchange.
+    /// OpenSSH's client sends its banner as soon as it is connected
+    /// (client first). Returns its output and how long it took.
+    pub fn ssh(&self) -> Result<(std::process::Output, Duration)> {
+        let (host, port) = SSHD.split_once(':').unwrap();
+        let home = self.sb.dir.join("sshd").join("client-home");
+        fs::create_dir_all(&home)?;
+        let mut cmd = self.sb.probe(&["exec", "ssh", "-F", "/dev/null"], None);
+        cmd.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "PreferredAuthentications=none",
+            "-o",
+            "ConnectTimeout=20",
+            "-p",
+            port,
+            &format!("e2e@{host}"),
+            "true",
+        ])
+        .env("HOME", &home);
+        let start = Instant::now();
+        let out = cmd.output().context("running ssh")?;
         Ok((out, start.elapsed()))
     }
 

@@ -199,6 +199,45 @@ pub fn spawn(client: Client, opts: WatchOptions) -> KubeSync {
     }
 }
 
+/// The documents as the API server has them now: every watched kind listed
+/// once (the first snapshot [`spawn`] publishes), for one-shot commands
+/// (`classifier suggest --kubernetes`). Fails after `timeout` without a
+/// complete list, saying how many requests failed.
+pub async fn list_once(client: Client, timeout: Duration) -> Result<DocumentSet> {
+    let opts = WatchOptions {
+        debounce_quiet: Duration::from_millis(50),
+        debounce_max: Duration::from_millis(500),
+        probe_interval: None,
+        ..WatchOptions::default()
+    };
+    let mut sync = spawn(client, opts);
+    let first = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(set) = sync.snapshots.borrow_and_update().clone() {
+                return Ok::<_, anyhow::Error>(set);
+            }
+            sync.snapshots
+                .changed()
+                .await
+                .context("the Kubernetes watch stopped")?;
+        }
+    })
+    .await;
+    sync.task.abort();
+    match first {
+        Ok(set) => Ok(Arc::unwrap_or_clone(set?)),
+        Err(_) => bail!(
+            "no complete list of {} from the Kubernetes API within {timeout:?} ({} failed requests)",
+            kinds::KINDS
+                .iter()
+                .map(|k| k.plural)
+                .collect::<Vec<_>>()
+                .join(", "),
+            sync.status.errors()
+        ),
+    }
+}
+
 /// Watch until every receiver of `tx` is gone, publishing debounced
 /// snapshots into `tx` and health into `status`.
 pub async fn run(

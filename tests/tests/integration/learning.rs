@@ -240,51 +240,220 @@ fn ttl_expires_entries_and_an_agent_restart_keeps_the_table() -> Result<()> {
     Ok(())
 }
 
+/// The cluster of the suggest test: a Service (cluster IP 127.0.0.21, an
+/// appProtocol-opaque port 9000) and a Pod (127.0.0.22) without
+/// annotations, in a namespace without one: their ports keep the default
+/// opaque ports and are otherwise undecided, so they are learned.
+const SUGGEST_CLUSTER: &str = r#"apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders-db, namespace: shop}
+spec:
+  clusterIP: 127.0.0.21
+  ports:
+    - {name: db, port: 2227}
+    - {name: metrics, port: 9000, appProtocol: linkerd.io/opaque}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cache-0
+  namespace: shop
+  uid: 6b1d2c3e-0000-4000-8000-00000000c0de
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: cache-5f6d, uid: x}]
+spec:
+  containers: [{name: cache, image: cache}]
+status: {podIP: 127.0.0.22, phase: Running}
+"#;
+
+/// RFC 7386 JSON merge patch (what `kubectl patch --type merge` does).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else if let Some(slot) = t.get_mut(k).filter(|s| s.is_object()) {
+                    merge_patch(slot, v);
+                } else {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn yaml_documents(text: &str) -> Result<Vec<Value>> {
+    use classifier_user::{policy::file::parse_yaml_value, sources::document::split_documents};
+    let mut out = Vec::new();
+    for doc in split_documents(text) {
+        let v = parse_yaml_value(&doc.text, "suggest", doc.line_offset)?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// `(kind, namespace, name)` of a document.
+fn object_key(v: &Value) -> (String, String, String) {
+    let s = |v: Option<&Value>| v.and_then(|v| v.as_str()).unwrap_or("").to_string();
+    (
+        s(v.get("kind")),
+        s(v.get("metadata").and_then(|m| m.get("namespace"))),
+        s(v.get("metadata").and_then(|m| m.get("name"))),
+    )
+}
+
+/// `classifier suggest`'s output applied to the cluster: its Service and
+/// Pod documents merged as patches into the object they name (which must
+/// exist), anything else added.
+fn apply_suggestion(cluster: &str, suggestion: &str) -> Result<(String, usize)> {
+    let mut docs = yaml_documents(cluster)?;
+    let mut patched = 0;
+    for patch in yaml_documents(suggestion)? {
+        let key = object_key(&patch);
+        if key.0 == "Service" || key.0 == "Pod" {
+            let Some(target) = docs.iter_mut().find(|d| object_key(d) == key) else {
+                bail!("the patch names {key:?}, which is not in the documents");
+            };
+            merge_patch(target, &patch);
+            patched += 1;
+        } else {
+            docs.push(patch);
+        }
+    }
+    let mut text = String::new();
+    for d in docs {
+        // JSON is YAML.
+        text.push_str("---\n");
+        text.push_str(&serde_json::to_string(&d)?);
+        text.push('\n');
+    }
+    Ok((text, patched))
+}
+
+fn explain_with(policy: &std::path::Path, dst: &str) -> Result<Value> {
+    // No --pin-dir with an agent: a pure policy question.
+    let out = run(Command::new(classifier_bin())
+        .args(["explain", "--json", "--pin-dir", "/nonexistent", "--policy"])
+        .arg(policy)
+        .arg(dst))?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 #[test]
 fn suggest_round_trips_through_explain() -> Result<()> {
     if !privileged!() {
         return Ok(());
     }
     let mut sb = Sandbox::new("learn-suggest")?;
-    sb.start_agent(&[])?;
+    let cluster_dir = sb.dir.join("cluster");
+    std::fs::create_dir(&cluster_dir)?;
+    std::fs::write(cluster_dir.join("cluster.yaml"), SUGGEST_CLUSTER)?;
+    sb.start_agent(&["--policy", cluster_dir.to_str().unwrap()])?;
     sb.wait_for_generation(1)?;
-    let server = talk_server(&sb, "127.0.0.1:2225", 1, true)?;
-    talk(&sb, "127.0.0.1:2225", true)?;
-    server.results()?;
-    wait_learned(&sb, |l| l.len() == 1)?;
-
-    for format in ["linkerd", "policy", "istio"] {
-        let out = run(Command::new(classifier_bin())
-            .args(["suggest", "--format", format, "--pin-dir"])
-            .arg(&sb.pins))?;
-        let text = String::from_utf8(out.stdout)?;
-        if format == "istio" {
-            assert!(
-                text.contains("kind: ServiceEntry") && text.contains("protocol: TCP"),
-                "{text}"
-            );
-            continue;
+    // An external address, the Service's cluster IP and the Pod's IP (all
+    // on the sandbox's loopback).
+    let learned_destinations = ["127.0.0.1:2225", "127.0.0.21:2227", "127.0.0.22:2228"];
+    for dst in learned_destinations {
+        let server = talk_server(&sb, dst, 1, true)?;
+        talk(&sb, dst, true)?;
+        server.results()?;
+    }
+    wait_learned(&sb, |l| l.len() == 3)?;
+    let suggest = |format: &str, documents: bool| -> Result<String> {
+        let mut cmd = Command::new(classifier_bin());
+        cmd.args(["suggest", "--format", format, "--pin-dir"])
+            .arg(&sb.pins);
+        if documents {
+            cmd.arg("--policy").arg(&cluster_dir);
         }
-        let file = sb.write_file(&format!("suggest-{format}.yaml"), &text);
-        let explain = |dst: &str| -> Result<Value> {
-            // No --pin-dir with an agent: a pure policy question.
-            let out = run(Command::new(classifier_bin())
-                .args(["explain", "--json", "--pin-dir", "/nonexistent", "--policy"])
-                .arg(&file)
-                .arg(dst))?;
-            Ok(serde_json::from_slice(&out.stdout)?)
-        };
-        let fixed = explain("127.0.0.1:2225")?;
-        assert_eq!(fixed["protocol"], "opaque", "{format}: {fixed}\n{text}");
-        assert_eq!(fixed["source"], "rule", "{format}: {fixed}");
-        // No other verdict changes: a default opaque port and an unknown one.
-        for (dst, want) in [
-            ("127.0.0.1:3306", "opaque"),
-            ("127.0.0.1:8080", "detect"),
-            ("127.0.0.2:2225", "detect"),
-        ] {
-            let v = explain(dst)?;
-            assert_eq!(v["protocol"], want, "{format} {dst}: {v}\n{text}");
+        Ok(String::from_utf8(run(&mut cmd)?.stdout)?)
+    };
+
+    let istio = suggest("istio", false)?;
+    assert!(
+        istio.contains("kind: ServiceEntry") && istio.contains("protocol: TCP"),
+        "{istio}"
+    );
+
+    // Destinations whose verdict must not change: default opaque ports,
+    // the Service's appProtocol port, undecided ports, another address.
+    let others: Vec<String> = ["127.0.0.1", "127.0.0.21", "127.0.0.22", "127.0.0.2"]
+        .iter()
+        .flat_map(|a| {
+            [2225, 2227, 2228, 3306, 5432, 8080, 9000]
+                .iter()
+                .map(move |p| format!("{a}:{p}"))
+        })
+        .filter(|d| !learned_destinations.contains(&d.as_str()))
+        .collect();
+
+    // (name, what explain reads before, what it reads after)
+    let original = sb.write_file("original.yaml", SUGGEST_CLUSTER);
+    let mut cases = Vec::new();
+    // policy: a ClassifierPolicy of its own, against the built-in policy.
+    let text = suggest("policy", false)?;
+    let builtin = sb.write_file(
+        "builtin.yaml",
+        "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec: {}\n",
+    );
+    cases.push((
+        "policy",
+        builtin,
+        sb.write_file("suggest-policy.yaml", &text),
+        text,
+    ));
+    // linkerd without documents: an EgressNetwork for every address.
+    let text = suggest("linkerd", false)?;
+    assert_eq!(text.matches("kind: EgressNetwork").count(), 3, "{text}");
+    let (applied, patched) = apply_suggestion(SUGGEST_CLUSTER, &text)?;
+    assert_eq!(patched, 0);
+    cases.push((
+        "linkerd without documents",
+        original.clone(),
+        sb.write_file("suggest-linkerd-egress.yaml", &applied),
+        text,
+    ));
+    // linkerd with the documents: the Service and the Pod get patches
+    // naming them, the external address an EgressNetwork.
+    let text = suggest("linkerd", true)?;
+    assert_eq!(text.matches("kind: EgressNetwork").count(), 1, "{text}");
+    assert!(
+        text.contains("kubectl -n shop annotate --overwrite service/orders-db config.linkerd.io/opaque-ports=25,587,2227,3306,4444,5432,6379,9300,11211"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubectl -n shop annotate --overwrite pod/cache-0 config.linkerd.io/opaque-ports=25,587,2228,3306,4444,5432,6379,9300,11211")
+            && text.contains("ReplicaSet cache-5f6d"),
+        "{text}"
+    );
+    let (applied, patched) = apply_suggestion(SUGGEST_CLUSTER, &text)?;
+    assert_eq!(patched, 2, "{text}");
+    cases.push((
+        "linkerd with documents",
+        original.clone(),
+        sb.write_file("suggest-linkerd-patched.yaml", &applied),
+        text,
+    ));
+
+    for (name, before, after, text) in cases {
+        for dst in learned_destinations {
+            let fixed = explain_with(&after, dst)?;
+            assert_eq!(fixed["protocol"], "opaque", "{name} {dst}: {fixed}\n{text}");
+            assert_eq!(fixed["source"], "rule", "{name} {dst}: {fixed}");
+        }
+        for dst in &others {
+            let (was, now) = (explain_with(&before, dst)?, explain_with(&after, dst)?);
+            assert_eq!(
+                now["protocol"], was["protocol"],
+                "{name} {dst}: {was} -> {now}\n{text}"
+            );
         }
     }
     Ok(())
@@ -421,5 +590,120 @@ fn mariadb_outside_the_default_ports_stalls_once_then_is_learned() -> Result<()>
         1,
     )?;
     assert_eq!(learned(&world.sb)?.len(), 1);
+    Ok(())
+}
+
+/// Through the reference proxy (3 s detection timeout, linkerd-init's nat
+/// rules), the real sshd from openssh-server on a port in no default list.
+/// OpenSSH's own `ssh` client sends its banner as soon as it is connected:
+/// client first, it never stalls and is never learned. `ssh-keyscan` waits
+/// for the server's banner: its first connection stalls for the detection
+/// timeout and is learned, the next one does not stall. A later `ssh`
+/// contradicts the entry and removes it (the same server, a client that
+/// speaks first).
+#[test]
+fn sshd_stalls_a_server_first_client_once_then_is_learned() -> Result<()> {
+    use tests::e2e::{sshd_prerequisites, World, DETECT_TIMEOUT, SSHD};
+    let test = tests::test_name!();
+    if !sshd_prerequisites(test) {
+        return Ok(());
+    }
+    let mut world = World::new(test)?;
+    world.sb.start_agent(&[])?;
+    world.sb.wait_for_generation(1)?;
+    let host_key = world.start_sshd()?;
+    let key_base64 = host_key.split_whitespace().nth(1).unwrap().to_owned();
+
+    let (out, elapsed) = world.ssh()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Permission denied"),
+        "ssh reached sshd and was refused: {out:?}"
+    );
+    assert!(
+        elapsed < DETECT_TIMEOUT / 2,
+        "ssh speaks first: no stall: {elapsed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&world.sb, "learn_client_first") < 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the ssh connection was never observed"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(learned(&world.sb)?.is_empty(), "ssh is not learned");
+
+    let (keys, first) = world.ssh_keyscan()?;
+    eprintln!("{test}: first ssh-keyscan {first:?}");
+    assert!(keys.contains(&key_base64), "the test's host key: {keys:?}");
+    assert!(
+        first >= DETECT_TIMEOUT,
+        "the first connection stalls: {first:?}"
+    );
+    let table = wait_learned(&world.sb, |l| !l.is_empty())?;
+    assert_eq!(table.len(), 1, "{table:?}");
+    assert_eq!(table[0]["destination"], SSHD);
+
+    let (keys, second) = world.ssh_keyscan()?;
+    eprintln!("{test}: second ssh-keyscan {second:?}");
+    assert!(keys.contains(&key_base64), "{keys:?}");
+    assert!(
+        second < DETECT_TIMEOUT / 2,
+        "learned: no stall: {second:?}\n{}",
+        world.proxy_log()
+    );
+    world.wait_for_proxy_lines(&["opaque from kernel verdict", &format!("dst={SSHD}")], 1)?;
+
+    let (out, _) = world.ssh()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    wait_learned(&world.sb, |l| l.is_empty())?;
+    assert_eq!(counter(&world.sb, "learn_contradicted"), 1);
+    Ok(())
+}
+
+/// `suggest --kubernetes` reads the cluster's documents from the API (the
+/// fake API server's recorded lists): the learned cluster IP of Service
+/// default/kubernetes (no annotation, in a namespace without one) gets a
+/// patch keeping the default opaque ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggest_reads_the_documents_from_the_kubernetes_api() -> Result<()> {
+    use tests::fake_kube::{FakeApi, ALL};
+    if !privileged!() {
+        return Ok(());
+    }
+    let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
+    let fake = FakeApi::start(&paths).await;
+    let url = fake.url();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut sb = Sandbox::new("learn-suggest-kube")?;
+        sb.ip(&["addr", "add", "10.96.0.1/32", "dev", "lo"])?;
+        let kubeconfig = sb.write_file(
+            "kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{url}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            ),
+        );
+        sb.start_agent(&[])?;
+        sb.wait_for_generation(1)?;
+        let server = talk_server(&sb, "10.96.0.1:2229", 1, true)?;
+        talk(&sb, "10.96.0.1:2229", true)?;
+        server.results()?;
+        wait_learned(&sb, |l| l.len() == 1)?;
+
+        let out = run(Command::new(classifier_bin())
+            .args(["suggest", "--format", "linkerd", "--kubernetes", "--pin-dir"])
+            .arg(&sb.pins)
+            .env("KUBECONFIG", &kubeconfig))?;
+        let text = String::from_utf8(out.stdout)?;
+        assert!(
+            text.contains("kubectl -n default annotate --overwrite service/kubernetes config.linkerd.io/opaque-ports=25,587,2229,3306,4444,5432,6379,9300,11211")
+                && text.contains("(kubernetes:Service/default/kubernetes)"),
+            "{text}"
+        );
+        assert!(!text.contains("kind: EgressNetwork"), "{text}");
+        Ok(())
+    })
+    .await??;
     Ok(())
 }

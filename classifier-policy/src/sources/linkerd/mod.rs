@@ -74,6 +74,7 @@ use crate::model::{default_cluster_networks, Network, Policy, PolicyError, Proto
 use crate::ports::PortSet;
 
 mod egress;
+pub mod suggest;
 
 pub use super::objects::{app_protocol_of, OPAQUE_PORTS_ANNOTATION};
 /// A Service port with this `appProtocol` is opaque.
@@ -92,7 +93,7 @@ pub(super) fn invalid(
     }
 }
 
-fn field_error(doc: &Document, e: FieldError) -> PolicyError {
+pub(super) fn field_error(doc: &Document, e: FieldError) -> PolicyError {
     invalid(doc, e.field, e.message)
 }
 /// Linkerd's default global egress namespace.
@@ -300,7 +301,7 @@ pub fn compile_documents_report(
 /// refuses such an address too (`getPodByPodIP` in
 /// `controller/api/destination/watcher/workload_watcher.go`: "found
 /// conflicting ... IP on the pod network").
-fn drop_contested_ips(pods: &mut [PodInfo]) {
+pub(super) fn drop_contested_ips(pods: &mut [PodInfo]) {
     let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
     for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.pod.inactive) {
         for ip in pod.ips.iter() {
@@ -317,7 +318,10 @@ fn drop_contested_ips(pods: &mut [PodInfo]) {
 }
 
 /// The documents of `kind` in `set` at an API version the compiler reads.
-fn read<'a>(set: &'a DocumentSet, kind: &'a KubeKind) -> impl Iterator<Item = &'a Document> + 'a {
+pub(super) fn read<'a>(
+    set: &'a DocumentSet,
+    kind: &'a KubeKind,
+) -> impl Iterator<Item = &'a Document> + 'a {
     set.of_kind(kind.kind)
         .filter(|d| kind.reads_api_version(&d.api_version))
 }
@@ -345,19 +349,19 @@ kind!(Server);
 kind!(EgressNetwork);
 
 /// What the compiler needs of a Pod, its namespace's annotation resolved.
-struct PodInfo<'a> {
-    doc: &'a Document,
-    pod: &'a Pod,
-    namespace: &'a str,
+pub(super) struct PodInfo<'a> {
+    pub(super) doc: &'a Document,
+    pub(super) pod: &'a Pod,
+    pub(super) namespace: &'a str,
     /// Its IPs, less those another live pod claims too.
-    ips: std::borrow::Cow<'a, [IpAddr]>,
+    pub(super) ips: std::borrow::Cow<'a, [IpAddr]>,
     /// Its opaque-ports annotation, else its namespace's, with port names
     /// resolved against its container ports; `None` when neither has one.
-    opaque: Option<PortSet>,
+    pub(super) opaque: Option<PortSet>,
 }
 
 impl<'a> PodInfo<'a> {
-    fn resolve(
+    pub(super) fn resolve(
         doc: &'a Document,
         pod: &'a Pod,
         ns_ports: Option<&PortsAnnotation>,
@@ -674,6 +678,8 @@ impl Compiler {
 
 #[cfg(test)]
 mod semantics_tests;
+#[cfg(test)]
+mod suggest_tests;
 #[cfg(test)]
 mod tenant_tests;
 #[cfg(test)]

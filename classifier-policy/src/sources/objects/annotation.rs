@@ -105,39 +105,46 @@ pub(super) fn opaque_annotation(
             ))
         }
     };
-    // Numbers only: the port-list parser's own errors, as before.
-    let numeric = text.parse::<PortSet>();
-    if let Ok(ports) = &numeric {
-        return Ok(Some(PortsAnnotation {
-            text,
-            ports: ports.clone(),
-            names: Vec::new(),
-        }));
-    }
-    let err = numeric.expect_err("checked above");
-    if !allow_names {
-        return Err(FieldError::new(
-            annotation_field(),
-            format!("{err} (in {text:?})"),
-        ));
-    }
-    let body = text.strip_suffix(',').unwrap_or(&text);
-    let mut ports = PortSet::new();
-    let mut names = Vec::new();
-    for item in body.split(',').map(str::trim) {
-        if is_port_name(item) {
-            names.push(item.to_string());
-        } else {
-            match item.parse::<PortSet>() {
-                Ok(p) if !item.is_empty() => ports.union_with(&p),
-                _ => {
-                    return Err(FieldError::new(
-                        annotation_field(),
-                        format!("{err} (in {text:?})"),
-                    ))
+    PortsAnnotation::parse(text, allow_names).map(Some)
+}
+
+impl PortsAnnotation {
+    /// An annotation's value; `allow_names` as in `opaque_annotation`.
+    pub fn parse(text: String, allow_names: bool) -> Result<PortsAnnotation, FieldError> {
+        // Numbers only: the port-list parser's own errors, as before.
+        let numeric = text.parse::<PortSet>();
+        if let Ok(ports) = &numeric {
+            return Ok(PortsAnnotation {
+                text,
+                ports: ports.clone(),
+                names: Vec::new(),
+            });
+        }
+        let err = numeric.expect_err("checked above");
+        if !allow_names {
+            return Err(FieldError::new(
+                annotation_field(),
+                format!("{err} (in {text:?})"),
+            ));
+        }
+        let body = text.strip_suffix(',').unwrap_or(&text);
+        let mut ports = PortSet::new();
+        let mut names = Vec::new();
+        for item in body.split(',').map(str::trim) {
+            if is_port_name(item) {
+                names.push(item.to_string());
+            } else {
+                match item.parse::<PortSet>() {
+                    Ok(p) if !item.is_empty() => ports.union_with(&p),
+                    _ => {
+                        return Err(FieldError::new(
+                            annotation_field(),
+                            format!("{err} (in {text:?})"),
+                        ))
+                    }
                 }
             }
         }
+        Ok(PortsAnnotation { text, ports, names })
     }
-    Ok(Some(PortsAnnotation { text, ports, names }))
 }

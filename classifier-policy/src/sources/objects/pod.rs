@@ -24,6 +24,10 @@ pub struct Pod {
     /// `port_names`); `None` for an inactive pod, whose annotation is not
     /// read.
     pub opaque: Option<Box<PortsAnnotation>>,
+    /// `Kind name` of its first `metadata.ownerReferences` entry (the
+    /// workload whose pod template an annotation belongs in), for
+    /// `suggest`; `None` for an inactive pod.
+    pub owner: Option<Box<str>>,
 }
 
 impl Pod {
@@ -100,6 +104,7 @@ impl Pod {
                 port_names: PortNames::default(),
                 inactive,
                 opaque: None,
+                owner: None,
             });
         }
         let opaque = opaque_annotation(body, true)?.map(Box::new);
@@ -116,6 +121,22 @@ impl Pod {
             })?,
             inactive,
             opaque,
+            owner: first_owner(body),
         })
     }
+}
+
+/// `Kind name` of the first `metadata.ownerReferences` entry.
+fn first_owner(body: &Value) -> Option<Box<str>> {
+    let owner = at(body, &["metadata", "ownerReferences"])?
+        .as_array()?
+        .first()?;
+    Some(
+        format!(
+            "{} {}",
+            owner.get("kind")?.as_str()?,
+            owner.get("name")?.as_str()?
+        )
+        .into(),
+    )
 }
