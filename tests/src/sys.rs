@@ -282,11 +282,26 @@ pub fn set_linger_zero(stream: &TcpStream) {
 pub struct CountingAlloc;
 
 static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl CountingAlloc {
     /// Bytes allocated and not yet freed, by every thread.
     pub fn held() -> usize {
         ALLOCATED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most [`CountingAlloc::held`] was since the last reset.
+    pub fn peak() -> usize {
+        PEAK.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn reset_peak() {
+        PEAK.store(Self::held(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn grew(size: usize) {
+        let now = ALLOCATED.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size;
+        PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -297,7 +312,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         // SAFETY: the caller's contract for `alloc`, passed on unchanged.
         let p = unsafe { std::alloc::System.alloc(layout) };
         if !p.is_null() {
-            ALLOCATED.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            Self::grew(layout.size());
         }
         p
     }
@@ -313,7 +328,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
         if !p.is_null() {
             ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
-            ALLOCATED.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+            Self::grew(new);
         }
         p
     }

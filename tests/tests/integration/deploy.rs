@@ -228,7 +228,7 @@ spec:
       containers:
         - name: agent
           resources:
-            limits: {memory: 512Mi}
+            limits: {memory: 1Gi}
 ",
     )
     .unwrap();
@@ -245,7 +245,7 @@ spec:
         named(&pod["initContainers"], "mount-bpffs")["image"],
         "registry.example/classifier:9.9.9"
     );
-    assert_eq!(agent["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(agent["resources"]["limits"]["memory"], "1Gi");
     assert_eq!(agent["resources"]["limits"]["cpu"], "1", "the rest is kept");
     let binding = the_in(&docs, "ClusterRoleBinding");
     assert_eq!(binding["subjects"][0]["namespace"], "platform-classifier");

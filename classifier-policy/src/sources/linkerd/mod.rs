@@ -214,7 +214,10 @@ pub fn compile_documents_report(
     c.owners = vec![None; c.rules.len()];
     let defaults = policy.default_opaque_ports.clone();
 
-    for doc in set.iter() {
+    for doc in set
+        .iter()
+        .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
+    {
         let known = match kinds::by_name(&doc.kind) {
             Some(k) => k.reads_api_version(&doc.api_version),
             None => doc.is_classifier_policy(),
@@ -302,16 +305,20 @@ pub fn compile_documents_report(
 /// `controller/api/destination/watcher/workload_watcher.go`: "found
 /// conflicting ... IP on the pod network").
 pub(super) fn drop_contested_ips(pods: &mut [PodInfo]) {
-    let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
-    for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.pod.inactive) {
-        for ip in pod.ips.iter() {
-            claims.entry(*ip).or_default().push(i);
-        }
-    }
-    for (ip, owners) in claims.into_iter().filter(|(_, o)| o.len() > 1) {
-        let names: Vec<String> = owners.iter().map(|&i| pods[i].doc.describe()).collect();
+    // (IP, pod) sorted by IP: one allocation for the whole cluster, and a
+    // contested IP is a run of two or more.
+    let mut claims: Vec<(IpAddr, usize)> = pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.pod.inactive)
+        .flat_map(|(i, p)| p.ips.iter().map(move |ip| (*ip, i)))
+        .collect();
+    claims.sort_unstable();
+    for run in claims.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+        let ip = run[0].0;
+        let names: Vec<String> = run.iter().map(|&(_, i)| pods[i].doc.describe()).collect();
         tracing::warn!(%ip, pods = %names.join(", "), "live pods claim the same IP; none of them gets a rule for it");
-        for i in owners {
+        for &(_, i) in run {
             pods[i].ips.to_mut().retain(|a| *a != ip);
         }
     }
@@ -417,7 +424,14 @@ struct Compiler {
 
 /// `Kind ns/name (origin)`, a rule's origin.
 fn rule_origin(doc: &Document) -> String {
-    format!("{} ({})", doc.describe(), doc.origin())
+    // One allocation: this runs for every object with rules.
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(2 * (doc.kind.len() + doc.name.len() + 16) + 16);
+    let _ = match &doc.namespace {
+        Some(ns) => write!(s, "{} {ns}/{} ({})", doc.kind, doc.name, doc.origin()),
+        None => write!(s, "{} ({})", doc.describe(), doc.origin()),
+    };
+    s
 }
 
 impl Compiler {
@@ -646,6 +660,7 @@ impl Compiler {
         // the default ports) on that port, as linkerd2's outbound index
         // does ("`appProtocol` set on service port, ignoring opaque port
         // setting", policy-controller/k8s/index/src/outbound/index.rs).
+        let origin = rule_origin(doc);
         for protocol in [Protocol::Opaque, Protocol::Http1, Protocol::Http2] {
             let ports: PortSet = service
                 .app
@@ -653,14 +668,16 @@ impl Compiler {
                 .filter(|(_, p)| **p == protocol)
                 .map(|(n, _)| *n)
                 .collect();
-            self.push(networks.clone(), ports, protocol, None, rule_origin(doc));
+            if !ports.is_empty() {
+                self.push(networks.clone(), ports, protocol, None, origin.clone());
+            }
         }
         if let Some(ports) = annotation {
             let ports: PortSet = ports
                 .iter()
                 .filter(|p| !service.app.contains_key(p))
                 .collect();
-            self.annotated(networks, ports, rule_origin(doc));
+            self.annotated(networks, ports, origin);
         }
         Ok(())
     }

@@ -112,6 +112,10 @@ pub(super) fn parse_ip(field: &str, text: &str) -> Result<IpAddr, FieldError> {
 
 /// One host network (/32 or /128) per address.
 pub fn host_networks(ips: &[IpAddr]) -> Vec<Network> {
+    if let [one] = ips {
+        // The common case (a pod, a single-stack Service).
+        return vec![Network::new(IpNet::from(*one))];
+    }
     let set: BTreeSet<IpNet> = ips.iter().map(|&ip| IpNet::from(ip)).collect();
     set.into_iter().map(Network::new).collect()
 }

@@ -99,25 +99,30 @@ fn pod(i: u32) -> Value {
 /// `app-0` pods' `http` port is HTTP/1), 10,000 Services (every other one
 /// annotated `3306`, every tenth with an appProtocol opaque port) and
 /// `pods` Pods.
-fn cluster_objects(pods: u32) -> Vec<(&'static kinds::KubeKind, Value)> {
-    let mut out = Vec::new();
-    for n in 0..NAMESPACES {
+///
+/// Made one at a time, as a watch stream delivers them: a cluster's worth
+/// of JSON made up front and freed at once would leave the allocator
+/// consolidating it during the compile that follows, which no agent sees.
+fn cluster_objects(pods: u32) -> impl Iterator<Item = (&'static kinds::KubeKind, Value)> {
+    let namespaces = (0..NAMESPACES).flat_map(|n| {
         let mut meta = json!({"name": format!("ns-{n}"), "uid": format!("ns-{n}"),
             "labels": {"kubernetes.io/metadata.name": format!("ns-{n}")}});
         if n % 2 == 0 {
             meta["annotations"] = json!({"config.linkerd.io/opaque-ports": "5432"});
         }
-        out.push((
-            &kinds::NAMESPACE,
-            json!({"metadata": meta, "spec": {"finalizers": ["kubernetes"]}}),
-        ));
-        out.push((
-            &kinds::SERVER,
-            json!({"metadata": {"name": "app-0-http", "namespace": format!("ns-{n}")},
-                   "spec": {"podSelector": {"matchLabels": {"app": "app-0"}}, "port": "http", "proxyProtocol": "HTTP/1"}}),
-        ));
-    }
-    for i in 0..SERVICES {
+        [
+            (
+                &kinds::NAMESPACE,
+                json!({"metadata": meta, "spec": {"finalizers": ["kubernetes"]}}),
+            ),
+            (
+                &kinds::SERVER,
+                json!({"metadata": {"name": "app-0-http", "namespace": format!("ns-{n}")},
+                       "spec": {"podSelector": {"matchLabels": {"app": "app-0"}}, "port": "http", "proxyProtocol": "HTTP/1"}}),
+            ),
+        ]
+    });
+    let services = (0..SERVICES).map(|i| {
         let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i + 1);
         let mut meta = json!({"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % NAMESPACES),
             "uid": format!("svc-{i}"), "creationTimestamp": "2026-11-01T10:00:00Z", "labels": {"app": format!("svc-{i}")}});
@@ -128,26 +133,29 @@ fn cluster_objects(pods: u32) -> Vec<(&'static kinds::KubeKind, Value)> {
         if i % 10 == 0 {
             port["appProtocol"] = json!("linkerd.io/opaque");
         }
-        out.push((
+        (
             &kinds::SERVICE,
             json!({"metadata": meta, "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
                 "ports": [port], "selector": {"app": format!("svc-{i}")}, "type": "ClusterIP"}, "status": {"loadBalancer": {}}}),
-        ));
-    }
-    for i in 0..pods {
-        out.push((&kinds::POD, pod(i)));
-    }
-    out
+        )
+    });
+    namespaces
+        .chain(services)
+        .chain((0..pods).map(|i| (&kinds::POD, pod(i))))
 }
 
 /// The objects as the watcher holds them: read one at a time.
-fn read_objects(objects: Vec<(&'static kinds::KubeKind, Value)>) -> Result<DocumentSet> {
+fn read_objects(
+    objects: impl Iterator<Item = (&'static kinds::KubeKind, Value)>,
+) -> Result<(DocumentSet, usize)> {
     let mut set = DocumentSet::new();
+    let mut count = 0;
     for (kind, value) in objects {
         let obj: DynamicObject = serde_json::from_value(value)?;
         set.insert(to_document(&api_resource(kind), obj)?);
+        count += 1;
     }
-    Ok(set)
+    Ok((set, count))
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -156,12 +164,9 @@ fn mib(bytes: usize) -> f64 {
 
 /// One cluster size: read, compile, apply, then one pod changed.
 fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
-    // Taken before the input exists: the input is freed as it is read.
     let base = CountingAlloc::held();
-    let objects = cluster_objects(pods);
-    let count = objects.len();
     let t = Instant::now();
-    let mut set = read_objects(objects)?;
+    let (mut set, count) = read_objects(cluster_objects(pods))?;
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let documents_bytes = CountingAlloc::held().saturating_sub(base);
 
@@ -185,7 +190,10 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
     let again = maps.apply(compiled)?;
 
     // One pod changes: annotated with another opaque port, as a watch
-    // event delivers it; the whole path to the maps.
+    // event delivers it; the whole path to the maps. What the agent holds
+    // at most meanwhile: the documents, the policy in force and the new
+    // one, both compiled.
+    CountingAlloc::reset_peak();
     let t = Instant::now();
     let mut changed = pod(1);
     changed["metadata"]["annotations"]["config.linkerd.io/opaque-ports"] = json!("3307");
@@ -198,9 +206,15 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
     let compiled2 = Arc::new(compile(&policy2)?);
     let one = maps.apply(compiled2)?;
     let one_pod_ms = t.elapsed().as_secs_f64() * 1e3;
+    let peak_bytes = CountingAlloc::peak().saturating_sub(base);
+    // What the process's resident memory reached: the allocator's slack on
+    // top of what it holds (the bench process, sizes in order, so the
+    // 100k figure is the 100k run's).
+    let peak_rss_kib = crate::system::peak_rss_kib(std::process::id())?;
+    drop(policy2);
 
     eprintln!(
-        "bench:   {count} objects ({pods} pods) -> {} rules, {} + {} entries: read {read_ms:.0} ms, documents to policy {documents_ms:.0} ms, compile {compile_ms:.0} ms, apply {:.0} ms; held: documents {:.1} MiB, policy {:.1} MiB, compiled {:.1} MiB; one pod changed: {one_pod_ms:.0} ms",
+        "bench:   {count} objects ({pods} pods) -> {} rules, {} + {} entries: read {read_ms:.0} ms, documents to policy {documents_ms:.0} ms, compile {compile_ms:.0} ms, apply {:.0} ms; held: documents {:.1} MiB, policy {:.1} MiB, compiled {:.1} MiB, at most {:.1} MiB while recompiling (process peak RSS {:.0} MiB); one pod changed: {one_pod_ms:.0} ms",
         policy.rules.len(),
         applied.v4_entries,
         applied.v6_entries,
@@ -208,6 +222,8 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
         mib(documents_bytes),
         mib(policy_bytes),
         mib(compiled_bytes),
+        mib(peak_bytes),
+        peak_rss_kib as f64 / 1024.0,
     );
     Ok(json!({
         "objects": count,
@@ -223,6 +239,8 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
         "documents_mib": mib(documents_bytes),
         "policy_mib": mib(policy_bytes),
         "compiled_mib": mib(compiled_bytes),
+        "peak_while_recompiling_mib": mib(peak_bytes),
+        "process_peak_rss_mib": peak_rss_kib as f64 / 1024.0,
         "one_pod_documents_to_policy_ms": documents2_ms,
         "one_pod_end_to_end_ms": one_pod_ms,
         "one_pod_apply_ms": one.elapsed.as_secs_f64() * 1e3,
