@@ -41,9 +41,12 @@ pub fn embedded_version(bytes: &[u8]) -> Option<String> {
         let tail = &rest[at + needle.len()..];
         let end = tail.iter().position(|&b| b == 0)?;
         let found = std::str::from_utf8(&tail[..end]).ok();
-        if let Some(v) =
-            found.filter(|v| v.starts_with(|c: char| c.is_ascii_digit()) && v.len() < 100)
-        {
+        // The needle's two halves may also sit side by side among the
+        // binary's other constants (the linker packs literals), followed by
+        // whatever literal comes next: only `VERSION commit COMMIT` counts.
+        if let Some(v) = found.filter(|v| {
+            v.starts_with(|c: char| c.is_ascii_digit()) && v.contains(" commit ") && v.len() < 100
+        }) {
             return Some(v.to_owned());
         }
         rest = tail;

@@ -36,6 +36,8 @@ pub struct Applier {
     /// to learn every pod's namespace, so pod roots are marked "namespace
     /// unknown" even before it knows any pod.
     expects_pods: bool,
+    /// Pod cgroups that appeared before their Pod was known, by UID.
+    waiting: HashMap<String, pods::PodCgroup>,
 }
 
 impl Applier {
@@ -51,6 +53,7 @@ impl Applier {
             applied_once: false,
             learner: Learner::open(pins)?,
             expects_pods,
+            waiting: HashMap::new(),
         })
     }
 
@@ -187,6 +190,7 @@ impl Applier {
                 cgroup = %pod.path.display(),
                 "new pod cgroup; its Pod is not known yet (no verdict until it is)"
             );
+            self.waiting.insert(pod.uid.clone(), pod.clone());
             return Ok(());
         };
         let value = entry(namespace, &self.scope_ids, &self.own_rule_scopes);
@@ -201,8 +205,37 @@ impl Applier {
         Ok(())
     }
 
+    /// A Pod the watch just saw for the first time (before the policy with
+    /// it is compiled): its namespace is known from now on, and its cgroup,
+    /// if it is already there, is registered at once. The scope is the one
+    /// the policy in force gives its namespace (node-wide for a namespace
+    /// without rules of its own, as for every pod of such a namespace); the
+    /// policy with the Pod, applied after the watch's debounce, confirms it.
+    pub fn pod_known(&mut self, uid: &str, namespace: &str) -> Result<()> {
+        if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
+            return Ok(());
+        }
+        self.pod_namespaces
+            .entry(uid.to_string())
+            .or_insert_with(|| namespace.to_string());
+        let Some(pod) = self.waiting.remove(uid) else {
+            return Ok(());
+        };
+        let value = entry(namespace, &self.scope_ids, &self.own_rule_scopes);
+        if self.scopes.register_one(pod.cgroup_id, value)? {
+            tracing::info!(
+                uid,
+                namespace,
+                cgroup_id = pod.cgroup_id,
+                "pod cgroup registered as its Pod arrived"
+            );
+        }
+        Ok(())
+    }
+
     /// A pod cgroup removed.
     pub fn pod_gone(&mut self, pod: &pods::PodCgroup) {
+        self.waiting.remove(&pod.uid);
         if self.scopes.unregister_one(pod.cgroup_id) {
             tracing::info!(uid = %pod.uid, cgroup_id = pod.cgroup_id, "pod cgroup unregistered");
         }

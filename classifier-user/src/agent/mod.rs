@@ -167,6 +167,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         )),
         false => None,
     };
+    // Taken out of the watch's handle, so that the loop can wait on both.
+    let mut new_pods = kube
+        .as_mut()
+        .map(|sync| std::mem::replace(&mut sync.new_pods, tokio::sync::mpsc::channel(1).1));
     let mut sync_errors_seen = 0;
     if kube.is_some() {
         agent_metrics.set_kubernetes_connected(false);
@@ -233,6 +237,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                     }
                 }
             }
+            pod = next_new_pod(&mut new_pods) => match pod {
+                Some((uid, namespace)) => {
+                    if let Err(err) = applier.pod_known(&uid, &namespace) {
+                        tracing::warn!("registering the cgroup of pod {uid}: {err:#}");
+                    }
+                }
+                // The watch ended; `next_snapshot` says so.
+                None => new_pods = None,
+            },
             changed = next_snapshot(&mut kube) => {
                 let Some(snapshot) = changed? else { continue };
                 agent_metrics.sync_succeeded();
@@ -398,6 +411,16 @@ fn pods_changed(
 }
 
 /// The next Kubernetes snapshot, or never without `--kubernetes`.
+/// The next pod the watch sees for the first time; never with no watch.
+async fn next_new_pod(
+    new_pods: &mut Option<tokio::sync::mpsc::Receiver<(String, String)>>,
+) -> Option<(String, String)> {
+    match new_pods {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_snapshot(kube: &mut Option<KubeSync>) -> Result<Option<Arc<DocumentSet>>> {
     match kube {
         Some(sync) => {

@@ -46,7 +46,10 @@ use kube::{
     },
     Client,
 };
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::{debug, info, warn};
 
 use super::document::KUBERNETES_ORIGIN;
@@ -183,18 +186,35 @@ pub struct KubeSync {
     /// that falls behind sees only the latest).
     pub snapshots: watch::Receiver<Option<Arc<DocumentSet>>>,
     pub status: Arc<SyncStatus>,
+    /// Pods seen for the first time after the initial list, as (UID,
+    /// namespace), at once rather than after the debounce: a new pod's
+    /// cgroup is registered under its namespace without waiting for the
+    /// recompile its Pod is part of. Lossy (a full channel drops; the next
+    /// snapshot has every pod).
+    pub new_pods: mpsc::Receiver<(String, String)>,
     /// Ends with `Ok` once every receiver is dropped.
     pub task: JoinHandle<Result<()>>,
 }
 
+/// How many new pods may wait in [`KubeSync::new_pods`].
+const NEW_PODS_QUEUE: usize = 1024;
+
 /// Start watching on the current tokio runtime.
 pub fn spawn(client: Client, opts: WatchOptions) -> KubeSync {
     let (tx, rx) = watch::channel(None);
+    let (pods_tx, new_pods) = mpsc::channel(NEW_PODS_QUEUE);
     let status = Arc::new(SyncStatus::default());
-    let task = tokio::spawn(run(client, opts, status.clone(), tx));
+    let task = tokio::spawn(run_with_pods(
+        client,
+        opts,
+        status.clone(),
+        tx,
+        Some(pods_tx),
+    ));
     KubeSync {
         snapshots: rx,
         status,
+        new_pods,
         task,
     }
 }
@@ -246,6 +266,16 @@ pub async fn run(
     status: Arc<SyncStatus>,
     tx: watch::Sender<Option<Arc<DocumentSet>>>,
 ) -> Result<()> {
+    run_with_pods(client, opts, status, tx, None).await
+}
+
+async fn run_with_pods(
+    client: Client,
+    opts: WatchOptions,
+    status: Arc<SyncStatus>,
+    tx: watch::Sender<Option<Arc<DocumentSet>>>,
+    new_pods: Option<mpsc::Sender<(String, String)>>,
+) -> Result<()> {
     if opts.kinds.is_empty() {
         bail!("no kinds to watch");
     }
@@ -280,6 +310,12 @@ pub async fn run(
                 last_event = tokio::time::Instant::now();
                 if kinds[idx].handle(item, &status) {
                     first_change.get_or_insert(last_event);
+                }
+                for pod in kinds[idx].appeared.drain(..) {
+                    if let Some(tx) = &new_pods {
+                        // Full: the snapshot brings it a little later.
+                        let _ = tx.try_send(pod);
+                    }
                 }
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
@@ -372,6 +408,9 @@ struct KindState {
     listed: bool,
     /// The API server answered 404 for this kind (CRD not installed).
     absent: bool,
+    /// Pods (UID, namespace) applied since the last look that were not
+    /// known before (after the first list only).
+    appeared: Vec<(String, String)>,
 }
 
 impl KindState {
@@ -382,6 +421,7 @@ impl KindState {
             relist: None,
             listed: false,
             absent: false,
+            appeared: Vec::new(),
         }
     }
 
@@ -437,6 +477,11 @@ impl KindState {
                         .is_some_and(|old| same_document(old, &doc));
                     if !same {
                         debug!(origin = %doc.origin(), "applied");
+                        if self.listed && !self.docs.contains_key(&key) {
+                            if let (Some(uid), Some(ns)) = (&doc.uid, &doc.namespace) {
+                                self.appeared.push((uid.to_string(), ns.to_string()));
+                            }
+                        }
                         self.docs.insert(key, doc);
                     }
                     !same

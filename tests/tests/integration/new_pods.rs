@@ -410,7 +410,7 @@ async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_
                 e.is_some()
             })?;
         println!(
-            "Pod watched -> pod cgroup registered: {:.1} ms (watch, debounce, compile, apply)",
+            "Pod watched -> pod cgroup registered: {:.1} ms (the watch's new-pod path, before the debounced recompile)",
             delay.as_secs_f64() * 1e3
         );
         assert_ne!(entry.unwrap() & SCOPE_FLAG_OWN_RULES, 0, "{entry:?}");
