@@ -497,9 +497,10 @@ impl Compiler {
     }
 
     /// Drops the rules of every namespace whose objects need more trie
-    /// entries than `budget`, reporting each of its objects that had rules
-    /// (the count is taken before any trie is built), and renumbers the
-    /// remaining rules 1.. in order.
+    /// entries than `budget`, then, while the rest needs more than the
+    /// tables hold, of the largest namespace left; reports each of their
+    /// objects that had rules (the counts are taken before any trie is
+    /// built), and renumbers the remaining rules 1.. in order.
     fn enforce_budget(&mut self, set: &DocumentSet, budget: u64) {
         let mut by_ns: Vec<Vec<usize>> = vec![Vec::new(); self.namespaces.len()];
         for (i, owner) in self.owners.iter().enumerate() {
@@ -507,14 +508,59 @@ impl Compiler {
                 by_ns[*ns as usize].push(i);
             }
         }
-        // Namespace index -> entries, of those over.
-        let mut over: BTreeMap<u32, u64> = BTreeMap::new();
+        // Namespace index -> why its rules are dropped.
+        let mut over: BTreeMap<u32, String> = BTreeMap::new();
+        let mut sizes: Vec<(u64, u32)> = Vec::new();
         for (ns, idx) in by_ns.iter().enumerate() {
             let (n4, n6) = crate::compile::entry_bound(idx.iter().map(|&i| &self.rules[i]));
             let n = n4.saturating_add(n6);
             if n > budget {
-                over.insert(ns as u32, n);
+                over.insert(
+                    ns as u32,
+                    format!(
+                        "namespace {:?} needs at least {n} trie entries, over its budget of {budget}; all of its rules are dropped",
+                        self.namespaces[ns]
+                    ),
+                );
+            } else {
+                sizes.push((n, ns as u32));
             }
+        }
+        // Then the table as a whole: namespaces each within their budget
+        // may still need more than it holds together, and a policy that
+        // does not fit would be refused whole, every tenant's change with
+        // it. The largest namespaces (then the last by name) give way
+        // until the rest fits; the operator's own rules never do.
+        sizes.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| self.namespaces[b.1 as usize].cmp(&self.namespaces[a.1 as usize]))
+        });
+        let mut largest = sizes.into_iter();
+        loop {
+            let kept = self
+                .rules
+                .iter()
+                .zip(&self.owners)
+                .filter(|(_, o)| !o.is_some_and(|o| over.contains_key(&o)))
+                .map(|(r, _)| r);
+            let (n4, n6) = crate::compile::entry_bound(kept);
+            let (cap4, cap6) = (
+                crate::compile::MAX_V4_ENTRIES,
+                crate::compile::MAX_V6_ENTRIES,
+            );
+            if n4 <= cap4 && n6 <= cap6 {
+                break;
+            }
+            let Some((n, ns)) = largest.next() else {
+                break; // The operator's rules alone do not fit: compile says so.
+            };
+            over.insert(
+                ns,
+                format!(
+                    "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({cap4} and {cap6}); namespace {:?}, the largest left ({n} entries, within its budget of {budget}), has all of its rules dropped",
+                    self.namespaces[ns as usize]
+                ),
+            );
         }
         if over.is_empty() {
             return;
@@ -532,21 +578,14 @@ impl Compiler {
             .collect();
         let mut reported = std::collections::BTreeSet::new();
         for (r, owner) in self.rules.iter().zip(&self.owners) {
-            let Some((ns, n)) = owner.and_then(|o| Some((o, over.get(&o)?))) else {
+            let Some(why) = owner.and_then(|o| over.get(&o)) else {
                 continue;
             };
             let Some(&doc) = docs.get(&r.origin) else {
                 continue;
             };
             if reported.insert(doc.origin().into_owned()) {
-                let e = invalid(
-                    doc,
-                    "metadata.namespace",
-                    format!(
-                        "namespace {:?} needs at least {n} trie entries, over its budget of {budget}; all of its rules are dropped",
-                        self.namespaces[ns as usize]
-                    ),
-                );
+                let e = invalid(doc, "metadata.namespace", why.clone());
                 self.rejected.push(Rejected::of(doc, e));
             }
         }
