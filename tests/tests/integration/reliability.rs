@@ -362,12 +362,33 @@ fn under_load(
 /// one needs a counted ambiguity, and together with the "ambiguous"
 /// answers they stay under 1% of connects.
 fn assert_lost_only_to_shared_ports(sb: &Sandbox, summary: &Value, lost: u64) -> Result<()> {
-    let ambiguities = sb.stats()?["counters"]["publish_ambiguous"]
-        .as_u64()
-        .unwrap();
+    let stats = sb.stats()?;
+    let counter = |name: &str| stats["counters"][name].as_u64().unwrap_or(0);
+    let ambiguities = counter("publish_ambiguous");
+    let why: Vec<String> = [
+        "connect4",
+        "no_verdict",
+        "verdict_opaque",
+        "err_config",
+        "excluded",
+        "published",
+        "unpublished",
+        "unpublish_missing",
+        "publish_netns_full",
+        "publish_table_full",
+        "publish_dst_mismatch",
+        "err_publish_insert",
+        "err_inflight",
+        "query_unknown",
+        "query_not_connected",
+    ]
+    .iter()
+    .map(|c| format!("{c}={}", counter(c)))
+    .collect();
     assert!(
         lost <= ambiguities,
-        "{lost} verdicts lost but only {ambiguities} shared-port ambiguities: {summary}"
+        "{lost} verdicts lost but only {ambiguities} shared-port ambiguities ({}): {summary}",
+        why.join(" ")
     );
     let verdicts = summary["verdicts"].as_object().unwrap();
     let ambiguous: u64 = verdicts
