@@ -21,9 +21,7 @@
 use std::collections::BTreeSet;
 
 use classifier_policy::sources::document::{Content, KUBERNETES_ORIGIN};
-use classifier_policy::sources::{
-    compile_documents_report, kinds, Document, DocumentSet, Options,
-};
+use classifier_policy::sources::{compile_documents_report, kinds, Document, DocumentSet, Options};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -46,7 +44,11 @@ fuzz_target!(|data: &[u8]| {
         let Some(doc) = first else {
             continue;
         };
-        let meta = |f: &str| item.get("metadata").and_then(|m| m.get(f)).and_then(Value::as_str);
+        let meta = |f: &str| {
+            item.get("metadata")
+                .and_then(|m| m.get(f))
+                .and_then(Value::as_str)
+        };
         assert_eq!(Some(&*doc.kind), item.get("kind").and_then(Value::as_str));
         assert_eq!(&*doc.name, meta("name").unwrap_or(""));
         let kind = kinds::by_name(&doc.kind);
@@ -87,6 +89,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let rejected: BTreeSet<String> = compiled.rejected.iter().map(|r| r.origin.clone()).collect();
     for origin in &invalid {
-        assert!(rejected.contains(origin), "{origin} did not read but was not rejected");
+        assert!(
+            rejected.contains(origin),
+            "{origin} did not read but was not rejected"
+        );
     }
 });

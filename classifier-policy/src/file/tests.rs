@@ -498,7 +498,7 @@ fn alias_bomb(levels: usize) -> String {
         let prev = format!("*a{}", i - 1);
         s.push_str(&format!(
             "a{i}: &a{i} [{}]\n",
-            vec![prev.as_str(); 10].join(", ")
+            [prev.as_str(); 10].join(", ")
         ));
     }
     s

@@ -41,7 +41,7 @@ fn pod(i: u32) -> Value {
         "linkerd.io/proxy-version": "stable-2.14.10",
         "linkerd.io/trust-root-sha256": "4c1f0dc1bd4b2c8c1e2f0e7b8a5d7f9e2b6c4a8d0e1f3a5b7c9d1e3f5a7b9c1d"
     });
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         annotations["config.linkerd.io/opaque-ports"] = json!("3306");
     }
     let phase = if i % 100 == 99 {
