@@ -470,6 +470,7 @@ fn policy_reloads_under_load_never_fail_a_connect_or_mix_policies() -> Result<()
         );
     }
     assert_lost_only_to_shared_ports(&sb, &summary, lost)?;
+    assert_verdicts_drain(&sb)?;
     assert!(summary["connects"].as_u64().unwrap() >= 20_000);
     // Both policies were really seen under load.
     assert!(
@@ -767,6 +768,46 @@ fn uninstall_while_an_agent_runs_is_refused_and_changes_nothing() -> Result<()> 
     sb.uninstall_agent()?;
     assert!(!sb.pins.join("links").exists(), "pins removed");
     Ok(())
+}
+
+/// The entries of one of the sandbox's pinned maps, from bpftool.
+fn pinned_entries(sb: &Sandbox, map: &str) -> Result<Vec<Value>> {
+    let out = tests::run(
+        Command::new("bpftool")
+            .args(["--json", "map", "dump", "pinned"])
+            .arg(sb.pins.join("maps").join(map)),
+    )?;
+    Ok(serde_json::from_slice::<Value>(&out.stdout)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Once every connection of a load has closed, its verdict is withdrawn
+/// and each network namespace's count of verdicts is back to zero: a count
+/// that leaked would, connection after connection, use up the namespace's
+/// share of the table and leave its later connections without verdicts.
+fn assert_verdicts_drain(sb: &Sandbox) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let verdicts = pinned_entries(sb, maps::VERDICTS)?;
+        let counts = pinned_entries(sb, maps::NETNS_VERDICTS)?;
+        if verdicts.is_empty()
+            && counts.iter().all(|e| {
+                e["value"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().all(|b| b.as_str() == Some("0x00")))
+            })
+        {
+            return Ok(());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the load: {} verdicts left, namespace counts {counts:?}",
+            verdicts.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The id of the program a pinned link runs, from bpftool.
