@@ -21,8 +21,8 @@ pub enum PolicyError {
     },
     #[error("{}: policy file is not valid UTF-8", path.display())]
     NotUtf8 { path: PathBuf },
-    /// `message` is the YAML reader's ([`crate::file::read::from_yaml_str`]),
-    /// which already carries the field path and "at line L column C".
+    /// `message` is the YAML reader's, which already carries the field path
+    /// and "at line L column C".
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
     #[error("{origin}: {field}: {message}")]

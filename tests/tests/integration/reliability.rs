@@ -358,6 +358,29 @@ fn under_load(
     Ok(summary)
 }
 
+/// A load on 3306 (a default opaque port) and 8080 (nothing): every 3306
+/// connect classified, or lost only to a shared client port.
+fn assert_default_port_load(sb: &Sandbox, summary: &Value) -> Result<()> {
+    let verdicts = summary["verdicts"].as_object().unwrap();
+    for key in verdicts.keys() {
+        let allowed = [
+            "3306 opaque default_port 0",
+            "3306 opaque default_port 1",
+            "3306 unknown none -",
+            "8080 unknown none -",
+        ];
+        assert!(
+            allowed.contains(&key.as_str()) || key.contains(" ambiguous "),
+            "every 3306 connect classified (or safely ambiguous), nothing else: {key} in {summary}"
+        );
+    }
+    let lost = verdicts
+        .get("3306 unknown none -")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    assert_lost_only_to_shared_ports(sb, summary, lost)
+}
+
 /// Verdicts may only go missing through shared client ports: each lost
 /// one needs a counted ambiguity, and together with the "ambiguous"
 /// answers they stay under 1% of connects.
@@ -501,24 +524,7 @@ fn agent_killed_under_load_loses_no_connect_and_no_verdict() -> Result<()> {
         Ok(())
     })?;
     eprintln!("{summary}");
-    let verdicts = summary["verdicts"].as_object().unwrap();
-    for key in verdicts.keys() {
-        let allowed = [
-            "3306 opaque default_port 0",
-            "3306 opaque default_port 1",
-            "3306 unknown none -",
-            "8080 unknown none -",
-        ];
-        assert!(
-            allowed.contains(&key.as_str()) || key.contains(" ambiguous "),
-            "every 3306 connect classified (or safely ambiguous), nothing else: {key} in {summary}"
-        );
-    }
-    let lost = verdicts
-        .get("3306 unknown none -")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    assert_lost_only_to_shared_ports(&sb, &summary, lost)?;
+    assert_default_port_load(&sb, &summary)?;
     assert!(sb.agent_log().contains("adopted"), "{}", sb.agent_log());
     assert_eq!(
         std::os::unix::fs::MetadataExt::ino(&fs::metadata(&link)?),
@@ -772,15 +778,17 @@ fn uninstall_while_an_agent_runs_is_refused_and_changes_nothing() -> Result<()> 
 
 /// The entries of one of the sandbox's pinned maps, from bpftool.
 fn pinned_entries(sb: &Sandbox, map: &str) -> Result<Vec<Value>> {
-    let out = tests::run(
-        Command::new("bpftool")
-            .args(["--json", "map", "dump", "pinned"])
-            .arg(sb.pins.join("maps").join(map)),
-    )?;
-    Ok(serde_json::from_slice::<Value>(&out.stdout)?
+    let path = sb.pins.join("maps").join(map);
+    Ok(bpftool(&["map", "dump", "pinned"], &path)?
         .as_array()
         .cloned()
         .unwrap_or_default())
+}
+
+/// `bpftool --json ARGS PATH`, parsed.
+fn bpftool(args: &[&str], path: &std::path::Path) -> Result<Value> {
+    let out = tests::run(Command::new("bpftool").arg("--json").args(args).arg(path))?;
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Once every connection of a load has closed, its verdict is withdrawn
@@ -812,13 +820,9 @@ fn assert_verdicts_drain(sb: &Sandbox) -> Result<()> {
 
 /// The id of the program a pinned link runs, from bpftool.
 fn link_prog_id(link: &std::path::Path) -> Result<u64> {
-    let out = tests::run(
-        Command::new("bpftool")
-            .args(["--json", "link", "show", "pinned"])
-            .arg(link),
-    )?;
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v["prog_id"].as_u64().unwrap_or(0))
+    Ok(bpftool(&["link", "show", "pinned"], link)?["prog_id"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 #[test]
@@ -882,24 +886,7 @@ fn an_agent_of_another_build_replaces_the_programs_in_place_under_load() -> Resu
             link.display()
         );
     }
-    let verdicts = summary["verdicts"].as_object().unwrap();
-    for key in verdicts.keys() {
-        let allowed = [
-            "3306 opaque default_port 0",
-            "3306 opaque default_port 1",
-            "3306 unknown none -",
-            "8080 unknown none -",
-        ];
-        assert!(
-            allowed.contains(&key.as_str()) || key.contains(" ambiguous "),
-            "every 3306 connect classified (or safely ambiguous), nothing else: {key} in {summary}"
-        );
-    }
-    let lost = verdicts
-        .get("3306 unknown none -")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    assert_lost_only_to_shared_ports(&sb, &summary, lost)?;
+    assert_default_port_load(&sb, &summary)?;
     // Stamped with this build now: the next start adopts as is.
     assert_eq!(
         Array::<MapData, PinMeta>::try_from(Map::Array(MapData::from_pin(

@@ -66,8 +66,10 @@ pub enum Content {
     /// compiler reports the object and skips it.
     Invalid(Box<FieldError>),
     /// A ClassifierPolicy, as YAML (or JSON, which is YAML) text, parsed
-    /// by the compiler with the policy file's own errors.
-    ClassifierPolicy(Arc<str>),
+    /// by the compiler with the policy file's own errors; `line_offset`:
+    /// the lines of its file before it, so that those errors carry the
+    /// file's line numbers.
+    ClassifierPolicy { text: Arc<str>, line_offset: usize },
     /// Anything else: not read.
     Other,
 }
@@ -125,7 +127,10 @@ impl Document {
         let creation_timestamp = meta_str("creationTimestamp")?;
         let mut uid = None;
         let content = if kind == crate::file::KIND || api_version.starts_with("classifier.dev/") {
-            Content::ClassifierPolicy(body.to_string().into())
+            Content::ClassifierPolicy {
+                text: body.to_string().into(),
+                line_offset: 0,
+            }
         } else if let Some(reader) = reader {
             let mut read = || -> Result<Object, FieldError> {
                 if name.is_empty() {
@@ -197,7 +202,7 @@ impl Document {
     /// Whether this is one of ours (a ClassifierPolicy, or any kind under
     /// our API group, which the policy parser then rejects by name).
     pub fn is_classifier_policy(&self) -> bool {
-        matches!(self.content, Content::ClassifierPolicy(_))
+        matches!(self.content, Content::ClassifierPolicy { .. })
     }
 
     /// What the compiler read of it, if it read.
@@ -205,6 +210,21 @@ impl Document {
         match &self.content {
             Content::Object(o) => Some(o),
             _ => None,
+        }
+    }
+
+    /// Parses it as a ClassifierPolicy, with file positions in its errors
+    /// when it was read from a file.
+    pub fn parse_classifier_policy(&self) -> Result<ParsedPolicy, PolicyError> {
+        match &self.content {
+            Content::ClassifierPolicy { text, line_offset } => {
+                parse_policy_document_at(text, &self.origin(), *line_offset)
+            }
+            _ => Err(PolicyError::Invalid {
+                origin: self.origin().into_owned(),
+                field: "kind".into(),
+                message: format!("{} is not a ClassifierPolicy", self.describe()),
+            }),
         }
     }
 }
@@ -215,10 +235,6 @@ pub struct DocumentSet {
     /// Shared: the live watch keeps the same documents, and a snapshot of
     /// the set costs its keys, not its documents.
     pub docs: BTreeMap<DocumentKey, Arc<Document>>,
-    /// Source text and line offset of the ClassifierPolicy documents read
-    /// from files, by origin: their errors then carry the file's line
-    /// numbers.
-    texts: BTreeMap<String, (String, usize)>,
 }
 
 impl DocumentSet {
@@ -234,11 +250,7 @@ impl DocumentSet {
 
     /// [`DocumentSet::insert`] of a document shared with its holder.
     pub fn insert_shared(&mut self, doc: Arc<Document>) -> Option<Arc<Document>> {
-        let old = self.docs.insert(doc.key(), doc);
-        if let Some(old) = &old {
-            self.texts.remove(&*old.origin);
-        }
-        old
+        self.docs.insert(doc.key(), doc)
     }
 
     pub fn remove(
@@ -247,11 +259,7 @@ impl DocumentSet {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Arc<Document>> {
-        let old = self.docs.remove(&DocumentKey::new(kind, namespace, name));
-        if let Some(old) = &old {
-            self.texts.remove(&*old.origin);
-        }
-        old
+        self.docs.remove(&DocumentKey::new(kind, namespace, name))
     }
 
     pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<&Document> {
@@ -280,22 +288,6 @@ impl DocumentSet {
             .range(DocumentKey(prefix.clone().into_boxed_str())..)
             .take_while(move |(k, _)| k.0.starts_with(&prefix))
             .map(|(_, d)| &**d)
-    }
-
-    /// Parses a ClassifierPolicy document of this set, with file positions
-    /// in its errors when it was read from a file.
-    pub fn parse_classifier_policy(&self, doc: &Document) -> Result<ParsedPolicy, PolicyError> {
-        match self.texts.get(&*doc.origin) {
-            Some((text, offset)) => parse_policy_document_at(text, &doc.origin, *offset),
-            None => match &doc.content {
-                Content::ClassifierPolicy(text) => parse_policy_document_at(text, &doc.origin, 0),
-                _ => Err(PolicyError::Invalid {
-                    origin: doc.origin().into_owned(),
-                    field: "kind".into(),
-                    message: format!("{} is not a ClassifierPolicy", doc.describe()),
-                }),
-            },
-        }
     }
 
     /// Reads a file, or a directory of files, of YAML documents.
@@ -384,35 +376,37 @@ impl DocumentSet {
     }
 
     fn add_value(&mut self, value: Value, origin: String, r: &RawDocument) -> Result<(), AddError> {
-        {
-            let Some(doc) = Document::from_value(value, origin.clone())? else {
-                tracing::debug!(%origin, "skipping a document without apiVersion and kind");
-                return Ok(());
+        let Some(mut doc) = Document::from_value(value, origin.clone())? else {
+            tracing::debug!(%origin, "skipping a document without apiVersion and kind");
+            return Ok(());
+        };
+        if let Some(other) = self.docs.get(&doc.key()) {
+            let message = if doc.is_classifier_policy() && other.is_classifier_policy() {
+                format!(
+                    "at most one ClassifierPolicy is allowed; another one is at {}",
+                    other.origin()
+                )
+            } else {
+                format!(
+                    "{} is defined twice; the other one is at {}",
+                    doc.describe(),
+                    other.origin()
+                )
             };
-            if let Some(other) = self.docs.get(&doc.key()) {
-                let message = if doc.is_classifier_policy() && other.is_classifier_policy() {
-                    format!(
-                        "at most one ClassifierPolicy is allowed; another one is at {}",
-                        other.origin
-                    )
-                } else {
-                    format!(
-                        "{} is defined twice; the other one is at {}",
-                        doc.describe(),
-                        other.origin
-                    )
-                };
-                return Err(AddError::Policy(PolicyError::Invalid {
-                    origin,
-                    field: "metadata.name".into(),
-                    message,
-                }));
-            }
-            if doc.is_classifier_policy() && !origin.contains(".items[") {
-                self.texts.insert(origin, (r.text.clone(), r.line_offset));
-            }
-            self.docs.insert(doc.key(), Arc::new(doc));
+            return Err(AddError::Policy(PolicyError::Invalid {
+                origin,
+                field: "metadata.name".into(),
+                message,
+            }));
         }
+        if doc.is_classifier_policy() && !origin.contains(".items[") {
+            // Its own text, so that its errors carry the file's lines.
+            doc.content = Content::ClassifierPolicy {
+                text: r.text.as_str().into(),
+                line_offset: r.line_offset,
+            };
+        }
+        self.docs.insert(doc.key(), Arc::new(doc));
         Ok(())
     }
 }

@@ -200,7 +200,7 @@ pub fn compile_documents_report(
                     ),
                 ));
             }
-            let parsed = set.parse_classifier_policy(doc)?;
+            let parsed = doc.parse_classifier_policy()?;
             let mut policy = parsed.policy;
             for r in &mut policy.rules {
                 r.origin = format!("{} ({}) {}", doc.describe(), doc.origin(), r.origin);
@@ -248,17 +248,8 @@ pub fn compile_documents_report(
                 .pod_namespaces
                 .insert(uid.to_string(), ns.to_string());
         }
-        let pod = match &doc.content {
-            Content::Object(o) => match &**o {
-                Object::Pod(p) => p,
-                _ => continue,
-            },
-            Content::Invalid(e) => {
-                c.rejected
-                    .push(Rejected::of(doc, field_error(doc, (**e).clone())));
-                continue;
-            }
-            _ => continue,
+        let Some(pod) = c.read_one::<Pod>(doc) else {
+            continue;
         };
         match PodInfo::resolve(doc, pod, ns_ports.get(ns).copied()) {
             Ok(pod) => pods.push(pod),
@@ -351,6 +342,7 @@ macro_rules! kind {
     };
 }
 kind!(Namespace);
+kind!(Pod);
 kind!(Service);
 kind!(Server);
 kind!(EgressNetwork);
@@ -442,21 +434,24 @@ impl Compiler {
         set: &'a DocumentSet,
         kind: &'a KubeKind,
     ) -> impl Iterator<Item = (&'a Document, &'a K)> + 'a {
-        let mut out = Vec::new();
-        for doc in read(set, kind) {
-            match &doc.content {
-                Content::Object(o) => {
-                    if let Some(k) = K::of(o) {
-                        out.push((doc, k));
-                    }
-                }
-                Content::Invalid(e) => self
-                    .rejected
-                    .push(Rejected::of(doc, field_error(doc, (**e).clone()))),
-                _ => {}
-            }
-        }
+        let out: Vec<_> = read(set, kind)
+            .filter_map(|doc| Some((doc, self.read_one::<K>(doc)?)))
+            .collect();
         out.into_iter()
+    }
+
+    /// What the compiler read of `doc` if it is a `K`; a document that did
+    /// not read is rejected (reported) here.
+    fn read_one<'a, K: Kind + 'a>(&mut self, doc: &'a Document) -> Option<&'a K> {
+        match &doc.content {
+            Content::Object(o) => K::of(o),
+            Content::Invalid(e) => {
+                self.rejected
+                    .push(Rejected::of(doc, field_error(doc, (**e).clone())));
+                None
+            }
+            _ => None,
+        }
     }
 
     pub(super) fn push(

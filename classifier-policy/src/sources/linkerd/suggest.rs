@@ -36,7 +36,7 @@ use ipnet::IpNet;
 use super::{drop_contested_ips, read, PodInfo};
 use crate::model::{default_cluster_networks, Policy, PolicyError, Protocol};
 use crate::ports::PortSet;
-use crate::sources::document::{Content, Document, DocumentSet};
+use crate::sources::document::{Document, DocumentSet};
 use crate::sources::kinds;
 use crate::sources::objects::{Object, PortsAnnotation};
 
@@ -131,7 +131,7 @@ pub fn opaque_ports_patches(
     let mut ours = set.iter().filter(|d| d.is_classifier_policy());
     let (defaults, cluster_networks) = match ours.next() {
         Some(doc) => {
-            let parsed = set.parse_classifier_policy(doc)?;
+            let parsed = doc.parse_classifier_policy()?;
             (parsed.policy.default_opaque_ports, parsed.cluster_networks)
         }
         None => (
@@ -235,13 +235,9 @@ pub fn opaque_ports_patches(
     let mut pods: Vec<PodInfo> = Vec::new();
     for doc in read(set, &kinds::POD) {
         let ns = doc.namespace.as_deref().unwrap_or("default");
-        let pod = match &doc.content {
-            Content::Object(o) => match &**o {
-                Object::Pod(p) => p,
-                _ => continue,
-            },
-            // A Pod that does not read holds nothing we could patch.
-            _ => continue,
+        // A Pod that does not read holds nothing we could patch.
+        let Some(Object::Pod(pod)) = doc.object() else {
+            continue;
         };
         match PodInfo::resolve(doc, pod, ns_ports.get(ns).copied()) {
             Ok(pod) => pods.push(pod),
