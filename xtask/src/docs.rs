@@ -87,7 +87,8 @@ fn ensure_mdbook() -> Result<PathBuf> {
         ]),
         "cargo install mdbook",
     )?;
-    locate().context("`cargo install mdbook` succeeded but mdbook is not on PATH nor in ~/.cargo/bin")
+    locate()
+        .context("`cargo install mdbook` succeeded but mdbook is not on PATH nor in ~/.cargo/bin")
 }
 
 /// A Markdown page: its heading ids and its links.
@@ -168,14 +169,19 @@ pub(crate) fn parse_page(text: &str) -> Page {
             // mdbook numbers repeated ids: `x`, `x-1`, `x-2`...
             let id = heading_id(heading);
             let n = seen.entry(id.clone()).or_insert(0);
-            page.ids.insert(if *n == 0 { id.clone() } else { format!("{id}-{n}") });
+            page.ids.insert(if *n == 0 {
+                id.clone()
+            } else {
+                format!("{id}-{n}")
+            });
             *n += 1;
         }
         let line = mask_code_spans(raw);
-        page.links.extend(link_targets(&line).into_iter().map(|target| Link {
-            line: i + 1,
-            target,
-        }));
+        page.links
+            .extend(link_targets(&line).into_iter().map(|target| Link {
+                line: i + 1,
+                target,
+            }));
     }
     page
 }
@@ -223,7 +229,9 @@ fn link_text_only(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find("](") {
-        let Some(end) = rest[i + 2..].find(')') else { break };
+        let Some(end) = rest[i + 2..].find(')') else {
+            break;
+        };
         out.push_str(&rest[..i]);
         rest = &rest[i + 2 + end + 1..];
     }
@@ -319,12 +327,18 @@ fn resolve(
     }
     let Some(anchor) = anchor else { return Ok(()) };
     let Some(page) = pages.get(&dest) else {
-        return Err(format!("an anchor into {}, which is not a checked page", dest.display()));
+        return Err(format!(
+            "an anchor into {}, which is not a checked page",
+            dest.display()
+        ));
     };
     if page.ids.contains(anchor) {
         Ok(())
     } else {
-        Err(format!("no heading in {} has the id `{anchor}`", dest.display()))
+        Err(format!(
+            "no heading in {} has the id `{anchor}`",
+            dest.display()
+        ))
     }
 }
 
@@ -350,7 +364,9 @@ fn normalize(path: &Path) -> Option<PathBuf> {
 fn compare_with_html(root: &Path, pages: &BTreeMap<PathBuf, Page>) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for (file, page) in pages {
-        let Ok(rel) = file.strip_prefix("docs/src") else { continue };
+        let Ok(rel) = file.strip_prefix("docs/src") else {
+            continue;
+        };
         if rel == Path::new("SUMMARY.md") {
             continue;
         }

@@ -18,9 +18,15 @@ fn heading_ids_follow_mdbooks_rule() {
         heading_id("`d208d66` (2026-11-25): full run"),
         "d208d66-2026-11-25-full-run"
     );
-    assert_eq!(heading_id("Trying it: `explain --policy`"), "trying-it-explain---policy");
+    assert_eq!(
+        heading_id("Trying it: `explain --policy`"),
+        "trying-it-explain---policy"
+    );
     assert_eq!(heading_id("snake_case and CAPS"), "snake_case-and-caps");
-    assert_eq!(heading_id("See [the contract](contract.md)"), "see-the-contract");
+    assert_eq!(
+        heading_id("See [the contract](contract.md)"),
+        "see-the-contract"
+    );
     assert_eq!(heading_id("Custom {#my-id}"), "my-id");
 }
 
@@ -31,8 +37,11 @@ fn repeated_headings_are_numbered_and_code_blocks_are_skipped() {
     );
     let ids: Vec<&str> = page.ids.iter().map(String::as_str).collect();
     assert_eq!(ids, ["a", "notes", "notes-1"]);
-    let targets: Vec<(usize, &str)> =
-        page.links.iter().map(|l| (l.line, l.target.as_str())).collect();
+    let targets: Vec<(usize, &str)> = page
+        .links
+        .iter()
+        .map(|l| (l.line, l.target.as_str()))
+        .collect();
     assert_eq!(targets, [(7, "real.md")]);
 }
 
@@ -73,7 +82,10 @@ fn a_broken_link_is_reported_with_file_line_and_target() {
         ("docs/src/intro.md", "# Intro\n"),
     ]);
     let pages = collect_pages(&repo.0).unwrap();
-    let report: Vec<String> = check_links(&repo.0, &pages).iter().map(ToString::to_string).collect();
+    let report: Vec<String> = check_links(&repo.0, &pages)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         report,
         [
