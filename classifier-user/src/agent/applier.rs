@@ -92,9 +92,9 @@ impl Applier {
         self.applied_once = true;
         self.scopes.unregister_others(&wanted)?;
         self.learner.apply(&policy.learning)?;
-                                               // Parsing and compiling a large policy leaves freed heap behind that
-                                               // glibc keeps; give it back so the agent's resident size is what it
-                                               // actually holds (the previous and current compiled policies).
+        // Parsing and compiling a large policy leaves freed heap behind that
+        // glibc keeps; give it back so the agent's resident size is what it
+        // actually holds (the previous and current compiled policies).
         crate::sys::process::release_free_heap();
         tracing::info!(
             source,
