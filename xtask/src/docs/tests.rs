@@ -96,3 +96,21 @@ fn a_broken_link_is_reported_with_file_line_and_target() {
     );
     assert!(Path::new(&repo.0).join("README.md").exists());
 }
+
+#[test]
+fn every_link_in_this_repositorys_docs_resolves() {
+    // The same check `cargo xtask docs` makes after building the book,
+    // without mdbook: a broken link fails the workspace's own tests too.
+    let root = crate::cargo::workspace_root();
+    let pages = collect_pages(&root).unwrap();
+    assert!(
+        pages.len() > 20,
+        "docs/src not found under {}",
+        root.display()
+    );
+    let broken: Vec<String> = check_links(&root, &pages)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
