@@ -260,11 +260,9 @@ pub fn with_http_route(original_dst: SocketAddr, detect_timeout: Duration) -> pb
         kind: Some(pb::proxy_protocol::Kind::Detect(detect)),
     }) = policy.protocol.as_mut()
     {
-        let routes = [detect.http1.as_mut(), detect.http2.as_mut()]
-            .into_iter()
-            .flatten()
-            .flat_map(|p| p.routes.iter_mut());
-        for route in routes {
+        let http1 = detect.http1.iter_mut().flat_map(|p| p.routes.iter_mut());
+        let http2 = detect.http2.iter_mut().flat_map(|p| p.routes.iter_mut());
+        for route in http1.chain(http2) {
             route.metadata = route_meta.clone();
             for rule in &mut route.rules {
                 rule.filters = vec![add_header.clone()];
@@ -318,7 +316,10 @@ mod tests {
         let dst: SocketAddr = "192.0.2.2:6379".parse().unwrap();
         let outbound = Outbound::new(Duration::from_secs(3), vec![dst]);
         let other: SocketAddr = "192.0.2.2:3306".parse().unwrap();
-        assert_eq!(outbound.policy(other), fallback(other, Duration::from_secs(3)));
+        assert_eq!(
+            outbound.policy(other),
+            fallback(other, Duration::from_secs(3))
+        );
 
         let Some(pb::proxy_protocol::Kind::Detect(detect)) =
             outbound.policy(dst).protocol.unwrap().kind
@@ -331,12 +332,14 @@ mod tests {
             default_meta(FALLBACK_NAME)
         );
         for routes in [detect.http1.unwrap().routes, detect.http2.unwrap().routes] {
-            let Some(metadata::Kind::Resource(resource)) =
-                routes[0].metadata.clone().unwrap().kind
+            let Some(metadata::Kind::Resource(resource)) = routes[0].metadata.clone().unwrap().kind
             else {
                 panic!("expected resource metadata");
             };
-            assert_eq!((resource.kind.as_str(), resource.name.as_str()), ("HTTPRoute", ROUTE_NAME));
+            assert_eq!(
+                (resource.kind.as_str(), resource.name.as_str()),
+                ("HTTPRoute", ROUTE_NAME)
+            );
             assert_eq!(routes[0].rules[0].filters.len(), 1);
         }
     }
