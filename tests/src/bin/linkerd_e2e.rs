@@ -10,13 +10,19 @@
 //! fallback: `Detect`.
 //!
 //! Measures the time from `connect()` to the MariaDB greeting through the
-//! stock proxy, the patched proxy, and the patched proxy after the agent is
-//! stopped and uninstalled; checks that HTTP/1 through the patched proxy is
-//! still detected; writes a JSON report.
+//! stock proxy, the patched proxy with opaque hints enabled
+//! (`LINKERD2_PROXY_OUTBOUND_OPAQUE_HINTS_ENABLED`), and the patched proxy
+//! after the agent is stopped and uninstalled; checks that HTTP/1 through
+//! the patched proxy is still detected; checks that an HTTP server on a port
+//! the classifier calls opaque is still served as HTTP, with its route, when
+//! the control plane gives it an HTTPRoute, and that the hint is used for the
+//! same destination under the fallback policy; measures the patched proxy's
+//! accept rate with hints on and off; writes a JSON report.
 //!
 //! ```text
 //! linkerd-e2e --stock BIN --patched BIN --control-plane BIN
 //!             --identity-data DIR --detect-timeout-ms T --runs N --out FILE
+//! linkerd-e2e --connect-rate ADDR CONNECTIONS THREADS   (the rate client, run in the pod)
 //! ```
 
 #![deny(unsafe_code)]
@@ -44,7 +50,26 @@ struct Args {
     out: PathBuf,
 }
 
+/// An HTTP server on a port the classifier's default policy calls opaque
+/// (Redis' 6379, one of Linkerd's default opaque ports too).
+const HTTP_ON_OPAQUE_PORT: &str = "192.0.2.2:6379";
+/// The accept-rate client's destination: a port the classifier has no
+/// verdict for, so hints on and off take the same path through the proxy
+/// apart from the question asked at accept.
+const RATE_TARGET: &str = "192.0.2.2:8080";
+const RATE_CONNECTIONS: usize = 1500;
+const RATE_THREADS: usize = 4;
+const RATE_ROUNDS: usize = 3;
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--connect-rate") {
+        if let Err(err) = connect_rate(&args[1..]) {
+            eprintln!("linkerd-e2e --connect-rate: error: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(err) = parse_args().and_then(|args| e2e(&args)) {
         eprintln!("linkerd-e2e: error: {err:#}");
         std::process::exit(1);
@@ -87,36 +112,31 @@ fn e2e(args: &Args) -> Result<()> {
     let trust_anchors = fs::read_to_string(args.identity_data.join("ca1.pem"))
         .context("reading the test trust anchors (ca1.pem)")?;
 
-    // The control plane on the pod's loopback (linkerd-init's rules leave
-    // `-o lo` alone), as a Linkerd control plane is reached by the proxy.
-    let mut cmd = world.sb.probe(&["exec"], None);
-    cmd.arg(&args.control_plane)
-        .args(["--listen", "127.0.0.1:8090", "--identity-dir"])
-        .arg(&identity)
-        .arg("--detect-timeout")
-        .arg(format!("{}ms", args.detect_timeout_ms))
-        .stderr(fs::File::create(world.sb.dir.join("control-plane.log"))?);
-    let _control_plane = Daemon::spawn_until_ready("control plane", cmd)?;
+    let control_plane = start_control_plane(&world, args, &identity, &[HTTP_ON_OPAQUE_PORT])?;
+
+    let server_netns = format!("{}-srv", world.sb.name);
+    let _http_on_opaque_port = Daemon::spawn_until_ready(
+        "http server on an opaque port",
+        world
+            .sb
+            .probe_in_netns(&["http-serve", HTTP_ON_OPAQUE_PORT], &server_netns),
+    )?;
 
     world.sb.start_agent(&[])?;
     eprintln!("linkerd-e2e: agent attached to the pod's cgroup");
 
-    start_linkerd(&mut world, &args.stock, &identity, &trust_anchors, timeout)?;
+    let linkerd = |world: &mut World, bin: &Path, hints: bool| {
+        start_linkerd(world, bin, &identity, &trust_anchors, timeout, hints)
+    };
+
+    linkerd(&mut world, &args.stock, false)?;
     let stock = greetings(&world, args.runs, "stock proxy, classifier attached")?;
     let stock_log = world.proxy_log();
 
-    start_linkerd(
-        &mut world,
-        &args.patched,
-        &identity,
-        &trust_anchors,
-        timeout,
-    )?;
+    linkerd(&mut world, &args.patched, true)?;
     let patched = greetings(&world, args.runs, "patched proxy, classifier attached")?;
-    let hinted = hinted_connections(&world)?;
-    let skipped = world
-        .proxy_lines(&["Skipping protocol detection", "Opaque"])
-        .len();
+    let hinted = hint_results(&world, "skipped_detection")?;
+    let skipped = world.proxy_lines(&[SKIPPED_LINE]).len();
 
     // HTTP/1 through the patched proxy: port 8080 has no verdict, so the
     // proxy detects it as before and serves it as HTTP.
@@ -129,8 +149,43 @@ fn e2e(args: &Args) -> Result<()> {
     let detected_http = world
         .wait_for_proxy_lines(&["192.0.2.2:8080", "Detected", "Http(HTTP/1)"], 1)
         .is_ok();
-    let hinted_after_http = hinted_connections(&world)?;
-    let patched_log = world.proxy_log();
+    let hinted_after_http = hint_results(&world, "skipped_detection")?;
+
+    // An HTTP server on a port the classifier calls opaque, whose policy is
+    // Detect with an HTTPRoute: still served as HTTP, and the route applies.
+    let routes_kept = route_case(&world, true)?;
+    let routes_configured = hint_results(&world, "routes_configured")?;
+    let mut patched_log = world.proxy_log();
+
+    // The same destination under the fallback policy: the hint is used.
+    drop(control_plane);
+    let control_plane = start_control_plane(&world, args, &identity, &[])?;
+    linkerd(&mut world, &args.patched, true)?;
+    let fallback_case = route_case(&world, false)?;
+    let fallback_hinted = hint_results(&world, "skipped_detection")?;
+    patched_log.push_str(&world.proxy_log());
+
+    // Accept rate with hints on and off, alternating, same binary.
+    let mut rate_on = Vec::new();
+    let mut rate_off = Vec::new();
+    let mut stalled_with_hints_off = Vec::new();
+    for round in 0..RATE_ROUNDS {
+        linkerd(&mut world, &args.patched, true)?;
+        rate_on.push(accept_rate(&world)?);
+        linkerd(&mut world, &args.patched, false)?;
+        rate_off.push(accept_rate(&world)?);
+        if round == 0 {
+            // Opt-in off: the patched proxy does not ask, and waits.
+            stalled_with_hints_off =
+                greetings(&world, 1, "patched proxy, hints off, classifier attached")?;
+        }
+    }
+    eprintln!(
+        "linkerd-e2e: accept rate (connections/s): hints on {rate_on:?}, hints off {rate_off:?}"
+    );
+    drop(control_plane);
+    let _control_plane = start_control_plane(&world, args, &identity, &[HTTP_ON_OPAQUE_PORT])?;
+    linkerd(&mut world, &args.patched, true)?;
 
     // The policy the proxies received for MariaDB's address: Linkerd's
     // fallback, Detect (the case the series is for).
@@ -143,7 +198,9 @@ fn e2e(args: &Args) -> Result<()> {
     world.sb.uninstall_agent()?;
     eprintln!("linkerd-e2e: agent stopped and uninstalled");
     let without = greetings(&world, args.runs, "patched proxy, no classifier")?;
-    let skipped_without = world.proxy_lines(&["Skipping protocol detection"]).len() - skipped;
+    let skipped_without = world.proxy_lines(&[SKIPPED_LINE]).len();
+    let rate_on_median = median(&rate_on);
+    let rate_off_median = median(&rate_off);
 
     let report = json!({
         "detect_timeout_ms": args.detect_timeout_ms,
@@ -158,6 +215,30 @@ fn e2e(args: &Args) -> Result<()> {
         "patched_hinted_connections": hinted,
         "http1_detected": detected_http,
         "policy_was_detect": detect_policy,
+        "routes_kept": routes_kept.header && routes_kept.body_ok && routes_configured >= 1,
+        "route_case": {
+            "destination": HTTP_ON_OPAQUE_PORT,
+            "with_http_route": {
+                "route_header": routes_kept.header,
+                "body_ok": routes_kept.body_ok,
+                "hints_ignored_for_routes": routes_configured,
+            },
+            "fallback": {
+                "route_header": fallback_case.header,
+                "body_ok": fallback_case.body_ok,
+                "hinted_connections": fallback_hinted,
+            },
+        },
+        "patched_hints_off_ms": median(&stalled_with_hints_off),
+        "accept_rate": {
+            "target": RATE_TARGET,
+            "connections_per_round": RATE_CONNECTIONS,
+            "client_threads": RATE_THREADS,
+            "hints_on_per_s": rate_on_median,
+            "hints_off_per_s": rate_off_median,
+            "on_over_off": rate_on_median / rate_off_median,
+            "rounds": {"hints_on_per_s": rate_on, "hints_off_per_s": rate_off},
+        },
     });
     if let Some(dir) = args.out.parent() {
         fs::create_dir_all(dir)?;
@@ -192,6 +273,26 @@ fn e2e(args: &Args) -> Result<()> {
             "the patched proxy counted {hinted} hinted connections and logged {skipped} \
              skipped detections for {} MariaDB connections",
             args.runs
+        ));
+    }
+    if !(routes_kept.header && routes_kept.body_ok) || routes_configured < 1 {
+        failures.push(format!(
+            "{HTTP_ON_OPAQUE_PORT} with an HTTPRoute: route header {}, body ok {}, hints \
+             ignored for routes {routes_configured}",
+            routes_kept.header, routes_kept.body_ok
+        ));
+    }
+    if fallback_case.header || !fallback_case.body_ok || fallback_hinted != 1 {
+        failures.push(format!(
+            "{HTTP_ON_OPAQUE_PORT} under the fallback policy: route header {}, body ok {}, \
+             hinted connections {fallback_hinted} (expected 1)",
+            fallback_case.header, fallback_case.body_ok
+        ));
+    }
+    if median(&stalled_with_hints_off) < 0.9 * t {
+        failures.push(format!(
+            "with hints off the patched proxy must not use hints: greeting after {:.1} ms",
+            median(&stalled_with_hints_off)
         ));
     }
     if !detected_http || hinted_after_http != hinted {
@@ -251,6 +352,7 @@ fn start_linkerd(
     identity: &Path,
     trust_anchors: &str,
     detect_timeout: Duration,
+    opaque_hints: bool,
 ) -> Result<()> {
     let control = "127.0.0.1:8090";
     let mut cmd = world.sb.probe(&["exec"], Some(PROXY_UID));
@@ -296,6 +398,10 @@ fn start_linkerd(
             "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT",
             format!("{}ms", detect_timeout.as_millis()),
         );
+    if opaque_hints {
+        // The opt-in; a stock proxy ignores it.
+        cmd.env("LINKERD2_PROXY_OUTBOUND_OPAQUE_HINTS_ENABLED", "true");
+    }
     world.start_proxy("linkerd2-proxy", cmd, "Certified identity")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -328,14 +434,146 @@ fn admin(world: &World, path: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `outbound_tcp_protocol_hinted_connections_total`, summed over labels.
-fn hinted_connections(world: &World) -> Result<u64> {
+/// The patched proxy's debug line for a connection whose detection an
+/// opaque hint replaced.
+const SKIPPED_LINE: &str = "Skipping protocol detection: the client's node says";
+
+/// `outbound_tcp_detect_hint_results_total{result=RESULT}`, summed over the
+/// other labels.
+fn hint_results(world: &World, result: &str) -> Result<u64> {
     let metrics = admin(world, "/metrics")?;
+    let label = format!("result=\"{result}\"");
     Ok(metrics
         .lines()
-        .filter(|l| l.starts_with("outbound_tcp_protocol_hinted_connections_total{"))
+        .filter(|l| l.starts_with("outbound_tcp_detect_hint_results_total{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64)
+}
+
+/// The control plane on the pod's loopback (linkerd-init's rules leave
+/// `-o lo` alone), as a Linkerd control plane is reached by the proxy;
+/// `http_routes` get a Detect policy with an HTTPRoute.
+fn start_control_plane(
+    world: &World,
+    args: &Args,
+    identity: &Path,
+    http_routes: &[&str],
+) -> Result<Daemon> {
+    let mut cmd = world.sb.probe(&["exec"], None);
+    cmd.arg(&args.control_plane)
+        .args(["--listen", "127.0.0.1:8090", "--identity-dir"])
+        .arg(identity)
+        .arg("--detect-timeout")
+        .arg(format!("{}ms", args.detect_timeout_ms));
+    for addr in http_routes {
+        cmd.args(["--http-route", addr]);
+    }
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(world.sb.dir.join("control-plane.log"))?;
+    cmd.stderr(log);
+    Daemon::spawn_until_ready("control plane", cmd)
+}
+
+struct RouteCase {
+    /// The response carried the header the HTTPRoute adds.
+    header: bool,
+    /// The server's own answer came back.
+    body_ok: bool,
+}
+
+/// `curl -i` to the HTTP server on the opaque port, from the pod.
+fn route_case(world: &World, expect_route: bool) -> Result<RouteCase> {
+    let out = world
+        .sb
+        .probe(&["exec", "curl", "-sS", "-i", "--max-time", "20"], None)
+        .arg(format!("http://{HTTP_ON_OPAQUE_PORT}/"))
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let case = RouteCase {
+        header: text.contains("l5d-e2e-route: e2e-route"),
+        body_ok: out.status.success() && text.ends_with("\r\n\r\nok\n"),
+    };
+    eprintln!(
+        "linkerd-e2e: http://{HTTP_ON_OPAQUE_PORT}/ {}: route header {}, body ok {}",
+        if expect_route {
+            "with an HTTPRoute"
+        } else {
+            "under the fallback policy"
+        },
+        case.header,
+        case.body_ok
+    );
+    Ok(case)
+}
+
+/// Connections per second the proxy accepted and served, from the pod.
+fn accept_rate(world: &World) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let out = run(world
+        .sb
+        .probe(&["exec"], None)
+        .arg(exe)
+        .arg("--connect-rate")
+        .arg(RATE_TARGET)
+        .arg(RATE_CONNECTIONS.to_string())
+        .arg(RATE_THREADS.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["per_s"].as_f64().context("--connect-rate output")
+}
+
+/// `--connect-rate ADDR N THREADS`: N connections to ADDR over THREADS
+/// threads, each sending one HTTP/1.1 request and reading the response to
+/// its end. Prints `{"connections": N, "per_s": RATE}`.
+fn connect_rate(args: &[String]) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let [addr, n, threads] = args else {
+        bail!("usage: --connect-rate ADDR CONNECTIONS THREADS");
+    };
+    let addr: SocketAddr = addr.parse().context("ADDR")?;
+    let n: usize = n.parse().context("CONNECTIONS")?;
+    let threads: usize = threads.parse().context("THREADS")?;
+    let one = || -> Result<()> {
+        let mut conn = TcpStream::connect(addr)?;
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: rate\r\nconnection: close\r\n\r\n")?;
+        let mut response = Vec::new();
+        conn.read_to_end(&mut response)?;
+        ensure!(
+            response.starts_with(b"HTTP/1.1 200"),
+            "response {:?}",
+            String::from_utf8_lossy(&response)
+        );
+        Ok(())
+    };
+    // Warm up the proxy's discovery cache and connection paths.
+    for _ in 0..20 {
+        one()?;
+    }
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        one()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("rate client thread")?;
+        }
+        Ok(())
+    })?;
+    let per_s = n as f64 / started.elapsed().as_secs_f64();
+    println!("{}", json!({"connections": n, "per_s": per_s}));
+    Ok(())
 }
 
 /// Time from connect() to the MariaDB greeting, `runs` times, from the pod

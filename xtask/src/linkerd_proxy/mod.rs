@@ -66,12 +66,18 @@ enum Command {
     ///
     /// A pod network namespace with linkerd-init's nat rules, the real
     /// proxy as UID 2102 with a small control plane whose policy for every
-    /// address is Linkerd's fallback (`Detect`), a real MariaDB server in a
-    /// second namespace and the classifier agent attached to the pod's
-    /// cgroup. Writes target/linkerd2-proxy/e2e.json and fails unless the
-    /// stock proxy stalls for the detect timeout and the patched one does
-    /// not; also checks that HTTP/1 is still detected and that without the
-    /// classifier the patched proxy behaves like the stock one.
+    /// address is Linkerd's fallback (`Detect`) except an HTTP server on an
+    /// opaque port (6379), which first gets `Detect` with an HTTPRoute, a
+    /// real MariaDB server in a second namespace and the classifier agent
+    /// attached to the pod's cgroup. The patched proxy runs with
+    /// LINKERD2_PROXY_OUTBOUND_OPAQUE_HINTS_ENABLED=true. Writes
+    /// target/linkerd2-proxy/e2e.json and fails unless the stock proxy
+    /// stalls for the detect timeout and the patched one does not; unless
+    /// the HTTPRoute still applies on the opaque port (`routes_kept`) and
+    /// the hint is used there under the fallback policy; unless HTTP/1 is
+    /// still detected; and unless, with hints off or without the
+    /// classifier, the patched proxy behaves like the stock one. Also
+    /// measures the accept rate with hints on and off (`accept_rate`).
     E2e(e2e::Options),
 }
 

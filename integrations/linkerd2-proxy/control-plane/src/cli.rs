@@ -26,6 +26,7 @@ listener is bound, so a test can wait for that line.
 
 USAGE:
     linkerd-test-control-plane --identity-dir DIR [--listen ADDR] [--detect-timeout DUR]
+                               [--http-route IP:PORT]...
 
 OPTIONS:
     --listen ADDR          Address to serve on [default: 127.0.0.1:8090].
@@ -49,6 +50,12 @@ OPTIONS:
                            opaque TCP (so a server-speaks-first protocol sees
                            that delay). Inbound detection does use this value.
                            Set both to the same value to avoid confusion.
+    --http-route IP:PORT   For this target, answer as the policy controller
+                           does for a Service port without appProtocol that
+                           an HTTPRoute attaches to: Detect, whose HTTP/1 and
+                           HTTP/2 routes come from the HTTPRoute `e2e-route`
+                           (resource metadata) and add the response header
+                           `l5d-e2e-route: e2e-route`. Repeatable.
     -h, --help             Print this help.
     -V, --version          Print the version.
 
@@ -67,6 +74,7 @@ pub struct Args {
     pub listen: SocketAddr,
     pub identity_dir: PathBuf,
     pub detect_timeout: Duration,
+    pub http_routes: Vec<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -81,6 +89,7 @@ impl Args {
         let mut listen: SocketAddr = "127.0.0.1:8090".parse().expect("valid default");
         let mut identity_dir = None;
         let mut detect_timeout = Duration::from_secs(10);
+        let mut http_routes = Vec::new();
 
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -117,6 +126,13 @@ impl Args {
                         format!("--detect-timeout {v:?}: expected e.g. 3s, 500ms, 1m")
                     })?;
                 }
+                "--http-route" => {
+                    let v = value("--http-route")?;
+                    http_routes.push(
+                        v.parse()
+                            .map_err(|e| format!("--http-route {v:?}: expected IP:PORT ({e})"))?,
+                    );
+                }
                 other => return Err(format!("unexpected argument {other:?}")),
             }
         }
@@ -126,6 +142,7 @@ impl Args {
             listen,
             identity_dir,
             detect_timeout,
+            http_routes,
         }))
     }
 }
@@ -174,17 +191,21 @@ mod tests {
             "--listen=127.0.0.1:1",
             "--detect-timeout",
             "3s",
+            "--http-route",
+            "192.0.2.2:6379",
         ]) {
             Ok(Parsed::Run(a)) => {
                 assert_eq!(a.listen, "127.0.0.1:1".parse().unwrap());
                 assert_eq!(a.identity_dir, PathBuf::from("/x"));
                 assert_eq!(a.detect_timeout, Duration::from_secs(3));
+                assert_eq!(a.http_routes, ["192.0.2.2:6379".parse().unwrap()]);
             }
             other => panic!("{other:?}"),
         }
         assert!(parse(&[]).is_err());
         assert!(parse(&["--identity-dir"]).is_err());
         assert!(parse(&["--identity-dir", "/x", "--bogus"]).is_err());
+        assert!(parse(&["--identity-dir", "/x", "--http-route", "6379"]).is_err());
         assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
     }
 }

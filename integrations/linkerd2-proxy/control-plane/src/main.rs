@@ -15,7 +15,8 @@
 //!   target, the policy that linkerd2's policy controller returns for an
 //!   address that no resource covers: protocol `Detect` (with
 //!   `--detect-timeout`) whose opaque, HTTP/1 and HTTP/2 routes all forward to
-//!   the original destination address. (The sidecar proxy's outbound detection
+//!   the original destination address; or, for each `--http-route` target, a
+//!   `Detect` whose HTTP routes come from an HTTPRoute. (The sidecar proxy's outbound detection
 //!   actually waits its own `LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT`; keep the
 //!   two equal.)
 //! * `io.linkerd.proxy.inbound.InboundServerPolicies/{GetPort,WatchPort}`
@@ -128,6 +129,7 @@ async fn run(args: cli::Args) -> Result<(), Box<dyn std::error::Error + Send + S
         .add_service(IdentityServer::new(identity))
         .add_service(OutboundPoliciesServer::new(outbound::Outbound::new(
             args.detect_timeout,
+            args.http_routes.clone(),
         )))
         .add_service(InboundServerPoliciesServer::new(inbound::Inbound::new(
             args.detect_timeout,

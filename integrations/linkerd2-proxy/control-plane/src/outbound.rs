@@ -15,31 +15,55 @@
 //! own `LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT`, not the timeout carried here
 //! (checked end to end: policy 8 s, env 2 s -> connections wait 2 s).
 //!
+//! For the targets given with `--http-route`, the answer is instead the one
+//! the policy controller gives for a Service port without `appProtocol` that
+//! an HTTPRoute attaches to (linkerd2 `policy-controller/grpc/src/outbound.rs`
+//! sends such ports to `http::protocol` in `outbound/http.rs`): still
+//! `Detect`, with the same opaque route, but HTTP routes that carry the
+//! HTTPRoute's resource metadata. Its one rule adds the response header
+//! [`ROUTE_HEADER`], so a client can tell that the route applied.
+//!
 //! The proxy's own synthesized equivalent (used when the controller answers
 //! `NotFound`) is `synthesize_forward_policy` in
 //! `linkerd/app/outbound/src/discover.rs`; the two lead to the same stack.
 
 use crate::{identity::fmt_remote, log, watch_once, WatchStream};
 use linkerd2_proxy_api::{
-    destination, http_route,
-    meta::{metadata, Metadata},
+    destination, http_route, http_types,
+    meta::{self, metadata, Metadata},
     outbound::{self as pb, outbound_policies_server::OutboundPolicies},
 };
 use std::{net::SocketAddr, time::Duration};
 
 /// Default metadata name the policy controller uses for its fallback policy.
 pub const FALLBACK_NAME: &str = "egress-fallback";
+/// The name of the HTTPRoute served for `--http-route` targets.
+pub const ROUTE_NAME: &str = "e2e-route";
+/// The response header that route adds (value: [`ROUTE_NAME`]).
+pub const ROUTE_HEADER: &str = "l5d-e2e-route";
 /// The policy controller's default backend queue.
 const QUEUE_CAPACITY: u32 = 100;
 const QUEUE_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Outbound {
     detect_timeout: Duration,
+    http_routes: Vec<SocketAddr>,
 }
 
 impl Outbound {
-    pub fn new(detect_timeout: Duration) -> Self {
-        Self { detect_timeout }
+    pub fn new(detect_timeout: Duration, http_routes: Vec<SocketAddr>) -> Self {
+        Self {
+            detect_timeout,
+            http_routes,
+        }
+    }
+
+    fn policy(&self, addr: SocketAddr) -> pb::OutboundPolicy {
+        if self.http_routes.contains(&addr) {
+            with_http_route(addr, self.detect_timeout)
+        } else {
+            fallback(addr, self.detect_timeout)
+        }
     }
 
     /// Validates the request like the policy controller does and returns the
@@ -72,6 +96,11 @@ impl Outbound {
             }
         };
         match &result {
+            Ok(addr) if self.http_routes.contains(addr) => log!(
+                "OutboundPolicies/{rpc} from {} workload={source_workload:?} target={addr} -> {FALLBACK_NAME}: Detect(timeout={:?}) with HTTPRoute {ROUTE_NAME}, forward to {addr}",
+                fmt_remote(remote),
+                self.detect_timeout,
+            ),
             Ok(addr) => log!(
                 "OutboundPolicies/{rpc} from {} workload={source_workload:?} target={addr} -> {FALLBACK_NAME}: Detect(timeout={:?}) forward to {addr}",
                 fmt_remote(remote),
@@ -95,7 +124,7 @@ impl OutboundPolicies for Outbound {
         req: tonic::Request<pb::TrafficSpec>,
     ) -> Result<tonic::Response<pb::OutboundPolicy>, tonic::Status> {
         let addr = self.target("Get", req)?;
-        Ok(tonic::Response::new(fallback(addr, self.detect_timeout)))
+        Ok(tonic::Response::new(self.policy(addr)))
     }
 
     type WatchStream = WatchStream<pb::OutboundPolicy>;
@@ -105,10 +134,7 @@ impl OutboundPolicies for Outbound {
         req: tonic::Request<pb::TrafficSpec>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
         let addr = self.target("Watch", req)?;
-        Ok(tonic::Response::new(watch_once(fallback(
-            addr,
-            self.detect_timeout,
-        ))))
+        Ok(tonic::Response::new(watch_once(self.policy(addr))))
     }
 }
 
@@ -202,6 +228,50 @@ pub fn fallback(original_dst: SocketAddr, detect_timeout: Duration) -> pb::Outbo
     }
 }
 
+/// The policy for a target an HTTPRoute attaches to: `Detect`, like the
+/// fallback, with HTTP routes from the HTTPRoute [`ROUTE_NAME`].
+pub fn with_http_route(original_dst: SocketAddr, detect_timeout: Duration) -> pb::OutboundPolicy {
+    let mut policy = fallback(original_dst, detect_timeout);
+    let route_meta = Some(Metadata {
+        kind: Some(metadata::Kind::Resource(meta::Resource {
+            group: "gateway.networking.k8s.io".to_string(),
+            kind: "HTTPRoute".to_string(),
+            name: ROUTE_NAME.to_string(),
+            namespace: "ns1".to_string(),
+            section: String::new(),
+            port: 0,
+        })),
+    });
+    let add_header = pb::http_route::Filter {
+        kind: Some(pb::http_route::filter::Kind::ResponseHeaderModifier(
+            http_route::ResponseHeaderModifier {
+                add: Some(http_types::Headers {
+                    headers: vec![http_types::headers::Header {
+                        name: ROUTE_HEADER.to_string(),
+                        value: ROUTE_NAME.as_bytes().to_vec(),
+                    }],
+                }),
+                set: None,
+                remove: vec![],
+            },
+        )),
+    };
+    if let Some(pb::ProxyProtocol {
+        kind: Some(pb::proxy_protocol::Kind::Detect(detect)),
+    }) = policy.protocol.as_mut()
+    {
+        let http1 = detect.http1.iter_mut().flat_map(|p| p.routes.iter_mut());
+        let http2 = detect.http2.iter_mut().flat_map(|p| p.routes.iter_mut());
+        for route in http1.chain(http2) {
+            route.metadata = route_meta.clone();
+            for rule in &mut route.rules {
+                rule.filters = vec![add_header.clone()];
+            }
+        }
+    }
+    policy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +308,39 @@ mod tests {
                 panic!("expected FirstAvailable");
             };
             assert_eq!(forward_addr(fa.backends[0].backend.as_ref().unwrap()), dst);
+        }
+    }
+
+    #[test]
+    fn http_route_target_is_detect_with_resource_routes() {
+        let dst: SocketAddr = "192.0.2.2:6379".parse().unwrap();
+        let outbound = Outbound::new(Duration::from_secs(3), vec![dst]);
+        let other: SocketAddr = "192.0.2.2:3306".parse().unwrap();
+        assert_eq!(
+            outbound.policy(other),
+            fallback(other, Duration::from_secs(3))
+        );
+
+        let Some(pb::proxy_protocol::Kind::Detect(detect)) =
+            outbound.policy(dst).protocol.unwrap().kind
+        else {
+            panic!("expected Detect");
+        };
+        // The opaque route stays the controller's default.
+        assert_eq!(
+            detect.opaque.unwrap().routes[0].metadata,
+            default_meta(FALLBACK_NAME)
+        );
+        for routes in [detect.http1.unwrap().routes, detect.http2.unwrap().routes] {
+            let Some(metadata::Kind::Resource(resource)) = routes[0].metadata.clone().unwrap().kind
+            else {
+                panic!("expected resource metadata");
+            };
+            assert_eq!(
+                (resource.kind.as_str(), resource.name.as_str()),
+                ("HTTPRoute", ROUTE_NAME)
+            );
+            assert_eq!(routes[0].rules[0].filters.len(), 1);
         }
     }
 }
