@@ -2,7 +2,7 @@
 //!
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
-//! options (`build`, `run`, `test`, `demo`, `bench`, `completions`,
+//! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `completions`,
 //! `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
 //! definitions (included from classifier-user/src/cli.rs).
@@ -15,6 +15,7 @@ mod cargo;
 mod classifier_cli;
 mod completions;
 mod demo;
+mod image;
 mod linkerd_proxy;
 mod manpage;
 mod prereqs;
@@ -47,6 +48,7 @@ enum Cmd {
     Run(run::Options),
     Test(test::Options),
     Demo(demo::Options),
+    Image(image::Options),
     Bench(bench::Options),
     Completions(completions::Options),
     Manpage(manpage::Options),
@@ -60,6 +62,7 @@ fn main() {
         Cmd::Run(opts) => run::run(opts),
         Cmd::Test(opts) => test::test(opts),
         Cmd::Demo(opts) => demo::demo(opts),
+        Cmd::Image(opts) => image::image(opts),
         Cmd::Bench(opts) => bench::bench(opts),
         Cmd::Completions(opts) => completions::completions(opts),
         Cmd::Manpage(opts) => manpage::manpage(opts),
