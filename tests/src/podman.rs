@@ -58,7 +58,12 @@ pub struct Podman {
     dir: PathBuf,
     /// `--cgroup-parent` of every container: one per test, removed on drop.
     cgroup_parent: String,
+    /// containers/image's blob-info cache is always under
+    /// /var/lib/containers for root; removed on drop if this made it.
+    blob_cache_existed: bool,
 }
+
+const BLOB_INFO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
 
 impl Podman {
     /// A store in `dir` (created), containers under the cgroup `/NAME`.
@@ -67,6 +72,7 @@ impl Podman {
         Ok(Podman {
             dir: dir.to_path_buf(),
             cgroup_parent: format!("/{name}-podman"),
+            blob_cache_existed: Path::new(BLOB_INFO_CACHE).exists(),
         })
     }
 
@@ -79,7 +85,9 @@ impl Podman {
             .arg("--tmpdir")
             .arg(self.dir.join("tmp"))
             .args(["--cgroup-manager", "cgroupfs", "--runtime", "runc"])
-            .args(["--events-backend", "none", "--storage-driver", "overlay"]);
+            .args(["--events-backend", "none", "--storage-driver", "overlay"])
+            .arg("--network-config-dir")
+            .arg(self.dir.join("network"));
         cmd
     }
 
@@ -102,6 +110,19 @@ impl Podman {
             .arg(format!("--name={name}"))
             .args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `podman run --rm` in the foreground, with [`Podman::start`]'s
+    /// flags; its output, whatever the exit status.
+    pub fn run_to_end(&self, name: &str, args: &[String]) -> Result<std::process::Output> {
+        self.cmd()
+            .args(["run", "--rm", "--pull=never", "--network=none"])
+            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+            .arg(format!("--cgroup-parent={}", self.cgroup_parent))
+            .arg(format!("--name={name}"))
+            .args(args)
+            .output()
+            .context("podman run")
     }
 
     pub fn logs(&self, id: &str) -> String {
@@ -197,6 +218,13 @@ impl Drop for Podman {
             remove_cgroup_tree(&root);
         }
         let _ = fs::remove_dir_all(&self.dir);
+        if !self.blob_cache_existed {
+            let file = Path::new(BLOB_INFO_CACHE);
+            let _ = fs::remove_file(file);
+            for dir in file.ancestors().skip(1).take(2) {
+                let _ = fs::remove_dir(dir);
+            }
+        }
     }
 }
 

@@ -323,11 +323,23 @@ fn pause_rootfs(source: &Path, dir: &Path) -> Result<Rootfs> {
 /// network.
 struct Podman {
     storage: PathBuf,
+    network_config: PathBuf,
+    /// containers/image records blob digests in /var/lib/containers/cache
+    /// for root whatever the store (no flag moves it): made by this run,
+    /// it is removed at the end.
+    blob_cache_existed: bool,
 }
+
+/// Where containers/image keeps its blob-info cache as root.
+const BLOB_INFO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
 
 impl Podman {
     fn new(cache: &Path) -> Self {
-        Podman { storage: cache.join("storage") }
+        Podman {
+            storage: cache.join("storage"),
+            network_config: cache.join("network"),
+            blob_cache_existed: Path::new(BLOB_INFO_CACHE).exists(),
+        }
     }
 
     fn cmd(&self) -> Command {
@@ -337,7 +349,10 @@ impl Podman {
             .args(["--runroot", &format!("{RUN_DIR}/run")])
             .args(["--tmpdir", &format!("{RUN_DIR}/tmp")])
             .args(["--cgroup-manager", "cgroupfs", "--runtime", "runc"])
-            .args(["--events-backend", "none", "--storage-driver", "overlay"]);
+            .args(["--events-backend", "none", "--storage-driver", "overlay"])
+            // Its CNI lock, not /etc/cni/net.d's (no network is used).
+            .arg("--network-config-dir")
+            .arg(&self.network_config);
         cmd
     }
 
@@ -434,7 +449,21 @@ impl Podman {
             bail!("podman left a mount in its store: {line}");
         }
         let _ = fs::remove_dir_all(RUN_DIR);
+        if !self.blob_cache_existed {
+            remove_blob_info_cache();
+        }
         Ok(())
+    }
+}
+
+/// Removes the blob-info cache, and /var/lib/containers with it when
+/// nothing else is in it.
+fn remove_blob_info_cache() {
+    let file = Path::new(BLOB_INFO_CACHE);
+    let _ = fs::remove_file(file);
+    for dir in file.ancestors().skip(1).take(2) {
+        // rmdir only succeeds on an empty directory.
+        let _ = fs::remove_dir(dir);
     }
 }
 

@@ -148,7 +148,10 @@ fn podman_flags(
         }
     }
     if sc["readOnlyRootFilesystem"] == true {
+        // Without podman's extra tmpfs on /tmp, /run and /var/tmp: the
+        // kubelet adds none.
         flags.push("--read-only".into());
+        flags.push("--read-only-tmpfs=false".into());
     }
     if sc["allowPrivilegeEscalation"] == false {
         flags.push("--security-opt=no-new-privileges".into());
@@ -319,6 +322,31 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     );
     assert!(attached(&setup.sb.cgroup).is_empty());
     setup.podman.remove(&id).unwrap();
+    // `classifier check` in the same container says the same.
+    let image_at = flags
+        .iter()
+        .position(|f| f == podman::CLASSIFIER_IMAGE)
+        .unwrap();
+    let mut check = flags[..=image_at].to_vec();
+    check.extend(["check", "--json", "--cgroup", "/host/sys/fs/cgroup"].map(String::from));
+    let out = setup.podman.run_to_end("check-default-seccomp", &check).unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    let seccomp = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "seccomp")
+        .unwrap_or_else(|| panic!("no seccomp check: {report}"));
+    assert_eq!(seccomp["ok"], false, "{seccomp}");
+    let detail = s(&seccomp["detail"]);
+    assert!(
+        detail.contains("seccomp profile refused bpf()")
+            && detail.contains("fix: ")
+            && detail.contains("seccomp-localhost"),
+        "{detail}"
+    );
 
     // 2. With the component: its Localhost profile, as its init container
     // installs it (the file in the ConfigMap it generates).
