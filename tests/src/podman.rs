@@ -27,7 +27,8 @@ pub fn images_dir() -> PathBuf {
 
 /// The agent image's archive and reference (xtask/src/image.rs).
 pub const CLASSIFIER_ARCHIVE: &str = "classifier.oci.tar";
-pub const CLASSIFIER_IMAGE: &str = concat!("docker.io/library/classifier:", env!("CARGO_PKG_VERSION"));
+pub const CLASSIFIER_IMAGE: &str =
+    concat!("docker.io/library/classifier:", env!("CARGO_PKG_VERSION"));
 
 /// Whether a test that runs images can run: podman installed and the
 /// archive built. Under CI=true a missing one fails the test.
@@ -93,8 +94,13 @@ impl Podman {
 
     /// `podman load` of an OCI archive into this store.
     pub fn load(&self, archive: &Path) -> Result<()> {
-        run(self.cmd().arg("load").arg("--quiet").arg("--input").arg(archive))
-            .with_context(|| format!("podman load {}", archive.display()))?;
+        run(self
+            .cmd()
+            .arg("load")
+            .arg("--quiet")
+            .arg("--input")
+            .arg(archive))
+        .with_context(|| format!("podman load {}", archive.display()))?;
         Ok(())
     }
 
@@ -105,7 +111,12 @@ impl Podman {
         let out = run(self
             .cmd()
             .args(["run", "--detach", "--pull=never", "--network=none"])
-            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
             .arg(format!("--cgroup-parent={}", self.cgroup_parent))
             .arg(format!("--name={name}"))
             .args(args))?;
@@ -117,7 +128,12 @@ impl Podman {
     pub fn run_to_end(&self, name: &str, args: &[String]) -> Result<std::process::Output> {
         self.cmd()
             .args(["run", "--rm", "--pull=never", "--network=none"])
-            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
             .arg(format!("--cgroup-parent={}", self.cgroup_parent))
             .arg(format!("--name={name}"))
             .args(args)
@@ -165,7 +181,10 @@ impl Podman {
                 return Ok(self.logs(id).contains(needle));
             }
             if Instant::now() > deadline {
-                bail!("container {id}: no {needle:?} within {timeout:?}:\n{}", self.logs(id));
+                bail!(
+                    "container {id}: no {needle:?} within {timeout:?}:\n{}",
+                    self.logs(id)
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -179,7 +198,10 @@ impl Podman {
                 return Ok(code);
             }
             if Instant::now() > deadline {
-                bail!("container {id} still running after {timeout:?}:\n{}", self.logs(id));
+                bail!(
+                    "container {id} still running after {timeout:?}:\n{}",
+                    self.logs(id)
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -211,7 +233,11 @@ impl Drop for Podman {
         // (the parent, conmon's) stays in every hierarchy unless removed.
         let parent = self.cgroup_parent.trim_start_matches('/');
         let mut roots = vec![Path::new("/sys/fs/cgroup").join(parent)];
-        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             roots.push(hierarchy.path().join(parent));
         }
         for root in roots {

@@ -16,11 +16,15 @@ use crate::util::{find_on_path, is_root, output_of, run_checked, show, step};
 
 /// The agent's image, under the name the CRI resolves `classifier:VERSION`
 /// (deploy/kustomization.yaml's tag) to.
-pub const CLASSIFIER_IMAGE: &str = concat!("docker.io/library/classifier:", env!("CARGO_PKG_VERSION"));
+pub const CLASSIFIER_IMAGE: &str =
+    concat!("docker.io/library/classifier:", env!("CARGO_PKG_VERSION"));
 /// The same binary with another program build stamp: an agent started
 /// from it over pins of [`CLASSIFIER_IMAGE`] replaces the programs in place.
-pub const CLASSIFIER_NEXT_IMAGE: &str =
-    concat!("docker.io/library/classifier:", env!("CARGO_PKG_VERSION"), "-next");
+pub const CLASSIFIER_NEXT_IMAGE: &str = concat!(
+    "docker.io/library/classifier:",
+    env!("CARGO_PKG_VERSION"),
+    "-next"
+);
 /// The pod sandbox image (containerd's `sandbox_image`): /pause.
 pub const PAUSE_IMAGE: &str = "localhost/classifier-test/pause:1";
 /// Debian's mariadb-server and mariadb-client; runs
@@ -118,7 +122,9 @@ fn build_all(binary: &Path, cache: &Path, out: &Path) -> Result<()> {
         ("tar", "tar"),
     ] {
         if find_on_path(tool).is_none() {
-            bail!("{tool} is not on PATH: install Debian's {package} (`apt-get install {package}`)");
+            bail!(
+                "{tool} is not on PATH: install Debian's {package} (`apt-get install {package}`)"
+            );
         }
     }
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
@@ -133,7 +139,11 @@ fn build_all(binary: &Path, cache: &Path, out: &Path) -> Result<()> {
     let cleanup = podman.finish();
     result?;
     cleanup?;
-    step!("images built in {:.1} s, in {}:", t0.elapsed().as_secs_f64(), out.display());
+    step!(
+        "images built in {:.1} s, in {}:",
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
     for (file, image) in ARCHIVES {
         let size = fs::metadata(out.join(file)).map(|m| m.len()).unwrap_or(0);
         step!("  {file:<24} {image} ({} MB)", size / 1_000_000);
@@ -144,13 +154,18 @@ fn build_all(binary: &Path, cache: &Path, out: &Path) -> Result<()> {
 fn build_in(podman: &Podman, binary: &Path, cache: &Path, out: &Path) -> Result<()> {
     let root = workspace_root();
     let images = root.join("tests").join("images");
-    let bases = Bases { cache: cache.join("base") };
+    let bases = Bases {
+        cache: cache.join("base"),
+    };
 
     // The bases, bootstrapped from Debian's packages.
     let minbase = ["--variant=minbase", "bookworm"];
     podman.ensure_imported(BASE_IMAGE, &[], &bases.rootfs(&minbase, &[])?)?;
     let serve = images.join("mariadb-serve");
-    let hook = format!("--customize-hook=copy-in {} /usr/local/bin", serve.display());
+    let hook = format!(
+        "--customize-hook=copy-in {} /usr/local/bin",
+        serve.display()
+    );
     let mariadb = [
         "--variant=minbase",
         "--include=mariadb-server,mariadb-client",
@@ -162,7 +177,11 @@ fn build_in(podman: &Podman, binary: &Path, cache: &Path, out: &Path) -> Result<
         &["CMD [\"/usr/local/bin/mariadb-serve\"]", "EXPOSE 3306"],
         &bases.rootfs(&mariadb, &[&serve])?,
     )?;
-    let tools = ["--variant=minbase", "--include=iptables,iproute2", "bookworm"];
+    let tools = [
+        "--variant=minbase",
+        "--include=iptables,iproute2",
+        "bookworm",
+    ];
     podman.ensure_imported(TOOLS_IMAGE, &[], &bases.rootfs(&tools, &[])?)?;
     podman.ensure_imported(
         PAUSE_IMAGE,
@@ -261,8 +280,10 @@ impl Bases {
         // Paths of the clone are not inputs (another clone hits the same
         // cache); the files' contents are.
         let root = workspace_root().display().to_string();
-        let mut parts: Vec<Vec<u8>> =
-            args.iter().map(|a| a.replace(&root, "").into_bytes()).collect();
+        let mut parts: Vec<Vec<u8>> = args
+            .iter()
+            .map(|a| a.replace(&root, "").into_bytes())
+            .collect();
         for input in inputs {
             parts.push(fs::read(input).with_context(|| format!("reading {}", input.display()))?);
         }
@@ -273,10 +294,14 @@ impl Bases {
             return Ok(Rootfs { tar, key });
         }
         fs::create_dir_all(&self.cache)?;
-        let tmp = self.cache.join(format!("{key}.tar.tmp"));
+        // mmdebstrap picks its output format from the name: keep `.tar`.
+        let tmp = self.cache.join(format!("{key}.partial.tar"));
         let mut cmd = Command::new("mmdebstrap");
-        cmd.arg("--quiet").args(args).arg(&tmp);
-        step!("bootstrapping from Debian's packages (about 20 s): {}", show(&cmd));
+        cmd.args(["--quiet", "--format=tar"]).args(args).arg(&tmp);
+        step!(
+            "bootstrapping from Debian's packages (about 20 s): {}",
+            show(&cmd)
+        );
         let t0 = Instant::now();
         let result = run_checked(&mut cmd, "mmdebstrap");
         if result.is_err() {
@@ -308,7 +333,13 @@ fn pause_rootfs(source: &Path, dir: &Path) -> Result<Rootfs> {
     )?;
     run_checked(
         Command::new("tar")
-            .args(["--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
+            .args([
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-C",
+            ])
             .arg(&tree)
             .arg("-cf")
             .arg(&tar)
@@ -361,15 +392,22 @@ impl Podman {
     }
 
     fn inspect(&self, image: &str, format: &str) -> Option<String> {
-        output_of(self.cmd().args(["image", "inspect", "--format", format, image]))
-            .map(|s| s.trim().to_owned())
+        output_of(
+            self.cmd()
+                .args(["image", "inspect", "--format", format, image]),
+        )
+        .map(|s| s.trim().to_owned())
     }
 
     /// `podman import`s `rootfs` as `image`, unless `image` already holds
     /// the same inputs.
     fn ensure_imported(&self, image: &str, changes: &[&str], rootfs: &Rootfs) -> Result<()> {
         let key = fnv(&[rootfs.key.as_bytes(), changes.join("\n").as_bytes()]);
-        if self.inspect(image, &format!("{{{{index .Labels \"{KEY_LABEL}\"}}}}")).as_deref() == Some(key.as_str()) {
+        if self
+            .inspect(image, &format!("{{{{index .Labels \"{KEY_LABEL}\"}}}}"))
+            .as_deref()
+            == Some(key.as_str())
+        {
             step!("{image}: up to date");
             return Ok(());
         }
@@ -390,15 +428,25 @@ impl Podman {
     /// cached layers (same image ID).
     fn build_prebuilt(&self, image: &str, dockerfile: &Path, context: &Path) -> Result<()> {
         let mut cmd = self.cmd();
-        cmd.args(["build", "--quiet", "--pull=never", "--network=none", "--layers", "--force-rm"])
-            .args(["--target", "prebuilt"])
-            .args(["--build-arg", &format!("BASE_IMAGE={BASE_IMAGE}")])
-            .arg("--file")
-            .arg(dockerfile)
-            .args(["--tag", image])
-            .arg(context);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--pull=never",
+            "--network=none",
+            "--layers",
+            "--force-rm",
+        ])
+        .args(["--target", "prebuilt"])
+        .args(["--build-arg", &format!("BASE_IMAGE={BASE_IMAGE}")])
+        .arg("--file")
+        .arg(dockerfile)
+        .args(["--tag", image])
+        .arg(context);
         step!("{image}: {}", show(&cmd));
-        run_checked(cmd.stdout(std::process::Stdio::null()), &format!("podman build {image}"))
+        run_checked(
+            cmd.stdout(std::process::Stdio::null()),
+            &format!("podman build {image}"),
+        )
     }
 
     /// `podman save --format oci-archive`, unless `archive` already holds
@@ -503,9 +551,17 @@ mod tests {
     fn the_image_tag_is_cargos_version_and_the_kustomize_bases_tag() {
         let root = workspace_root();
         let kustomization = fs::read_to_string(root.join("deploy/kustomization.yaml")).unwrap();
-        let tag = kustomize_tag(&kustomization).expect("an images: entry for classifier with newTag");
-        assert_eq!(tag, env!("CARGO_PKG_VERSION"), "deploy/kustomization.yaml's newTag");
-        assert_eq!(CLASSIFIER_IMAGE, format!("docker.io/library/classifier:{tag}"));
+        let tag =
+            kustomize_tag(&kustomization).expect("an images: entry for classifier with newTag");
+        assert_eq!(
+            tag,
+            env!("CARGO_PKG_VERSION"),
+            "deploy/kustomization.yaml's newTag"
+        );
+        assert_eq!(
+            CLASSIFIER_IMAGE,
+            format!("docker.io/library/classifier:{tag}")
+        );
         assert_eq!(CLASSIFIER_NEXT_IMAGE, format!("{CLASSIFIER_IMAGE}-next"));
         // Every manifest (the base, its component, the uninstall
         // DaemonSet) names the same image and tag.
@@ -517,7 +573,12 @@ mod tests {
             for line in text.lines().map(str::trim) {
                 if let Some(image) = line.strip_prefix("image:") {
                     images += 1;
-                    assert_eq!(image.trim(), format!("classifier:{tag}"), "{}", file.display());
+                    assert_eq!(
+                        image.trim(),
+                        format!("classifier:{tag}"),
+                        "{}",
+                        file.display()
+                    );
                 }
             }
             if file.ends_with("kustomization.yaml") {
@@ -527,7 +588,10 @@ mod tests {
             }
         }
         assert!(images >= 4, "found {images} image: lines in deploy/");
-        assert_eq!(kustomize_tag("images:\n  - name: other\n    newTag: 9\n"), None);
+        assert_eq!(
+            kustomize_tag("images:\n  - name: other\n    newTag: 9\n"),
+            None
+        );
     }
 
     #[test]
@@ -546,7 +610,10 @@ mod tests {
         assert!(restamp(&next).is_err());
         let mut twice = bin.clone();
         twice.extend_from_slice(&bin);
-        assert!(restamp(&twice).unwrap_err().to_string().contains("found it 2 times"));
+        assert!(restamp(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("found it 2 times"));
         assert!(restamp(b"no marker").is_err());
     }
 

@@ -59,7 +59,10 @@ pub fn test(
     if root && !no_images {
         let t0 = std::time::Instant::now();
         crate::image::build_for_tests(&bin)?;
-        step!("container images took {:.1} s (skip with --no-images)", t0.elapsed().as_secs_f64());
+        step!(
+            "container images took {:.1} s (skip with --no-images)",
+            t0.elapsed().as_secs_f64()
+        );
     }
 
     let (cargo_args, harness_args) = split_test_args(&cargo_test_args);

@@ -9,7 +9,8 @@
 use std::io;
 
 /// Where the fix is described, named in every message.
-pub const FIX: &str = "run the agent under the classifier's seccomp profile, which allows bpf() and \
+pub const FIX: &str =
+    "run the agent under the classifier's seccomp profile, which allows bpf() and \
     perf_event_open() (the kernel still requires CAP_BPF and CAP_PERFMON): on Kubernetes add the \
     Kustomize component deploy/components/seccomp-localhost, whose init container installs \
     deploy/components/seccomp-localhost/classifier-agent.json as a Localhost profile on each \
@@ -102,7 +103,10 @@ mod tests {
 
     #[test]
     fn reads_the_seccomp_mode() {
-        assert_eq!(mode("Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n"), Some(2));
+        assert_eq!(
+            mode("Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n"),
+            Some(2)
+        );
         assert_eq!(mode("Seccomp:\t0\n"), Some(0));
         assert_eq!(mode("Name:\tx\n"), None);
     }
@@ -113,23 +117,34 @@ mod tests {
         assert_eq!(judge(Some(0), never), Finding::NoFilter);
         assert_eq!(judge(None, never), Finding::NoFilter);
         // The kernel's answer to an unknown command: the filter let it by.
-        assert_eq!(judge(Some(2), errno(libc::EINVAL)), Finding::FilterAllowsBpf);
+        assert_eq!(
+            judge(Some(2), errno(libc::EINVAL)),
+            Finding::FilterAllowsBpf
+        );
         assert_eq!(
             judge(Some(2), errno(libc::EPERM)),
             Finding::FilterRefusesBpf { errno: libc::EPERM }
         );
         assert_eq!(
             judge(Some(2), errno(libc::ENOSYS)),
-            Finding::FilterRefusesBpf { errno: libc::ENOSYS }
+            Finding::FilterRefusesBpf {
+                errno: libc::ENOSYS
+            }
         );
     }
 
     #[test]
     fn the_message_names_seccomp_and_the_fix() {
         let line = explain(&Finding::FilterRefusesBpf { errno: libc::EPERM }).unwrap();
-        assert!(line.starts_with("the container runtime's seccomp profile refused bpf()"), "{line}");
+        assert!(
+            line.starts_with("the container runtime's seccomp profile refused bpf()"),
+            "{line}"
+        );
         assert!(line.contains("Seccomp: 2"), "{line}");
-        assert!(line.contains("deploy/components/seccomp-localhost/classifier-agent.json"), "{line}");
+        assert!(
+            line.contains("deploy/components/seccomp-localhost/classifier-agent.json"),
+            "{line}"
+        );
         assert!(line.contains("Localhost"), "{line}");
         assert_eq!(explain(&Finding::FilterAllowsBpf), None);
         assert_eq!(explain(&Finding::NoFilter), None);
@@ -144,6 +159,9 @@ mod tests {
         let err = anyhow::Error::new(io::Error::from_raw_os_error(libc::EBADF)).context("x");
         assert!(!is_eperm(&err));
         // Not EPERM: returned untouched, without probing.
-        assert_eq!(format!("{:#}", annotate(err)), "x: Bad file descriptor (os error 9)");
+        assert_eq!(
+            format!("{:#}", annotate(err)),
+            "x: Bad file descriptor (os error 9)"
+        );
     }
 }

@@ -81,7 +81,10 @@ fn choose_attach_point(
         other => format!("a filesystem of type {other:#x}"),
     };
     let hint = match cgroup2_mounts(mountinfo).next() {
-        Some(mount) => format!("cgroup v2 is mounted at {} here: pass --cgroup {0}", mount.display()),
+        Some(mount) => format!(
+            "cgroup v2 is mounted at {} here: pass --cgroup {0}",
+            mount.display()
+        ),
         None => "no cgroup v2 hierarchy is mounted here (/proc/self/mountinfo); mount one \
                  (mount -t cgroup2 none /sys/fs/cgroup/unified) and pass it"
             .to_owned(),
@@ -176,18 +179,30 @@ mod tests {
 
     #[test]
     fn a_path_with_no_cgroup2_below_is_refused_naming_the_mount_to_use() {
-        let statfs = fs_types(&[("/tmp/x", 0xef53), ("/sys/fs/cgroup/memory", CGROUP_SUPER_MAGIC)]);
+        let statfs = fs_types(&[
+            ("/tmp/x", 0xef53),
+            ("/sys/fs/cgroup/memory", CGROUP_SUPER_MAGIC),
+        ]);
         let mountinfo = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
         let err = choose_attach_point(Path::new("/tmp/x"), &statfs, mountinfo)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--cgroup /tmp/x is not a cgroup v2 directory"), "{err}");
-        assert!(err.contains("pass --cgroup /sys/fs/cgroup/unified"), "{err}");
+        assert!(
+            err.contains("--cgroup /tmp/x is not a cgroup v2 directory"),
+            "{err}"
+        );
+        assert!(
+            err.contains("pass --cgroup /sys/fs/cgroup/unified"),
+            "{err}"
+        );
         let err = choose_attach_point(Path::new("/sys/fs/cgroup/memory"), &statfs, "")
             .unwrap_err()
             .to_string();
         assert!(err.contains("a cgroup v1 hierarchy"), "{err}");
-        assert!(err.contains("no cgroup v2 hierarchy is mounted here"), "{err}");
+        assert!(
+            err.contains("no cgroup v2 hierarchy is mounted here"),
+            "{err}"
+        );
         let err = choose_attach_point(Path::new("/nonexistent"), &statfs, "")
             .unwrap_err()
             .to_string();

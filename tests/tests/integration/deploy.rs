@@ -174,7 +174,13 @@ fn the_uninstall_daemonset_and_the_seccomp_component_validate_too() {
     validate(&rendered, "validate-uninstall");
     let scratch = Scratch::new("seccomp-component");
     let base = manifests::deploy_dir().canonicalize().unwrap();
-    let up = scratch.0.components().skip(1).map(|_| "..").collect::<Vec<_>>().join("/");
+    let up = scratch
+        .0
+        .components()
+        .skip(1)
+        .map(|_| "..")
+        .collect::<Vec<_>>()
+        .join("/");
     fs::write(
         scratch.0.join("kustomization.yaml"),
         format!(
@@ -190,13 +196,19 @@ fn the_uninstall_daemonset_and_the_seccomp_component_validate_too() {
     let docs = split_documents(&rendered, "overlay with seccomp-localhost");
     let pod = &the_in(&docs, "DaemonSet")["spec"]["template"]["spec"];
     let agent = named(&pod["containers"], "agent");
-    assert_eq!(agent["securityContext"]["seccompProfile"]["type"], "Localhost");
+    assert_eq!(
+        agent["securityContext"]["seccompProfile"]["type"],
+        "Localhost"
+    );
     // The profile is installed by an init container, so it exists before
     // the runtime creates the agent's container.
     let install = named(&pod["initContainers"], "install-seccomp-profile");
     let script = strings(&install["command"]).join(" ");
     let profile = s(&agent["securityContext"]["seccompProfile"]["localhostProfile"]);
-    assert!(script.contains(&format!("/host/seccomp/{profile}")), "{script}");
+    assert!(
+        script.contains(&format!("/host/seccomp/{profile}")),
+        "{script}"
+    );
     let kubelet = named(&pod["volumes"], "kubelet-seccomp");
     assert_eq!(kubelet["hostPath"]["path"], "/var/lib/kubelet/seccomp");
 }

@@ -24,9 +24,9 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    classifier_bin, privileged,
+    classifier_bin,
     podman::{self, Podman},
-    Sandbox,
+    privileged, Sandbox,
 };
 
 use crate::deploy::{kustomize, named, s, split_documents, the_in};
@@ -306,9 +306,15 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     let mut flags = vec![unified.clone()];
     flags.extend(podman_flags(&pod, agent, &volumes, &[], &drop));
     let id = setup.podman.start("agent-default-seccomp", &flags).unwrap();
-    let code = setup.podman.wait_exit(&id, Duration::from_secs(60)).unwrap();
+    let code = setup
+        .podman
+        .wait_exit(&id, Duration::from_secs(60))
+        .unwrap();
     let log = setup.podman.logs(&id);
-    assert_ne!(code, 0, "the agent started under podman's default profile:\n{log}");
+    assert_ne!(
+        code, 0,
+        "the agent started under podman's default profile:\n{log}"
+    );
     assert!(
         log.contains("the container runtime's seccomp profile refused bpf()")
             && log.contains("Seccomp: 2")
@@ -329,9 +335,16 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
         .unwrap();
     let mut check = flags[..=image_at].to_vec();
     check.extend(["check", "--json", "--cgroup", "/host/sys/fs/cgroup"].map(String::from));
-    let out = setup.podman.run_to_end("check-default-seccomp", &check).unwrap();
+    let out = setup
+        .podman
+        .run_to_end("check-default-seccomp", &check)
+        .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     let seccomp = report
         .as_array()
@@ -366,7 +379,10 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
         &[("classifier/agent.json", profile.clone())],
         &drop,
     ));
-    let id = setup.podman.start("agent-localhost-seccomp", &flags).unwrap();
+    let id = setup
+        .podman
+        .start("agent-localhost-seccomp", &flags)
+        .unwrap();
     let ready = setup
         .podman
         .wait_for_log_or_exit(&id, "policy applied", Duration::from_secs(60))
@@ -379,7 +395,11 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     );
     let mut types = attached(&setup.sb.cgroup);
     types.sort();
-    assert_eq!(types.len(), 4, "programs on the sandbox cgroup: {types:?}\n{log}");
+    assert_eq!(
+        types.len(),
+        4,
+        "programs on the sandbox cgroup: {types:?}\n{log}"
+    );
     assert!(setup.pins().join("links").is_dir());
     // SIGTERM: the agent stops, the programs stay attached (pinned).
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
@@ -398,12 +418,21 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     let container = named(&pod["initContainers"], "uninstall");
     let flags = podman_flags(&pod, container, &volumes, &[], &[]);
     let id = setup.podman.start("uninstall", &flags).unwrap();
-    let code = setup.podman.wait_exit(&id, Duration::from_secs(60)).unwrap();
+    let code = setup
+        .podman
+        .wait_exit(&id, Duration::from_secs(60))
+        .unwrap();
     let log = setup.podman.logs(&id);
     assert_eq!(code, 0, "uninstall failed:\n{log}");
-    assert!(log.contains("detached programs and removed all pins"), "{log}");
+    assert!(
+        log.contains("detached programs and removed all pins"),
+        "{log}"
+    );
     assert!(!setup.pins().exists(), "pins left after uninstall");
-    assert!(attached(&setup.sb.cgroup).is_empty(), "links left after uninstall");
+    assert!(
+        attached(&setup.sb.cgroup).is_empty(),
+        "links left after uninstall"
+    );
     assert_eq!(bpffs_mounts(), bpffs_before, "bpffs mounts changed");
 }
 
@@ -421,7 +450,10 @@ fn an_uninstall_while_an_agent_runs_is_refused_and_detaches_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("another classifier agent is already running"), "{err}");
+    assert!(
+        err.contains("another classifier agent is already running"),
+        "{err}"
+    );
     assert_eq!(attached(&sb.cgroup).len(), 4);
     sb.uninstall_agent().unwrap();
     assert!(attached(&sb.cgroup).is_empty());
@@ -471,19 +503,25 @@ fn on_a_hybrid_layout_the_agent_attaches_to_the_cgroup2_mount_below_the_path_giv
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the agent exited ({status}):\n{text}");
         }
-        assert!(std::time::Instant::now() < deadline, "no policy applied:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no policy applied:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let unified = layout.join("unified").display().to_string();
     assert!(
-        text.contains("attaching to the cgroup v2 hierarchy mounted below it") && text.contains(&unified),
+        text.contains("attaching to the cgroup v2 hierarchy mounted below it")
+            && text.contains(&unified),
         "{text}"
     );
     assert_eq!(attached(&sb.cgroup).len(), 4, "{text}");
     tests::sys::terminate(&child);
     child.wait().unwrap();
     // Its mounts went with its mount namespace.
-    assert!(!bpffs_mounts().iter().any(|m| m.starts_with(&*layout.to_string_lossy())));
+    assert!(!bpffs_mounts()
+        .iter()
+        .any(|m| m.starts_with(&*layout.to_string_lossy())));
     assert_eq!(fs::read_dir(&layout).unwrap().count(), 0);
 }
 
@@ -532,6 +570,10 @@ fn a_first_start_that_fails_after_pinning_maps_leaves_no_pin_directory() {
         .expect("setpriv (util-linux)");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started without CAP_PERFMON:\n{err}");
-    assert!(!sb.pins.exists(), "{} left behind:\n{err}", sb.pins.display());
+    assert!(
+        !sb.pins.exists(),
+        "{} left behind:\n{err}",
+        sb.pins.display()
+    );
     assert!(attached(&sb.cgroup).is_empty());
 }
