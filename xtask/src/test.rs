@@ -7,9 +7,10 @@ use crate::{cargo, prereqs};
 
 /// Build the release binary, then run the whole test suite.
 ///
-/// As root, first builds the container images (`cargo xtask image`: OCI
-/// archives in target/images/, which the container-runtime tests run).
-/// Then runs `cargo test --workspace --release` with CLASSIFIER_BIN set to the
+/// Builds the book and checks its links (`cargo xtask docs`); as root,
+/// builds the container images (`cargo xtask image`: OCI archives in
+/// target/images/, which the container-runtime tests run); then runs
+/// `cargo test --workspace --release` with CLASSIFIER_BIN set to the
 /// absolute path of target/release/classifier and at most 2 test threads,
 /// then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
 /// linkerd-proxy e2e` (the real linkerd2-proxy with our patch series; the
@@ -54,6 +55,11 @@ pub fn test(
         );
     }
     prereqs::ensure()?;
+    if cargo_test_args.is_empty() {
+        // The whole suite includes the book: it builds, and its links resolve.
+        step!("the book: mdbook build docs, then every link and anchor");
+        crate::docs::docs(crate::docs::Options::default())?;
+    }
     let bin = cargo::build_classifier(true)?;
     step!("built {}", bin.display());
     if root && !no_images {

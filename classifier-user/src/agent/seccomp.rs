@@ -14,7 +14,7 @@ pub const FIX: &str =
     perf_event_open() (the kernel still requires CAP_BPF and CAP_PERFMON): on Kubernetes add the \
     Kustomize component deploy/components/seccomp-localhost, whose init container installs \
     deploy/components/seccomp-localhost/classifier-agent.json as a Localhost profile on each \
-    node; with podman pass `--security-opt seccomp=` that file (README, \"Container runtimes\")";
+    node; with podman pass `--security-opt seccomp=` that file (docs/src/install/runtimes.md)";
 
 /// What this process's seccomp state says about bpf().
 #[derive(Debug, PartialEq, Eq)]
