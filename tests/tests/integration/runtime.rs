@@ -218,8 +218,9 @@ fn podman_flags(
 /// Everything a container run needs on this machine: the sandbox's cgroup
 /// and a bpffs directory of its own, the policy ConfigMap's file, a store.
 struct Setup {
-    sb: Sandbox,
+    // Dropped first: containers go before the cgroup and pins they use.
     podman: Podman,
+    sb: Sandbox,
     bpffs: PathBuf,
     policy_dir: PathBuf,
     scratch: PathBuf,
@@ -241,8 +242,8 @@ impl Setup {
             .load(&podman::images_dir().join(podman::CLASSIFIER_ARCHIVE))
             .unwrap();
         Setup {
-            sb,
             podman,
+            sb,
             bpffs,
             policy_dir,
             scratch,
