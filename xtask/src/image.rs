@@ -102,13 +102,13 @@ pub fn image(opts: Options) -> Result<()> {
     build_all(&binary, &opts.cache_dir, &out)
 }
 
-/// `cargo xtask test`'s share: every image, default places, from `binary`.
+/// `cargo xtask test`'s share: every image, from `binary`, into
+/// target/images (cache: $CLASSIFIER_IMAGE_CACHE or the default).
 pub fn build_for_tests(binary: &Path) -> Result<()> {
-    build_all(
-        binary,
-        Path::new(DEFAULT_CACHE),
-        &cargo::target_dir().join("images"),
-    )
+    let cache = std::env::var_os("CLASSIFIER_IMAGE_CACHE")
+        .filter(|c| !c.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from);
+    build_all(binary, &cache, &cargo::target_dir().join("images"))
 }
 
 fn build_all(binary: &Path, cache: &Path, out: &Path) -> Result<()> {
