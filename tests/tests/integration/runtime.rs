@@ -108,8 +108,8 @@ struct Volumes<'a> {
 /// memory limit, and each volumeMount with the host path `volumes` gives
 /// its volume. Seccomp: RuntimeDefault is podman's default profile;
 /// Localhost is the profile file `localhost_profiles` holds for its name.
-/// `drop_args` are left out of the manifest's args (with their value when
-/// `--x=v` is not used).
+/// `drop_args` (flags that take no value) are left out of the manifest's
+/// args.
 fn podman_flags(
     pod: &Value,
     container: &Value,
@@ -201,17 +201,11 @@ fn podman_flags(
         assert_eq!(command.len(), 1, "multi-word commands not handled");
     }
     flags.push(podman::CLASSIFIER_IMAGE.into());
-    let mut args = container["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| s(a).to_owned());
-    while let Some(arg) = args.next() {
-        if drop_args.contains(&arg.as_str()) {
-            continue;
-        }
-        flags.push(arg);
-    }
+    let args = container["args"].as_array().into_iter().flatten();
+    flags.extend(
+        args.map(|a| s(a).to_owned())
+            .filter(|a| !drop_args.contains(&a.as_str())),
+    );
     flags
 }
 
