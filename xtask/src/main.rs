@@ -2,8 +2,8 @@
 //!
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
-//! options (`build`, `run`, `test`, `demo`, `bench`, `docs`, `completions`,
-//! `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
+//! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `docs`,
+//! `completions`, `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
 //! definitions (included from classifier-user/src/cli.rs).
 
@@ -16,6 +16,7 @@ mod classifier_cli;
 mod completions;
 mod demo;
 mod docs;
+mod image;
 mod linkerd_proxy;
 mod manpage;
 mod prereqs;
@@ -48,6 +49,7 @@ enum Cmd {
     Run(run::Options),
     Test(test::Options),
     Demo(demo::Options),
+    Image(image::Options),
     Bench(bench::Options),
     Docs(docs::Options),
     Completions(completions::Options),
@@ -62,6 +64,7 @@ fn main() {
         Cmd::Run(opts) => run::run(opts),
         Cmd::Test(opts) => test::test(opts),
         Cmd::Demo(opts) => demo::demo(opts),
+        Cmd::Image(opts) => image::image(opts),
         Cmd::Bench(opts) => bench::bench(opts),
         Cmd::Docs(opts) => docs::docs(opts),
         Cmd::Completions(opts) => completions::completions(opts),

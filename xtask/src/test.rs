@@ -7,7 +7,9 @@ use crate::{cargo, prereqs};
 
 /// Build the release binary, then run the whole test suite.
 ///
-/// Builds the book and checks its links (`cargo xtask docs`), then runs
+/// Builds the book and checks its links (`cargo xtask docs`); as root,
+/// builds the container images (`cargo xtask image`: OCI archives in
+/// target/images/, which the container-runtime tests run); then runs
 /// `cargo test --workspace --release` with CLASSIFIER_BIN set to the
 /// absolute path of target/release/classifier and at most 2 test threads,
 /// then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
@@ -22,6 +24,10 @@ pub struct Options {
     /// Skip the linkerd2-proxy tests and end-to-end run.
     #[arg(long)]
     no_linkerd_proxy: bool,
+    /// Do not build the container images first (the tests that run them
+    /// use whatever target/images/ holds, and fail without it).
+    #[arg(long)]
+    no_images: bool,
     /// Arguments passed to `cargo test` (after `--`); a further `--`
     /// separates arguments for the test binaries.
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
@@ -31,6 +37,7 @@ pub struct Options {
 pub fn test(
     Options {
         no_linkerd_proxy,
+        no_images,
         cargo_test_args,
     }: Options,
 ) -> Result<()> {
@@ -55,6 +62,14 @@ pub fn test(
     }
     let bin = cargo::build_classifier(true)?;
     step!("built {}", bin.display());
+    if root && !no_images {
+        let t0 = std::time::Instant::now();
+        crate::image::build_for_tests(&bin)?;
+        step!(
+            "container images took {:.1} s (skip with --no-images)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 
     let (cargo_args, harness_args) = split_test_args(&cargo_test_args);
     let mut cmd = cargo::cargo();
