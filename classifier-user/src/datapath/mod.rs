@@ -7,6 +7,7 @@ pub mod link;
 pub mod loader;
 pub mod object;
 pub mod pins;
+pub mod port_counts;
 pub mod policy_maps;
 pub mod scopes;
 pub mod status;

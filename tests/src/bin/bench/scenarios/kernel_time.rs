@@ -66,7 +66,9 @@ fn per_program(plan: &Plan, sb: &Sandbox, addr: &str) -> Result<Value> {
         connect_loop(sb, addr, plan.iterations, false)?;
     }
     let after = program_counters(sb)?;
-    let connects = (plan.iterations * loops) as f64;
+    // Each loop also makes its warm-up connects (`probe connect-loop`).
+    let warm_up = (plan.iterations / 20).max(10);
+    let connects = ((plan.iterations + warm_up) * loops) as f64;
     let mut row = json!({ "addr": addr });
     let mut total = 0.0;
     for ((program, c0, t0), (_, c1, t1)) in before.iter().zip(&after) {
