@@ -271,7 +271,7 @@ fn fill_slot(inflight: *mut ConnVerdict, record: &ConnVerdict, cookie: u64) {
 }
 
 /// In mark mode the mark bits under the policy's mask are the
-/// classifier's (README, "Mark mode"): a connect that is not marked clears
+/// classifier's (docs/src/proxy/mark-mode.md): a connect that is not marked clears
 /// any the socket still carries from an earlier connect.
 #[inline(always)]
 fn clear_mark(ctx: &SockAddrContext, config: &PolicyConfig) {
