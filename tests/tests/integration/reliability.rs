@@ -781,12 +781,21 @@ fn a_second_agent_with_other_pins_on_the_same_cgroup_is_refused() -> Result<()> 
     let mut sb = Sandbox::new("two-pin-dirs")?;
     sb.start_agent(&[])?;
     let other_pins = sb.pins.with_file_name(format!("{}-second", sb.name));
-    let out = Command::new(classifier_bin())
+    let mut second = Command::new(classifier_bin())
         .args(["agent", "--cgroup"])
         .arg(&sb.cgroup)
         .arg("--pin-dir")
         .arg(&other_pins)
-        .output()?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // An agent that started would run until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while second.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output()?;
     // Whatever happened, leave no pins behind.
     let _ = Command::new(classifier_bin())
         .args(["agent", "--uninstall", "--pin-dir"])
