@@ -180,12 +180,13 @@ fn a_flood_of_refused_connects_does_not_stop_anothers_learning() -> Result<()> {
         .spawn()?;
     server.expect_line("accepted")?;
 
-    // Twice as many refused connects as the watch table holds, from
-    // another network namespace.
+    // More refused connects than the watch table holds, from another
+    // network namespace, to ports below the ephemeral range (a connect to
+    // a port in it can connect to itself).
     let other = Sandbox::new("learn-flood-other")?;
-    let flood = classifier_common::maps::LEARN_PENDING_CAPACITY * 2;
+    let flood = classifier_common::maps::LEARN_PENDING_CAPACITY + 4096;
     let out = run(&mut sb.probe_in_netns(
-        &["connect-ports", "127.0.0.1", "20000", &flood.to_string()],
+        &["connect-ports", "127.0.0.1", "10000", &flood.to_string()],
         &other.netns,
     ))?;
     let out: Value = serde_json::from_slice(&out.stdout)?;
