@@ -70,7 +70,7 @@ pub fn verdicts_per_netns() -> u64 {
 /// between connects of one namespace on different CPUs, each update takes
 /// nanoseconds: more than a few failures in a row means something is wrong,
 /// and the caller fails open.
-const CAS_TRIES: u32 = 8;
+const CAS_TRIES: u32 = 16;
 
 /// A namespace's count while the CPU that took it to zero deletes the entry:
 /// no other CPU may count on it meanwhile (it would be deleted under it).
@@ -197,7 +197,11 @@ pub fn exchange(n: *mut u64, new: u64) -> u64 {
 pub fn netns_verdicts(netns: u64) -> u64 {
     match CLS_NETNS_VERDICTS.get_ptr(netns) {
         // SAFETY: a live map value.
-        Some(n) => unsafe { read_volatile(n) },
+        Some(n) => match unsafe { read_volatile(n) } {
+            // Being deleted by the CPU that took it to zero.
+            NETNS_COUNT_DYING => 0,
+            count => count,
+        },
         None => 0,
     }
 }

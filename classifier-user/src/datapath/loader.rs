@@ -137,11 +137,11 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock
             let _ = std::fs::remove_file(opts.pins.link(program));
         }
     }
-    // Before anything is created or pinned.
-    let cgroup = File::open(opts.cgroup)
-        .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
-    refuse_another_classifier(cgroup.as_fd(), opts)?;
-    drop(cgroup);
+    // Before anything is created or pinned. (A cgroup that cannot be
+    // opened fails in `install`, with the maps pinned for the next start.)
+    if let Ok(cgroup) = File::open(opts.cgroup) {
+        refuse_another_classifier(cgroup.as_fd(), opts)?;
+    }
     if let Err(err) = install(opts) {
         // Leave no partial attachment behind: a node with connect4 but no
         // sockops would classify without publishing.
