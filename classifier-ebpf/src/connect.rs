@@ -30,17 +30,17 @@ use aya_ebpf::{
 };
 use classifier_common::{
     counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
-    PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, INFLIGHT_LEARN_WATCH,
-    INFLIGHT_VERDICT, CONFIG_FLAG_GLOBAL_EGRESS,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, PORT_ANY, REPLY_FLAG_DST_IPV4,
-    REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
+    PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, INFLIGHT_LEARN_WATCH,
+    INFLIGHT_VERDICT, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS,
+    RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
-        compare_exchange, count, exchange, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_INFLIGHT,
-        CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6,
+        compare_exchange, count, exchange, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS,
+        CLS_INFLIGHT, CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6,
     },
     scope::ClientScope,
 };

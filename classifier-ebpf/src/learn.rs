@@ -36,8 +36,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, ConnVerdict, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE,
-    PORT_ANY, SCOPE_NODE,
+    counters as c, ConnVerdict, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
+    LEARN_FLAG_NODE_SCOPE, PORT_ANY, SCOPE_NODE,
 };
 
 use crate::{

@@ -507,7 +507,10 @@ impl Server {
     /// (a progress line, before the verdict lines).
     pub fn expect_line(&mut self, prefix: &str) -> Result<String> {
         let line = self.lines.next().context("probe serve ended early")??;
-        anyhow::ensure!(line.starts_with(prefix), "expected {prefix:?}, got {line:?}");
+        anyhow::ensure!(
+            line.starts_with(prefix),
+            "expected {prefix:?}, got {line:?}"
+        );
         Ok(line)
     }
 

@@ -7,8 +7,8 @@ pub mod link;
 pub mod loader;
 pub mod object;
 pub mod pins;
-pub mod port_counts;
 pub mod policy_maps;
+pub mod port_counts;
 pub mod scopes;
 pub mod status;
 

@@ -173,8 +173,8 @@ impl LearnedTable {
     /// This node's quota (see [`scope_quota`]).
     fn scope_quota(&self) -> Result<u32> {
         let capacity = self.capacity;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, err)| anyhow::anyhow!("reading {path}: {err}"))?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, err)| anyhow::anyhow!("reading {path}: {err}"))?;
         Ok(scope_quota(capacity, cpus as u32))
     }
 

@@ -536,7 +536,12 @@ fn greeting(addr: SocketAddr) {
 /// per connection, greet first (server-first) or wait for the client's
 /// line first (client-first), then answer the line, then print the verdict
 /// the kernel gave the connection (queried after the exchange).
-fn talk_serve(addr: SocketAddr, count: usize, server_first: bool, greet_when: Option<std::path::PathBuf>) {
+fn talk_serve(
+    addr: SocketAddr,
+    count: usize,
+    server_first: bool,
+    greet_when: Option<std::path::PathBuf>,
+) {
     let listener = TcpListener::bind(addr).expect("bind");
     println!("ready {}", listener.local_addr().unwrap());
     std::io::stdout().flush().unwrap();

@@ -169,7 +169,13 @@ fn a_flood_of_refused_connects_does_not_stop_anothers_learning() -> Result<()> {
     let go = sb.dir.join("greet-now");
     let mut server = Sandbox::spawn_server(
         sb.probe(
-            &["talk-serve", "127.0.0.1:2222", "1", "server-first", go.to_str().unwrap()],
+            &[
+                "talk-serve",
+                "127.0.0.1:2222",
+                "1",
+                "server-first",
+                go.to_str().unwrap(),
+            ],
             None,
         ),
         1,
@@ -228,7 +234,10 @@ fn a_learned_verdict_that_cannot_be_published_is_still_contradicted() -> Result<
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while counter(&sb, "published") < 2 {
-        anyhow::ensure!(Instant::now() < deadline, "the held connections never published");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the held connections never published"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 

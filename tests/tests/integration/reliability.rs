@@ -69,8 +69,7 @@ fn a_full_share_of_the_verdict_table_never_fails_a_connect_nor_evicts() -> Resul
 }
 
 #[test]
-fn namespaces_that_come_and_go_leave_no_count_behind_and_a_new_one_keeps_its_share() -> Result<()>
-{
+fn namespaces_that_come_and_go_leave_no_count_behind_and_a_new_one_keeps_its_share() -> Result<()> {
     if !privileged!() {
         return Ok(());
     }
@@ -140,7 +139,12 @@ fn new_ports_are_still_counted_after_more_ports_than_the_table_holds() -> Result
     // ports: refused at once).
     let capacity = maps::PORT_COUNTS_CAPACITY as usize;
     tests::run(&mut sb.probe(
-        &["connect-ports", "127.0.0.1", "20000", &(capacity + 200).to_string()],
+        &[
+            "connect-ports",
+            "127.0.0.1",
+            "20000",
+            &(capacity + 200).to_string(),
+        ],
         None,
     ))?;
     // The agent ages the table down to half of it.
@@ -154,8 +158,16 @@ fn new_ports_are_still_counted_after_more_ports_than_the_table_holds() -> Result
         tests::run(&mut sb.probe(&["connect-ports", "127.0.0.1", "40000", "1"], None))?;
     }
     let stats = sb.stats()?;
-    assert_eq!(stats["top_ports"][0]["port"], 40000, "{}", stats["top_ports"]);
-    assert_eq!(stats["top_ports"][0]["connects"], 3, "{}", stats["top_ports"]);
+    assert_eq!(
+        stats["top_ports"][0]["port"], 40000,
+        "{}",
+        stats["top_ports"]
+    );
+    assert_eq!(
+        stats["top_ports"][0]["connects"], 3,
+        "{}",
+        stats["top_ports"]
+    );
     assert_eq!(stats["errors_total"], 0, "{stats}");
     Ok(())
 }

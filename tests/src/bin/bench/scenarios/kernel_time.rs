@@ -99,7 +99,11 @@ pub(crate) fn render(r: &Value) -> String {
         let _ = write!(md, " {p} runs x ns |");
     }
     let _ = writeln!(md, " total ns | within budget | ratio (median, p25-p75) |");
-    let _ = writeln!(md, "|---|{}---:|---|---:|", "---:|".repeat(programs::ALL.len()));
+    let _ = writeln!(
+        md,
+        "|---|{}---:|---|---:|",
+        "---:|".repeat(programs::ALL.len())
+    );
     for (name, _) in DESTINATIONS {
         let v = &r[name];
         let _ = write!(md, "| {name} `{}` |", v["addr"].as_str().unwrap_or(""));
@@ -117,7 +121,11 @@ pub(crate) fn render(r: &Value) -> String {
             md,
             " {:.0} | {} | {:.3} ({:.3}-{:.3}) |",
             num(&v["total_ns_per_connect"]),
-            if v["within_budget"] == true { "yes" } else { "NO" },
+            if v["within_budget"] == true {
+                "yes"
+            } else {
+                "NO"
+            },
             num(&v["ratio"]["median"]),
             num(&v["ratio"]["p25"]),
             num(&v["ratio"]["p75"]),
