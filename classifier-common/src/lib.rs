@@ -227,18 +227,29 @@ pub struct ConnVerdict {
     pub source: u8,
     /// `REPLY_FLAG_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// In `CLS_INFLIGHT` only: `INFLIGHT_VERDICT` (0) or
+    /// `INFLIGHT_LEARN_WATCH`. 0 in published entries.
+    pub inflight_kind: u8,
     pub rule_id: u32,
     pub generation: u32,
     /// Original destination port, network byte order.
     pub dst_port_be: u16,
-    pub _pad2: u16,
+    /// In `CLS_INFLIGHT` only: the client's learning scope, for a watch
+    /// record and for a learned verdict. 0 in published entries.
+    pub learn_scope: u16,
     /// Original destination, IPv4 v4-mapped.
     pub dst_addr: [u8; 16],
     /// Cookie of the client socket that owns the entry, so only its own
     /// close withdraws it; 0 in an ambiguity marker.
     pub owner_cookie: u64,
 }
+
+/// An in-flight record that is a verdict, to publish at `TCP_CONNECT_CB`.
+pub const INFLIGHT_VERDICT: u8 = 0;
+/// An in-flight record of a connect without a verdict that learning wants
+/// to watch: kept in the slot until the connection is established (a
+/// refused connect never costs a watch-table entry).
+pub const INFLIGHT_LEARN_WATCH: u8 = 1;
 
 /// Slot of a socket in `CLS_INFLIGHT` (the verdict between connect() and
 /// the SYN): the low bits of its cookie. A slot belongs to the socket whose
@@ -779,6 +790,11 @@ mod tests {
         assert_eq!(offset_of!(ConnVerdict, owner_cookie), 32);
         assert_eq!(offset_of!(ConnVerdict, rule_id), 4);
         assert_eq!(offset_of!(ConnVerdict, dst_addr), 16);
+        // Were padding (zero) in layout 7: zero still means a verdict, so
+        // pins of that layout need no migration.
+        assert_eq!(offset_of!(ConnVerdict, inflight_kind), 3);
+        assert_eq!(offset_of!(ConnVerdict, learn_scope), 14);
+        assert_eq!(INFLIGHT_VERDICT, 0);
         assert_eq!(size_of::<ConnKey>(), 32);
         assert_eq!(offset_of!(ConnKey, addr), 8);
         assert_eq!(offset_of!(ConnKey, port), 24);

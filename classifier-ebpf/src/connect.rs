@@ -18,7 +18,7 @@
 //! the agent has not registered yet stops there, without a verdict), one
 //! bitmap word, the port counter; in mark mode one SO_MARK read.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -31,15 +31,16 @@ use aya_ebpf::{
 use classifier_common::{
     counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
     PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, PORT_ANY, REPLY_FLAG_DST_IPV4,
-    REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, INFLIGHT_LEARN_WATCH,
+    INFLIGHT_VERDICT, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS,
+    RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use crate::{
     addr::{is_v4_mapped, v4_mapped, v6_bytes},
     maps::{
-        count, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS, CLS_INFLIGHT,
-        CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6,
+        compare_exchange, count, exchange, CLS_ACTIVE_SLOT, CLS_DEFAULT_PORTS, CLS_EXCLUDED_UIDS,
+        CLS_INFLIGHT, CLS_POLICY_CONFIG, CLS_PORT_COUNTS, CLS_RULES_V4, CLS_RULES_V6,
     },
     scope::ClientScope,
 };
@@ -125,11 +126,10 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     };
     // An earlier connect of this socket that never reached its SYN left
     // its verdict here: it does not describe this connect.
-    // SAFETY: a live array value; owner_cookie is read and written whole.
-    unsafe {
-        if read_volatile(&(*inflight).owner_cookie) == cookie {
-            write_volatile(&mut (*inflight).owner_cookie, 0);
-        }
+    // SAFETY: a live array value; owner_cookie is read whole.
+    if unsafe { read_volatile(&(*inflight).owner_cookie) } == cookie {
+        // SAFETY: owner_cookie is an aligned u64 of a live array value.
+        compare_exchange(unsafe { &raw mut (*inflight).owner_cookie }, cookie, 0);
     }
     let Some(slot) = CLS_ACTIVE_SLOT.get(0) else {
         count(c::ERR_CONFIG);
@@ -174,6 +174,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         return;
     }
     let rule = lookup_rule(slot as u8, config, &dst, is_v4, port, &mut scope);
+    let mut learn_scope = 0;
     let (protocol, source, rule_id) = if rule.kind == RULE_MATCH {
         (
             Protocol::from_wire(rule.protocol),
@@ -182,16 +183,33 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         )
     } else if is_default_opaque(slot, port) {
         (Protocol::Opaque, Source::DefaultPort, 0)
-    } else if crate::learn::at_connect(ctx, &dst, port, &mut scope) {
-        // Learning: a learned server-first destination. Below
-        // rules and default ports; `at_connect` also has the socket watched.
-        (Protocol::Opaque, Source::Learned, 0)
     } else {
-        count(c::NO_VERDICT);
-        if marking {
-            clear_mark(ctx, config);
+        // Learning, below rules and default ports.
+        let learn = crate::learn::at_connect(&dst, port, &mut scope);
+        if learn.learned {
+            // A learned server-first destination (watched too, from
+            // `publish`).
+            learn_scope = learn.scope;
+            (Protocol::Opaque, Source::Learned, 0)
+        } else {
+            count(c::NO_VERDICT);
+            if marking {
+                clear_mark(ctx, config);
+            }
+            if learn.watch {
+                // Left in the slot for `publish` to start watching once
+                // the connection is established.
+                let watch = ConnVerdict {
+                    inflight_kind: INFLIGHT_LEARN_WATCH,
+                    dst_port_be: port.to_be(),
+                    learn_scope: learn.scope,
+                    dst_addr: dst,
+                    ..ConnVerdict::default()
+                };
+                fill_slot(inflight, &watch, cookie);
+            }
+            return;
         }
-        return;
     };
     count(match protocol {
         Protocol::Opaque => c::VERDICT_OPAQUE,
@@ -220,24 +238,35 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         protocol: protocol.wire(),
         source: source as u8,
         flags,
-        _pad: 0,
+        inflight_kind: INFLIGHT_VERDICT,
         rule_id,
         generation: config.generation,
         dst_port_be: port.to_be(),
-        _pad2: 0,
+        learn_scope,
         dst_addr: dst,
         owner_cookie: 0,
     };
+    fill_slot(inflight, &verdict, cookie);
+}
+
+/// Writes `record` into the socket's in-flight slot and signs it with the
+/// socket's cookie.
+#[inline(always)]
+fn fill_slot(inflight: *mut ConnVerdict, record: &ConnVerdict, cookie: u64) {
     // Claim the slot (0 first, so a reader never takes the fields being
     // written for its own), write the verdict, then sign it with the
     // cookie. A slot another in-flight socket held is taken over: that
     // socket finds another cookie and publishes nothing (detection as
-    // usual, never a wrong verdict).
-    // SAFETY: a live array value.
+    // usual, never a wrong verdict). Both exchanges are fully ordered
+    // (BPF_XCHG), so on weakly ordered CPUs (arm64) too the fields are
+    // written after the slot is cleared and before it is signed; the
+    // reader's side is in `publish`.
+    // SAFETY: a live array value; owner_cookie is an aligned u64 of it.
     unsafe {
-        write_volatile(&mut (*inflight).owner_cookie, 0);
-        *inflight = verdict;
-        write_volatile(&mut (*inflight).owner_cookie, cookie);
+        let owner = &raw mut (*inflight).owner_cookie;
+        exchange(owner, 0);
+        *inflight = *record;
+        exchange(owner, cookie);
     }
 }
 

@@ -8,9 +8,11 @@
 //!
 //! * `at_connect` (from `connect::classify`, only when no rule and no
 //!   default port decided): looks the destination up in `CLS_LEARNED` for
-//!   the client's scope, and remembers the socket in `CLS_LEARN_PENDING`.
-//! * `watch` (from `publish`, at `TCP_CONNECT_CB`, only for sockets without
-//!   a rule or default-port verdict): switches on the header-option
+//!   the client's scope; the connect leaves a watch record (or the learned
+//!   verdict) in the socket's in-flight slot.
+//! * `watch` (from `publish`: at `ACTIVE_ESTABLISHED_CB` for a watch
+//!   record, at `TCP_CONNECT_CB` for a learned verdict): remembers the
+//!   socket in `CLS_LEARN_PENDING` and switches on the header-option
 //!   callback for that socket alone.
 //! * `on_header_option` (`HDR_OPT_LEN_CB`, once per outgoing segment while
 //!   the callback is on): at the first segment that carries payload or
@@ -19,21 +21,23 @@
 //!   means server-first (adds to or creates the entry); otherwise
 //!   client-first (removes a learned one).
 //!
-//! So a classified connection pays nothing, an unclassified one a hash
-//! insert at connect, a lookup at connect time and a few callbacks until
-//! its first data segment, and nothing after it.
+//! So a classified connection pays nothing, an unclassified one a lookup
+//! and an in-flight record at connect, and, once established, a hash insert
+//! and a callback or two until its first data segment, nothing after it.
+//! A refused connect pays no insert: a flood of connects to closed ports
+//! cannot push other connections' watches out of the LRU.
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::SockOpsContext,
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE,
-    PORT_ANY, SCOPE_NODE,
+    counters as c, ConnVerdict, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
+    LEARN_FLAG_NODE_SCOPE, PORT_ANY, SCOPE_NODE,
 };
 
 use crate::{
@@ -50,60 +54,78 @@ const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LAST_ACK: u32 = 9;
 const TCP_CLOSING: u32 = 11;
 
+/// What learning says at connect about a destination without a rule or
+/// default-port verdict.
+pub struct AtConnect {
+    /// A learned server-first destination for this client.
+    pub learned: bool,
+    /// Learning is on for this client: watch the connection.
+    pub watch: bool,
+    /// The client's learning scope.
+    pub scope: u16,
+}
+
 /// At connect, for a destination without a rule or default-port verdict:
-/// whether it is a learned server-first destination for this client. With
-/// learning on, the socket is also remembered for `watch`.
+/// whether it is a learned server-first destination for this client, and
+/// whether to watch the connection. Nothing is written here: the caller
+/// leaves a record in the socket's in-flight slot, and `publish` starts the
+/// watch (`watch`) once the connection is established, so a connect that
+/// is refused, or never answered, costs no watch-table entry.
 #[inline(always)]
-pub fn at_connect(
-    ctx: &SockAddrContext,
-    dst: &[u8; 16],
-    port: u16,
-    client: &mut ClientScope,
-) -> bool {
+pub fn at_connect(dst: &[u8; 16], port: u16, client: &mut ClientScope) -> AtConnect {
+    let mut out = AtConnect {
+        learned: false,
+        watch: false,
+        scope: SCOPE_NODE,
+    };
     let Some(config) = CLS_LEARN_CONFIG.get(0) else {
-        return false;
+        return out;
     };
     if config.flags & LEARN_FLAG_ENABLED == 0 || port == PORT_ANY {
-        return false;
+        return out;
     }
-    let scope = if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
-        SCOPE_NODE
-    } else {
+    if config.flags & LEARN_FLAG_NODE_SCOPE == 0 {
         // A pod not registered yet would learn into, and read, the node
         // scope: another tenant's. Neither until its namespace is known.
         if client.pod_unknown() {
             count(c::POD_UNREGISTERED);
-            return false;
+            return out;
         }
-        client.id()
-    };
+        out.scope = client.id();
+    }
     let key = LearnedKey {
-        scope: u32::from(scope),
+        scope: u32::from(out.scope),
         port,
         _pad: 0,
         addr: *dst,
     };
-    let learned = match CLS_LEARNED.get_ptr(&key) {
+    out.learned = match CLS_LEARNED.get_ptr(&key) {
         // SAFETY: live map value, read at once.
         Some(entry) => (unsafe { (*entry).observations }) >= config.min_observations,
         None => false,
     };
-    // SAFETY: the helper accepts a sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    out.watch = true;
+    out
+}
+
+/// Starts watching a connection of the client's `scope` to `record`'s
+/// destination: remembers it under the socket cookie (`CLS_LEARN_PENDING`)
+/// and switches the header-option callback on for this socket alone. From
+/// `publish`: at `TCP_CONNECT_CB` for a learned verdict, at
+/// `ACTIVE_ESTABLISHED_CB` for a connection without a verdict.
+#[inline(always)]
+pub fn watch(ctx: &SockOpsContext, cookie: u64, record: &ConnVerdict) {
+    let key = LearnedKey {
+        scope: u32::from(record.learn_scope),
+        port: u16::from_be(record.dst_port_be),
+        _pad: 0,
+        addr: record.dst_addr,
+    };
     if CLS_LEARN_PENDING
         .insert(&cookie, &LearnWatch { key }, 0)
         .is_err()
     {
         count(c::ERR_LEARN);
-    }
-    learned
-}
-
-/// At `TCP_CONNECT_CB` for a socket with no verdict or a learned one:
-/// switch the header-option callback on if `at_connect` remembered it.
-#[inline(always)]
-pub fn watch(ctx: &SockOpsContext, cookie: u64) {
-    if CLS_LEARN_PENDING.get_ptr(&cookie).is_none() {
         return;
     }
     if ctx

@@ -2,6 +2,8 @@
 //! (and `classifier stats`) finds them. Names and sizes come from
 //! `classifier_common::maps`; the agent may resize the verdict table.
 
+use core::{intrinsics::AtomicOrdering, ptr::read_volatile};
+
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -64,32 +66,130 @@ pub fn verdicts_per_netns() -> u64 {
     u64::from(unsafe { core::ptr::read_volatile(&raw const VERDICTS_PER_NETNS) })
 }
 
-/// Adds `delta` (wrapping: `u64::MAX` is -1) to namespace `netns`'s count.
+/// Attempts at an update another CPU keeps changing under us. Contention is
+/// between connects of one namespace on different CPUs, each update takes
+/// nanoseconds: more than a few failures in a row means something is wrong,
+/// and the caller fails open.
+const CAS_TRIES: u32 = 16;
+
+/// A namespace's count while the CPU that took it to zero deletes the entry:
+/// no other CPU may count on it meanwhile (it would be deleted under it).
+/// Not 0: pins of earlier agents hold entries left at 0, which are plain
+/// counts to go up from.
+const NETNS_COUNT_DYING: u64 = u64::MAX;
+
+/// Counts one more verdict for namespace `netns`. False when it could not
+/// be counted (the namespace table is full, or the entry kept changing):
+/// the caller then must not keep the verdict, or the namespace's share would
+/// no longer hold.
+///
+/// A namespace's entry exists only while the namespace holds verdicts:
+/// the CPU that takes it to zero deletes it (`netns_verdicts_sub`), so the
+/// table shrinks back as pods come and go.
 #[inline(always)]
-pub fn netns_verdicts_add(netns: u64, delta: u64) {
-    if let Some(n) = CLS_NETNS_VERDICTS.get_ptr_mut(netns) {
-        atomic_add(n, delta);
-        return;
-    }
-    if delta == 1 && CLS_NETNS_VERDICTS.insert(netns, 1, BPF_NOEXIST).is_err() {
-        // Another CPU created it first (or the map is full).
-        if let Some(n) = CLS_NETNS_VERDICTS.get_ptr_mut(netns) {
-            atomic_add(n, 1);
+pub fn netns_verdicts_add(netns: u64) -> bool {
+    let mut i = 0;
+    while i < CAS_TRIES {
+        match CLS_NETNS_VERDICTS.get_ptr_mut(netns) {
+            Some(n) => {
+                // SAFETY: n points to a live (or just deleted, still
+                // readable) aligned u64 map value.
+                let seen = unsafe { read_volatile(n) };
+                if seen != NETNS_COUNT_DYING && compare_exchange(n, seen, seen + 1) {
+                    if still_entry_of(netns, n) {
+                        return true;
+                    }
+                    // Deleted and reused for another namespace between the
+                    // lookup and the update: give that one its count back.
+                    atomic_add(n, u64::MAX);
+                }
+                // Dying: its deleter removes it in a moment; insert afresh.
+            }
+            None => {
+                if CLS_NETNS_VERDICTS.insert(netns, 1, BPF_NOEXIST).is_ok() {
+                    return true;
+                }
+                // Another CPU created it first (counted on the next round),
+                // or the table is full (fails every round).
+            }
         }
+        i += 1;
+    }
+    false
+}
+
+/// Counts one verdict less for namespace `netns`, and deletes its entry
+/// when that was the last one.
+#[inline(always)]
+pub fn netns_verdicts_sub(netns: u64) {
+    let Some(n) = CLS_NETNS_VERDICTS.get_ptr_mut(netns) else {
+        return;
+    };
+    let mut i = 0;
+    while i < CAS_TRIES {
+        // SAFETY: as in netns_verdicts_add.
+        let seen = unsafe { read_volatile(n) };
+        if seen == NETNS_COUNT_DYING || seen == 0 {
+            // Not ours to take below zero.
+            return;
+        }
+        if seen == 1 {
+            // Mark it dying first: a CPU that found the entry cannot count
+            // on it between this and the delete.
+            if compare_exchange(n, 1, NETNS_COUNT_DYING) {
+                let _ = CLS_NETNS_VERDICTS.remove(netns);
+                return;
+            }
+        } else if compare_exchange(n, seen, seen - 1) {
+            return;
+        }
+        i += 1;
+    }
+    // Left one too high: the namespace's share is one smaller until its
+    // count next reaches zero through the other connections.
+    count(counters::ERR_PUBLISH_INSERT);
+}
+
+/// Whether `n` is still the value of `netns`'s entry.
+#[inline(always)]
+fn still_entry_of(netns: u64, n: *mut u64) -> bool {
+    match CLS_NETNS_VERDICTS.get_ptr_mut(netns) {
+        Some(p) => p == n,
+        None => false,
     }
 }
 
 /// An atomic add (other CPUs may update the value at once). Its result is
 /// unused, so it is a plain BPF XADD. The eBPF target has no `AtomicU64`
-/// read-modify-write methods (no compare-and-swap), hence the intrinsic.
+/// read-modify-write methods, hence the intrinsics.
 #[inline(always)]
 fn atomic_add(n: *mut u64, delta: u64) {
     // SAFETY: n points to a live, aligned u64 map value.
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            n, delta,
-        );
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, delta);
     }
+}
+
+/// `BPF_CMPXCHG` (5.12+): sets `*n` to `new` if it is `old`. Fully ordered:
+/// the kernel's JITs emit a full barrier (or a sequentially consistent
+/// instruction) for it on every architecture, arm64 included.
+#[inline(always)]
+pub fn compare_exchange(n: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: callers pass a live, aligned u64 map value.
+    unsafe {
+        core::intrinsics::atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            n, old, new,
+        )
+        .1
+    }
+}
+
+/// `BPF_XCHG` (5.12+): stores `new` in `*n`, fully ordered like
+/// `compare_exchange`.
+#[inline(always)]
+pub fn exchange(n: *mut u64, new: u64) -> u64 {
+    // SAFETY: callers pass a live, aligned u64 map value.
+    unsafe { core::intrinsics::atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(n, new) }
 }
 
 /// The number of entries namespace `netns` holds.
@@ -97,7 +197,11 @@ fn atomic_add(n: *mut u64, delta: u64) {
 pub fn netns_verdicts(netns: u64) -> u64 {
     match CLS_NETNS_VERDICTS.get_ptr(netns) {
         // SAFETY: a live map value.
-        Some(n) => unsafe { core::ptr::read_volatile(n) },
+        Some(n) => match unsafe { read_volatile(n) } {
+            // Being deleted by the CPU that took it to zero.
+            NETNS_COUNT_DYING => 0,
+            count => count,
+        },
         None => 0,
     }
 }

@@ -8,12 +8,12 @@
 //! socket is connecting to (the socket's remote address), so a verdict can
 //! never describe another connect of the same socket.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
@@ -21,7 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, inflight_slot, ConnKey, ConnVerdict, REPLY_FLAG_AMBIGUOUS, SOURCE_LEARNED,
+    counters as c, inflight_slot, ConnKey, ConnVerdict, INFLIGHT_LEARN_WATCH, INFLIGHT_VERDICT,
+    REPLY_FLAG_AMBIGUOUS, SOURCE_LEARNED,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -29,7 +30,8 @@ const BPF_NOEXIST: u64 = 1;
 use crate::{
     addr::{v4_mapped, v6_bytes},
     maps::{
-        count, netns_verdicts, netns_verdicts_add, verdicts_per_netns, CLS_INFLIGHT, CLS_VERDICTS,
+        compare_exchange, count, netns_verdicts, netns_verdicts_add, netns_verdicts_sub,
+        verdicts_per_netns, CLS_INFLIGHT, CLS_VERDICTS,
     },
 };
 
@@ -39,6 +41,7 @@ const AF_INET: u32 = 2;
 pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => start_watch(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => withdraw(&ctx),
         // Learning: only sockets `learn::watch` switched on.
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => crate::learn::on_header_option(&ctx),
@@ -55,36 +58,92 @@ fn publish(ctx: &SockOpsContext) {
         count(c::ERR_INFLIGHT);
         return;
     };
-    // The slot is this socket's only if it carries its cookie before and
-    // after the copy (a classified connect of a socket whose cookie shares
-    // the slot's bits may be writing it on another CPU).
-    // SAFETY: a live array value; owner_cookie is read and written whole.
-    let mut verdict = unsafe {
-        if read_volatile(&(*inflight).owner_cookie) != cookie {
-            // Not classified: the common case.
-            crate::learn::watch(ctx, cookie); // unclassified: maybe watched for learning
-            return;
-        }
-        let verdict = *inflight;
-        if read_volatile(&(*inflight).owner_cookie) != cookie {
-            return;
-        }
-        // Used once.
-        write_volatile(&mut (*inflight).owner_cookie, 0);
-        verdict
-    };
+    // The slot is this socket's only if it carries its cookie. Its connect
+    // wrote it on this thread, so a plain read sees it; the common case,
+    // an unclassified connect, stops here.
+    // SAFETY: a live array value; owner_cookie and inflight_kind are read
+    // whole.
+    if unsafe {
+        read_volatile(&(*inflight).owner_cookie) != cookie
+            || read_volatile(&(*inflight).inflight_kind) != INFLIGHT_VERDICT
+    } {
+        // No verdict: the common case. A learning watch record stays for
+        // `start_watch`.
+        return;
+    }
+    // SAFETY: a live array value, copied out.
+    let mut verdict = unsafe { *inflight };
+    // Used once, and ours only if it still carries our cookie after the
+    // copy: a connect of another socket whose cookie selects the same slot
+    // clears the cookie (a fully ordered exchange) before it writes the
+    // fields, so if the copy saw any of its fields, this fails.
+    // SAFETY: owner_cookie is an aligned u64 of a live array value.
+    if !compare_exchange(unsafe { &raw mut (*inflight).owner_cookie }, cookie, 0) {
+        return;
+    }
     verdict.owner_cookie = cookie;
     if !is_remote(ctx, &verdict) {
         count(c::PUBLISH_DST_MISMATCH);
         return;
     }
+    let learn_scope = verdict.learn_scope;
+    verdict.learn_scope = 0;
+    publish_verdict(ctx, &verdict);
+    if verdict.source == SOURCE_LEARNED {
+        // Watched for contradiction whether or not it could be published:
+        // a learned verdict the table had no room for is still one the
+        // client-first evidence must be able to remove.
+        verdict.learn_scope = learn_scope;
+        crate::learn::watch(ctx, cookie, &verdict);
+    }
+}
 
+/// `ACTIVE_ESTABLISHED_CB`: a connection without a verdict that learning
+/// wants watched (a watch record in its in-flight slot) is established:
+/// start the watch now. A connect refused or never answered never gets
+/// here, so it costs no entry in the watch table.
+#[inline(always)]
+fn start_watch(ctx: &SockOpsContext) {
+    // SAFETY: the helper accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(inflight) = CLS_INFLIGHT.get_ptr_mut(inflight_slot(cookie)) else {
+        return;
+    };
+    // SAFETY: as in `publish`.
+    if unsafe {
+        read_volatile(&(*inflight).owner_cookie) != cookie
+            || read_volatile(&(*inflight).inflight_kind) != INFLIGHT_LEARN_WATCH
+    } {
+        return;
+    }
+    // SAFETY: a live array value, copied out.
+    let record = unsafe { *inflight };
+    // SAFETY: owner_cookie is an aligned u64 of a live array value.
+    if !compare_exchange(unsafe { &raw mut (*inflight).owner_cookie }, cookie, 0) {
+        return;
+    }
+    if !is_remote(ctx, &record) {
+        return;
+    }
+    crate::learn::watch(ctx, cookie, &record);
+}
+
+/// Enters `verdict` in the published table under the socket's local
+/// address, within its namespace's share.
+#[inline(always)]
+fn publish_verdict(ctx: &SockOpsContext, verdict: &ConnVerdict) {
     let key = local_key(ctx);
     let share = verdicts_per_netns();
     let within_share = share == 0 || netns_verdicts(key.netns_cookie) < share;
-    if within_share && CLS_VERDICTS.insert(key, verdict, BPF_NOEXIST).is_ok() {
+    if within_share && CLS_VERDICTS.insert(key, *verdict, BPF_NOEXIST).is_ok() {
+        if !netns_verdicts_add(key.netns_cookie) {
+            // Not counted (the namespace table is full): an uncounted
+            // entry would escape the share, so it goes again.
+            let _ = CLS_VERDICTS.remove(key);
+            count(c::PUBLISH_TABLE_FULL);
+            return;
+        }
         count(c::PUBLISHED);
-        netns_verdicts_add(key.netns_cookie, 1);
     } else {
         if CLS_VERDICTS.get_ptr(key).is_none() {
             // A new entry was not allowed (the namespace's share is used
@@ -120,9 +179,6 @@ fn publish(ctx: &SockOpsContext) {
     {
         count(c::ERR_CB_FLAGS);
     }
-    if verdict.source == SOURCE_LEARNED {
-        crate::learn::watch(ctx, cookie); // learned: watched for contradiction
-    }
 }
 
 #[inline(always)]
@@ -139,7 +195,7 @@ fn withdraw(ctx: &SockOpsContext) {
     // port then reused) is left alone.
     if ours && CLS_VERDICTS.remove(key).is_ok() {
         count(c::UNPUBLISHED);
-        netns_verdicts_add(key.netns_cookie, u64::MAX);
+        netns_verdicts_sub(key.netns_cookie);
     } else {
         count(c::UNPUBLISH_MISSING);
     }

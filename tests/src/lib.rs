@@ -504,6 +504,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// Waits for the server's next line, which must start with `prefix`
+    /// (a progress line, before the verdict lines).
+    pub fn expect_line(&mut self, prefix: &str) -> Result<String> {
+        let line = self.lines.next().context("probe serve ended early")??;
+        anyhow::ensure!(
+            line.starts_with(prefix),
+            "expected {prefix:?}, got {line:?}"
+        );
+        Ok(line)
+    }
+
     /// The verdict lines, one per accepted connection.
     pub fn results(mut self) -> Result<Vec<Value>> {
         let mut out = Vec::new();

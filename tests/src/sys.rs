@@ -333,3 +333,39 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         p
     }
 }
+
+/// Moves the calling thread into a new network namespace of its own, with
+/// its loopback interface up. The previous namespace goes away once
+/// nothing else holds it.
+pub fn enter_new_netns() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word; CLONE_NEWNET affects only the
+    // calling thread's namespace membership.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket takes integers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is a C struct of integers and unions of integers, for
+    // which all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: ifr is a live ifreq naming an interface; SIOCGIFFLAGS fills
+    // its flags member.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut ifr) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the flags member was just written by the kernel.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS reads the name and flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const ifr) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -20,9 +20,14 @@ pub struct Options {
     /// Fewer iterations and repeats, for use while developing.
     #[arg(long)]
     quick: bool,
+    /// Only the kernel-time pass: each program's runs and ns per
+    /// connection (bpf_stats), summed against the 500 ns budget, with the
+    /// with/without ratios beside it. Writes target/bench/kernel-time.md.
+    #[arg(long)]
+    kernel_time: bool,
 }
 
-pub fn bench(Options { quick }: Options) -> Result<()> {
+pub fn bench(Options { quick, kernel_time }: Options) -> Result<()> {
     if !is_root() {
         bail!("benchmarks attach eBPF programs and create cgroups and namespaces: run as root (sudo -E cargo xtask bench)");
     }
@@ -37,6 +42,9 @@ pub fn bench(Options { quick }: Options) -> Result<()> {
     let mut cmd = Command::new(cargo::target_dir().join("release").join("bench"));
     if quick {
         cmd.arg("--quick");
+    }
+    if kernel_time {
+        cmd.args(["--only", "kernel-time"]);
     }
     cmd.arg("--out").arg(&out_dir).env("CLASSIFIER_BIN", &bin);
     step!("{}", show(&cmd));

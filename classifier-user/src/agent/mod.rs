@@ -106,6 +106,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
 
     let mut applier = Applier::open(&opts.pins, cgroup.clone(), opts.kubernetes)?;
+    let mut port_counts = datapath::port_counts::PortCounts::open(&opts.pins)?;
     let mut status = Status::new(
         StatusMap::open(&opts.pins)?,
         opts.pins.clone(),
@@ -278,6 +279,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 }
                 status.publish();
                 applier.tick();
+                match port_counts.age() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "aged the per-port connect counts"),
+                    Err(err) => tracing::warn!("ageing the per-port connect counts: {err:#}"),
+                }
                 if pod_watch.is_none() {
                     if let Err(err) = applier.refresh_pods() {
                         tracing::warn!("registering pod cgroups failed: {err:#}");

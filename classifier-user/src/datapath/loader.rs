@@ -151,6 +151,11 @@ fn install_or_adopt_in(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock)
             let _ = std::fs::remove_file(opts.pins.link(program));
         }
     }
+    // Before anything is created or pinned. (A cgroup that cannot be
+    // opened fails in `install`, with the maps pinned for the next start.)
+    if let Ok(cgroup) = File::open(opts.cgroup) {
+        refuse_another_classifier(cgroup.as_fd(), opts)?;
+    }
     if let Err(err) = install(opts) {
         // Leave no partial attachment behind: a node with connect4 but no
         // sockops would classify without publishing.
@@ -306,6 +311,38 @@ fn install(opts: &InstallOptions<'_>) -> Result<()> {
             .with_context(|| format!("attaching {name} to {}", opts.cgroup.display()))?;
     }
 
+    Ok(())
+}
+
+/// Refuses to attach where a classifier is attached already: another agent,
+/// with another `--pin-dir`, classifying the same cgroup. Both would
+/// classify every connect and each publish into its own table, and the two
+/// proxies' answers would depend on which ran last. Recognised by the
+/// connect4 program's name (the kernel keeps the first 15 bytes) among the
+/// programs attached to the cgroup itself.
+fn refuse_another_classifier(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    opts: &InstallOptions<'_>,
+) -> Result<()> {
+    let attached = crate::sys::bpf::prog_query(cgroup, link::BPF_CGROUP_INET4_CONNECT)
+        .with_context(|| format!("listing the programs attached to {}", opts.cgroup.display()))?;
+    if attached.is_empty() {
+        return Ok(());
+    }
+    let ours = &programs::CONNECT4[..programs::CONNECT4.len().min(15)];
+    for info in aya::programs::loaded_programs().flatten() {
+        if attached.contains(&info.id()) && info.name_as_str() == Some(ours) {
+            bail!(
+                "another classifier is already attached to cgroup {path} (program id {id}, \
+                 not from --pin-dir {dir}): two agents would both classify its connects. \
+                 Stop that agent and run `classifier agent --uninstall` with its --pin-dir, \
+                 or start this one with the same --pin-dir",
+                path = opts.cgroup.display(),
+                id = info.id(),
+                dir = opts.pins.root().display(),
+            );
+        }
+    }
     Ok(())
 }
 

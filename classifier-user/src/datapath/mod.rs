@@ -8,6 +8,7 @@ pub mod loader;
 pub mod object;
 pub mod pins;
 pub mod policy_maps;
+pub mod port_counts;
 pub mod scopes;
 pub mod status;
 

@@ -30,11 +30,34 @@ use crate::{
     policy::{Learning, LearningScope},
 };
 
-/// Entries one scope may hold: a sixteenth of the table, so at least 16
-/// scopes fill their share before the LRU could evict across scopes (a
-/// namespace that talks to more than 1024 distinct server-first
-/// destinations is not the case learning is for).
-pub const SCOPE_QUOTA: u32 = maps::LEARNED_CAPACITY / 16;
+/// Scopes that may all hold their quota before the LRU can evict one
+/// scope's entry for another's.
+pub const SCOPES_AT_QUOTA: u32 = 16;
+
+/// Free entries each CPU may hold back in a kernel LRU hash map
+/// (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.c; kernels from 6.16
+/// hold back at most half the table divided among the CPUs, fewer).
+pub const LRU_LOCAL_FREE_PER_CPU: u32 = 128;
+
+/// Smallest quota, whatever the node: below it learning is of little use.
+pub const MIN_SCOPE_QUOTA: u32 = 64;
+
+/// Entries one scope may hold in a learned table of `capacity` entries on
+/// a node with `possible_cpus` CPUs.
+///
+/// A kernel LRU hash map does not wait until it is full to evict: each CPU
+/// keeps up to `LRU_LOCAL_FREE_PER_CPU` free entries of its own, and a CPU
+/// that finds none left, on its own list or the shared one, evicts the
+/// least recently used entry, whoever's it is. So eviction can begin once
+/// the table holds `capacity - 128 x possible CPUs` entries. The quota
+/// divides that by `SCOPES_AT_QUOTA`: 16 scopes can all be at their quota
+/// without one evicting another's entry. (16384 entries: 1008 on 2 CPUs,
+/// 512 on 64; from 120 CPUs on the floor of 64 applies and the number of
+/// scopes shrinks: `(capacity - 128 x CPUs) / 64`.)
+pub fn scope_quota(capacity: u32, possible_cpus: u32) -> u32 {
+    let usable = capacity.saturating_sub(LRU_LOCAL_FREE_PER_CPU.saturating_mul(possible_cpus));
+    (usable / SCOPES_AT_QUOTA).max(MIN_SCOPE_QUOTA)
+}
 
 /// One learned destination, decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -102,14 +125,19 @@ fn unix_of(boot_ns: u64, boot_now: u64, unix_now: Duration) -> u64 {
 /// The learning maps, opened from the pins.
 pub struct LearnedTable {
     table: HashMap<MapData, LearnedKey, LearnedEntry>,
+    /// The pinned table's capacity (fixed when it was created).
+    capacity: u32,
     config: Array<MapData, LearnConfig>,
     scopes: HashMap<MapData, u32, u32>,
 }
 
 impl LearnedTable {
     pub fn open(pins: &PinDir) -> Result<Self> {
+        let table = open(pins, maps::LEARNED)?;
+        let capacity = table.info()?.max_entries();
         Ok(Self {
-            table: HashMap::try_from(Map::LruHashMap(open(pins, maps::LEARNED)?))?,
+            table: HashMap::try_from(Map::LruHashMap(table))?,
+            capacity,
             config: Array::try_from(Map::Array(open(pins, maps::LEARN_CONFIG)?))?,
             scopes: HashMap::try_from(Map::HashMap(open(pins, maps::LEARN_SCOPES)?))?,
         })
@@ -134,12 +162,20 @@ impl LearnedTable {
                 LearnConfig {
                     flags,
                     min_observations: learning.min_observations,
-                    scope_quota: SCOPE_QUOTA,
+                    scope_quota: self.scope_quota()?,
                     _pad: 0,
                 },
                 0,
             )
             .context("writing the learning settings")
+    }
+
+    /// This node's quota (see [`scope_quota`]).
+    fn scope_quota(&self) -> Result<u32> {
+        let capacity = self.capacity;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, err)| anyhow::anyhow!("reading {path}: {err}"))?;
+        Ok(scope_quota(capacity, cpus as u32))
     }
 
     /// Every entry, raw.
@@ -251,3 +287,6 @@ pub fn lookup_scope(config: &LearnConfig, client_scope: u32) -> u32 {
         client_scope
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -229,3 +229,22 @@ pub fn link_update(
     // SAFETY: BPF_LINK_UPDATE reads no pointers from attr.
     unsafe { sys_bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
 }
+
+/// BPF_PROG_QUERY on a cgroup: the ids of the programs attached to that
+/// cgroup itself (not inherited from its ancestors) for `attach_type`.
+pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: bpf_attach_type) -> io::Result<Vec<u32>> {
+    // A cgroup holds at most 64 programs per attach type (BPF_CGROUP_MAX_PROGS).
+    let mut ids = vec![0u32; 64];
+    let mut attr = zeroed_attr();
+    attr.query.__bindgen_anon_1.target_fd = cgroup.as_raw_fd() as u32;
+    attr.query.attach_type = attach_type as u32;
+    attr.query.prog_ids = ids.as_mut_ptr() as u64;
+    attr.query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
+    // SAFETY: prog_ids points to `ids`, prog_cnt u32s the kernel may write,
+    // alive until the call returns.
+    unsafe { sys_bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr)? };
+    // SAFETY: the kernel wrote back how many ids it filled in.
+    let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+    ids.truncate(count.min(64));
+    Ok(ids)
+}

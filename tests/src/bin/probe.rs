@@ -56,6 +56,7 @@ fn main() {
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
             args[3] == "server-first",
+            args.get(4).map(std::path::PathBuf::from),
         ),
         Some("talk") => talk(args[1].parse().expect("ADDR"), &args[2]),
         Some("serve-held") => serve_held(
@@ -70,6 +71,15 @@ fn main() {
         ),
         Some("udp-query") => udp_query(args[1].parse().expect("PEER")),
         Some("connect-pending") => connect_pending(
+            args[1].parse().expect("ADDR"),
+            args[2].parse().expect("COUNT"),
+        ),
+        Some("connect-ports") => connect_ports(
+            args[1].parse().expect("IP"),
+            args[2].parse().expect("FIRST"),
+            args[3].parse().expect("COUNT"),
+        ),
+        Some("netns-churn") => netns_churn(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
         ),
@@ -225,6 +235,31 @@ fn serve_held(addr: SocketAddr, count: usize) {
         println!("{}", describe(stream, *peer));
     }
     std::io::stdout().flush().unwrap();
+}
+
+/// `probe connect-ports IP FIRST COUNT`: one connect to each port from
+/// FIRST on (closed ports are refused at once). Prints how many connected.
+fn connect_ports(ip: std::net::IpAddr, first: u16, count: u16) {
+    let connected = (0..count)
+        .filter(|i| TcpStream::connect((ip, first + i)).is_ok())
+        .count();
+    println!("{}", json!({ "ports": count, "connected": connected }));
+}
+
+/// `probe netns-churn ADDR N`: N times: move into a new network namespace
+/// (the previous one goes away), connect to a listener of this process on
+/// ADDR there, accept, close both. As short-lived pods do. Prints how many
+/// namespaces connected.
+fn netns_churn(addr: SocketAddr, count: usize) {
+    for i in 0..count {
+        tests::sys::enter_new_netns().unwrap_or_else(|err| panic!("new netns #{i}: {err}"));
+        let listener = TcpListener::bind(addr).expect("bind");
+        let client = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        tests::sys::set_linger_zero(&client);
+        drop((client, server, listener));
+    }
+    println!("{}", json!({ "namespaces": count }));
 }
 
 /// Opens COUNT connections to ADDR, all held open until the server closes.
@@ -501,13 +536,26 @@ fn greeting(addr: SocketAddr) {
 /// per connection, greet first (server-first) or wait for the client's
 /// line first (client-first), then answer the line, then print the verdict
 /// the kernel gave the connection (queried after the exchange).
-fn talk_serve(addr: SocketAddr, count: usize, server_first: bool) {
+fn talk_serve(
+    addr: SocketAddr,
+    count: usize,
+    server_first: bool,
+    greet_when: Option<std::path::PathBuf>,
+) {
     let listener = TcpListener::bind(addr).expect("bind");
     println!("ready {}", listener.local_addr().unwrap());
     std::io::stdout().flush().unwrap();
     for _ in 0..count {
         let (mut stream, peer) = listener.accept().expect("accept");
         let mut buf = [0u8; 256];
+        if let Some(path) = &greet_when {
+            // A slow server: greets only once the test says so.
+            println!("accepted {peer}");
+            std::io::stdout().flush().unwrap();
+            while !path.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         if server_first {
             stream
                 .write_all(b"220 hello, server speaks first\r\n")

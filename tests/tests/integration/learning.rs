@@ -153,6 +153,111 @@ fn server_first_is_learned_then_used_and_a_client_first_contradiction_removes_it
     Ok(())
 }
 
+/// A flood of connects to closed ports (a tenant's scan, a crash-looping
+/// client) between another connection's connect and its server's greeting
+/// does not cost that connection its observation: a refused connect never
+/// takes a place in the watch table, which holds established connections
+/// only.
+#[test]
+fn a_flood_of_refused_connects_does_not_stop_anothers_learning() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("learn-flood")?;
+    sb.start_agent(&[])?;
+    sb.wait_for_generation(1)?;
+    let go = sb.dir.join("greet-now");
+    let mut server = Sandbox::spawn_server(
+        sb.probe(
+            &[
+                "talk-serve",
+                "127.0.0.1:2222",
+                "1",
+                "server-first",
+                go.to_str().unwrap(),
+            ],
+            None,
+        ),
+        1,
+    )?;
+    let client = sb
+        .probe(&["talk", "127.0.0.1:2222", "server-first"], None)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    server.expect_line("accepted")?;
+
+    // More refused connects than the watch table holds, from another
+    // network namespace, to ports below the ephemeral range (a connect to
+    // a port in it can connect to itself).
+    let other = Sandbox::new("learn-flood-other")?;
+    let flood = classifier_common::maps::LEARN_PENDING_CAPACITY + 4096;
+    let out = run(&mut sb.probe_in_netns(
+        &["connect-ports", "127.0.0.1", "10000", &flood.to_string()],
+        &other.netns,
+    ))?;
+    let out: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(out["connected"], 0, "{out}");
+
+    std::fs::write(&go, b"")?;
+    server.results()?;
+    client.wait_with_output()?;
+    let table = wait_learned(&sb, |l| !l.is_empty())?;
+    assert_eq!(table[0]["destination"], "127.0.0.1:2222", "{table:?}");
+    assert_eq!(counter(&sb, "err_learn"), 0);
+    Ok(())
+}
+
+/// A learned verdict the published table has no room for (the namespace's
+/// share is in use) is still watched: a client-first connection to that
+/// destination removes the entry even though its proxy never saw the
+/// verdict.
+#[test]
+fn a_learned_verdict_that_cannot_be_published_is_still_contradicted() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("learn-unpublished")?;
+    // 16 entries: this namespace may hold 16 / 8 = 2.
+    sb.start_agent(&["--verdict-table-size", "16"])?;
+    sb.wait_for_generation(1)?;
+    let server = talk_server(&sb, "127.0.0.1:2222", 1, true)?;
+    talk(&sb, "127.0.0.1:2222", true)?;
+    server.results()?;
+    wait_learned(&sb, |l| l.len() == 1)?;
+
+    // Two classified connections held open use up the namespace's share
+    // (the server waits for a third before it lets them go).
+    let held = sb.serve_held("127.0.0.1:3306", 3)?;
+    let holder = sb
+        .probe(&["connect-held", "127.0.0.1:3306", "2"], None)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&sb, "published") < 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the held connections never published"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // The destination now speaks client first; its learned verdict is not
+    // published (no room), and the observation still removes it.
+    let contra = talk_server(&sb, "127.0.0.1:2222", 1, false)?;
+    talk(&sb, "127.0.0.1:2222", false)?;
+    let seen = contra.results()?;
+    assert_eq!(seen[0]["protocol"], "unknown", "not published: {}", seen[0]);
+    assert!(counter(&sb, "publish_netns_full") >= 1);
+    wait_learned(&sb, |l| l.is_empty())?;
+    assert_eq!(counter(&sb, "learn_contradicted"), 1);
+
+    sb.connect(&["127.0.0.1:3306"], None)?;
+    held.results()?;
+    holder.wait_with_output()?;
+    assert_eq!(counter(&sb, "err_learn"), 0);
+    Ok(())
+}
+
 /// A server that closes before anyone speaks (its FIN counts one in the
 /// client's bytes_received) is not server-first.
 #[test]

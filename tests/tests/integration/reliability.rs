@@ -69,6 +69,111 @@ fn a_full_share_of_the_verdict_table_never_fails_a_connect_nor_evicts() -> Resul
 }
 
 #[test]
+fn namespaces_that_come_and_go_leave_no_count_behind_and_a_new_one_keeps_its_share() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("netns-churn")?;
+    // 16 entries: each network namespace may hold 16 / 8 = 2.
+    sb.start_agent(&["--verdict-table-size", "16"])?;
+    let baseline = pinned_entries(&sb, maps::NETNS_VERDICTS)?.len();
+
+    // Short-lived pods: each namespace publishes one verdict and goes away.
+    const NAMESPACES: u64 = 300;
+    tests::run(&mut sb.probe(
+        &["netns-churn", "127.0.0.1:3306", &NAMESPACES.to_string()],
+        None,
+    ))?;
+    let stats = sb.stats()?;
+    assert_eq!(stats["counters"]["published"], NAMESPACES, "{stats}");
+    assert_eq!(stats["counters"]["unpublished"], NAMESPACES, "{stats}");
+    // The count of a namespace that holds no verdict any more is gone with
+    // it: the table is back where it was, so it never fills with the
+    // namespaces a node has ever seen.
+    let counts = pinned_entries(&sb, maps::NETNS_VERDICTS)?;
+    assert_eq!(counts.len(), baseline, "left behind: {counts:?}");
+
+    // A namespace that comes after them is still held to its share.
+    const CONNECTIONS: usize = 8;
+    let server = sb.serve_held("127.0.0.1:3306", CONNECTIONS)?;
+    let client = sb
+        .probe(
+            &["connect-held", "127.0.0.1:3306", &CONNECTIONS.to_string()],
+            None,
+        )
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let seen = server.results()?;
+    client.wait_with_output()?;
+    let verdicts: Vec<&str> = seen
+        .iter()
+        .map(|v| v["protocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["opaque", "opaque"]
+            .into_iter()
+            .chain(["unknown"; CONNECTIONS - 2])
+            .collect::<Vec<_>>(),
+        "two verdicts (its share), then detection as usual"
+    );
+    let stats = sb.stats()?;
+    assert_eq!(
+        stats["counters"]["publish_netns_full"],
+        (CONNECTIONS - 2) as u64,
+        "{stats}"
+    );
+    assert_eq!(stats["errors_total"], 0, "{stats}");
+    Ok(())
+}
+
+#[test]
+fn new_ports_are_still_counted_after_more_ports_than_the_table_holds() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("port-counts")?;
+    sb.start_agent(&["--watch-interval", "0.2"])?;
+    sb.wait_for_generation(1)?;
+    // One connect to each of more ports than the table holds (closed
+    // ports: refused at once).
+    let capacity = maps::PORT_COUNTS_CAPACITY as usize;
+    tests::run(&mut sb.probe(
+        &[
+            "connect-ports",
+            "127.0.0.1",
+            "20000",
+            &(capacity + 200).to_string(),
+        ],
+        None,
+    ))?;
+    // The agent ages the table (past three quarters full, down to half):
+    // it has room again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while pinned_entries(&sb, maps::PORT_COUNTS)?.len() > capacity * 3 / 4 {
+        assert!(std::time::Instant::now() < deadline, "never aged");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A port first connected to now is counted, and leads the top ports.
+    for _ in 0..3 {
+        tests::run(&mut sb.probe(&["connect-ports", "127.0.0.1", "40000", "1"], None))?;
+    }
+    let stats = sb.stats()?;
+    assert_eq!(
+        stats["top_ports"][0]["port"], 40000,
+        "{}",
+        stats["top_ports"]
+    );
+    assert_eq!(
+        stats["top_ports"][0]["connects"], 3,
+        "{}",
+        stats["top_ports"]
+    );
+    assert_eq!(stats["errors_total"], 0, "{stats}");
+    Ok(())
+}
+
+#[test]
 fn a_namespace_flooding_half_open_connects_does_not_evict_anothers_verdicts() -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -677,6 +782,58 @@ fn a_second_agent_on_the_same_pins_is_refused() -> Result<()> {
         "{stderr}"
     );
     // The first one is unharmed.
+    assert_eq!(sb.verdict("127.0.0.1:3306")?["protocol"], "opaque");
+    Ok(())
+}
+
+#[test]
+fn a_second_agent_with_other_pins_on_the_same_cgroup_is_refused() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("two-pin-dirs")?;
+    sb.start_agent(&[])?;
+    let other_pins = sb.pins.with_file_name(format!("{}-second", sb.name));
+    let mut second = Command::new(classifier_bin())
+        .args(["agent", "--cgroup"])
+        .arg(&sb.cgroup)
+        .arg("--pin-dir")
+        .arg(&other_pins)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // An agent that started would run until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while second.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output()?;
+    // Whatever happened, leave no pins behind.
+    let _ = Command::new(classifier_bin())
+        .args(["agent", "--uninstall", "--pin-dir"])
+        .arg(&other_pins)
+        .output();
+    let _ = std::fs::remove_dir_all(&other_pins);
+    assert!(!out.status.success(), "the second agent started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another classifier is already attached to cgroup"),
+        "{stderr}"
+    );
+    // Nothing of the second agent was attached, and the first one is
+    // unharmed.
+    let attached = tests::run(
+        Command::new("bpftool")
+            .args(["--json", "cgroup", "show"])
+            .arg(&sb.cgroup),
+    )?;
+    let attached: Value = serde_json::from_slice(&attached.stdout)?;
+    assert_eq!(
+        attached.as_array().map(Vec::len),
+        Some(classifier_common::programs::ALL.len()),
+        "{attached}"
+    );
     assert_eq!(sb.verdict("127.0.0.1:3306")?["protocol"], "opaque");
     Ok(())
 }

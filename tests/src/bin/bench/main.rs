@@ -9,6 +9,8 @@
 //! ```text
 //! bench [--quick] [--out DIR]      results in DIR/results.json and DIR/results.md
 //! bench --only kubernetes           scenario 6 alone, JSON on stdout
+//! bench --only kernel-time          kernel ns per connection per program, against
+//!                                   the 500 ns budget, and the ratios beside it
 //! ```
 //!
 //! ```text
@@ -78,8 +80,23 @@ fn real_main() -> Result<()> {
         let r = kubernetes_scale(&attached)?;
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
+    } else if only.as_deref() == Some("kernel-time") {
+        // The datapath's kernel-time budget, in a pass of its own.
+        let mut attached = Sandbox::new("bench-attached")?;
+        let bare = Sandbox::new("bench-bare")?;
+        attached.start_agent(&[])?;
+        step("kernel time per connection (bpf_stats), then the ratios");
+        results["kernel_time"] = kernel_time(&plan, &attached, &bare)?;
+        let markdown = render_kernel_time(&results["kernel_time"]);
+        fs::write(
+            out.join("kernel-time.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
+        fs::write(out.join("kernel-time.md"), &markdown)?;
+        println!("{markdown}");
+        return Ok(());
     } else if let Some(other) = only {
-        bail!("--only {other:?}: the only scenario that runs alone is `kubernetes`");
+        bail!("--only {other:?}: the scenarios that run alone are `kubernetes` and `kernel-time`");
     }
 
     let mut attached = Sandbox::new("bench-attached")?;

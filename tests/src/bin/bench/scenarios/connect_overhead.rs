@@ -52,12 +52,12 @@ pub(crate) fn connect_overhead(plan: &Plan, attached: &Sandbox, bare: &Sandbox) 
 }
 
 /// Keeps `kernel.bpf_stats_enabled` on while alive (run_time_ns/run_cnt).
-struct BpfStats {
+pub(crate) struct BpfStats {
     previous: String,
 }
 
 impl BpfStats {
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         let path = "/proc/sys/kernel/bpf_stats_enabled";
         let previous = fs::read_to_string(path).context("reading kernel.bpf_stats_enabled")?;
         fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
@@ -72,7 +72,7 @@ impl Drop for BpfStats {
 }
 
 /// (run_cnt, run_time_ns) of each program, from the kernel.
-fn program_counters(sb: &Sandbox) -> Result<Vec<(&'static str, u64, u64)>> {
+pub(crate) fn program_counters(sb: &Sandbox) -> Result<Vec<(&'static str, u64, u64)>> {
     let mut out = Vec::new();
     for program in programs::ALL {
         let link = sb.pins.join("links").join(program);

@@ -3,6 +3,7 @@
 
 mod connect_overhead; // 1, and the kernel's own per-program run times
 mod footprint; // 4
+mod kernel_time; // the kernel-time pass (`--only kernel-time`)
 mod kubernetes_scale; // 6
 mod learning; // 8
 mod pod_registration; // 9
@@ -13,6 +14,7 @@ mod stats_at_scale; // 3
 
 pub(crate) use connect_overhead::{connect_overhead, program_run_times};
 pub(crate) use footprint::footprint;
+pub(crate) use kernel_time::{kernel_time, render as render_kernel_time};
 pub(crate) use kubernetes_scale::kubernetes_scale;
 pub(crate) use learning::learning;
 pub(crate) use pod_registration::pod_registration;
