@@ -8,6 +8,7 @@ pub mod loader;
 pub mod object;
 pub mod pins;
 pub mod policy_maps;
+mod policy_patch;
 pub mod scopes;
 pub mod status;
 

@@ -42,14 +42,14 @@ use crate::{
 
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
-    config: Array<MapData, PolicyConfig>,
-    v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict>,
-    v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
+    pub(super) config: Array<MapData, PolicyConfig>,
+    pub(super) v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict>,
+    pub(super) v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
     default_ports: Array<MapData, u64>,
     excluded: HashMap<MapData, u64, u8>,
     /// What each slot holds, when known. `None` for a slot this agent has
     /// not written (adopted pins) or whose write failed half way.
-    contents: [Option<Arc<CompiledPolicy>>; 2],
+    pub(super) contents: [Option<Arc<CompiledPolicy>>; 2],
     /// The grace period after the last switch, being waited for.
     grace: Option<thread::JoinHandle<std::io::Result<()>>>,
     rcu: Arc<RcuBarrier>,
@@ -75,7 +75,7 @@ pub struct Applied {
 
 /// A delete of a key that should be there: its absence is the state wanted,
 /// so only other errors count.
-fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
