@@ -308,7 +308,7 @@ fn apply_reloaded(
     }
 }
 
-/// The objects the policy just applied skipped (issue 12): counts by kind
+/// The objects the policy just applied skipped: counts by kind
 /// for `/metrics`, the first few for `classifier stats`.
 fn report_rejected(source: &PolicySource, agent_metrics: &metrics::AgentMetrics, status: &Status) {
     let report = source.rejected();
