@@ -73,10 +73,19 @@ impl Background {
             let position = relabel(&mut e.verdict);
             if e.scope == SCOPE_NODE {
                 let net = IpNet::new(IpAddr::from(e.addr), e.prefix).expect("compiled prefix");
-                node.insert((e.port, net), BgEntry { verdict: e.verdict, position });
+                node.insert(
+                    (e.port, net),
+                    BgEntry {
+                        verdict: e.verdict,
+                        position,
+                    },
+                );
                 lens[0].push(e.prefix);
                 if e.prefix == 32 {
-                    at_host.entry(net.addr()).or_default().push((e.port, e.verdict));
+                    at_host
+                        .entry(net.addr())
+                        .or_default()
+                        .push((e.port, e.verdict));
                 }
             }
         }
@@ -84,10 +93,19 @@ impl Background {
             let position = relabel(&mut e.verdict);
             if e.scope == SCOPE_NODE {
                 let net = IpNet::new(IpAddr::from(e.addr), e.prefix).expect("compiled prefix");
-                node.insert((e.port, net), BgEntry { verdict: e.verdict, position });
+                node.insert(
+                    (e.port, net),
+                    BgEntry {
+                        verdict: e.verdict,
+                        position,
+                    },
+                );
                 lens[1].push(e.prefix);
                 if e.prefix == 128 {
-                    at_host.entry(net.addr()).or_default().push((e.port, e.verdict));
+                    at_host
+                        .entry(net.addr())
+                        .or_default()
+                        .push((e.port, e.verdict));
                 }
             }
         }

@@ -34,7 +34,8 @@
 //! pod whose addresses another live pod claims (before or after the
 //! change: contested addresses get no rules at all); a namespace whose
 //! rules go over its entry budget, or a policy over the tables' capacity
-//! (the give-way); and every change while some namespace is over budget.
+//! (the give-way); every change while some namespace is over budget; and
+//! a batch that changes a large part of the documents (a first list).
 //! [`LivePolicy::full_compiles`] counts them.
 //!
 //! The differential property (tests, and the `live_documents` fuzz
@@ -46,7 +47,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use classifier_common::{RuleVerdict, PORT_ANY, PROTO_UNKNOWN, RULE_MATCH, RULE_NONE, SCOPE_NODE};
 use crate::compile::{entry_bound, CompileError, CompiledPolicy, TrieEntry};
 use crate::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
 use crate::model::{Policy, PolicyError, Rule};
@@ -54,6 +54,7 @@ use crate::sources::document::{Document, DocumentKey, DocumentSet};
 use crate::sources::kinds::{self, KubeKind};
 use crate::sources::linkerd::{compile_documents_report, Options, Rejected};
 use crate::sources::objects::Object;
+use classifier_common::{RuleVerdict, PORT_ANY, PROTO_UNKNOWN, RULE_MATCH, RULE_NONE, SCOPE_NODE};
 
 mod base;
 #[cfg(any(test, feature = "testing"))]
@@ -519,7 +520,10 @@ impl LivePolicy {
                     .and_then(|slots| slots.get(pos))
                     .and_then(|&s| self.rules[s as usize].as_ref())
                     .map(|h| h.rule.id),
-                None => old_bg.get(r.origin.as_str()).and_then(|v| v.get(pos)).copied(),
+                None => old_bg
+                    .get(r.origin.as_str())
+                    .and_then(|v| v.get(pos))
+                    .copied(),
             };
             if let Some(id) = old.filter(|id| used.insert(*id)) {
                 ids[i] = id;
@@ -645,8 +649,12 @@ impl LivePolicy {
         &mut self,
         changes: impl IntoIterator<Item = Change>,
     ) -> Result<Outcome, LiveError> {
+        let changes: Vec<Change> = changes.into_iter().collect();
+        // A batch that changes a large part of the documents (a first list,
+        // a re-list after a long absence) is cheaper compiled whole.
+        let large = changes.len() > 256 && changes.len() * 4 > self.set.len();
         let mut p = Pending {
-            full: self.degraded || self.bg_node_holes,
+            full: self.degraded || self.bg_node_holes || large,
             ..Pending::default()
         };
         for change in changes {
@@ -837,7 +845,10 @@ impl LivePolicy {
             return Ok(());
         }
         // UID -> namespace.
-        let (old_uid, new_uid) = (old.and_then(|d| d.uid.clone()), new.and_then(|d| d.uid.clone()));
+        let (old_uid, new_uid) = (
+            old.and_then(|d| d.uid.clone()),
+            new.and_then(|d| d.uid.clone()),
+        );
         if let Some(uid) = &old_uid {
             if let Some(n) = self.uids.get_mut(uid) {
                 *n -= 1;
@@ -849,7 +860,9 @@ impl LivePolicy {
         }
         if let Some(uid) = &new_uid {
             *self.uids.entry(uid.clone()).or_default() += 1;
-            let ns = new.and_then(|d| d.namespace.as_deref()).unwrap_or("default");
+            let ns = new
+                .and_then(|d| d.namespace.as_deref())
+                .unwrap_or("default");
             self.pod_namespaces.insert(uid.to_string(), ns.to_string());
         }
         // Another pod with one of these UIDs (after the change, not
@@ -864,7 +877,10 @@ impl LivePolicy {
             return Ok(());
         }
         // Servers that select the pod, before or after.
-        let ns = new.or(old).and_then(|d| d.namespace.clone()).unwrap_or_default();
+        let ns = new
+            .or(old)
+            .and_then(|d| d.namespace.clone())
+            .unwrap_or_default();
         let labels = |d: Option<&Arc<Document>>| match d.and_then(|d| d.object()) {
             Some(Object::Pod(pod)) => Some(pod.labels.clone()),
             _ => None,
@@ -1085,7 +1101,12 @@ impl LivePolicy {
         // What is there now: the ports this layer wrote, or the background's.
         let mut before: BTreeMap<u16, RuleVerdict> = BTreeMap::new();
         let old_ports = self.written.remove(&addr);
-        for port in old_ports.iter().flatten().copied().chain(bg.iter().map(|&(p, _)| p)) {
+        for port in old_ports
+            .iter()
+            .flatten()
+            .copied()
+            .chain(bg.iter().map(|&(p, _)| p))
+        {
             if let Some(v) = self.remove_entry(port, addr, prefix) {
                 before.insert(port, v);
             }
@@ -1122,22 +1143,52 @@ impl LivePolicy {
         }
     }
 
-    fn record(&mut self, addr: IpAddr, prefix: u8, (port, verdict): (u16, RuleVerdict), removed: bool) {
+    fn record(
+        &mut self,
+        addr: IpAddr,
+        prefix: u8,
+        (port, verdict): (u16, RuleVerdict),
+        removed: bool,
+    ) {
         match addr {
             IpAddr::V4(a) => {
-                let e = TrieEntry { scope: SCOPE_NODE, port, addr: a.octets(), prefix, verdict };
-                if removed { self.delta.v4_removed.push(e) } else { self.delta.v4_upserted.push(e) }
+                let e = TrieEntry {
+                    scope: SCOPE_NODE,
+                    port,
+                    addr: a.octets(),
+                    prefix,
+                    verdict,
+                };
+                if removed {
+                    self.delta.v4_removed.push(e)
+                } else {
+                    self.delta.v4_upserted.push(e)
+                }
             }
             IpAddr::V6(a) => {
-                let e = TrieEntry { scope: SCOPE_NODE, port, addr: a.octets(), prefix, verdict };
-                if removed { self.delta.v6_removed.push(e) } else { self.delta.v6_upserted.push(e) }
+                let e = TrieEntry {
+                    scope: SCOPE_NODE,
+                    port,
+                    addr: a.octets(),
+                    prefix,
+                    verdict,
+                };
+                if removed {
+                    self.delta.v6_removed.push(e)
+                } else {
+                    self.delta.v6_upserted.push(e)
+                }
             }
         }
     }
 
     /// The entry at (node scope, `port`, `addr`/full) for the whole policy.
     fn value(&self, port: u16, addr: IpAddr, prefix: u8, slots: &[u32]) -> RuleVerdict {
-        let hosts = || slots.iter().map(|&s| self.rules[s as usize].as_ref().expect("indexed slot"));
+        let hosts = || {
+            slots
+                .iter()
+                .map(|&s| self.rules[s as usize].as_ref().expect("indexed slot"))
+        };
         let best = |wildcard: bool| {
             hosts()
                 .filter(|h| {
@@ -1166,7 +1217,11 @@ impl LivePolicy {
         };
         match (host, bg) {
             (Some((h, h_wild)), Some(b)) if b.verdict.net_prefix == prefix => {
-                let b_tier = if b.position <= self.base.operator_rules { 0 } else { 4 };
+                let b_tier = if b.position <= self.base.operator_rules {
+                    0
+                } else {
+                    4
+                };
                 if (b.wildcard, b_tier) < (h_wild, tier(&h.doc)) {
                     b.verdict
                 } else {

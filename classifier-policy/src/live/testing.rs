@@ -9,8 +9,8 @@ use classifier_common::{RuleVerdict, RULE_MATCH};
 use super::{Change, LivePolicy};
 use crate::compile::{compile, CompiledPolicy};
 use crate::model::Rule;
-use crate::sources::document::{Document, DocumentSet};
 use crate::sources::compile_documents_report;
+use crate::sources::document::{Document, DocumentSet};
 
 /// A small deterministic generator (xorshift64*), so that a failing seed
 /// reproduces.
@@ -140,7 +140,8 @@ pub fn random_document(rng: &mut Rng) -> String {
 
 pub fn document(text: &str) -> Arc<Document> {
     let mut set = DocumentSet::new();
-    set.add_text(text, "gen.yaml").expect("generated documents read");
+    set.add_text(text, "gen.yaml")
+        .expect("generated documents read");
     set.docs.into_values().next().expect("one document")
 }
 
@@ -149,7 +150,8 @@ fn named(v: &RuleVerdict, rule: impl Fn(u32) -> Option<Rule>) -> String {
     if v.kind != RULE_MATCH {
         return format!("{v:?}");
     }
-    let r = rule(v.rule_id).unwrap_or_else(|| panic!("verdict names rule {} which is not there", v.rule_id));
+    let r = rule(v.rule_id)
+        .unwrap_or_else(|| panic!("verdict names rule {} which is not there", v.rule_id));
     format!(
         "{} {:?} {} {:?} net_prefix {} protocol {}",
         r.origin, r.protocol, r.ports, r.networks, v.net_prefix, v.protocol
@@ -157,12 +159,12 @@ fn named(v: &RuleVerdict, rule: impl Fn(u32) -> Option<Rule>) -> String {
 }
 
 fn entries(c: &CompiledPolicy, rule: impl Fn(u32) -> Option<Rule>) -> Vec<String> {
-    let v4 = c.v4.iter().map(|e| {
-        format!("{:?} -> {}", e.sort_key(), named(&e.verdict, &rule))
-    });
-    let v6 = c.v6.iter().map(|e| {
-        format!("{:?} -> {}", e.sort_key(), named(&e.verdict, &rule))
-    });
+    let v4 =
+        c.v4.iter()
+            .map(|e| format!("{:?} -> {}", e.sort_key(), named(&e.verdict, &rule)));
+    let v6 =
+        c.v6.iter()
+            .map(|e| format!("{:?} -> {}", e.sort_key(), named(&e.verdict, &rule)));
     v4.chain(v6).collect()
 }
 
@@ -178,14 +180,37 @@ pub fn assert_matches_full(live: &LivePolicy, context: &str) {
         let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).collect();
         panic!("{context}: live entries differ from a full compile\nmissing: {missing:#?}\nextra: {extra:#?}");
     }
-    assert_eq!(live_compiled.rule_count, full_compiled.rule_count, "{context}: rule count");
-    assert_eq!(live_compiled.any_port, full_compiled.any_port, "{context}: any_port");
+    assert_eq!(
+        live_compiled.rule_count, full_compiled.rule_count,
+        "{context}: rule count"
+    );
+    assert_eq!(
+        live_compiled.any_port, full_compiled.any_port,
+        "{context}: any_port"
+    );
     assert_eq!(live_compiled.scoped, full_compiled.scoped, "{context}");
-    assert_eq!(live_compiled.global_egress, full_compiled.global_egress, "{context}");
-    assert_eq!(live_compiled.default_ports, full_compiled.default_ports, "{context}");
-    assert_eq!(live.pod_namespaces(), &full.policy.pod_namespaces, "{context}: pod namespaces");
-    let mut want_rejected: Vec<String> = full.rejected.iter().map(|r| format!("{} {}", r.origin, r.error)).collect();
-    let mut got_rejected: Vec<String> = live.rejected().map(|r| format!("{} {}", r.origin, r.error)).collect();
+    assert_eq!(
+        live_compiled.global_egress, full_compiled.global_egress,
+        "{context}"
+    );
+    assert_eq!(
+        live_compiled.default_ports, full_compiled.default_ports,
+        "{context}"
+    );
+    assert_eq!(
+        live.pod_namespaces(),
+        &full.policy.pod_namespaces,
+        "{context}: pod namespaces"
+    );
+    let mut want_rejected: Vec<String> = full
+        .rejected
+        .iter()
+        .map(|r| format!("{} {}", r.origin, r.error))
+        .collect();
+    let mut got_rejected: Vec<String> = live
+        .rejected()
+        .map(|r| format!("{} {}", r.origin, r.error))
+        .collect();
     want_rejected.sort();
     got_rejected.sort();
     assert_eq!(got_rejected, want_rejected, "{context}: rejected objects");
@@ -202,9 +227,14 @@ pub fn assert_matches_full(live: &LivePolicy, context: &str) {
 pub fn random_change(rng: &mut Rng, live: &LivePolicy) -> Change {
     if rng.below(4) == 0 && !live.documents().is_empty() {
         let n = rng.below(live.documents().len() as u64) as usize;
-        let key = live.documents().docs.keys().nth(n).expect("in range").clone();
+        let key = live
+            .documents()
+            .docs
+            .keys()
+            .nth(n)
+            .expect("in range")
+            .clone();
         return Change::Delete(key);
     }
     Change::Apply(document(&random_document(rng)))
 }
-

@@ -9,14 +9,19 @@ use super::*;
 
 #[test]
 fn incremental_state_equals_a_full_compile_after_any_changes() {
-    let cases: u64 = std::env::var("LIVE_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let cases: u64 = std::env::var("LIVE_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let mut incremental = 0;
     for seed in 0..cases {
         let mut rng = Rng::new(seed);
         let mut live = LivePolicy::new(Options::default()).unwrap();
         let mut before = live.compiled();
         for step in 0..40 {
-            let batch: Vec<Change> = (0..1 + rng.below(3)).map(|_| random_change(&mut rng, &live)).collect();
+            let batch: Vec<Change> = (0..1 + rng.below(3))
+                .map(|_| random_change(&mut rng, &live))
+                .collect();
             let described: Vec<String> = batch
                 .iter()
                 .map(|c| match c {
@@ -38,7 +43,10 @@ fn incremental_state_equals_a_full_compile_after_any_changes() {
         incremental += live.incremental_updates();
     }
     // The property must exercise the incremental path, not only fallbacks.
-    assert!(incremental > cases * 10, "only {incremental} incremental updates");
+    assert!(
+        incremental > cases * 10,
+        "only {incremental} incremental updates"
+    );
 }
 
 #[test]
@@ -55,7 +63,9 @@ fn ids_do_not_shift_when_another_object_changes() {
     ])
     .unwrap();
     let ids = |live: &LivePolicy| -> BTreeMap<String, u32> {
-        live.rules().map(|r| (format!("{} {:?}", r.origin, r.protocol), r.id)).collect()
+        live.rules()
+            .map(|r| (format!("{} {:?}", r.origin, r.protocol), r.id))
+            .collect()
     };
     let before = ids(&live);
     // A pod that sorts first arrives, and p-3 changes its ports.
@@ -91,7 +101,10 @@ fn global_changes_compile_everything_and_keep_ids() {
     assert!(out.full);
     assert_eq!(live.full_compiles(), 1);
     let again: Vec<u32> = live.rules().map(|r| r.id).collect();
-    assert_eq!(ids, again, "a full compile keeps the ids of unchanged objects");
+    assert_eq!(
+        ids, again,
+        "a full compile keeps the ids of unchanged objects"
+    );
     assert_matches_full(&live, "namespace annotated");
 }
 
@@ -106,7 +119,10 @@ fn a_contested_address_falls_back_and_comes_back() {
     assert!(!live.apply([Change::Apply(pod("one"))]).unwrap().full);
     assert!(live.apply([Change::Apply(pod("two"))]).unwrap().full);
     assert_matches_full(&live, "contested");
-    assert!(live.compiled().v4.is_empty(), "a contested address gets no rules");
+    assert!(
+        live.compiled().v4.is_empty(),
+        "a contested address gets no rules"
+    );
     let key = pod("two").key();
     assert!(live.apply([Change::Delete(key)]).unwrap().full);
     assert_matches_full(&live, "uncontested");

@@ -42,9 +42,7 @@ use classifier_user::{
         compile,
         live::{Change, LivePolicy},
     },
-    sources::{
-        compile_documents, document::DocumentKey, kinds, kubernetes::to_document, Options,
-    },
+    sources::{compile_documents, document::DocumentKey, kinds, kubernetes::to_document, Options},
 };
 use kube::core::DynamicObject;
 use serde_json::{json, Value};
@@ -82,7 +80,10 @@ fn churn_events(n: u64, pods: u32) -> Vec<Event> {
             new["metadata"]["uid"] = json!(format!("r-{n}"));
             new["status"]["podIP"] = json!(ip);
             new["status"]["podIPs"] = json!([{ "ip": ip }]);
-            let ns = old["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let ns = old["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let old_name = old["metadata"]["name"].as_str().unwrap_or("").to_string();
             vec![
                 Event::Delete(DocumentKey::new("Pod", Some(&ns), &old_name)),
@@ -90,8 +91,17 @@ fn churn_events(n: u64, pods: u32) -> Vec<Event> {
             ]
         }
         12..=15 => vec![Event::Apply(&kinds::POD, annotated_pod(pick % pods, n))],
-        16..=18 => vec![Event::Apply(&kinds::SERVICE, service(pick % SERVICES, if n % 2 == 0 { "3307" } else { "3306" }))],
-        _ => vec![Event::Apply(&kinds::SERVER, server(pick % NAMESPACES, if n % 2 == 0 { "HTTP/2" } else { "HTTP/1" }))],
+        16..=18 => vec![Event::Apply(
+            &kinds::SERVICE,
+            service(pick % SERVICES, if n % 2 == 0 { "3307" } else { "3306" }),
+        )],
+        _ => vec![Event::Apply(
+            &kinds::SERVER,
+            server(
+                pick % NAMESPACES,
+                if n % 2 == 0 { "HTTP/2" } else { "HTTP/1" },
+            ),
+        )],
     }
 }
 
@@ -107,8 +117,17 @@ fn one_change(k: u64, pods: u32) -> Event {
     let pick = (k * 7919) as u32;
     match k % 3 {
         0 => Event::Apply(&kinds::POD, annotated_pod(pick % pods, k / 3)),
-        1 => Event::Apply(&kinds::SERVICE, service(pick % SERVICES, if k % 2 == 0 { "3307" } else { "3306" })),
-        _ => Event::Apply(&kinds::SERVER, server(pick % NAMESPACES, if k % 2 == 0 { "HTTP/2" } else { "HTTP/1" })),
+        1 => Event::Apply(
+            &kinds::SERVICE,
+            service(pick % SERVICES, if k % 2 == 0 { "3307" } else { "3306" }),
+        ),
+        _ => Event::Apply(
+            &kinds::SERVER,
+            server(
+                pick % NAMESPACES,
+                if k % 2 == 0 { "HTTP/2" } else { "HTTP/1" },
+            ),
+        ),
     }
 }
 
@@ -124,7 +143,11 @@ fn convert(event: Event) -> Result<Change> {
 }
 
 /// Brings the maps to the live policy after an update.
-fn write_maps(maps: &mut PolicyMaps, live: &LivePolicy, out: &classifier_user::policy::live::Outcome) -> Result<()> {
+fn write_maps(
+    maps: &mut PolicyMaps,
+    live: &LivePolicy,
+    out: &classifier_user::policy::live::Outcome,
+) -> Result<()> {
     if !out.full && maps.patch(&out.delta)?.is_some() {
         return Ok(());
     }
@@ -186,7 +209,13 @@ struct ChurnResult {
 }
 
 /// The incremental path under churn: every batch applied as it comes.
-fn churn_live(maps: &mut PolicyMaps, live: &mut LivePolicy, pods: u32, rate: u64, secs: u64) -> Result<ChurnResult> {
+fn churn_live(
+    maps: &mut PolicyMaps,
+    live: &mut LivePolicy,
+    pods: u32,
+    rate: u64,
+    secs: u64,
+) -> Result<ChurnResult> {
     let rx = producer(rate, secs, pods);
     let fulls = live.full_compiles();
     let (wall, cpu) = (Instant::now(), thread_cpu()?);
@@ -218,7 +247,13 @@ fn churn_live(maps: &mut PolicyMaps, live: &mut LivePolicy, pods: u32, rate: u64
 }
 
 /// Today's path under churn: debounce, then compile everything.
-fn churn_before(maps: &mut PolicyMaps, live: &LivePolicy, pods: u32, rate: u64, secs: u64) -> Result<ChurnResult> {
+fn churn_before(
+    maps: &mut PolicyMaps,
+    live: &LivePolicy,
+    pods: u32,
+    rate: u64,
+    secs: u64,
+) -> Result<ChurnResult> {
     let (quiet, max) = (Duration::from_millis(500), Duration::from_secs(5));
     let mut set = live.documents().clone();
     let rx = producer(rate, secs, pods);

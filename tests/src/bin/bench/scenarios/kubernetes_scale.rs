@@ -103,7 +103,9 @@ pub(super) fn pod(i: u32) -> Value {
 /// Made one at a time, as a watch stream delivers them: a cluster's worth
 /// of JSON made up front and freed at once would leave the allocator
 /// consolidating it during the compile that follows, which no agent sees.
-pub(super) fn cluster_objects(pods: u32) -> impl Iterator<Item = (&'static kinds::KubeKind, Value)> {
+pub(super) fn cluster_objects(
+    pods: u32,
+) -> impl Iterator<Item = (&'static kinds::KubeKind, Value)> {
     let namespaces = (0..NAMESPACES).flat_map(|n| {
         let mut meta = json!({"name": format!("ns-{n}"), "uid": format!("ns-{n}"),
             "labels": {"kubernetes.io/metadata.name": format!("ns-{n}")}});
