@@ -106,6 +106,9 @@ pub struct Delta {
     pub rule_count: u32,
     /// Whether some entry is at [`PORT_ANY`] after it.
     pub any_port: bool,
+    /// Entries per family after it.
+    pub v4_entries: usize,
+    pub v6_entries: usize,
 }
 
 impl Delta {
@@ -114,6 +117,74 @@ impl Delta {
             && self.v4_upserted.is_empty()
             && self.v6_removed.is_empty()
             && self.v6_upserted.is_empty()
+    }
+
+    /// Number of entries it removes or writes.
+    pub fn len(&self) -> usize {
+        self.v4_removed.len()
+            + self.v4_upserted.len()
+            + self.v6_removed.len()
+            + self.v6_upserted.len()
+    }
+
+    /// Brings `policy` through `deltas` in order, in one merge per family
+    /// (linear in the policy, whatever the number of deltas).
+    pub fn apply_all(deltas: &[Delta], policy: &mut CompiledPolicy) {
+        fn merge<const N: usize>(
+            v: &mut Vec<TrieEntry<N>>,
+            changes: impl Iterator<Item = (TrieEntry<N>, bool)>,
+        ) {
+            // Last change per key wins: `Some` to write, `None` to remove.
+            let mut last: BTreeMap<(u16, u16, [u8; N], u8), Option<TrieEntry<N>>> = BTreeMap::new();
+            for (e, removed) in changes {
+                last.insert(e.sort_key(), (!removed).then_some(e));
+            }
+            if last.is_empty() {
+                return;
+            }
+            let old = std::mem::take(v);
+            let mut out = Vec::with_capacity(old.len() + last.len());
+            let mut changes = last.into_iter().peekable();
+            for e in old {
+                while let Some((k, _)) = changes.peek() {
+                    if *k >= e.sort_key() {
+                        break;
+                    }
+                    out.extend(changes.next().and_then(|(_, c)| c));
+                }
+                match changes.peek() {
+                    Some((k, _)) if *k == e.sort_key() => {
+                        out.extend(changes.next().and_then(|(_, c)| c));
+                    }
+                    _ => out.push(e),
+                }
+            }
+            out.extend(changes.filter_map(|(_, c)| c));
+            *v = out;
+        }
+        let Some(lastd) = deltas.last() else {
+            return;
+        };
+        merge(
+            &mut policy.v4,
+            deltas.iter().flat_map(|d| {
+                d.v4_removed
+                    .iter()
+                    .map(|e| (*e, true))
+                    .chain(d.v4_upserted.iter().map(|e| (*e, false)))
+            }),
+        );
+        merge(
+            &mut policy.v6,
+            deltas.iter().flat_map(|d| {
+                d.v6_removed
+                    .iter()
+                    .map(|e| (*e, true))
+                    .chain(d.v6_upserted.iter().map(|e| (*e, false)))
+            }),
+        );
+        policy.rule_count = lastd.rule_count;
+        policy.any_port = lastd.any_port;
     }
 
     /// Brings `policy` (the compiled policy before the update) to the one
@@ -702,6 +773,8 @@ impl LivePolicy {
         let mut delta = std::mem::take(&mut self.delta);
         delta.rule_count = self.base.compiled.rule_count + self.host_count;
         delta.any_port = self.any_port_entries > 0;
+        delta.v4_entries = self.v4.len();
+        delta.v6_entries = self.v6.len();
         Ok(Outcome {
             full: false,
             addresses,

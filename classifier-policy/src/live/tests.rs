@@ -18,6 +18,8 @@ fn incremental_state_equals_a_full_compile_after_any_changes() {
         let mut rng = Rng::new(seed);
         let mut live = LivePolicy::new(Options::default()).unwrap();
         let mut before = live.compiled();
+        // The compiled policy at the last full compile, and the deltas since.
+        let (mut base, mut pending) = (before.clone(), Vec::<Delta>::new());
         for step in 0..40 {
             let batch: Vec<Change> = (0..1 + rng.below(3))
                 .map(|_| random_change(&mut rng, &live))
@@ -34,9 +36,23 @@ fn incremental_state_equals_a_full_compile_after_any_changes() {
             assert_matches_full(&live, &context);
             let now = live.compiled();
             if !out.full {
-                // The delta is exactly the difference: what the maps get.
+                // The delta is exactly the difference: what the maps get,
+                // applied one by one or merged with the ones before it.
+                let mut merged = before.clone();
+                pending.push(out.delta.clone());
                 out.delta.apply_to(&mut before);
                 assert_eq!(before, now, "{context}: the delta");
+                Delta::apply_all(std::slice::from_ref(&out.delta), &mut merged);
+                assert_eq!(merged, now, "{context}: the delta, merged");
+                let mut again = base.clone();
+                Delta::apply_all(&pending, &mut again);
+                assert_eq!(
+                    again, now,
+                    "{context}: the deltas since the last full compile, merged"
+                );
+            } else {
+                base = now.clone();
+                pending.clear();
             }
             before = now;
         }

@@ -37,8 +37,12 @@ use aya::maps::lpm_trie::Key;
 use classifier_common::{PolicyConfig, PORT_ANY};
 
 use super::policy_maps::{absent_ok, Applied, PolicyMaps};
-use crate::policy::compile::{key_v4, key_v6, TrieEntry};
+use crate::policy::compile::{key_v4, key_v6, CompiledPolicy, TrieEntry};
 use crate::policy::live::Delta;
+
+/// Entries written in place after which they are folded into the slot's
+/// known contents.
+const FOLD_AFTER: usize = 4096;
 
 impl PolicyMaps {
     /// Writes `delta` into the active slot in place. `Ok(None)` when it
@@ -49,42 +53,57 @@ impl PolicyMaps {
     pub fn patch(&mut self, delta: &Delta) -> Result<Option<Applied>> {
         let started = Instant::now();
         let slot = self.active_slot()?;
-        let Some(current) = self.contents[slot as usize].as_ref() else {
-            return Ok(None);
-        };
-        if current.any_port != delta.any_port {
-            return Ok(None);
+        let s = slot as usize;
+        match &self.contents[s] {
+            // A wildcard-port flag change goes through a switch, so no
+            // pending delta ever changes it.
+            Some(current) if current.any_port == delta.any_port => {}
+            _ => return Ok(None),
         }
         let config = self.config.get(&slot, 0)?;
-        let mut current = Arc::clone(current);
-        self.contents[slot as usize] = None;
+        // Unknown until the writes succeed.
+        let current = self.contents[s].take();
         let writes = self.write_in_place(slot as u8, delta)?;
-        let policy = Arc::make_mut(&mut current);
-        delta.apply_to(policy);
-        let (v4_entries, v6_entries) = (policy.v4.len(), policy.v6.len());
+        self.contents[s] = current;
+        self.pending[s].push(delta.clone());
+        // Folded now and then, so that what is kept stays proportional to
+        // the policy, not to the changes since the last switch.
+        if self.pending[s].iter().map(Delta::len).sum::<usize>() > FOLD_AFTER {
+            self.contents[s] = self.take_contents(slot);
+        }
         // Same generation, flags and mark (rewritten with the same bytes):
         // only the counts, which the programs do not read, change.
         let config = PolicyConfig {
-            rule_count: policy.rule_count,
-            v4_entries: v4_entries as u32,
-            v6_entries: v6_entries as u32,
+            rule_count: delta.rule_count,
+            v4_entries: delta.v4_entries as u32,
+            v6_entries: delta.v6_entries as u32,
             ..config
         };
         self.config
             .set(slot, config, 0)
             .context("writing the policy config")?;
-        self.contents[slot as usize] = Some(current);
         Ok(Some(Applied {
             generation: config.generation,
             slot,
-            v4_entries,
-            v6_entries,
+            v4_entries: delta.v4_entries,
+            v6_entries: delta.v6_entries,
             map_writes: writes,
             incremental: true,
             rewritten: false,
             grace_wait: std::time::Duration::ZERO,
             elapsed: started.elapsed(),
         }))
+    }
+
+    /// What `slot` holds, with the in-place changes since folded in (one
+    /// merge), taken out: `None` when not known.
+    pub(super) fn take_contents(&mut self, slot: u32) -> Option<Arc<CompiledPolicy>> {
+        let pending = std::mem::take(&mut self.pending[slot as usize]);
+        let mut contents = self.contents[slot as usize].take()?;
+        if !pending.is_empty() {
+            Delta::apply_all(&pending, Arc::make_mut(&mut contents));
+        }
+        Some(contents)
     }
 
     fn write_in_place(&mut self, tag: u8, delta: &Delta) -> Result<usize> {
