@@ -40,6 +40,7 @@
 pub mod compile;
 pub mod explain;
 pub mod file;
+pub mod live;
 pub mod model;
 pub mod ports;
 pub mod sources;

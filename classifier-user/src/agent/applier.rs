@@ -38,6 +38,10 @@ pub struct Applier {
     expects_pods: bool,
     /// Pod cgroups that appeared before their Pod was known, by UID.
     waiting: HashMap<String, pods::PodCgroup>,
+    /// The pod cgroups on this node as last scanned, kept up to date by
+    /// the cgroup watch (`pod_appeared`, `pod_gone`) and rescanned by
+    /// `refresh_pods`: an apply does not walk the cgroup tree again.
+    tree: Option<pods::PodTree>,
 }
 
 impl Applier {
@@ -54,6 +58,7 @@ impl Applier {
             learner: Learner::open(pins)?,
             expects_pods,
             waiting: HashMap::new(),
+            tree: None,
         })
     }
 
@@ -61,7 +66,10 @@ impl Applier {
         self.maps.active_config().map(|c| c.generation).unwrap_or(0)
     }
 
-    pub fn apply(&mut self, policy: &Policy, source: &str) -> Result<Applied> {
+    /// Compiles `policy` with this node's scope ids and switches to it. Its
+    /// pod namespaces are moved into the applier (not copied: at 100k pods
+    /// the map is several MiB).
+    pub fn apply(&mut self, policy: &mut Policy, source: &str) -> Result<Applied> {
         let mut namespaces: Vec<&str> = policy
             .rules
             .iter()
@@ -83,11 +91,11 @@ impl Applier {
         // registered pod whose namespace has no rules yet just gets the
         // node-wide ones); pods it no longer scopes are dropped after it, so
         // the policy in force always finds its pods.
-        let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids, &own_rule_scopes);
+        let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids, &own_rule_scopes, false);
         self.scopes.register(&wanted)?;
         let applied = self.maps.apply(Arc::new(compiled))?;
         self.own_rule_scopes = own_rule_scopes;
-        self.pod_namespaces = policy.pod_namespaces.clone();
+        self.pod_namespaces = std::mem::take(&mut policy.pod_namespaces);
         self.scope_ids = scope_ids;
         self.applied_once = true;
         self.scopes.unregister_others(&wanted)?;
@@ -119,15 +127,19 @@ impl Applier {
     /// does not expect to (no `--kubernetes`, no Pod in the policy): pods
     /// then get the node-wide rules, as every other process.
     fn pod_table(
-        &self,
+        &mut self,
         pod_namespaces: &BTreeMap<String, String>,
         scope_ids: &BTreeMap<String, u16>,
         own_rules: &HashSet<u16>,
+        rescan: bool,
     ) -> HashMap<u64, u32> {
         if !self.knows_pods(pod_namespaces) {
             return HashMap::new();
         }
-        let tree = pods::scan(&self.cgroup_root);
+        if rescan || self.tree.is_none() {
+            self.tree = Some(pods::scan(&self.cgroup_root));
+        }
+        let tree = self.tree.as_ref().expect("scanned above");
         let mut table: HashMap<u64, u32> = tree
             .roots
             .iter()
@@ -160,7 +172,14 @@ impl Applier {
         if !self.applied_once {
             return Ok(());
         }
-        let wanted = self.pod_table(&self.pod_namespaces, &self.scope_ids, &self.own_rule_scopes);
+        let (pod_namespaces, scope_ids, own_rule_scopes) = (
+            std::mem::take(&mut self.pod_namespaces),
+            std::mem::take(&mut self.scope_ids),
+            std::mem::take(&mut self.own_rule_scopes),
+        );
+        let wanted = self.pod_table(&pod_namespaces, &scope_ids, &own_rule_scopes, true);
+        (self.pod_namespaces, self.scope_ids, self.own_rule_scopes) =
+            (pod_namespaces, scope_ids, own_rule_scopes);
         let changed = self.scopes.register(&wanted)?;
         let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {
@@ -179,6 +198,10 @@ impl Applier {
     /// namespace) is known; otherwise it stays under its pod root's
     /// "namespace unknown" marker until a policy with its Pod is applied.
     pub fn pod_appeared(&mut self, pod: &pods::PodCgroup) -> Result<()> {
+        if let Some(tree) = &mut self.tree {
+            tree.pods.retain(|p| p.cgroup_id != pod.cgroup_id);
+            tree.pods.push(pod.clone());
+        }
         // Before this agent's first policy, or while it knows no pods (and
         // so marks no pod root: pods get the node-wide rules).
         if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
@@ -235,6 +258,9 @@ impl Applier {
 
     /// A pod cgroup removed.
     pub fn pod_gone(&mut self, pod: &pods::PodCgroup) {
+        if let Some(tree) = &mut self.tree {
+            tree.pods.retain(|p| p.cgroup_id != pod.cgroup_id);
+        }
         self.waiting.remove(&pod.uid);
         if self.scopes.unregister_one(pod.cgroup_id) {
             tracing::info!(uid = %pod.uid, cgroup_id = pod.cgroup_id, "pod cgroup unregistered");

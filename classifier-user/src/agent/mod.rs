@@ -154,8 +154,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");
             agent_metrics.set_ready(true);
         }
-        Ok(policy) => {
-            let applied = applier.apply(&policy, &source.describe())?;
+        Ok(mut policy) => {
+            let applied = applier.apply(&mut policy, &source.describe())?;
             // Before ready: whoever waits for /readyz finds the report.
             report_rejected(&source, &agent_metrics, &status);
             agent_metrics.policy_applied(applied.generation, policy.rules.len());
@@ -312,7 +312,7 @@ fn apply_reloaded(
     status: &mut Status,
 ) {
     let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
-    match loaded.and_then(|policy| applier.apply(&policy, &source.describe())) {
+    match loaded.and_then(|mut policy| applier.apply(&mut policy, &source.describe())) {
         Ok(applied) => {
             report_rejected(source, agent_metrics, status);
             agent_metrics.policy_applied(applied.generation, rules);

@@ -9,6 +9,8 @@ pub mod object;
 pub mod pins;
 pub mod policy_maps;
 pub mod port_counts;
+
+mod policy_patch;
 pub mod scopes;
 pub mod status;
 

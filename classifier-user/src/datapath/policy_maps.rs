@@ -42,14 +42,17 @@ use crate::{
 
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
-    config: Array<MapData, PolicyConfig>,
-    v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict>,
-    v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
+    pub(super) config: Array<MapData, PolicyConfig>,
+    pub(super) v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict>,
+    pub(super) v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
     default_ports: Array<MapData, u64>,
     excluded: HashMap<MapData, u64, u8>,
     /// What each slot holds, when known. `None` for a slot this agent has
     /// not written (adopted pins) or whose write failed half way.
-    contents: [Option<Arc<CompiledPolicy>>; 2],
+    pub(super) contents: [Option<Arc<CompiledPolicy>>; 2],
+    /// In-place changes written into a slot since its `contents` (see
+    /// `policy_patch.rs`), folded in when the slot is next diffed.
+    pub(super) pending: [Vec<classifier_policy::live::Delta>; 2],
     /// The grace period after the last switch, being waited for.
     grace: Option<thread::JoinHandle<std::io::Result<()>>>,
     rcu: Arc<RcuBarrier>,
@@ -75,7 +78,7 @@ pub struct Applied {
 
 /// A delete of a key that should be there: its absence is the state wanted,
 /// so only other errors count.
-fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
@@ -97,6 +100,7 @@ impl PolicyMaps {
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,
             excluded: HashMap::try_from(Map::HashMap(open(pins, maps::EXCLUDED_UIDS)?))?,
             contents: [None, None],
+            pending: [Vec::new(), Vec::new()],
             grace: None,
             rcu: Arc::new(
                 RcuBarrier::new().context("creating the map-in-map used as an RCU barrier")?,
@@ -133,7 +137,7 @@ impl PolicyMaps {
         let grace_wait = grace_started.elapsed();
 
         // Until the switch succeeds, the inactive slot's contents are unknown.
-        let previous = self.contents[new as usize].take();
+        let previous = self.take_contents(new);
         let incremental = previous.is_some();
         let mut rewritten = false;
         let map_writes = match previous {

@@ -84,6 +84,11 @@ impl DocumentKey {
     pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
         DocumentKey(format!("{kind}\0{}\0{name}", namespace.unwrap_or("")).into_boxed_str())
     }
+
+    /// `kind\0namespace\0name`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Document {

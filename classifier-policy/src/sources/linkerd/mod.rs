@@ -386,7 +386,7 @@ impl<'a> PodInfo<'a> {
 }
 
 /// Oldest first (a missing timestamp counts as newest), then by name.
-pub(super) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
+pub(crate) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
     let key = |d: &Document| {
         (
             d.creation_timestamp.is_none(),

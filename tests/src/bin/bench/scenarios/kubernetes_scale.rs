@@ -20,10 +20,10 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
 use tests::{sys::CountingAlloc, Sandbox};
 
-const NAMESPACES: u32 = 100;
-const SERVICES: u32 = 10_000;
+pub(super) const NAMESPACES: u32 = 100;
+pub(super) const SERVICES: u32 = 10_000;
 
-fn api_resource(kind: &kinds::KubeKind) -> ApiResource {
+pub(super) fn api_resource(kind: &kinds::KubeKind) -> ApiResource {
     let gvk = GroupVersionKind::gvk(kind.group, kind.watch_version(), kind.kind);
     ApiResource::from_gvk_with_plural(&gvk, kind.plural)
 }
@@ -31,7 +31,7 @@ fn api_resource(kind: &kinds::KubeKind) -> ApiResource {
 /// Pod `i` of the cluster, as a list or watch event carries it. Every
 /// fifth is annotated `3306` (a database), every hundredth is a finished
 /// Job pod; each namespace runs ten Deployments.
-fn pod(i: u32) -> Value {
+pub(super) fn pod(i: u32) -> Value {
     let ns = i % NAMESPACES;
     let app = (i / NAMESPACES) % 10;
     let ip = std::net::Ipv4Addr::from(0x0a80_0000 + i + 1);
@@ -103,7 +103,9 @@ fn pod(i: u32) -> Value {
 /// Made one at a time, as a watch stream delivers them: a cluster's worth
 /// of JSON made up front and freed at once would leave the allocator
 /// consolidating it during the compile that follows, which no agent sees.
-fn cluster_objects(pods: u32) -> impl Iterator<Item = (&'static kinds::KubeKind, Value)> {
+pub(super) fn cluster_objects(
+    pods: u32,
+) -> impl Iterator<Item = (&'static kinds::KubeKind, Value)> {
     let namespaces = (0..NAMESPACES).flat_map(|n| {
         let mut meta = json!({"name": format!("ns-{n}"), "uid": format!("ns-{n}"),
             "labels": {"kubernetes.io/metadata.name": format!("ns-{n}")}});
@@ -115,37 +117,40 @@ fn cluster_objects(pods: u32) -> impl Iterator<Item = (&'static kinds::KubeKind,
                 &kinds::NAMESPACE,
                 json!({"metadata": meta, "spec": {"finalizers": ["kubernetes"]}}),
             ),
-            (
-                &kinds::SERVER,
-                json!({"metadata": {"name": "app-0-http", "namespace": format!("ns-{n}")},
-                       "spec": {"podSelector": {"matchLabels": {"app": "app-0"}}, "port": "http", "proxyProtocol": "HTTP/1"}}),
-            ),
+            (&kinds::SERVER, server(n, "HTTP/1")),
         ]
     });
-    let services = (0..SERVICES).map(|i| {
-        let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i + 1);
-        let mut meta = json!({"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % NAMESPACES),
-            "uid": format!("svc-{i}"), "creationTimestamp": "2026-11-01T10:00:00Z", "labels": {"app": format!("svc-{i}")}});
-        if i % 2 == 0 {
-            meta["annotations"] = json!({"config.linkerd.io/opaque-ports": "3306"});
-        }
-        let mut port = json!({"name": "http", "port": 8080, "protocol": "TCP", "targetPort": 8080});
-        if i % 10 == 0 {
-            port["appProtocol"] = json!("linkerd.io/opaque");
-        }
-        (
-            &kinds::SERVICE,
-            json!({"metadata": meta, "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
-                "ports": [port], "selector": {"app": format!("svc-{i}")}, "type": "ClusterIP"}, "status": {"loadBalancer": {}}}),
-        )
-    });
+    let services = (0..SERVICES).map(|i| (&kinds::SERVICE, service(i, "3306")));
     namespaces
         .chain(services)
         .chain((0..pods).map(|i| (&kinds::POD, pod(i))))
 }
 
+/// Namespace `n`'s Server: its `app-0` pods' `http` port.
+pub(super) fn server(n: u32, protocol: &str) -> Value {
+    json!({"metadata": {"name": "app-0-http", "namespace": format!("ns-{n}")},
+           "spec": {"podSelector": {"matchLabels": {"app": "app-0"}}, "port": "http", "proxyProtocol": protocol}})
+}
+
+/// Service `i`: every other one annotated (`opaque`), every tenth with an
+/// appProtocol opaque port.
+pub(super) fn service(i: u32, opaque: &str) -> Value {
+    let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i + 1);
+    let mut meta = json!({"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % NAMESPACES),
+        "uid": format!("svc-{i}"), "creationTimestamp": "2026-11-01T10:00:00Z", "labels": {"app": format!("svc-{i}")}});
+    if i % 2 == 0 {
+        meta["annotations"] = json!({"config.linkerd.io/opaque-ports": opaque});
+    }
+    let mut port = json!({"name": "http", "port": 8080, "protocol": "TCP", "targetPort": 8080});
+    if i % 10 == 0 {
+        port["appProtocol"] = json!("linkerd.io/opaque");
+    }
+    json!({"metadata": meta, "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+        "ports": [port], "selector": {"app": format!("svc-{i}")}, "type": "ClusterIP"}, "status": {"loadBalancer": {}}})
+}
+
 /// The objects as the watcher holds them: read one at a time.
-fn read_objects(
+pub(super) fn read_objects(
     objects: impl Iterator<Item = (&'static kinds::KubeKind, Value)>,
 ) -> Result<(DocumentSet, usize)> {
     let mut set = DocumentSet::new();
@@ -248,8 +253,16 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
 }
 
 pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
+    let pods_50k = one_size(sb, 50_000)?;
+    let mut pods_100k = one_size(sb, 100_000)?;
+    // The cost of one change, of churn, of a resync, at the largest size:
+    // in the same object as `pods`.
+    let churn = super::kubernetes_churn::churn(sb, 100_000)?;
+    if let (Some(to), Value::Object(from)) = (pods_100k.as_object_mut(), churn) {
+        to.extend(from);
+    }
     Ok(json!({
-        "pods_50k": one_size(sb, 50_000)?,
-        "pods_100k": one_size(sb, 100_000)?,
+        "pods_50k": pods_50k,
+        "pods_100k": pods_100k,
     }))
 }
