@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::packed::PortNames;
 use super::values::show;
 use super::FieldError;
-use crate::ports::PortSet;
+use crate::{model::clip, ports::PortSet};
 
 /// Linkerd's annotation for opaque ports.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "config.linkerd.io/opaque-ports";
@@ -124,27 +124,28 @@ impl PortsAnnotation {
         if !allow_names {
             return Err(FieldError::new(
                 annotation_field(),
-                format!("{err} (in {text:?})"),
+                format!("{err} (in {:?})", clip(&text)),
             ));
         }
         let body = text.strip_suffix(',').unwrap_or(&text);
-        let mut ports = PortSet::new();
+        let mut ranges = Vec::new();
         let mut names = Vec::new();
         for item in body.split(',').map(str::trim) {
             if is_port_name(item) {
                 names.push(item.to_string());
             } else {
                 match item.parse::<PortSet>() {
-                    Ok(p) if !item.is_empty() => ports.union_with(&p),
+                    Ok(p) if !item.is_empty() => ranges.extend_from_slice(p.ranges()),
                     _ => {
                         return Err(FieldError::new(
                             annotation_field(),
-                            format!("{err} (in {text:?})"),
+                            format!("{err} (in {:?})", clip(&text)),
                         ))
                     }
                 }
             }
         }
+        let ports = PortSet::from_ranges(ranges);
         Ok(PortsAnnotation { text, ports, names })
     }
 }
