@@ -346,6 +346,69 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The set built one range at a time with `insert_range` (how lists
+    /// were parsed before: correct, but quadratic for descending lists).
+    fn one_at_a_time(ranges: &[(u16, u16)]) -> PortSet {
+        let mut set = PortSet::new();
+        for &(s, e) in ranges {
+            set.insert_range(s, e);
+        }
+        set
+    }
+
+    #[test]
+    fn from_ranges_is_the_same_set_as_inserting_one_at_a_time() {
+        // A small deterministic generator: ranges of every shape (single
+        // ports, port 0, reversed, overlapping, adjacent, the edges).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..2000 {
+            let n = (next() % 40) as usize;
+            let span = if case % 2 == 0 { 200 } else { 65_536 };
+            let ranges: Vec<(u16, u16)> = (0..n)
+                .map(|_| {
+                    let s = (next() % span) as u16;
+                    let len = if next() % 3 == 0 { 0 } else { next() % 50 };
+                    (s, s.saturating_add(len as u16))
+                })
+                .chain((case % 7 == 0).then_some((9, 3)))
+                .collect();
+            assert_eq!(
+                PortSet::from_ranges(ranges.clone()),
+                one_at_a_time(&ranges),
+                "{ranges:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_list_of_every_port_descending_parses_to_the_same_set() {
+        // 65,535 items in the worst order for inserting one at a time
+        // (every insert at the front shifted all the others).
+        let list: Vec<String> = (1..=65535u32).rev().step_by(2).map(|p| p.to_string()).collect();
+        let set = ps(&list.join(","));
+        assert_eq!(set.len(), 32_768);
+        let ranges: Vec<(u16, u16)> = (1..=65535u16).rev().step_by(2).map(|p| (p, p)).collect();
+        assert_eq!(set, one_at_a_time(&ranges));
+        // And with the gaps filled, one range.
+        let all: Vec<String> = (1..=65535u32).rev().map(|p| p.to_string()).collect();
+        assert!(ps(&all.join(",")).is_all());
+    }
+
+    #[test]
+    fn errors_quote_at_most_a_bounded_part_of_the_list() {
+        let huge = "x".repeat(256 * 1024);
+        for list in [huge.clone(), format!("1,,{huge}"), format!("{huge}-5")] {
+            let msg = list.parse::<PortSet>().unwrap_err().to_string();
+            assert!(msg.len() < 400, "{} bytes: {}", msg.len(), &msg[..200]);
+        }
+    }
+
     #[test]
     fn parses_linkerd_default_list() {
         let set = ps("25,587,3306,4444,5432,6379,9300,11211");

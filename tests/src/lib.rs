@@ -27,6 +27,7 @@ use serde_json::Value;
 pub mod e2e;
 pub mod fake_kube;
 pub mod qemu;
+pub mod soak;
 #[allow(unsafe_code)]
 pub mod sys;
 

@@ -22,6 +22,7 @@ mod metrics;
 mod new_pods;
 mod old_kernel;
 mod reliability;
+mod soak;
 mod scope_churn;
 mod scoping;
 mod tenant_isolation;

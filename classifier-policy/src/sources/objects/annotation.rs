@@ -149,3 +149,34 @@ impl PortsAnnotation {
         Ok(PortsAnnotation { text, ports, names })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant's 256 KiB annotation is not copied into its error: the
+    /// message (logged, and kept in the rejected-objects report) quotes a
+    /// bounded prefix and says how long the value was.
+    #[test]
+    fn an_error_about_a_huge_annotation_quotes_a_bounded_part_of_it() {
+        let huge = format!("25,{}", "9".repeat(256 * 1024));
+        for allow_names in [false, true] {
+            let err = PortsAnnotation::parse(huge.clone(), allow_names).unwrap_err();
+            assert!(
+                err.message.len() < 600,
+                "{} bytes: {}",
+                err.message.len(),
+                &err.message[..300]
+            );
+            assert!(err.message.contains("bytes)"), "{}", err.message);
+        }
+        // Many port names and numbers, in the worst order: parsed at once.
+        let mixed: Vec<String> = (1..=20_000u32)
+            .rev()
+            .map(|p| if p % 2 == 0 { p.to_string() } else { format!("n{p}") })
+            .collect();
+        let parsed = PortsAnnotation::parse(mixed.join(","), true).unwrap();
+        assert_eq!(parsed.ports.len(), 10_000);
+        assert_eq!(parsed.names.len(), 10_000);
+    }
+}
