@@ -191,7 +191,7 @@ impl MetricsServer {
                         Some((Err(err), addr)) => {
                             tracing::error!("metrics: cannot serve on {addr}: {err}")
                         }
-                        None => std::future::pending().await,
+                        None => std::future::pending::<()>().await,
                     }
                 })
             })
