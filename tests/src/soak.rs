@@ -5,10 +5,10 @@
 //!
 //! What churns, round after round (one round is one policy change):
 //!
-//! - pods: each round adds a file of Pods in namespaces never seen before
-//!   to the policy directory and removes the file of the oldest live
-//!   round, so a window of pods is live and the rest come and go; each
-//!   pod also gets a kubelet-style cgroup, created and removed with it;
+//! - pods: each round adds Pods in namespaces never seen before to the
+//!   policy directory and removes those of the oldest live round, so a
+//!   window of pods is live and the rest come and go; each pod also gets
+//!   a kubelet-style cgroup, created and removed with it;
 //! - rules: one namespace of each round has an EgressNetwork of its own
 //!   (namespace-scoped rule keys come and go with it);
 //! - network namespaces: a probe in the sandbox's cgroup creates network
@@ -337,16 +337,22 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
 
     let mut warmup = None;
     let mut connects = 0usize;
+    let mut live = std::collections::VecDeque::new();
     for r in 0..scale.rounds {
         // This round's pods and cgroups arrive, the oldest live round's go.
-        let tmp = dir.join(".next.tmp");
-        fs::write(&tmp, round_docs(scale, r))?;
-        fs::rename(&tmp, dir.join(format!("round-{r}.yaml")))?;
+        // One file replaced atomically (as a ConfigMap update is): a
+        // directory read while files come and go could miss one.
+        live.push_back(round_docs(scale, r));
+        if live.len() > scale.live_rounds {
+            live.pop_front();
+        }
+        let tmp = sb.dir.join("pods.yaml.tmp");
+        fs::write(&tmp, live.iter().map(String::as_str).collect::<String>())?;
+        fs::rename(&tmp, dir.join("pods.yaml"))?;
         for i in 0..scale.pods_per_round {
             fs::create_dir(pod_cgroup(&qos, r, i))?;
         }
         if let Some(old) = r.checked_sub(scale.live_rounds) {
-            let _ = fs::remove_file(dir.join(format!("round-{old}.yaml")));
             for i in 0..scale.pods_per_round {
                 fs::remove_dir(pod_cgroup(&qos, old, i))?;
             }

@@ -219,7 +219,7 @@ fn a_tenant_cannot_get_another_namespace_dropped_by_namespaces_just_smaller_than
     for i in 0..6 {
         text.push_str(&ns_doc(&format!("tenant-{i}"), 39_999, 10 + i));
     }
-    text.push_str(&ns_doc("bystander", 30_000, 30));
+    text.push_str(&ns_doc("bystander", 20_000, 30));
     text.push_str(SMALL_POD);
     let set = set_of(&text);
     let c = compile_documents_report(&set, &Options::default()).unwrap();
