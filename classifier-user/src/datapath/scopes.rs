@@ -194,12 +194,10 @@ impl ScopeMaps {
         let mut freed = BTreeSet::new();
         for (namespace, id) in gone {
             if let Ok(key) = key(&namespace) {
-                if let Err(err) = self.ids.remove(&key) {
-                    if !matches!(err, aya::maps::MapError::KeyNotFound) {
-                        // Still pinned: keep it, try again next switch.
-                        tracing::warn!(namespace, id, "freeing a scope id failed: {err}");
-                        continue;
-                    }
+                if let Err(err) = super::policy_maps::absent_ok(self.ids.remove(&key)) {
+                    // Still pinned: keep it, try again next switch.
+                    tracing::warn!(namespace, id, "freeing a scope id failed: {err}");
+                    continue;
                 }
             }
             self.known.remove(&namespace);

@@ -26,7 +26,10 @@ pub mod cli;
 pub mod suggest;
 
 use crate::{
-    datapath::{policy_maps::open, PinDir},
+    datapath::{
+        policy_maps::{absent_ok, open},
+        PinDir,
+    },
     policy::{Learning, LearningScope},
 };
 
@@ -204,10 +207,13 @@ impl LearnedTable {
             .filter(|k| wanted(k.scope))
             .collect();
         for key in entries {
-            match self.table.remove(&key) {
-                Ok(()) => removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("removing a learned entry of a freed scope"),
+            // Gone already (expired, evicted): as wanted.
+            let existed = self.table.remove(&key).is_ok();
+            if existed {
+                removed += 1;
+            } else {
+                absent_ok(self.table.remove(&key))
+                    .context("removing a learned entry of a freed scope")?;
             }
         }
         let watches: Vec<u64> = self
@@ -218,17 +224,17 @@ impl LearnedTable {
             .map(|(cookie, _)| cookie)
             .collect();
         for cookie in watches {
-            match self.pending.remove(&cookie) {
-                Ok(()) => removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("removing a watch of a freed scope"),
+            let existed = self.pending.remove(&cookie).is_ok();
+            if existed {
+                removed += 1;
+            } else {
+                absent_ok(self.pending.remove(&cookie))
+                    .context("removing a watch of a freed scope")?;
             }
         }
         for id in ids {
-            match self.scopes.remove(&u32::from(*id)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("removing a freed scope's entry count"),
-            }
+            absent_ok(self.scopes.remove(&u32::from(*id)))
+                .context("removing a freed scope's entry count")?;
         }
         Ok(removed)
     }
