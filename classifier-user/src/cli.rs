@@ -153,6 +153,12 @@ pub struct AgentArgs {
     /// and a policy applied) on this address, e.g. 0.0.0.0:9990 [default: off].
     #[arg(long, value_name = "ADDR", env = "CLASSIFIER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve only /healthz and /readyz, for the kubelet's probes, on this address, e.g.
+    /// 0.0.0.0:9991 [default: off]. Unlike the metrics port it never refuses a connection (at
+    /// its limit the oldest is closed), so processes sharing the kubelet's address cannot
+    /// starve the probes by holding connections.
+    #[arg(long, value_name = "ADDR", env = "CLASSIFIER_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
     /// Detach the programs and remove every pin under --pin-dir, then exit. (The one agent
     /// flag with no CLASSIFIER_* variable: an environment should never uninstall.)
     #[arg(long)]

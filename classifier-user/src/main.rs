@@ -76,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
                 verdict_capacity: args.verdict_table_size,
                 allow_untrusted_policy: args.allow_untrusted_policy,
                 metrics_addr: args.metrics_addr,
+                probe_addr: args.probe_addr,
                 kubernetes: args.kubernetes,
                 egress_namespace: args.egress_namespace,
                 namespace_entry_budget: args.namespace_entry_budget,

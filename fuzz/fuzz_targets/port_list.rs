@@ -12,6 +12,8 @@
 //! - the canonical `to_string()` re-parses to an equal set, and printing
 //!   that again gives the same string (a fixed point);
 //! - `len`, `iter`, `contains` and `to_bitmap` agree with one another;
+//! - the parser's sort-and-merge gives the same set as inserting the items
+//!   one at a time;
 //! - building the same set in another order gives an equal value (so the
 //!   derived `Eq`/`Hash` really mean set equality).
 #![no_main]
@@ -135,6 +137,17 @@ fuzz_target!(|data: &[u8]| {
                     bits[w],
                     bitmap[w]
                 );
+            }
+            // The same set as inserting the items one at a time (the
+            // parser sorts and merges them all at once instead).
+            let mut one_by_one = PortSet::new();
+            for item in text.split(',').map(str::trim) {
+                let (a, b) = item.split_once('-').unwrap_or((item, item));
+                let (a, b) = (reference_port(a.trim()).unwrap(), reference_port(b.trim()).unwrap());
+                one_by_one.insert_range(a as u16, b as u16);
+            }
+            if !text.trim().is_empty() {
+                assert_eq!(one_by_one, set, "{text:?}: sorted merge and inserts differ");
             }
             // `contains` (a binary search) agrees at and around every edge.
             for &(s, e) in set.ranges() {

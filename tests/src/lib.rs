@@ -28,6 +28,7 @@ pub mod e2e;
 pub mod fake_kube;
 pub mod podman;
 pub mod qemu;
+pub mod soak;
 #[allow(unsafe_code)]
 pub mod sys;
 

@@ -334,38 +334,86 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     }
 }
 
-/// Moves the calling thread into a new network namespace of its own, with
-/// its loopback interface up. The previous namespace goes away once
-/// nothing else holds it.
-pub fn enter_new_netns() -> io::Result<()> {
-    // SAFETY: unshare takes a flag word; CLONE_NEWNET affects only the
-    // calling thread's namespace membership.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
+/// unshare(CLONE_NEWNET): the calling thread (and the process, if it has
+/// one thread) moves to a new network namespace; the previous one goes
+/// away once nothing else holds it.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    // SAFETY: socket takes integers; the result is checked.
+}
+
+/// Sets the loopback device of the current network namespace up (a new
+/// namespace's `lo` starts down), with SIOCSIFFLAGS.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket() call; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd is a new descriptor nothing else owns.
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is a C struct of integers and unions of integers, for
-    // which all-zero is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: ifr is a live ifreq naming an interface; SIOCGIFFLAGS fills
-    // its flags member.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut ifr) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the flags member was just written by the kernel.
-    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; SIOCSIFFLAGS reads the name and flags.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const ifr) } != 0 {
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
+    // SAFETY: SIOCSIFFLAGS reads an ifreq that outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// SO_NETNS_COOKIE of a socket: the cookie of its network namespace, as
+/// the programs key verdicts by (Linux 5.14+).
+pub fn netns_cookie(stream: &TcpStream) -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `cookie`, which
+    // outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (a process
+/// holding thousands of connections needs more than the usual 1024).
+pub fn raise_nofile() -> io::Result<u64> {
+    // SAFETY: plain old data, all-zero is valid.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes the struct, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct, which outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Moves the calling thread into a new network namespace of its own, with
+/// its loopback interface up. The previous namespace goes away once
+/// nothing else holds it.
+pub fn enter_new_netns() -> io::Result<()> {
+    unshare_net()?;
+    loopback_up()
 }

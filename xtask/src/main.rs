@@ -2,7 +2,7 @@
 //!
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
-//! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `docs`,
+//! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `soak`, `docs`,
 //! `completions`, `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
 //! definitions (included from classifier-user/src/cli.rs).
@@ -21,6 +21,7 @@ mod linkerd_proxy;
 mod manpage;
 mod prereqs;
 mod run;
+mod soak;
 mod test;
 mod util;
 
@@ -52,6 +53,7 @@ enum Cmd {
     Image(image::Options),
     Bench(bench::Options),
     Docs(docs::Options),
+    Soak(soak::Options),
     Completions(completions::Options),
     Manpage(manpage::Options),
     LinkerdProxy(linkerd_proxy::Options),
@@ -67,6 +69,7 @@ fn main() {
         Cmd::Image(opts) => image::image(opts),
         Cmd::Bench(opts) => bench::bench(opts),
         Cmd::Docs(opts) => docs::docs(opts),
+        Cmd::Soak(opts) => soak::soak(opts),
         Cmd::Completions(opts) => completions::completions(opts),
         Cmd::Manpage(opts) => manpage::manpage(opts),
         Cmd::LinkerdProxy(opts) => linkerd_proxy::linkerd_proxy(opts),

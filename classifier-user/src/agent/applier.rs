@@ -26,6 +26,13 @@ pub struct Applier {
     cgroup_root: PathBuf,
     pod_namespaces: BTreeMap<String, String>,
     scope_ids: BTreeMap<String, u16>,
+    /// Namespaces the policy in force decided about: those of its pods and
+    /// those with a scope id. A pod of any other namespace (its first pod,
+    /// seen by the watch before the policy with it is applied) gets no
+    /// verdict until then: the node scope would give it the node-wide rules
+    /// and let it learn into the node's table, its own scope does not exist
+    /// yet, and whether its namespace has rules of its own is not known.
+    covered: std::collections::HashSet<String>,
     /// Scope ids of namespaces with rules of their own (not only learning).
     own_rule_scopes: HashSet<u16>,
     /// Whether this agent has switched in a policy of its own yet.
@@ -53,6 +60,7 @@ impl Applier {
             cgroup_root,
             pod_namespaces: BTreeMap::new(),
             scope_ids: BTreeMap::new(),
+            covered: Default::default(),
             own_rule_scopes: Default::default(),
             applied_once: false,
             learner: Learner::open(pins)?,
@@ -79,7 +87,11 @@ impl Applier {
         namespaces.extend(Learner::namespaces(policy)); // learning's scopes
         namespaces.sort_unstable();
         namespaces.dedup();
-        let scope_ids = self.scopes.ids_for(namespaces)?;
+        let (scope_ids, reused) = self.scopes.ids_for(namespaces)?;
+        // A reused id's old learned state goes before any pod gets it.
+        self.learner
+            .purge(&reused)
+            .context("purging the learned state of a reused scope id")?;
         let own_rule_scopes: HashSet<u16> = scope_ids
             .iter()
             .filter(|(ns, _)| with_rules.contains(ns.as_str()))
@@ -91,14 +103,31 @@ impl Applier {
         // registered pod whose namespace has no rules yet just gets the
         // node-wide ones); pods it no longer scopes are dropped after it, so
         // the policy in force always finds its pods.
-        let wanted = self.pod_table(&policy.pod_namespaces, &scope_ids, &own_rule_scopes, false);
+        let covered = covered_namespaces(&policy.pod_namespaces, &scope_ids);
+        let wanted = self.pod_table(
+            &policy.pod_namespaces,
+            &scope_ids,
+            &own_rule_scopes,
+            &covered,
+            false,
+        );
         self.scopes.register(&wanted)?;
         let applied = self.maps.apply(Arc::new(compiled))?;
         self.own_rule_scopes = own_rule_scopes;
         self.pod_namespaces = std::mem::take(&mut policy.pod_namespaces);
         self.scope_ids = scope_ids;
         self.applied_once = true;
+        self.covered = covered;
+        // Cgroups that waited for their Pod are in `wanted` now.
+        self.waiting
+            .retain(|uid, _| !self.pod_namespaces.contains_key(uid));
         self.scopes.unregister_others(&wanted)?;
+        // Namespaces this policy no longer needs give their ids back.
+        let freed = self.scopes.release_others(&self.scope_ids);
+        if let Err(err) = self.learner.purge(&freed) {
+            // Purged again before the id is reused.
+            tracing::warn!("purging the learned state of freed scope ids failed: {err:#}");
+        }
         self.learner.apply(&policy.learning)?;
         // Parsing and compiling a large policy leaves freed heap behind that
         // glibc keeps; give it back so the agent's resident size is what it
@@ -109,6 +138,7 @@ impl Applier {
             generation = applied.generation,
             rules = policy.rules.len(),
             scopes = self.scope_ids.len(),
+            scopes_freed = freed.len(),
             scoped_pods = pod_entries(&wanted),
             pod_roots = wanted.len() - pod_entries(&wanted),
             v4_entries = applied.v4_entries,
@@ -131,6 +161,7 @@ impl Applier {
         pod_namespaces: &BTreeMap<String, String>,
         scope_ids: &BTreeMap<String, u16>,
         own_rules: &HashSet<u16>,
+        covered: &HashSet<String>,
         rescan: bool,
     ) -> HashMap<u64, u32> {
         if !self.knows_pods(pod_namespaces) {
@@ -146,7 +177,10 @@ impl Applier {
             .map(|(_, id)| (*id, SCOPE_FLAG_POD_UNKNOWN))
             .collect();
         for pod in &tree.pods {
-            if let Some(namespace) = pod_namespaces.get(&pod.uid) {
+            if let Some(namespace) = pod_namespaces
+                .get(&pod.uid)
+                .filter(|ns| covered.contains(ns.as_str()))
+            {
                 table.insert(pod.cgroup_id, entry(namespace, scope_ids, own_rules));
             }
         }
@@ -172,14 +206,15 @@ impl Applier {
         if !self.applied_once {
             return Ok(());
         }
-        let (pod_namespaces, scope_ids, own_rule_scopes) = (
+        let (pod_namespaces, scope_ids, own_rule_scopes, covered) = (
             std::mem::take(&mut self.pod_namespaces),
             std::mem::take(&mut self.scope_ids),
             std::mem::take(&mut self.own_rule_scopes),
+            std::mem::take(&mut self.covered),
         );
-        let wanted = self.pod_table(&pod_namespaces, &scope_ids, &own_rule_scopes, true);
-        (self.pod_namespaces, self.scope_ids, self.own_rule_scopes) =
-            (pod_namespaces, scope_ids, own_rule_scopes);
+        let wanted = self.pod_table(&pod_namespaces, &scope_ids, &own_rule_scopes, &covered, true);
+        (self.pod_namespaces, self.scope_ids, self.own_rule_scopes, self.covered) =
+            (pod_namespaces, scope_ids, own_rule_scopes, covered);
         let changed = self.scopes.register(&wanted)?;
         let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {
@@ -216,6 +251,14 @@ impl Applier {
             self.waiting.insert(pod.uid.clone(), pod.clone());
             return Ok(());
         };
+        if !self.covered.contains(namespace) {
+            tracing::info!(
+                uid = %pod.uid,
+                namespace = %namespace,
+                "new pod cgroup in a namespace the policy in force does not know (no verdict until the policy with it is applied)"
+            );
+            return Ok(());
+        }
         let value = entry(namespace, &self.scope_ids, &self.own_rule_scopes);
         if self.scopes.register_one(pod.cgroup_id, value)? {
             tracing::info!(
@@ -230,10 +273,12 @@ impl Applier {
 
     /// A Pod the watch just saw for the first time (before the policy with
     /// it is compiled): its namespace is known from now on, and its cgroup,
-    /// if it is already there, is registered at once. The scope is the one
-    /// the policy in force gives its namespace (node-wide for a namespace
-    /// without rules of its own, as for every pod of such a namespace); the
-    /// policy with the Pod, applied after the watch's debounce, confirms it.
+    /// if it is already there, is registered at once when the policy in
+    /// force knows its namespace, under the scope that policy gives it
+    /// (node-wide rules for a namespace without rules of its own, as for
+    /// every pod of such a namespace). The first pod of a namespace the
+    /// policy in force does not know stays unregistered (no verdict) until
+    /// the policy with the Pod, applied after the watch's debounce.
     pub fn pod_known(&mut self, uid: &str, namespace: &str) -> Result<()> {
         if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
             return Ok(());
@@ -241,6 +286,11 @@ impl Applier {
         self.pod_namespaces
             .entry(uid.to_string())
             .or_insert_with(|| namespace.to_string());
+        if !self.covered.contains(namespace) {
+            // Its cgroup, if waiting, stays unregistered: the policy with
+            // the Pod registers it.
+            return Ok(());
+        }
         let Some(pod) = self.waiting.remove(uid) else {
             return Ok(());
         };
@@ -275,6 +325,18 @@ fn entry(namespace: &str, scope_ids: &BTreeMap<String, u16>, own_rules: &HashSet
         Some(id) => u32::from(*id),
         None => u32::from(SCOPE_NODE),
     }
+}
+
+/// The namespaces a policy decided about: its pods' and those with an id.
+fn covered_namespaces(
+    pod_namespaces: &BTreeMap<String, String>,
+    scope_ids: &BTreeMap<String, u16>,
+) -> HashSet<String> {
+    pod_namespaces
+        .values()
+        .chain(scope_ids.keys())
+        .cloned()
+        .collect()
 }
 
 /// Entries of pods (not pod roots) in a table from `pod_table`.

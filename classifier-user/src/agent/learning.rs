@@ -54,6 +54,15 @@ impl Learner {
         Ok(())
     }
 
+    /// Purges what scopes `ids` learned (freed, or about to be reused).
+    pub fn purge(&mut self, ids: &std::collections::BTreeSet<u16>) -> Result<()> {
+        let removed = self.table.purge_scopes(ids)?;
+        if removed > 0 {
+            tracing::info!(scopes = ids.len(), removed, "learned state of freed scopes purged");
+        }
+        Ok(())
+    }
+
     /// Expires entries not seen for the ttl; recounts each scope's entries.
     pub fn tick(&mut self) {
         let Some(settings) = &self.settings else {

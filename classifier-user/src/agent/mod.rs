@@ -39,6 +39,8 @@ pub struct AgentOptions {
     pub verdict_capacity: Option<u32>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve only `/healthz` and `/readyz` on this address (never refused).
+    pub probe_addr: Option<std::net::SocketAddr>,
     /// Watch Linkerd's resources through the Kubernetes API.
     pub kubernetes: bool,
     /// EgressNetworks in this namespace apply to every client.
@@ -53,9 +55,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let agent_metrics =
         metrics::AgentMetrics::new((opts.watch_interval * 10).max(Duration::from_secs(30)));
     // Bound before the kernel is touched, so a taken port fails fast.
-    let metrics_server = match opts.metrics_addr {
-        Some(addr) => Some(metrics::MetricsServer::bind(addr)?),
-        None => None,
+    let metrics_server = match (opts.metrics_addr, opts.probe_addr) {
+        (None, None) => None,
+        (metrics, probes) => Some(metrics::MetricsServer::bind_with_probes(metrics, probes)?),
     };
     let linkerd = Options {
         egress_global_namespace: opts.egress_namespace.clone(),

@@ -35,6 +35,8 @@ pub struct PolicySource {
     linkerd: Options,
     /// The objects the last policy composed skipped.
     rejected: std::sync::Mutex<RejectedReport>,
+    /// What was last logged per rejected object.
+    rejection_log: std::sync::Mutex<RejectionLog>,
 }
 
 /// What changes when the policy's contents may have: for every file, which
@@ -102,6 +104,7 @@ impl PolicySource {
             kubernetes: None,
             linkerd,
             rejected: std::sync::Mutex::new(RejectedReport::default()),
+            rejection_log: Default::default(),
         }
     }
 
@@ -138,6 +141,9 @@ impl PolicySource {
     }
 
     fn set_rejected(&self, rejected: &[Rejected]) {
+        if let Ok(mut log) = self.rejection_log.lock() {
+            log.log_changes(rejected);
+        }
         if let Ok(mut r) = self.rejected.lock() {
             *r = RejectedReport::of(rejected);
         }
@@ -231,4 +237,94 @@ fn check_trusted(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs each rejected object once per change of its rejection: a tenant's
+/// bad object is recompiled with every policy change on the node, and
+/// logging it each time would let one object fill the node's logs. An
+/// object is logged again when its error changes, or when it is rejected
+/// again after it was fixed or deleted. Holds one hash per rejected object.
+#[derive(Default)]
+pub struct RejectionLog {
+    /// Object (kind, namespace, name, origin) -> hash of its error text.
+    last: std::collections::HashMap<(String, Option<String>, String, String), u64>,
+}
+
+impl RejectionLog {
+    /// Logs the rejections that are new or changed since the last call;
+    /// returns how many it logged.
+    pub fn log_changes(&mut self, rejected: &[Rejected]) -> usize {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut now = std::collections::HashMap::with_capacity(rejected.len());
+        let mut logged = 0;
+        for r in rejected {
+            let key = (
+                r.kind.clone(),
+                r.namespace.clone(),
+                r.name.clone(),
+                r.origin.clone(),
+            );
+            let text = r.error.to_string();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut hasher);
+            let hash = hasher.finish();
+            if self.last.get(&key) != Some(&hash) {
+                tracing::warn!(
+                    origin = %r.origin,
+                    object = %format_args!("{} {}{}", r.kind, r.namespace.as_deref().map_or(String::new(), |n| format!("{n}/")), r.name),
+                    error = %text,
+                    "skipping an object the policy compiler rejects; the rest of the policy applies (logged once until it changes)"
+                );
+                logged += 1;
+            }
+            now.insert(key, hash);
+        }
+        self.last = now;
+        logged
+    }
+}
+
+#[cfg(test)]
+mod rejection_log_tests {
+    use super::*;
+    use crate::policy::PolicyError;
+
+    fn rejected(name: &str, message: &str) -> Rejected {
+        Rejected {
+            origin: format!("kubernetes:Service/t/{name}"),
+            kind: "Service".into(),
+            namespace: Some("t".into()),
+            name: name.into(),
+            error: PolicyError::Invalid {
+                origin: "x".into(),
+                field: "metadata.annotations".into(),
+                message: message.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_rejection_is_logged_once_per_change_of_its_object() {
+        let mut log = RejectionLog::default();
+        let bad = [rejected("a", "bad port"), rejected("b", "bad port")];
+        assert_eq!(log.log_changes(&bad), 2);
+        // Recompiles with the same objects: nothing logged again.
+        for _ in 0..100 {
+            assert_eq!(log.log_changes(&bad), 0);
+        }
+        // One object changes its error: that one only.
+        assert_eq!(
+            log.log_changes(&[rejected("a", "another bad port"), rejected("b", "bad port")]),
+            1
+        );
+        // Fixed, then broken again: logged again.
+        assert_eq!(log.log_changes(&[rejected("b", "bad port")]), 0);
+        assert_eq!(
+            log.log_changes(&[rejected("a", "another bad port"), rejected("b", "bad port")]),
+            1
+        );
+        // Only the rejected objects are remembered.
+        assert_eq!(log.log_changes(&[]), 0);
+        assert!(log.last.is_empty());
+    }
 }

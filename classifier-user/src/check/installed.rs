@@ -16,7 +16,7 @@ use crate::{
 /// default), so anything this old means no agent loop runs.
 const STATUS_STALE_S: u64 = 30;
 
-pub fn checks(pins: &PinDir) -> Vec<Check> {
+pub fn checks(pins: &PinDir, cgroup: Option<&Path>) -> Vec<Check> {
     if !pins.root().exists() || !pins.maps_dir().is_dir() {
         return vec![Check::fail(
             "pin-dir",
@@ -27,7 +27,7 @@ pub fn checks(pins: &PinDir) -> Vec<Check> {
             "install the agent (`kubectl apply -k deploy/`, or `classifier agent` as root)",
         )];
     }
-    let mut out = vec![pin_dir(pins), layout(pins), pinned_programs(pins)];
+    let mut out = vec![pin_dir(pins), layout(pins), pinned_programs(pins, cgroup)];
     out.extend(agent(pins));
     out
 }
@@ -56,23 +56,64 @@ fn layout(pins: &PinDir) -> Check {
     }
 }
 
-fn pinned_programs(pins: &PinDir) -> Check {
+/// Each program's pinned link exists and is attached to the agent's
+/// cgroup, as `/readyz` checks it: a link whose cgroup was removed stays
+/// pinned but classifies nothing (its cgroup id reads 0).
+fn pinned_programs(pins: &PinDir, cgroup: Option<&Path>) -> Check {
     let missing: Vec<&str> = programs::ALL
         .iter()
         .copied()
         .filter(|p| !pins.link(p).exists())
         .collect();
-    if missing.is_empty() {
-        Check::pass(
-            "pinned-programs",
-            format!("{} attached through pinned links", programs::ALL.join(", ")),
-        )
-    } else {
-        Check::fail(
+    if !missing.is_empty() {
+        return Check::fail(
             "pinned-programs",
             format!("no pinned link for {}", missing.join(", ")),
             "restart the agent (it re-attaches what is missing), or `classifier agent --uninstall` and start it",
-        )
+        );
+    }
+    let reattach = "restart the agent (it re-attaches its programs to --cgroup), or `classifier agent --uninstall` and start it";
+    let target = match cgroup {
+        Some(path) => Ok(path.to_path_buf()),
+        None => crate::datapath::cgroup::cgroup2_root(),
+    };
+    let target = target.and_then(|path| {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = std::fs::metadata(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .ino();
+        Ok((path, id))
+    });
+    match target {
+        Ok((path, id)) => match crate::datapath::link::all_attached(pins, id) {
+            Ok(()) => Check::pass(
+                "pinned-programs",
+                format!(
+                    "{} attached to {} through pinned links",
+                    programs::ALL.join(", "),
+                    path.display()
+                ),
+            ),
+            Err(why) => Check::fail("pinned-programs", format!("{why} (expected on {}, cgroup id {id})", path.display()), reattach),
+        },
+        // The attach cgroup cannot be found: at least every link must be
+        // attached, and all to one cgroup.
+        Err(err) => {
+            let mut ids = Vec::new();
+            for program in programs::ALL {
+                match crate::datapath::link::pinned_link_cgroup(&pins.link(program)) {
+                    Ok(0) => return Check::fail("pinned-programs", format!("{program} is detached (its cgroup is gone)"), reattach),
+                    Ok(id) => ids.push(id),
+                    Err(e) => return Check::fail("pinned-programs", format!("{program}: {e:#}"), "run as root"),
+                }
+            }
+            ids.dedup();
+            if ids.len() == 1 {
+                Check::pass("pinned-programs", format!("{} attached to one cgroup (id {}); the attach cgroup itself: {err:#}", programs::ALL.join(", "), ids[0]))
+            } else {
+                Check::fail("pinned-programs", format!("the programs are attached to different cgroups (ids {ids:?})"), reattach)
+            }
+        }
     }
 }
 

@@ -64,7 +64,7 @@ pub struct CheckOptions {
 /// Runs every check, in report order.
 pub fn run(opts: &CheckOptions) -> Vec<Check> {
     let mut checks = node::checks(opts.cgroup.as_deref());
-    checks.extend(installed::checks(&opts.pins));
+    checks.extend(installed::checks(&opts.pins, opts.cgroup.as_deref()));
     if opts.kubernetes {
         checks.extend(kubernetes::checks());
     }

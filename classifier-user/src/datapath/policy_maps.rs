@@ -78,7 +78,7 @@ pub struct Applied {
 
 /// A delete of a key that should be there: its absence is the state wanted,
 /// so only other errors count.
-pub(super) fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(crate) fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,

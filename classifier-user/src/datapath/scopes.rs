@@ -6,10 +6,18 @@
 //! the connecting process's cgroup ancestors and takes the first registered
 //! one, except that a pod root's "namespace unknown" marker
 //! (`SCOPE_FLAG_POD_UNKNOWN`) gives way to any registered cgroup below it.
-//! Ids only ever get added, and they are pinned, so a restarted agent
-//! gives every namespace the id the running programs already use.
+//! Ids are pinned, so a restarted agent gives every namespace the id the
+//! running programs already use. A namespace the applied policy no longer
+//! needs gives its id back ([`ScopeMaps::release_others`]), so the table
+//! holds the namespaces that exist, not every name ever seen. A freed id is
+//! quarantined for two policy switches before it is handed out again: by
+//! then neither policy slot holds rule keys of the old namespace and the
+//! grace period of the switch that dropped them has passed, so a pod
+//! registered under the reused id can never meet the old namespace's rules.
+//! Its learned entries, counts and watches are purged by the caller (they
+//! live in the learning maps) when it is freed and again before reuse.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map};
@@ -24,7 +32,25 @@ pub struct ScopeMaps {
     known: BTreeMap<String, u16>,
     /// Mirror of `cgroups`, for diffing.
     registered: StdHashMap<u64, u32>,
+    /// Freed ids, with the count of successful switches when they were
+    /// freed; reusable once [`QUARANTINE_SWITCHES`] more have happened.
+    quarantined: BTreeMap<u16, u64>,
+    /// Freed ids out of quarantine, handed out lowest first.
+    free: BTreeSet<u16>,
+    /// The next id never handed out (above every known and freed one).
+    next_fresh: u32,
+    /// Successful policy switches seen by [`ScopeMaps::release_others`].
+    switches: u64,
 }
+
+/// Policy switches a freed id waits before reuse: one for the slot that
+/// still holds the old namespace's rules to be rewritten, one for the
+/// grace period of that switch to end.
+pub const QUARANTINE_SWITCHES: u64 = 2;
+
+/// The highest id a namespace can get (the last one is the global
+/// EgressNetworks').
+const MAX_ID: u32 = classifier_common::SCOPE_GLOBAL_EGRESS as u32 - 1;
 
 fn key(namespace: &str) -> Result<NamespaceName> {
     let mut out = [0u8; 64];
@@ -52,44 +78,133 @@ impl ScopeMaps {
             );
         }
         let registered = cgroups.iter().filter_map(|e| e.ok()).collect();
+        // Gaps below the highest id were freed by an earlier agent, maybe
+        // at its last switch: quarantine them as if freed now.
+        let used: BTreeSet<u16> = known.values().copied().collect();
+        let next_fresh = used.last().map_or(1, |max| u32::from(*max) + 1);
+        let quarantined = (1..next_fresh)
+            .map(|id| id as u16)
+            .filter(|id| !used.contains(id))
+            .map(|id| (id, 0))
+            .collect();
         Ok(Self {
             ids,
             cgroups,
             known,
             registered,
+            quarantined,
+            free: BTreeSet::new(),
+            next_fresh,
+            switches: 0,
         })
     }
 
-    /// The id of each namespace, allocating (and pinning) new ones.
+    /// Namespaces holding an id.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// The id a new namespace gets, and whether it was used before (then
+    /// the caller must purge what the old namespace left under it).
+    fn allocate(&mut self) -> Option<(u16, bool)> {
+        if self.known.len() >= maps::SCOPE_IDS_CAPACITY as usize {
+            return None;
+        }
+        if let Some(id) = self.free.pop_first() {
+            return Some((id, true));
+        }
+        if self.next_fresh > MAX_ID {
+            return None;
+        }
+        let id = self.next_fresh as u16;
+        self.next_fresh += 1;
+        Some((id, false))
+    }
+
+    /// The id of each namespace, allocating (and pinning) new ones. Also
+    /// returns the ids handed out that an earlier namespace used: the
+    /// caller purges their learned state before any pod is registered
+    /// under them.
     pub fn ids_for<'a>(
         &mut self,
         namespaces: impl IntoIterator<Item = &'a str>,
-    ) -> Result<BTreeMap<String, u16>> {
+    ) -> Result<(BTreeMap<String, u16>, BTreeSet<u16>)> {
         let mut out = BTreeMap::new();
+        let mut reused = BTreeSet::new();
         for namespace in namespaces {
             let id = match self.known.get(namespace) {
                 Some(id) => *id,
                 None => {
-                    let next = self.known.values().max().copied().unwrap_or(0) as u32 + 1;
-                    if self.known.len() >= maps::SCOPE_IDS_CAPACITY as usize
-                        // The last id is the global EgressNetworks'.
-                        || next >= u32::from(classifier_common::SCOPE_GLOBAL_EGRESS)
-                    {
+                    let key = key(namespace)?;
+                    let Some((id, was_used)) = self.allocate() else {
                         bail!(
-                            "more than {} namespaces with namespace-scoped rules (their own EgressNetworks)",
-                            maps::SCOPE_IDS_CAPACITY
+                            "more than {} namespaces need a scope id at once (each namespace with pods under namespace-scoped learning, or with its own EgressNetworks); {} freed ids are still quarantined",
+                            maps::SCOPE_IDS_CAPACITY.min(MAX_ID),
+                            self.quarantined.len()
                         );
+                    };
+                    if let Err(err) = self.ids.insert(key, u32::from(id), 0) {
+                        // Not handed out: give it back.
+                        if was_used {
+                            self.free.insert(id);
+                        } else {
+                            self.quarantined.insert(id, self.switches);
+                        }
+                        return Err(err).context("writing a scope id");
                     }
-                    self.ids
-                        .insert(key(namespace)?, next, 0)
-                        .context("writing a scope id")?;
-                    self.known.insert(namespace.to_owned(), next as u16);
-                    next as u16
+                    if was_used {
+                        reused.insert(id);
+                    }
+                    self.known.insert(namespace.to_owned(), id);
+                    id
                 }
             };
             out.insert(namespace.to_owned(), id);
         }
-        Ok(out)
+        Ok((out, reused))
+    }
+
+    /// After a successful switch to a policy that needs the namespaces in
+    /// `wanted`: frees every other namespace's id (quarantined, see the
+    /// module docs) and returns the freed ids, whose learned state the
+    /// caller purges.
+    pub fn release_others(&mut self, wanted: &BTreeMap<String, u16>) -> BTreeSet<u16> {
+        self.switches += 1;
+        let switches = self.switches;
+        let released: Vec<u16> = self
+            .quarantined
+            .iter()
+            .filter(|(_, at)| switches >= *at + QUARANTINE_SWITCHES)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in released {
+            self.quarantined.remove(&id);
+            self.free.insert(id);
+        }
+        let gone: Vec<(String, u16)> = self
+            .known
+            .iter()
+            .filter(|(ns, _)| !wanted.contains_key(*ns))
+            .map(|(ns, id)| (ns.clone(), *id))
+            .collect();
+        let mut freed = BTreeSet::new();
+        for (namespace, id) in gone {
+            if let Ok(key) = key(&namespace) {
+                if let Err(err) = super::policy_maps::absent_ok(self.ids.remove(&key)) {
+                    // Still pinned: keep it, try again next switch.
+                    tracing::warn!(namespace, id, "freeing a scope id failed: {err}");
+                    continue;
+                }
+            }
+            self.known.remove(&namespace);
+            self.quarantined.insert(id, switches);
+            freed.insert(id);
+        }
+        freed
     }
 
     /// Registers (or re-points) every cgroup in `wanted` (cgroup id ->

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use classifier_common::{
-    maps, LearnConfig, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE,
+    maps, LearnConfig, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE,
     SCOPE_NODE,
 };
 use serde::Serialize;
@@ -26,7 +26,10 @@ pub mod cli;
 pub mod suggest;
 
 use crate::{
-    datapath::{policy_maps::open, PinDir},
+    datapath::{
+        policy_maps::{absent_ok, open},
+        PinDir,
+    },
     policy::{Learning, LearningScope},
 };
 
@@ -129,6 +132,8 @@ pub struct LearnedTable {
     capacity: u32,
     config: Array<MapData, LearnConfig>,
     scopes: HashMap<MapData, u32, u32>,
+    /// Watched sockets (cookie -> the key a server-first reply would add).
+    pending: HashMap<MapData, u64, LearnWatch>,
 }
 
 impl LearnedTable {
@@ -140,6 +145,7 @@ impl LearnedTable {
             capacity,
             config: Array::try_from(Map::Array(open(pins, maps::LEARN_CONFIG)?))?,
             scopes: HashMap::try_from(Map::HashMap(open(pins, maps::LEARN_SCOPES)?))?,
+            pending: HashMap::try_from(Map::LruHashMap(open(pins, maps::LEARN_PENDING)?))?,
         })
     }
 
@@ -217,6 +223,56 @@ impl LearnedTable {
             addr: address_key(dst.ip()),
         };
         self.table.get(&key, 0).ok()
+    }
+
+    /// Removes everything learned under the scope ids in `ids`: entries,
+    /// their counts, and watches of sockets that would add entries later.
+    /// For ids the agent frees, and again before it reuses one, so a new
+    /// namespace never inherits an old one's destinations or quota use.
+    /// Returns how many entries and watches were removed.
+    pub fn purge_scopes(&mut self, ids: &std::collections::BTreeSet<u16>) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let wanted = |scope: u32| u16::try_from(scope).is_ok_and(|id| ids.contains(&id));
+        let mut removed = 0;
+        let entries: Vec<LearnedKey> = self
+            .table
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| wanted(k.scope))
+            .collect();
+        for key in entries {
+            // Gone already (expired, evicted): as wanted.
+            let existed = self.table.remove(&key).is_ok();
+            if existed {
+                removed += 1;
+            } else {
+                absent_ok(self.table.remove(&key))
+                    .context("removing a learned entry of a freed scope")?;
+            }
+        }
+        let watches: Vec<u64> = self
+            .pending
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, w)| wanted(w.key.scope))
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in watches {
+            let existed = self.pending.remove(&cookie).is_ok();
+            if existed {
+                removed += 1;
+            } else {
+                absent_ok(self.pending.remove(&cookie))
+                    .context("removing a watch of a freed scope")?;
+            }
+        }
+        for id in ids {
+            absent_ok(self.scopes.remove(&u32::from(*id)))
+                .context("removing a freed scope's entry count")?;
+        }
+        Ok(removed)
     }
 
     /// Removes entries not seen for `ttl`, then rewrites each scope's entry

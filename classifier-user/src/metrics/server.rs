@@ -21,8 +21,17 @@
 //! address holds at most [`MAX_PER_PEER`] connections and all peers
 //! together [`MAX_CONNECTIONS`] (more are closed at accept), and only
 //! `GET`/`HEAD` of three fixed paths are answered. A pod that opens
-//! hundreds of idle connections fills only its own per-peer quota; the
-//! kubelet's probes come from the node's address.
+//! hundreds of idle connections fills only its own per-peer quota.
+//!
+//! The kubelet's probes share their peer address with every node-local
+//! process, so a per-peer quota cannot protect them: eight idle
+//! connections from any host process would fail `/healthz` and get the
+//! agent restarted in a loop. They have a listener of their own
+//! (`--probe-addr`, see [`serve_probes`]) that never refuses a connection:
+//! at [`MAX_PROBE_CONNECTIONS`] a new one closes the oldest. A probe sends
+//! its request at once and is answered from atomics in microseconds, so
+//! whatever a scraper or an attacker holds, the newest connection, the
+//! probe's, is served.
 
 use std::{
     collections::HashMap,
@@ -60,26 +69,73 @@ pub const MAX_CONCURRENT_SCRAPES: usize = 2;
 pub const SCRAPE_WAIT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (hyper's minimum buffer).
 const MAX_HEAD_BYTES: usize = 8192;
+/// Connections the probe listener holds at once; a new one beyond it
+/// closes the oldest.
+pub const MAX_PROBE_CONNECTIONS: usize = 64;
+/// A probe's request head must arrive within this (the kubelet sends it
+/// at once), and it is answered and closed.
+pub const PROBE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The metrics port's limits: the constants above, except in tests that
+/// need a connection to stay idle longer than [`HEADER_TIMEOUT`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: HEADER_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_per_peer: MAX_PER_PEER,
+        }
+    }
+}
 
 /// A bound, not yet serving, metrics listener: bind early (before the
 /// agent touches the kernel, so a taken port fails fast) and
 /// [`start`](Self::start) once the agent is ready to be scraped.
 pub struct MetricsServer {
-    listener: std::net::TcpListener,
-    addr: SocketAddr,
+    listener: Option<(std::net::TcpListener, SocketAddr)>,
+    probes: Option<(std::net::TcpListener, SocketAddr)>,
+}
+
+fn listen(addr: SocketAddr, flag: &str) -> Result<(std::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("{flag} {addr}: cannot listen"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }
 
 impl MetricsServer {
     pub fn bind(addr: SocketAddr) -> Result<Self> {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
+        Self::bind_with_probes(Some(addr), None)
     }
 
+    /// `--metrics-addr` (metrics and probes) and `--probe-addr` (probes
+    /// only, never refused), each optional.
+    pub fn bind_with_probes(
+        metrics: Option<SocketAddr>,
+        probes: Option<SocketAddr>,
+    ) -> Result<Self> {
+        Ok(Self {
+            listener: metrics.map(|a| listen(a, "--metrics-addr")).transpose()?,
+            probes: probes.map(|a| listen(a, "--probe-addr")).transpose()?,
+        })
+    }
+
+    /// The metrics address (panics without one; for tests).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.as_ref().expect("a metrics listener").1
+    }
+
+    /// The probe listener's address, if there is one.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probes.as_ref().map(|p| p.1)
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on a new thread (its own
@@ -90,35 +146,62 @@ impl MetricsServer {
         exporter: Exporter,
         agent: AgentMetrics,
     ) -> Result<std::thread::JoinHandle<()>> {
+        self.start_with_limits(exporter, agent, Limits::default())
+    }
+
+    /// [`start`](Self::start) with other limits on the metrics port.
+    pub fn start_with_limits(
+        self,
+        exporter: Exporter,
+        agent: AgentMetrics,
+        limits: Limits,
+    ) -> Result<std::thread::JoinHandle<()>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .max_blocking_threads(MAX_CONCURRENT_SCRAPES)
             .thread_name("metrics-scrape")
             .build()
             .context("metrics: building the server's runtime")?;
-        let addr = self.addr;
-        let std_listener = self.listener;
+        let metrics_addr = self.listener.as_ref().map(|l| l.1);
+        let probe_addr = self.probe_addr();
+        let listeners = (self.listener, self.probes);
         let state = Arc::new(State {
             exporter,
             agent,
             scrapes: Semaphore::new(MAX_CONCURRENT_SCRAPES),
+            limits,
         });
         let handle = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
+                    let (metrics, probes) = listeners;
+                    let probes = probes.and_then(|(l, addr)| match TcpListener::from_std(l) {
+                        Ok(l) => Some(l),
                         Err(err) => {
-                            tracing::error!("metrics: cannot serve on {addr}: {err}");
-                            return;
+                            tracing::error!("probes: cannot serve on {addr}: {err}");
+                            None
                         }
-                    };
-                    accept_loop(listener, state).await;
+                    });
+                    if let Some(probes) = probes {
+                        tokio::spawn(serve_probes(probes, state.clone()));
+                    }
+                    match metrics.map(|(l, addr)| (TcpListener::from_std(l), addr)) {
+                        Some((Ok(l), _)) => accept_loop(l, state).await,
+                        Some((Err(err), addr)) => {
+                            tracing::error!("metrics: cannot serve on {addr}: {err}")
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
                 })
             })
             .context("metrics: starting the server thread")?;
-        tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
+        if let Some(addr) = metrics_addr {
+            tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
+        }
+        if let Some(addr) = probe_addr {
+            tracing::info!(addr = %addr, "serving /healthz and /readyz for probes");
+        }
         Ok(handle)
     }
 }
@@ -127,6 +210,7 @@ struct State {
     exporter: Exporter,
     agent: AgentMetrics,
     scrapes: Semaphore,
+    limits: Limits,
 }
 
 /// Live connections, in total and per peer address.
@@ -143,10 +227,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn take(slots: &Arc<Mutex<Slots>>, peer: IpAddr) -> Option<Slot> {
+    fn take(slots: &Arc<Mutex<Slots>>, peer: IpAddr, limits: &Limits) -> Option<Slot> {
         let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
         let mine = s.per_peer.get(&peer).copied().unwrap_or(0);
-        if s.total >= MAX_CONNECTIONS || mine >= MAX_PER_PEER {
+        if s.total >= limits.max_connections || mine >= limits.max_per_peer {
             return None;
         }
         s.total += 1;
@@ -188,12 +272,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        let Some(slot) = Slot::take(&slots, peer_ip) else {
+        let Some(slot) = Slot::take(&slots, peer_ip, &state.limits) else {
             tracing::debug!(%peer, "metrics: connection limit reached, closing a new one");
             continue;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let header_timeout = state.limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
@@ -202,7 +287,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
@@ -211,6 +296,83 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 Err(_) => tracing::debug!("metrics: connection closed after its lifetime"),
             }
         });
+    }
+}
+
+/// The probe listener: `/healthz` and `/readyz` only, one request per
+/// connection. It never refuses a connection: at
+/// [`MAX_PROBE_CONNECTIONS`] the oldest is closed to make room, so
+/// connections held open (idle, or sending slowly) cannot keep a probe
+/// out; each lives at most [`PROBE_HEADER_TIMEOUT`] without a request.
+async fn serve_probes(listener: TcpListener, state: Arc<State>) {
+    use std::collections::BTreeMap;
+    type Live = Arc<Mutex<BTreeMap<u64, tokio::task::AbortHandle>>>;
+    /// Removes a finished connection from `live`.
+    struct Done(Live, u64);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        }
+    }
+    let live: Live = Arc::default();
+    for id in 0u64.. {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!("probes: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        {
+            let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+            while l.len() >= MAX_PROBE_CONNECTIONS {
+                if let Some((_, oldest)) = l.pop_first() {
+                    oldest.abort();
+                }
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        // The task starts serving once it is registered, so that it cannot
+        // finish (and deregister) before it is listed.
+        let (registered, wait) = tokio::sync::oneshot::channel::<()>();
+        let done = Done(live.clone(), id);
+        let state = state.clone();
+        let task = tokio::spawn(async move {
+            let _done = done;
+            if wait.await.is_err() {
+                return;
+            }
+            let service = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond_probe(&state, &req)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(PROBE_HEADER_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(PROBE_HEADER_TIMEOUT * 2, conn).await;
+        });
+        live.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, task.abort_handle());
+        let _ = registered.send(());
+    }
+}
+
+fn respond_probe(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => probe(state.agent.liveness()),
+        "/readyz" => probe(state.agent.readiness()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "the probe port answers /healthz and /readyz; /metrics is on --metrics-addr\n".into(),
+        ),
     }
 }
 
@@ -398,6 +560,139 @@ mod tests {
                     || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
                 "server closed the idle connection"
             );
+        }
+    }
+
+    /// Whether the server closed `s` (EOF or reset) within `wait`.
+    fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
+    /// Limits under which an idle connection stays until the test ends.
+    fn patient(max_connections: usize, max_per_peer: usize) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(120),
+            max_connections,
+            max_per_peer,
+        }
+    }
+
+    /// The kubelet shares its peer address with every node-local process:
+    /// with 100 idle connections held from 127.0.0.1 on the probe
+    /// listener (and the metrics port's per-peer quota full from there
+    /// too), a probe from 127.0.0.1 is still answered, every time.
+    #[test]
+    fn probes_are_answered_whatever_the_kubelets_address_holds() {
+        let agent = AgentMetrics::new(Duration::from_secs(30));
+        let exporter = Exporter::with_snapshots(|| Err(anyhow::anyhow!("none")), agent.clone());
+        let server = MetricsServer::bind_with_probes(
+            Some("127.0.0.1:0".parse().unwrap()),
+            Some("127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap();
+        let (metrics, probes) = (server.local_addr(), server.probe_addr().unwrap());
+        server
+            .start_with_limits(exporter, agent.clone(), patient(MAX_CONNECTIONS, MAX_PER_PEER))
+            .unwrap();
+        agent.policy_applied(1, 0);
+        let mut metrics_hog: Vec<TcpStream> = (0..MAX_PER_PEER)
+            .map(|_| connect_from("127.0.0.1", metrics))
+            .collect();
+        // The metrics port's quota for that address is full: this is what
+        // the probes suffered when they shared it.
+        let mut refused = connect_from("127.0.0.1", metrics);
+        assert!(closed_within(&mut refused, Duration::from_secs(10)));
+        let mut hog: Vec<TcpStream> = (0..100).map(|_| connect_from("127.0.0.1", probes)).collect();
+        for _ in 0..20 {
+            let r = get(probes, &req("GET", "/healthz"));
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            let r = get(probes, &req("GET", "/readyz"));
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            // Hold more while probing.
+            hog.push(connect_from("127.0.0.1", probes));
+        }
+        // Only probes are answered there.
+        let r = get(probes, &req("GET", "/metrics"));
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        // Idle probe connections end (closed for room, or at the header
+        // timeout); the metrics hog is still held (its timeout is long).
+        for s in hog.iter_mut() {
+            assert!(closed_within(s, PROBE_HEADER_TIMEOUT * 10));
+        }
+        metrics_hog[0]
+            .set_nonblocking(true)
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert!(
+            metrics_hog[0].read(&mut buf).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "the metrics port's connections were still held"
+        );
+    }
+
+    /// The metrics port's global cap: peers each within their own quota
+    /// hold at most `max_connections` together; one more is closed at
+    /// accept, and a slot frees when a connection ends. (Checked with a
+    /// small cap and long header timeout; the default's values are the
+    /// constants.)
+    #[test]
+    fn the_metrics_port_holds_at_most_its_global_cap() {
+        const CAP: usize = 24;
+        const PER_PEER: usize = 4;
+        let agent = AgentMetrics::new(Duration::from_secs(30));
+        let exporter = Exporter::with_snapshots(|| Err(anyhow::anyhow!("none")), agent.clone());
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr();
+        server
+            .start_with_limits(exporter, agent, patient(CAP, PER_PEER))
+            .unwrap();
+        let mut held = Vec::new();
+        for p in 0..CAP / PER_PEER {
+            let src = format!("127.0.1.{}", p + 1);
+            for _ in 0..PER_PEER {
+                held.push(connect_from(&src, addr));
+            }
+        }
+        // Every one was accepted and is served: a request on the last one works.
+        let last = held.last_mut().unwrap();
+        last.write_all(req("GET", "/healthz").as_bytes()).unwrap();
+        let mut out = String::new();
+        last.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = last.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        // `Connection: close`: that one ended. Wait until its slot is
+        // back (a new peer gets in and is served), then the cap is full
+        // again and a fresh peer is closed at accept.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = connect_from("127.0.2.1", addr);
+            s.write_all(req("GET", "/healthz").as_bytes()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the freed slot never came back");
+        }
+        held.pop();
+        held.push(connect_from("127.0.2.2", addr));
+        // Now CAP are held again (the last one's slot is taken by 127.0.2.2
+        // once accepted); a fresh peer, within its own quota, is refused.
+        let mut over = connect_from("127.0.3.1", addr);
+        assert!(closed_within(&mut over, Duration::from_secs(10)));
+        // The held ones are all still open.
+        for s in &mut held {
+            s.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 1];
+            assert!(s
+                .read(&mut buf)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock));
         }
     }
 

@@ -469,7 +469,12 @@ impl KindState {
         status.success();
         self.absent = false;
         match event {
-            Event::Apply(obj) => match self.document(obj) {
+            Event::Apply(obj) => {
+                let key = (
+                    obj.metadata.namespace.clone(),
+                    obj.metadata.name.clone().unwrap_or_default(),
+                );
+                match self.document(obj) {
                 Some((key, doc)) => {
                     let same = self
                         .docs
@@ -486,8 +491,11 @@ impl KindState {
                     }
                     !same
                 }
-                None => false,
-            },
+                // Skipped (logged): an older version must not stay in
+                // force in its place.
+                None => self.docs.remove(&key).is_some(),
+                }
+            }
             Event::Delete(obj) => {
                 let key = (
                     obj.metadata.namespace.clone(),
@@ -530,6 +538,8 @@ impl KindState {
     }
 
     fn document(&self, obj: DynamicObject) -> Option<(Key, Arc<Document>)> {
+        let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+        let name = obj.metadata.name.clone().unwrap_or_default();
         match to_document(&self.ar, obj) {
             Ok(doc) => Some((
                 (
@@ -539,7 +549,7 @@ impl KindState {
                 Arc::new(doc),
             )),
             Err(e) => {
-                warn!(kind = %self.ar.kind, "skipping object: {e:#}");
+                warn!(kind = %self.ar.kind, %namespace, %name, "skipping object: {e:#}");
                 None
             }
         }
@@ -577,6 +587,26 @@ fn snapshot(kinds: &[KindState]) -> DocumentSet {
     set
 }
 
+/// Labels kept per object at most, and their bytes (keys and values) in
+/// all. Kubernetes bounds each label, not how many an object has (only the
+/// object's size, 1.5 MiB): a tenant's Pod could otherwise make every node
+/// hold megabytes for it. Real pods carry tens of labels.
+pub const MAX_LABELS: usize = 128;
+pub const MAX_LABEL_BYTES: usize = 32 * 1024;
+
+/// An object over the label limits is skipped (not kept with some labels
+/// dropped, which could change which selectors match it).
+fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if labels.len() > MAX_LABELS || bytes > MAX_LABEL_BYTES {
+        anyhow::bail!(
+            "metadata.labels: {} labels of {bytes} bytes, over the limit of {MAX_LABELS} labels or {MAX_LABEL_BYTES} bytes kept per object",
+            labels.len()
+        );
+    }
+    Ok(())
+}
+
 /// An API object as a [`Document`], the form the policy compiler takes.
 ///
 /// Only what a policy can depend on is handed over (identity, labels, the
@@ -611,6 +641,7 @@ pub fn to_document(ar: &ApiResource, obj: DynamicObject) -> Result<Document> {
         }
     }
     if let Some(labels) = metadata.labels {
+        check_labels(&labels)?;
         meta.insert("labels".into(), serde_json::to_value(labels)?);
     }
     if let Some(v) = metadata
@@ -633,4 +664,50 @@ pub fn to_document(ar: &ApiResource, obj: DynamicObject) -> Result<Document> {
     // The origin, `kubernetes:Kind/ns/name`, follows from the identity.
     Document::from_value(data, KUBERNETES_ORIGIN.to_string())?
         .context("object has no apiVersion and kind")
+}
+
+#[cfg(test)]
+mod label_limit_tests {
+    use super::*;
+
+    fn pod(labels: usize, value_len: usize) -> DynamicObject {
+        let labels: serde_json::Map<String, serde_json::Value> = (0..labels)
+            .map(|i| (format!("l{i}"), "v".repeat(value_len).into()))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "t", "uid": "u1", "labels": labels},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        }))
+        .unwrap()
+    }
+
+    fn pod_kind() -> ApiResource {
+        watched_kinds().into_iter().find(|k| k.kind == "Pod").unwrap()
+    }
+
+    #[test]
+    fn pod_labels_are_bounded_per_object() {
+        let ar = pod_kind();
+        assert!(to_document(&ar, pod(MAX_LABELS, 63)).is_ok());
+        let err = to_document(&ar, pod(MAX_LABELS + 1, 1)).unwrap_err();
+        assert!(format!("{err:#}").contains("over the limit"), "{err:#}");
+        // Few labels, too many bytes (values longer than Kubernetes allows
+        // never reach us, but many 63-byte values with long keys do).
+        let err = to_document(&ar, pod(100, 400)).unwrap_err();
+        assert!(format!("{err:#}").contains("bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn an_object_updated_past_the_limit_is_dropped_not_kept_stale() {
+        let status = SyncStatus::default();
+        let mut state = KindState::new(pod_kind());
+        assert!(state.handle(Ok(Event::InitDone), &status));
+        assert!(state.handle(Ok(Event::Apply(pod(2, 5))), &status));
+        assert_eq!(state.docs.len(), 1);
+        // The same Pod, now over the limit: its older version goes.
+        assert!(state.handle(Ok(Event::Apply(pod(MAX_LABELS + 1, 5))), &status));
+        assert!(state.docs.is_empty());
+    }
 }

@@ -21,6 +21,17 @@
 //!                             stdin closes
 //! probe udp-query PEER        a UDP socket connected to PEER asks the
 //!                             classifier's question; prints one JSON line
+//! probe netns-churn COUNT PORT [CONNECTS [REFUSED]]
+//!                             COUNT times: a new network namespace,
+//!                             CONNECTS connections to 127.0.0.1:PORT in it
+//!                             (accepted and closed), one refused connect to
+//!                             a port from REFUSED on (one more each time,
+//!                             1,000 of them); prints "done COUNT"
+//! probe netns-share COUNT PORT
+//!                             in a new network namespace, COUNT connections
+//!                             to 127.0.0.1:PORT held open; prints "ready
+//!                             COOKIE N" (netns cookie, connections made),
+//!                             holds them until stdin closes
 //! ```
 
 #![deny(unsafe_code)]
@@ -86,6 +97,16 @@ fn main() {
         Some("connect-held") => connect_held(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
+        ),
+        Some("netns-churn") => netns_churn(
+            args[1].parse().expect("COUNT"),
+            args[2].parse().expect("PORT"),
+            args.get(3).map_or(1, |n| n.parse().expect("CONNECTS")),
+            args.get(4).map_or(5000, |n| n.parse().expect("REFUSED")),
+        ),
+        Some("netns-share") => netns_share(
+            args[1].parse().expect("COUNT"),
+            args[2].parse().expect("PORT"),
         ),
         _ => {
             eprintln!("usage: probe serve ADDR COUNT | probe connect ADDR...");
@@ -636,4 +657,46 @@ fn transfer_loop(args: &[String]) {
         "{}",
         json!({"iterations": n, "ns_per_iteration": elapsed.as_nanos() as f64 / n as f64})
     );
+}
+
+/// A fresh network namespace with loopback up.
+fn fresh_netns() {
+    tests::sys::unshare_net().expect("unshare(CLONE_NEWNET)");
+    tests::sys::loopback_up().expect("lo up");
+}
+
+fn netns_churn(count: usize, port: u16, connects: usize, refused: u16) {
+    for n in 0..count {
+        fresh_netns();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = TcpListener::bind(addr).expect("bind");
+        for _ in 0..connects {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            drop(client);
+            drop(server);
+        }
+        // Nothing listens there: refused, and never classified.
+        let other = refused.wrapping_add((n % 1000) as u16);
+        let _ = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], other)));
+    }
+    println!("done {count}");
+}
+
+fn netns_share(count: usize, port: u16) {
+    tests::sys::raise_nofile().expect("RLIMIT_NOFILE");
+    fresh_netns();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = TcpListener::bind(addr).expect("bind");
+    let mut held = Vec::with_capacity(count * 2);
+    for _ in 0..count {
+        let client = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        held.push(client);
+        held.push(server);
+    }
+    let cookie = tests::sys::netns_cookie(&held[0]).expect("SO_NETNS_COOKIE");
+    println!("ready {cookie} {count}");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
 }

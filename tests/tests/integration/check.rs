@@ -277,3 +277,52 @@ async fn check_kubernetes_checks_rbac_per_kind_and_linkerd_crds() -> Result<()> 
     partial.stop();
     Ok(())
 }
+
+/// `check` looks at the attachment, as `/readyz` does, not only at the
+/// pins: once the cgroup the programs were attached to is removed, the
+/// links stay pinned but classify nothing, and `pinned-programs` fails.
+#[test]
+fn check_fails_on_links_whose_cgroup_is_gone() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("check-detached")?;
+    let policy = sb.write_file("policy.yaml", POLICY);
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    let (_, list) = check(&sb, &[], &[]);
+    let checks = by_name(&list);
+    assert!(checks["pinned-programs"].0, "{checks:#?}");
+    assert!(
+        checks["pinned-programs"]
+            .1
+            .contains(sb.cgroup.to_str().unwrap()),
+        "{checks:#?}"
+    );
+    sb.stop_agent();
+    // The cgroup goes (its pod ended); a new one of the same name is not
+    // the one the links were attached to.
+    std::fs::remove_dir(&sb.cgroup)?;
+    std::fs::create_dir(&sb.cgroup)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let detail = loop {
+        let (out, list) = check(&sb, &[], &[]);
+        let checks = by_name(&list);
+        let (ok, detail) = checks["pinned-programs"].clone();
+        if !ok {
+            assert_eq!(out.status.code(), Some(1), "{checks:#?}");
+            break detail;
+        }
+        if Instant::now() > deadline {
+            bail!("pinned-programs still passes with its cgroup gone: {detail}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Detached (once the kernel released the old cgroup), or still on the
+    // dying old cgroup: either way not on the one named.
+    assert!(
+        (detail.contains("is detached") || detail.contains("attached to another cgroup"))
+            && detail.contains("fix: restart the agent"),
+        "{detail}"
+    );
+    Ok(())
+}

@@ -29,12 +29,14 @@ mod manifests {
     pub const IMAGE: &str = concat!("classifier:", env!("CARGO_PKG_VERSION"));
     pub const NAMESPACE: &str = "classifier-system";
     pub const METRICS_PORT: u16 = 9990;
+    /// The kubelet's probes' own port (`--probe-addr`).
+    pub const PROBE_PORT: u16 = 9991;
     pub const HOST_CGROUP: &str = "/host/sys/fs/cgroup";
     /// The agent container's capabilities: the smallest set that works
     /// (the privileged test below runs the agent with exactly these, and
     /// with each one left out).
     pub const CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
-    pub const AGENT_ARGS: [&str; 8] = [
+    pub const AGENT_ARGS: [&str; 10] = [
         "agent",
         "--cgroup",
         HOST_CGROUP,
@@ -42,6 +44,8 @@ mod manifests {
         "/etc/classifier/policy.yaml",
         "--metrics-addr",
         "0.0.0.0:9990",
+        "--probe-addr",
+        "0.0.0.0:9991",
         "--kubernetes",
     ];
 
@@ -548,7 +552,7 @@ fn bpffs_cgroup_and_policy_are_mounted_as_the_agent_expects() {
 }
 
 #[test]
-fn probes_hit_healthz_and_readyz_on_the_metrics_port_and_resources_are_set() {
+fn probes_hit_healthz_and_readyz_on_their_own_port_and_resources_are_set() {
     let ds = the("DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     let agent = named(&pod["containers"], "agent");
@@ -559,11 +563,19 @@ fn probes_hit_healthz_and_readyz_on_the_metrics_port_and_resources_are_set() {
         flag(&args, "--metrics-addr"),
         format!("0.0.0.0:{}", manifests::METRICS_PORT)
     );
+    // The probes have a port of their own: on the metrics port, processes
+    // sharing the kubelet's address could starve them (its per-peer limit).
+    let probes = named(&agent["ports"], "probes");
+    assert_eq!(probes["containerPort"], manifests::PROBE_PORT);
+    assert_eq!(
+        flag(&args, "--probe-addr"),
+        format!("0.0.0.0:{}", manifests::PROBE_PORT)
+    );
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &agent[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
         assert!(
-            get["port"] == "metrics" || get["port"] == manifests::METRICS_PORT,
+            get["port"] == "probes" || get["port"] == manifests::PROBE_PORT,
             "{probe} port {:?}",
             get["port"]
         );

@@ -23,5 +23,7 @@ mod new_pods;
 mod old_kernel;
 mod reliability;
 mod runtime;
+mod scope_churn;
+mod soak;
 mod scoping;
 mod tenant_isolation;

@@ -141,7 +141,10 @@ pub struct Rejected {
 
 impl Rejected {
     fn of(doc: &Document, error: PolicyError) -> Rejected {
-        tracing::warn!(origin = %doc.origin(), object = %doc.describe(), %error, "skipping an object the policy compiler rejects; the rest of the policy applies");
+        // Not logged here: the compiler runs at every recompile, and an
+        // unchanged object would be logged again each time. The agent logs
+        // each rejection once per change of it (`RejectionLog`), the CLI
+        // lists them.
         Rejected {
             origin: doc.origin().into_owned(),
             kind: doc.kind.to_string(),
@@ -415,6 +418,22 @@ struct Compiler {
 }
 
 /// `Kind ns/name (origin)`, a rule's origin.
+/// The entries each namespace is guaranteed when the tables overflow:
+/// (IPv4, IPv6) room left after the operator's node-wide rules, divided
+/// evenly among the `namespaces` with rules. If every namespace needs at
+/// most its share, they fit together, so only a namespace over its share
+/// can be dropped for room. And every namespace over it gives way at once,
+/// not the largest first: with "largest first" a tenant could get another
+/// namespace's rules dropped by filling the table with namespaces each
+/// just smaller than it, and keep its own.
+pub fn fair_share(caps: (u64, u64), operator: (u64, u64), namespaces: usize) -> (u64, u64) {
+    let n = namespaces.max(1) as u64;
+    (
+        caps.0.saturating_sub(operator.0) / n,
+        caps.1.saturating_sub(operator.1) / n,
+    )
+}
+
 fn rule_origin(doc: &Document) -> String {
     // One allocation: this runs for every object with rules.
     use std::fmt::Write as _;
@@ -492,8 +511,11 @@ impl Compiler {
     }
 
     /// Drops the rules of every namespace whose objects need more trie
-    /// entries than `budget`, then, while the rest needs more than the
-    /// tables hold, of the largest namespace left; reports each of their
+    /// entries than `budget`. Then, if the rest needs more than the tables
+    /// hold, every namespace over its fair share gives way, all of them
+    /// together (see [`fair_share`]); should the rest still not fit (the
+    /// bounds of rules in one universe are not exactly additive), the
+    /// largest namespaces left give way one by one. Reports each of their
     /// objects that had rules (the counts are taken before any trie is
     /// built), and renumbers the remaining rules 1.. in order.
     fn enforce_budget(&mut self, set: &DocumentSet, budget: u64) {
@@ -505,8 +527,12 @@ impl Compiler {
         }
         // Namespace index -> why its rules are dropped.
         let mut over: BTreeMap<u32, String> = BTreeMap::new();
-        let mut sizes: Vec<(u64, u32)> = Vec::new();
+        // (IPv4, IPv6) entries, namespace index.
+        let mut sizes: Vec<((u64, u64), u32)> = Vec::new();
         for (ns, idx) in by_ns.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
             let (n4, n6) = crate::compile::entry_bound(idx.iter().map(|&i| &self.rules[i]));
             let n = n4.saturating_add(n6);
             if n > budget {
@@ -518,41 +544,75 @@ impl Compiler {
                     ),
                 );
             } else {
-                sizes.push((n, ns as u32));
+                sizes.push(((n4, n6), ns as u32));
             }
         }
+        let caps = (
+            crate::compile::MAX_V4_ENTRIES,
+            crate::compile::MAX_V6_ENTRIES,
+        );
+        let need = |over: &BTreeMap<u32, String>, rules: &[Rule], owners: &[Option<u32>]| {
+            crate::compile::entry_bound(
+                rules
+                    .iter()
+                    .zip(owners)
+                    .filter(|(_, o)| !o.is_some_and(|o| over.contains_key(&o)))
+                    .map(|(r, _)| r),
+            )
+        };
+        let fits = |(n4, n6): (u64, u64)| n4 <= caps.0 && n6 <= caps.1;
         // Then the table as a whole: namespaces each within their budget
         // may still need more than it holds together, and a policy that
         // does not fit would be refused whole, every tenant's change with
-        // it. The largest namespaces (then the last by name) give way
-        // until the rest fits; the operator's own rules never do.
+        // it. The operator's own rules never give way.
+        let (n4, n6) = need(&over, &self.rules, &self.owners);
+        if !fits((n4, n6)) {
+            let operator = crate::compile::entry_bound(
+                self.rules
+                    .iter()
+                    .zip(&self.owners)
+                    .filter(|(_, o)| o.is_none())
+                    .map(|(r, _)| r),
+            );
+            let share = fair_share(caps, operator, sizes.len());
+            for &((s4, s6), ns) in &sizes {
+                if s4 > share.0 || s6 > share.1 {
+                    over.insert(
+                        ns,
+                        format!(
+                            "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({} and {}); namespace {:?} needs {s4} and {s6}, over its fair share of {} and {} (the tables' room after the node-wide rules, divided among the {} namespaces with rules), so all of its rules are dropped, as those of every namespace over its share",
+                            caps.0,
+                            caps.1,
+                            self.namespaces[ns as usize],
+                            share.0,
+                            share.1,
+                            sizes.len(),
+                        ),
+                    );
+                }
+            }
+        }
+        sizes.retain(|(_, ns)| !over.contains_key(ns));
         sizes.sort_by(|a, b| {
-            b.0.cmp(&a.0)
+            (b.0 .0 + b.0 .1)
+                .cmp(&(a.0 .0 + a.0 .1))
                 .then_with(|| self.namespaces[b.1 as usize].cmp(&self.namespaces[a.1 as usize]))
         });
         let mut largest = sizes.into_iter();
         loop {
-            let kept = self
-                .rules
-                .iter()
-                .zip(&self.owners)
-                .filter(|(_, o)| !o.is_some_and(|o| over.contains_key(&o)))
-                .map(|(r, _)| r);
-            let (n4, n6) = crate::compile::entry_bound(kept);
-            let (cap4, cap6) = (
-                crate::compile::MAX_V4_ENTRIES,
-                crate::compile::MAX_V6_ENTRIES,
-            );
-            if n4 <= cap4 && n6 <= cap6 {
+            let (n4, n6) = need(&over, &self.rules, &self.owners);
+            if fits((n4, n6)) {
                 break;
             }
-            let Some((n, ns)) = largest.next() else {
+            let Some(((s4, s6), ns)) = largest.next() else {
                 break; // The operator's rules alone do not fit: compile says so.
             };
             over.insert(
                 ns,
                 format!(
-                    "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({cap4} and {cap6}); namespace {:?}, the largest left ({n} entries, within its budget of {budget}), has all of its rules dropped",
+                    "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({} and {}); namespace {:?}, the largest left ({s4} and {s6} entries, within its fair share), has all of its rules dropped",
+                    caps.0,
+                    caps.1,
                     self.namespaces[ns as usize]
                 ),
             );

@@ -182,16 +182,73 @@ fn wildcard_holes_are_counted_before_anything_is_allocated() {
     assert!(compiled.v4.len() < 10, "{}", compiled.v4.len());
 }
 
+/// One EgressNetwork needing `ports` IPv4 entries in namespace `ns`.
+fn ns_doc(ns: &str, ports: u32, last_octet: u8) -> String {
+    format!(
+        "apiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata:\n  name: big\n  namespace: {ns}\n  annotations: {{config.linkerd.io/opaque-ports: \"1-{ports}\"}}\nspec: {{trafficPolicy: Allow, networks: [{{cidr: 198.51.100.{last_octet}/32}}]}}\n---\n"
+    )
+}
+
+const SMALL_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: small\n  annotations: {config.linkerd.io/opaque-ports: \"4000\"}\nstatus: {phase: Running, podIP: 10.244.7.7}\n";
+
+fn dropped_namespaces(c: &Compiled) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .rejected
+        .iter()
+        .map(|r| r.namespace.clone().unwrap_or_default())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn kept(c: &Compiled, ns: &str) -> bool {
+    c.policy.rules.iter().any(|r| r.scope.as_deref() == Some(ns))
+}
+
+/// The gaming scenario: a victim namespace of 40,000 entries, and a tenant
+/// that adds six namespaces of 39,999 each, so that together they overflow
+/// the IPv4 table (262,144). Under "the largest gives way" the victim
+/// alone would lose its rules and the tenant keep all of its own. Under
+/// the fair share (262,144 / 8 namespaces = 32,768 each) every namespace
+/// over it gives way: the tenant gains nothing, and a namespace within its
+/// share (`small`, `bystander`) keeps its rules whatever the others do.
 #[test]
-fn namespaces_within_budget_that_overflow_the_table_together_lose_the_largest_first() {
+fn a_tenant_cannot_get_another_namespace_dropped_by_namespaces_just_smaller_than_it() {
+    let mut text = ns_doc("victim", 40_000, 1);
+    for i in 0..6 {
+        text.push_str(&ns_doc(&format!("tenant-{i}"), 39_999, 10 + i));
+    }
+    text.push_str(&ns_doc("bystander", 20_000, 30));
+    text.push_str(SMALL_POD);
+    let set = set_of(&text);
+    let c = compile_documents_report(&set, &Options::default()).unwrap();
+    let dropped = dropped_namespaces(&c);
+    let mut expected: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
+    expected.push("victim".into());
+    expected.sort();
+    assert_eq!(dropped, expected);
+    for r in &c.rejected {
+        let why = r.to_string();
+        assert!(why.contains("over its fair share of 29127"), "{why}");
+    }
+    assert!(kept(&c, "bystander"));
+    assert!(!kept(&c, "victim"));
+    assert_eq!(
+        crate::classify(&c.policy, "10.244.7.7".parse().unwrap(), 4000).protocol,
+        Protocol::Opaque
+    );
+    assert_eq!(fair_share((262_144, 262_144), (0, 0), 9), (29_127, 29_127));
+    compile(&c.policy).unwrap();
+}
+
+#[test]
+fn namespaces_within_budget_that_overflow_the_table_together_lose_those_over_their_fair_share() {
     // Five namespaces of ~60,000 entries each: every one within its budget
     // (65,536), together over the IPv4 table (262,144). Without a cap the
-    // whole policy would be refused, every tenant's change with it.
-    let ns_doc = |ns: &str, ports: u32, last_octet: u8| {
-        format!(
-            "apiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata:\n  name: big\n  namespace: {ns}\n  annotations: {{config.linkerd.io/opaque-ports: \"1-{ports}\"}}\nspec: {{trafficPolicy: Allow, networks: [{{cidr: 198.51.100.{last_octet}/32}}]}}\n---\n"
-        )
-    };
+    // whole policy would be refused, every tenant's change with it. Six
+    // namespaces have rules: a share is 43,690 entries; all five are over
+    // it and give way, the small one keeps its rules.
     let mut text = String::new();
     for (i, (ns, ports)) in [
         ("a", 60_000),
@@ -205,34 +262,17 @@ fn namespaces_within_budget_that_overflow_the_table_together_lose_the_largest_fi
     {
         text.push_str(&ns_doc(ns, ports, i as u8 + 1));
     }
-    text.push_str("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: small\n  annotations: {config.linkerd.io/opaque-ports: \"4000\"}\nstatus: {phase: Running, podIP: 10.244.7.7}\n");
+    text.push_str(SMALL_POD);
     let set = set_of(&text);
     let c = compile_documents_report(&set, &Options::default()).unwrap();
-    // c is the largest: it alone goes, and says why.
-    let dropped: Vec<String> = c
-        .rejected
-        .iter()
-        .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name))
-        .collect();
-    assert_eq!(dropped, ["c/big"]);
+    assert_eq!(dropped_namespaces(&c), ["a", "b", "c", "d", "e"]);
     let why = c.rejected[0].to_string();
     assert!(
-        why.contains("more than the tables hold") && why.contains("\"c\""),
+        why.contains("more than the tables hold") && why.contains("fair share of 43690"),
         "{why}"
     );
-    assert!(c
-        .policy
-        .rules
-        .iter()
-        .all(|r| r.scope.as_deref() != Some("c")));
-    for ns in ["a", "b", "d", "e"] {
-        assert!(
-            c.policy
-                .rules
-                .iter()
-                .any(|r| r.scope.as_deref() == Some(ns)),
-            "{ns}"
-        );
+    for ns in ["a", "b", "c", "d", "e"] {
+        assert!(!kept(&c, ns), "{ns}");
     }
     let (n4, _) = entry_bound(&c.policy.rules);
     assert!(n4 <= crate::compile::MAX_V4_ENTRIES, "{n4}");

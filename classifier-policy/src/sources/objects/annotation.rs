@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::packed::PortNames;
 use super::values::show;
 use super::FieldError;
-use crate::ports::PortSet;
+use crate::{model::clip, ports::PortSet};
 
 /// Linkerd's annotation for opaque ports.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "config.linkerd.io/opaque-ports";
@@ -124,27 +124,59 @@ impl PortsAnnotation {
         if !allow_names {
             return Err(FieldError::new(
                 annotation_field(),
-                format!("{err} (in {text:?})"),
+                format!("{err} (in {:?})", clip(&text)),
             ));
         }
         let body = text.strip_suffix(',').unwrap_or(&text);
-        let mut ports = PortSet::new();
+        let mut ranges = Vec::new();
         let mut names = Vec::new();
         for item in body.split(',').map(str::trim) {
             if is_port_name(item) {
                 names.push(item.to_string());
             } else {
                 match item.parse::<PortSet>() {
-                    Ok(p) if !item.is_empty() => ports.union_with(&p),
+                    Ok(p) if !item.is_empty() => ranges.extend_from_slice(p.ranges()),
                     _ => {
                         return Err(FieldError::new(
                             annotation_field(),
-                            format!("{err} (in {text:?})"),
+                            format!("{err} (in {:?})", clip(&text)),
                         ))
                     }
                 }
             }
         }
+        let ports = PortSet::from_ranges(ranges);
         Ok(PortsAnnotation { text, ports, names })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant's 256 KiB annotation is not copied into its error: the
+    /// message (logged, and kept in the rejected-objects report) quotes a
+    /// bounded prefix and says how long the value was.
+    #[test]
+    fn an_error_about_a_huge_annotation_quotes_a_bounded_part_of_it() {
+        let huge = format!("25,{}", "9".repeat(256 * 1024));
+        for allow_names in [false, true] {
+            let err = PortsAnnotation::parse(huge.clone(), allow_names).unwrap_err();
+            assert!(
+                err.message.len() < 600,
+                "{} bytes: {}",
+                err.message.len(),
+                &err.message[..300]
+            );
+            assert!(err.message.contains("bytes)"), "{}", err.message);
+        }
+        // Many port names and numbers, in the worst order: parsed at once.
+        let mixed: Vec<String> = (1..=20_000u32)
+            .rev()
+            .map(|p| if p % 2 == 0 { p.to_string() } else { format!("n{p}") })
+            .collect();
+        let parsed = PortsAnnotation::parse(mixed.join(","), true).unwrap();
+        assert_eq!(parsed.ports.len(), 10_000);
+        assert_eq!(parsed.names.len(), 10_000);
     }
 }

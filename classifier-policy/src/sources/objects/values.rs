@@ -13,7 +13,7 @@ use crate::model::Network;
 /// A short rendering of a value for error messages.
 pub fn show(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("{s:?}"),
+        Value::String(s) => format!("{:?}", crate::model::clip(s)),
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
