@@ -5,13 +5,13 @@
 //! options (`build`, `run`, `test`, `demo`, `bench`, `completions`,
 //! `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
-//! definitions (included from classifier-user/src/cli.rs).
+//! definitions (included from classifier-user/src/cli/args.rs).
 
 mod bench;
 mod build;
 mod cargo;
 #[allow(dead_code)]
-#[path = "../../classifier-user/src/cli.rs"]
+#[path = "../../classifier-user/src/cli/args.rs"]
 mod classifier_cli;
 mod completions;
 mod demo;
