@@ -308,8 +308,8 @@ fn apply_reloaded(
     }
 }
 
-/// The objects the policy just applied skipped (issue 12): counts by kind
-/// for `/metrics`, the first few for `classifier stats`.
+/// The objects the policy just applied skipped: counts by kind for
+/// `/metrics`, every one for `classifier stats`.
 fn report_rejected(source: &PolicySource, agent_metrics: &metrics::AgentMetrics, status: &Status) {
     let report = source.rejected();
     agent_metrics.set_rejected(&report.by_kind);
