@@ -26,7 +26,7 @@ fn check(p: &Policy, ns: Option<&str>, dst: &str, protocol: Protocol, by: Option
             d.origin
         ),
         None => assert!(
-            !d.source == Source::Rule,
+            d.source != Source::Rule,
             "{dst} from {ns:?}: expected no rule, got {d:?}"
         ),
     }

@@ -33,7 +33,7 @@ fn check(p: &Policy, ns: Option<&str>, dst: &str, protocol: Protocol, decided_by
             );
         }
         None => assert!(
-            !d.source == Source::Rule,
+            d.source != Source::Rule,
             "{dst} from {ns:?}: expected no rule, got {d:?}"
         ),
     }
