@@ -2,7 +2,7 @@
 //!
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
-//! options (`build`, `run`, `test`, `demo`, `bench`, `completions`,
+//! options (`build`, `run`, `test`, `demo`, `bench`, `docs`, `completions`,
 //! `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
 //! definitions (included from classifier-user/src/cli/args.rs).
@@ -15,6 +15,7 @@ mod cargo;
 mod classifier_cli;
 mod completions;
 mod demo;
+mod docs;
 mod linkerd_proxy;
 mod manpage;
 mod prereqs;
@@ -48,6 +49,7 @@ enum Cmd {
     Test(test::Options),
     Demo(demo::Options),
     Bench(bench::Options),
+    Docs(docs::Options),
     Completions(completions::Options),
     Manpage(manpage::Options),
     LinkerdProxy(linkerd_proxy::Options),
@@ -61,6 +63,7 @@ fn main() {
         Cmd::Test(opts) => test::test(opts),
         Cmd::Demo(opts) => demo::demo(opts),
         Cmd::Bench(opts) => bench::bench(opts),
+        Cmd::Docs(opts) => docs::docs(opts),
         Cmd::Completions(opts) => completions::completions(opts),
         Cmd::Manpage(opts) => manpage::manpage(opts),
         Cmd::LinkerdProxy(opts) => linkerd_proxy::linkerd_proxy(opts),

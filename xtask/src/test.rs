@@ -7,7 +7,8 @@ use crate::{cargo, prereqs};
 
 /// Build the release binary, then run the whole test suite.
 ///
-/// Runs `cargo test --workspace --release` with CLASSIFIER_BIN set to the
+/// Builds the book and checks its links (`cargo xtask docs`), then runs
+/// `cargo test --workspace --release` with CLASSIFIER_BIN set to the
 /// absolute path of target/release/classifier and at most 2 test threads,
 /// then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
 /// linkerd-proxy e2e` (the real linkerd2-proxy with our patch series; the
@@ -47,6 +48,11 @@ pub fn test(
         );
     }
     prereqs::ensure()?;
+    if cargo_test_args.is_empty() {
+        // The whole suite includes the book: it builds, and its links resolve.
+        step!("the book: mdbook build docs, then every link and anchor");
+        crate::docs::docs(crate::docs::Options::default())?;
+    }
     let bin = cargo::build_classifier(true)?;
     step!("built {}", bin.display());
 

@@ -1,4 +1,4 @@
-//! Fail-open, no-loss and isolation guarantees (see README "Guarantees").
+//! Fail-open, no-loss and isolation guarantees (see docs/src/guarantees.md).
 
 use std::{
     fs,
