@@ -37,5 +37,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod sources;
 pub mod stats;
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "sys/ is the one module that makes raw system calls")]
 mod sys;

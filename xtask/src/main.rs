@@ -10,7 +10,10 @@
 mod bench;
 mod build;
 mod cargo;
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "the binary's clap definitions, of which xtask uses only the command tree"
+)]
 #[path = "../../classifier-user/src/cli/args.rs"]
 mod classifier_cli;
 mod completions;

@@ -201,7 +201,7 @@ mod tests {
             verdict_table: VerdictTable {
                 entries: 3,
                 capacity: 65536,
-                evicted: 0,
+                lost: 0,
             },
             policy: PolicyInfo {
                 generation: 4,

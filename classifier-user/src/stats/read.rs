@@ -77,7 +77,7 @@ pub struct VerdictTable {
     pub capacity: u64,
     /// Published verdicts that left the table before their connection
     /// closed: published - withdrawn - ambiguous - still present.
-    pub evicted: u64,
+    pub lost: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -205,7 +205,7 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
             entries,
             capacity,
             // Each ambiguity turns two published verdicts into one entry.
-            evicted: published
+            lost: published
                 .saturating_sub(withdrawn)
                 .saturating_sub(get(counters::PUBLISH_AMBIGUOUS))
                 .saturating_sub(entries),

@@ -48,11 +48,11 @@ pub fn render_table(s: &Snapshot) -> String {
     );
     let _ = writeln!(
         out,
-        "verdict table         {:>12}   of {} ({:.1}%), evicted {}",
+        "verdict table         {:>12}   of {} ({:.1}%), lost {}",
         s.verdict_table.entries,
         s.verdict_table.capacity,
         100.0 * s.verdict_table.entries as f64 / s.verdict_table.capacity.max(1) as f64,
-        s.verdict_table.evicted
+        s.verdict_table.lost
     );
     if let Some(l) = &s.learning {
         let _ = writeln!(

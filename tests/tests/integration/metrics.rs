@@ -397,7 +397,7 @@ fn full_exposition() -> String {
         verdict_table: VerdictTable {
             entries: 1,
             capacity: 65536,
-            evicted: 1,
+            lost: 1,
         },
         policy: PolicyInfo {
             generation: 2,
