@@ -492,7 +492,8 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
         );
     }
 
-    // The alerts: the four the README promises, and spec.groups is a rule
+    // The alerts operate.md names (those that page on a rising count or
+    // a failure), and spec.groups is a rule
     // file promtool accepts.
     let rule = classifier_user::policy::file::parse_yaml_value(
         &rule_text,
@@ -512,6 +513,7 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
         "ClassifierPolicyRejected",
         "ClassifierKubernetesSyncFailing",
         "ClassifierKernelErrorsRising",
+        "ClassifierVerdictsLost",
     ] {
         assert!(alerts.contains(&a), "{a} in {alerts:?}");
     }
