@@ -37,5 +37,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod sources;
 pub mod stats;
-#[expect(unsafe_code, reason = "sys/ is the one module that makes raw system calls")]
+#[expect(
+    unsafe_code,
+    reason = "sys/ is the one module that makes raw system calls"
+)]
 mod sys;
