@@ -217,7 +217,8 @@ pub fn parse(bytes: &[u8]) -> io::Result<Verdict> {
         rule_id: if source == Source::Rule { u32_at(4) } else { 0 },
         marked: flags & REPLY_FLAG_MARKED != 0,
         ambiguous: flags & REPLY_FLAG_AMBIGUOUS != 0,
-        generation: u32_at(8),
+        // A short reply stops before the generation.
+        generation: if bytes.len() >= 12 { u32_at(8) } else { 0 },
         original_dst,
     })
 }
