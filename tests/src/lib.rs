@@ -27,7 +27,10 @@ use serde_json::Value;
 pub mod e2e;
 pub mod fake_kube;
 pub mod qemu;
-#[expect(unsafe_code, reason = "sys is the one module that makes raw system calls")]
+#[expect(
+    unsafe_code,
+    reason = "sys is the one module that makes raw system calls"
+)]
 pub mod sys;
 
 /// The proxy's UID in Linkerd (excluded by the built-in policy).

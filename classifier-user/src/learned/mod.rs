@@ -167,7 +167,7 @@ impl LearnedTable {
                 active: v.observations >= min,
             })
             .collect();
-        out.sort_by(|a, b| (a.scope_id, a.address, a.port).cmp(&(b.scope_id, b.address, b.port)));
+        out.sort_by_key(|e| (e.scope_id, e.address, e.port));
         Ok(out)
     }
 

@@ -13,6 +13,10 @@ use super::Snapshot;
 /// Rejected objects the table lists (the JSON lists every one).
 const REJECTED_LISTED: usize = 20;
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one output section per block; not split yet (stats and metrics are changing on other branches)"
+)]
 pub fn render_table(s: &Snapshot) -> String {
     let mut out = String::new();
     let c = |index: u32| s.counter(index);

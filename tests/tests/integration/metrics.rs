@@ -79,6 +79,10 @@ spec:
 ";
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
     if !privileged!() {
         return Ok(());

@@ -216,6 +216,10 @@ fn services_get_their_or_their_namespaces_annotation_and_app_protocol() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn pods_and_servers() {
     let p = fixture_policy();
     // api-1: Servers by name (grpc -> 9090) and number, its own annotation.
@@ -393,6 +397,10 @@ fn egress(name: &str, ns: &str, created: Option<&str>, ports: &str, cidr: &str) 
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn equal_cidrs_go_to_the_oldest_then_by_name() {
     // b-old is older: it decides every port of 192.0.2.0/24, including
     // a-new's opaque 3306.
@@ -613,6 +621,10 @@ const SERVER_HEAD: &str =
     "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: s, namespace: team-a}\n";
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn malformed_documents_name_origin_field_and_value() {
     assert_err(
         &egress("bad", "team-a", None, "4222", "203.0.113.0/33"),
