@@ -151,6 +151,26 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 4] = [
+        Source::None,
+        Source::DefaultPort,
+        Source::Rule,
+        Source::Learned,
+    ];
+
+    /// The byte the kernel stores and the proxy reads.
+    #[inline(always)]
+    pub const fn wire(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`Source::wire`]; unknown values read as `None` (no
+    /// verdict), which is what a proxy does with them.
+    #[inline(always)]
+    pub fn from_wire(v: u8) -> Source {
+        Source::try_from(v).unwrap_or(Source::None)
+    }
+
     /// The name `stats`, metrics and `explain` use.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -433,6 +453,25 @@ pub const AGENT_FLAG_KUBERNETES_CONNECTED: u32 = 1 << 1;
 /// A namespace name as a fixed-size map key (Kubernetes names are at most
 /// 63 bytes), NUL padded.
 pub type NamespaceName = [u8; 64];
+
+/// The `CLS_SCOPE_IDS` key of `namespace`: its bytes, NUL padded; `None`
+/// unless it is 1 to 63 bytes long.
+pub fn namespace_key(namespace: &str) -> Option<NamespaceName> {
+    let bytes = namespace.as_bytes();
+    if bytes.is_empty() || bytes.len() >= 64 {
+        return None;
+    }
+    let mut key = [0u8; 64];
+    key[..bytes.len()].copy_from_slice(bytes);
+    Some(key)
+}
+
+/// The name bytes of a `CLS_SCOPE_IDS` key (up to the first NUL): the
+/// inverse of [`namespace_key`].
+pub fn namespace_of_key(key: &NamespaceName) -> &[u8] {
+    let len = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+    &key[..len]
+}
 
 /// Key of the excluded-UID set: `(slot << 32) | uid`.
 #[inline(always)]
@@ -891,6 +930,20 @@ mod tests {
         assert_ne!(SCOPE_FLAG_OWN_RULES, SCOPE_FLAG_POD_UNKNOWN);
         assert_eq!(SCOPE_FLAG_POD_UNKNOWN as u16, SCOPE_NODE);
         assert_eq!(LAYOUT_VERSION, 7, "CLS_SCOPES values gained a flag");
+    }
+
+    #[test]
+    fn namespace_keys_round_trip_and_refuse_bad_lengths() {
+        let key = namespace_key("payments").unwrap();
+        assert_eq!(&key[..9], b"payments\0");
+        assert_eq!(namespace_of_key(&key), b"payments");
+        let longest = "a".repeat(63);
+        assert_eq!(
+            namespace_of_key(&namespace_key(&longest).unwrap()),
+            longest.as_bytes()
+        );
+        assert_eq!(namespace_key(""), None);
+        assert_eq!(namespace_key(&"a".repeat(64)), None);
     }
 
     #[test]

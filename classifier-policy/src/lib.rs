@@ -45,8 +45,9 @@ pub mod model;
 pub mod ports;
 pub mod sources;
 
+pub use classifier_common::Source;
 pub use compile::{compile, compile_with_scopes, CompileError, CompiledPolicy, TrieEntry};
-pub use explain::{classify, classify_from, Decision, DecisionSource};
+pub use explain::{classify, classify_from, Decision, RuleMatch};
 pub use file::{load_policy_file, parse_policy, parse_policy_document, ParsedPolicy};
 pub use model::{
     format_ttl, parse_ttl, Learning, LearningScope, Mark, Network, Policy, PolicyError, Protocol,

@@ -1,6 +1,7 @@
 //! The classifier's node side: the datapath loader and map writer, the
-//! agent, the live Kubernetes watch, stats, metrics, the reference proxy
-//! and the proxy-side client, and the `classifier` binary.
+//! agent, the live Kubernetes watch, stats, metrics, the reference proxy,
+//! and the `classifier` binary. The proxy's side of the query contract is
+//! the `classifier-client` crate.
 //!
 //! The policy itself (model, file format, document compiler, explain, the
 //! compiler to map entries) is the `classifier-policy` crate, re-exported
@@ -16,7 +17,6 @@
 //! stats/         `classifier stats` from the pinned maps, and the kernel
 //!                counters' Prometheus encoding
 //! metrics/       `agent --metrics-addr`: /metrics, /healthz, /readyz
-//! proxy_client   the getsockopt query a proxy makes on its accepted socket
 //! sys/           every raw system call, behind safe wrappers: the only
 //!                module allowed `unsafe`
 //! ```
@@ -35,8 +35,10 @@ pub mod datapath;
 pub mod learned;
 pub mod metrics;
 pub mod proxy;
-pub mod proxy_client;
 pub mod sources;
 pub mod stats;
-#[allow(unsafe_code)]
+#[expect(
+    unsafe_code,
+    reason = "sys/ is the one module that makes raw system calls"
+)]
 mod sys;

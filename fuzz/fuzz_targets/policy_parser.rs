@@ -28,11 +28,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use classifier_common::{RuleVerdict, PORT_ANY, RULE_MATCH, RULE_NONE, SCOPE_NODE};
 use classifier_policy::compile::kernel_model::KernelModel;
 use classifier_policy::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
-use classifier_policy::explain::canonical_addr;
 use classifier_policy::file::{parse_yaml_value, MAX_EXCLUDED_UIDS};
 use classifier_policy::{
-    classify, compile, parse_policy, CompileError, CompiledPolicy, DecisionSource, Network, Policy,
-    PortSet, Protocol,
+    classify, compile, parse_policy, CompileError, CompiledPolicy, Network, Policy, PortSet,
+    Protocol, RuleMatch, Source,
 };
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
@@ -327,10 +326,10 @@ fn probe_ports(p: &Policy, data: &[u8]) -> Vec<u16> {
 
 fn check_decision(p: &Policy, addr: IpAddr, port: u16) -> (u8, u32) {
     let d = classify(p, addr, port);
-    assert_eq!(d.addr, canonical_addr(addr));
+    assert_eq!(d.addr, addr.to_canonical());
     assert_eq!(d.port, port);
-    match d.source {
-        DecisionSource::Rule { id, network } => {
+    match (d.source, d.rule) {
+        (Source::Rule, Some(RuleMatch { id, network })) => {
             let r = p
                 .rule(id)
                 .unwrap_or_else(|| panic!("decision names rule {id}"));
@@ -347,19 +346,20 @@ fn check_decision(p: &Policy, addr: IpAddr, port: u16) -> (u8, u32) {
                 d.addr
             );
         }
-        DecisionSource::DefaultPort => {
+        (Source::DefaultPort, None) => {
             assert_eq!(d.protocol, Protocol::Opaque);
             assert!(p.default_opaque_ports.contains(port));
         }
-        DecisionSource::None => {
+        (Source::None, None) => {
             assert_eq!(d.protocol, Protocol::Detect);
             assert!(!p.default_opaque_ports.contains(port));
         }
+        other => panic!("decision source and rule disagree: {other:?}"),
     }
     assert!(!d.reason(p).is_empty());
     let json = d.to_json();
     assert_eq!(json["protocol"], d.protocol.as_str());
-    (d.protocol.wire(), d.source.rule_id())
+    (d.protocol.wire(), d.rule_id())
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -29,7 +29,10 @@ pub mod fake_kube;
 pub mod podman;
 pub mod qemu;
 pub mod soak;
-#[allow(unsafe_code)]
+#[expect(
+    unsafe_code,
+    reason = "sys is the one module that makes raw system calls"
+)]
 pub mod sys;
 
 /// The proxy's UID in Linkerd (excluded by the built-in policy).

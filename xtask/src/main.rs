@@ -5,13 +5,16 @@
 //! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `soak`, `docs`,
 //! `completions`, `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
-//! definitions (included from classifier-user/src/cli.rs).
+//! definitions (included from classifier-user/src/cli/args.rs).
 
 mod bench;
 mod build;
 mod cargo;
-#[allow(dead_code)]
-#[path = "../../classifier-user/src/cli.rs"]
+#[allow(
+    dead_code,
+    reason = "the binary's clap definitions, of which xtask uses only the command tree"
+)]
+#[path = "../../classifier-user/src/cli/args.rs"]
 mod classifier_cli;
 mod completions;
 mod demo;

@@ -15,7 +15,6 @@ use classifier_common::{
 };
 
 use super::{key_v4, key_v6, CompiledPolicy};
-use crate::explain::canonical_addr;
 use crate::model::Protocol;
 
 /// One family's trie: (key bit length, key with the bits past it cleared)
@@ -107,7 +106,7 @@ impl<'c> KernelModel<'c> {
     /// the larger net_prefix (exact on a tie) decides; else the default
     /// bitmap. Returns (protocol wire value, source, rule id).
     pub fn lookup(&self, client_scope: Option<u16>, addr: IpAddr, port: u16) -> (u8, Source, u32) {
-        let addr = canonical_addr(addr);
+        let addr = addr.to_canonical();
         if port == PORT_ANY {
             // As the kernel: port 0 is the wildcard's key, not a port.
             return (Protocol::Detect.wire(), Source::None, 0);

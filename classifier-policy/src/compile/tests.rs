@@ -1,8 +1,9 @@
 use super::kernel_model::{kernel_lookup, KernelModel};
 use super::*;
-use crate::explain::{classify_from, DecisionSource};
+use crate::explain::classify_from;
 use crate::model::{Network, Protocol, Rule};
 use crate::ports::PortSet;
+use crate::Source;
 use classifier_common::{PROTO_OPAQUE, RULE_MATCH, RULE_NONE};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -177,26 +178,18 @@ fn compiled_lookup_agrees_with_classify_on_random_policies() {
                 let want = classify_from(&policy, ns, addr, port);
                 let (protocol, source, rule_id) = kernel.lookup(client_scope, addr, port);
                 let got = (protocol, source.as_str(), rule_id);
-                let want_t = (
-                    want.protocol.wire(),
-                    want.source.as_str(),
-                    want.source.rule_id(),
-                );
+                let want_t = (want.protocol.wire(), want.source.as_str(), want.rule_id());
                 assert_eq!(
                     got, want_t,
                     "round {round}: {addr} port {port} from {ns:?}\npolicy: {policy:#?}"
                 );
                 probes_checked += 1;
-                if matches!(want.source, DecisionSource::Rule { .. }) {
+                if want.source == Source::Rule {
                     rule_hits += 1;
                     if want.scope.is_some() {
                         scoped_hits += 1;
                     }
-                    if policy
-                        .rule(want.source.rule_id())
-                        .unwrap()
-                        .is_wildcard_port()
-                    {
+                    if policy.rule(want.rule_id()).unwrap().is_wildcard_port() {
                         wildcard_hits += 1;
                     }
                 }

@@ -10,42 +10,28 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
+use classifier_common::Source;
+
 use crate::model::{Policy, Protocol, Rule};
 
-/// Where a [`Decision`] came from.
+/// The rule that decided a [`Decision`], and which of its networks matched
+/// (the most specific one that holds the destination).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecisionSource {
-    /// No rule matched and the port is not a default opaque port.
-    None,
-    /// No rule matched; the port is a default opaque port.
-    DefaultPort,
-    /// Rule `id` matched through its network `network`.
-    Rule { id: u32, network: IpNet },
-}
-
-impl DecisionSource {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DecisionSource::None => "none",
-            DecisionSource::DefaultPort => "default_port",
-            DecisionSource::Rule { .. } => "rule",
-        }
-    }
-
-    /// The rule id, 0 when no rule decided (as in the kernel's reply).
-    pub fn rule_id(&self) -> u32 {
-        match self {
-            DecisionSource::Rule { id, .. } => *id,
-            _ => 0,
-        }
-    }
+pub struct RuleMatch {
+    pub id: u32,
+    pub network: IpNet,
 }
 
 /// The verdict for one destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub protocol: Protocol,
-    pub source: DecisionSource,
+    /// [`Source::Rule`], [`Source::DefaultPort`] or [`Source::None`], the
+    /// kernel's vocabulary (explain reads the policy alone, so never
+    /// [`Source::Learned`]).
+    pub source: Source,
+    /// The deciding rule: `Some` exactly when `source` is [`Source::Rule`].
+    pub rule: Option<RuleMatch>,
     /// The destination as classified (IPv4-mapped addresses unmapped); kept
     /// so that [`Decision::reason`] can talk about it.
     pub addr: IpAddr,
@@ -56,19 +42,6 @@ pub struct Decision {
     /// The deciding rule's scope: `None` for a node-wide rule (or no rule),
     /// `Some(namespace)` for a namespace-scoped one.
     pub scope: Option<String>,
-}
-
-/// IPv4-mapped IPv6 destinations (`::ffff:a.b.c.d`) are IPv4 connections made
-/// from a dual-stack socket; they are classified as the IPv4 address, the
-/// same as the kernel side does.
-pub fn canonical_addr(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => addr,
-        },
-        v4 => v4,
-    }
 }
 
 /// The protocol for a connection to `addr:port` under `policy`, from a
@@ -136,7 +109,10 @@ pub fn classify_from(
     addr: IpAddr,
     port: u16,
 ) -> Decision {
-    let addr = canonical_addr(addr);
+    // An IPv4-mapped destination (`::ffff:a.b.c.d`) is an IPv4 connection
+    // from a dual-stack socket: classified as the IPv4 address, as the
+    // kernel side does.
+    let addr = addr.to_canonical();
     let shadowed = client_namespace.is_some_and(|ns| policy.has_rules_scoped_to(ns));
     let best = client_namespace
         .and_then(|ns| best_in_scope(policy, Some(ns), false, addr, port))
@@ -146,24 +122,26 @@ pub fn classify_from(
                 .then(|| best_in_scope(policy, None, true, addr, port))
                 .flatten()
         });
-    let (protocol, source, origin, scope) = match best {
+    let (protocol, source, rule, origin, scope) = match best {
         Some((rule, network)) => (
             rule.protocol,
-            DecisionSource::Rule {
+            Source::Rule,
+            Some(RuleMatch {
                 id: rule.id,
                 network,
-            },
+            }),
             Some(rule.origin.clone()),
             rule.scope.clone(),
         ),
         None if policy.default_opaque_ports.contains(port) => {
-            (Protocol::Opaque, DecisionSource::DefaultPort, None, None)
+            (Protocol::Opaque, Source::DefaultPort, None, None, None)
         }
-        None => (Protocol::Detect, DecisionSource::None, None, None),
+        None => (Protocol::Detect, Source::None, None, None, None),
     };
     Decision {
         protocol,
         source,
+        rule,
         addr,
         port,
         origin,
@@ -172,10 +150,16 @@ pub fn classify_from(
 }
 
 impl Decision {
+    /// The deciding rule's id, 0 when no rule decided (as in the kernel's
+    /// reply).
+    pub fn rule_id(&self) -> u32 {
+        self.rule.map_or(0, |r| r.id)
+    }
+
     /// One line for humans saying why the verdict is what it is.
     pub fn reason(&self, policy: &Policy) -> String {
-        match self.source {
-            DecisionSource::Rule { id, network } => {
+        match self.rule {
+            Some(RuleMatch { id, network }) => {
                 let ports = policy
                     .rule(id)
                     .map(|r| r.ports.to_string())
@@ -199,10 +183,10 @@ impl Decision {
                 }
                 s
             }
-            DecisionSource::DefaultPort => {
+            None if self.source == Source::DefaultPort => {
                 format!("port {} is in the default opaque ports", self.port)
             }
-            DecisionSource::None => format!(
+            None => format!(
                 "no rule matches and {} is not a default opaque port",
                 self.port
             ),
@@ -228,9 +212,9 @@ impl Serialize for Decision {
             origin: Option<&'a str>,
             scope: Option<&'a str>,
         }
-        let (rule_id, network) = match self.source {
-            DecisionSource::Rule { id, network } => (Some(id), Some(network.to_string())),
-            _ => (None, None),
+        let (rule_id, network) = match self.rule {
+            Some(RuleMatch { id, network }) => (Some(id), Some(network.to_string())),
+            None => (None, None),
         };
         Flat {
             protocol: self.protocol,

@@ -35,11 +35,23 @@ fn at(p: &Policy, addr: &str, port: u16) -> Decision {
     classify(p, addr.parse().unwrap(), port)
 }
 
-fn src(id: u32, n: &str) -> DecisionSource {
-    DecisionSource::Rule {
-        id,
-        network: net(n),
-    }
+/// Where a decision came from, the rule included.
+type Why = (Source, Option<RuleMatch>);
+const NONE: Why = (Source::None, None);
+const DEFAULT_PORT: Why = (Source::DefaultPort, None);
+
+fn src(id: u32, n: &str) -> Why {
+    (
+        Source::Rule,
+        Some(RuleMatch {
+            id,
+            network: net(n),
+        }),
+    )
+}
+
+fn why(d: &Decision) -> Why {
+    (d.source, d.rule)
 }
 
 #[test]
@@ -50,20 +62,17 @@ fn more_specific_network_wins() {
     ]);
     let d = at(&p, "10.1.2.3", 80);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Opaque, src(2, "10.1.0.0/16"))
     );
     let d = at(&p, "10.2.2.3", 80);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Http1, src(1, "10.0.0.0/8"))
     );
     // The port must match too.
     let d = at(&p, "10.1.2.3", 81);
-    assert_eq!(
-        (d.protocol, d.source),
-        (Protocol::Detect, DecisionSource::None)
-    );
+    assert_eq!((d.protocol, why(&d)), (Protocol::Detect, NONE));
 }
 
 #[test]
@@ -79,20 +88,17 @@ fn except_falls_back_to_less_specific_rule_or_defaults() {
     ]);
     let d = at(&p, "10.1.0.1", 3306);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Http2, src(1, "0.0.0.0/0"))
     );
     let d = at(&p, "10.2.0.1", 3306);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Opaque, src(2, "10.0.0.0/8"))
     );
     // Nothing behind the hole on 4222: not a default port either.
     let d = at(&p, "10.1.0.1", 4222);
-    assert_eq!(
-        (d.protocol, d.source),
-        (Protocol::Detect, DecisionSource::None)
-    );
+    assert_eq!((d.protocol, why(&d)), (Protocol::Detect, NONE));
     // A hole on a default opaque port falls back to the defaults.
     let p = policy(vec![rule(
         1,
@@ -101,10 +107,7 @@ fn except_falls_back_to_less_specific_rule_or_defaults() {
         Protocol::Http1,
     )]);
     let d = at(&p, "10.1.9.9", 5432);
-    assert_eq!(
-        (d.protocol, d.source),
-        (Protocol::Opaque, DecisionSource::DefaultPort)
-    );
+    assert_eq!((d.protocol, why(&d)), (Protocol::Opaque, DEFAULT_PORT));
     assert_eq!(d.reason(&p), "port 5432 is in the default opaque ports");
 }
 
@@ -118,7 +121,7 @@ fn detect_rule_overrides_default_opaque_port() {
     )]);
     let d = at(&p, "192.0.2.10", 3306);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Detect, src(1, "192.0.2.0/24"))
     );
     assert!(
@@ -127,10 +130,7 @@ fn detect_rule_overrides_default_opaque_port() {
         d.reason(&p)
     );
     let d = at(&p, "192.0.3.10", 3306);
-    assert_eq!(
-        (d.protocol, d.source),
-        (Protocol::Opaque, DecisionSource::DefaultPort)
-    );
+    assert_eq!((d.protocol, why(&d)), (Protocol::Opaque, DEFAULT_PORT));
 }
 
 #[test]
@@ -142,11 +142,11 @@ fn tie_goes_to_lowest_id() {
     ]);
     let d = at(&p, "198.51.100.1", 8080);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Http2, src(1, "198.51.100.0/24"))
     );
     let d = at(&p, "198.51.100.1", 8101);
-    assert_eq!(d.source, DecisionSource::None);
+    assert_eq!(why(&d), NONE);
 }
 
 #[test]
@@ -157,8 +157,8 @@ fn best_network_of_a_rule_is_reported() {
         "25",
         Protocol::Opaque,
     )]);
-    assert_eq!(at(&p, "10.9.1.1", 25).source, src(1, "10.9.0.0/16"));
-    assert_eq!(at(&p, "10.8.1.1", 25).source, src(1, "10.0.0.0/8"));
+    assert_eq!(why(&at(&p, "10.9.1.1", 25)), src(1, "10.9.0.0/16"));
+    assert_eq!(why(&at(&p, "10.8.1.1", 25)), src(1, "10.0.0.0/8"));
 }
 
 #[test]
@@ -169,17 +169,14 @@ fn v4_mapped_is_classified_as_v4() {
     ]);
     let d = at(&p, "::ffff:203.0.113.9", 4222);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Opaque, src(1, "203.0.113.0/24"))
     );
     assert_eq!(d.addr, "203.0.113.9".parse::<IpAddr>().unwrap());
     let d = at(&p, "2001:db8::1", 4222);
-    assert_eq!((d.protocol, d.source), (Protocol::Http1, src(2, "::/0")));
+    assert_eq!((d.protocol, why(&d)), (Protocol::Http1, src(2, "::/0")));
     // ::/0 does not swallow IPv4 destinations.
-    assert_eq!(
-        at(&p, "::ffff:198.51.100.1", 4222).source,
-        DecisionSource::None
-    );
+    assert_eq!(why(&at(&p, "::ffff:198.51.100.1", 4222)), NONE);
 }
 
 #[test]
@@ -243,7 +240,7 @@ fn clients_namespace_rules_come_first_then_node_wide() {
     ]);
     let d = from(&p, Some("team-a"), "203.0.113.9", 4222);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Opaque, src(2, "203.0.113.0/24"))
     );
     assert_eq!(d.scope.as_deref(), Some("team-a"));
@@ -257,24 +254,21 @@ fn clients_namespace_rules_come_first_then_node_wide() {
     for ns in [None, Some("team-b")] {
         let d = from(&p, ns, "203.0.113.9", 4222);
         assert_eq!(
-            (d.protocol, d.source),
+            (d.protocol, why(&d)),
             (Protocol::Http1, src(1, "203.0.113.9/32"))
         );
         assert_eq!(d.scope, None);
     }
     // Nothing in team-a's universe for this address: node-wide decides.
     let d = from(&p, Some("team-a"), "198.51.100.1", 4222);
-    assert_eq!(d.source, DecisionSource::None);
+    assert_eq!(why(&d), NONE);
     let d = from(&p, Some("team-a"), "198.51.100.1", 3306);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Detect, src(3, "0.0.0.0/0"))
     );
     let d = from(&p, Some("team-b"), "198.51.100.1", 3306);
-    assert_eq!(
-        (d.protocol, d.source),
-        (Protocol::Opaque, DecisionSource::DefaultPort)
-    );
+    assert_eq!((d.protocol, why(&d)), (Protocol::Opaque, DEFAULT_PORT));
     // classify is the node's view.
     assert_eq!(
         at(&p, "203.0.113.9", 4222),
@@ -297,26 +291,26 @@ fn explicit_ports_beat_wildcard_on_equal_network_only() {
     ]);
     // Same /24: explicit rule 2 beats wildcard rule 1 despite the id.
     assert_eq!(
-        from(&p, None, "192.0.2.200", 5432).source,
+        why(&from(&p, None, "192.0.2.200", 5432)),
         src(2, "192.0.2.0/24")
     );
     // Other ports: the wildcard rule, even on a default opaque port.
     let d = from(&p, None, "192.0.2.200", 3306);
     assert_eq!(
-        (d.protocol, d.source),
+        (d.protocol, why(&d)),
         (Protocol::Detect, src(1, "192.0.2.0/24"))
     );
     // A more specific wildcard network beats a less specific explicit one.
     assert_eq!(
-        from(&p, None, "192.0.2.1", 5432).source,
+        why(&from(&p, None, "192.0.2.1", 5432)),
         src(3, "192.0.2.0/25")
     );
     assert_eq!(
-        from(&p, None, "192.0.2.1", 8080).source,
+        why(&from(&p, None, "192.0.2.1", 8080)),
         src(3, "192.0.2.0/25")
     );
     assert_eq!(
-        from(&p, None, "192.0.9.1", 8080).source,
+        why(&from(&p, None, "192.0.9.1", 8080)),
         src(4, "192.0.0.0/16")
     );
     assert!(from(&p, None, "192.0.2.1", 1)

@@ -18,13 +18,13 @@ use crate::ports::PortSet;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct Document {
-    #[allow(dead_code)] // checked while deserializing
+    #[expect(dead_code, reason = "checked while deserializing, never read")]
     api_version: ApiVersion,
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "checked while deserializing, never read")]
     kind: Kind,
     /// Allowed (a ClassifierPolicy among Kubernetes manifests has a name)
     /// and not used.
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "accepted and ignored")]
     #[serde(default)]
     metadata: Option<de::IgnoredAny>,
     #[serde(default)]

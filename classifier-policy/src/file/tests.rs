@@ -123,6 +123,10 @@ fn assert_error(text: &str, parts: &[&str]) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn bad_inputs_name_origin_field_line_and_value() {
     let ok_nets = r#"["203.0.113.0/24"]"#;
     let cases: Vec<(String, Vec<&str>)> = vec![

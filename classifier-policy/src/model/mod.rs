@@ -55,7 +55,7 @@ impl Network {
     }
 
     /// Whether `addr` is in the network and in none of its holes. `addr`
-    /// must already be unmapped (see `explain::canonical_addr`).
+    /// must already be unmapped (`IpAddr::to_canonical`).
     pub fn matches(&self, addr: IpAddr) -> bool {
         self.cidr.contains(&addr) && !self.except.iter().any(|e| e.contains(&addr))
     }

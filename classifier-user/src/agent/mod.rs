@@ -50,6 +50,8 @@ pub struct AgentOptions {
     pub namespace_entry_budget: u64,
 }
 
+/// The agent's stages, in order: preflight, install (or adopt), drop
+/// privileges, first apply, event loop.
 pub async fn run(opts: AgentOptions) -> Result<()> {
     preflight::check()?;
     let agent_metrics =
@@ -68,6 +70,42 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // leave half an install behind.
     let first = source.load();
 
+    let (cgroup, installed, _pin_lock) = install(&opts)?;
+    let applier = Applier::open(&opts.pins, cgroup.clone(), opts.kubernetes)?;
+    let port_counts = datapath::port_counts::PortCounts::open(&opts.pins)?;
+    let status = Status::new(
+        StatusMap::open(&opts.pins)?,
+        opts.pins.clone(),
+        opts.kubernetes,
+    );
+    drop_privileges()?;
+    watch_attachment(&opts.pins, &cgroup, &agent_metrics)?;
+    // After the drop: the server's threads inherit only CAP_BPF.
+    if let Some(server) = metrics_server {
+        let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
+        server.start(exporter, agent_metrics.clone())?;
+    }
+    let mut agent = Agent {
+        applier,
+        port_counts,
+        source,
+        status,
+        metrics: agent_metrics,
+    };
+    agent.first_apply(&opts, &installed, first)?;
+    agent.event_loop(&opts, &cgroup).await?;
+    agent.metrics.stopping();
+    tracing::info!(
+        pins = %opts.pins.root().display(),
+        "stopping; programs stay attached with the last policy (`classifier agent --uninstall` removes them)"
+    );
+    Ok(())
+}
+
+/// Attaches the programs, or adopts those a previous agent left pinned:
+/// the cgroup attached to, how, and the pin directory's lock (held for
+/// the agent's life).
+fn install(opts: &AgentOptions) -> Result<(PathBuf, Installed, datapath::loader::PinLock)> {
     let cgroup = match &opts.cgroup {
         Some(path) => match cgroup::attach_point(path)? {
             cgroup::AttachPoint::AsGiven(path) => path,
@@ -84,7 +122,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         None => cgroup::cgroup2_root()?,
     };
     preflight::check_pin_dir(&opts.pins)?;
-    let (installed, _pin_lock) = datapath::install_or_adopt(&InstallOptions {
+    let (installed, pin_lock) = datapath::install_or_adopt(&InstallOptions {
         pins: &opts.pins,
         cgroup: &cgroup,
         verdict_capacity: opts.verdict_capacity,
@@ -106,16 +144,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             )
         }
     }
+    Ok((cgroup, installed, pin_lock))
+}
 
-    let mut applier = Applier::open(&opts.pins, cgroup.clone(), opts.kubernetes)?;
-    let mut port_counts = datapath::port_counts::PortCounts::open(&opts.pins)?;
-    let mut status = Status::new(
-        StatusMap::open(&opts.pins)?,
-        opts.pins.clone(),
-        opts.kubernetes,
-    );
-    // Everything that needs more than CAP_BPF is done. A drop that fails
-    // stops the agent: it never runs with more than it says.
+/// Everything that needs more than CAP_BPF is done. A drop that fails
+/// stops the agent: it never runs with more than it says.
+fn drop_privileges() -> Result<()> {
     let dropped = privileges::keep_only(&[privileges::CAP_BPF])
         .context("dropping capabilities after attaching")?;
     if dropped.bounding_kept.is_empty() {
@@ -128,180 +162,257 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
              is set so no exec can regain it"
         );
     }
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        let cgroup_id = std::fs::metadata(&cgroup)
-            .with_context(|| format!("opening cgroup {}", cgroup.display()))?
-            .ino();
-        let pins = opts.pins.clone();
-        agent_metrics.set_attached_check(std::sync::Arc::new(move || {
-            datapath::link::all_attached(&pins, cgroup_id)
-        }));
-    }
-    // After the drop: the server's threads inherit only CAP_BPF.
-    if let Some(server) = metrics_server {
-        let exporter = metrics::Exporter::new(opts.pins.clone(), agent_metrics.clone());
-        server.start(exporter, agent_metrics.clone())?;
-    }
-    let active = applier.active_generation();
-    // A restarted agent that takes its policy from the cluster keeps the
-    // adopted one (built from the cluster by its predecessor) until its own
-    // first snapshot, rather than falling back to the file or built-in
-    // policy in between, or for as long as the API server is away.
-    let keep_adopted = opts.kubernetes
-        && matches!(installed, Installed::Adopted | Installed::Replaced { .. })
-        && active > 0;
-    match first {
-        Ok(_) if keep_adopted => {
-            tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");
-            agent_metrics.set_ready(true);
-        }
-        Ok(mut policy) => {
-            let applied = applier.apply(&mut policy, &source.describe())?;
-            // Before ready: whoever waits for /readyz finds the report.
-            report_rejected(&source, &agent_metrics, &status);
-            agent_metrics.policy_applied(applied.generation, policy.rules.len());
-            status.applied();
-        }
-        Err(err) => {
-            agent_metrics.policy_apply_failed();
-            status.failed();
-            let active = applier.active_generation();
-            if active == 0 {
-                return Err(err.context("no policy is active yet, so the agent cannot start"));
+    Ok(())
+}
+
+/// `/readyz` checks that the links are still attached to `cgroup`.
+fn watch_attachment(
+    pins: &PinDir,
+    cgroup: &std::path::Path,
+    agent_metrics: &metrics::AgentMetrics,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let cgroup_id = std::fs::metadata(cgroup)
+        .with_context(|| format!("opening cgroup {}", cgroup.display()))?
+        .ino();
+    let pins = pins.clone();
+    agent_metrics.set_attached_check(std::sync::Arc::new(move || {
+        datapath::link::all_attached(&pins, cgroup_id)
+    }));
+    Ok(())
+}
+
+/// What the running agent keeps: the map writer, where the policy comes
+/// from, and what it reports.
+struct Agent {
+    applier: Applier,
+    /// Keeps the per-port connect counts current (least used ports aged out).
+    port_counts: datapath::port_counts::PortCounts,
+    source: PolicySource,
+    status: Status,
+    metrics: metrics::AgentMetrics,
+}
+
+/// The Kubernetes watch, its new-pod channel taken apart from it so the
+/// event loop can wait on both.
+struct KubeWatch {
+    snapshots: tokio::sync::watch::Receiver<Option<Arc<DocumentSet>>>,
+    status: Arc<kubernetes::SyncStatus>,
+    /// Kept: the watch task's handle.
+    _task: tokio::task::JoinHandle<Result<()>>,
+}
+
+type NewPods = tokio::sync::mpsc::Receiver<(String, String)>;
+
+impl Agent {
+    /// Applies the policy loaded before install, or keeps the adopted one.
+    fn first_apply(
+        &mut self,
+        opts: &AgentOptions,
+        installed: &Installed,
+        first: Result<classifier_policy::Policy>,
+    ) -> Result<()> {
+        let active = self.applier.active_generation();
+        // A restarted agent that takes its policy from the cluster keeps the
+        // adopted one (built from the cluster by its predecessor) until its own
+        // first snapshot, rather than falling back to the file or built-in
+        // policy in between, or for as long as the API server is away.
+        let keep_adopted = opts.kubernetes
+            && matches!(installed, Installed::Adopted | Installed::Replaced { .. })
+            && active > 0;
+        match first {
+            Ok(_) if keep_adopted => {
+                tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");
+                self.metrics.set_ready(true);
             }
-            tracing::error!("{err:#}; keeping the active policy (generation {active})");
+            Ok(mut policy) => {
+                let applied = self.applier.apply(&mut policy, &self.source.describe())?;
+                // Before ready: whoever waits for /readyz finds the report.
+                report_rejected(&self.source, &self.metrics, &self.status);
+                self.metrics
+                    .policy_applied(applied.generation, policy.rules.len());
+                self.status.applied();
+            }
+            Err(err) => {
+                self.metrics.policy_apply_failed();
+                self.status.failed();
+                let active = self.applier.active_generation();
+                if active == 0 {
+                    return Err(err.context("no policy is active yet, so the agent cannot start"));
+                }
+                tracing::error!("{err:#}; keeping the active policy (generation {active})");
+            }
         }
+        Ok(())
     }
 
-    // Until the first complete snapshot, the policy above stays in force;
-    // the watcher keeps the last snapshot if the API goes away.
-    let mut kube = match opts.kubernetes {
-        true => Some(kubernetes::spawn(
-            kubernetes::client().await?,
-            WatchOptions::default(),
-        )),
-        false => None,
-    };
-    // Taken out of the watch's handle, so that the loop can wait on both.
-    let mut new_pods = kube
-        .as_mut()
-        .map(|sync| std::mem::replace(&mut sync.new_pods, tokio::sync::mpsc::channel(1).1));
-    let mut sync_errors_seen = 0;
-    if kube.is_some() {
-        agent_metrics.set_kubernetes_connected(false);
+    /// Starts the Kubernetes watch (with `--kubernetes`): until its first
+    /// complete snapshot the policy above stays in force, and the watcher
+    /// keeps the last snapshot if the API goes away.
+    async fn start_kubernetes(
+        &self,
+        opts: &AgentOptions,
+    ) -> Result<(Option<KubeWatch>, Option<NewPods>)> {
+        if !opts.kubernetes {
+            return Ok((None, None));
+        }
+        let KubeSync {
+            snapshots,
+            status,
+            new_pods,
+            task,
+        } = kubernetes::spawn(kubernetes::client().await?, WatchOptions::default());
+        self.metrics.set_kubernetes_connected(false);
+        let watch = KubeWatch {
+            snapshots,
+            status,
+            _task: task,
+        };
+        Ok((Some(watch), Some(new_pods)))
     }
 
-    // Pod cgroups: watched (inotify) so a new pod is registered as its
-    // cgroup appears; a slow rescan behind it catches what a watch misses.
-    // Without a watch, the old poll on every tick.
-    let mut pod_watch = match pod_watch::PodWatcher::new(&cgroup) {
-        Ok(watcher) => {
-            tracing::info!(
-                watches = watcher.watches(),
-                "watching pod cgroups (inotify)"
-            );
-            Some(watcher)
+    /// Pod cgroups: watched (inotify) so a new pod is registered as its
+    /// cgroup appears; a slow rescan behind it catches what a watch misses.
+    /// Without a watch, the old poll on every tick.
+    fn start_pod_watch(
+        &mut self,
+        cgroup: &std::path::Path,
+        watch_interval: Duration,
+    ) -> Option<pod_watch::PodWatcher> {
+        let pod_watch = match pod_watch::PodWatcher::new(cgroup) {
+            Ok(watcher) => {
+                tracing::info!(
+                    watches = watcher.watches(),
+                    "watching pod cgroups (inotify)"
+                );
+                Some(watcher)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "cannot watch pod cgroups ({err:#}); polling for them every {watch_interval:?} instead"
+                );
+                None
+            }
+        };
+        // Pods that appeared between the first policy's scan and the watch.
+        if let Err(err) = self.applier.refresh_pods() {
+            tracing::warn!("registering pod cgroups failed: {err:#}");
         }
-        Err(err) => {
-            tracing::warn!(
-                "cannot watch pod cgroups ({err:#}); polling for them every {:?} instead",
-                opts.watch_interval
-            );
-            None
-        }
-    };
-    // Pods that appeared between the first policy's scan and the watch.
-    if let Err(err) = applier.refresh_pods() {
-        tracing::warn!("registering pod cgroups failed: {err:#}");
+        pod_watch
     }
-    let mut rescan = tokio::time::interval(POD_RESCAN_INTERVAL.max(opts.watch_interval));
-    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    rescan.tick().await;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(opts.watch_interval);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            changes = next_pod_changes(&mut pod_watch) => {
-                match changes {
-                    Ok(changes) => {
-                        if let Some(watcher) = &mut pod_watch {
-                            pods_changed(&mut applier, watcher, changes);
+    /// Until SIGTERM or SIGINT: pod cgroups, new pods, Kubernetes snapshots
+    /// and the watch tick (policy file changes, status, heartbeat).
+    async fn event_loop(&mut self, opts: &AgentOptions, cgroup: &std::path::Path) -> Result<()> {
+        let (mut kube, mut new_pods) = self.start_kubernetes(opts).await?;
+        let mut sync_errors_seen = 0;
+        let mut pod_watch = self.start_pod_watch(cgroup, opts.watch_interval);
+        let mut rescan = tokio::time::interval(POD_RESCAN_INTERVAL.max(opts.watch_interval));
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.tick().await;
+
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(opts.watch_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                changes = next_pod_changes(&mut pod_watch) => {
+                    self.pod_changes(changes, &mut pod_watch, opts.watch_interval);
+                }
+                _ = rescan.tick() => {
+                    if let Some(watcher) = &mut pod_watch {
+                        if let Err(err) = watcher.rescan() {
+                            tracing::warn!("rescanning the pod cgroup watches: {err:#}");
+                        }
+                        if let Err(err) = self.applier.refresh_pods() {
+                            tracing::warn!("registering pod cgroups failed: {err:#}");
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(
-                            "the pod cgroup watch failed ({err:#}); polling for pod cgroups every {:?} instead",
-                            opts.watch_interval
-                        );
-                        pod_watch = None;
+                }
+                pod = next_new_pod(&mut new_pods) => match pod {
+                    Some((uid, namespace)) => {
+                        if let Err(err) = self.applier.pod_known(&uid, &namespace) {
+                            tracing::warn!("registering the cgroup of pod {uid}: {err:#}");
+                        }
                     }
+                    // The watch ended; `next_snapshot` says so.
+                    None => new_pods = None,
+                },
+                changed = next_snapshot(&mut kube) => {
+                    let Some(snapshot) = changed? else { continue };
+                    self.metrics.sync_succeeded();
+                    let loaded = self.source.kubernetes_changed(snapshot);
+                    apply_reloaded(&mut self.applier, &self.source, loaded, &self.metrics, &mut self.status);
+                }
+                _ = tick.tick() => {
+                    self.tick(kube.as_ref(), &mut sync_errors_seen, pod_watch.is_none());
                 }
             }
-            _ = rescan.tick() => {
-                if let Some(watcher) = &mut pod_watch {
-                    if let Err(err) = watcher.rescan() {
-                        tracing::warn!("rescanning the pod cgroup watches: {err:#}");
-                    }
-                    if let Err(err) = applier.refresh_pods() {
-                        tracing::warn!("registering pod cgroups failed: {err:#}");
-                    }
+        }
+        Ok(())
+    }
+
+    fn pod_changes(
+        &mut self,
+        changes: Result<Vec<pod_watch::PodChange>>,
+        pod_watch: &mut Option<pod_watch::PodWatcher>,
+        watch_interval: Duration,
+    ) {
+        match changes {
+            Ok(changes) => {
+                if let Some(watcher) = pod_watch {
+                    pods_changed(&mut self.applier, watcher, changes);
                 }
             }
-            pod = next_new_pod(&mut new_pods) => match pod {
-                Some((uid, namespace)) => {
-                    if let Err(err) = applier.pod_known(&uid, &namespace) {
-                        tracing::warn!("registering the cgroup of pod {uid}: {err:#}");
-                    }
-                }
-                // The watch ended; `next_snapshot` says so.
-                None => new_pods = None,
-            },
-            changed = next_snapshot(&mut kube) => {
-                let Some(snapshot) = changed? else { continue };
-                agent_metrics.sync_succeeded();
-                let loaded = source.kubernetes_changed(snapshot);
-                apply_reloaded(&mut applier, &source, loaded, &agent_metrics, &mut status);
-            }
-            _ = tick.tick() => {
-                agent_metrics.heartbeat();
-                if let Some(sync) = &kube {
-                    let errors = sync.status.errors();
-                    for _ in sync_errors_seen..errors {
-                        agent_metrics.sync_failed();
-                    }
-                    sync_errors_seen = errors;
-                    agent_metrics.set_kubernetes_connected(sync.status.connected());
-                    status.synced(&sync.status);
-                }
-                status.publish();
-                applier.tick();
-                match port_counts.age() {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(removed = n, "aged the per-port connect counts"),
-                    Err(err) => tracing::warn!("ageing the per-port connect counts: {err:#}"),
-                }
-                if pod_watch.is_none() {
-                    if let Err(err) = applier.refresh_pods() {
-                        tracing::warn!("registering pod cgroups failed: {err:#}");
-                    }
-                }
-                let Some(loaded) = source.reload_if_changed() else { continue };
-                apply_reloaded(&mut applier, &source, loaded, &agent_metrics, &mut status);
+            Err(err) => {
+                tracing::warn!(
+                    "the pod cgroup watch failed ({err:#}); polling for pod cgroups every {watch_interval:?} instead"
+                );
+                *pod_watch = None;
             }
         }
     }
-    agent_metrics.stopping();
-    tracing::info!(
-        pins = %opts.pins.root().display(),
-        "stopping; programs stay attached with the last policy (`classifier agent --uninstall` removes them)"
-    );
-    Ok(())
+
+    /// Every watch interval: heartbeat, the watch's health, status, the
+    /// pod poll without a watch, and a changed policy file.
+    fn tick(&mut self, kube: Option<&KubeWatch>, sync_errors_seen: &mut u64, poll_pods: bool) {
+        self.metrics.heartbeat();
+        if let Some(sync) = kube {
+            let errors = sync.status.errors();
+            for _ in *sync_errors_seen..errors {
+                self.metrics.sync_failed();
+            }
+            *sync_errors_seen = errors;
+            self.metrics
+                .set_kubernetes_connected(sync.status.connected());
+            self.status.synced(&sync.status);
+        }
+        self.status.publish();
+        self.applier.tick();
+        match self.port_counts.age() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "aged the per-port connect counts"),
+            Err(err) => tracing::warn!("ageing the per-port connect counts: {err:#}"),
+        }
+        if poll_pods {
+            if let Err(err) = self.applier.refresh_pods() {
+                tracing::warn!("registering pod cgroups failed: {err:#}");
+            }
+        }
+        let Some(loaded) = self.source.reload_if_changed() else {
+            return;
+        };
+        apply_reloaded(
+            &mut self.applier,
+            &self.source,
+            loaded,
+            &self.metrics,
+            &mut self.status,
+        );
+    }
 }
 
 /// Applies a reloaded policy (file change or Kubernetes snapshot), or
@@ -329,8 +440,8 @@ fn apply_reloaded(
     }
 }
 
-/// The objects the policy just applied skipped: counts by kind
-/// for `/metrics`, the first few for `classifier stats`.
+/// The objects the policy just applied skipped: counts by kind for
+/// `/metrics`, every one for `classifier stats`.
 fn report_rejected(source: &PolicySource, agent_metrics: &metrics::AgentMetrics, status: &Status) {
     let report = source.rejected();
     agent_metrics.set_rejected(&report.by_kind);
@@ -431,18 +542,16 @@ fn pods_changed(
     }
 }
 
-/// The next Kubernetes snapshot, or never without `--kubernetes`.
 /// The next pod the watch sees for the first time; never with no watch.
-async fn next_new_pod(
-    new_pods: &mut Option<tokio::sync::mpsc::Receiver<(String, String)>>,
-) -> Option<(String, String)> {
+async fn next_new_pod(new_pods: &mut Option<NewPods>) -> Option<(String, String)> {
     match new_pods {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-async fn next_snapshot(kube: &mut Option<KubeSync>) -> Result<Option<Arc<DocumentSet>>> {
+/// The next Kubernetes snapshot, or never without `--kubernetes`.
+async fn next_snapshot(kube: &mut Option<KubeWatch>) -> Result<Option<Arc<DocumentSet>>> {
     match kube {
         Some(sync) => {
             sync.snapshots

@@ -67,7 +67,7 @@ pub enum AdoptError {
 /// Held by the agent for its whole life: one writer per pin directory.
 /// Two agents writing policy into the same maps would each diff against a
 /// slot the other changed.
-pub struct PinLock(#[allow(dead_code)] File);
+pub struct PinLock(#[expect(dead_code, reason = "held for its lock, never read")] File);
 
 /// Takes the pin directory's lock, or says who holds it.
 pub fn lock(pins: &PinDir) -> Result<PinLock> {

@@ -53,13 +53,8 @@ pub const QUARANTINE_SWITCHES: u64 = 2;
 const MAX_ID: u32 = classifier_common::SCOPE_GLOBAL_EGRESS as u32 - 1;
 
 fn key(namespace: &str) -> Result<NamespaceName> {
-    let mut out = [0u8; 64];
-    let bytes = namespace.as_bytes();
-    if bytes.is_empty() || bytes.len() > 63 {
-        bail!("namespace name {namespace:?} is not 1 to 63 bytes long");
-    }
-    out[..bytes.len()].copy_from_slice(bytes);
-    Ok(out)
+    classifier_common::namespace_key(namespace)
+        .with_context(|| format!("namespace name {namespace:?} is not 1 to 63 bytes long"))
 }
 
 impl ScopeMaps {
@@ -71,11 +66,8 @@ impl ScopeMaps {
         let mut known = BTreeMap::new();
         for entry in ids.iter() {
             let (name, id) = entry.context("reading scope ids")?;
-            let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-            known.insert(
-                String::from_utf8_lossy(&name[..len]).into_owned(),
-                id as u16,
-            );
+            let name = classifier_common::namespace_of_key(&name);
+            known.insert(String::from_utf8_lossy(name).into_owned(), id as u16);
         }
         let registered = cgroups.iter().filter_map(|e| e.ok()).collect();
         // Gaps below the highest id were freed by an earlier agent, maybe

@@ -38,27 +38,21 @@ impl StatusMap {
     }
 }
 
-/// The objects the agent's current policy skipped, for
-/// `classifier stats`.
+/// The objects the agent's current policy skipped, for `classifier stats`.
 ///
-/// Where: a symlink `<pin dir>/agent-rejected` whose target is this report
-/// as JSON, replaced atomically (a new link, then `rename` over the old).
-/// Why not a map: the status map's value type is shared with the kernel
-/// side, and growing it would change its layout (a new `LAYOUT_VERSION`
-/// and no in-place upgrade) for data the kernel never reads. Why a symlink
-/// and not a file: the pin directory is on bpffs, which holds only pins,
-/// directories and symlinks (and no names with dots). The pin directory is
-/// root-only, so only root reads it, as with the maps; it goes away with
-/// the pins on uninstall, and it is seen wherever the bpffs is (host and
-/// container alike). A symlink target is at most 4095 bytes, so the list
-/// is capped (see [`RejectedReport::MAX_BYTES`]); the total and the counts
-/// by kind are always complete.
+/// Where: `rejected.json` in the pin directory's state directory under
+/// `/run` (see [`PinDir::state_dir`]), root-only, replaced atomically (a
+/// new file, then `rename` over the old). Why not a map: the status map's
+/// value type is shared with the kernel side, and growing it would change
+/// its layout for data the kernel never reads. Why not bpffs: it holds only
+/// pins, directories and symlinks. Every rejected object is listed; names
+/// and reasons longer than [`RejectedReport::MAX_FIELD`] bytes are cut.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RejectedReport {
     /// Every rejected object of the current policy.
     pub total: u64,
     pub by_kind: std::collections::BTreeMap<String, u64>,
-    /// The first few, in the order the compiler met them.
+    /// Every one, in the order the compiler met them.
     pub objects: Vec<RejectedObject>,
 }
 
@@ -72,16 +66,14 @@ pub struct RejectedObject {
     pub reason: String,
 }
 
-const REJECTED_LINK: &str = "agent-rejected";
-const REJECTED_LINK_NEW: &str = "agent-rejected-new";
+const REJECTED_FILE: &str = "rejected.json";
+/// Where agents before the report moved to `/run` kept it (a symlink whose
+/// target was the JSON); removed when found.
+const LEGACY_REJECTED_LINK: &str = "agent-rejected";
 
 impl RejectedReport {
-    /// At most this many objects are listed.
-    pub const MAX_OBJECTS: usize = 20;
-    /// The encoded report stays below the symlink target limit (4095).
-    pub const MAX_BYTES: usize = 4000;
     /// Longer reasons and names are cut (with `...`).
-    const MAX_FIELD: usize = 240;
+    pub const MAX_FIELD: usize = 240;
 
     pub fn of(rejected: &[crate::policy::sources::Rejected]) -> Self {
         let mut by_kind = std::collections::BTreeMap::new();
@@ -98,12 +90,11 @@ impl RejectedReport {
             }
             format!("{}...", &s[..end])
         };
-        let mut report = Self {
+        Self {
             total: rejected.len() as u64,
             by_kind,
             objects: rejected
                 .iter()
-                .take(Self::MAX_OBJECTS)
                 .map(|r| RejectedObject {
                     kind: cut(&r.kind),
                     namespace: r.namespace.as_deref().map(cut),
@@ -112,41 +103,44 @@ impl RejectedReport {
                     reason: cut(&r.error.to_string()),
                 })
                 .collect(),
-        };
-        // Many kinds could only come from a flood of made-up kinds; keep
-        // the encoding under the limit whatever happens.
-        while report.encode().len() > Self::MAX_BYTES {
-            if report.objects.pop().is_none() {
-                let Some(last) = report.by_kind.keys().last().cloned() else {
-                    break;
-                };
-                report.by_kind.remove(&last);
-            }
         }
-        report
     }
 
-    fn encode(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Replaces the report under `pins` (written by the agent after every
+    /// Replaces the report for `pins` (written by the agent after every
     /// policy it applies).
     pub fn write(&self, pins: &PinDir) -> Result<()> {
+        use std::{fs, io::Write as _, os::unix::fs::OpenOptionsExt as _};
+
         use anyhow::Context as _;
-        let new = pins.root().join(REJECTED_LINK_NEW);
-        let _ = std::fs::remove_file(&new);
-        std::os::unix::fs::symlink(self.encode(), &new)
+        let _ = fs::remove_file(pins.root().join(LEGACY_REJECTED_LINK));
+        let dir = pins.prepare_state_dir()?;
+        let path = dir.join(REJECTED_FILE);
+        let new = dir.join(format!("{REJECTED_FILE}.new"));
+        let _ = fs::remove_file(&new);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&new)
             .with_context(|| format!("creating {}", new.display()))?;
-        std::fs::rename(&new, pins.root().join(REJECTED_LINK))
-            .with_context(|| format!("renaming {}", new.display()))?;
+        serde_json::to_writer(&mut file, self)
+            .map_err(std::io::Error::from)
+            .and_then(|()| file.flush())
+            .with_context(|| format!("writing {}", new.display()))?;
+        fs::rename(&new, &path).with_context(|| format!("renaming {}", new.display()))?;
         Ok(())
     }
 
     /// `None` if no agent wrote one (or it cannot be read).
     pub fn read(pins: &PinDir) -> Option<Self> {
-        let target = std::fs::read_link(pins.root().join(REJECTED_LINK)).ok()?;
-        serde_json::from_str(target.to_str()?).ok()
+        let text = std::fs::read(pins.state_dir().join(REJECTED_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Removes the report (uninstall).
+    pub fn remove(pins: &PinDir) {
+        let _ = std::fs::remove_file(pins.state_dir().join(REJECTED_FILE));
+        let _ = std::fs::remove_file(pins.root().join(LEGACY_REJECTED_LINK));
     }
 }
 
@@ -169,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn the_report_is_capped_but_counts_everything() {
+    fn the_report_lists_and_counts_everything_and_cuts_long_fields() {
         let all: Vec<Rejected> = (0..500)
             .map(|i| rejected(i, if i % 2 == 0 { "Pod" } else { "EgressNetwork" }))
             .collect();
@@ -177,25 +171,35 @@ mod tests {
         assert_eq!(report.total, 500);
         assert_eq!(report.by_kind["Pod"], 250);
         assert_eq!(report.by_kind["EgressNetwork"], 250);
-        assert!(!report.objects.is_empty());
-        assert!(report.objects.len() <= RejectedReport::MAX_OBJECTS);
-        assert!(report.encode().len() <= RejectedReport::MAX_BYTES);
+        assert_eq!(report.objects.len(), 500);
         assert_eq!(report.objects[0].name, "object-0");
+        assert_eq!(report.objects[499].name, "object-499");
         assert!(report.objects[0].reason.ends_with("..."));
+        assert!(report.objects[0].reason.len() <= RejectedReport::MAX_FIELD + 3);
     }
 
     #[test]
-    fn the_report_round_trips_through_its_link() {
+    fn the_report_round_trips_through_a_root_only_file() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("classifier-rejected-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pins = PinDir::new(&dir);
+        let pins = PinDir::with_state_dir(&dir, dir.join("state"));
+        // An older agent's report: a symlink in the pin directory.
+        std::os::unix::fs::symlink("{}", dir.join(LEGACY_REJECTED_LINK)).unwrap();
         assert_eq!(RejectedReport::read(&pins), None);
         let report = RejectedReport::of(&[rejected(1, "Pod")]);
         report.write(&pins).unwrap();
+        assert!(dir.join(LEGACY_REJECTED_LINK).symlink_metadata().is_err());
+        let file = pins.state_dir().join(REJECTED_FILE);
+        assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        let state = pins.state_dir().metadata().unwrap();
+        assert_eq!(state.permissions().mode() & 0o777, 0o700);
         RejectedReport::of(&[]).write(&pins).unwrap();
         assert_eq!(RejectedReport::read(&pins), Some(RejectedReport::default()));
         report.write(&pins).unwrap();
         assert_eq!(RejectedReport::read(&pins), Some(report));
+        RejectedReport::remove(&pins);
+        assert_eq!(RejectedReport::read(&pins), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

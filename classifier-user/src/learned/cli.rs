@@ -106,11 +106,8 @@ pub fn explain(
         return Ok(None);
     }
     let client = match from_namespace {
-        Some(ns) => match scope_of_namespace(pins, ns) {
-            Some(id) => id,
-            // A namespace without a scope id: its pods read the node scope.
-            None => 0,
-        },
+        // A namespace without a scope id: its pods read the node scope (0).
+        Some(ns) => scope_of_namespace(pins, ns).unwrap_or_default(),
         None => 0,
     };
     let scope = lookup_scope(&config, client);

@@ -96,8 +96,7 @@ impl LearnedDestination {
 
 /// The key's address as an `IpAddr` (v4-mapped back to IPv4).
 pub fn key_address(addr: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(addr);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    IpAddr::V6(Ipv6Addr::from(addr)).to_canonical()
 }
 
 /// The 16-byte form the kernel keys by.
@@ -210,7 +209,7 @@ impl LearnedTable {
                 active: v.observations >= min,
             })
             .collect();
-        out.sort_by(|a, b| (a.scope_id, a.address, a.port).cmp(&(b.scope_id, b.address, b.port)));
+        out.sort_by_key(|e| (e.scope_id, e.address, e.port));
         Ok(out)
     }
 
@@ -321,8 +320,8 @@ pub fn scope_names(pins: &PinDir) -> BTreeMap<u32, String> {
     ids.iter()
         .filter_map(|e| e.ok())
         .map(|(name, id)| {
-            let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-            (id, String::from_utf8_lossy(&name[..len]).into_owned())
+            let name = classifier_common::namespace_of_key(&name);
+            (id, String::from_utf8_lossy(name).into_owned())
         })
         .collect()
 }

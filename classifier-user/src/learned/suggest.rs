@@ -23,7 +23,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use classifier_policy::sources::{
     linkerd::suggest::{opaque_ports_patches, CurrentPorts, Fixes, OpaquePortsPatch},
     linkerd::OPAQUE_PORTS_ANNOTATION,
@@ -32,6 +32,7 @@ use classifier_policy::sources::{
 
 use super::LearnedDestination;
 use crate::policy::{PortSet, LINKERD_DEFAULT_OPAQUE_PORTS};
+use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -68,9 +69,12 @@ fn ports_text(ports: &BTreeSet<u16>) -> String {
         .join(",")
 }
 
+/// Learned ports by (namespace, or `None` for the node, address).
+type Groups = BTreeMap<(Option<String>, IpAddr), BTreeSet<u16>>;
+
 /// Active entries grouped by (namespace or node, address).
-fn grouped(entries: &[LearnedDestination]) -> BTreeMap<(Option<String>, IpAddr), BTreeSet<u16>> {
-    let mut out: BTreeMap<(Option<String>, IpAddr), BTreeSet<u16>> = BTreeMap::new();
+fn grouped(entries: &[LearnedDestination]) -> Groups {
+    let mut out = Groups::new();
     for e in entries.iter().filter(|e| e.active) {
         let scope = if e.scope_id == 0 {
             None
@@ -94,7 +98,7 @@ pub fn render(
     entries: &[LearnedDestination],
     documents: Option<&DocumentSet>,
 ) -> Result<String> {
-    let mut groups = grouped(entries);
+    let groups = grouped(entries);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -107,125 +111,264 @@ pub fn render(
         groups.values().map(BTreeSet::len).sum::<usize>()
     );
     match format {
-        Format::Linkerd => {
-            let mut defaults: PortSet = LINKERD_DEFAULT_OPAQUE_PORTS
-                .parse()
-                .expect("the built-in port list parses");
-            let mut in_cluster: BTreeSet<IpAddr> = BTreeSet::new();
-            // Namespaces with EgressNetworks of their own, in the documents.
-            let mut egress_namespaces: BTreeSet<String> = BTreeSet::new();
-            if let Some(set) = documents {
-                egress_namespaces = set
-                    .of_kind("EgressNetwork")
-                    .filter_map(|d| d.namespace.as_deref().map(str::to_owned))
-                    .collect();
-                let learned: Vec<SocketAddr> = groups
-                    .iter()
-                    .flat_map(|((_, ip), ports)| ports.iter().map(|p| SocketAddr::new(*ip, *p)))
-                    .collect();
-                let fixes = opaque_ports_patches(set, &learned)?;
-                render_patches(&mut out, &fixes, &learned_by(&groups));
-                // What is left for EgressNetworks: the unheld destinations.
-                let unheld: BTreeSet<SocketAddr> =
-                    fixes.unheld.iter().map(|u| u.destination).collect();
-                in_cluster = fixes
-                    .unheld
-                    .iter()
-                    .filter(|u| u.in_cluster_networks)
-                    .map(|u| u.destination.ip())
-                    .collect();
-                for ((_, ip), ports) in groups.iter_mut() {
-                    ports.retain(|p| unheld.contains(&SocketAddr::new(*ip, *p)));
-                }
-                groups.retain(|_, ports| !ports.is_empty());
-                defaults = fixes.defaults;
-            }
-            for ((scope, ip), ports) in &groups {
-                let namespace = scope.as_deref().unwrap_or(GLOBAL_EGRESS_NAMESPACE);
-                let mut annotation: PortSet = ports.iter().copied().collect();
-                annotation.union_with(&defaults);
-                out.push_str("---\n");
-                if let Some(ns) = scope.as_deref().filter(|ns| {
-                    !egress_namespaces.contains(*ns)
-                        && egress_namespaces.contains(GLOBAL_EGRESS_NAMESPACE)
-                }) {
-                    let _ = writeln!(
-                        out,
-                        "# Namespace {ns} has no EgressNetwork of its own yet: with this one, Linkerd stops applying\n# {GLOBAL_EGRESS_NAMESPACE}'s EgressNetworks to its clients (a namespace's own shadow the global ones).\n# Copy the ones its clients rely on into {ns}, or put this one in {GLOBAL_EGRESS_NAMESPACE}."
-                    );
-                }
-                if in_cluster.contains(ip) {
-                    let _ = writeln!(
-                        out,
-                        "# {ip} is inside the cluster's networks, but no Service or live Pod of the documents has it:\n# Linkerd does not apply EgressNetworks there; annotate the object that owns it."
-                    );
-                }
-                let _ = write!(
-                    out,
-                    "apiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  annotations:\n    # learned: {learned}; the default opaque ports kept\n    {OPAQUE_PORTS_ANNOTATION}: \"{annotation}\"\nspec:\n  trafficPolicy: Allow\n  networks:\n    - cidr: \"{cidr}\"\n",
-                    name = object_name(*ip),
-                    learned = ports_text(ports),
-                    cidr = cidr(*ip),
-                );
-            }
-        }
-        Format::Istio => {
-            for ((scope, ip), ports) in &groups {
-                let namespace = scope.as_deref().unwrap_or("istio-system");
-                let export = if scope.is_some() {
-                    "[\".\"]"
-                } else {
-                    "[\"*\"]"
-                };
-                let _ = write!(
-                    out,
-                    "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  hosts: [\"{name}.learned.invalid\"]\n  addresses: [\"{cidr}\"]\n  exportTo: {export}\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  endpoints:\n    - address: \"{ip}\"\n  ports:\n",
-                    name = object_name(*ip),
-                    cidr = cidr(*ip),
-                );
-                for port in ports {
-                    let _ = writeln!(
-                        out,
-                        "    - number: {port}\n      name: tcp-{port}\n      protocol: TCP"
-                    );
-                }
-            }
-        }
-        Format::Policy => {
-            let _ = write!(
-                out,
-                "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  rules:\n"
-            );
-            if groups.is_empty() {
-                out.truncate(out.len() - "  rules:\n".len());
-                out.push_str("  rules: []\n");
-            }
-            for ((scope, ip), ports) in &groups {
-                if let Some(ns) = scope {
-                    let _ = writeln!(
-                        out,
-                        "    # learned by clients in namespace {ns}; a ClassifierPolicy rule is node-wide (use --format linkerd for a namespace-scoped fix)"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "    - networks: [\"{}\"]\n      ports: \"{}\"\n      protocol: opaque",
-                    cidr(*ip),
-                    ports_text(ports)
-                );
-            }
-        }
+        Format::Linkerd => render_linkerd(&mut out, groups, documents)?,
+        Format::Istio => render_istio(&mut out, &groups)?,
+        Format::Policy => render_policy(&mut out, &groups)?,
     }
     Ok(out)
+}
+
+/// A Kubernetes object as `suggest` writes it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Object<Spec> {
+    api_version: &'static str,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<Spec>,
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    name: String,
+    namespace: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<&'static str, String>,
+}
+
+impl Metadata {
+    fn opaque_ports(name: String, namespace: String, ports: String) -> Self {
+        Self {
+            name,
+            namespace,
+            annotations: [(OPAQUE_PORTS_ANNOTATION, ports)].into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EgressNetworkSpec {
+    traffic_policy: &'static str,
+    networks: Vec<EgressNetworkNetwork>,
+}
+
+#[derive(Serialize)]
+struct EgressNetworkNetwork {
+    cidr: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceEntrySpec {
+    hosts: Vec<String>,
+    addresses: Vec<String>,
+    export_to: Vec<&'static str>,
+    location: &'static str,
+    resolution: &'static str,
+    endpoints: Vec<ServiceEntryEndpoint>,
+    ports: Vec<ServiceEntryPort>,
+}
+
+#[derive(Serialize)]
+struct ServiceEntryEndpoint {
+    address: String,
+}
+
+#[derive(Serialize)]
+struct ServiceEntryPort {
+    number: u16,
+    name: String,
+    protocol: &'static str,
+}
+
+#[derive(Serialize)]
+struct PolicySpec {
+    rules: Vec<PolicyRule>,
+}
+
+#[derive(Serialize)]
+struct PolicyRule {
+    networks: Vec<String>,
+    ports: String,
+    protocol: &'static str,
+}
+
+/// One YAML document: `---`, comment lines, then `value`.
+fn document(out: &mut String, comments: &[String], value: &impl Serialize) -> Result<()> {
+    out.push_str("---\n");
+    body(out, comments, value)
+}
+
+/// As [`document`], without the separator.
+fn body(out: &mut String, comments: &[String], value: &impl Serialize) -> Result<()> {
+    for comment in comments {
+        for line in comment.lines() {
+            let _ = writeln!(out, "# {line}");
+        }
+    }
+    out.push_str(&serde_saphyr::to_string(value).context("encoding a suggested object")?);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(())
+}
+
+/// Annotation patches for the Services and Pods that hold learned
+/// destinations (with `documents`), and an EgressNetwork per scope and
+/// address for the rest.
+fn render_linkerd(
+    out: &mut String,
+    mut groups: Groups,
+    documents: Option<&DocumentSet>,
+) -> Result<()> {
+    let mut defaults: PortSet = LINKERD_DEFAULT_OPAQUE_PORTS
+        .parse()
+        .expect("the built-in port list parses");
+    let mut in_cluster: BTreeSet<IpAddr> = BTreeSet::new();
+    // Namespaces with EgressNetworks of their own, in the documents.
+    let mut egress_namespaces: BTreeSet<String> = BTreeSet::new();
+    if let Some(set) = documents {
+        egress_namespaces = set
+            .of_kind("EgressNetwork")
+            .filter_map(|d| d.namespace.as_deref().map(str::to_owned))
+            .collect();
+        let learned: Vec<SocketAddr> = groups
+            .iter()
+            .flat_map(|((_, ip), ports)| ports.iter().map(|p| SocketAddr::new(*ip, *p)))
+            .collect();
+        let fixes = opaque_ports_patches(set, &learned)?;
+        render_patches(out, &fixes, &learned_by(&groups))?;
+        // What is left for EgressNetworks: the unheld destinations.
+        let unheld: BTreeSet<SocketAddr> = fixes.unheld.iter().map(|u| u.destination).collect();
+        in_cluster = fixes
+            .unheld
+            .iter()
+            .filter(|u| u.in_cluster_networks)
+            .map(|u| u.destination.ip())
+            .collect();
+        for ((_, ip), ports) in &mut groups {
+            ports.retain(|p| unheld.contains(&SocketAddr::new(*ip, *p)));
+        }
+        groups.retain(|_, ports| !ports.is_empty());
+        defaults = fixes.defaults;
+    }
+    for ((scope, ip), ports) in &groups {
+        let namespace = scope.as_deref().unwrap_or(GLOBAL_EGRESS_NAMESPACE);
+        let mut annotation: PortSet = ports.iter().copied().collect();
+        annotation.union_with(&defaults);
+        let mut comments = Vec::new();
+        if let Some(ns) = scope.as_deref().filter(|ns| {
+            !egress_namespaces.contains(*ns) && egress_namespaces.contains(GLOBAL_EGRESS_NAMESPACE)
+        }) {
+            comments.push(format!(
+                "Namespace {ns} has no EgressNetwork of its own yet: with this one, Linkerd stops applying\n{GLOBAL_EGRESS_NAMESPACE}'s EgressNetworks to its clients (a namespace's own shadow the global ones).\nCopy the ones its clients rely on into {ns}, or put this one in {GLOBAL_EGRESS_NAMESPACE}."
+            ));
+        }
+        if in_cluster.contains(ip) {
+            comments.push(format!(
+                "{ip} is inside the cluster's networks, but no Service or live Pod of the documents has it:\nLinkerd does not apply EgressNetworks there; annotate the object that owns it."
+            ));
+        }
+        comments.push(format!(
+            "learned: {}; the default opaque ports kept",
+            ports_text(ports)
+        ));
+        let egress = Object {
+            api_version: "policy.linkerd.io/v1alpha1",
+            kind: "EgressNetwork",
+            metadata: Some(Metadata::opaque_ports(
+                object_name(*ip),
+                namespace.to_owned(),
+                annotation.to_string(),
+            )),
+            spec: Some(EgressNetworkSpec {
+                traffic_policy: "Allow",
+                networks: vec![EgressNetworkNetwork { cidr: cidr(*ip) }],
+            }),
+        };
+        document(out, &comments, &egress)?;
+    }
+    Ok(())
+}
+
+/// A ServiceEntry with `protocol: TCP` ports per scope and address.
+fn render_istio(out: &mut String, groups: &Groups) -> Result<()> {
+    for ((scope, ip), ports) in groups {
+        let name = object_name(*ip);
+        let entry = Object {
+            api_version: "networking.istio.io/v1",
+            kind: "ServiceEntry",
+            metadata: Some(Metadata {
+                name: name.clone(),
+                namespace: scope.as_deref().unwrap_or("istio-system").to_owned(),
+                annotations: BTreeMap::new(),
+            }),
+            spec: Some(ServiceEntrySpec {
+                hosts: vec![format!("{name}.learned.invalid")],
+                addresses: vec![cidr(*ip)],
+                export_to: vec![if scope.is_some() { "." } else { "*" }],
+                location: "MESH_EXTERNAL",
+                resolution: "STATIC",
+                endpoints: vec![ServiceEntryEndpoint {
+                    address: ip.to_string(),
+                }],
+                ports: ports
+                    .iter()
+                    .map(|&number| ServiceEntryPort {
+                        number,
+                        name: format!("tcp-{number}"),
+                        protocol: "TCP",
+                    })
+                    .collect(),
+            }),
+        };
+        document(out, &[], &entry)?;
+    }
+    Ok(())
+}
+
+/// One ClassifierPolicy with an opaque rule per address.
+fn render_policy(out: &mut String, groups: &Groups) -> Result<()> {
+    let namespaces: BTreeSet<&str> = groups.keys().filter_map(|(s, _)| s.as_deref()).collect();
+    let mut comments = Vec::new();
+    if !namespaces.is_empty() {
+        comments.push(format!(
+            "Some rules were learned by clients in namespace(s) {}; a ClassifierPolicy rule is node-wide\n(use --format linkerd for a namespace-scoped fix).",
+            namespaces.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let policy = Object {
+        api_version: "classifier.dev/v1alpha1",
+        kind: "ClassifierPolicy",
+        metadata: None,
+        spec: Some(PolicySpec {
+            rules: groups
+                .iter()
+                .map(|((_, ip), ports)| PolicyRule {
+                    networks: vec![cidr(*ip)],
+                    ports: ports_text(ports),
+                    protocol: "opaque",
+                })
+                .collect(),
+        }),
+    };
+    body(out, &comments, &policy)
 }
 
 /// One merge patch per object (`kubectl patch --type merge --patch-file`),
 /// each with a comment saying what it fixes and what it keeps, then the
 /// learned destinations of those objects that need no patch or that an
 /// annotation cannot fix.
-fn render_patches(out: &mut String, fixes: &Fixes, by: &BTreeMap<SocketAddr, BTreeSet<String>>) {
+fn render_patches(
+    out: &mut String,
+    fixes: &Fixes,
+    by: &BTreeMap<SocketAddr, BTreeSet<String>>,
+) -> Result<()> {
     for p in &fixes.patches {
-        render_patch(out, p, by);
+        render_patch(out, p, by)?;
     }
     if !fixes.unpatched.is_empty() {
         out.push_str("---\n# Learned destinations of Services and Pods that get no patch:\n");
@@ -233,12 +376,11 @@ fn render_patches(out: &mut String, fixes: &Fixes, by: &BTreeMap<SocketAddr, BTr
             let _ = writeln!(out, "#   {}: {}", u.destination, u.reason);
         }
     }
+    Ok(())
 }
 
 /// Who learned each destination: `node`, `namespace web`, ...
-fn learned_by(
-    groups: &BTreeMap<(Option<String>, IpAddr), BTreeSet<u16>>,
-) -> BTreeMap<SocketAddr, BTreeSet<String>> {
+fn learned_by(groups: &Groups) -> BTreeMap<SocketAddr, BTreeSet<String>> {
     let mut by: BTreeMap<SocketAddr, BTreeSet<String>> = BTreeMap::new();
     for ((scope, ip), ports) in groups {
         let label = scope
@@ -257,7 +399,7 @@ fn render_patch(
     out: &mut String,
     p: &OpaquePortsPatch,
     by: &BTreeMap<SocketAddr, BTreeSet<String>>,
-) {
+) -> Result<()> {
     let addresses: Vec<String> = p.addresses.iter().map(IpAddr::to_string).collect();
     // The annotation is the object's: it applies to every client, whoever learned it.
     let scopes: BTreeSet<&str> = p
@@ -278,31 +420,41 @@ fn render_patch(
         }
         CurrentPorts::Defaults => format!("the default opaque ports ({})", p.current_ports),
     };
-    let _ = write!(
-        out,
-        "---\n# {what} ({origin}) holds {addresses}: learned server-first on port(s) {learned}\n# by clients of: {scopes} (the annotation applies to every client of the object).\n# Its opaque ports now: {now}; the annotation replaces them, so they are kept.\n",
+    let mut comments = vec![format!(
+        "{what} ({origin}) holds {addresses}: learned server-first on port(s) {learned}\nby clients of: {scopes} (the annotation applies to every client of the object).\nIts opaque ports now: {now}; the annotation replaces them, so they are kept.",
         what = p.describe(),
         origin = p.origin,
         addresses = addresses.join(", "),
         learned = p.learned,
         scopes = scopes.into_iter().collect::<Vec<_>>().join(", "),
-    );
+    )];
     if let Some(owner) = &p.owner {
-        let _ = writeln!(
-            out,
-            "# The pod goes with its owner ({owner}): set the annotation in the pod template of the workload that owns it too."
-        );
+        comments.push(format!(
+            "The pod goes with its owner ({owner}): set the annotation in the pod template of the workload that owns it too."
+        ));
     }
-    let _ = write!(
-        out,
-        "# kubectl -n {ns} annotate --overwrite {kind}/{name} {OPAQUE_PORTS_ANNOTATION}={value}\napiVersion: {api}\nkind: {kind_name}\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    {OPAQUE_PORTS_ANNOTATION}: \"{value}\"\n",
+    comments.push(format!(
+        "kubectl -n {ns} annotate --overwrite {kind}/{name} {OPAQUE_PORTS_ANNOTATION}={value}",
         ns = p.namespace,
         kind = p.kind.to_ascii_lowercase(),
-        kind_name = p.kind,
         name = p.name,
         value = p.value,
-        api = p.api_version,
-    );
+    ));
+    let patch = PatchObject {
+        api_version: &p.api_version,
+        kind: &p.kind,
+        metadata: Metadata::opaque_ports(p.name.clone(), p.namespace.clone(), p.value.to_string()),
+    };
+    document(out, &comments, &patch)
+}
+
+/// A merge patch of one object's annotations.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PatchObject<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    metadata: Metadata,
 }
 
 #[cfg(test)]

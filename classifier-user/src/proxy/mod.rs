@@ -4,7 +4,7 @@
 //!
 //! 1. accept, read the original destination (`SO_ORIGINAL_DST`);
 //! 2. ask the kernel for the connection's verdict
-//!    ([`proxy_client::query`](crate::proxy_client::query));
+//!    ([`classifier_client::query`]);
 //! 3. opaque: connect to the original destination at once and copy bytes
 //!    both ways, without reading from the client first;
 //! 4. otherwise: wait up to the detection timeout for the client's first
@@ -40,7 +40,7 @@ use tracing::{field::Empty, info, info_span, warn, Instrument as _, Span};
 pub use detect::{detect, Detected};
 pub use original_dst::original_dst;
 
-use crate::proxy_client::{self, Verdict};
+use classifier_client::Verdict;
 
 pub struct ProxyOptions {
     pub listen: SocketAddr,
@@ -94,7 +94,7 @@ async fn handle(mut client: TcpStream, detect_timeout: Duration) -> Result<()> {
     // The contract: ask the kernel, cross-checked against SO_ORIGINAL_DST.
     // `Ok(None)` means no classifier here; then, and for any verdict but
     // opaque, detect as usual.
-    let verdict = proxy_client::query_checked(&client, dst).unwrap_or_else(|err| {
+    let verdict = classifier_client::query_checked(&client, dst).unwrap_or_else(|err| {
         warn!("classifier query failed ({err}); detecting as usual");
         None
     });
@@ -105,7 +105,12 @@ async fn handle(mut client: TcpStream, detect_timeout: Duration) -> Result<()> {
 
     let mut first_bytes = Vec::new();
     if let Some(v) = opaque {
-        info!(source = ?v.source, mark = format_args!("{mark:#x}"), "opaque from kernel verdict");
+        info!(
+            source = v.source.as_str(),
+            rule = v.rule_id,
+            mark = format_args!("{mark:#x}"),
+            "opaque from kernel verdict"
+        );
     } else {
         let mut buf = vec![0u8; 8 * 1024];
         match tokio::time::timeout(detect_timeout, client.read(&mut buf)).await {

@@ -10,6 +10,13 @@ use classifier_common::counters as k;
 
 use super::Snapshot;
 
+/// Rejected objects the table lists (the JSON lists every one).
+const REJECTED_LISTED: usize = 20;
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one output section per block; not split yet (stats and metrics are changing on other branches)"
+)]
 pub fn render_table(s: &Snapshot) -> String {
     let mut out = String::new();
     let c = |index: u32| s.counter(index);
@@ -45,11 +52,11 @@ pub fn render_table(s: &Snapshot) -> String {
     );
     let _ = writeln!(
         out,
-        "verdict table         {:>12}   of {} ({:.1}%), evicted {}",
+        "verdict table         {:>12}   of {} ({:.1}%), lost {}",
         s.verdict_table.entries,
         s.verdict_table.capacity,
         100.0 * s.verdict_table.entries as f64 / s.verdict_table.capacity.max(1) as f64,
-        s.verdict_table.evicted
+        s.verdict_table.lost
     );
     if let Some(l) = &s.learning {
         let _ = writeln!(
@@ -137,7 +144,7 @@ pub fn render_table(s: &Snapshot) -> String {
                 format!("skipped, the rest applies: {}", kinds.join(", "))
             }
         );
-        for o in &r.objects {
+        for o in r.objects.iter().take(REJECTED_LISTED) {
             let _ = writeln!(
                 out,
                 "  {} {}{} ({}): {}",
@@ -150,11 +157,12 @@ pub fn render_table(s: &Snapshot) -> String {
                 o.reason
             );
         }
-        if (r.objects.len() as u64) < r.total {
+        let listed = r.objects.len().min(REJECTED_LISTED) as u64;
+        if listed < r.total {
             let _ = writeln!(
                 out,
-                "  ... and {} more (see the agent's log)",
-                r.total - r.objects.len() as u64
+                "  ... and {} more (`classifier stats --json` lists them all)",
+                r.total - listed
             );
         }
     }
@@ -188,8 +196,6 @@ pub fn render_json(s: &Snapshot) -> Value {
         "agent": s.agent,
         "learning": s.learning,
         "learned_destinations": crate::learned::cli::to_json(&s.learned_destinations),
-        // At most RejectedReport::MAX_OBJECTS listed, the total
-        // and the counts by kind always complete.
         "rejected_objects": s.rejected.as_ref().map_or_else(Vec::new, |r| r.objects.clone()),
         "rejected_objects_total": s.rejected.as_ref().map_or(0, |r| r.total),
         "rejected_objects_by_kind": s.rejected.as_ref().map(|r| r.by_kind.clone()).unwrap_or_default(),

@@ -21,7 +21,10 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
     // SAFETY: statfs succeeded, so it filled the struct (which was zeroed
     // beforehand anyway, and is plain integers).
     let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type is i64 on x86_64 but not on every target"
+    )]
     Ok(st.f_type as i64)
 }
 

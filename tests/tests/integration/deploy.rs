@@ -549,6 +549,16 @@ fn bpffs_cgroup_and_policy_are_mounted_as_the_agent_expects() {
         .strip_prefix(&format!("{dir}/"))
         .unwrap_or_else(|| panic!("--policy {policy} is not in the ConfigMap mount {dir}"));
     assert!(cm["data"][key].is_string(), "ConfigMap has key {key}");
+
+    // The state directory (the rejected-objects report `stats` shows): a
+    // writable volume, since the root file system is read-only.
+    let state_mount = named(&agent["volumeMounts"], "state");
+    assert_eq!(
+        state_mount["mountPath"],
+        classifier_user::datapath::pins::DEFAULT_STATE_DIR
+    );
+    assert_ne!(state_mount["readOnly"], true, "the agent writes there");
+    assert!(named(volumes, "state")["emptyDir"].is_object());
 }
 
 #[test]

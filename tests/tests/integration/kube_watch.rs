@@ -126,6 +126,10 @@ fn web_annotated(value: &str) -> Value {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 async fn initial_list_produces_the_documents() {
     let (fake, sync, set) = watching_all().await;
 

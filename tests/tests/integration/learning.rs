@@ -452,6 +452,10 @@ fn explain_with(policy: &std::path::Path, dst: &str) -> Result<Value> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn suggest_round_trips_through_explain() -> Result<()> {
     if !privileged!() {
         return Ok(());

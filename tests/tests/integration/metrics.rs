@@ -79,6 +79,10 @@ spec:
 ";
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -397,7 +401,7 @@ fn full_exposition() -> String {
         verdict_table: VerdictTable {
             entries: 1,
             capacity: 65536,
-            evicted: 1,
+            lost: 1,
         },
         policy: PolicyInfo {
             generation: 2,
@@ -492,7 +496,8 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
         );
     }
 
-    // The alerts: the four the README promises, and spec.groups is a rule
+    // The alerts operate.md names (those that page on a rising count or
+    // a failure), and spec.groups is a rule
     // file promtool accepts.
     let rule = classifier_user::policy::file::parse_yaml_value(
         &rule_text,
@@ -512,6 +517,7 @@ fn alerts_and_dashboard_use_only_exported_metrics_and_the_rules_pass_promtool() 
         "ClassifierPolicyRejected",
         "ClassifierKubernetesSyncFailing",
         "ClassifierKernelErrorsRising",
+        "ClassifierVerdictsLost",
     ] {
         assert!(alerts.contains(&a), "{a} in {alerts:?}");
     }

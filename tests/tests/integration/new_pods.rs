@@ -112,6 +112,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// `CLS_SCOPES` entry is printed), in a QoS class that existed and in one
 /// created with the pod; removed, they are unregistered.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn a_new_pod_cgroup_is_registered_as_it_appears_and_unregistered_when_removed() -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -330,6 +334,10 @@ fn an_unregistered_pod_gets_no_verdict_until_its_pod_is_known() -> Result<()> {
 /// EgressNetwork's opaque port, which node processes get, is not its.
 /// Once the Pod is watched, its namespace's own EgressNetwork decides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_its_pod(
 ) -> Result<()> {
     use serde_json::json;

@@ -63,7 +63,7 @@ fn a_full_share_of_the_verdict_table_never_fails_a_connect_nor_evicts() -> Resul
         (CONNECTIONS - 2) as u64,
         "{stats}"
     );
-    assert_eq!(stats["verdict_table"]["evicted"], 0, "{stats}");
+    assert_eq!(stats["verdict_table"]["lost"], 0, "{stats}");
     assert_eq!(stats["errors_total"], 0, "{stats}");
     Ok(())
 }

@@ -48,6 +48,10 @@ fn manifests() -> String {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()> {
     if !privileged!() {
         return Ok(());

@@ -13,6 +13,7 @@ use crate::sources::kinds;
 use crate::sources::objects::EgressNetwork;
 
 impl Compiler {
+    #[expect(clippy::too_many_lines, reason = "not split yet")]
     pub(super) fn egress_networks(
         &mut self,
         set: &DocumentSet,

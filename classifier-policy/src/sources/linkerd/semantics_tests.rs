@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::compile::kernel_model::KernelModel;
-use crate::{classify_from, compile, DecisionSource};
+use crate::{classify_from, compile, Source};
 
 fn compile_text(text: &str) -> Result<Policy, PolicyError> {
     let mut set = DocumentSet::new();
@@ -26,7 +26,7 @@ fn check(p: &Policy, ns: Option<&str>, dst: &str, protocol: Protocol, by: Option
             d.origin
         ),
         None => assert!(
-            !matches!(d.source, DecisionSource::Rule { .. }),
+            d.source != Source::Rule,
             "{dst} from {ns:?}: expected no rule, got {d:?}"
         ),
     }
@@ -35,7 +35,7 @@ fn check(p: &Policy, ns: Option<&str>, dst: &str, protocol: Protocol, by: Option
     let got = KernelModel::new(&c).lookup(scope, sa.ip(), sa.port());
     assert_eq!(
         (got.0, got.2),
-        (d.protocol.wire(), d.source.rule_id()),
+        (d.protocol.wire(), d.rule_id()),
         "kernel model for {dst} from {ns:?}"
     );
 }

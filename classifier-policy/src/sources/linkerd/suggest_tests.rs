@@ -169,6 +169,10 @@ const PORTS: [u16; 19] = [
 ];
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn each_object_gets_its_current_opaque_ports_plus_the_learned_ones() {
     let set = set_of(DOCS);
     let learned = addrs(&[

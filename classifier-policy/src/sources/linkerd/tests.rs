@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::{classify_from, compile, load_policy_path, Decision, DecisionSource};
+use crate::{classify_from, compile, load_policy_path, Decision, Source};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linkerd")
@@ -33,7 +33,7 @@ fn check(p: &Policy, ns: Option<&str>, dst: &str, protocol: Protocol, decided_by
             );
         }
         None => assert!(
-            !matches!(d.source, DecisionSource::Rule { .. }),
+            d.source != Source::Rule,
             "{dst} from {ns:?}: expected no rule, got {d:?}"
         ),
     }
@@ -179,7 +179,7 @@ fn smallest_cidr_wins_and_default_ports_apply_without_annotation() {
         Some("ClassifierPolicy classifier ("),
     );
     let d = from(&p, None, "198.51.100.7:9000");
-    assert_eq!(d.source.rule_id(), 1);
+    assert_eq!(d.rule_id(), 1);
     assert!(d.origin.unwrap().ends_with("spec.rules[0]"));
 }
 
@@ -212,13 +212,14 @@ fn services_get_their_or_their_namespaces_annotation_and_app_protocol() {
     // No annotation anywhere: the defaults still apply to its other ports.
     check(&p, None, "10.96.1.6:5432", Protocol::Opaque, None);
     check(&p, None, "10.96.1.6:80", Protocol::Detect, None);
-    assert_eq!(
-        from(&p, None, "10.96.1.6:5432").source,
-        DecisionSource::DefaultPort
-    );
+    assert_eq!(from(&p, None, "10.96.1.6:5432").source, Source::DefaultPort);
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn pods_and_servers() {
     let p = fixture_policy();
     // api-1: Servers by name (grpc -> 9090) and number, its own annotation.
@@ -370,11 +371,7 @@ fn fixtures_compile_deterministically_and_agree_with_the_kernel_flags() {
                 let got = (protocol, source.as_str(), rule_id);
                 assert_eq!(
                     got,
-                    (
-                        want.protocol.wire(),
-                        want.source.as_str(),
-                        want.source.rule_id()
-                    ),
+                    (want.protocol.wire(), want.source.as_str(), want.rule_id()),
                     "{a}:{port} from {ns:?}"
                 );
             }
@@ -400,6 +397,10 @@ fn egress(name: &str, ns: &str, created: Option<&str>, ports: &str, cidr: &str) 
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn equal_cidrs_go_to_the_oldest_then_by_name() {
     // b-old is older: it decides every port of 192.0.2.0/24, including
     // a-new's opaque 3306.
@@ -620,6 +621,10 @@ const SERVER_HEAD: &str =
     "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: s, namespace: team-a}\n";
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one test scenario, read top to bottom"
+)]
 fn malformed_documents_name_origin_field_and_value() {
     assert_err(
         &egress("bad", "team-a", None, "4222", "203.0.113.0/33"),

@@ -31,6 +31,7 @@ pub struct Pod {
 }
 
 impl Pod {
+    #[expect(clippy::too_many_lines, reason = "not split yet")]
     pub(super) fn read(body: &Value) -> Result<Self, FieldError> {
         let labels = string_map(at(body, &["metadata", "labels"]), "metadata.labels")?;
         let mut ips = Vec::new();
