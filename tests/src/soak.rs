@@ -406,7 +406,13 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
             ));
         }
     }
-    let quota = classifier_user::learned::SCOPE_QUOTA as usize;
+    // This node's quota, as the agent computes it from the table's size and
+    // the possible CPUs (the LRU's per-CPU free lists come off the top).
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
+    let quota = classifier_user::learned::scope_quota(
+        classifier_common::maps::LEARNED_CAPACITY,
+        cpus,
+    ) as usize;
     if last.learned_max_per_scope > quota {
         failures.push(format!(
             "a scope holds {} learned entries, over its quota of {quota}",

@@ -27,6 +27,10 @@
 //!                             (accepted and closed), one refused connect to
 //!                             a port from REFUSED on (one more each time,
 //!                             1,000 of them); prints "done COUNT"
+//! probe netns-come-and-go ADDR COUNT
+//!                             COUNT times: a new network namespace, one
+//!                             connection to ADDR in it, then the namespace
+//!                             goes away
 //! probe netns-share COUNT PORT
 //!                             in a new network namespace, COUNT connections
 //!                             to 127.0.0.1:PORT held open; prints "ready
@@ -90,7 +94,7 @@ fn main() {
             args[2].parse().expect("FIRST"),
             args[3].parse().expect("COUNT"),
         ),
-        Some("netns-churn") => netns_churn(
+        Some("netns-come-and-go") => netns_come_and_go(
             args[1].parse().expect("ADDR"),
             args[2].parse().expect("COUNT"),
         ),
@@ -267,11 +271,11 @@ fn connect_ports(ip: std::net::IpAddr, first: u16, count: u16) {
     println!("{}", json!({ "ports": count, "connected": connected }));
 }
 
-/// `probe netns-churn ADDR N`: N times: move into a new network namespace
+/// `probe netns-come-and-go ADDR N`: N times: move into a new network namespace
 /// (the previous one goes away), connect to a listener of this process on
 /// ADDR there, accept, close both. As short-lived pods do. Prints how many
 /// namespaces connected.
-fn netns_churn(addr: SocketAddr, count: usize) {
+fn netns_come_and_go(addr: SocketAddr, count: usize) {
     for i in 0..count {
         tests::sys::enter_new_netns().unwrap_or_else(|err| panic!("new netns #{i}: {err}"));
         let listener = TcpListener::bind(addr).expect("bind");
