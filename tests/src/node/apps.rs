@@ -157,8 +157,8 @@ pub fn connect_loop_script(ip: &str) -> String {
     format!(
         "rm -f /tmp/stop-loop; while [ ! -e /tmp/stop-loop ]; do \
          t0=$(date +%s%N); \
-         if exec 3<>/dev/tcp/{ip}/{MARIADB_PORT} && head -c 4 <&3 >/dev/null; then \
+         if timeout 10 bash -c 'exec 3<>/dev/tcp/{ip}/{MARIADB_PORT} && head -c 4 <&3 >/dev/null'; then \
          t1=$(date +%s%N); echo ok $(( (t1 - t0) / 1000000 )); else echo fail; fi; \
-         exec 3<&- 3>&-; sleep 0.05; done"
+         sleep 0.05; done"
     )
 }

@@ -132,7 +132,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
 }
 
 async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &DaemonSet, runtime: &str) -> Result<Value> {
-    let template = ds.spec.as_ref().context("DaemonSet without spec")?.template.clone();
+    let template = ds.spec.template.clone();
     let agent_container = template
         .spec
         .as_ref()
@@ -184,12 +184,10 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
     let greeting_after_restart = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
 
     // 6. Rollout.
-    let rollout = rollout(opts, kubelet, ds, agent, prober, grace, &client, &db.ip).await?;
-    let agent = rollout.1;
-    let rollout = rollout.0;
+    let (rollout, agent, prober) = rollout(opts, kubelet, ds, agent, prober, grace, &client, &db.ip).await?;
 
     // 7. Uninstall.
-    let uninstall = uninstall(opts, kubelet, ds, agent, grace).await?;
+    let uninstall = uninstall(opts, kubelet, ds, agent, prober, grace).await?;
     let greeting_without = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
     step(&format!("greeting without the classifier: {greeting_without} ms"));
 
@@ -218,7 +216,7 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
 /// The DaemonSet's pod: template labels and spec, the node's name suffix;
 /// `image` replaces the agent container's image (a DaemonSet update).
 fn daemonset_pod(ds: &DaemonSet, uid: &str, image: Option<&str>) -> Result<PodDef> {
-    let template = ds.spec.as_ref().context("DaemonSet without spec")?.template.clone();
+    let template = ds.spec.template.clone();
     let mut spec = template.spec.context("DaemonSet template without spec")?;
     if let Some(image) = image {
         for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
@@ -335,7 +333,7 @@ async fn rollout(
     grace: i64,
     client: &str,
     db_ip: &str,
-) -> Result<(Value, RunningPod)> {
+) -> Result<(Value, RunningPod, Prober)> {
     step(&format!("rollout to {}", opts.rollout_image));
     let before = links(kubelet)?;
     let cri = kubelet.cri.clone();
@@ -370,19 +368,25 @@ async fn rollout(
     let log = kubelet.current_log(&new_agent, AGENT);
     ensure!(log.contains("replaced its programs in place"), "the new agent did not replace the programs in place:\n{log}");
     step(&format!("rollout: {} connects, none failed, slowest {max} ms; links updated in place", times.len()));
-    // The rolled-out agent keeps its prober alive until it is deleted.
-    std::mem::forget(prober);
     Ok((
         json!({"connects": times.len(), "failed": fails, "max_greeting_ms": max,
                "links": before.iter().map(|(n, (i, p))| json!({"name": n, "inode": i, "prog_before": p, "prog_after": after[n].1})).collect::<Vec<_>>()}),
         new_agent,
+        prober,
     ))
 }
 
 /// Deletes the DaemonSet's pod, then runs the uninstall manifests' pod to
 /// completion; no pins, links or bpffs mounts may remain.
-async fn uninstall(opts: &Options, kubelet: &mut Kubelet, ds: &DaemonSet, agent: RunningPod, grace: i64) -> Result<Value> {
-    delete_pod(kubelet, agent, None, grace).await?;
+async fn uninstall(
+    opts: &Options,
+    kubelet: &mut Kubelet,
+    ds: &DaemonSet,
+    agent: RunningPod,
+    prober: Prober,
+    grace: i64,
+) -> Result<Value> {
+    delete_pod(kubelet, agent, Some(prober), grace).await?;
     let dir = opts
         .uninstall
         .as_ref()
