@@ -27,20 +27,35 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
     /// The agent image of another build, for the rollout.
-    #[arg(long, value_name = "IMAGE", default_value = "classifier:0.1.0-rollout")]
+    #[arg(long, value_name = "IMAGE", default_value = "classifier:0.1.0-next")]
     rollout_image: String,
     /// The sandbox (pause) image.
-    #[arg(long, value_name = "IMAGE", default_value = "classifier-pause:0.1.0")]
+    #[arg(long, value_name = "IMAGE", default_value = "localhost/classifier-test/pause:1")]
     pause_image: String,
-    /// The image with iptables and MariaDB's server and client.
-    #[arg(long, value_name = "IMAGE", default_value = "classifier-tools:0.1.0")]
+    /// The image with iptables, for the linkerd-init container.
+    #[arg(long, value_name = "IMAGE", default_value = "localhost/classifier-test/tools:1")]
     tools_image: String,
+    /// The MariaDB server and client image.
+    #[arg(long, value_name = "IMAGE", default_value = "localhost/classifier-test/mariadb:1")]
+    mariadb_image: String,
     /// Kustomize directory of the uninstall manifests.
     #[arg(long, value_name = "DIR")]
     uninstall: Option<PathBuf>,
     /// The reference proxy's detect timeout, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     detect_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            opts: Options,
+        }
+        Wrapper::parse_from(["node-e2e"]).opts
+    }
 }
 
 pub fn node_e2e(opts: Options) -> Result<()> {
@@ -70,6 +85,7 @@ pub fn node_e2e(opts: Options) -> Result<()> {
     cmd.args(["--rollout-image", &opts.rollout_image])
         .args(["--pause-image", &opts.pause_image])
         .args(["--tools-image", &opts.tools_image])
+        .args(["--mariadb-image", &opts.mariadb_image])
         .args(["--detect-timeout-ms", &opts.detect_timeout_ms.to_string()])
         .arg("--out")
         .arg(target_dir().join("node-e2e/report.json"));

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! node-e2e --deploy DIR --image ARCHIVE... --pause-image NAME --tools-image NAME
-//!          --rollout-image NAME [--uninstall DIR] [--detect-timeout-ms MS] --out FILE
+//!          --mariadb-image NAME --rollout-image NAME [--uninstall DIR] [--detect-timeout-ms MS] --out FILE
 //! ```
 
 use std::path::PathBuf;
@@ -36,6 +36,7 @@ fn parse_args() -> Result<Options> {
         rollout_image: String::new(),
         pause_image: String::new(),
         tools_image: String::new(),
+        mariadb_image: String::new(),
         uninstall: None,
         detect_timeout_ms: 3000,
         out: PathBuf::from("target/node-e2e/report.json"),
@@ -48,13 +49,14 @@ fn parse_args() -> Result<Options> {
             "--rollout-image" => opts.rollout_image = value()?,
             "--pause-image" => opts.pause_image = value()?,
             "--tools-image" => opts.tools_image = value()?,
+            "--mariadb-image" => opts.mariadb_image = value()?,
             "--uninstall" => opts.uninstall = Some(value()?.into()),
             "--detect-timeout-ms" => opts.detect_timeout_ms = value()?.parse().context("--detect-timeout-ms")?,
             "--out" => opts.out = value()?.into(),
             other => bail!("unknown argument {other:?} (see the module documentation)"),
         }
     }
-    for (name, v) in [("--rollout-image", &opts.rollout_image), ("--pause-image", &opts.pause_image), ("--tools-image", &opts.tools_image)] {
+    for (name, v) in [("--rollout-image", &opts.rollout_image), ("--pause-image", &opts.pause_image), ("--tools-image", &opts.tools_image), ("--mariadb-image", &opts.mariadb_image)] {
         if v.is_empty() {
             bail!("{name} is required");
         }

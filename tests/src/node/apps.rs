@@ -44,11 +44,9 @@ fn pod(name: &str, uid: &str, spec: Value) -> Result<PodDef> {
     })
 }
 
-pub fn mariadb_pod(tools_image: &str, uid: &str) -> Result<PodDef> {
-    let script = "mariadb-install-db --user=mysql --datadir=/var/lib/mysql-e2e --skip-test-db >/tmp/install.log 2>&1 \
-                  || { cat /tmp/install.log; exit 1; }; \
-                  exec mariadbd --user=mysql --datadir=/var/lib/mysql-e2e --bind-address=0.0.0.0 \
-                  --skip-grant-tables --skip-name-resolve --socket=/tmp/mysqld.sock --pid-file=/tmp/mysqld.pid";
+/// The MariaDB server: the image's own entrypoint (initialises its data
+/// directory, user `app`, and serves on 3306).
+pub fn mariadb_pod(mariadb_image: &str, uid: &str) -> Result<PodDef> {
     pod(
         "mariadb",
         uid,
@@ -56,8 +54,7 @@ pub fn mariadb_pod(tools_image: &str, uid: &str) -> Result<PodDef> {
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "mariadb",
-                "image": tools_image,
-                "command": ["/bin/sh", "-c", script],
+                "image": mariadb_image,
                 "ports": [{"name": "mysql", "containerPort": MARIADB_PORT}],
                 "resources": {"limits": {"memory": "512Mi"}, "requests": {"memory": "128Mi", "cpu": "100m"}},
             }],
@@ -65,7 +62,7 @@ pub fn mariadb_pod(tools_image: &str, uid: &str) -> Result<PodDef> {
     )
 }
 
-pub fn app_pod(agent_image: &str, tools_image: &str, uid: &str, detect_timeout_ms: u64) -> Result<PodDef> {
+pub fn app_pod(agent_image: &str, tools_image: &str, mariadb_image: &str, uid: &str, detect_timeout_ms: u64) -> Result<PodDef> {
     let timeout = format!("{}", detect_timeout_ms as f64 / 1000.0);
     pod(
         "app",
@@ -93,7 +90,7 @@ pub fn app_pod(agent_image: &str, tools_image: &str, uid: &str, detect_timeout_m
                 },
                 {
                     "name": "app",
-                    "image": tools_image,
+                    "image": mariadb_image,
                     "command": ["sleep", "infinity"],
                     "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
                 },
@@ -143,7 +140,7 @@ pub async fn mariadb_query(cri: &Cri, container: &str, ip: &str) -> Result<Strin
     let (code, out, err) = cri
         .exec(
             container,
-            &["mariadb", "-h", ip, "-u", "root", "--connect-timeout=30", "-N", "-e", "SELECT 40 + 2"],
+            &["mariadb", "-h", ip, "-u", "app", "-papp", "--connect-timeout=30", "-N", "-e", "SELECT 40 + 2"],
             Duration::from_secs(60),
         )
         .await?;

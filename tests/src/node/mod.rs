@@ -32,8 +32,10 @@ pub struct Options {
     pub rollout_image: String,
     /// The sandbox (pause) image.
     pub pause_image: String,
-    /// The image with iptables, the MariaDB server and client.
+    /// The image with iptables (the linkerd-init container).
     pub tools_image: String,
+    /// The MariaDB server and client image.
+    pub mariadb_image: String,
     /// Uninstall manifests (a directory for `kubectl kustomize`), if any.
     pub uninstall: Option<PathBuf>,
     /// The reference proxy's detect timeout.
