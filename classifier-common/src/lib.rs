@@ -145,7 +145,7 @@ pub enum Source {
     DefaultPort = 1,
     /// A policy rule (its id is alongside).
     Rule = 2,
-    /// A destination the classifier learned to be server-first (issue 11):
+    /// A destination the classifier learned to be server-first:
     /// opaque, with no rule or default port behind it.
     Learned = 3,
 }
@@ -188,7 +188,7 @@ pub const REPLY_FLAG_MARKED: u8 = 1 << 1;
 pub const REPLY_FLAG_AMBIGUOUS: u8 = 1 << 2;
 
 /// The reply written into the caller's buffer. Field order is the byte order
-/// of the documented layout (README, "Proxy query contract").
+/// of the documented layout (docs/src/proxy/contract.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -454,7 +454,7 @@ pub struct PinMetaV1 {
 }
 
 // ---------------------------------------------------------------------------
-// Learning server-first destinations (issue 11)
+// Learning server-first destinations
 // ---------------------------------------------------------------------------
 
 /// Key of the learned table: who may use the entry (scope) and the
@@ -544,7 +544,7 @@ pub mod maps {
     /// (each namespace may hold at most its share).
     pub const NETNS_VERDICTS: &str = "CLS_NETNS_VERDICTS";
 
-    /// Learning (issue 11): the learned server-first destinations.
+    /// Learning: the learned server-first destinations.
     pub const LEARNED: &str = "CLS_LEARNED";
     /// Learning: socket cookie -> destination being watched for who speaks first.
     pub const LEARN_PENDING: &str = "CLS_LEARN_PENDING";
@@ -688,7 +688,7 @@ pub mod counters {
         PUBLISH_NETNS_FULL = 29, "publish_netns_full";
         /// Not published: the verdict table is full.
         PUBLISH_TABLE_FULL = 30, "publish_table_full";
-        // Learning (issue 11).
+        // Learning.
         /// Verdict from the learned table (opaque).
         SOURCE_LEARNED = 31, "source_learned";
         /// Unclassified connection watched for who speaks first.

@@ -183,7 +183,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     } else if is_default_opaque(slot, port) {
         (Protocol::Opaque, Source::DefaultPort, 0)
     } else if crate::learn::at_connect(ctx, &dst, port, &mut scope) {
-        // Learning (issue 11): a learned server-first destination. Below
+        // Learning: a learned server-first destination. Below
         // rules and default ports; `at_connect` also has the socket watched.
         (Protocol::Opaque, Source::Learned, 0)
     } else {
@@ -201,7 +201,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
     });
     count(match source {
         Source::Rule => c::SOURCE_RULE,
-        Source::Learned => c::SOURCE_LEARNED, // issue 11
+        Source::Learned => c::SOURCE_LEARNED,
         _ => c::SOURCE_DEFAULT_PORT,
     });
 
@@ -242,7 +242,7 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
 }
 
 /// In mark mode the mark bits under the policy's mask are the
-/// classifier's (README, "Mark mode"): a connect that is not marked clears
+/// classifier's (docs/src/proxy/mark-mode.md): a connect that is not marked clears
 /// any the socket still carries from an earlier connect.
 #[inline(always)]
 fn clear_mark(ctx: &SockAddrContext, config: &PolicyConfig) {

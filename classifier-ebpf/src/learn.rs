@@ -1,4 +1,4 @@
-//! Learning server-first destinations (issue 11).
+//! Learning server-first destinations.
 //!
 //! For a connection the policy gives no verdict, who sends the first
 //! payload tells the protocol's direction: on the client socket, a first

@@ -9,7 +9,7 @@
 //!   socket from the published verdicts.
 //!
 //! * `learn`: for connections the policy gives no verdict, who sends the
-//!   first payload (issue 11): hooked from `connect` and `publish`.
+//!   first payload: hooked from `connect` and `publish`.
 //!
 //! Every program lets the operation through on every path: a failure is
 //! counted, never turned into a refused connect.

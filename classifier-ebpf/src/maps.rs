@@ -120,7 +120,7 @@ pub static CLS_AGENT_STATUS: Array<AgentStatus> = Array::pinned(1, 0);
 pub static CLS_SCOPE_IDS: HashMap<NamespaceName, u32> =
     HashMap::pinned(m::SCOPE_IDS_CAPACITY, NO_PREALLOC);
 
-// Learning server-first destinations (issue 11); used by `learn.rs` only.
+// Learning server-first destinations; used by `learn.rs` only.
 #[map]
 pub static CLS_LEARNED: LruHashMap<LearnedKey, LearnedEntry> =
     LruHashMap::pinned(m::LEARNED_CAPACITY, 0);

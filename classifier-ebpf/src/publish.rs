@@ -40,7 +40,7 @@ pub fn publish_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => withdraw(&ctx),
-        // Learning (issue 11): only sockets `learn::watch` switched on.
+        // Learning: only sockets `learn::watch` switched on.
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => crate::learn::on_header_option(&ctx),
         _ => {}
     }
@@ -62,7 +62,7 @@ fn publish(ctx: &SockOpsContext) {
     let mut verdict = unsafe {
         if read_volatile(&(*inflight).owner_cookie) != cookie {
             // Not classified: the common case.
-            crate::learn::watch(ctx, cookie); // issue 11: unclassified, maybe watched
+            crate::learn::watch(ctx, cookie); // unclassified: maybe watched for learning
             return;
         }
         let verdict = *inflight;
@@ -121,7 +121,7 @@ fn publish(ctx: &SockOpsContext) {
         count(c::ERR_CB_FLAGS);
     }
     if verdict.source == SOURCE_LEARNED {
-        crate::learn::watch(ctx, cookie); // issue 11: watched for contradiction
+        crate::learn::watch(ctx, cookie); // learned: watched for contradiction
     }
 }
 

@@ -136,7 +136,7 @@ fn run(cli: Cli) -> Result<()> {
                 args.destination.ip(),
                 args.destination.port(),
             );
-            // Learning (issue 11): below every rule and default port.
+            // Learning: below every rule and default port.
             let pins = PinDir::new(args.pins.pin_dir.clone());
             let learned = if decision.source == classifier_user::policy::DecisionSource::None
                 && learned::cli::installed(&pins)

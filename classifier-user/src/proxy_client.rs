@@ -13,7 +13,7 @@
 //!
 //! It needs no privilege and no bpffs: the answer comes from the
 //! classifier's `cgroup/getsockopt` program. The layout is documented in
-//! the README ("Proxy query contract") and pinned by `classifier_common`.
+//! docs/src/proxy/contract.md and pinned by `classifier_common`.
 
 use std::{
     io,

@@ -7,7 +7,7 @@
 //! Properties checked on every input that is UTF-8:
 //!
 //! - reading and compiling never panic (one bad object must not take the
-//!   node's policy down, issue 12);
+//!   node's policy down);
 //! - compiling is deterministic;
 //! - the strict compiler agrees with the lenient one: it fails exactly when
 //!   some object is rejected, with the first rejected object's error, and

@@ -27,6 +27,7 @@ use serde_json::Value;
 pub mod e2e;
 pub mod fake_kube;
 pub mod node;
+pub mod podman;
 pub mod qemu;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -2,8 +2,8 @@
 //!
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
-//! options (`build`, `run`, `test`, `demo`, `bench`, `completions`,
-//! `manpage`, `linkerd_proxy`, `node_e2e`); `cargo`, `prereqs` and `util` are what they
+//! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `docs`,
+//! `completions`, `manpage`, `linkerd_proxy`, `node_e2e`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
 //! definitions (included from classifier-user/src/cli.rs).
 
@@ -15,6 +15,8 @@ mod cargo;
 mod classifier_cli;
 mod completions;
 mod demo;
+mod docs;
+mod image;
 mod linkerd_proxy;
 mod manpage;
 mod node_e2e;
@@ -48,7 +50,9 @@ enum Cmd {
     Run(run::Options),
     Test(test::Options),
     Demo(demo::Options),
+    Image(image::Options),
     Bench(bench::Options),
+    Docs(docs::Options),
     Completions(completions::Options),
     Manpage(manpage::Options),
     LinkerdProxy(linkerd_proxy::Options),
@@ -62,7 +66,9 @@ fn main() {
         Cmd::Run(opts) => run::run(opts),
         Cmd::Test(opts) => test::test(opts),
         Cmd::Demo(opts) => demo::demo(opts),
+        Cmd::Image(opts) => image::image(opts),
         Cmd::Bench(opts) => bench::bench(opts),
+        Cmd::Docs(opts) => docs::docs(opts),
         Cmd::Completions(opts) => completions::completions(opts),
         Cmd::Manpage(opts) => manpage::manpage(opts),
         Cmd::LinkerdProxy(opts) => linkerd_proxy::linkerd_proxy(opts),

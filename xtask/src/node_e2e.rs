@@ -27,16 +27,16 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
     /// The agent image of another build, for the rollout.
-    #[arg(long, value_name = "IMAGE", default_value = "classifier:0.1.0-next")]
+    #[arg(long, value_name = "IMAGE", default_value = crate::image::CLASSIFIER_NEXT_IMAGE)]
     rollout_image: String,
     /// The sandbox (pause) image.
-    #[arg(long, value_name = "IMAGE", default_value = "localhost/classifier-test/pause:1")]
+    #[arg(long, value_name = "IMAGE", default_value = crate::image::PAUSE_IMAGE)]
     pause_image: String,
     /// The image with iptables, for the linkerd-init container.
-    #[arg(long, value_name = "IMAGE", default_value = "localhost/classifier-test/tools:1")]
+    #[arg(long, value_name = "IMAGE", default_value = crate::image::TOOLS_IMAGE)]
     tools_image: String,
     /// The MariaDB server and client image.
-    #[arg(long, value_name = "IMAGE", default_value = "localhost/classifier-test/mariadb:1")]
+    #[arg(long, value_name = "IMAGE", default_value = crate::image::MARIADB_IMAGE)]
     mariadb_image: String,
     /// Kustomize directory of the uninstall manifests.
     #[arg(long, value_name = "DIR")]

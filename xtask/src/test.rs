@@ -7,7 +7,10 @@ use crate::{cargo, prereqs};
 
 /// Build the release binary, then run the whole test suite.
 ///
-/// Runs `cargo test --workspace --release` with CLASSIFIER_BIN set to the
+/// Builds the book and checks its links (`cargo xtask docs`); as root,
+/// builds the container images (`cargo xtask image`: OCI archives in
+/// target/images/, which the container-runtime tests run); then runs
+/// `cargo test --workspace --release` with CLASSIFIER_BIN set to the
 /// absolute path of target/release/classifier and at most 2 test threads,
 /// then, as root, `cargo xtask node-e2e` (the DaemonSet through a private
 /// containerd's CRI, about a minute), then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
@@ -25,6 +28,10 @@ pub struct Options {
     /// Skip `cargo xtask node-e2e` (the DaemonSet through containerd's CRI).
     #[arg(long)]
     no_node_e2e: bool,
+    /// Do not build the container images first (the tests that run them
+    /// use whatever target/images/ holds, and fail without it).
+    #[arg(long)]
+    no_images: bool,
     /// Arguments passed to `cargo test` (after `--`); a further `--`
     /// separates arguments for the test binaries.
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
@@ -35,6 +42,7 @@ pub fn test(
     Options {
         no_linkerd_proxy,
         no_node_e2e,
+        no_images,
         cargo_test_args,
     }: Options,
 ) -> Result<()> {
@@ -52,8 +60,21 @@ pub fn test(
         );
     }
     prereqs::ensure()?;
+    if cargo_test_args.is_empty() {
+        // The whole suite includes the book: it builds, and its links resolve.
+        step!("the book: mdbook build docs, then every link and anchor");
+        crate::docs::docs(crate::docs::Options::default())?;
+    }
     let bin = cargo::build_classifier(true)?;
     step!("built {}", bin.display());
+    if root && !no_images {
+        let t0 = std::time::Instant::now();
+        crate::image::build_for_tests(&bin)?;
+        step!(
+            "container images took {:.1} s (skip with --no-images)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 
     let (cargo_args, harness_args) = split_test_args(&cargo_test_args);
     let mut cmd = cargo::cargo();

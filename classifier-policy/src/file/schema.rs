@@ -48,7 +48,7 @@ pub(super) struct Spec {
     pub(super) learning: Option<RawLearning>,
 }
 
-/// `spec.learning` (issue 11); each value checked where it is read, so an
+/// `spec.learning`; each value checked where it is read, so an
 /// error names its field and line.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

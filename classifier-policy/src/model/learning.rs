@@ -1,4 +1,4 @@
-//! `spec.learning` (issue 11): learning server-first destinations from the
+//! `spec.learning`: learning server-first destinations from the
 //! traffic. On by default.
 
 use std::fmt;

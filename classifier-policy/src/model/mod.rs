@@ -154,7 +154,7 @@ pub struct Policy {
     /// Pod UID -> namespace, from Pod documents: the agent maps a pod's
     /// cgroup to the scope of its namespace with it.
     pub pod_namespaces: BTreeMap<String, String>,
-    /// `spec.learning` (issue 11).
+    /// `spec.learning`: learning server-first destinations.
     pub learning: Learning,
 }
 

@@ -30,7 +30,7 @@ pub struct Applier {
     own_rule_scopes: HashSet<u16>,
     /// Whether this agent has switched in a policy of its own yet.
     applied_once: bool,
-    /// Learning (issue 11).
+    /// Learning server-first destinations.
     learner: Learner,
     /// The agent watches the cluster's Pods (`--kubernetes`): it expects
     /// to learn every pod's namespace, so pod roots are marked "namespace
@@ -68,7 +68,7 @@ impl Applier {
             .filter_map(|r| r.scope.as_deref())
             .collect();
         let with_rules: std::collections::BTreeSet<&str> = namespaces.iter().copied().collect();
-        namespaces.extend(Learner::namespaces(policy)); // issue 11
+        namespaces.extend(Learner::namespaces(policy)); // learning's scopes
         namespaces.sort_unstable();
         namespaces.dedup();
         let scope_ids = self.scopes.ids_for(namespaces)?;
@@ -91,10 +91,10 @@ impl Applier {
         self.scope_ids = scope_ids;
         self.applied_once = true;
         self.scopes.unregister_others(&wanted)?;
-        self.learner.apply(&policy.learning)?; // issue 11
-                                               // Parsing and compiling a large policy leaves freed heap behind that
-                                               // glibc keeps; give it back so the agent's resident size is what it
-                                               // actually holds (the previous and current compiled policies).
+        self.learner.apply(&policy.learning)?;
+        // Parsing and compiling a large policy leaves freed heap behind that
+        // glibc keeps; give it back so the agent's resident size is what it
+        // actually holds (the previous and current compiled policies).
         crate::sys::process::release_free_heap();
         tracing::info!(
             source,
@@ -147,7 +147,7 @@ impl Applier {
         self.expects_pods || !pod_namespaces.is_empty()
     }
 
-    /// Learning's ttl expiry (issue 11), every tick.
+    /// Learning's ttl expiry, every tick.
     pub fn tick(&mut self) {
         self.learner.tick();
     }

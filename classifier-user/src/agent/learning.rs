@@ -1,4 +1,4 @@
-//! The agent's side of learning (issue 11): write `spec.learning` into the
+//! The agent's side of learning: write `spec.learning` into the
 //! kernel's settings after every policy, and expire entries older than its
 //! ttl at every tick.
 

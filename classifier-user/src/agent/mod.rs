@@ -9,6 +9,7 @@ mod pods;
 mod policy_source;
 pub mod preflight;
 pub mod privileges;
+pub mod seccomp;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -66,7 +67,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let first = source.load();
 
     let cgroup = match &opts.cgroup {
-        Some(path) => path.clone(),
+        Some(path) => match cgroup::attach_point(path)? {
+            cgroup::AttachPoint::AsGiven(path) => path,
+            cgroup::AttachPoint::Below(v2) => {
+                tracing::info!(
+                    given = %path.display(),
+                    using = %v2.display(),
+                    "--cgroup is not cgroup v2 (the v1 side of a hybrid cgroup layout); \
+                     attaching to the cgroup v2 hierarchy mounted below it"
+                );
+                v2
+            }
+        },
         None => cgroup::cgroup2_root()?,
     };
     preflight::check_pin_dir(&opts.pins)?;
@@ -74,7 +86,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         pins: &opts.pins,
         cgroup: &cgroup,
         verdict_capacity: opts.verdict_capacity,
-    })?;
+    })
+    .map_err(seccomp::annotate)?;
     match installed {
         Installed::Fresh => {
             tracing::info!(cgroup = %cgroup.display(), pins = %opts.pins.root().display(), "attached programs")
@@ -308,7 +321,7 @@ fn apply_reloaded(
     }
 }
 
-/// The objects the policy just applied skipped (issue 12): counts by kind
+/// The objects the policy just applied skipped: counts by kind
 /// for `/metrics`, the first few for `classifier stats`.
 fn report_rejected(source: &PolicySource, agent_metrics: &metrics::AgentMetrics, status: &Status) {
     let report = source.rejected();

@@ -33,7 +33,7 @@ pub struct PolicySource {
     /// file's documents are added to them.
     kubernetes: Option<Arc<DocumentSet>>,
     linkerd: Options,
-    /// The objects the last policy composed skipped (issue 12).
+    /// The objects the last policy composed skipped.
     rejected: std::sync::Mutex<RejectedReport>,
 }
 

@@ -5,18 +5,19 @@ use std::{fs, path::Path};
 
 use super::Check;
 use crate::{
-    agent::{preflight::MIN_KERNEL, privileges},
+    agent::{preflight::MIN_KERNEL, privileges, seccomp as filter},
     datapath::{cgroup, pins},
     sys,
 };
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+use cgroup::CGROUP2_SUPER_MAGIC;
 
 pub fn checks(cgroup: Option<&Path>) -> Vec<Check> {
     let mut out = vec![kernel(), bpf_features()];
     out.extend(cgroups(cgroup));
     out.push(bpffs());
     out.push(capabilities());
+    out.push(seccomp());
     out
 }
 
@@ -95,7 +96,18 @@ fn cgroups(wanted: Option<&Path>) -> Vec<Check> {
         "cgroup-v2",
         format!("mounted at {}", root.display()),
     )];
-    let target = wanted.map_or(root.clone(), Path::to_path_buf);
+    let mut target = wanted.map_or(root.clone(), Path::to_path_buf);
+    if let Ok(cgroup::AttachPoint::Below(v2)) = cgroup::attach_point(&target) {
+        out.push(Check::pass(
+            "hybrid-cgroups",
+            format!(
+                "{} is the v1 side of a hybrid layout; an agent given it attaches to {} below it",
+                target.display(),
+                v2.display()
+            ),
+        ));
+        target = v2;
+    }
     out.push(match sys::fs::fs_type(&target) {
         Ok(CGROUP2_SUPER_MAGIC) => Check::pass(
             "attach-cgroup",
@@ -158,5 +170,24 @@ fn capabilities() -> Check {
             found.join(", "),
             "run as root with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (the DaemonSet's capabilities.add)",
         )
+    }
+}
+
+/// Whether a seccomp filter (a container runtime's profile) lets bpf()
+/// reach the kernel. Run it where the agent runs (`kubectl exec` into the
+/// agent's container, or a pod with the same securityContext) to see what
+/// that container's profile allows.
+fn seccomp() -> Check {
+    match filter::inspect() {
+        filter::Finding::NoFilter => Check::pass("seccomp", "no seccomp filter on this process"),
+        filter::Finding::FilterAllowsBpf => Check::pass(
+            "seccomp",
+            "a seccomp filter is active (Seccomp: 2) and lets bpf() through to the kernel",
+        ),
+        found @ filter::Finding::FilterRefusesBpf { .. } => {
+            let line = filter::explain(&found).unwrap_or_default();
+            let (what, _) = line.split_once(". Fix: ").unwrap_or((&line, ""));
+            Check::fail("seccomp", what, filter::FIX)
+        }
     }
 }

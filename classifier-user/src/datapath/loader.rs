@@ -87,6 +87,20 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock
     if !object::is_present() {
         bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`");
     }
+    // A first start that fails leaves no pin directory behind: nothing in
+    // it would classify, and the next start (or `--uninstall`) should not
+    // have to tell a stale one from a live one.
+    let created = !opts.pins.root().exists();
+    let result = install_or_adopt_in(opts);
+    if result.is_err() && created {
+        if let Err(err) = opts.pins.remove_all() {
+            tracing::warn!("removing the pin directory this failed start made: {err:#}");
+        }
+    }
+    result
+}
+
+fn install_or_adopt_in(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock)> {
     opts.pins.prepare()?;
     let lock = lock(opts.pins)?;
     check_layout(opts.pins)?;

@@ -38,7 +38,7 @@ impl StatusMap {
     }
 }
 
-/// The objects the agent's current policy skipped (issue 12), for
+/// The objects the agent's current policy skipped, for
 /// `classifier stats`.
 ///
 /// Where: a symlink `<pin dir>/agent-rejected` whose target is this report

@@ -1,4 +1,4 @@
-//! The learned server-first destinations (issue 11) as userspace sees them:
+//! The learned server-first destinations as userspace sees them:
 //! the pinned `CLS_LEARNED` table, its settings (`CLS_LEARN_CONFIG`) and
 //! per-scope entry counts (`CLS_LEARN_SCOPES`).
 //!

@@ -138,7 +138,7 @@ impl Collector for AgentCollector {
                 u32::from(connected),
             )?;
         }
-        // Issue 12: counts only, never names (those are in `classifier
+        // Counts only, never names (those are in `classifier
         // stats`). Every watched kind is listed, at 0 when none is skipped.
         {
             let mut by_kind: std::collections::BTreeMap<&str, u64> = crate::sources::kinds::KINDS

@@ -54,7 +54,7 @@ struct Inner {
     kubernetes_connected: Mutex<Option<bool>>,
     /// Whether the programs are still attached (checked by `/readyz`).
     attached: CheckSlot,
-    /// The objects the current policy skipped, by kind (issue 12).
+    /// The objects the current policy skipped, by kind.
     rejected_by_kind: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 

@@ -125,7 +125,7 @@ impl Collector for KernelCollector {
             "Verdicts evicted before their connection closed",
             s.verdict_table.evicted,
         )?;
-        // Learning (issue 11): counts only, never addresses (its kernel
+        // Learning: counts only, never addresses (its kernel
         // counters are families of KERNEL_FAMILIES).
         if let Some(l) = &s.learning {
             gauge(

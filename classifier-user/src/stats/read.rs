@@ -26,11 +26,11 @@ pub struct Snapshot {
     pub top_ports: Vec<PortCount>,
     /// What the agent last reported; `None` if no agent ever ran here.
     pub agent: Option<AgentInfo>,
-    /// Learning (issue 11); `None` if the learning maps cannot be read.
+    /// Learning; `None` if the learning maps cannot be read.
     pub learning: Option<LearningInfo>,
     /// The learned destinations themselves (`learned_destinations` in JSON).
     pub learned_destinations: Vec<crate::learned::LearnedDestination>,
-    /// The objects the agent's current policy skipped (issue 12); `None`
+    /// The objects the agent's current policy skipped; `None`
     /// if no agent reported any here.
     pub rejected: Option<crate::datapath::status::RejectedReport>,
 }

@@ -188,7 +188,7 @@ pub fn render_json(s: &Snapshot) -> Value {
         "agent": s.agent,
         "learning": s.learning,
         "learned_destinations": crate::learned::cli::to_json(&s.learned_destinations),
-        // Issue 12: at most RejectedReport::MAX_OBJECTS listed, the total
+        // At most RejectedReport::MAX_OBJECTS listed, the total
         // and the counts by kind always complete.
         "rejected_objects": s.rejected.as_ref().map_or_else(Vec::new, |r| r.objects.clone()),
         "rejected_objects_total": s.rejected.as_ref().map_or(0, |r| r.total),

@@ -55,6 +55,28 @@ unsafe fn sys_bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// bpf(2) with a command no kernel defines and no attribute: the kernel
+/// answers EINVAL, while a seccomp filter that refuses bpf() answers before
+/// the kernel looks at the command (EPERM or ENOSYS from the profile). The
+/// errno this returns tells the two apart.
+pub fn probe_unknown_command() -> io::Error {
+    // SAFETY: no attribute pointer (NULL, size 0), so the kernel reads and
+    // writes no memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0x7fff_ffff as libc::c_long,
+            std::ptr::null_mut::<libc::c_void>(),
+            0usize,
+        )
+    };
+    if rc < 0 {
+        io::Error::last_os_error()
+    } else {
+        io::Error::other("bpf() accepted an unknown command")
+    }
+}
+
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))

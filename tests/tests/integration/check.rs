@@ -76,6 +76,7 @@ fn without_an_agent_check_says_what_is_missing_and_fails() -> Result<()> {
         "attach-cgroup",
         "bpffs",
         "capabilities",
+        "seccomp",
     ] {
         assert!(checks[name].0, "{name}: {:?}", checks[name]);
     }

@@ -55,7 +55,7 @@ fn in_ci() -> bool {
 }
 
 /// `kubectl kustomize DIR`, or `None` without kubectl (an error under CI).
-fn kustomize(dir: &Path) -> Option<String> {
+pub(crate) fn kustomize(dir: &Path) -> Option<String> {
     match Command::new("kubectl").arg("kustomize").arg(dir).output() {
         Ok(out) => {
             assert!(
@@ -74,7 +74,7 @@ fn kustomize(dir: &Path) -> Option<String> {
     }
 }
 
-fn split_documents(text: &str, what: &str) -> Vec<Value> {
+pub(crate) fn split_documents(text: &str, what: &str) -> Vec<Value> {
     text.split("\n---\n")
         .map(|doc| parse_yaml_value(doc, what, 0).unwrap_or_else(|e| panic!("{e}")))
         .filter(|doc: &Value| !doc.is_null())
@@ -101,7 +101,7 @@ fn all_documents() -> Vec<Value> {
         .collect()
 }
 
-fn the_in(docs: &[Value], kind: &str) -> Value {
+pub(crate) fn the_in(docs: &[Value], kind: &str) -> Value {
     let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
     assert_eq!(found.len(), 1, "exactly one {kind}");
     found[0].clone()
@@ -111,7 +111,7 @@ fn the(kind: &str) -> Value {
     the_in(&all_documents(), kind)
 }
 
-fn s(v: &Value) -> &str {
+pub(crate) fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
 }
 
@@ -123,7 +123,7 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
     list.as_array()
         .unwrap()
         .iter()
@@ -163,9 +163,60 @@ fn the_kustomize_base_validates_against_the_kubernetes_schema() {
     let Some(rendered) = kustomize(&manifests::deploy_dir()) else {
         return;
     };
-    let scratch = Scratch::new("validate");
+    validate(&rendered, "validate");
+}
+
+#[test]
+fn the_uninstall_daemonset_and_the_seccomp_component_validate_too() {
+    let Some(rendered) = kustomize(&manifests::deploy_dir().join("uninstall")) else {
+        return;
+    };
+    validate(&rendered, "validate-uninstall");
+    let scratch = Scratch::new("seccomp-component");
+    let base = manifests::deploy_dir().canonicalize().unwrap();
+    let up = scratch
+        .0
+        .components()
+        .skip(1)
+        .map(|_| "..")
+        .collect::<Vec<_>>()
+        .join("/");
+    fs::write(
+        scratch.0.join("kustomization.yaml"),
+        format!(
+            "resources: [{up}{b}]\ncomponents: [{up}{b}/components/seccomp-localhost]\n",
+            b = base.display()
+        ),
+    )
+    .unwrap();
+    let Some(rendered) = kustomize(&scratch.0) else {
+        return;
+    };
+    validate(&rendered, "validate-seccomp");
+    let docs = split_documents(&rendered, "overlay with seccomp-localhost");
+    let pod = &the_in(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let agent = named(&pod["containers"], "agent");
+    assert_eq!(
+        agent["securityContext"]["seccompProfile"]["type"],
+        "Localhost"
+    );
+    // The profile is installed by an init container, so it exists before
+    // the runtime creates the agent's container.
+    let install = named(&pod["initContainers"], "install-seccomp-profile");
+    let script = strings(&install["command"]).join(" ");
+    let profile = s(&agent["securityContext"]["seccompProfile"]["localhostProfile"]);
+    assert!(
+        script.contains(&format!("/host/seccomp/{profile}")),
+        "{script}"
+    );
+    let kubelet = named(&pod["volumes"], "kubelet-seccomp");
+    assert_eq!(kubelet["hostPath"]["path"], "/var/lib/kubelet/seccomp");
+}
+
+fn validate(rendered: &str, name: &str) {
+    let scratch = Scratch::new(name);
     let file = scratch.0.join("rendered.yaml");
-    fs::write(&file, &rendered).unwrap();
+    fs::write(&file, rendered).unwrap();
     // Strict: unknown fields are errors too. Offline: the package bundles
     // the schemas of each Kubernetes version.
     let out = Command::new("kubernetes-validate")
@@ -182,7 +233,7 @@ fn the_kustomize_base_validates_against_the_kubernetes_schema() {
             assert!(out.status.success(), "kubernetes-validate: {report}");
             assert_eq!(
                 report.matches(" passed for resource ").count(),
-                split_documents(&rendered, "rendered").len(),
+                split_documents(rendered, "rendered").len(),
                 "every document validated: {report}"
             );
         }
@@ -599,7 +650,19 @@ fn dockerfile_builds_with_the_pinned_toolchain_and_ships_only_the_binary() {
         .lines()
         .filter(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM "))
         .collect();
-    assert_eq!(stages.len(), 2, "builder and runtime: {stages:?}");
+    assert_eq!(
+        stages.len(),
+        4,
+        "builder, runtime, prebuilt (tests) and the image: {stages:?}"
+    );
+    // The bases are build-args whose defaults are the public images.
+    assert!(text.contains("ARG RUST_IMAGE=rust:1.95-bookworm"));
+    assert!(text.contains("ARG BASE_IMAGE=debian:bookworm-slim"));
+    assert_eq!(
+        stages.last().map(|l| l.trim()),
+        Some("FROM runtime"),
+        "the default target is the image built from the builder stage"
+    );
     assert!(
         text.contains("bpf-linker@0.10.0 --locked"),
         "pinned bpf-linker"

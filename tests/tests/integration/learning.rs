@@ -1,4 +1,4 @@
-//! Learning server-first destinations (issue 11) on a real kernel: real
+//! Learning server-first destinations on a real kernel: real
 //! sockets in the sandbox's cgroup and network namespace, the agent's own
 //! pinned tables, the `learned`, `stats`, `explain` and `suggest` commands.
 

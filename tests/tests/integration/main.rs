@@ -22,5 +22,6 @@ mod metrics;
 mod new_pods;
 mod old_kernel;
 mod reliability;
+mod runtime;
 mod scoping;
 mod tenant_isolation;

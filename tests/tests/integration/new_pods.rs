@@ -1,4 +1,4 @@
-//! New pods (issue 12): a pod cgroup created while the agent runs is
+//! New pods: a pod cgroup created while the agent runs is
 //! registered under its namespace as it appears (inotify on the kubepods
 //! tree, not the 1 s poll); until it is, a process in it gets no verdict
 //! from a policy with namespace-scoped rules, rather than the verdicts of

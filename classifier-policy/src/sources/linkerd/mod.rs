@@ -46,7 +46,7 @@
 //!   tier ([`Rule::global_egress`]): a namespace with EgressNetworks of its
 //!   own never sees them.
 //!
-//! The README's "Linkerd's own resources" lists the linkerd2 source each
+//! docs/src/policy/linkerd.md lists the linkerd2 source each
 //! rule follows, and every deliberate difference.
 //!
 //! Everything else in the set is skipped with a debug log. Malformed

@@ -1,5 +1,5 @@
 //! The report: the machine the numbers come from, and results.json
-//! rendered as the Markdown tables of BENCHMARKS.md.
+//! rendered as the Markdown tables of docs/src/benchmarks.md.
 
 use std::{fmt::Write as _, fs};
 
@@ -217,7 +217,7 @@ pub(crate) fn render_markdown(r: &Value) -> String {
     if l.is_object() {
         let _ = writeln!(
             md,
-            "\n### Learning (issue 11): a connection without a verdict\n\nAttached sandbox with learning on (the default) vs no classifier, to `{}` (no rule, not a default port), median (p25-p75):\n\n| loop | with learning ns | no classifier ns | ratio |\n|---|---:|---:|---:|",
+            "\n### Learning: a connection without a verdict\n\nAttached sandbox with learning on (the default) vs no classifier, to `{}` (no rule, not a default port), median (p25-p75):\n\n| loop | with learning ns | no classifier ns | ratio |\n|---|---:|---:|---:|",
             l["connect_no_verdict"]["addr"].as_str().unwrap_or("")
         );
         for (name, label) in [
@@ -247,7 +247,7 @@ pub(crate) fn render_markdown(r: &Value) -> String {
     if p.is_object() {
         let _ = writeln!(
             md,
-            "\n### New pods (issue 12): a pod cgroup to its namespace scope\n\nA real agent watching the kubepods tree (inotify); {} pod cgroups created one at a time, each timed from mkdir to its `CLS_SCOPES` entry, then removed, timed to the entry's removal. Until registered, a pod gets no verdict under namespace-scoped rules.\n\n| | median ms (p25-p75) | max ms |\n|---|---:|---:|",
+            "\n### New pods: a pod cgroup to its namespace scope\n\nA real agent watching the kubepods tree (inotify); {} pod cgroups created one at a time, each timed from mkdir to its `CLS_SCOPES` entry, then removed, timed to the entry's removal. Until registered, a pod gets no verdict under namespace-scoped rules.\n\n| | median ms (p25-p75) | max ms |\n|---|---:|---:|",
             p["pods"]
         );
         for (name, label) in [

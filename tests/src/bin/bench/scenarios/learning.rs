@@ -1,4 +1,4 @@
-//! Scenario 8: what learning (issue 11) costs a connection the policy gives
+//! Scenario 8: what learning costs a connection the policy gives
 //! no verdict: connect + accept + close (the socket is watched: one hash
 //! insert at connect, header-option callbacks for its SYN and ACK), and a
 //! 1 MiB client-first transfer (the watch ends at the first data segment;

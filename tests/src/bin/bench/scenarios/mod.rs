@@ -4,8 +4,8 @@
 mod connect_overhead; // 1, and the kernel's own per-program run times
 mod footprint; // 4
 mod kubernetes_scale; // 6
-mod learning; // 8 (issue 11)
-mod pod_registration; // 9 (issue 12)
+mod learning; // 8
+mod pod_registration; // 9
 mod policy_scale; // 2
 mod proxy_query; // 7
 mod stall; // 5

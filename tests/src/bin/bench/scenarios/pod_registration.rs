@@ -1,4 +1,4 @@
-//! 9 (issue 12): how long a new pod's cgroup goes without its namespace's
+//! 9: how long a new pod's cgroup goes without its namespace's
 //! scope. A real agent on its own sandbox, with a policy that knows N Pods
 //! (half of them in a namespace with rules of its own); their cgroups are
 //! created one at a time in the kubelet's systemd layout, each timed from
