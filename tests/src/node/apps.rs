@@ -55,6 +55,10 @@ pub fn mariadb_pod(mariadb_image: &str, uid: &str) -> Result<PodDef> {
             "containers": [{
                 "name": "mariadb",
                 "image": mariadb_image,
+                // A data directory of its own: Debian's package already
+                // initialised /var/lib/mysql in the image (root only), so
+                // the image's entrypoint would not create user `app` there.
+                "env": [{"name": "MARIADB_DATADIR", "value": "/var/lib/mysql-e2e"}],
                 "ports": [{"name": "mysql", "containerPort": MARIADB_PORT}],
                 "resources": {"limits": {"memory": "512Mi"}, "requests": {"memory": "128Mi", "cpu": "100m"}},
             }],
