@@ -25,8 +25,12 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 }
 
 pub fn prepare(layout: &Layout) -> Result<()> {
-    fs::create_dir_all(&layout.host_cgroup)
-        .with_context(|| format!("creating the test cgroup {}", layout.host_cgroup.display()))?;
+    // The kubelet makes its QoS cgroups when it starts, before any pod:
+    // kubepods, kubepods/burstable, kubepods/besteffort.
+    for qos in ["burstable", "besteffort"] {
+        let dir = layout.host_cgroup.join("kubepods").join(qos);
+        fs::create_dir_all(&dir).with_context(|| format!("creating the test cgroup {}", dir.display()))?;
+    }
     fs::create_dir_all(&layout.bpffs)?;
     fs::create_dir_all(&layout.pods)?;
     // A mount point of its own, shared: what Bidirectional needs on the
