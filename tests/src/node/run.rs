@@ -433,7 +433,12 @@ async fn uninstall(
         .flatten()
         .map(|c| kubelet.log(&pod, &c.name, 0))
         .collect();
-    let pins = host::entries_below(&kubelet.layout.bpffs);
+    // maps.debug and progs.debug are the kernel's own (bpf_preload's
+    // iterators, in the root of every bpffs), not pins.
+    let pins: Vec<String> = host::entries_below(&kubelet.layout.bpffs)
+        .into_iter()
+        .filter(|p| p != "maps.debug" && p != "progs.debug")
+        .collect();
     let mounts = host::bpffs_mounts(&kubelet.layout);
     let links = Command::new("bpftool").args(["--json", "link", "show"]).output()?;
     let links: Value = serde_json::from_slice(&links.stdout).unwrap_or(Value::Null);
