@@ -14,7 +14,8 @@ use std::{
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpSocket, TcpStream},
+    io::{AsyncRead, AsyncWrite},
+    net::TcpSocket,
     sync::watch,
     task::JoinHandle,
 };
@@ -22,6 +23,10 @@ use tokio::{
 // ---------------------------------------------------------------------------
 // The fake API server
 // ---------------------------------------------------------------------------
+
+/// A connection the server speaks HTTP/1.1 on: plain TCP or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
@@ -158,6 +163,32 @@ impl FakeApi {
         *self.accept.lock().unwrap() = Some(task);
     }
 
+    /// Serves HTTPS on `addr` with `tls` (in-cluster clients only speak
+    /// HTTPS): for an agent in a pod that reads the projected
+    /// service-account token and CA.
+    pub async fn start_tls(paths: &[&str], addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Arc<FakeApi> {
+        let fake = Self::start(paths).await;
+        fake.stop();
+        let listener = bind(addr);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let me = fake.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (me, acceptor) = (me.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        let _ = me.handle(tls).await;
+                    }
+                });
+            }
+        });
+        *fake.accept.lock().unwrap() = Some(task);
+        fake
+    }
+
     /// The API server goes away: the listener is closed (connections are
     /// refused) and open watch streams are cut.
     pub fn stop(&self) {
@@ -230,7 +261,7 @@ impl FakeApi {
         self.state.lock().unwrap().requests.clone()
     }
 
-    pub async fn handle(&self, mut stream: TcpStream) -> std::io::Result<()> {
+    pub async fn handle<S: Stream>(&self, mut stream: S) -> std::io::Result<()> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -308,7 +339,7 @@ impl FakeApi {
     /// `POST .../selfsubjectaccessreviews` (what `classifier check
     /// --kubernetes` asks): allowed exactly for the resources this server
     /// serves, whatever the verb.
-    async fn access_review(&self, mut stream: TcpStream, mut buf: Vec<u8>) -> std::io::Result<()> {
+    async fn access_review<S: Stream>(&self, mut stream: S, mut buf: Vec<u8>) -> std::io::Result<()> {
         let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
         let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
         let len: usize = head
@@ -365,9 +396,9 @@ impl FakeApi {
         })
     }
 
-    pub async fn watch(
+    pub async fn watch<S: Stream>(
         &self,
-        mut stream: TcpStream,
+        mut stream: S,
         path: &str,
         mut from: u64,
         epoch: u64,
@@ -437,6 +468,35 @@ impl FakeApi {
     }
 }
 
+/// A throwaway CA and a server certificate for `ip` signed by it: (the
+/// CA's PEM, as `ca.crt` in a service-account volume, and the server's TLS
+/// config).
+pub fn tls_identity(ip: &str) -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "fake-kube-ca");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec![ip.to_owned(), "kubernetes.default.svc".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone(), ca_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca_cert.pem(), Arc::new(config))
+}
+
 pub fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_reuseaddr(true).unwrap();
@@ -460,7 +520,7 @@ pub fn status_json(code: u16, reason: &str, message: &str) -> String {
     .to_string()
 }
 
-pub async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+pub async fn respond<S: Stream>(stream: &mut S, status: &str, body: &str) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 pub mod e2e;
 pub mod fake_kube;
+pub mod node;
 pub mod podman;
 pub mod qemu;
 pub mod soak;

@@ -3,7 +3,7 @@
 //! The alias lives in `.cargo/config.toml` (`xtask = "run --package xtask --"`).
 //! This file only dispatches: each command is its own module with its own
 //! options (`build`, `run`, `test`, `demo`, `image`, `bench`, `soak`, `docs`,
-//! `completions`, `manpage`, `linkerd_proxy`); `cargo`, `prereqs` and `util` are what they
+//! `completions`, `manpage`, `linkerd_proxy`, `node_e2e`); `cargo`, `prereqs` and `util` are what they
 //! share, and `classifier_cli` is the `classifier` binary's clap
 //! definitions (included from classifier-user/src/cli/args.rs).
 
@@ -22,6 +22,7 @@ mod docs;
 mod image;
 mod linkerd_proxy;
 mod manpage;
+mod node_e2e;
 mod prereqs;
 mod run;
 mod soak;
@@ -60,6 +61,7 @@ enum Cmd {
     Completions(completions::Options),
     Manpage(manpage::Options),
     LinkerdProxy(linkerd_proxy::Options),
+    NodeE2e(node_e2e::Options),
 }
 
 fn main() {
@@ -76,6 +78,7 @@ fn main() {
         Cmd::Completions(opts) => completions::completions(opts),
         Cmd::Manpage(opts) => manpage::manpage(opts),
         Cmd::LinkerdProxy(opts) => linkerd_proxy::linkerd_proxy(opts),
+        Cmd::NodeE2e(opts) => node_e2e::node_e2e(opts),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

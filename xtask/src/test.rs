@@ -12,7 +12,8 @@ use crate::{cargo, prereqs};
 /// target/images/, which the container-runtime tests run); then runs
 /// `cargo test --workspace --release` with CLASSIFIER_BIN set to the
 /// absolute path of target/release/classifier and at most 2 test threads,
-/// then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
+/// then, as root, `cargo xtask node-e2e` (the DaemonSet through a private
+/// containerd's CRI, about a minute), then `cargo xtask linkerd-proxy test` and, as root, `cargo xtask
 /// linkerd-proxy e2e` (the real linkerd2-proxy with our patch series; the
 /// first run builds it, several minutes). The privileged integration tests
 /// (package `tests`) need root: as a normal user they skip themselves, but
@@ -24,6 +25,9 @@ pub struct Options {
     /// Skip the linkerd2-proxy tests and end-to-end run.
     #[arg(long)]
     no_linkerd_proxy: bool,
+    /// Skip `cargo xtask node-e2e` (the DaemonSet through containerd's CRI).
+    #[arg(long)]
+    no_node_e2e: bool,
     /// Do not build the container images first (the tests that run them
     /// use whatever target/images/ holds, and fail without it).
     #[arg(long)]
@@ -37,6 +41,7 @@ pub struct Options {
 pub fn test(
     Options {
         no_linkerd_proxy,
+        no_node_e2e,
         no_images,
         cargo_test_args,
     }: Options,
@@ -84,7 +89,20 @@ pub fn test(
     step!("CLASSIFIER_BIN={} {}", bin.display(), show(&cmd));
     run_checked(&mut cmd, "cargo test")?;
     step!("tests passed");
-    if no_linkerd_proxy || !cargo_test_args.is_empty() {
+    if !cargo_test_args.is_empty() {
+        return Ok(());
+    }
+    if no_node_e2e {
+        step!("node-e2e skipped (--no-node-e2e)");
+    } else if root {
+        step!("node-e2e: the DaemonSet through containerd's CRI (skip with --no-node-e2e)");
+        let started = std::time::Instant::now();
+        crate::node_e2e::node_e2e(crate::node_e2e::Options::default())?;
+        step!("node-e2e passed in {:.0} s", started.elapsed().as_secs_f64());
+    } else {
+        step!("not root: node-e2e skipped");
+    }
+    if no_linkerd_proxy {
         return Ok(());
     }
     step!("linkerd2-proxy with the patch series (skip with --no-linkerd-proxy)");
