@@ -61,10 +61,16 @@ impl PortCounts {
     }
 }
 
+/// The most entries a table of `capacity` holds after an ageing pass:
+/// three quarters of it (the kernel may add more until the next tick).
+pub fn high_water(capacity: usize) -> usize {
+    capacity * 3 / 4
+}
+
 /// How many entries to remove from a table of `capacity` holding `len`:
-/// none up to three quarters full, else down to half.
+/// none up to [`high_water`], else down to half.
 fn to_remove(len: usize, capacity: usize) -> Option<usize> {
-    (len * 4 > capacity * 3).then(|| len - capacity / 2)
+    (len > high_water(capacity)).then(|| len - capacity / 2)
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ fn mariadb_through_the_proxy_stalls_without_the_classifier_and_not_with_it() -> 
         world.proxy_log()
     );
     let lines = world.wait_for_proxy_lines(&[OPAQUE, &dst], 1)?;
-    assert!(lines[0].contains("DefaultPort"), "{}", lines[0]);
+    assert!(lines[0].contains("source=\"default_port\""), "{}", lines[0]);
     assert_eq!(
         world.proxy_lines(&[TIMED_OUT]).len(),
         1,

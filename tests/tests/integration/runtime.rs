@@ -171,14 +171,17 @@ fn podman_flags(
     }
     for mount in container["volumeMounts"].as_array().into_iter().flatten() {
         let name = s(&mount["name"]);
+        // An emptyDir is a fresh, empty directory of the pod's own, as the
+        // kubelet makes it: a tmpfs here, nothing of the host's.
+        if named(&pod["volumes"], name)["emptyDir"].is_object() {
+            flags.push(format!("--tmpfs={}:rw,mode=0700", s(&mount["mountPath"])));
+            continue;
+        }
         let (_, host) = volumes
             .host
             .iter()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("the test maps no host path for volume {name}"));
-        // The pod spec says what kind of volume it is; the test only
-        // chooses where it lives on this machine.
-        named(&pod["volumes"], name);
         let mut options = vec![];
         if mount["readOnly"] == true {
             options.push("ro");
