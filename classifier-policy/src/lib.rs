@@ -44,6 +44,7 @@ pub mod live;
 pub mod model;
 pub mod ports;
 pub mod sources;
+pub mod text;
 
 pub use classifier_common::Source;
 pub use compile::{compile, compile_with_scopes, CompileError, CompiledPolicy, TrieEntry};

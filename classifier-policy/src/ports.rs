@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::model::clip;
+use crate::text::clip;
 
 /// Number of `u64` words of a bitmap covering every port number 0..=65535
 /// (the kernel's layout of the default opaque ports).
@@ -211,17 +211,13 @@ impl fmt::Debug for PortSet {
 
 fn parse_port(text: &str, item: &str) -> Result<u16, PortListError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(PortListError::NotANumber {
-            item: clip(item),
-        });
+        return Err(PortListError::NotANumber { item: clip(item) });
     }
     // All digits, so the only way u16 parsing fails is overflow; keep the
     // user's own spelling of the number in the message.
     let value = text.trim_start_matches('0');
     match text.parse::<u16>() {
-        Ok(0) => Err(PortListError::Zero {
-            item: clip(item),
-        }),
+        Ok(0) => Err(PortListError::Zero { item: clip(item) }),
         Ok(p) => Ok(p),
         Err(_) => Err(PortListError::OutOfRange {
             item: clip(item),
@@ -390,7 +386,11 @@ mod tests {
     fn a_list_of_every_port_descending_parses_to_the_same_set() {
         // 65,535 items in the worst order for inserting one at a time
         // (every insert at the front shifted all the others).
-        let list: Vec<String> = (1..=65535u32).rev().step_by(2).map(|p| p.to_string()).collect();
+        let list: Vec<String> = (1..=65535u32)
+            .rev()
+            .step_by(2)
+            .map(|p| p.to_string())
+            .collect();
         let set = ps(&list.join(","));
         assert_eq!(set.len(), 32_768);
         let ranges: Vec<(u16, u16)> = (1..=65535u16).rev().step_by(2).map(|p| (p, p)).collect();

@@ -13,8 +13,8 @@ use std::{
 
 use serde_json::{json, Value};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     io::{AsyncRead, AsyncWrite},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpSocket,
     sync::watch,
     task::JoinHandle,
@@ -166,7 +166,11 @@ impl FakeApi {
     /// Serves HTTPS on `addr` with `tls` (in-cluster clients only speak
     /// HTTPS): for an agent in a pod that reads the projected
     /// service-account token and CA.
-    pub async fn start_tls(paths: &[&str], addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Arc<FakeApi> {
+    pub async fn start_tls(
+        paths: &[&str],
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Arc<FakeApi> {
         let fake = Self::start(paths).await;
         fake.stop();
         let listener = bind(addr);
@@ -339,7 +343,11 @@ impl FakeApi {
     /// `POST .../selfsubjectaccessreviews` (what `classifier check
     /// --kubernetes` asks): allowed exactly for the resources this server
     /// serves, whatever the verb.
-    async fn access_review<S: Stream>(&self, mut stream: S, mut buf: Vec<u8>) -> std::io::Result<()> {
+    async fn access_review<S: Stream>(
+        &self,
+        mut stream: S,
+        mut buf: Vec<u8>,
+    ) -> std::io::Result<()> {
         let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
         let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
         let len: usize = head
@@ -476,13 +484,17 @@ pub fn tls_identity(ip: &str) -> (String, Arc<rustls::ServerConfig>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "fake-kube-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fake-kube-ca");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(vec![ip.to_owned(), "kubernetes.default.svc".to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     let cert = params.signed_by(&key, &issuer).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

@@ -176,7 +176,9 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<22} {:>10} {:>10}",
-            "learned, max/scope", self.warmup.learned_max_per_scope, self.last.learned_max_per_scope
+            "learned, max/scope",
+            self.warmup.learned_max_per_scope,
+            self.last.learned_max_per_scope
         );
         let _ = writeln!(
             out,
@@ -200,7 +202,11 @@ impl Report {
 const RULES: &str = "---\napiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  rules:\n    - networks: [\"127.0.0.0/8\"]\n      ports: \"4222\"\n      protocol: opaque\n";
 
 fn uid(round: usize, i: usize) -> String {
-    format!("50a4c000-{:04x}-4000-8000-{:012x}", round >> 16, ((round & 0xffff) << 20) | i)
+    format!(
+        "50a4c000-{:04x}-4000-8000-{:012x}",
+        round >> 16,
+        ((round & 0xffff) << 20) | i
+    )
 }
 
 /// The Pods (and one EgressNetwork) of round `r`.
@@ -254,14 +260,35 @@ fn count_trie<K: aya::Pod>(pins: &PinDir, name: &str) -> Result<usize> {
 
 fn map_counts(pins: &PinDir) -> Result<BTreeMap<&'static str, usize>> {
     let mut out = BTreeMap::new();
-    out.insert(maps::VERDICTS, count::<ConnKey, ConnVerdict>(pins, maps::VERDICTS, false)?);
-    out.insert(maps::NETNS_VERDICTS, count::<u64, u64>(pins, maps::NETNS_VERDICTS, false)?);
+    out.insert(
+        maps::VERDICTS,
+        count::<ConnKey, ConnVerdict>(pins, maps::VERDICTS, false)?,
+    );
+    out.insert(
+        maps::NETNS_VERDICTS,
+        count::<u64, u64>(pins, maps::NETNS_VERDICTS, false)?,
+    );
     out.insert(maps::SCOPES, count::<u64, u32>(pins, maps::SCOPES, false)?);
-    out.insert(maps::SCOPE_IDS, count::<NamespaceName, u32>(pins, maps::SCOPE_IDS, false)?);
-    out.insert(maps::LEARN_SCOPES, count::<u32, u32>(pins, maps::LEARN_SCOPES, false)?);
-    out.insert(maps::EXCLUDED_UIDS, count::<u64, u8>(pins, maps::EXCLUDED_UIDS, false)?);
-    out.insert(maps::LEARNED, count::<LearnedKey, LearnedEntry>(pins, maps::LEARNED, true)?);
-    out.insert(maps::LEARN_PENDING, count::<u64, LearnWatch>(pins, maps::LEARN_PENDING, true)?);
+    out.insert(
+        maps::SCOPE_IDS,
+        count::<NamespaceName, u32>(pins, maps::SCOPE_IDS, false)?,
+    );
+    out.insert(
+        maps::LEARN_SCOPES,
+        count::<u32, u32>(pins, maps::LEARN_SCOPES, false)?,
+    );
+    out.insert(
+        maps::EXCLUDED_UIDS,
+        count::<u64, u8>(pins, maps::EXCLUDED_UIDS, false)?,
+    );
+    out.insert(
+        maps::LEARNED,
+        count::<LearnedKey, LearnedEntry>(pins, maps::LEARNED, true)?,
+    );
+    out.insert(
+        maps::LEARN_PENDING,
+        count::<u64, LearnWatch>(pins, maps::LEARN_PENDING, true)?,
+    );
     let data = MapData::from_pin(pins.map(maps::PORT_COUNTS))?;
     out.insert(
         maps::PORT_COUNTS,
@@ -269,8 +296,14 @@ fn map_counts(pins: &PinDir) -> Result<BTreeMap<&'static str, usize>> {
             .keys()
             .count(),
     );
-    out.insert(maps::RULES_V4, count_trie::<RuleKeyV4>(pins, maps::RULES_V4)?);
-    out.insert(maps::RULES_V6, count_trie::<RuleKeyV6>(pins, maps::RULES_V6)?);
+    out.insert(
+        maps::RULES_V4,
+        count_trie::<RuleKeyV4>(pins, maps::RULES_V4)?,
+    );
+    out.insert(
+        maps::RULES_V6,
+        count_trie::<RuleKeyV6>(pins, maps::RULES_V6)?,
+    );
     Ok(out)
 }
 
@@ -333,7 +366,12 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
     let dir = sb.dir.join("policy");
     fs::create_dir(&dir)?;
     fs::write(dir.join("rules.yaml"), RULES)?;
-    sb.start_agent(&["--policy", dir.to_str().unwrap(), "--watch-interval", "0.05"])?;
+    sb.start_agent(&[
+        "--policy",
+        dir.to_str().unwrap(),
+        "--watch-interval",
+        "0.05",
+    ])?;
 
     let mut warmup = None;
     let mut connects = 0usize;
@@ -423,10 +461,9 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
     // This node's quota, as the agent computes it from the table's size and
     // the possible CPUs (the LRU's per-CPU free lists come off the top).
     let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
-    let quota = classifier_user::learned::scope_quota(
-        classifier_common::maps::LEARNED_CAPACITY,
-        cpus,
-    ) as usize;
+    let quota =
+        classifier_user::learned::scope_quota(classifier_common::maps::LEARNED_CAPACITY, cpus)
+            as usize;
     if last.learned_max_per_scope > quota {
         failures.push(format!(
             "a scope holds {} learned entries, over its quota of {quota}",
@@ -467,7 +504,10 @@ fn fresh_netns_share(sb: &Sandbox) -> Result<((u64, usize), usize)> {
     let share = verdicts_per_netns(maps::VERDICTS_CAPACITY) as usize;
     let asked = share + share / 10;
     let mut child = sb
-        .probe(&["netns-share", &asked.to_string(), &PORT.to_string()], None)
+        .probe(
+            &["netns-share", &asked.to_string(), &PORT.to_string()],
+            None,
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -64,7 +64,12 @@ pub fn node_e2e(opts: Options) -> Result<()> {
     }
     let images = opts.images.unwrap_or_else(|| target_dir().join("images"));
     let mut archives: Vec<PathBuf> = std::fs::read_dir(&images)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".tar")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".tar"))
+                .collect()
+        })
         .unwrap_or_default();
     archives.sort();
     if archives.is_empty() {
@@ -76,7 +81,9 @@ pub fn node_e2e(opts: Options) -> Result<()> {
     build_test_bins(&["node-e2e"])?;
     let bin = target_dir().join("release/node-e2e");
     let root = workspace_root();
-    let uninstall = opts.uninstall.unwrap_or_else(|| root.join("deploy/uninstall"));
+    let uninstall = opts
+        .uninstall
+        .unwrap_or_else(|| root.join("deploy/uninstall"));
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--deploy").arg(root.join("deploy"));
     for a in &archives {
@@ -92,7 +99,10 @@ pub fn node_e2e(opts: Options) -> Result<()> {
     if uninstall.is_dir() {
         cmd.arg("--uninstall").arg(&uninstall);
     } else if in_ci() {
-        bail!("CI=true and no uninstall manifests at {}", uninstall.display());
+        bail!(
+            "CI=true and no uninstall manifests at {}",
+            uninstall.display()
+        );
     }
     step!("{}", show(&cmd));
     run_checked(&mut cmd, "node-e2e")

@@ -98,7 +98,10 @@ pub fn test(
         step!("node-e2e: the DaemonSet through containerd's CRI (skip with --no-node-e2e)");
         let started = std::time::Instant::now();
         crate::node_e2e::node_e2e(crate::node_e2e::Options::default())?;
-        step!("node-e2e passed in {:.0} s", started.elapsed().as_secs_f64());
+        step!(
+            "node-e2e passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     } else {
         step!("not root: node-e2e skipped");
     }

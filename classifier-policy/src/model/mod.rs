@@ -20,10 +20,11 @@ mod cidr;
 mod error;
 mod learning;
 
+pub use crate::text::{clip, QUOTED_TEXT_LIMIT};
 pub use cidr::{
     check_except, default_cluster_networks, parse_cidr, LINKERD_DEFAULT_CLUSTER_NETWORKS,
 };
-pub use error::{clip, PolicyError, QUOTED_TEXT_LIMIT};
+pub use error::PolicyError;
 pub use learning::{format_ttl, parse_ttl, Learning, LearningScope};
 
 /// Linkerd's `proxy.opaquePorts` default; destinations on these ports are

@@ -212,9 +212,19 @@ impl Applier {
             std::mem::take(&mut self.own_rule_scopes),
             std::mem::take(&mut self.covered),
         );
-        let wanted = self.pod_table(&pod_namespaces, &scope_ids, &own_rule_scopes, &covered, true);
-        (self.pod_namespaces, self.scope_ids, self.own_rule_scopes, self.covered) =
-            (pod_namespaces, scope_ids, own_rule_scopes, covered);
+        let wanted = self.pod_table(
+            &pod_namespaces,
+            &scope_ids,
+            &own_rule_scopes,
+            &covered,
+            true,
+        );
+        (
+            self.pod_namespaces,
+            self.scope_ids,
+            self.own_rule_scopes,
+            self.covered,
+        ) = (pod_namespaces, scope_ids, own_rule_scopes, covered);
         let changed = self.scopes.register(&wanted)?;
         let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {

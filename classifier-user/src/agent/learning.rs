@@ -58,7 +58,11 @@ impl Learner {
     pub fn purge(&mut self, ids: &std::collections::BTreeSet<u16>) -> Result<()> {
         let removed = self.table.purge_scopes(ids)?;
         if removed > 0 {
-            tracing::info!(scopes = ids.len(), removed, "learned state of freed scopes purged");
+            tracing::info!(
+                scopes = ids.len(),
+                removed,
+                "learned state of freed scopes purged"
+            );
         }
         Ok(())
     }

@@ -94,7 +94,11 @@ fn pinned_programs(pins: &PinDir, cgroup: Option<&Path>) -> Check {
                     path.display()
                 ),
             ),
-            Err(why) => Check::fail("pinned-programs", format!("{why} (expected on {}, cgroup id {id})", path.display()), reattach),
+            Err(why) => Check::fail(
+                "pinned-programs",
+                format!("{why} (expected on {}, cgroup id {id})", path.display()),
+                reattach,
+            ),
         },
         // The attach cgroup cannot be found: at least every link must be
         // attached, and all to one cgroup.
@@ -102,16 +106,39 @@ fn pinned_programs(pins: &PinDir, cgroup: Option<&Path>) -> Check {
             let mut ids = Vec::new();
             for program in programs::ALL {
                 match crate::datapath::link::pinned_link_cgroup(&pins.link(program)) {
-                    Ok(0) => return Check::fail("pinned-programs", format!("{program} is detached (its cgroup is gone)"), reattach),
+                    Ok(0) => {
+                        return Check::fail(
+                            "pinned-programs",
+                            format!("{program} is detached (its cgroup is gone)"),
+                            reattach,
+                        )
+                    }
                     Ok(id) => ids.push(id),
-                    Err(e) => return Check::fail("pinned-programs", format!("{program}: {e:#}"), "run as root"),
+                    Err(e) => {
+                        return Check::fail(
+                            "pinned-programs",
+                            format!("{program}: {e:#}"),
+                            "run as root",
+                        )
+                    }
                 }
             }
             ids.dedup();
             if ids.len() == 1 {
-                Check::pass("pinned-programs", format!("{} attached to one cgroup (id {}); the attach cgroup itself: {err:#}", programs::ALL.join(", "), ids[0]))
+                Check::pass(
+                    "pinned-programs",
+                    format!(
+                        "{} attached to one cgroup (id {}); the attach cgroup itself: {err:#}",
+                        programs::ALL.join(", "),
+                        ids[0]
+                    ),
+                )
             } else {
-                Check::fail("pinned-programs", format!("the programs are attached to different cgroups (ids {ids:?})"), reattach)
+                Check::fail(
+                    "pinned-programs",
+                    format!("the programs are attached to different cgroups (ids {ids:?})"),
+                    reattach,
+                )
             }
         }
     }

@@ -17,8 +17,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use classifier_common::{
-    maps, LearnConfig, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE,
-    SCOPE_NODE,
+    maps, LearnConfig, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
+    LEARN_FLAG_NODE_SCOPE, SCOPE_NODE,
 };
 use serde::Serialize;
 

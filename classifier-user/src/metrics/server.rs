@@ -311,7 +311,10 @@ async fn serve_probes(listener: TcpListener, state: Arc<State>) {
     struct Done(Live, u64);
     impl Drop for Done {
         fn drop(&mut self) {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.1);
         }
     }
     let live: Live = Arc::default();
@@ -598,7 +601,11 @@ mod tests {
         .unwrap();
         let (metrics, probes) = (server.local_addr(), server.probe_addr().unwrap());
         server
-            .start_with_limits(exporter, agent.clone(), patient(MAX_CONNECTIONS, MAX_PER_PEER))
+            .start_with_limits(
+                exporter,
+                agent.clone(),
+                patient(MAX_CONNECTIONS, MAX_PER_PEER),
+            )
             .unwrap();
         agent.policy_applied(1, 0);
         let mut metrics_hog: Vec<TcpStream> = (0..MAX_PER_PEER)
@@ -608,7 +615,9 @@ mod tests {
         // the probes suffered when they shared it.
         let mut refused = connect_from("127.0.0.1", metrics);
         assert!(closed_within(&mut refused, Duration::from_secs(10)));
-        let mut hog: Vec<TcpStream> = (0..100).map(|_| connect_from("127.0.0.1", probes)).collect();
+        let mut hog: Vec<TcpStream> = (0..100)
+            .map(|_| connect_from("127.0.0.1", probes))
+            .collect();
         for _ in 0..20 {
             let r = get(probes, &req("GET", "/healthz"));
             assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -625,12 +634,12 @@ mod tests {
         for s in hog.iter_mut() {
             assert!(closed_within(s, PROBE_HEADER_TIMEOUT * 10));
         }
-        metrics_hog[0]
-            .set_nonblocking(true)
-            .unwrap();
+        metrics_hog[0].set_nonblocking(true).unwrap();
         let mut buf = [0u8; 1];
         assert!(
-            metrics_hog[0].read(&mut buf).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            metrics_hog[0]
+                .read(&mut buf)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
             "the metrics port's connections were still held"
         );
     }
@@ -662,7 +671,8 @@ mod tests {
         let last = held.last_mut().unwrap();
         last.write_all(req("GET", "/healthz").as_bytes()).unwrap();
         let mut out = String::new();
-        last.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        last.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let _ = last.read_to_string(&mut out);
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         // `Connection: close`: that one ended. Wait until its slot is

@@ -479,25 +479,25 @@ impl KindState {
                     obj.metadata.name.clone().unwrap_or_default(),
                 );
                 match self.document(obj) {
-                Some((key, doc)) => {
-                    let same = self
-                        .docs
-                        .get(&key)
-                        .is_some_and(|old| same_document(old, &doc));
-                    if !same {
-                        debug!(origin = %doc.origin(), "applied");
-                        if self.listed && !self.docs.contains_key(&key) {
-                            if let (Some(uid), Some(ns)) = (&doc.uid, &doc.namespace) {
-                                self.appeared.push((uid.to_string(), ns.to_string()));
+                    Some((key, doc)) => {
+                        let same = self
+                            .docs
+                            .get(&key)
+                            .is_some_and(|old| same_document(old, &doc));
+                        if !same {
+                            debug!(origin = %doc.origin(), "applied");
+                            if self.listed && !self.docs.contains_key(&key) {
+                                if let (Some(uid), Some(ns)) = (&doc.uid, &doc.namespace) {
+                                    self.appeared.push((uid.to_string(), ns.to_string()));
+                                }
                             }
+                            self.docs.insert(key, doc);
                         }
-                        self.docs.insert(key, doc);
+                        !same
                     }
-                    !same
-                }
-                // Skipped (logged): an older version must not stay in
-                // force in its place.
-                None => self.docs.remove(&key).is_some(),
+                    // Skipped (logged): an older version must not stay in
+                    // force in its place.
+                    None => self.docs.remove(&key).is_some(),
                 }
             }
             Event::Delete(obj) => {
@@ -688,7 +688,10 @@ mod label_limit_tests {
     }
 
     fn pod_kind() -> ApiResource {
-        watched_kinds().into_iter().find(|k| k.kind == "Pod").unwrap()
+        watched_kinds()
+            .into_iter()
+            .find(|k| k.kind == "Pod")
+            .unwrap()
     }
 
     #[test]

@@ -20,7 +20,10 @@ fn main() {
             .block_on(run(&opts))
     });
     match result {
-        Ok(report) => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Ok(report) => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
         Err(err) => {
             eprintln!("node-e2e: error: {err:#}");
             std::process::exit(1);
@@ -51,12 +54,19 @@ fn parse_args() -> Result<Options> {
             "--tools-image" => opts.tools_image = value()?,
             "--mariadb-image" => opts.mariadb_image = value()?,
             "--uninstall" => opts.uninstall = Some(value()?.into()),
-            "--detect-timeout-ms" => opts.detect_timeout_ms = value()?.parse().context("--detect-timeout-ms")?,
+            "--detect-timeout-ms" => {
+                opts.detect_timeout_ms = value()?.parse().context("--detect-timeout-ms")?
+            }
             "--out" => opts.out = value()?.into(),
             other => bail!("unknown argument {other:?} (see the module documentation)"),
         }
     }
-    for (name, v) in [("--rollout-image", &opts.rollout_image), ("--pause-image", &opts.pause_image), ("--tools-image", &opts.tools_image), ("--mariadb-image", &opts.mariadb_image)] {
+    for (name, v) in [
+        ("--rollout-image", &opts.rollout_image),
+        ("--pause-image", &opts.pause_image),
+        ("--tools-image", &opts.tools_image),
+        ("--mariadb-image", &opts.mariadb_image),
+    ] {
         if v.is_empty() {
             bail!("{name} is required");
         }

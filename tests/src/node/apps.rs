@@ -66,7 +66,13 @@ pub fn mariadb_pod(mariadb_image: &str, uid: &str) -> Result<PodDef> {
     )
 }
 
-pub fn app_pod(agent_image: &str, tools_image: &str, mariadb_image: &str, uid: &str, detect_timeout_ms: u64) -> Result<PodDef> {
+pub fn app_pod(
+    agent_image: &str,
+    tools_image: &str,
+    mariadb_image: &str,
+    uid: &str,
+    detect_timeout_ms: u64,
+) -> Result<PodDef> {
     let timeout = format!("{}", detect_timeout_ms as f64 / 1000.0);
     pod(
         "app",
@@ -134,9 +140,16 @@ pub async fn greeting_ms(cri: &Cri, container: &str, ip: &str) -> Result<u64> {
         "t0=$(date +%s%N); exec 3<>/dev/tcp/{ip}/{MARIADB_PORT} || exit 2; \
          head -c 4 <&3 >/dev/null || exit 3; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 ))"
     );
-    let (code, out, err) = cri.exec(container, &["bash", "-c", &script], Duration::from_secs(60)).await?;
-    ensure!(code == 0, "greeting from the app container: exit {code}: {err}");
-    out.trim().parse().with_context(|| format!("greeting output {out:?}"))
+    let (code, out, err) = cri
+        .exec(container, &["bash", "-c", &script], Duration::from_secs(60))
+        .await?;
+    ensure!(
+        code == 0,
+        "greeting from the app container: exit {code}: {err}"
+    );
+    out.trim()
+        .parse()
+        .with_context(|| format!("greeting output {out:?}"))
 }
 
 /// A real client round trip, to show the path carries MySQL.
@@ -144,7 +157,18 @@ pub async fn mariadb_query(cri: &Cri, container: &str, ip: &str) -> Result<Strin
     let (code, out, err) = cri
         .exec(
             container,
-            &["mariadb", "-h", ip, "-u", "app", "-papp", "--connect-timeout=30", "-N", "-e", "SELECT 40 + 2"],
+            &[
+                "mariadb",
+                "-h",
+                ip,
+                "-u",
+                "app",
+                "-papp",
+                "--connect-timeout=30",
+                "-N",
+                "-e",
+                "SELECT 40 + 2",
+            ],
             Duration::from_secs(60),
         )
         .await?;

@@ -38,7 +38,10 @@ impl Containerd {
         let config = config(layout, sandbox_image)?;
         let config_path = layout.run.join("containerd.toml");
         fs::write(&config_path, config)?;
-        fs::write(layout.cni_conf.join("10-cls-node-e2e.conflist"), cni_network(layout))?;
+        fs::write(
+            layout.cni_conf.join("10-cls-node-e2e.conflist"),
+            cni_network(layout),
+        )?;
         let log = layout.run.join("containerd.log");
         let child = Command::new("containerd")
             .arg("--config")
@@ -60,7 +63,11 @@ impl Containerd {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
-                bail!("containerd exited ({status}) before it served {}:\n{}", self.socket.display(), self.log_tail());
+                bail!(
+                    "containerd exited ({status}) before it served {}:\n{}",
+                    self.socket.display(),
+                    self.log_tail()
+                );
             }
             let ok = Command::new("ctr")
                 .args(["--address"])
@@ -73,7 +80,12 @@ impl Containerd {
             if ok {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "containerd did not serve {} within 60 s:\n{}", self.socket.display(), self.log_tail());
+            ensure!(
+                Instant::now() < deadline,
+                "containerd did not serve {} within 60 s:\n{}",
+                self.socket.display(),
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -91,7 +103,14 @@ impl Containerd {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
-            .args(["-n", "k8s.io", "images", "import", "--no-unpack", "--all-platforms"])
+            .args([
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "--no-unpack",
+                "--all-platforms",
+            ])
             .arg(archive)
             .output()
             .context("running ctr")?;
@@ -138,18 +157,48 @@ fn config(layout: &Layout, sandbox_image: &str) -> Result<String> {
     let default = String::from_utf8(out.stdout)?;
     let s = |p: &Path| p.display().to_string();
     let replacements: Vec<(&str, String)> = vec![
-        ("root = \"/var/lib/containerd\"", format!("root = \"{}\"", s(&layout.root))),
-        ("state = \"/run/containerd\"", format!("state = \"{}\"", s(&layout.state))),
-        ("address = \"/run/containerd/containerd.sock\"", format!("address = \"{}\"", s(&layout.socket))),
-        ("sandbox_image = \"registry.k8s.io/pause:3.6\"", format!("sandbox_image = \"{sandbox_image}\"")),
-        ("bin_dir = \"/opt/cni/bin\"", format!("bin_dir = \"{CNI_BIN_DIR}\"")),
-        ("conf_dir = \"/etc/cni/net.d\"", format!("conf_dir = \"{}\"", s(&layout.cni_conf))),
-        ("netns_mounts_under_state_dir = false", "netns_mounts_under_state_dir = true".into()),
-        ("path = \"/opt/containerd\"", format!("path = \"{}\"", s(&layout.root.join("opt")))),
+        (
+            "root = \"/var/lib/containerd\"",
+            format!("root = \"{}\"", s(&layout.root)),
+        ),
+        (
+            "state = \"/run/containerd\"",
+            format!("state = \"{}\"", s(&layout.state)),
+        ),
+        (
+            "address = \"/run/containerd/containerd.sock\"",
+            format!("address = \"{}\"", s(&layout.socket)),
+        ),
+        (
+            "sandbox_image = \"registry.k8s.io/pause:3.6\"",
+            format!("sandbox_image = \"{sandbox_image}\""),
+        ),
+        (
+            "bin_dir = \"/opt/cni/bin\"",
+            format!("bin_dir = \"{CNI_BIN_DIR}\""),
+        ),
+        (
+            "conf_dir = \"/etc/cni/net.d\"",
+            format!("conf_dir = \"{}\"", s(&layout.cni_conf)),
+        ),
+        (
+            "netns_mounts_under_state_dir = false",
+            "netns_mounts_under_state_dir = true".into(),
+        ),
+        (
+            "path = \"/opt/containerd\"",
+            format!("path = \"{}\"", s(&layout.root.join("opt"))),
+        ),
         // The sandbox lacks CAP_SYS_RESOURCE: a node-critical pod's
         // oom_score_adj of -997 would be refused; clamp to containerd's own.
-        ("restrict_oom_score_adj = false", "restrict_oom_score_adj = true".into()),
-        ("Root = \"\"", format!("Root = \"{}\"", s(&layout.state.join("runc")))),
+        (
+            "restrict_oom_score_adj = false",
+            "restrict_oom_score_adj = true".into(),
+        ),
+        (
+            "Root = \"\"",
+            format!("Root = \"{}\"", s(&layout.state.join("runc"))),
+        ),
     ];
     let mut config = default;
     for (from, to) in replacements {
@@ -159,7 +208,10 @@ fn config(layout: &Layout, sandbox_image: &str) -> Result<String> {
         );
         config = config.replacen(from, &to, 1);
     }
-    ensure!(config.contains("SystemdCgroup = false"), "containerd's default is not the cgroupfs driver");
+    ensure!(
+        config.contains("SystemdCgroup = false"),
+        "containerd's default is not the cgroupfs driver"
+    );
     Ok(config)
 }
 

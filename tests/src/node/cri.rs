@@ -24,7 +24,9 @@ impl Cri {
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
                 async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
                 }
             }))
             .await
@@ -40,11 +42,16 @@ impl Cri {
         let v = self
             .runtime
             .clone()
-            .version(VersionRequest { version: "v1".into() })
+            .version(VersionRequest {
+                version: "v1".into(),
+            })
             .await
             .context("CRI Version")?
             .into_inner();
-        Ok(format!("{} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version))
+        Ok(format!(
+            "{} {} (CRI {})",
+            v.runtime_name, v.runtime_version, v.runtime_api_version
+        ))
     }
 
     /// What `imagePullPolicy: IfNotPresent` checks: the image is there
@@ -54,7 +61,10 @@ impl Cri {
             .images
             .clone()
             .image_status(ImageStatusRequest {
-                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
                 verbose: false,
             })
             .await
@@ -64,11 +74,18 @@ impl Cri {
     }
 
     pub async fn run_sandbox(&self, config: PodSandboxConfig) -> Result<String> {
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         Ok(self
             .runtime
             .clone()
-            .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
             .await
             .with_context(|| format!("CRI RunPodSandbox {name}"))?
             .into_inner()
@@ -79,17 +96,26 @@ impl Cri {
         let status = self
             .runtime
             .clone()
-            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
             .await
             .context("CRI PodSandboxStatus")?
             .into_inner();
-        Ok(status.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default())
+        Ok(status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default())
     }
 
     pub async fn stop_sandbox(&self, id: &str) -> Result<()> {
         self.runtime
             .clone()
-            .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() })
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
             .await
             .context("CRI StopPodSandbox")?;
         Ok(())
@@ -98,7 +124,9 @@ impl Cri {
     pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
         self.runtime
             .clone()
-            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() })
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
             .await
             .context("CRI RemovePodSandbox")?;
         Ok(())
@@ -110,7 +138,11 @@ impl Cri {
         config: ContainerConfig,
         sandbox_config: &PodSandboxConfig,
     ) -> Result<String> {
-        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         Ok(self
             .runtime
             .clone()
@@ -128,7 +160,9 @@ impl Cri {
     pub async fn start_container(&self, id: &str) -> Result<()> {
         self.runtime
             .clone()
-            .start_container(StartContainerRequest { container_id: id.into() })
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
             .await
             .context("CRI StartContainer")?;
         Ok(())
@@ -139,7 +173,10 @@ impl Cri {
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         self.runtime
             .clone()
-            .stop_container(StopContainerRequest { container_id: id.into(), timeout })
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
             .await
             .context("CRI StopContainer")?;
         Ok(())
@@ -148,7 +185,9 @@ impl Cri {
     pub async fn remove_container(&self, id: &str) -> Result<()> {
         self.runtime
             .clone()
-            .remove_container(RemoveContainerRequest { container_id: id.into() })
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
             .await
             .context("CRI RemoveContainer")?;
         Ok(())
@@ -157,7 +196,10 @@ impl Cri {
     pub async fn status(&self, id: &str) -> Result<ContainerStatus> {
         self.runtime
             .clone()
-            .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
             .await
             .context("CRI ContainerStatus")?
             .into_inner()
@@ -166,7 +208,12 @@ impl Cri {
     }
 
     /// ExecSync: (exit code, stdout, stderr).
-    pub async fn exec(&self, id: &str, cmd: &[&str], timeout: Duration) -> Result<(i32, String, String)> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<(i32, String, String)> {
         let r = self
             .runtime
             .clone()

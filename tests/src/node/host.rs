@@ -4,7 +4,11 @@
 //! work as on a node), and the pod bridge with the gateway address (the
 //! fake API server listens there, reachable from every pod).
 
-use std::{fs, path::{Path, PathBuf}, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, ensure, Context as _, Result};
 
@@ -16,7 +20,9 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
         if fields.get(dash + 1) == Some(&"cgroup2") && fields[3] == "/" {
             return Ok(PathBuf::from(fields[4]));
         }
@@ -29,7 +35,8 @@ pub fn prepare(layout: &Layout) -> Result<()> {
     // kubepods, kubepods/burstable, kubepods/besteffort.
     for qos in ["burstable", "besteffort"] {
         let dir = layout.host_cgroup.join("kubepods").join(qos);
-        fs::create_dir_all(&dir).with_context(|| format!("creating the test cgroup {}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the test cgroup {}", dir.display()))?;
     }
     fs::create_dir_all(&layout.bpffs)?;
     fs::create_dir_all(&layout.pods)?;
@@ -38,7 +45,10 @@ pub fn prepare(layout: &Layout) -> Result<()> {
     run("mount", &["--bind", &s(&layout.bpffs), &s(&layout.bpffs)])?;
     run("mount", &["--make-rshared", &s(&layout.bpffs)])?;
     run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
-    run("ip", &["addr", "add", &format!("{GATEWAY}/24"), "dev", BRIDGE])?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{GATEWAY}/24"), "dev", BRIDGE],
+    )?;
     run("ip", &["link", "set", BRIDGE, "up"])?;
     Ok(())
 }
@@ -60,7 +70,13 @@ pub fn entries_below(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            out.push(e.path().strip_prefix(base).unwrap_or(&e.path()).display().to_string());
+            out.push(
+                e.path()
+                    .strip_prefix(base)
+                    .unwrap_or(&e.path())
+                    .display()
+                    .to_string(),
+            );
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(base, &e.path(), out);
             }
@@ -75,7 +91,10 @@ fn s(p: &Path) -> String {
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
     ensure!(
         out.status.success(),
         "{cmd} {}: {}",

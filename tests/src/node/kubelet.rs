@@ -21,12 +21,24 @@ use super::{cri::Cri, layout::Layout, volumes};
 /// The kubelet's default masked and read-only /proc and /sys paths for
 /// unprivileged containers (`procMount: Default`).
 const MASKED_PATHS: &[&str] = &[
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 const READONLY_PATHS: &[&str] = &[
-    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
 ];
 
 /// A pod to run: its identity and spec (from the rendered manifests, or
@@ -68,7 +80,11 @@ pub struct RunningPod {
 }
 
 pub fn qos(spec: &PodSpec) -> &'static str {
-    let all: Vec<&Container> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
     let mut any = false;
     let mut guaranteed = true;
     for c in &all {
@@ -114,7 +130,8 @@ impl Kubelet {
             format!("{}/{qos}/pod{}", self.layout.kubepods, def.uid)
         };
         let cgroup = self.layout.cgroup2.join(parent.trim_start_matches('/'));
-        fs::create_dir_all(&cgroup).with_context(|| format!("creating the pod cgroup {}", cgroup.display()))?;
+        fs::create_dir_all(&cgroup)
+            .with_context(|| format!("creating the pod cgroup {}", cgroup.display()))?;
         let dir = self.layout.pods.join(&def.uid);
         fs::create_dir_all(dir.join("logs"))?;
         let sandbox_config = self.sandbox_config(def, &parent, &dir);
@@ -185,7 +202,9 @@ impl Kubelet {
                     namespace_options: Some(namespaces()),
                     privileged,
                     run_as_user: pod_sc.run_as_user.map(|value| cri::Int64Value { value }),
-                    seccomp: Some(seccomp(pod_sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()))),
+                    seccomp: Some(seccomp(
+                        pod_sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                    )),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -197,30 +216,49 @@ impl Kubelet {
     fn write_volumes(&self, pod: &RunningPod) -> Result<()> {
         for v in pod.def.spec.volumes.iter().flatten() {
             if let Some(cm) = &v.config_map {
-                let files = self
-                    .config_maps
-                    .get(&cm.name)
-                    .with_context(|| format!("pod {}: volume {}: no ConfigMap {}", pod.def.name, v.name, cm.name))?;
+                let files = self.config_maps.get(&cm.name).with_context(|| {
+                    format!(
+                        "pod {}: volume {}: no ConfigMap {}",
+                        pod.def.name, v.name, cm.name
+                    )
+                })?;
                 let mode = cm.default_mode.unwrap_or(0o644) as u32;
-                volumes::write_atomic(&volumes::volume_dir(&pod.dir, "configmap", &v.name), files, mode)?;
+                volumes::write_atomic(
+                    &volumes::volume_dir(&pod.dir, "configmap", &v.name),
+                    files,
+                    mode,
+                )?;
             } else if v.empty_dir.is_some() {
                 fs::create_dir_all(volumes::volume_dir(&pod.dir, "empty-dir", &v.name))?;
             }
         }
         if let Some((files, _, _)) = &self.service_account {
-            volumes::write_atomic(&volumes::volume_dir(&pod.dir, "projected", "kube-api-access"), files, 0o644)?;
+            volumes::write_atomic(
+                &volumes::volume_dir(&pod.dir, "projected", "kube-api-access"),
+                files,
+                0o644,
+            )?;
         }
         Ok(())
     }
 
     /// Rewrites a ConfigMap's volume in every given pod, as the kubelet
     /// does when the ConfigMap changes.
-    pub fn update_config_map(&mut self, pod: &RunningPod, name: &str, files: BTreeMap<String, Vec<u8>>) -> Result<()> {
+    pub fn update_config_map(
+        &mut self,
+        pod: &RunningPod,
+        name: &str,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<()> {
         self.config_maps.insert(name.to_owned(), files.clone());
         for v in pod.def.spec.volumes.iter().flatten() {
             if let Some(cm) = v.config_map.as_ref().filter(|cm| cm.name == name) {
                 let mode = cm.default_mode.unwrap_or(0o644) as u32;
-                volumes::write_atomic(&volumes::volume_dir(&pod.dir, "configmap", &v.name), &files, mode)?;
+                volumes::write_atomic(
+                    &volumes::volume_dir(&pod.dir, "configmap", &v.name),
+                    &files,
+                    mode,
+                )?;
             }
         }
         Ok(())
@@ -229,7 +267,11 @@ impl Kubelet {
     /// Creates and starts container `c` of the pod (a restart when it ran
     /// before: the next attempt).
     pub async fn start_container(&self, pod: &mut RunningPod, c: &Container) -> Result<String> {
-        let attempt = *pod.attempts.entry(c.name.clone()).and_modify(|a| *a += 1).or_insert(0);
+        let attempt = *pod
+            .attempts
+            .entry(c.name.clone())
+            .and_modify(|a| *a += 1)
+            .or_insert(0);
         let image = normalize_image(c.image.as_deref().context("container without image")?);
         ensure!(
             self.cri.image_present(&image).await?,
@@ -240,9 +282,17 @@ impl Kubelet {
         );
         let config = self.container_config(pod, c, &image, attempt)?;
         let created = Instant::now();
-        let id = self.cri.create_container(&pod.sandbox, config, &pod.sandbox_config).await?;
+        let id = self
+            .cri
+            .create_container(&pod.sandbox, config, &pod.sandbox_config)
+            .await?;
         self.cri.start_container(&id).await.with_context(|| {
-            format!("starting {}/{}: {}", pod.def.name, c.name, self.log(pod, &c.name, attempt))
+            format!(
+                "starting {}/{}: {}",
+                pod.def.name,
+                c.name,
+                self.log(pod, &c.name, attempt)
+            )
         })?;
         pod.containers.insert(c.name.clone(), (id.clone(), created));
         Ok(id)
@@ -250,7 +300,11 @@ impl Kubelet {
 
     /// The container's CRI log (the last 40 lines).
     pub fn log(&self, pod: &RunningPod, container: &str, attempt: u32) -> String {
-        let path = pod.dir.join("logs").join(container).join(format!("{attempt}.log"));
+        let path = pod
+            .dir
+            .join("logs")
+            .join(container)
+            .join(format!("{attempt}.log"));
         let text = fs::read_to_string(&path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -277,12 +331,23 @@ impl Kubelet {
                 );
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "pod {}: init container {} still running after 120 s", pod.def.name, c.name);
+            ensure!(
+                Instant::now() < deadline,
+                "pod {}: init container {} still running after 120 s",
+                pod.def.name,
+                c.name
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    fn container_config(&self, pod: &RunningPod, c: &Container, image: &str, attempt: u32) -> Result<cri::ContainerConfig> {
+    fn container_config(
+        &self,
+        pod: &RunningPod,
+        c: &Container,
+        image: &str,
+        attempt: u32,
+    ) -> Result<cri::ContainerConfig> {
         let sc = c.security_context.clone().unwrap_or_default();
         let pod_sc = pod.def.spec.security_context.clone().unwrap_or_default();
         let privileged = sc.privileged == Some(true);
@@ -299,18 +364,35 @@ impl Kubelet {
                 ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
                 ("KUBERNETES_PORT", format!("tcp://{host}:{port}")),
             ] {
-                envs.push(cri::KeyValue { key: k.into(), value: v });
+                envs.push(cri::KeyValue {
+                    key: k.into(),
+                    value: v,
+                });
             }
         }
         for e in c.env.iter().flatten() {
-            ensure!(e.value_from.is_none(), "container {}: env {}: valueFrom is not supported here", c.name, e.name);
-            envs.push(cri::KeyValue { key: e.name.clone(), value: e.value.clone().unwrap_or_default() });
+            ensure!(
+                e.value_from.is_none(),
+                "container {}: env {}: valueFrom is not supported here",
+                c.name,
+                e.name
+            );
+            envs.push(cri::KeyValue {
+                key: e.name.clone(),
+                value: e.value.clone().unwrap_or_default(),
+            });
         }
         let log_path = format!("{}/{attempt}.log", c.name);
         fs::create_dir_all(pod.dir.join("logs").join(&c.name))?;
         Ok(cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt }),
-            image: Some(cri::ImageSpec { image: image.to_owned(), ..Default::default() }),
+            metadata: Some(cri::ContainerMetadata {
+                name: c.name.clone(),
+                attempt,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
             command: c.command.clone().unwrap_or_default(),
             args: c.args.clone().unwrap_or_default(),
             working_dir: c.working_dir.clone().unwrap_or_default(),
@@ -319,7 +401,10 @@ impl Kubelet {
             labels: HashMap::from([
                 ("io.kubernetes.container.name".into(), c.name.clone()),
                 ("io.kubernetes.pod.name".into(), pod.def.name.clone()),
-                ("io.kubernetes.pod.namespace".into(), pod.def.namespace.clone()),
+                (
+                    "io.kubernetes.pod.namespace".into(),
+                    pod.def.namespace.clone(),
+                ),
                 ("io.kubernetes.pod.uid".into(), pod.def.uid.clone()),
             ]),
             log_path,
@@ -329,12 +414,26 @@ impl Kubelet {
                     capabilities: capabilities(&sc),
                     privileged,
                     namespace_options: Some(namespaces()),
-                    run_as_user: sc.run_as_user.or(pod_sc.run_as_user).map(|value| cri::Int64Value { value }),
-                    run_as_group: sc.run_as_group.or(pod_sc.run_as_group).map(|value| cri::Int64Value { value }),
+                    run_as_user: sc
+                        .run_as_user
+                        .or(pod_sc.run_as_user)
+                        .map(|value| cri::Int64Value { value }),
+                    run_as_group: sc
+                        .run_as_group
+                        .or(pod_sc.run_as_group)
+                        .map(|value| cri::Int64Value { value }),
                     readonly_rootfs: sc.read_only_root_filesystem == Some(true),
                     no_new_privs: sc.allow_privilege_escalation == Some(false),
-                    masked_paths: if privileged { vec![] } else { MASKED_PATHS.iter().map(|s| s.to_string()).collect() },
-                    readonly_paths: if privileged { vec![] } else { READONLY_PATHS.iter().map(|s| s.to_string()).collect() },
+                    masked_paths: if privileged {
+                        vec![]
+                    } else {
+                        MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+                    },
+                    readonly_paths: if privileged {
+                        vec![]
+                    } else {
+                        READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+                    },
                     seccomp: Some(seccomp(seccomp_type)),
                     ..Default::default()
                 }),
@@ -353,13 +452,27 @@ impl Kubelet {
                 .iter()
                 .flatten()
                 .find(|v| v.name == m.name)
-                .with_context(|| format!("container {}: volumeMount {}: no such volume", c.name, m.name))?;
+                .with_context(|| {
+                    format!(
+                        "container {}: volumeMount {}: no such volume",
+                        c.name, m.name
+                    )
+                })?;
             let host_path = if let Some(hp) = &v.host_path {
                 let sub = self.host_paths.get(&hp.path).with_context(|| {
-                    format!("volume {}: hostPath {} has no test-owned stand-in", v.name, hp.path)
+                    format!(
+                        "volume {}: hostPath {} has no test-owned stand-in",
+                        v.name, hp.path
+                    )
                 })?;
                 if hp.type_.as_deref() == Some("Directory") {
-                    ensure!(sub.is_dir(), "volume {}: hostPath {} (type Directory): {} is not a directory", v.name, hp.path, sub.display());
+                    ensure!(
+                        sub.is_dir(),
+                        "volume {}: hostPath {} (type Directory): {} is not a directory",
+                        v.name,
+                        hp.path,
+                        sub.display()
+                    );
                 }
                 sub.clone()
             } else if v.config_map.is_some() {
@@ -367,13 +480,19 @@ impl Kubelet {
             } else if v.empty_dir.is_some() {
                 volumes::volume_dir(&pod.dir, "empty-dir", &v.name)
             } else {
-                bail!("volume {}: only hostPath, configMap and emptyDir volumes are supported here", v.name);
+                bail!(
+                    "volume {}: only hostPath, configMap and emptyDir volumes are supported here",
+                    v.name
+                );
             };
             let propagation = match m.mount_propagation.as_deref() {
                 None | Some("None") => cri::MountPropagation::PropagationPrivate,
                 Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer,
                 Some("Bidirectional") => cri::MountPropagation::PropagationBidirectional,
-                Some(other) => bail!("container {}: mountPropagation {other:?} is not a Kubernetes value", c.name),
+                Some(other) => bail!(
+                    "container {}: mountPropagation {other:?} is not a Kubernetes value",
+                    c.name
+                ),
             };
             mounts.push(cri::Mount {
                 container_path: m.mount_path.clone(),
@@ -383,10 +502,14 @@ impl Kubelet {
                 ..Default::default()
             });
         }
-        if self.service_account.is_some() && pod.def.spec.automount_service_account_token != Some(false) {
+        if self.service_account.is_some()
+            && pod.def.spec.automount_service_account_token != Some(false)
+        {
             mounts.push(cri::Mount {
                 container_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
-                host_path: volumes::volume_dir(&pod.dir, "projected", "kube-api-access").display().to_string(),
+                host_path: volumes::volume_dir(&pod.dir, "projected", "kube-api-access")
+                    .display()
+                    .to_string(),
                 readonly: true,
                 ..Default::default()
             });
@@ -401,7 +524,10 @@ impl Kubelet {
         let term = term.join(format!("{attempt}"));
         fs::write(&term, "")?;
         mounts.push(cri::Mount {
-            container_path: c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+            container_path: c
+                .termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
             host_path: term.display().to_string(),
             ..Default::default()
         });
@@ -427,7 +553,10 @@ fn seccomp(type_: Option<&str>) -> cri::SecurityProfile {
         Some("RuntimeDefault") => cri::security_profile::ProfileType::RuntimeDefault,
         _ => cri::security_profile::ProfileType::Unconfined,
     };
-    cri::SecurityProfile { profile_type: profile_type as i32, localhost_ref: String::new() }
+    cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref: String::new(),
+    }
 }
 
 fn capabilities(sc: &SecurityContext) -> Option<cri::Capability> {
@@ -446,11 +575,23 @@ fn capabilities(sc: &SecurityContext) -> Option<cri::Capability> {
 fn resources(c: &Container, spec: &PodSpec) -> cri::LinuxContainerResources {
     let r = c.resources.clone().unwrap_or_default();
     let (req, lim) = (r.requests.unwrap_or_default(), r.limits.unwrap_or_default());
-    let cpu_millis = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| q.map(|q| parse_cpu_millis(&q.0));
-    let mem = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| q.map(|q| parse_bytes(&q.0));
-    let shares = cpu_millis(req.get("cpu")).or(cpu_millis(lim.get("cpu"))).map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
-    let quota = cpu_millis(lim.get("cpu")).map(|m| (m * 100_000 / 1000).max(1000)).unwrap_or(0);
-    let critical = matches!(spec.priority_class_name.as_deref(), Some("system-node-critical" | "system-cluster-critical"));
+    let cpu_millis = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.map(|q| parse_cpu_millis(&q.0))
+    };
+    let mem = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.map(|q| parse_bytes(&q.0))
+    };
+    let shares = cpu_millis(req.get("cpu"))
+        .or(cpu_millis(lim.get("cpu")))
+        .map(|m| (m * 1024 / 1000).max(2))
+        .unwrap_or(2);
+    let quota = cpu_millis(lim.get("cpu"))
+        .map(|m| (m * 100_000 / 1000).max(1000))
+        .unwrap_or(0);
+    let critical = matches!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical" | "system-cluster-critical")
+    );
     let oom = match qos(spec) {
         _ if critical => -997,
         "guaranteed" => -997,
@@ -473,7 +614,11 @@ fn resources(c: &Container, spec: &PodSpec) -> cri::LinuxContainerResources {
 fn memory_capacity() -> i64 {
     fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(1 << 30)
 }
@@ -487,8 +632,13 @@ pub fn parse_cpu_millis(q: &str) -> i64 {
 
 pub fn parse_bytes(q: &str) -> i64 {
     const UNITS: &[(&str, i64)] = &[
-        ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40),
-        ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000),
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
     ];
     for (suffix, mult) in UNITS {
         if let Some(n) = q.strip_suffix(suffix) {

@@ -85,7 +85,10 @@ impl Layout {
         // libcni's result cache (fixed path /var/lib/cni/results).
         if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("{CNI_NETWORK}-")) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{CNI_NETWORK}-"))
+                {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -105,16 +108,22 @@ impl Layout {
 /// containerd and its shims (`-address /run/cls-node-e2e/...`).
 fn kill_ours(run: &Path, problems: &mut Vec<String>) {
     let needle = run.display().to_string();
-    let Ok(procs) = fs::read_dir("/proc") else { return };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
     let me = std::process::id();
     for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid as u32 == me {
             continue;
         }
         let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) && (cmdline.starts_with("containerd") || cmdline.contains("containerd-shim")) {
+        if cmdline.contains(&needle)
+            && (cmdline.starts_with("containerd") || cmdline.contains("containerd-shim"))
+        {
             if let Err(e) = crate::sys::kill(pid, libc::SIGKILL) {
                 problems.push(format!("killing {pid} ({cmdline}): {e}"));
             }

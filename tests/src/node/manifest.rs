@@ -29,12 +29,18 @@ impl Rendered {
         let text = String::from_utf8(out.stdout)?;
         let objects: Vec<Value> = serde_saphyr::from_multiple(&text)
             .with_context(|| format!("parsing `kubectl kustomize {}`", dir.display()))?;
-        Ok(Rendered { objects: objects.into_iter().filter(|o| !o.is_null()).collect() })
+        Ok(Rendered {
+            objects: objects.into_iter().filter(|o| !o.is_null()).collect(),
+        })
     }
 
     fn one(&self, kind: &str) -> Result<&Value> {
         let found: Vec<&Value> = self.objects.iter().filter(|o| o["kind"] == kind).collect();
-        ensure!(found.len() == 1, "expected one {kind} in the rendered manifests, found {}", found.len());
+        ensure!(
+            found.len() == 1,
+            "expected one {kind} in the rendered manifests, found {}",
+            found.len()
+        );
         Ok(found[0])
     }
 
@@ -46,8 +52,14 @@ impl Rendered {
     pub fn config_maps(&self) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>> {
         let mut out = BTreeMap::new();
         for o in self.objects.iter().filter(|o| o["kind"] == "ConfigMap") {
-            let cm: ConfigMap = serde_json::from_value(o.clone()).context("a rendered ConfigMap")?;
-            let data = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+            let cm: ConfigMap =
+                serde_json::from_value(o.clone()).context("a rendered ConfigMap")?;
+            let data = cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
             out.insert(cm.metadata.name.unwrap_or_default(), data);
         }
         Ok(out)

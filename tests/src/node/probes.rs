@@ -11,8 +11,15 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use k8s_openapi::{api::core::v1::{Container, Probe as ProbeSpec}, apimachinery::pkg::util::intstr::IntOrString};
-use tokio::{io::{AsyncReadExt as _, AsyncWriteExt as _}, net::TcpStream, task::JoinHandle};
+use k8s_openapi::{
+    api::core::v1::{Container, Probe as ProbeSpec},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    task::JoinHandle,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
@@ -42,7 +49,10 @@ struct Http {
 }
 
 fn http(ip: &str, c: &Container, p: &ProbeSpec) -> Result<Http> {
-    let get = p.http_get.as_ref().context("only httpGet probes are run here")?;
+    let get = p
+        .http_get
+        .as_ref()
+        .context("only httpGet probes are run here")?;
     let port = match &get.port {
         IntOrString::Int(n) => *n,
         IntOrString::String(name) => c
@@ -51,7 +61,12 @@ fn http(ip: &str, c: &Container, p: &ProbeSpec) -> Result<Http> {
             .flatten()
             .find(|port| port.name.as_deref() == Some(name))
             .map(|port| port.container_port)
-            .with_context(|| format!("probe port {name:?} is not a named port of container {}", c.name))?,
+            .with_context(|| {
+                format!(
+                    "probe port {name:?} is not a named port of container {}",
+                    c.name
+                )
+            })?,
     };
     Ok(Http {
         addr: format!("{ip}:{port}").parse()?,
@@ -67,12 +82,17 @@ impl Prober {
     pub fn start(ip: &str, c: &Container, label: &str) -> Result<Prober> {
         let record = Arc::new(Mutex::new(Record::default()));
         let mut tasks = Vec::new();
-        for (kind, spec) in [(Kind::Liveness, &c.liveness_probe), (Kind::Readiness, &c.readiness_probe)] {
+        for (kind, spec) in [
+            (Kind::Liveness, &c.liveness_probe),
+            (Kind::Readiness, &c.readiness_probe),
+        ] {
             let Some(spec) = spec else { continue };
             let probe = http(ip, c, spec)?;
             let record = record.clone();
             let label = format!("{label} {kind:?}");
-            tasks.push(tokio::spawn(async move { run(kind, probe, record, label).await }));
+            tasks.push(tokio::spawn(async move {
+                run(kind, probe, record, label).await
+            }));
         }
         Ok(Prober { record, tasks })
     }
@@ -138,10 +158,13 @@ async fn run(kind: Kind, p: Http, record: Arc<Mutex<Record>>, label: String) {
                     r.first_ready.get_or_insert_with(Instant::now);
                 }
                 (Kind::Liveness, Ok(())) => {}
-                (Kind::Liveness, Err(e)) => r.failures.push(format!("{label} GET {}{}: {e}", p.addr, p.path)),
-                (Kind::Readiness, Err(e)) if r.first_ready.is_some() => {
-                    r.failures.push(format!("{label} GET {}{} after the first success: {e}", p.addr, p.path))
-                }
+                (Kind::Liveness, Err(e)) => r
+                    .failures
+                    .push(format!("{label} GET {}{}: {e}", p.addr, p.path)),
+                (Kind::Readiness, Err(e)) if r.first_ready.is_some() => r.failures.push(format!(
+                    "{label} GET {}{} after the first success: {e}",
+                    p.addr, p.path
+                )),
                 (Kind::Readiness, Err(_)) => {}
             }
         }
@@ -160,5 +183,7 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     head.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {:?}", head.lines().next())))
+        .ok_or_else(|| {
+            std::io::Error::other(format!("not an HTTP answer: {:?}", head.lines().next()))
+        })
 }

@@ -62,12 +62,17 @@ fn step(msg: &str) {
 }
 
 pub async fn run(opts: &Options) -> Result<Value> {
-    ensure!(crate::sys::is_root(), "the node run needs root (containerd, cgroups, mounts)");
+    ensure!(
+        crate::sys::is_root(),
+        "the node run needs root (containerd, cgroups, mounts)"
+    );
     for tool in ["containerd", "ctr", "runc", "kubectl", "bpftool", "ip"] {
         which(tool)?;
     }
     ensure!(
-        Path::new(super::containerd::CNI_BIN_DIR).join("bridge").exists(),
+        Path::new(super::containerd::CNI_BIN_DIR)
+            .join("bridge")
+            .exists(),
         "no CNI bridge plugin in {} (Debian package containernetworking-plugins)",
         super::containerd::CNI_BIN_DIR
     );
@@ -87,7 +92,10 @@ pub async fn run(opts: &Options) -> Result<Value> {
         tls,
     )
     .await;
-    api.push(fake_kube::NAMESPACES, vec![json!({"type": "ADDED", "object": apps::namespace_object()})]);
+    api.push(
+        fake_kube::NAMESPACES,
+        vec![json!({"type": "ADDED", "object": apps::namespace_object()})],
+    );
 
     let mut containerd = Containerd::start(&layout, &normalize_image(&opts.pause_image))?;
     for archive in &opts.archives {
@@ -100,7 +108,11 @@ pub async fn run(opts: &Options) -> Result<Value> {
 
     let rendered = Rendered::kustomize(&opts.deploy)?;
     let ds = rendered.daemonset()?;
-    let ds_namespace = ds.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ds_namespace = ds
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let sa_files = BTreeMap::from([
         ("token".to_string(), fake_token().into_bytes()),
         ("ca.crt".to_string(), ca.into_bytes()),
@@ -131,7 +143,13 @@ pub async fn run(opts: &Options) -> Result<Value> {
     Ok(report)
 }
 
-async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &DaemonSet, runtime: &str) -> Result<Value> {
+async fn phases(
+    opts: &Options,
+    kubelet: &mut Kubelet,
+    api: &FakeApi,
+    ds: &DaemonSet,
+    runtime: &str,
+) -> Result<Value> {
     let template = ds.spec.template.clone();
     let agent_container = template
         .spec
@@ -139,8 +157,15 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
         .and_then(|s| s.containers.iter().find(|c| c.name == AGENT))
         .cloned()
         .context("the DaemonSet has no container named agent")?;
-    let agent_image = agent_container.image.clone().context("agent without image")?;
-    let grace = template.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    let agent_image = agent_container
+        .image
+        .clone()
+        .context("agent without image")?;
+    let grace = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
 
     // 2. The agent pod.
     step("agent pod: sandbox, init containers, agent");
@@ -153,23 +178,49 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
         .await
         .map_err(|e| anyhow::anyhow!("agent: {e:#}\n{}", kubelet.current_log(&agent, AGENT)))?;
     let agent_ready_ms = ready_at.duration_since(created).as_millis() as u64;
-    step(&format!("agent ready {agent_ready_ms} ms after its container was created"));
-    ensure!(!host::bpffs_mounts(&kubelet.layout).is_empty(), "the init container's bpffs mount did not reach the host (Bidirectional)");
+    step(&format!(
+        "agent ready {agent_ready_ms} ms after its container was created"
+    ));
+    ensure!(
+        !host::bpffs_mounts(&kubelet.layout).is_empty(),
+        "the init container's bpffs mount did not reach the host (Bidirectional)"
+    );
 
     // 3. Workloads.
     let db_def = apps::mariadb_pod(&opts.mariadb_image, &uid(2))?;
     let db = kubelet.run_pod(&db_def).await?;
     wait_greeting_from_host(&db.ip).await?;
     step(&format!("mariadb pod at {}", db.ip));
-    let app_def = apps::app_pod(&agent_image, &opts.tools_image, &opts.mariadb_image, &uid(3), opts.detect_timeout_ms)?;
-    api.push(fake_kube::PODS, vec![json!({"type": "ADDED", "object": apps::pod_object(&app_def, "")})]);
+    let app_def = apps::app_pod(
+        &agent_image,
+        &opts.tools_image,
+        &opts.mariadb_image,
+        &uid(3),
+        opts.detect_timeout_ms,
+    )?;
+    api.push(
+        fake_kube::PODS,
+        vec![json!({"type": "ADDED", "object": apps::pod_object(&app_def, "")})],
+    );
     let log_before = kubelet.current_log(&agent, AGENT).lines().count();
     let app_created = Instant::now();
     let app = kubelet.run_pod(&app_def).await?;
-    api.push(fake_kube::PODS, vec![json!({"type": "MODIFIED", "object": apps::pod_object(&app_def, &app.ip)})]);
-    let registered = wait_log(kubelet, &agent, log_before, &["pod cgroup registered", &app_def.uid], Duration::from_secs(60)).await?;
+    api.push(
+        fake_kube::PODS,
+        vec![json!({"type": "MODIFIED", "object": apps::pod_object(&app_def, &app.ip)})],
+    );
+    let registered = wait_log(
+        kubelet,
+        &agent,
+        log_before,
+        &["pod cgroup registered", &app_def.uid],
+        Duration::from_secs(60),
+    )
+    .await?;
     let pod_registered_ms = registered.duration_since(app_created).as_millis() as u64;
-    step(&format!("app pod cgroup registered {pod_registered_ms} ms after its sandbox was created"));
+    step(&format!(
+        "app pod cgroup registered {pod_registered_ms} ms after its sandbox was created"
+    ));
     let client = app.containers["app"].0.clone();
     // The server greets before its users exist (the image initialises its
     // data directory on first start): retry, as a readiness gate would.
@@ -181,7 +232,10 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    ensure!(query == "42", "mariadb client through the proxy answered {query:?}");
+    ensure!(
+        query == "42",
+        "mariadb client through the proxy answered {query:?}"
+    );
     let greeting_with = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
     step(&format!("greeting with the agent: {greeting_with} ms"));
 
@@ -193,12 +247,15 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
     let greeting_after_restart = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
 
     // 6. Rollout.
-    let (rollout, agent, prober) = rollout(opts, kubelet, ds, agent, prober, grace, &client, &db.ip).await?;
+    let (rollout, agent, prober) =
+        rollout(opts, kubelet, ds, agent, prober, grace, &client, &db.ip).await?;
 
     // 7. Uninstall.
     let uninstall = uninstall(opts, kubelet, ds, agent, prober, grace).await?;
     let greeting_without = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
-    step(&format!("greeting without the classifier: {greeting_without} ms"));
+    step(&format!(
+        "greeting without the classifier: {greeting_without} ms"
+    ));
 
     let report = json!({
         "runtime": runtime,
@@ -212,7 +269,10 @@ async fn phases(opts: &Options, kubelet: &mut Kubelet, api: &FakeApi, ds: &Daemo
         "uninstall": uninstall,
         "substituted_host_paths": kubelet.host_paths,
     });
-    ensure!(greeting_with < 1000, "greeting with the agent took {greeting_with} ms (must be under 1000)");
+    ensure!(
+        greeting_with < 1000,
+        "greeting with the agent took {greeting_with} ms (must be under 1000)"
+    );
     ensure!(
         greeting_without as f64 >= 0.9 * opts.detect_timeout_ms as f64,
         "greeting without the classifier took {greeting_without} ms: under 0.9 of the proxy's detect timeout \
@@ -228,20 +288,36 @@ fn daemonset_pod(ds: &DaemonSet, uid: &str, image: Option<&str>) -> Result<PodDe
     let template = ds.spec.template.clone();
     let mut spec = template.spec.context("DaemonSet template without spec")?;
     if let Some(image) = image {
-        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
             c.image = Some(image.to_owned());
         }
     }
     Ok(PodDef {
-        name: format!("{}-{}", ds.metadata.name.clone().unwrap_or_default(), &uid[..5]),
-        namespace: ds.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: format!(
+            "{}-{}",
+            ds.metadata.name.clone().unwrap_or_default(),
+            &uid[..5]
+        ),
+        namespace: ds
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         uid: uid.to_owned(),
         labels: template.metadata.and_then(|m| m.labels).unwrap_or_default(),
         spec,
     })
 }
 
-async fn config_map_change(kubelet: &mut Kubelet, agent: &RunningPod, prober: &Prober) -> Result<()> {
+async fn config_map_change(
+    kubelet: &mut Kubelet,
+    agent: &RunningPod,
+    prober: &Prober,
+) -> Result<()> {
     let volume = agent
         .def
         .spec
@@ -252,32 +328,68 @@ async fn config_map_change(kubelet: &mut Kubelet, agent: &RunningPod, prober: &P
         .context("the agent pod mounts no ConfigMap")?
         .name
         .clone();
-    let mut files = kubelet.config_maps.get(&volume).cloned().unwrap_or_default();
-    let policy = String::from_utf8(files.get(POLICY_FILE).cloned().context("ConfigMap without policy.yaml")?)?;
-    ensure!(policy.contains("defaultOpaquePorts: \""), "the ConfigMap's policy has no defaultOpaquePorts to change");
+    let mut files = kubelet
+        .config_maps
+        .get(&volume)
+        .cloned()
+        .unwrap_or_default();
+    let policy = String::from_utf8(
+        files
+            .get(POLICY_FILE)
+            .cloned()
+            .context("ConfigMap without policy.yaml")?,
+    )?;
+    ensure!(
+        policy.contains("defaultOpaquePorts: \""),
+        "the ConfigMap's policy has no defaultOpaquePorts to change"
+    );
     let changed = policy.replacen("defaultOpaquePorts: \"", "defaultOpaquePorts: \"4222,", 1);
     files.insert(POLICY_FILE.into(), changed.into_bytes());
     let before = kubelet.current_log(agent, AGENT).lines().count();
     kubelet.update_config_map(agent, &volume, files)?;
-    wait_log(kubelet, agent, before, &["policy applied"], Duration::from_secs(30))
-        .await
-        .context("the agent did not apply the changed ConfigMap")?;
+    wait_log(
+        kubelet,
+        agent,
+        before,
+        &["policy applied"],
+        Duration::from_secs(30),
+    )
+    .await
+    .context("the agent did not apply the changed ConfigMap")?;
     prober.check()?;
     step("ConfigMap changed (..data swapped): the agent applied it and stayed ready");
     Ok(())
 }
 
-async fn kill_and_restart(kubelet: &mut Kubelet, agent: &mut RunningPod, c: &Container, prober: Prober) -> Result<Prober> {
+async fn kill_and_restart(
+    kubelet: &mut Kubelet,
+    agent: &mut RunningPod,
+    c: &Container,
+    prober: Prober,
+) -> Result<Prober> {
     let id = agent.containers[AGENT].0.clone();
-    let procs = fs::read_to_string(agent.cgroup.join(&id).join("cgroup.procs"))
-        .with_context(|| format!("the agent container's cgroup {}", agent.cgroup.join(&id).display()))?;
+    let procs =
+        fs::read_to_string(agent.cgroup.join(&id).join("cgroup.procs")).with_context(|| {
+            format!(
+                "the agent container's cgroup {}",
+                agent.cgroup.join(&id).display()
+            )
+        })?;
     prober.stop()?;
-    for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         let _ = crate::sys::kill(pid, libc::SIGKILL);
     }
     wait_exited(&kubelet.cri, &id, Duration::from_secs(30)).await?;
     let status = kubelet.cri.status(&id).await?;
-    ensure!(status.exit_code == 137, "the SIGKILLed agent exited {} ({})", status.exit_code, status.reason);
+    ensure!(
+        status.exit_code == 137,
+        "the SIGKILLed agent exited {} ({})",
+        status.exit_code,
+        status.reason
+    );
     // The kubelet's restart: a new container (attempt 1) in the same sandbox.
     kubelet.cri.remove_container(&id).await?;
     kubelet.start_container(agent, c).await?;
@@ -296,12 +408,27 @@ async fn kill_and_restart(kubelet: &mut Kubelet, agent: &mut RunningPod, c: &Con
 fn links(kubelet: &Kubelet) -> Result<BTreeMap<String, (u64, u64)>> {
     let dir = kubelet.layout.bpffs.join("classifier/links");
     let mut out = BTreeMap::new();
-    for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
+    for e in fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
         let path = e.path();
         let ino = fs::metadata(&path)?.ino();
-        let shown = host::run("bpftool", &["--json", "link", "show", "pinned", &path.display().to_string()])?;
+        let shown = host::run(
+            "bpftool",
+            &[
+                "--json",
+                "link",
+                "show",
+                "pinned",
+                &path.display().to_string(),
+            ],
+        )?;
         let v: Value = serde_json::from_str(&shown)?;
-        out.insert(e.file_name().to_string_lossy().into_owned(), (ino, v["prog_id"].as_u64().unwrap_or(0)));
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            (ino, v["prog_id"].as_u64().unwrap_or(0)),
+        );
     }
     ensure!(!out.is_empty(), "no link pins in {}", dir.display());
     Ok(out)
@@ -309,7 +436,12 @@ fn links(kubelet: &Kubelet) -> Result<BTreeMap<String, (u64, u64)>> {
 
 /// Deletes a pod as the kubelet does: stop probing, StopContainer with the
 /// grace period (SIGTERM, SIGKILL after it), then the sandbox.
-async fn delete_pod(kubelet: &Kubelet, pod: RunningPod, prober: Option<Prober>, grace: i64) -> Result<()> {
+async fn delete_pod(
+    kubelet: &Kubelet,
+    pod: RunningPod,
+    prober: Option<Prober>,
+    grace: i64,
+) -> Result<()> {
     if let Some(p) = prober {
         p.stop()?;
     }
@@ -347,36 +479,80 @@ async fn rollout(
     let before = links(kubelet)?;
     let cri = kubelet.cri.clone();
     let (client_id, script) = (client.to_owned(), apps::connect_loop_script(db_ip));
-    let loop_task = tokio::spawn(async move { cri.exec(&client_id, &["bash", "-c", &script], Duration::from_secs(600)).await });
+    let loop_task = tokio::spawn(async move {
+        cri.exec(
+            &client_id,
+            &["bash", "-c", &script],
+            Duration::from_secs(600),
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     delete_pod(kubelet, agent, Some(prober), grace).await?;
     let def = daemonset_pod(ds, &uid(4), Some(&opts.rollout_image))?;
     let new_agent = kubelet.run_pod(&def).await?;
-    let c = def.spec.containers.iter().find(|c| c.name == AGENT).cloned().context("agent")?;
+    let c = def
+        .spec
+        .containers
+        .iter()
+        .find(|c| c.name == AGENT)
+        .cloned()
+        .context("agent")?;
     let prober = Prober::start(&new_agent.ip, &c, "agent (rolled out)")?;
     prober.wait_ready(Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    kubelet.cri.exec(client, &["touch", "/tmp/stop-loop"], Duration::from_secs(10)).await?;
+    kubelet
+        .cri
+        .exec(
+            client,
+            &["touch", "/tmp/stop-loop"],
+            Duration::from_secs(10),
+        )
+        .await?;
     let (_, out, err) = loop_task.await??;
     let after = links(kubelet)?;
     let lines: Vec<&str> = out.lines().collect();
     let fails = lines.iter().filter(|l| l.starts_with("fail")).count();
-    let times: Vec<u64> = lines.iter().filter_map(|l| l.strip_prefix("ok ")?.parse().ok()).collect();
+    let times: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ok ")?.parse().ok())
+        .collect();
     let max = times.iter().copied().max().unwrap_or(0);
-    ensure!(!times.is_empty(), "the connect loop made no connection: {err}");
-    ensure!(fails == 0, "{fails} of {} connects failed during the rollout: {err}", lines.len());
+    ensure!(
+        !times.is_empty(),
+        "the connect loop made no connection: {err}"
+    );
+    ensure!(
+        fails == 0,
+        "{fails} of {} connects failed during the rollout: {err}",
+        lines.len()
+    );
     ensure!(
         max < opts.detect_timeout_ms / 2,
         "a connect during the rollout took {max} ms: it waited for detection, so its destination lost its verdict"
     );
     for (name, (ino, prog)) in &before {
-        let (ino2, prog2) = after.get(name).with_context(|| format!("link {name} gone after the rollout"))?;
-        ensure!(ino == ino2, "link {name} was re-created (inode {ino} -> {ino2}), not updated in place");
-        ensure!(prog != prog2, "link {name} still runs program {prog}: the new build's programs did not replace it");
+        let (ino2, prog2) = after
+            .get(name)
+            .with_context(|| format!("link {name} gone after the rollout"))?;
+        ensure!(
+            ino == ino2,
+            "link {name} was re-created (inode {ino} -> {ino2}), not updated in place"
+        );
+        ensure!(
+            prog != prog2,
+            "link {name} still runs program {prog}: the new build's programs did not replace it"
+        );
     }
     let log = kubelet.current_log(&new_agent, AGENT);
-    ensure!(log.contains("replaced its programs in place"), "the new agent did not replace the programs in place:\n{log}");
-    step(&format!("rollout: {} connects, none failed, slowest {max} ms; links updated in place", times.len()));
+    ensure!(
+        log.contains("replaced its programs in place"),
+        "the new agent did not replace the programs in place:\n{log}"
+    );
+    step(&format!(
+        "rollout: {} connects, none failed, slowest {max} ms; links updated in place",
+        times.len()
+    ));
     Ok((
         json!({"connects": times.len(), "failed": fails, "max_greeting_ms": max,
                "links": before.iter().map(|(n, (i, p))| json!({"name": n, "inode": i, "prog_before": p, "prog_after": after[n].1})).collect::<Vec<_>>()}),
@@ -407,7 +583,8 @@ async fn uninstall(
         .find(|o| o["kind"] == "Job" || o["kind"] == "DaemonSet")
         .context("the uninstall manifests hold no Job or DaemonSet")?;
     let spec: k8s_openapi::api::core::v1::PodSpec =
-        serde_json::from_value(job["spec"]["template"]["spec"].clone()).context("the uninstall pod spec")?;
+        serde_json::from_value(job["spec"]["template"]["spec"].clone())
+            .context("the uninstall pod spec")?;
     let def = PodDef {
         name: "classifier-uninstall".into(),
         namespace: ds.metadata.namespace.clone().unwrap_or_default(),
@@ -423,7 +600,12 @@ async fn uninstall(
         for (name, (id, _)) in &pod.containers {
             wait_exited(&kubelet.cri, id, Duration::from_secs(120)).await?;
             let st = kubelet.cri.status(id).await?;
-            ensure!(st.exit_code == 0, "uninstall container {name} exited {}: {}", st.exit_code, kubelet.current_log(&pod, name));
+            ensure!(
+                st.exit_code == 0,
+                "uninstall container {name} exited {}: {}",
+                st.exit_code,
+                kubelet.current_log(&pod, name)
+            );
         }
     }
     let uninstall_log: Vec<String> = def
@@ -440,7 +622,9 @@ async fn uninstall(
         .filter(|p| p != "maps.debug" && p != "progs.debug")
         .collect();
     let mounts = host::bpffs_mounts(&kubelet.layout);
-    let links = Command::new("bpftool").args(["--json", "link", "show"]).output()?;
+    let links = Command::new("bpftool")
+        .args(["--json", "link", "show"])
+        .output()?;
     let links: Value = serde_json::from_slice(&links.stdout).unwrap_or(Value::Null);
     let cgroup_id = fs::metadata(&kubelet.layout.host_cgroup)?.ino();
     let ours = links
@@ -449,12 +633,22 @@ async fn uninstall(
         .flatten()
         .filter(|l| l["cgroup_id"].as_u64() == Some(cgroup_id))
         .count();
-    ensure!(pins.is_empty(), "pins left after uninstall: {pins:?}\n{}", uninstall_log.join("\n"));
+    ensure!(
+        pins.is_empty(),
+        "pins left after uninstall: {pins:?}\n{}",
+        uninstall_log.join("\n")
+    );
     // The node's bpffs mount (made by the DaemonSet's mount-bpffs init
     // container when the node had none) is the node's, shared with every
     // other BPF user: uninstall leaves it; anything beyond it would be ours.
-    ensure!(mounts.len() <= 1, "bpffs mounts left after uninstall: {mounts:?}");
-    ensure!(ours == 0, "{ours} links still attached to the test cgroup after uninstall");
+    ensure!(
+        mounts.len() <= 1,
+        "bpffs mounts left after uninstall: {mounts:?}"
+    );
+    ensure!(
+        ours == 0,
+        "{ours} links still attached to the test cgroup after uninstall"
+    );
     delete_pod(kubelet, pod, None, 5).await?;
     step("uninstalled: no pins and no links left");
     Ok(json!({"pins_left": pins.len(), "links_left": ours, "node_bpffs_mounts": mounts.len()}))
@@ -463,7 +657,10 @@ async fn uninstall(
 async fn wait_exited(cri: &Cri, id: &str, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     while cri.status(id).await?.state != k8s_cri::v1::ContainerState::ContainerExited as i32 {
-        ensure!(Instant::now() < deadline, "container {id} did not exit within {within:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "container {id} did not exit within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -471,17 +668,36 @@ async fn wait_exited(cri: &Cri, id: &str, within: Duration) -> Result<()> {
 
 /// Waits for a line after the first `skip` lines of the agent's current
 /// log that contains every needle; returns when it was seen.
-async fn wait_log(kubelet: &Kubelet, pod: &RunningPod, skip: usize, needles: &[&str], within: Duration) -> Result<Instant> {
+async fn wait_log(
+    kubelet: &Kubelet,
+    pod: &RunningPod,
+    skip: usize,
+    needles: &[&str],
+    within: Duration,
+) -> Result<Instant> {
     let deadline = Instant::now() + within;
     loop {
         let log = kubelet.current_log(pod, AGENT);
         let attempt = pod.attempts.get(AGENT).copied().unwrap_or(0);
-        let full = fs::read_to_string(pod.dir.join("logs").join(AGENT).join(format!("{attempt}.log"))).unwrap_or(log);
-        if full.lines().skip(skip).any(|l| needles.iter().all(|n| l.contains(n))) {
+        let full = fs::read_to_string(
+            pod.dir
+                .join("logs")
+                .join(AGENT)
+                .join(format!("{attempt}.log")),
+        )
+        .unwrap_or(log);
+        if full
+            .lines()
+            .skip(skip)
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+        {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("no agent log line with {needles:?} within {within:?}:\n{}", kubelet.current_log(pod, AGENT));
+            bail!(
+                "no agent log line with {needles:?} within {within:?}:\n{}",
+                kubelet.current_log(pod, AGENT)
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -491,13 +707,21 @@ async fn wait_greeting_from_host(ip: &str) -> Result<()> {
     use tokio::io::AsyncReadExt as _;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(format!("{ip}:{}", apps::MARIADB_PORT)).await {
+        if let Ok(mut s) =
+            tokio::net::TcpStream::connect(format!("{ip}:{}", apps::MARIADB_PORT)).await
+        {
             let mut buf = [0u8; 4];
-            if tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.is_ok_and(|r| r.is_ok()) {
+            if tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
                 return Ok(());
             }
         }
-        ensure!(Instant::now() < deadline, "MariaDB at {ip} did not greet within 120 s");
+        ensure!(
+            Instant::now() < deadline,
+            "MariaDB at {ip} did not greet within 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -509,8 +733,17 @@ fn fake_token() -> String {
 
 /// Pod UIDs: fixed shape, unique per run and role.
 fn uid(role: u32) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
-    format!("{:08x}-{:04x}-4{:03x}-8000-{:012x}", (t >> 16) as u32, t as u16 & 0xffff, role, std::process::id())
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8000-{:012x}",
+        (t >> 16) as u32,
+        t as u16 & 0xffff,
+        role,
+        std::process::id()
+    )
 }
 
 fn which(tool: &str) -> Result<()> {

@@ -49,5 +49,8 @@ pub fn write_atomic(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) ->
 
 /// `pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`.
 pub fn volume_dir(pod_dir: &Path, plugin: &str, name: &str) -> PathBuf {
-    pod_dir.join("volumes").join(format!("kubernetes.io~{plugin}")).join(name)
+    pod_dir
+        .join("volumes")
+        .join(format!("kubernetes.io~{plugin}"))
+        .join(name)
 }

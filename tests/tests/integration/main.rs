@@ -24,6 +24,6 @@ mod old_kernel;
 mod reliability;
 mod runtime;
 mod scope_churn;
-mod soak;
 mod scoping;
+mod soak;
 mod tenant_isolation;

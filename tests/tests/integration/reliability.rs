@@ -81,7 +81,11 @@ fn namespaces_that_come_and_go_leave_no_count_behind_and_a_new_one_keeps_its_sha
     // Short-lived pods: each namespace publishes one verdict and goes away.
     const NAMESPACES: u64 = 300;
     tests::run(&mut sb.probe(
-        &["netns-come-and-go", "127.0.0.1:3306", &NAMESPACES.to_string()],
+        &[
+            "netns-come-and-go",
+            "127.0.0.1:3306",
+            &NAMESPACES.to_string(),
+        ],
         None,
     ))?;
     let stats = sb.stats()?;

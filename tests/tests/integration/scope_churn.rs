@@ -102,7 +102,11 @@ fn scope_ids_of_namespaces_that_went_away_are_freed() -> Result<()> {
         }
         let ids = scope_names(&pins);
         most = most.max(ids.len());
-        assert_eq!(ids.len(), NAMESPACES, "round {r}: ids of gone namespaces kept");
+        assert_eq!(
+            ids.len(),
+            NAMESPACES,
+            "round {r}: ids of gone namespaces kept"
+        );
         assert!(
             ids.values().all(|ns| ns.starts_with(&format!("r{r}-"))),
             "round {r}: {:?}",
@@ -130,7 +134,10 @@ fn a_reused_scope_id_inherits_nothing() -> Result<()> {
     let dir = sb.dir.join("policy");
     fs::create_dir(&dir)?;
     let keep = pod_doc(&uid(0, 1), "keep", "k");
-    fs::write(dir.join("all.yaml"), pod_doc(&uid(0, 0), "old", "o") + &keep)?;
+    fs::write(
+        dir.join("all.yaml"),
+        pod_doc(&uid(0, 0), "old", "o") + &keep,
+    )?;
     sb.start_agent(&["--policy", dir.to_str().unwrap()])?;
     let pins = PinDir::new(sb.pins.clone());
     let old = scope_of_namespace(&pins, "old").context("old has an id")?;
@@ -152,7 +159,9 @@ fn a_reused_scope_id_inherits_nothing() -> Result<()> {
                 scope,
                 port: 3306 + i + salt,
                 _pad: 0,
-                addr: std::net::Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped().octets(),
+                addr: std::net::Ipv4Addr::new(192, 0, 2, 1)
+                    .to_ipv6_mapped()
+                    .octets(),
             };
             // Seen just now: the agent's ttl expiry leaves it alone.
             let now = classifier_user::learned::boot_ns_now()?;
@@ -163,7 +172,11 @@ fn a_reused_scope_id_inherits_nothing() -> Result<()> {
                 _pad: 0,
             };
             learned.insert(key, entry, 0)?;
-            pending.insert(u64::from(scope) << 32 | u64::from(i + salt), LearnWatch { key }, 0)?;
+            pending.insert(
+                u64::from(scope) << 32 | u64::from(i + salt),
+                LearnWatch { key },
+                0,
+            )?;
         }
         counts.insert(scope, 5, 0)?;
         Ok(())
@@ -200,7 +213,11 @@ fn a_reused_scope_id_inherits_nothing() -> Result<()> {
     let extra = pod_doc(&uid(0, 2), "keep", "k2");
     replace_and_wait(&sb, &dir, &(keep.clone() + &extra), 3)?;
     replace_and_wait(&sb, &dir, &keep, 4)?;
-    assert_eq!(left(&learned, &counts, &pending, old).0, 5, "not purged before reuse");
+    assert_eq!(
+        left(&learned, &counts, &pending, old).0,
+        5,
+        "not purged before reuse"
+    );
     replace_and_wait(&sb, &dir, &(keep + &pod_doc(&uid(0, 3), "new", "n")), 5)?;
     let new = scope_of_namespace(&pins, "new").context("new has an id")?;
     assert_eq!(new, old, "the freed id is reused");
@@ -231,7 +248,10 @@ async fn a_new_namespaces_first_pod_never_gets_the_node_scope() -> Result<()> {
         ),
     );
     let uid = "f1257000-0000-4000-8000-000000000001";
-    let pod = qos.join(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
+    let pod = qos.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        uid.replace('-', "_")
+    ));
     let sb = tokio::task::spawn_blocking(move || -> Result<(Sandbox, u64)> {
         sb.start_agent_with_env(
             &["--kubernetes"],
@@ -271,7 +291,10 @@ async fn a_new_namespaces_first_pod_never_gets_the_node_scope() -> Result<()> {
                 }
             }
             if Instant::now() > deadline {
-                bail!("the pod never got its scope: seen {seen:?}\n{}", sb.agent_log());
+                bail!(
+                    "the pod never got its scope: seen {seen:?}\n{}",
+                    sb.agent_log()
+                );
             }
             std::thread::yield_now();
         };
@@ -282,7 +305,8 @@ async fn a_new_namespaces_first_pod_never_gets_the_node_scope() -> Result<()> {
         // entry at all (then its pod root's "namespace unknown" marker
         // applies). Never 0, the node scope.
         assert!(
-            seen.iter().all(|v| v & 0xffff == scope && v & SCOPE_FLAG_POD_UNKNOWN == 0),
+            seen.iter()
+                .all(|v| v & 0xffff == scope && v & SCOPE_FLAG_POD_UNKNOWN == 0),
             "seen {seen:?}, scope {scope}"
         );
         Ok(())

@@ -203,7 +203,10 @@ fn dropped_namespaces(c: &Compiled) -> Vec<String> {
 }
 
 fn kept(c: &Compiled, ns: &str) -> bool {
-    c.policy.rules.iter().any(|r| r.scope.as_deref() == Some(ns))
+    c.policy
+        .rules
+        .iter()
+        .any(|r| r.scope.as_deref() == Some(ns))
 }
 
 /// The gaming scenario: a victim namespace of 40,000 entries, and a tenant

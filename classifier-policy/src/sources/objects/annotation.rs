@@ -173,7 +173,13 @@ mod tests {
         // Many port names and numbers, in the worst order: parsed at once.
         let mixed: Vec<String> = (1..=20_000u32)
             .rev()
-            .map(|p| if p % 2 == 0 { p.to_string() } else { format!("n{p}") })
+            .map(|p| {
+                if p % 2 == 0 {
+                    p.to_string()
+                } else {
+                    format!("n{p}")
+                }
+            })
             .collect();
         let parsed = PortsAnnotation::parse(mixed.join(","), true).unwrap();
         assert_eq!(parsed.ports.len(), 10_000);
