@@ -118,9 +118,23 @@ impl Applier {
         self.scope_ids = scope_ids;
         self.applied_once = true;
         self.covered = covered;
-        // Cgroups that waited for their Pod are in `wanted` now.
-        self.waiting
-            .retain(|uid, _| !self.pod_namespaces.contains_key(uid));
+        // Cgroups that waited for their Pod (or for the policy that knows
+        // its namespace) are in `wanted` now.
+        let pod_namespaces = &self.pod_namespaces;
+        self.waiting.retain(|uid, pod| {
+            let Some(namespace) = pod_namespaces.get(uid) else {
+                return true;
+            };
+            if wanted.contains_key(&pod.cgroup_id) {
+                tracing::info!(
+                    uid,
+                    namespace = %namespace,
+                    cgroup_id = pod.cgroup_id,
+                    "pod cgroup registered with the policy that knows its namespace"
+                );
+            }
+            false
+        });
         self.scopes.unregister_others(&wanted)?;
         // Namespaces this policy no longer needs give their ids back.
         let freed = self.scopes.release_others(&self.scope_ids);

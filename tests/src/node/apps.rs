@@ -109,8 +109,15 @@ pub fn app_pod(
     )
 }
 
-/// The Pod object the API server would hold for a running pod.
+/// The Pod object the API server would hold for the pod: Pending with no
+/// address yet while `ip` is empty (before its sandbox has one), else
+/// Running at `ip`.
 pub fn pod_object(def: &PodDef, ip: &str) -> Value {
+    let status = if ip.is_empty() {
+        json!({"phase": "Pending"})
+    } else {
+        json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]})
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -120,7 +127,7 @@ pub fn pod_object(def: &PodDef, ip: &str) -> Value {
             "annotations": {"linkerd.io/inject": "enabled"},
         },
         "spec": def.spec,
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        "status": status,
     })
 }
 
