@@ -281,6 +281,8 @@ impl Applier {
                 namespace = %namespace,
                 "new pod cgroup in a namespace the policy in force does not know (no verdict until the policy with it is applied)"
             );
+            // The apply that knows its namespace registers it, and says so.
+            self.waiting.insert(pod.uid.clone(), pod.clone());
             return Ok(());
         }
         let value = entry(namespace, &self.scope_ids, &self.own_rule_scopes);
