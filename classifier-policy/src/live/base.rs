@@ -69,46 +69,36 @@ impl Background {
             v.rule_id = stable_id[position as usize - 1];
             position
         };
-        for e in &mut compiled.v4 {
-            let position = relabel(&mut e.verdict);
-            if e.scope == SCOPE_NODE {
-                let net = IpNet::new(IpAddr::from(e.addr), e.prefix).expect("compiled prefix");
-                node.insert(
-                    (e.port, net),
-                    BgEntry {
-                        verdict: e.verdict,
-                        position,
-                    },
-                );
-                lens[0].push(e.prefix);
-                if e.prefix == 32 {
-                    at_host
-                        .entry(net.addr())
-                        .or_default()
-                        .push((e.port, e.verdict));
+        // The same for both families (their entry types differ only in the
+        // address's width): a node-wide entry is indexed by (port, network),
+        // its prefix length counted, and a host entry kept per address.
+        macro_rules! index_family {
+            ($entries:expr, $family:expr, $host_len:expr) => {
+                for e in &mut $entries {
+                    let position = relabel(&mut e.verdict);
+                    if e.scope != SCOPE_NODE {
+                        continue;
+                    }
+                    let net = IpNet::new(IpAddr::from(e.addr), e.prefix).expect("compiled prefix");
+                    node.insert(
+                        (e.port, net),
+                        BgEntry {
+                            verdict: e.verdict,
+                            position,
+                        },
+                    );
+                    lens[$family].push(e.prefix);
+                    if e.prefix == $host_len {
+                        at_host
+                            .entry(net.addr())
+                            .or_default()
+                            .push((e.port, e.verdict));
+                    }
                 }
-            }
+            };
         }
-        for e in &mut compiled.v6 {
-            let position = relabel(&mut e.verdict);
-            if e.scope == SCOPE_NODE {
-                let net = IpNet::new(IpAddr::from(e.addr), e.prefix).expect("compiled prefix");
-                node.insert(
-                    (e.port, net),
-                    BgEntry {
-                        verdict: e.verdict,
-                        position,
-                    },
-                );
-                lens[1].push(e.prefix);
-                if e.prefix == 128 {
-                    at_host
-                        .entry(net.addr())
-                        .or_default()
-                        .push((e.port, e.verdict));
-                }
-            }
-        }
+        index_family!(compiled.v4, 0, 32);
+        index_family!(compiled.v6, 1, 128);
         for l in &mut lens {
             l.sort_unstable_by(|a, b| b.cmp(a));
             l.dedup();
