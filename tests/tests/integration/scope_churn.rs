@@ -121,6 +121,73 @@ fn scope_ids_of_namespaces_that_went_away_are_freed() -> Result<()> {
     Ok(())
 }
 
+/// The scope id table full: a policy whose namespaces need more ids at
+/// once than it holds is refused, naming the capacity, and the previous
+/// policy (and its ids) stays in force; the next policy that fits applies.
+#[test]
+fn a_policy_needing_more_scope_ids_than_the_table_holds_is_refused_and_the_last_stays() -> Result<()>
+{
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("scope-ids-full")?;
+    let dir = sb.dir.join("policy");
+    fs::create_dir(&dir)?;
+    fs::write(dir.join("all.yaml"), pod_doc(&uid(0, 0), "small", "p"))?;
+    sb.start_agent(&["--policy", dir.to_str().unwrap()])?;
+    let pins = PinDir::new(sb.pins.clone());
+    let small = scope_of_namespace(&pins, "small").context("small has an id")?;
+    let generation = sb.stats()?["policy"]["generation"].clone();
+
+    // One namespace more than there are ids, each with a pod (each needs
+    // an id under namespace-scoped learning, the default).
+    let too_many = maps::SCOPE_IDS_CAPACITY as usize + 1;
+    let text: String = (0..too_many)
+        .map(|i| pod_doc(&uid(1, i), &format!("big-{i}"), "p"))
+        .collect();
+    let tmp = sb.dir.join("policy.tmp");
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, dir.join("all.yaml"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sb.agent_log().contains("stays active") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never refused:\n{}",
+            tail(&sb.agent_log())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sb.agent_log();
+    assert!(
+        log.contains(&format!(
+            "more than {} namespaces need a scope id at once",
+            maps::SCOPE_IDS_CAPACITY
+        )),
+        "{}",
+        tail(&log)
+    );
+    assert_eq!(sb.stats()?["policy"]["generation"], generation);
+    let ids = scope_names(&pins);
+    assert_eq!(
+        ids.get(&small).map(String::as_str),
+        Some("small"),
+        "{ids:?}"
+    );
+    assert_eq!(ids.len(), 1, "nothing of the refused policy kept");
+
+    // A policy that fits applies (replace_and_wait would stop at the
+    // refusal already in the log).
+    let tmp = sb.dir.join("policy.tmp");
+    fs::write(&tmp, pod_doc(&uid(2, 0), "next", "p"))?;
+    fs::rename(&tmp, dir.join("all.yaml"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scope_of_namespace(&pins, "next").is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "the next policy never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// A reused id inherits nothing: learned entries, the scope's entry count
 /// and pending watches left under an id (before it was freed, and after:
 /// a watch of an old socket firing late) are gone before a new namespace
