@@ -67,7 +67,7 @@ pub fn render_table(s: &Snapshot) -> String {
             l.scope,
             l.scope_quota,
             l.min_observations,
-            if l.outside_pods { "" } else { ", not outside pods" },
+            if l.outside_pods { "" } else { ", off outside pods" },
             if l.enabled { "" } else { ", learning off" }
         );
         let _ = writeln!(out, "  server-first seen   {:>12}", l.learned_total);
