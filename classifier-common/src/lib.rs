@@ -564,6 +564,11 @@ pub struct LearnConfig {
 pub const LEARN_FLAG_ENABLED: u32 = 1 << 0;
 /// `scope: node`: every client learns into and reads `SCOPE_NODE`.
 pub const LEARN_FLAG_NODE_SCOPE: u32 = 1 << 1;
+/// Under `scope: namespace`, processes in no known pod cgroup learn into
+/// and read `SCOPE_NODE` (the agent's `--learn-outside-pods`). Without it
+/// they neither learn nor read: every such process would share one table,
+/// so any of them could plant or erase entries for all the others.
+pub const LEARN_FLAG_OUTSIDE_PODS: u32 = 1 << 2;
 
 // ---------------------------------------------------------------------------
 // Map names and sizes (names are also the pin file names)

@@ -37,7 +37,7 @@ use aya_ebpf::{
 };
 use classifier_common::{
     counters as c, ConnVerdict, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
-    LEARN_FLAG_NODE_SCOPE, PORT_ANY, SCOPE_NODE,
+    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, PORT_ANY, SCOPE_NODE,
 };
 
 use crate::{
@@ -92,6 +92,13 @@ pub fn at_connect(dst: &[u8; 16], port: u16, client: &mut ClientScope) -> AtConn
             return out;
         }
         out.scope = client.id();
+        // A process in no known pod cgroup shares the node scope with
+        // every other such process (without pod knowledge, every
+        // container on the node): one could plant or erase entries for
+        // all. Only when the operator says they are one tenant.
+        if out.scope == SCOPE_NODE && config.flags & LEARN_FLAG_OUTSIDE_PODS == 0 {
+            return out;
+        }
     }
     let key = LearnedKey {
         scope: u32::from(out.scope),

@@ -417,3 +417,20 @@ pub fn enter_new_netns() -> io::Result<()> {
     unshare_net()?;
     loopback_up()
 }
+
+/// Pins the calling thread to one CPU (sched_setaffinity), so what it does
+/// next runs on that CPU's per-CPU kernel state (an LRU map's local free
+/// list, for example).
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of the set it is given (it checks the
+    // bound itself).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the set outlives the call.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

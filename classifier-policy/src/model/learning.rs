@@ -8,7 +8,8 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum LearningScope {
     /// A destination learned from a client in namespace A applies to
-    /// clients in A only (processes outside pods share the node scope).
+    /// clients in A only (processes in no known pod learn nothing, unless
+    /// the agent's `--learn-outside-pods` lets them share the node scope).
     #[default]
     Namespace,
     /// One table for every client on the node.

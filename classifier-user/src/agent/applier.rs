@@ -53,7 +53,12 @@ pub struct Applier {
 
 impl Applier {
     /// Opens the pinned maps. Must run before capabilities are dropped.
-    pub fn open(pins: &PinDir, cgroup_root: PathBuf, expects_pods: bool) -> Result<Self> {
+    pub fn open(
+        pins: &PinDir,
+        cgroup_root: PathBuf,
+        expects_pods: bool,
+        learn_outside_pods: bool,
+    ) -> Result<Self> {
         Ok(Self {
             maps: PolicyMaps::open(pins)?,
             scopes: ScopeMaps::open(pins)?,
@@ -63,7 +68,7 @@ impl Applier {
             covered: Default::default(),
             own_rule_scopes: Default::default(),
             applied_once: false,
-            learner: Learner::open(pins)?,
+            learner: Learner::open(pins, learn_outside_pods)?,
             expects_pods,
             waiting: HashMap::new(),
             tree: None,

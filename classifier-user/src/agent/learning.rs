@@ -17,13 +17,16 @@ pub struct Learner {
     /// The settings this agent wrote; `None` until its first policy (an
     /// adopted policy keeps its predecessor's settings, and nothing expires).
     settings: Option<Learning>,
+    /// `--learn-outside-pods`.
+    outside_pods: bool,
 }
 
 impl Learner {
-    pub fn open(pins: &PinDir) -> Result<Self> {
+    pub fn open(pins: &PinDir, outside_pods: bool) -> Result<Self> {
         Ok(Self {
             table: LearnedTable::open(pins)?,
             settings: None,
+            outside_pods,
         })
     }
 
@@ -40,13 +43,14 @@ impl Learner {
     }
 
     pub fn apply(&mut self, learning: &Learning) -> Result<()> {
-        self.table.write_config(learning)?;
+        self.table.write_config(learning, self.outside_pods)?;
         if self.settings.as_ref() != Some(learning) {
             tracing::info!(
                 enabled = learning.enabled,
                 ttl = %crate::policy::format_ttl(learning.ttl),
                 min_observations = learning.min_observations,
                 scope = %learning.scope,
+                outside_pods = self.outside_pods,
                 "learning settings"
             );
         }

@@ -48,6 +48,9 @@ pub struct AgentOptions {
     /// Trie entries one namespace's objects may take (see
     /// `classifier_policy::sources::linkerd::DEFAULT_NAMESPACE_ENTRY_BUDGET`).
     pub namespace_entry_budget: u64,
+    /// Processes in no known pod cgroup learn into, and read, the node
+    /// scope (else they neither learn nor read).
+    pub learn_outside_pods: bool,
 }
 
 /// The agent's stages, in order: preflight, install (or adopt), drop
@@ -71,7 +74,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let first = source.load();
 
     let (cgroup, installed, _pin_lock) = install(&opts)?;
-    let applier = Applier::open(&opts.pins, cgroup.clone(), opts.kubernetes)?;
+    let applier = Applier::open(
+        &opts.pins,
+        cgroup.clone(),
+        opts.kubernetes,
+        opts.learn_outside_pods,
+    )?;
     let port_counts = datapath::port_counts::PortCounts::open(&opts.pins)?;
     let status = Status::new(
         StatusMap::open(&opts.pins)?,

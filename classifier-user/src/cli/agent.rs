@@ -35,5 +35,6 @@ pub fn run(args: AgentArgs) -> Result<()> {
         kubernetes: args.kubernetes,
         egress_namespace: args.egress_namespace,
         namespace_entry_budget: args.namespace_entry_budget,
+        learn_outside_pods: args.learn_outside_pods,
     }))
 }

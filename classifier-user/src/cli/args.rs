@@ -133,6 +133,13 @@ pub struct AgentArgs {
         env = "CLASSIFIER_NAMESPACE_ENTRY_BUDGET"
     )]
     pub namespace_entry_budget: u64,
+    /// Let processes in no known pod cgroup learn server-first destinations (under the
+    /// default `learning.scope: namespace`). They all share one table, the node scope, so
+    /// any of them can add or remove entries the others use: without --kubernetes that is
+    /// every container on the node. Set it only when they are one tenant (a single-tenant
+    /// host, the node's own daemons) [default: they neither learn nor read learned entries].
+    #[arg(long, env = "CLASSIFIER_LEARN_OUTSIDE_PODS")]
+    pub learn_outside_pods: bool,
     /// How often to check the policy file for changes.
     #[arg(
         long,

@@ -14,7 +14,7 @@
 use std::{
     fs::{self, File},
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -91,10 +91,23 @@ pub fn install_or_adopt(opts: &InstallOptions<'_>) -> Result<(Installed, PinLock
     // it would classify, and the next start (or `--uninstall`) should not
     // have to tell a stale one from a live one.
     let created = !opts.pins.root().exists();
+    // In a pin directory that was there already (a DaemonSet's hostPath,
+    // a directory the operator made), the subdirectories this start makes.
+    let made: Vec<PathBuf> = [opts.pins.maps_dir(), opts.pins.links_dir()]
+        .into_iter()
+        .filter(|d| !d.exists())
+        .collect();
     let result = install_or_adopt_in(opts);
     if result.is_err() && created {
         if let Err(err) = opts.pins.remove_all() {
             tracing::warn!("removing the pin directory this failed start made: {err:#}");
+        }
+    } else if result.is_err() {
+        // Only while still empty: a refused start (another agent, another
+        // classifier on the cgroup) pinned nothing, and what another
+        // start pinned there meanwhile is not ours to remove.
+        for dir in made {
+            let _ = fs::remove_dir(dir);
         }
     }
     result

@@ -100,6 +100,13 @@ impl ScopeMaps {
         self.known.is_empty()
     }
 
+    /// How many more namespaces `allocate` can give an id now.
+    fn allocatable(&self) -> usize {
+        let room = (maps::SCOPE_IDS_CAPACITY as usize).saturating_sub(self.known.len());
+        let ids = self.free.len() + (MAX_ID + 1).saturating_sub(self.next_fresh) as usize;
+        room.min(ids)
+    }
+
     /// The id a new namespace gets, and whether it was used before (then
     /// the caller must purge what the old namespace left under it).
     fn allocate(&mut self) -> Option<(u16, bool)> {
@@ -125,6 +132,21 @@ impl ScopeMaps {
         &mut self,
         namespaces: impl IntoIterator<Item = &'a str>,
     ) -> Result<(BTreeMap<String, u16>, BTreeSet<u16>)> {
+        let namespaces: Vec<&str> = namespaces.into_iter().collect();
+        // All or nothing: a policy refused for want of ids takes none, so
+        // the node's table stays as the policy in force left it.
+        let new = namespaces
+            .iter()
+            .filter(|ns| !self.known.contains_key(**ns))
+            .collect::<BTreeSet<_>>()
+            .len();
+        if new > self.allocatable() {
+            bail!(
+                "more than {} namespaces need a scope id at once (each namespace with pods under namespace-scoped learning, or with its own EgressNetworks); {} freed ids are still quarantined",
+                maps::SCOPE_IDS_CAPACITY.min(MAX_ID),
+                self.quarantined.len()
+            );
+        }
         let mut out = BTreeMap::new();
         let mut reused = BTreeSet::new();
         for namespace in namespaces {

@@ -106,11 +106,14 @@ pub fn explain(
         return Ok(None);
     }
     let client = match from_namespace {
-        // A namespace without a scope id: its pods read the node scope (0).
+        // A namespace without a scope id: its pods are in no known pod
+        // cgroup, as processes outside pods are (the node scope, 0).
         Some(ns) => scope_of_namespace(pins, ns).unwrap_or_default(),
         None => 0,
     };
-    let scope = lookup_scope(&config, client);
+    let Some(scope) = lookup_scope(&config, client) else {
+        return Ok(None);
+    };
     let names = scope_names(pins);
     Ok(table
         .entries(&names)?

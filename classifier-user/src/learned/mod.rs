@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use classifier_common::{
     maps, LearnConfig, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
-    LEARN_FLAG_NODE_SCOPE, SCOPE_NODE,
+    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, SCOPE_NODE,
 };
 use serde::Serialize;
 
@@ -153,13 +153,19 @@ impl LearnedTable {
     }
 
     /// Writes the settings the kernel reads at every unclassified connect.
-    pub fn write_config(&mut self, learning: &Learning) -> Result<()> {
+    /// `outside_pods`: processes in no known pod cgroup learn into the
+    /// node scope (`--learn-outside-pods`; `scope: node` shares one table
+    /// among all clients anyway).
+    pub fn write_config(&mut self, learning: &Learning, outside_pods: bool) -> Result<()> {
         let mut flags = 0;
         if learning.enabled {
             flags |= LEARN_FLAG_ENABLED;
         }
         if learning.scope == LearningScope::Node {
             flags |= LEARN_FLAG_NODE_SCOPE;
+        }
+        if outside_pods {
+            flags |= LEARN_FLAG_OUTSIDE_PODS;
         }
         self.config
             .set(
@@ -334,12 +340,16 @@ pub fn scope_of_namespace(pins: &PinDir, namespace: &str) -> Option<u32> {
         .map(|(id, _)| id)
 }
 
-/// The scope a learned lookup for a client uses under `config`.
-pub fn lookup_scope(config: &LearnConfig, client_scope: u32) -> u32 {
+/// The scope a learned lookup for a client uses under `config`; `None`
+/// when the client reads no learned entry at all (in no known pod, under
+/// `scope: namespace`, without `--learn-outside-pods`).
+pub fn lookup_scope(config: &LearnConfig, client_scope: u32) -> Option<u32> {
     if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
-        u32::from(SCOPE_NODE)
+        Some(u32::from(SCOPE_NODE))
+    } else if client_scope == u32::from(SCOPE_NODE) && config.flags & LEARN_FLAG_OUTSIDE_PODS == 0 {
+        None
     } else {
-        client_scope
+        Some(client_scope)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Snapshot {
 pub struct LearningInfo {
     pub enabled: bool,
     pub scope: &'static str,
+    /// Processes in no known pod cgroup learn into the node scope
+    /// (`--learn-outside-pods`; always, under `scope: node`).
+    pub outside_pods: bool,
     pub min_observations: u32,
     pub entries: usize,
     pub capacity: u32,
@@ -233,6 +236,10 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
             } else {
                 "namespace"
             },
+            outside_pods: config.flags
+                & (classifier_common::LEARN_FLAG_OUTSIDE_PODS
+                    | classifier_common::LEARN_FLAG_NODE_SCOPE)
+                != 0,
             min_observations: config.min_observations,
             entries: entries.len(),
             capacity: classifier_common::maps::LEARNED_CAPACITY,

@@ -61,12 +61,13 @@ pub fn render_table(s: &Snapshot) -> String {
     if let Some(l) = &s.learning {
         let _ = writeln!(
             out,
-            "learned destinations  {:>12}   of {} ({} scope, quota {} per scope, min {} observations{})",
+            "learned destinations  {:>12}   of {} ({} scope, quota {} per scope, min {} observations{}{})",
             l.entries,
             l.capacity,
             l.scope,
             l.scope_quota,
             l.min_observations,
+            if l.outside_pods { "" } else { ", off outside pods" },
             if l.enabled { "" } else { ", learning off" }
         );
         let _ = writeln!(out, "  server-first seen   {:>12}", l.learned_total);

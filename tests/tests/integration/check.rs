@@ -326,3 +326,38 @@ fn check_fails_on_links_whose_cgroup_is_gone() -> Result<()> {
     );
     Ok(())
 }
+
+/// A link detached behind the agent's back (`bpftool link detach`, the pin
+/// stays) classifies nothing: `check` fails `pinned-programs`, naming the
+/// program, as `/readyz` does.
+#[test]
+fn check_fails_on_a_link_detached_while_its_pin_stays() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("check-link-detach")?;
+    let policy = sb.write_file("policy.yaml", POLICY);
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    let (_, list) = check(&sb, &[], &[]);
+    assert!(by_name(&list)["pinned-programs"].0, "{list:#?}");
+    let link = sb
+        .pins
+        .join("links")
+        .join(classifier_common::programs::SOCKOPS);
+    tests::run(
+        std::process::Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&link),
+    )?;
+    assert!(link.exists(), "the pin stays");
+    let (out, list) = check(&sb, &[], &[]);
+    let checks = by_name(&list);
+    let (ok, detail) = checks["pinned-programs"].clone();
+    assert!(!ok, "{checks:#?}");
+    assert_eq!(out.status.code(), Some(1), "{checks:#?}");
+    assert!(
+        detail.contains(classifier_common::programs::SOCKOPS) && detail.contains("is detached"),
+        "{detail}"
+    );
+    Ok(())
+}

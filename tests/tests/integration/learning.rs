@@ -1,6 +1,8 @@
 //! Learning server-first destinations on a real kernel: real
 //! sockets in the sandbox's cgroup and network namespace, the agent's own
 //! pinned tables, the `learned`, `stats`, `explain` and `suggest` commands.
+//! A process in the sandbox's cgroup is in no known pod, so the tests that
+//! learn from one start the agent with `--learn-outside-pods`.
 
 use std::{
     process::Command,
@@ -12,7 +14,12 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 use tests::{classifier_bin, privileged, run, Sandbox, Server};
 
-fn talk_server(sb: &Sandbox, addr: &str, count: usize, server_first: bool) -> Result<Server> {
+pub(crate) fn talk_server(
+    sb: &Sandbox,
+    addr: &str,
+    count: usize,
+    server_first: bool,
+) -> Result<Server> {
     let mode = if server_first {
         "server-first"
     } else {
@@ -24,7 +31,7 @@ fn talk_server(sb: &Sandbox, addr: &str, count: usize, server_first: bool) -> Re
     )
 }
 
-fn talk(sb: &Sandbox, addr: &str, server_first: bool) -> Result<()> {
+pub(crate) fn talk(sb: &Sandbox, addr: &str, server_first: bool) -> Result<()> {
     talk_as(
         sb,
         addr,
@@ -42,7 +49,7 @@ fn talk_as(sb: &Sandbox, addr: &str, mode: &str) -> Result<()> {
     Ok(())
 }
 
-fn learned(sb: &Sandbox) -> Result<Vec<Value>> {
+pub(crate) fn learned(sb: &Sandbox) -> Result<Vec<Value>> {
     let out = run(Command::new(classifier_bin())
         .args(["learned", "--json", "--pin-dir"])
         .arg(&sb.pins))?;
@@ -52,7 +59,7 @@ fn learned(sb: &Sandbox) -> Result<Vec<Value>> {
         .unwrap_or_default())
 }
 
-fn wait_learned(sb: &Sandbox, want: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+pub(crate) fn wait_learned(sb: &Sandbox, want: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let l = learned(sb)?;
@@ -69,7 +76,7 @@ fn wait_learned(sb: &Sandbox, want: impl Fn(&[Value]) -> bool) -> Result<Vec<Val
     }
 }
 
-fn counter(sb: &Sandbox, name: &str) -> u64 {
+pub(crate) fn counter(sb: &Sandbox, name: &str) -> u64 {
     sb.stats()
         .ok()
         .and_then(|s| s["counters"][name].as_u64())
@@ -82,7 +89,7 @@ fn server_first_is_learned_then_used_and_a_client_first_contradiction_removes_it
         return Ok(());
     }
     let mut sb = Sandbox::new("learn")?;
-    sb.start_agent(&[])?;
+    sb.start_agent(&["--learn-outside-pods"])?;
     sb.wait_for_generation(1)?;
 
     // 2222: no rule, not a default opaque port.
@@ -164,7 +171,7 @@ fn a_flood_of_refused_connects_does_not_stop_anothers_learning() -> Result<()> {
         return Ok(());
     }
     let mut sb = Sandbox::new("learn-flood")?;
-    sb.start_agent(&[])?;
+    sb.start_agent(&["--learn-outside-pods"])?;
     sb.wait_for_generation(1)?;
     let go = sb.dir.join("greet-now");
     let mut server = Sandbox::spawn_server(
@@ -218,7 +225,7 @@ fn a_learned_verdict_that_cannot_be_published_is_still_contradicted() -> Result<
     }
     let mut sb = Sandbox::new("learn-unpublished")?;
     // 16 entries: this namespace may hold 16 / 8 = 2.
-    sb.start_agent(&["--verdict-table-size", "16"])?;
+    sb.start_agent(&["--verdict-table-size", "16", "--learn-outside-pods"])?;
     sb.wait_for_generation(1)?;
     let server = talk_server(&sb, "127.0.0.1:2222", 1, true)?;
     talk(&sb, "127.0.0.1:2222", true)?;
@@ -266,7 +273,7 @@ fn a_server_that_closes_without_speaking_is_not_learned() -> Result<()> {
         return Ok(());
     }
     let mut sb = Sandbox::new("learn-fin")?;
-    sb.start_agent(&[])?;
+    sb.start_agent(&["--learn-outside-pods"])?;
     sb.wait_for_generation(1)?;
     for _ in 0..3 {
         let v = sb.verdict("127.0.0.1:8082")?;
@@ -290,7 +297,7 @@ fn learning_disabled_watches_nothing_and_learns_nothing() -> Result<()> {
         "policy.yaml",
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  learning: {enabled: false}\n",
     );
-    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    sb.start_agent(&["--policy", policy.to_str().unwrap(), "--learn-outside-pods"])?;
     sb.wait_for_generation(1)?;
     let server = talk_server(&sb, "127.0.0.1:2223", 2, true)?;
     talk(&sb, "127.0.0.1:2223", true)?;
@@ -313,6 +320,7 @@ fn ttl_expires_entries_and_an_agent_restart_keeps_the_table() -> Result<()> {
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  learning: {ttl: 1h}\n",
     );
     sb.start_agent(&[
+        "--learn-outside-pods",
         "--policy",
         policy.to_str().unwrap(),
         "--watch-interval",
@@ -328,6 +336,7 @@ fn ttl_expires_entries_and_an_agent_restart_keeps_the_table() -> Result<()> {
     sb.stop_agent();
     assert_eq!(learned(&sb)?.len(), 1, "the table outlives the agent");
     sb.start_agent(&[
+        "--learn-outside-pods",
         "--policy",
         policy.to_str().unwrap(),
         "--watch-interval",
@@ -464,7 +473,11 @@ fn suggest_round_trips_through_explain() -> Result<()> {
     let cluster_dir = sb.dir.join("cluster");
     std::fs::create_dir(&cluster_dir)?;
     std::fs::write(cluster_dir.join("cluster.yaml"), SUGGEST_CLUSTER)?;
-    sb.start_agent(&["--policy", cluster_dir.to_str().unwrap()])?;
+    sb.start_agent(&[
+        "--policy",
+        cluster_dir.to_str().unwrap(),
+        "--learn-outside-pods",
+    ])?;
     sb.wait_for_generation(1)?;
     // An external address, the Service's cluster IP and the Pod's IP (all
     // on the sandbox's loopback).
@@ -568,10 +581,10 @@ fn suggest_round_trips_through_explain() -> Result<()> {
     Ok(())
 }
 
-const TEAM_A_POD: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";
-const TEAM_B_POD: &str = "11111111-2222-3333-4444-555555555555";
+pub(crate) const TEAM_A_POD: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";
+pub(crate) const TEAM_B_POD: &str = "11111111-2222-3333-4444-555555555555";
 
-fn pod(uid: &str, namespace: &str, name: &str) -> String {
+pub(crate) fn pod(uid: &str, namespace: &str, name: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  uid: {uid}\nspec:\n  containers: [{{name: app, image: app}}]\nstatus:\n  podIP: 10.244.0.9\n")
 }
 
@@ -670,7 +683,7 @@ fn mariadb_outside_the_default_ports_stalls_once_then_is_learned() -> Result<()>
     );
     world
         .sb
-        .start_agent(&["--policy", policy.to_str().unwrap()])?;
+        .start_agent(&["--policy", policy.to_str().unwrap(), "--learn-outside-pods"])?;
     world.sb.wait_for_generation(1)?;
 
     let (out, elapsed) = world.curl(&[])?;
@@ -718,7 +731,7 @@ fn sshd_stalls_a_server_first_client_once_then_is_learned() -> Result<()> {
         return Ok(());
     }
     let mut world = World::new(test)?;
-    world.sb.start_agent(&[])?;
+    world.sb.start_agent(&["--learn-outside-pods"])?;
     world.sb.wait_for_generation(1)?;
     let host_key = world.start_sshd()?;
     let key_base64 = host_key.split_whitespace().nth(1).unwrap().to_owned();
@@ -793,7 +806,7 @@ async fn suggest_reads_the_documents_from_the_kubernetes_api() -> Result<()> {
                 "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{url}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
             ),
         );
-        sb.start_agent(&[])?;
+        sb.start_agent(&["--learn-outside-pods"])?;
         sb.wait_for_generation(1)?;
         let server = talk_server(&sb, "10.96.0.1:2229", 1, true)?;
         talk(&sb, "10.96.0.1:2229", true)?;

@@ -417,6 +417,7 @@ fn full_exposition() -> String {
         learning: Some(LearningInfo {
             enabled: true,
             scope: "namespace",
+            outside_pods: false,
             min_observations: 1,
             entries: 1,
             capacity: 16384,

@@ -2,7 +2,10 @@
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{
+        fs::{DirBuilderExt as _, PermissionsExt as _},
+        process::CommandExt as _,
+    },
     process::{Command, Stdio},
 };
 
@@ -798,33 +801,53 @@ fn a_second_agent_with_other_pins_on_the_same_cgroup_is_refused() -> Result<()> 
     let mut sb = Sandbox::new("two-pin-dirs")?;
     sb.start_agent(&[])?;
     let other_pins = sb.pins.with_file_name(format!("{}-second", sb.name));
-    let mut second = Command::new(classifier_bin())
-        .args(["agent", "--cgroup"])
-        .arg(&sb.cgroup)
-        .arg("--pin-dir")
-        .arg(&other_pins)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // An agent that started would run until stopped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while second.try_wait()?.is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = second.kill();
-    let out = second.wait_with_output()?;
-    // Whatever happened, leave no pins behind.
-    let _ = Command::new(classifier_bin())
-        .args(["agent", "--uninstall", "--pin-dir"])
-        .arg(&other_pins)
-        .output();
-    let _ = std::fs::remove_dir_all(&other_pins);
+    let second = |other_pins: &std::path::Path| -> Result<(std::process::Output, Vec<String>)> {
+        let mut second = Command::new(classifier_bin())
+            .args(["agent", "--cgroup"])
+            .arg(&sb.cgroup)
+            .arg("--pin-dir")
+            .arg(other_pins)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // An agent that started would run until stopped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while second.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = second.kill();
+        let out = second.wait_with_output()?;
+        // What the refused start left in its pin directory.
+        let left: Vec<String> = match fs::read_dir(other_pins) {
+            Ok(dir) => dir
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => vec!["(no directory)".into()],
+        };
+        // Whatever happened, leave no pins behind.
+        let _ = Command::new(classifier_bin())
+            .args(["agent", "--uninstall", "--pin-dir"])
+            .arg(other_pins)
+            .output();
+        let _ = std::fs::remove_dir_all(other_pins);
+        Ok((out, left))
+    };
+    // A pin directory that exists already (a DaemonSet's hostPath): the
+    // refused start leaves it as it found it, empty.
+    fs::DirBuilder::new().mode(0o700).create(&other_pins)?;
+    let (out, left) = second(&other_pins)?;
     assert!(!out.status.success(), "the second agent started");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("another classifier is already attached to cgroup"),
         "{stderr}"
     );
+    assert!(left.is_empty(), "left in its pin directory: {left:?}");
+    // One it had to make itself: no directory left at all.
+    let (out, left) = second(&other_pins)?;
+    assert!(!out.status.success(), "the second agent started");
+    assert_eq!(left, ["(no directory)"], "left behind");
     // Nothing of the second agent was attached, and the first one is
     // unharmed.
     let attached = tests::run(

@@ -121,6 +121,115 @@ fn scope_ids_of_namespaces_that_went_away_are_freed() -> Result<()> {
     Ok(())
 }
 
+/// The scope id table full: a cluster whose namespaces need more ids at
+/// once than it holds (16,385 namespaces with a pod each, through the
+/// Kubernetes API: a policy directory holds at most 10,000 documents) is
+/// refused before any id is taken, naming the capacity, and the policy in
+/// force (and its ids) stays; once the cluster fits again, it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_needing_more_scope_ids_than_the_table_holds_is_refused_and_the_last_stays(
+) -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
+    let fake = FakeApi::start(&paths).await;
+    let mut sb = Sandbox::new("scope-ids-full")?;
+    let kubeconfig = sb.write_file(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            fake.url()
+        ),
+    );
+    let event = |kind: &str, i: usize, namespace: &str| {
+        json!({
+            "type": kind,
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": namespace, "uid": uid(9, i)},
+                "status": {"phase": "Running", "podIP": "10.244.9.9"}
+            }
+        })
+    };
+    fake.push(PODS, vec![event("ADDED", 0, "small")]);
+    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
+        sb.start_agent_with_env(
+            &["--kubernetes"],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        )?;
+        let pins = PinDir::new(sb.pins.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while scope_of_namespace(&pins, "small").is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "small never applied");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(sb)
+    })
+    .await??;
+    let pins = PinDir::new(sb.pins.clone());
+    let small = scope_of_namespace(&pins, "small").context("small has an id")?;
+    let generation = sb.generation();
+
+    // One namespace more than there are ids, each with a pod (each needs
+    // an id under namespace-scoped learning, the default).
+    let big = maps::SCOPE_IDS_CAPACITY as usize;
+    fake.push(
+        PODS,
+        (1..=big)
+            .map(|i| event("ADDED", i, &format!("big-{i}")))
+            .collect(),
+    );
+    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !sb.agent_log().contains("stays active") {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "never refused:\n{}",
+                tail(&sb.agent_log())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(sb)
+    })
+    .await??;
+    let log = sb.agent_log();
+    assert!(
+        log.contains(&format!(
+            "more than {} namespaces need a scope id at once",
+            maps::SCOPE_IDS_CAPACITY
+        )),
+        "{}",
+        tail(&log)
+    );
+    assert_eq!(sb.generation(), generation, "the policy in force stays");
+    let ids = scope_names(&pins);
+    assert_eq!(ids.get(&small).map(String::as_str), Some("small"));
+    assert_eq!(ids.len(), 1, "the refused policy took no id");
+
+    // The big namespaces go, a new one comes: it applies.
+    let mut events: Vec<_> = (1..=big)
+        .map(|i| event("DELETED", i, &format!("big-{i}")))
+        .collect();
+    events.push(event("ADDED", big + 1, "next"));
+    fake.push(PODS, events);
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while scope_of_namespace(&pins, "next").is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the fitting policy never applied:\n{}",
+                tail(&sb.agent_log())
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(sb);
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
 /// A reused id inherits nothing: learned entries, the scope's entry count
 /// and pending watches left under an id (before it was freed, and after:
 /// a watch of an old socket firing late) are gone before a new namespace

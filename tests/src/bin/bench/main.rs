@@ -84,7 +84,9 @@ fn real_main() -> Result<()> {
         // The datapath's kernel-time budget, in a pass of its own.
         let mut attached = Sandbox::new("bench-attached")?;
         let bare = Sandbox::new("bench-bare")?;
-        attached.start_agent(&[])?;
+        // The bench's clients are in no known pod: they learn (the
+        // unclassified scenarios measure the watch) only with this.
+        attached.start_agent(&["--learn-outside-pods"])?;
         step("kernel time per connection (bpf_stats), then the ratios");
         results["kernel_time"] = kernel_time(&plan, &attached, &bare)?;
         let markdown = render_kernel_time(&results["kernel_time"]);
@@ -101,7 +103,8 @@ fn real_main() -> Result<()> {
 
     let mut attached = Sandbox::new("bench-attached")?;
     let bare = Sandbox::new("bench-bare")?;
-    attached.start_agent(&[])?;
+    // As above: learning's scenarios need the watch outside pods.
+    attached.start_agent(&["--learn-outside-pods"])?;
 
     step("1/7 connect overhead (attached vs bare cgroup, interleaved)");
     results["connect_overhead"] = connect_overhead(&plan, &attached, &bare)?;
