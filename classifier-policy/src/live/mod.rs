@@ -395,6 +395,26 @@ impl LivePolicy {
         self.scope_ids = Some(ids);
     }
 
+    /// Sets the scope ids (as [`LivePolicy::set_scope_ids`]) and compiles
+    /// again if the policy in force used other ids for its scoped rules:
+    /// the caller allocates ids for the namespaces a full compile found
+    /// ([`Policy::scopes`] of [`LivePolicy::settings`]), then calls this
+    /// before the maps are written. Returns whether it compiled again.
+    pub fn rescope(&mut self, ids: BTreeMap<String, u16>) -> Result<bool, LiveError> {
+        let same = self
+            .base
+            .compiled
+            .scope_ids
+            .iter()
+            .all(|(ns, id)| ids.get(ns) == Some(id));
+        self.scope_ids = Some(ids);
+        if same {
+            return Ok(false);
+        }
+        self.rebuild()?;
+        Ok(true)
+    }
+
     /// The documents in force.
     pub fn documents(&self) -> &DocumentSet {
         &self.set
@@ -408,6 +428,11 @@ impl LivePolicy {
     /// The objects the compiler skipped, and why.
     pub fn rejected(&self) -> impl Iterator<Item = &Rejected> {
         self.rejected.values().flatten()
+    }
+
+    /// Rules in force: the background's and the objects'.
+    pub fn rule_count(&self) -> u32 {
+        self.base.compiled.rule_count + self.host_count
     }
 
     /// Full compiles so far (the first one not counted).
@@ -484,7 +509,7 @@ impl LivePolicy {
             ..policy
         };
         let scope_ids = match &self.scope_ids {
-            Some(ids) => ids.clone(),
+            Some(ids) => with_provisional_ids(ids, &bg_policy),
             None => bg_policy
                 .scopes()
                 .into_iter()
@@ -1386,6 +1411,23 @@ impl LivePolicy {
     pub fn settings(&self) -> &Policy {
         &self.base.policy
     }
+}
+
+/// `ids`, with a provisional id (from the top of the id space down) for
+/// every namespace of `policy`'s scoped rules it lacks: a full compile
+/// that finds a new scoped namespace still compiles, and the caller gives
+/// the namespace its real id through [`LivePolicy::rescope`] before the
+/// result reaches the kernel.
+fn with_provisional_ids(ids: &BTreeMap<String, u16>, policy: &Policy) -> BTreeMap<String, u16> {
+    let mut out = ids.clone();
+    let mut next = u16::MAX;
+    for ns in policy.scopes() {
+        if !out.contains_key(ns) {
+            out.insert(ns.to_owned(), next);
+            next -= 1;
+        }
+    }
+    out
 }
 
 /// The namespace part of a document key, for a namespaced kind.

@@ -134,6 +134,12 @@ fn text_report(
     report_set(&set, name, opts, require)
 }
 
+/// Whether a policy file's text is Kubernetes-style documents (read as a
+/// [`DocumentSet`]) rather than the classifier's own policy format.
+pub fn is_document_text(text: &str) -> bool {
+    document::is_manifest_text(text) || is_list_text(text)
+}
+
 fn is_list_text(text: &str) -> bool {
     text.lines().any(|l| l.trim_end() == "kind: List")
 }

@@ -1,9 +1,12 @@
 //! Turning a policy into kernel state: compile it with this node's scope
 //! ids, keep pod cgroups registered to their namespace's scope, and switch
-//! the maps atomically.
+//! the maps atomically; or, for a document policy kept live
+//! ([`LivePolicy`]), write each change's entries in place
+//! ([`PolicyMaps::patch`]) and switch only when the live policy compiled
+//! in full.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
 };
@@ -15,7 +18,12 @@ use classifier_common::{SCOPE_FLAG_OWN_RULES, SCOPE_FLAG_POD_UNKNOWN, SCOPE_NODE
 use super::{learning::Learner, pods};
 use crate::{
     datapath::{policy_maps::Applied, PinDir, PolicyMaps, ScopeMaps},
-    policy::{compile::compile_with_scopes, Policy},
+    policy::{
+        compile::{compile_with_scopes, CompiledPolicy},
+        live::{Change, LivePolicy, Outcome},
+        Learning, Policy,
+    },
+    sources::{DocumentSet, Options},
 };
 
 pub struct Applier {
@@ -24,6 +32,9 @@ pub struct Applier {
     /// Where pod cgroups are looked for: the cgroup the programs are
     /// attached to.
     cgroup_root: PathBuf,
+    /// Pod UID -> namespace: a whole policy's; with a live policy (which
+    /// has its own, from the Pods' documents) the pods the watch announced
+    /// whose change is not applied yet.
     pod_namespaces: BTreeMap<String, String>,
     scope_ids: BTreeMap<String, u16>,
     /// Namespaces the policy in force decided about: those of its pods and
@@ -32,7 +43,7 @@ pub struct Applier {
     /// verdict until then: the node scope would give it the node-wide rules
     /// and let it learn into the node's table, its own scope does not exist
     /// yet, and whether its namespace has rules of its own is not known.
-    covered: std::collections::HashSet<String>,
+    covered: HashSet<String>,
     /// Scope ids of namespaces with rules of their own (not only learning).
     own_rule_scopes: HashSet<u16>,
     /// Whether this agent has switched in a policy of its own yet.
@@ -49,6 +60,55 @@ pub struct Applier {
     /// the cgroup watch (`pod_appeared`, `pod_gone`) and rescanned by
     /// `refresh_pods`: an apply does not walk the cgroup tree again.
     tree: Option<pods::PodTree>,
+    /// The document policy in force, kept up to date change by change;
+    /// `None` while a whole policy (built-in, or a file in the
+    /// classifier's own format) is.
+    live: Option<LivePolicy>,
+    /// Whether the maps hold `live`'s policy: a new live policy is
+    /// switched to in full once.
+    live_written: bool,
+    /// How Linkerd's documents compile.
+    linkerd: Options,
+}
+
+/// No pods (a whole policy's live map).
+static NO_PODS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Pod UID -> namespace: the live policy's, then the applier's own.
+#[derive(Clone, Copy)]
+struct Namespaces<'a> {
+    live: &'a BTreeMap<String, String>,
+    extra: &'a BTreeMap<String, String>,
+}
+
+impl<'a> Namespaces<'a> {
+    fn of(live: &'a Option<LivePolicy>, extra: &'a BTreeMap<String, String>) -> Self {
+        Namespaces {
+            live: live.as_ref().map_or(&NO_PODS, LivePolicy::pod_namespaces),
+            extra,
+        }
+    }
+
+    fn get(&self, uid: &str) -> Option<&'a String> {
+        self.live.get(uid).or_else(|| self.extra.get(uid))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.extra.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &'a String> {
+        self.live.values().chain(self.extra.values())
+    }
+}
+
+/// What one switch installs besides the compiled policy.
+struct Switch<'a> {
+    scope_ids: BTreeMap<String, u16>,
+    own_rule_scopes: HashSet<u16>,
+    learning: &'a Learning,
+    rules: usize,
+    source: &'a str,
 }
 
 impl Applier {
@@ -58,6 +118,7 @@ impl Applier {
         cgroup_root: PathBuf,
         expects_pods: bool,
         learn_outside_pods: bool,
+        linkerd: Options,
     ) -> Result<Self> {
         Ok(Self {
             maps: PolicyMaps::open(pins)?,
@@ -72,6 +133,9 @@ impl Applier {
             expects_pods,
             waiting: HashMap::new(),
             tree: None,
+            live: None,
+            live_written: false,
+            linkerd,
         })
     }
 
@@ -79,16 +143,21 @@ impl Applier {
         self.maps.active_config().map(|c| c.generation).unwrap_or(0)
     }
 
-    /// Compiles `policy` with this node's scope ids and switches to it. Its
-    /// pod namespaces are moved into the applier (not copied: at 100k pods
-    /// the map is several MiB).
+    /// The live document policy in force, if any.
+    pub fn live(&self) -> Option<&LivePolicy> {
+        self.live.as_ref()
+    }
+
+    /// Compiles a whole `policy` with this node's scope ids and switches
+    /// to it. Its pod namespaces are moved into the applier (not copied:
+    /// at 100k pods the map is several MiB).
     pub fn apply(&mut self, policy: &mut Policy, source: &str) -> Result<Applied> {
         let mut namespaces: Vec<&str> = policy
             .rules
             .iter()
             .filter_map(|r| r.scope.as_deref())
             .collect();
-        let with_rules: std::collections::BTreeSet<&str> = namespaces.iter().copied().collect();
+        let with_rules: BTreeSet<&str> = namespaces.iter().copied().collect();
         namespaces.extend(Learner::namespaces(policy)); // learning's scopes
         namespaces.sort_unstable();
         namespaces.dedup();
@@ -97,37 +166,163 @@ impl Applier {
         self.learner
             .purge(&reused)
             .context("purging the learned state of a reused scope id")?;
-        let own_rule_scopes: HashSet<u16> = scope_ids
-            .iter()
-            .filter(|(ns, _)| with_rules.contains(ns.as_str()))
-            .map(|(_, id)| *id)
-            .collect();
+        let own_rule_scopes = own_rules(&scope_ids, &with_rules);
         let compiled =
             compile_with_scopes(policy, &scope_ids).with_context(|| source.to_owned())?;
+        self.live = None;
+        self.live_written = false;
+        self.pod_namespaces = std::mem::take(&mut policy.pod_namespaces);
+        self.switch(
+            compiled,
+            Switch {
+                scope_ids,
+                own_rule_scopes,
+                learning: &policy.learning,
+                rules: policy.rules.len(),
+                source,
+            },
+        )
+    }
+
+    /// Applies changes of the document set in force (from nothing, when
+    /// the policy in force is not a document set): in place when the live
+    /// policy updated incrementally, else by a switch.
+    pub fn apply_changes(&mut self, changes: Vec<Change>, source: &str) -> Result<Applied> {
+        let new_namespaces = pod_namespaces_of(&changes);
+        let live = self.live_policy()?;
+        let outcome = live.apply(changes).with_context(|| source.to_owned())?;
+        self.write_live(outcome, &new_namespaces, source)
+    }
+
+    /// Brings the document set in force to `set` (a first list, or a
+    /// re-list), as the difference between the two.
+    pub fn apply_snapshot(&mut self, set: &DocumentSet, source: &str) -> Result<Applied> {
+        let live = self.live_policy()?;
+        let outcome = live.sync(set).with_context(|| source.to_owned())?;
+        self.write_live(outcome, &[], source)
+    }
+
+    fn live_policy(&mut self) -> Result<&mut LivePolicy> {
+        if self.live.is_none() {
+            self.live = Some(LivePolicy::new(self.linkerd.clone())?);
+            self.live_written = false;
+        }
+        Ok(self.live.as_mut().expect("set above"))
+    }
+
+    /// Writes what the live policy's update changed.
+    fn write_live(
+        &mut self,
+        outcome: Outcome,
+        new_namespaces: &[Box<str>],
+        source: &str,
+    ) -> Result<Applied> {
+        if outcome.full || !self.live_written {
+            return self.switch_live(source);
+        }
+        let live = self.live.as_ref().expect("a live policy is in force");
+        let applied = match self.maps.patch(&outcome.delta)? {
+            Some(applied) => applied,
+            // Not writable in place (see `patch`): a switch of the same.
+            None => self.maps.apply(Arc::new(live.compiled()))?,
+        };
+        // Pods of a namespace no pod had before.
+        let learning = &live.settings().learning;
+        let mut unscoped = Vec::new();
+        for ns in new_namespaces {
+            if !self.covered.contains(&**ns) {
+                self.covered.insert(ns.to_string());
+            }
+            if Learner::per_namespace(learning) && !self.scope_ids.contains_key(&**ns) {
+                unscoped.push(&**ns);
+            }
+        }
+        if !unscoped.is_empty() {
+            let (ids, reused) = self.scopes.ids_for(unscoped)?;
+            self.learner
+                .purge(&reused)
+                .context("purging the learned state of a reused scope id")?;
+            self.scope_ids.extend(ids);
+        }
+        let known = live.pod_namespaces();
+        self.pod_namespaces.retain(|uid, _| !known.contains_key(uid));
+        self.register_waiting()?;
+        tracing::info!(
+            source,
+            generation = applied.generation,
+            incremental = applied.incremental,
+            addresses = outcome.addresses,
+            v4_entries = applied.v4_entries,
+            v6_entries = applied.v6_entries,
+            map_writes = applied.map_writes,
+            elapsed_ms = applied.elapsed.as_secs_f64() * 1e3,
+            "policy applied"
+        );
+        Ok(applied)
+    }
+
+    /// Switches to the live policy in full: its scoped namespaces get ids
+    /// (compiling again if the ones it used differ), then as any switch.
+    fn switch_live(&mut self, source: &str) -> Result<Applied> {
+        let live = self.live.as_mut().expect("a live policy is in force");
+        let settings = live.settings();
+        let with_rules: BTreeSet<String> =
+            settings.scopes().into_iter().map(str::to_owned).collect();
+        let mut namespaces: BTreeSet<&str> = with_rules.iter().map(String::as_str).collect();
+        namespaces.extend(Learner::namespaces_of(
+            &settings.learning,
+            live.pod_namespaces(),
+        ));
+        let (scope_ids, reused) = self.scopes.ids_for(namespaces)?;
+        self.learner
+            .purge(&reused)
+            .context("purging the learned state of a reused scope id")?;
+        live.rescope(scope_ids.clone())
+            .with_context(|| source.to_owned())?;
+        let compiled = live.compiled();
+        let own_rule_scopes = own_rules(&scope_ids, &with_rules);
+        let rules = compiled.rule_count as usize;
+        // The pods announced early that the live policy now has.
+        let known = live.pod_namespaces();
+        self.pod_namespaces.retain(|uid, _| !known.contains_key(uid));
+        let learning = live.settings().learning.clone();
+        let applied = self.switch(
+            compiled,
+            Switch {
+                scope_ids,
+                own_rule_scopes,
+                learning: &learning,
+                rules,
+                source,
+            },
+        )?;
+        self.live_written = true;
+        Ok(applied)
+    }
+
+    /// Registers the pods `compiled` scopes, switches to it, then drops
+    /// the registrations and scope ids it no longer needs.
+    fn switch(&mut self, compiled: CompiledPolicy, s: Switch<'_>) -> Result<Applied> {
+        let namespaces = Namespaces::of(&self.live, &self.pod_namespaces);
         // Pods the new policy scopes are registered before the switch (a
         // registered pod whose namespace has no rules yet just gets the
         // node-wide ones); pods it no longer scopes are dropped after it, so
         // the policy in force always finds its pods.
-        let covered = covered_namespaces(&policy.pod_namespaces, &scope_ids);
-        let wanted = self.pod_table(
-            &policy.pod_namespaces,
-            &scope_ids,
-            &own_rule_scopes,
-            &covered,
-            false,
-        );
+        let covered = covered_namespaces(namespaces, &s.scope_ids);
+        if self.tree.is_none() && self.knows_pods(namespaces) {
+            self.tree = Some(pods::scan(&self.cgroup_root));
+        }
+        let wanted = self.pod_table(namespaces, &s.scope_ids, &s.own_rule_scopes, &covered);
         self.scopes.register(&wanted)?;
         let applied = self.maps.apply(Arc::new(compiled))?;
-        self.own_rule_scopes = own_rule_scopes;
-        self.pod_namespaces = std::mem::take(&mut policy.pod_namespaces);
-        self.scope_ids = scope_ids;
+        self.own_rule_scopes = s.own_rule_scopes;
+        self.scope_ids = s.scope_ids;
         self.applied_once = true;
         self.covered = covered;
         // Cgroups that waited for their Pod (or for the policy that knows
         // its namespace) are in `wanted` now.
-        let pod_namespaces = &self.pod_namespaces;
         self.waiting.retain(|uid, pod| {
-            let Some(namespace) = pod_namespaces.get(uid) else {
+            let Some(namespace) = namespaces.get(uid) else {
                 return true;
             };
             if wanted.contains_key(&pod.cgroup_id) {
@@ -147,15 +342,16 @@ impl Applier {
             // Purged again before the id is reused.
             tracing::warn!("purging the learned state of freed scope ids failed: {err:#}");
         }
-        self.learner.apply(&policy.learning)?;
+        self.learner.apply(s.learning)?;
         // Parsing and compiling a large policy leaves freed heap behind that
         // glibc keeps; give it back so the agent's resident size is what it
         // actually holds (the previous and current compiled policies).
         crate::sys::process::release_free_heap();
         tracing::info!(
-            source,
+            source = s.source,
             generation = applied.generation,
-            rules = policy.rules.len(),
+            incremental = false,
+            rules = s.rules,
             scopes = self.scope_ids.len(),
             scopes_freed = freed.len(),
             scoped_pods = pod_entries(&wanted),
@@ -169,6 +365,40 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Cgroups waiting for their Pod whose namespace the policy in force
+    /// now covers: registered (after an incremental update).
+    fn register_waiting(&mut self) -> Result<()> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let namespaces = Namespaces::of(&self.live, &self.pod_namespaces);
+        let ready: Vec<(String, String)> = self
+            .waiting
+            .keys()
+            .filter_map(|uid| {
+                let ns = namespaces.get(uid)?;
+                self.covered
+                    .contains(ns.as_str())
+                    .then(|| (uid.clone(), ns.clone()))
+            })
+            .collect();
+        for (uid, namespace) in ready {
+            let Some(pod) = self.waiting.remove(&uid) else {
+                continue;
+            };
+            let value = entry(&namespace, &self.scope_ids, &self.own_rule_scopes);
+            if self.scopes.register_one(pod.cgroup_id, value)? {
+                tracing::info!(
+                    uid,
+                    namespace,
+                    cgroup_id = pod.cgroup_id,
+                    "pod cgroup registered with the policy that knows its namespace"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The `CLS_SCOPES` entries the pod cgroups on this node need: each
     /// pod root marked "namespace unknown", and each pod whose namespace is
     /// known under its namespace's scope (or the node scope, for a
@@ -176,27 +406,22 @@ impl Applier {
     /// does not expect to (no `--kubernetes`, no Pod in the policy): pods
     /// then get the node-wide rules, as every other process.
     fn pod_table(
-        &mut self,
-        pod_namespaces: &BTreeMap<String, String>,
+        &self,
+        namespaces: Namespaces<'_>,
         scope_ids: &BTreeMap<String, u16>,
         own_rules: &HashSet<u16>,
         covered: &HashSet<String>,
-        rescan: bool,
     ) -> HashMap<u64, u32> {
-        if !self.knows_pods(pod_namespaces) {
+        let Some(tree) = self.tree.as_ref().filter(|_| self.knows_pods(namespaces)) else {
             return HashMap::new();
-        }
-        if rescan || self.tree.is_none() {
-            self.tree = Some(pods::scan(&self.cgroup_root));
-        }
-        let tree = self.tree.as_ref().expect("scanned above");
+        };
         let mut table: HashMap<u64, u32> = tree
             .roots
             .iter()
             .map(|(_, id)| (*id, SCOPE_FLAG_POD_UNKNOWN))
             .collect();
         for pod in &tree.pods {
-            if let Some(namespace) = pod_namespaces
+            if let Some(namespace) = namespaces
                 .get(&pod.uid)
                 .filter(|ns| covered.contains(ns.as_str()))
             {
@@ -208,8 +433,8 @@ impl Applier {
 
     /// Whether the agent knows (or expects to know) the namespace of the
     /// node's pods: then pod roots are marked "namespace unknown".
-    fn knows_pods(&self, pod_namespaces: &BTreeMap<String, String>) -> bool {
-        self.expects_pods || !pod_namespaces.is_empty()
+    fn knows_pods(&self, namespaces: Namespaces<'_>) -> bool {
+        self.expects_pods || !namespaces.is_empty()
     }
 
     /// Learning's ttl expiry, every tick.
@@ -225,25 +450,16 @@ impl Applier {
         if !self.applied_once {
             return Ok(());
         }
-        let (pod_namespaces, scope_ids, own_rule_scopes, covered) = (
-            std::mem::take(&mut self.pod_namespaces),
-            std::mem::take(&mut self.scope_ids),
-            std::mem::take(&mut self.own_rule_scopes),
-            std::mem::take(&mut self.covered),
-        );
+        let namespaces = Namespaces::of(&self.live, &self.pod_namespaces);
+        if self.knows_pods(namespaces) {
+            self.tree = Some(pods::scan(&self.cgroup_root));
+        }
         let wanted = self.pod_table(
-            &pod_namespaces,
-            &scope_ids,
-            &own_rule_scopes,
-            &covered,
-            true,
+            namespaces,
+            &self.scope_ids,
+            &self.own_rule_scopes,
+            &self.covered,
         );
-        (
-            self.pod_namespaces,
-            self.scope_ids,
-            self.own_rule_scopes,
-            self.covered,
-        ) = (pod_namespaces, scope_ids, own_rule_scopes, covered);
         let changed = self.scopes.register(&wanted)?;
         let removed = self.scopes.unregister_others(&wanted)?;
         if changed + removed > 0 {
@@ -266,12 +482,13 @@ impl Applier {
             tree.pods.retain(|p| p.cgroup_id != pod.cgroup_id);
             tree.pods.push(pod.clone());
         }
+        let namespaces = Namespaces::of(&self.live, &self.pod_namespaces);
         // Before this agent's first policy, or while it knows no pods (and
         // so marks no pod root: pods get the node-wide rules).
-        if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
+        if !self.applied_once || !self.knows_pods(namespaces) {
             return Ok(());
         }
-        let Some(namespace) = self.pod_namespaces.get(&pod.uid) else {
+        let Some(namespace) = namespaces.get(&pod.uid) else {
             tracing::info!(
                 uid = %pod.uid,
                 cgroup = %pod.path.display(),
@@ -309,14 +526,20 @@ impl Applier {
     /// (node-wide rules for a namespace without rules of its own, as for
     /// every pod of such a namespace). The first pod of a namespace the
     /// policy in force does not know stays unregistered (no verdict) until
-    /// the policy with the Pod, applied after the watch's debounce.
+    /// the policy with the Pod is applied.
     pub fn pod_known(&mut self, uid: &str, namespace: &str) -> Result<()> {
-        if !self.applied_once || !self.knows_pods(&self.pod_namespaces) {
+        if !self.applied_once
+            || !self.knows_pods(Namespaces::of(&self.live, &self.pod_namespaces))
+        {
             return Ok(());
         }
-        self.pod_namespaces
-            .entry(uid.to_string())
-            .or_insert_with(|| namespace.to_string());
+        let known = Namespaces::of(&self.live, &self.pod_namespaces)
+            .get(uid)
+            .is_some();
+        if !known {
+            self.pod_namespaces
+                .insert(uid.to_string(), namespace.to_string());
+        }
         if !self.covered.contains(namespace) {
             // Its cgroup, if waiting, stays unregistered: the policy with
             // the Pod registers it.
@@ -349,6 +572,32 @@ impl Applier {
     }
 }
 
+/// The namespaces of the Pods `changes` add or replace.
+fn pod_namespaces_of(changes: &[Change]) -> Vec<Box<str>> {
+    let mut out: Vec<Box<str>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Apply(doc) if &*doc.kind == "Pod" => doc.namespace.clone(),
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The scope ids of namespaces with rules of their own.
+fn own_rules<S: std::borrow::Borrow<str> + Ord>(
+    scope_ids: &BTreeMap<String, u16>,
+    with_rules: &BTreeSet<S>,
+) -> HashSet<u16> {
+    scope_ids
+        .iter()
+        .filter(|(ns, _)| with_rules.contains(ns.as_str()))
+        .map(|(_, id)| *id)
+        .collect()
+}
+
 /// The `CLS_SCOPES` value for a pod in `namespace`.
 fn entry(namespace: &str, scope_ids: &BTreeMap<String, u16>, own_rules: &HashSet<u16>) -> u32 {
     match scope_ids.get(namespace) {
@@ -360,14 +609,16 @@ fn entry(namespace: &str, scope_ids: &BTreeMap<String, u16>, own_rules: &HashSet
 
 /// The namespaces a policy decided about: its pods' and those with an id.
 fn covered_namespaces(
-    pod_namespaces: &BTreeMap<String, String>,
+    pod_namespaces: Namespaces<'_>,
     scope_ids: &BTreeMap<String, u16>,
 ) -> HashSet<String> {
-    pod_namespaces
-        .values()
-        .chain(scope_ids.keys())
-        .cloned()
-        .collect()
+    let mut out: HashSet<String> = scope_ids.keys().cloned().collect();
+    for ns in pod_namespaces.values() {
+        if !out.contains(ns) {
+            out.insert(ns.clone());
+        }
+    }
+    out
 }
 
 /// Entries of pods (not pod roots) in a table from `pod_table`.

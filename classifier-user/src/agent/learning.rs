@@ -34,12 +34,24 @@ impl Learner {
     /// under `scope: namespace` (a pod without one would learn into, and
     /// read, the node scope).
     pub fn namespaces(policy: &Policy) -> impl Iterator<Item = &str> {
-        let wanted = policy.learning.enabled && policy.learning.scope == LearningScope::Namespace;
-        policy
-            .pod_namespaces
+        Self::namespaces_of(&policy.learning, &policy.pod_namespaces)
+    }
+
+    /// [`Learner::namespaces`] for these settings and pods.
+    pub fn namespaces_of<'a>(
+        learning: &Learning,
+        pod_namespaces: &'a std::collections::BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a str> {
+        let wanted = Self::per_namespace(learning);
+        pod_namespaces
             .values()
             .map(String::as_str)
             .filter(move |_| wanted)
+    }
+
+    /// Whether every pod's namespace needs a scope id for learning.
+    pub fn per_namespace(learning: &Learning) -> bool {
+        learning.enabled && learning.scope == LearningScope::Namespace
     }
 
     pub fn apply(&mut self, learning: &Learning) -> Result<()> {

@@ -22,12 +22,12 @@ use crate::datapath::status::{unix_now, StatusMap};
 use crate::datapath::{self, cgroup, loader::InstallOptions, Installed, PinDir};
 use crate::metrics;
 use crate::sources::{
-    kubernetes::{self, KubeSync, WatchOptions},
-    DocumentSet, Options,
+    kubernetes::{self, KubeChanges, KubeUpdate, WatchOptions},
+    Options,
 };
 use applier::Applier;
 use classifier_common::{AgentStatus, AGENT_FLAG_KUBERNETES, AGENT_FLAG_KUBERNETES_CONNECTED};
-pub use policy_source::PolicySource;
+pub use policy_source::{Loaded, PolicySource};
 
 pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
@@ -68,7 +68,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         egress_global_namespace: opts.egress_namespace.clone(),
         namespace_entry_budget: opts.namespace_entry_budget,
     };
-    let mut source = PolicySource::new(opts.policy.clone(), opts.allow_untrusted_policy, linkerd);
+    let mut source = PolicySource::new(
+        opts.policy.clone(),
+        opts.allow_untrusted_policy,
+        linkerd.clone(),
+    );
     // Parse before touching the kernel: a bad file on first start should not
     // leave half an install behind.
     let first = source.load();
@@ -79,6 +83,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         cgroup.clone(),
         opts.kubernetes,
         opts.learn_outside_pods,
+        linkerd,
     )?;
     let port_counts = datapath::port_counts::PortCounts::open(&opts.pins)?;
     let status = Status::new(
@@ -204,7 +209,7 @@ struct Agent {
 /// The Kubernetes watch, its new-pod channel taken apart from it so the
 /// event loop can wait on both.
 struct KubeWatch {
-    snapshots: tokio::sync::watch::Receiver<Option<Arc<DocumentSet>>>,
+    updates: tokio::sync::mpsc::UnboundedReceiver<KubeUpdate>,
     status: Arc<kubernetes::SyncStatus>,
     /// Kept: the watch task's handle.
     _task: tokio::task::JoinHandle<Result<()>>,
@@ -218,7 +223,7 @@ impl Agent {
         &mut self,
         opts: &AgentOptions,
         installed: &Installed,
-        first: Result<classifier_policy::Policy>,
+        first: Result<Loaded>,
     ) -> Result<()> {
         let active = self.applier.active_generation();
         // A restarted agent that takes its policy from the cluster keeps the
@@ -233,12 +238,12 @@ impl Agent {
                 tracing::info!("keeping the adopted policy (generation {active}) until the first Kubernetes snapshot");
                 self.metrics.set_ready(true);
             }
-            Ok(mut policy) => {
-                let applied = self.applier.apply(&mut policy, &self.source.describe())?;
+            Ok(loaded) => {
+                let (applied, rules) = apply_loaded(&mut self.applier, &mut self.source, loaded)?;
                 // Before ready: whoever waits for /readyz finds the report.
                 report_rejected(&self.source, &self.metrics, &self.status);
-                self.metrics
-                    .policy_applied(applied.generation, policy.rules.len());
+                self.metrics.policy_applied(applied.generation, rules);
+                self.metrics.policy_written(applied.incremental);
                 self.status.applied();
             }
             Err(err) => {
@@ -264,15 +269,15 @@ impl Agent {
         if !opts.kubernetes {
             return Ok((None, None));
         }
-        let KubeSync {
-            snapshots,
+        let KubeChanges {
+            updates,
             status,
             new_pods,
             task,
-        } = kubernetes::spawn(kubernetes::client().await?, WatchOptions::default());
+        } = kubernetes::spawn_changes(kubernetes::client().await?, WatchOptions::default());
         self.metrics.set_kubernetes_connected(false);
         let watch = KubeWatch {
-            snapshots,
+            updates,
             status,
             _task: task,
         };
@@ -349,11 +354,12 @@ impl Agent {
                     // The watch ended; `next_snapshot` says so.
                     None => new_pods = None,
                 },
-                changed = next_snapshot(&mut kube) => {
-                    let Some(snapshot) = changed? else { continue };
+                updates = next_updates(&mut kube) => {
                     self.metrics.sync_succeeded();
-                    let loaded = self.source.kubernetes_changed(snapshot);
-                    apply_reloaded(&mut self.applier, &self.source, loaded, &self.metrics, &mut self.status);
+                    for update in updates? {
+                        let loaded = self.source.kubernetes_update(update);
+                        apply_reloaded(&mut self.applier, &mut self.source, loaded, &self.metrics, &mut self.status);
+                    }
                 }
                 _ = tick.tick() => {
                     self.tick(kube.as_ref(), &mut sync_errors_seen, pod_watch.is_none());
@@ -410,33 +416,66 @@ impl Agent {
                 tracing::warn!("registering pod cgroups failed: {err:#}");
             }
         }
-        let Some(loaded) = self.source.reload_if_changed() else {
+        let current = self.applier.live().map(|live| live.documents());
+        let Some(loaded) = self.source.reload_if_changed(current) else {
             return;
         };
         apply_reloaded(
             &mut self.applier,
-            &self.source,
+            &mut self.source,
             loaded,
             &self.metrics,
             &mut self.status,
         );
+        if let Some(err) = self.source.take_read_error() {
+            self.metrics.policy_apply_failed();
+            self.status.failed();
+            tracing::error!("{err:#}; that file's documents stay as they were, the other files' changes applied");
+        }
     }
 }
 
-/// Applies a reloaded policy (file change or Kubernetes snapshot), or
+/// Applies what the source loaded: a whole policy, or changes of the
+/// document set in force. Returns what was written and the rule count.
+fn apply_loaded(
+    applier: &mut Applier,
+    source: &mut PolicySource,
+    loaded: Loaded,
+) -> Result<(datapath::policy_maps::Applied, usize)> {
+    let describe = source.describe();
+    let applied = match loaded {
+        Loaded::Policy(mut policy) => {
+            let applied = applier.apply(&mut policy, &describe)?;
+            return Ok((applied, policy.rules.len()));
+        }
+        Loaded::Changes(changes) => applier.apply_changes(changes, &describe),
+        Loaded::Snapshot(set) => applier.apply_snapshot(&set, &describe),
+    };
+    // The live policy's documents and rejections, also after a failed
+    // update (its documents are the new ones).
+    let live = applier.live().expect("a document update leaves a live policy");
+    source.set_documents(live.documents().len());
+    source.set_live_rejected(live.rejected());
+    let rules = live.rule_count() as usize;
+    Ok((applied?, rules))
+}
+
+/// Applies a reloaded policy (file change or Kubernetes update), or
 /// reports why not: the policy in force stays either way.
 fn apply_reloaded(
     applier: &mut Applier,
-    source: &PolicySource,
-    loaded: Result<crate::policy::Policy>,
+    source: &mut PolicySource,
+    loaded: Result<Loaded>,
     agent_metrics: &metrics::AgentMetrics,
     status: &mut Status,
 ) {
-    let rules = loaded.as_ref().map_or(0, |p| p.rules.len());
-    match loaded.and_then(|mut policy| applier.apply(&mut policy, &source.describe())) {
-        Ok(applied) => {
-            report_rejected(source, agent_metrics, status);
+    match loaded.and_then(|loaded| apply_loaded(applier, source, loaded)) {
+        Ok((applied, rules)) => {
+            if source.take_rejected_changed() {
+                report_rejected(source, agent_metrics, status);
+            }
             agent_metrics.policy_applied(applied.generation, rules);
+            agent_metrics.policy_written(applied.incremental);
             status.applied();
         }
         Err(err) => {
@@ -558,18 +597,26 @@ async fn next_new_pod(new_pods: &mut Option<NewPods>) -> Option<(String, String)
     }
 }
 
-/// The next Kubernetes snapshot, or never without `--kubernetes`.
-async fn next_snapshot(kube: &mut Option<KubeWatch>) -> Result<Option<Arc<DocumentSet>>> {
-    match kube {
-        Some(sync) => {
-            sync.snapshots
-                .changed()
-                .await
-                .context("the Kubernetes watch stopped")?;
-            Ok(sync.snapshots.borrow_and_update().clone())
+/// The Kubernetes updates that arrived, consecutive changes as one batch
+/// (applied together: what came while the last one was applied costs one
+/// update, not one each); never without `--kubernetes`.
+async fn next_updates(kube: &mut Option<KubeWatch>) -> Result<Vec<KubeUpdate>> {
+    let Some(sync) = kube else {
+        return std::future::pending().await;
+    };
+    let first = sync
+        .updates
+        .recv()
+        .await
+        .context("the Kubernetes watch stopped")?;
+    let mut out = vec![first];
+    while let Ok(next) = sync.updates.try_recv() {
+        match (out.last_mut(), next) {
+            (Some(KubeUpdate::Changes(batch)), KubeUpdate::Changes(more)) => batch.extend(more),
+            (_, next) => out.push(next),
         }
-        None => std::future::pending().await,
     }
+    Ok(out)
 }
 
 pub fn uninstall(pins: &PinDir) -> Result<()> {

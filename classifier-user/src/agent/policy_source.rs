@@ -1,9 +1,19 @@
-//! Where the agent's policy comes from: the built-in default, a file, or a
-//! directory of manifests, watched by polling. Polling (default every
-//! second) rather than inotify because ConfigMap volumes update through
-//! symlink swaps that an inotify watch on the file misses. Each poll is a
-//! `stat` per file; files are read only when the identity, size or
-//! modification time of one of them changed.
+//! Where the agent's policy comes from: the built-in default, a file, a
+//! directory of manifests, and the Kubernetes API, the files watched by
+//! polling. Polling (default every second) rather than inotify because
+//! ConfigMap volumes update through symlink swaps that an inotify watch on
+//! the file misses. Each poll is a `stat` per file; a file is read again
+//! only when its identity, size or modification time changed, and only
+//! that file: its documents become changes of the live policy
+//! ([`Loaded::Changes`]), so one changed file among many costs that file.
+//!
+//! A file in the classifier's own format (not Kubernetes-style documents)
+//! is a whole policy ([`Loaded::Policy`]), read and compiled in full.
+//!
+//! With `--kubernetes` the watch's objects and the files' documents make
+//! one document set. A file's document stands in for the watch's object
+//! of the same kind, namespace and name; the object comes back when the
+//! file no longer has it.
 //!
 //! A policy decides what every process on the node gets, so by default it
 //! is only taken from a root-owned file that nobody else can write, in a
@@ -11,88 +21,98 @@
 //! fine: others cannot replace a root-owned file there).
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{
     datapath::status::RejectedReport,
-    policy::{sources::load_policy_path_lenient, Policy},
-    sources::{compile_documents_report, DocumentSet, Options, Rejected},
+    policy::{
+        file::read_policy_text,
+        live::Change,
+        sources::{document::policy_files, is_document_text, load_policy_path_lenient},
+        Policy,
+    },
+    sources::{
+        document::{DocumentKey, MAX_DOCUMENTS},
+        kubernetes::KubeUpdate,
+        Document, DocumentSet, Options, Rejected,
+    },
 };
+
+/// What a load or reload gives the applier.
+pub enum Loaded {
+    /// A whole policy: the built-in one, or a file in the classifier's own
+    /// format.
+    Policy(Policy),
+    /// Changes of the document set in force, in order (from nothing when
+    /// the policy in force is not a document set).
+    Changes(Vec<Change>),
+    /// The whole document set (the watch's first list, with the files'
+    /// documents): applied as the difference from the set in force.
+    Snapshot(DocumentSet),
+}
 
 pub struct PolicySource {
     path: Option<PathBuf>,
     allow_untrusted: bool,
-    last_seen: Option<Fingerprint>,
-    /// The latest documents from the Kubernetes API (`--kubernetes`); the
-    /// file's documents are added to them.
-    kubernetes: Option<Arc<DocumentSet>>,
+    /// The path is a single file in the classifier's own format, as last
+    /// read (its fingerprint), or `None` while the path gives documents.
+    whole_file: Option<Fingerprint>,
+    /// The documents of each policy file, as last read.
+    files: BTreeMap<PathBuf, FileDocs>,
+    /// The file that holds each document of the files.
+    owners: HashMap<DocumentKey, PathBuf>,
+    /// The watch's objects that a file's document stands in for.
+    shadowed: HashMap<DocumentKey, Arc<Document>>,
+    /// The path could not be listed at the last poll (reported once).
+    missing: bool,
+    /// The files' documents as read were never applied (the first load
+    /// failed): the next change of any file reads them all again.
+    unapplied: bool,
+    /// A file that did not read, while others' changes apply.
+    read_error: Option<anyhow::Error>,
+    /// The Kubernetes watch delivered its first list (`--kubernetes`).
+    kubernetes: bool,
+    /// Documents in force, for messages.
+    documents: usize,
     linkerd: Options,
     /// The objects the last policy composed skipped.
     rejected: std::sync::Mutex<RejectedReport>,
     /// What was last logged per rejected object.
     rejection_log: std::sync::Mutex<RejectionLog>,
+    /// (origin, error) of the rejections last reported, to report a live
+    /// policy's only when they change.
+    last_rejected: Vec<(String, String)>,
+    /// The rejections changed since [`PolicySource::take_rejected_changed`].
+    rejected_changed: bool,
 }
 
-/// What changes when the policy's contents may have: for every file, which
-/// file the path leads to, its size and its modification time.
-type Fingerprint = Vec<(PathBuf, u64, u64, u64, i128)>;
-
-/// Directories are walked to this depth at most (ConfigMap volumes are flat
-/// apart from their `..data` indirection).
-const MAX_DEPTH: usize = 8;
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let m = fs::metadata(path).ok()?;
-    let mut out = Vec::new();
-    if m.is_dir() {
-        for file in policy_files(path) {
-            if let Ok(fm) = fs::metadata(&file) {
-                out.push(stamp(file, &fm));
-            }
-        }
-        // An emptied directory differs from a missing one.
-        out.push(stamp(path.to_path_buf(), &m));
-    } else {
-        out.push(stamp(path.to_path_buf(), &m));
-    }
-    Some(out)
+/// One policy file: what identifies its contents, and its documents' keys.
+struct FileDocs {
+    stamp: Stamp,
+    keys: Vec<DocumentKey>,
 }
 
-fn stamp(path: PathBuf, m: &fs::Metadata) -> (PathBuf, u64, u64, u64, i128) {
+/// Device, inode, size and modification time (ns) of a file.
+type Stamp = (u64, u64, u64, i128);
+
+/// What changes when a whole-policy file's contents may have: which file
+/// the path leads to, its size and its modification time.
+type Fingerprint = Stamp;
+
+fn stamp(m: &fs::Metadata) -> Stamp {
     let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-    (path, m.dev(), m.ino(), m.size(), mtime)
+    (m.dev(), m.ino(), m.size(), mtime)
 }
 
-/// The YAML files under `dir`, following symlinks but not loops.
-fn policy_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![(dir.to_path_buf(), 0)];
-    while let Some((d, depth)) = stack.pop() {
-        let Ok(meta) = fs::metadata(&d) else { continue };
-        if depth > MAX_DEPTH || !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let p = entry.path();
-            match fs::metadata(&p) {
-                Ok(m) if m.is_dir() => stack.push((p, depth + 1)),
-                Ok(_) if p.extension().is_some_and(|e| e == "yaml" || e == "yml") => files.push(p),
-                _ => {}
-            }
-        }
-    }
-    files.sort();
-    files
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    fs::metadata(path).ok().map(|m| stamp(&m))
 }
 
 impl PolicySource {
@@ -100,38 +120,117 @@ impl PolicySource {
         Self {
             path,
             allow_untrusted,
-            last_seen: None,
-            kubernetes: None,
+            whole_file: None,
+            files: BTreeMap::new(),
+            owners: HashMap::new(),
+            shadowed: HashMap::new(),
+            missing: false,
+            unapplied: false,
+            read_error: None,
+            kubernetes: false,
+            documents: 0,
             linkerd,
             rejected: std::sync::Mutex::new(RejectedReport::default()),
             rejection_log: Default::default(),
+            last_rejected: Vec::new(),
+            rejected_changed: false,
         }
     }
 
     pub fn describe(&self) -> String {
-        match (&self.path, &self.kubernetes) {
-            (Some(path), None) => path.display().to_string(),
-            (Some(path), Some(set)) => {
-                format!("kubernetes ({} documents) + {}", set.len(), path.display())
+        let objects = self.documents.saturating_sub(self.owners.len());
+        match (&self.path, self.kubernetes) {
+            (Some(path), false) => path.display().to_string(),
+            (Some(path), true) => {
+                format!("kubernetes ({objects} documents) + {}", path.display())
             }
-            (None, Some(set)) => format!("kubernetes ({} documents)", set.len()),
-            (None, None) => "built-in default policy".to_owned(),
+            (None, true) => format!("kubernetes ({objects} documents)"),
+            (None, false) => "built-in default policy".to_owned(),
         }
     }
 
-    /// Loads the policy now.
-    pub fn load(&mut self) -> Result<Policy> {
-        if let Some(path) = self.path.clone() {
-            self.last_seen = fingerprint(&path);
-        }
-        self.compose()
+    /// The number of documents in force (after an apply), for messages.
+    pub fn set_documents(&mut self, documents: usize) {
+        self.documents = documents;
     }
 
-    /// A new snapshot from the Kubernetes API; returns the policy it gives
-    /// together with the file, if any.
-    pub fn kubernetes_changed(&mut self, snapshot: Arc<DocumentSet>) -> Result<Policy> {
-        self.kubernetes = Some(snapshot);
-        self.compose()
+    /// Loads the policy now: the built-in one, a whole-policy file, or
+    /// every file's documents.
+    pub fn load(&mut self) -> Result<Loaded> {
+        let Some(path) = self.path.clone() else {
+            self.set_rejected::<Rejected>(&[]);
+            return Ok(Loaded::Policy(Policy::builtin_default()));
+        };
+        if let Some(policy) = self.read_whole(&path)? {
+            return Ok(Loaded::Policy(policy));
+        }
+        let (changes, error) = self.read_files(&path, None);
+        match error {
+            Some(err) => {
+                self.unapplied = true;
+                Err(err)
+            }
+            None => Ok(Loaded::Changes(changes)),
+        }
+    }
+
+    /// The error of a file that did not read while the other files'
+    /// changes were returned (they apply; this one keeps its documents).
+    pub fn take_read_error(&mut self) -> Option<anyhow::Error> {
+        self.read_error.take()
+    }
+
+    /// An update from the Kubernetes watch, with the files' documents
+    /// standing in for its objects where they have the same key.
+    pub fn kubernetes_update(&mut self, update: KubeUpdate) -> Result<Loaded> {
+        match update {
+            KubeUpdate::Snapshot(set) => {
+                // Every file read again, as documents (the policy in force
+                // may have been a whole-policy file).
+                self.kubernetes = true;
+                self.whole_file = None;
+                self.files.clear();
+                self.owners.clear();
+                self.shadowed.clear();
+                let mut set = Arc::unwrap_or_clone(set);
+                if let Some(path) = self.path.clone() {
+                    let (changes, error) = self.read_files(&path, None);
+                    if let Some(err) = error {
+                        // The cluster's objects apply all the same.
+                        tracing::error!("{err:#}; applying the Kubernetes objects without it");
+                    }
+                    for change in changes {
+                        if let Change::Apply(doc) = change {
+                            let key = doc.key();
+                            if let Some(object) = set.insert_shared(doc) {
+                                self.shadowed.insert(key, object);
+                            }
+                        }
+                    }
+                }
+                Ok(Loaded::Snapshot(set))
+            }
+            KubeUpdate::Changes(changes) => {
+                let changes = changes
+                    .into_iter()
+                    .filter(|c| {
+                        let key = match c {
+                            Change::Apply(doc) => doc.key(),
+                            Change::Delete(key) => key.clone(),
+                        };
+                        if !self.owners.contains_key(&key) {
+                            return true;
+                        }
+                        match c {
+                            Change::Apply(doc) => self.shadowed.insert(key, doc.clone()),
+                            Change::Delete(_) => self.shadowed.remove(&key),
+                        };
+                        false
+                    })
+                    .collect();
+                Ok(Loaded::Changes(changes))
+            }
+        }
     }
 
     /// The objects the policy last loaded skipped (empty for the
@@ -140,7 +239,14 @@ impl PolicySource {
         self.rejected.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
-    fn set_rejected(&self, rejected: &[Rejected]) {
+    /// Whether the rejections changed since the last call (the report
+    /// needs writing again).
+    pub fn take_rejected_changed(&mut self) -> bool {
+        std::mem::take(&mut self.rejected_changed)
+    }
+
+    fn set_rejected<R: std::borrow::Borrow<Rejected>>(&mut self, rejected: &[R]) {
+        self.rejected_changed = true;
         if let Ok(mut log) = self.rejection_log.lock() {
             log.log_changes(rejected);
         }
@@ -149,62 +255,258 @@ impl PolicySource {
         }
     }
 
-    fn compose(&self) -> Result<Policy> {
-        match (&self.path, &self.kubernetes) {
-            (None, None) => {
-                self.set_rejected(&[]);
-                Ok(Policy::builtin_default())
-            }
-            (Some(path), None) => self.read(path),
-            (path, Some(live)) => {
-                let mut set = DocumentSet::clone(live);
-                if let Some(path) = path {
-                    self.check(path)?;
-                    for doc in DocumentSet::from_path(path)?.iter() {
-                        set.insert(doc.clone());
-                    }
-                }
-                // Objects the compiler rejects are skipped (each logged as
-                // a warning) and the rest applies.
-                let compiled = compile_documents_report(&set, &self.linkerd)?;
-                self.set_rejected(&compiled.rejected);
-                Ok(compiled.policy)
-            }
+    /// A live policy's rejections: reported (logged, kept for the report)
+    /// when they differ from the last ones. Returns whether they did.
+    pub fn set_live_rejected<'a>(&mut self, rejected: impl Iterator<Item = &'a Rejected>) -> bool {
+        let rejected: Vec<&Rejected> = rejected.collect();
+        let now: Vec<(String, String)> = rejected
+            .iter()
+            .map(|r| (r.origin.clone(), r.error.to_string()))
+            .collect();
+        if now == self.last_rejected {
+            return false;
         }
+        self.last_rejected = now;
+        self.set_rejected(&rejected);
+        true
     }
 
-    /// `None` when the file is unchanged (or there is no file), else the
-    /// result of loading it again. A file that disappears is reported once
-    /// and the active policy stays.
-    pub fn reload_if_changed(&mut self) -> Option<Result<Policy>> {
+    /// `None` when nothing changed (or there is no file), else what
+    /// changed: the changed files' documents as changes of the documents
+    /// in force (`current`), or a whole-policy file read again. A file
+    /// that disappears or no longer reads is reported once and its
+    /// documents stay as they were.
+    pub fn reload_if_changed(&mut self, current: Option<&DocumentSet>) -> Option<Result<Loaded>> {
         let path = self.path.clone()?;
-        let now = fingerprint(&path);
-        if now == self.last_seen {
-            // Unchanged, or still missing (reported when it went missing).
-            return None;
+        if let Some(seen) = self.whole_file {
+            let now = stamp_of(&path);
+            if now == Some(seen) {
+                return None;
+            }
+            if now.is_none() {
+                if self.missing {
+                    return None;
+                }
+                self.missing = true;
+                let err = match fs::metadata(&path) {
+                    Err(err) => anyhow::Error::new(err),
+                    Ok(_) => anyhow::anyhow!("it changed while it was looked at"),
+                };
+                return Some(Err(err.context(format!("reading {}", path.display()))));
+            }
+            self.missing = false;
+            match self.read_whole(&path) {
+                Ok(Some(policy)) => return Some(Ok(Loaded::Policy(policy))),
+                Ok(None) => {}
+                Err(err) => return Some(Err(err)),
+            }
+            // Now documents: read as such, from nothing.
+            self.files.clear();
+            self.owners.clear();
+            let (changes, error) = self.read_files(&path, None);
+            return Some(error.map_or(Ok(Loaded::Changes(changes)), Err));
         }
-        self.last_seen = now;
-        Some(self.compose())
+        let (changes, error) = self.read_files(&path, current);
+        match error {
+            Some(err) if changes.is_empty() => Some(Err(err)),
+            Some(err) => {
+                self.read_error = Some(err);
+                Some(Ok(Loaded::Changes(changes)))
+            }
+            None if changes.is_empty() => None,
+            None => Some(Ok(Loaded::Changes(changes))),
+        }
     }
 
-    fn read(&self, path: &Path) -> Result<Policy> {
+    /// The path as a whole policy in the classifier's own format, or
+    /// `None` when it gives documents (a directory, a manifest file, or
+    /// anything while the Kubernetes watch is on).
+    fn read_whole(&mut self, path: &Path) -> Result<Option<Policy>> {
+        if self.kubernetes || path.is_dir() {
+            self.whole_file = None;
+            return Ok(None);
+        }
         self.check(path)?;
+        let seen = stamp_of(path);
+        let text = read_policy_text(path)?;
+        if is_document_text(&text) {
+            self.whole_file = None;
+            return Ok(None);
+        }
+        self.whole_file = seen;
         let compiled = load_policy_path_lenient(path, &self.linkerd)?;
         self.set_rejected(&compiled.rejected);
-        Ok(compiled.policy)
+        Ok(Some(compiled.policy))
+    }
+
+    /// Reads the files under `path` whose stamp changed since the last
+    /// read, and returns the changes of their documents (against
+    /// `current`, the documents in force, to skip those read unchanged),
+    /// with the first error met: a file that does not read keeps its
+    /// documents as they were.
+    fn read_files(
+        &mut self,
+        path: &Path,
+        current: Option<&DocumentSet>,
+    ) -> (Vec<Change>, Option<anyhow::Error>) {
+        let listed = match policy_files(path) {
+            Ok(files) => {
+                self.missing = false;
+                files
+            }
+            Err(err) if self.missing => {
+                tracing::debug!("{err}");
+                return (Vec::new(), None);
+            }
+            Err(err) => {
+                self.missing = true;
+                return (Vec::new(), Some(err.into()));
+            }
+        };
+        let mut changes = Vec::new();
+        let mut error = None;
+        let stamps: BTreeMap<PathBuf, Option<Stamp>> =
+            listed.iter().map(|f| (f.clone(), stamp_of(f))).collect();
+        if self.unapplied {
+            let changed = stamps.len() != self.files.len()
+                || stamps
+                    .iter()
+                    .any(|(f, s)| self.files.get(f).map(|d| d.stamp) != *s);
+            if !changed {
+                return (Vec::new(), None);
+            }
+            self.unapplied = false;
+            self.files.clear();
+            self.owners.clear();
+            self.shadowed.clear();
+        }
+        // Files gone: their documents go (or give way to the watch's).
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|f| !stamps.contains_key(*f))
+            .cloned()
+            .collect();
+        for file in gone {
+            if let Some(old) = self.files.remove(&file) {
+                self.drop_keys(old.keys.iter(), &mut changes);
+            }
+        }
+        for (file, now) in stamps {
+            let Some(now) = now else { continue };
+            if self.files.get(&file).is_some_and(|f| f.stamp == now) {
+                continue;
+            }
+            match self.read_file(&file, now, current, &mut changes) {
+                Ok(()) => {}
+                Err(err) => {
+                    // Not read again until it changes; its documents stay.
+                    match self.files.get_mut(&file) {
+                        Some(f) => f.stamp = now,
+                        None => {
+                            self.files.insert(
+                                file.clone(),
+                                FileDocs {
+                                    stamp: now,
+                                    keys: Vec::new(),
+                                },
+                            );
+                        }
+                    }
+                    error.get_or_insert(err);
+                }
+            }
+        }
+        (changes, error)
+    }
+
+    /// One file read again: its documents' changes appended to `changes`.
+    fn read_file(
+        &mut self,
+        file: &Path,
+        now: Stamp,
+        current: Option<&DocumentSet>,
+        changes: &mut Vec<Change>,
+    ) -> Result<()> {
+        self.check(file)?;
+        let text = read_policy_text(file)?;
+        let mut set = DocumentSet::new();
+        set.add_text(&text, &file.display().to_string())?;
+        let others = self.owners.len()
+            - self.files.get(file).map_or(0, |f| f.keys.len());
+        if others + set.len() > MAX_DOCUMENTS {
+            bail!(
+                "{}: {} documents, with the other files' {others} over the limit of {MAX_DOCUMENTS}",
+                file.display(),
+                set.len()
+            );
+        }
+        for key in set.docs.keys() {
+            if let Some(other) = self.owners.get(key).filter(|o| o.as_path() != file) {
+                bail!(
+                    "{}: {} is defined twice; the other one is in {}",
+                    file.display(),
+                    set.docs[key].describe(),
+                    other.display()
+                );
+            }
+        }
+        let old = self.files.remove(file).map(|f| f.keys).unwrap_or_default();
+        let dropped: Vec<&DocumentKey> = old.iter().filter(|k| !set.docs.contains_key(*k)).collect();
+        self.drop_keys(dropped.into_iter(), changes);
+        for (key, doc) in &set.docs {
+            let in_force = current.and_then(|c| c.docs.get(key));
+            if self.owners.insert(key.clone(), file.to_path_buf()).is_none() {
+                // Taken over from the watch, if it has that object.
+                if let Some(object) = in_force.filter(|_| self.kubernetes) {
+                    self.shadowed.insert(key.clone(), object.clone());
+                }
+            }
+            if in_force.is_some_and(|d| same_content(d, doc)) {
+                continue;
+            }
+            changes.push(Change::Apply(doc.clone()));
+        }
+        self.files.insert(
+            file.to_path_buf(),
+            FileDocs {
+                stamp: now,
+                keys: set.docs.into_keys().collect(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Documents a file no longer has: removed, or the watch's object
+    /// they stood in for back in force.
+    fn drop_keys<'a>(&mut self, keys: impl Iterator<Item = &'a DocumentKey>, changes: &mut Vec<Change>) {
+        for key in keys {
+            self.owners.remove(key);
+            changes.push(match self.shadowed.remove(key) {
+                Some(object) => Change::Apply(object),
+                None => Change::Delete(key.clone()),
+            });
+        }
     }
 
     fn check(&self, path: &Path) -> Result<()> {
         if !self.allow_untrusted {
             check_trusted(path)?;
             if path.is_dir() {
-                for file in policy_files(path) {
+                for file in policy_files(path).with_context(|| path.display().to_string())? {
                     check_trusted(&file)?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Whether a document read again is the one in force: same contents and
+/// origin (a document that moved to another line of its file is reported
+/// with its new origin).
+fn same_content(a: &Document, b: &Document) -> bool {
+    a == b
 }
 
 fn check_trusted(path: &Path) -> Result<()> {
@@ -253,11 +555,12 @@ pub struct RejectionLog {
 impl RejectionLog {
     /// Logs the rejections that are new or changed since the last call;
     /// returns how many it logged.
-    pub fn log_changes(&mut self, rejected: &[Rejected]) -> usize {
+    pub fn log_changes<R: std::borrow::Borrow<Rejected>>(&mut self, rejected: &[R]) -> usize {
         use std::hash::{Hash as _, Hasher as _};
         let mut now = std::collections::HashMap::with_capacity(rejected.len());
         let mut logged = 0;
         for r in rejected {
+            let r: &Rejected = r.borrow();
             let key = (
                 r.kind.clone(),
                 r.namespace.clone(),
@@ -324,7 +627,7 @@ mod rejection_log_tests {
             1
         );
         // Only the rejected objects are remembered.
-        assert_eq!(log.log_changes(&[]), 0);
+        assert_eq!(log.log_changes::<Rejected>(&[]), 0);
         assert!(log.last.is_empty());
     }
 }

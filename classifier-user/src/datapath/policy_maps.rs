@@ -117,6 +117,42 @@ impl PolicyMaps {
         Ok(self.config.get(&self.active_slot()?, 0)?)
     }
 
+    /// The rule entries of the slot connects currently see, as the kernel
+    /// holds them: (prefix length, key without its slot byte, verdict),
+    /// IPv4 first, sorted. What tests compare the maps by.
+    pub fn active_entries(&self) -> Result<Vec<(u32, Vec<u8>, RuleVerdict)>> {
+        let tag = self.active_slot()? as u8;
+        let mut out = Vec::new();
+        for item in self.v4.iter() {
+            let (key, verdict) = item.context("listing IPv4 rule entries")?;
+            let data = key.data();
+            if data[0] == tag {
+                out.push((key.prefix_len(), data[1..].to_vec(), verdict));
+            }
+        }
+        for item in self.v6.iter() {
+            let (key, verdict) = item.context("listing IPv6 rule entries")?;
+            let data = key.data();
+            if data[0] == tag {
+                out.push((key.prefix_len(), data[1..].to_vec(), verdict));
+            }
+        }
+        out.sort_by(|a, b| (a.1.len(), &a.1, a.0).cmp(&(b.1.len(), &b.1, b.0)));
+        Ok(out)
+    }
+
+    /// The node-wide entry a connect to `addr:port` finds in the active
+    /// slot's IPv4 trie (its exact-port lookup), if any.
+    pub fn lookup_v4(&self, port: u16, addr: std::net::Ipv4Addr) -> Result<Option<RuleVerdict>> {
+        let tag = self.active_slot()? as u8;
+        let data = classifier_common::rule_key_v4(tag, classifier_common::SCOPE_NODE, port, addr.octets());
+        match self.v4.get(&Key::new(classifier_common::RULE_KEY_FIXED_BITS + 32, data), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("looking up an IPv4 rule entry"),
+        }
+    }
+
     /// Makes `policy` the one connects see. The maps keep a reference to it
     /// to diff the next change against.
     pub fn apply(&mut self, policy: Arc<CompiledPolicy>) -> Result<Applied> {

@@ -75,9 +75,10 @@ impl RejectedReport {
     /// Longer reasons and names are cut (with `...`).
     pub const MAX_FIELD: usize = 240;
 
-    pub fn of(rejected: &[crate::policy::sources::Rejected]) -> Self {
+    pub fn of<R: std::borrow::Borrow<crate::policy::sources::Rejected>>(rejected: &[R]) -> Self {
         let mut by_kind = std::collections::BTreeMap::new();
         for r in rejected {
+            let r = r.borrow();
             *by_kind.entry(r.kind.clone()).or_insert(0) += 1;
         }
         let cut = |s: &str| {
@@ -95,7 +96,8 @@ impl RejectedReport {
             by_kind,
             objects: rejected
                 .iter()
-                .map(|r| RejectedObject {
+                .map(std::borrow::Borrow::borrow)
+                .map(|r: &crate::policy::sources::Rejected| RejectedObject {
                     kind: cut(&r.kind),
                     namespace: r.namespace.as_deref().map(cut),
                     name: cut(&r.name),
@@ -194,7 +196,7 @@ mod tests {
         assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         let state = pins.state_dir().metadata().unwrap();
         assert_eq!(state.permissions().mode() & 0o777, 0o700);
-        RejectedReport::of(&[]).write(&pins).unwrap();
+        RejectedReport::of::<Rejected>(&[]).write(&pins).unwrap();
         assert_eq!(RejectedReport::read(&pins), Some(RejectedReport::default()));
         report.write(&pins).unwrap();
         assert_eq!(RejectedReport::read(&pins), Some(report));

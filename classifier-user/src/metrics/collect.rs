@@ -114,6 +114,18 @@ impl Collector for AgentCollector {
         )?;
         counter(
             &mut enc,
+            "agent_policy_full_applies",
+            "Policies compiled whole and switched to (a slot switch)",
+            v.full_applies,
+        )?;
+        counter(
+            &mut enc,
+            "agent_policy_incremental_applies",
+            "Document changes applied to the policy in force in place, key by key, without a full compile",
+            v.incremental_applies,
+        )?;
+        counter(
+            &mut enc,
             "agent_sync_errors",
             "Failed syncs with the policy source (Kubernetes API); retried with backoff",
             v.sync_errors,

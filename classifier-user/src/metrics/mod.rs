@@ -44,6 +44,10 @@ struct Inner {
     policy_generation: AtomicU64,
     policy_rules: AtomicU64,
     apply_errors: AtomicU64,
+    /// Policies written in full (a slot switch) and changes written in
+    /// place (an incremental update of the live document policy).
+    full_applies: AtomicU64,
+    incremental_applies: AtomicU64,
     sync_errors: AtomicU64,
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -83,6 +87,8 @@ impl AgentMetrics {
             policy_generation: AtomicU64::new(0),
             policy_rules: AtomicU64::new(0),
             apply_errors: AtomicU64::new(0),
+            full_applies: AtomicU64::new(0),
+            incremental_applies: AtomicU64::new(0),
             sync_errors: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -104,6 +110,17 @@ impl AgentMetrics {
         i.policy_rules.store(rules as u64, Ordering::Relaxed);
         *lock(&i.last_apply) = Some(SystemTime::now());
         i.ready.store(true, Ordering::Release);
+    }
+
+    /// How the policy just applied reached the maps: written in place, key
+    /// by key (`incremental`), or compiled whole and switched to.
+    pub fn policy_written(&self, incremental: bool) {
+        let counter = if incremental {
+            &self.0.incremental_applies
+        } else {
+            &self.0.full_applies
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The objects the policy just applied skipped, by kind.
@@ -199,6 +216,8 @@ impl AgentMetrics {
             policy_generation: i.policy_generation.load(Ordering::Relaxed),
             policy_rules: i.policy_rules.load(Ordering::Relaxed),
             apply_errors: i.apply_errors.load(Ordering::Relaxed),
+            full_applies: i.full_applies.load(Ordering::Relaxed),
+            incremental_applies: i.incremental_applies.load(Ordering::Relaxed),
             sync_errors: i.sync_errors.load(Ordering::Relaxed),
             ready: self.is_ready(),
             last_apply: lock(&i.last_apply).map(unix_seconds),
@@ -214,6 +233,8 @@ struct AgentValues {
     policy_generation: u64,
     policy_rules: u64,
     apply_errors: u64,
+    full_applies: u64,
+    incremental_applies: u64,
     sync_errors: u64,
     ready: bool,
     /// Unix time, seconds.

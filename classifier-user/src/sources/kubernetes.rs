@@ -23,8 +23,17 @@
 //!   the last applied policy), the watchers retry with exponential backoff,
 //!   each failure is logged and counted in [`SyncStatus`].
 //!
-//! The agent calls [`spawn`] (or [`run`] on its own task) with a client from
-//! [`client`] and reads snapshots from the returned `watch::Receiver`.
+//! Commands that want the documents as they are (`suggest`, tests) call
+//! [`spawn`] (or [`run`] on its own task) with a client from [`client`] and
+//! read snapshots from the returned `watch::Receiver`.
+//!
+//! The agent calls [`spawn_changes`] instead: the first complete list
+//! comes as one snapshot, and from then on every event that changes a
+//! document comes at once, as a [`Change`], with no debounce and no
+//! snapshot (building one costs a map of every object: 110k entries at
+//! 100k pods, for what is usually one changed Pod). A re-list (410 Gone,
+//! or the watch restarting) comes as the changes between what was known
+//! and what the list found, so the agent applies a re-list as a diff.
 
 use std::{
     collections::BTreeMap,
@@ -52,7 +61,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::document::KUBERNETES_ORIGIN;
+use super::document::{DocumentKey, KUBERNETES_ORIGIN};
+use classifier_policy::live::Change;
 use super::kinds;
 use super::linkerd::OPAQUE_PORTS_ANNOTATION;
 use super::{Document, DocumentSet};
@@ -196,6 +206,44 @@ pub struct KubeSync {
     pub task: JoinHandle<Result<()>>,
 }
 
+/// The running watch, as [`spawn_changes`] returns it.
+pub struct KubeChanges {
+    /// The first complete list, then every change as it comes. Unbounded:
+    /// a reader busy with a full compile finds the events of that time
+    /// waiting (a few hundred a second in a rollout at 100k pods).
+    pub updates: mpsc::UnboundedReceiver<KubeUpdate>,
+    pub status: Arc<SyncStatus>,
+    /// As [`KubeSync::new_pods`].
+    pub new_pods: mpsc::Receiver<(String, String)>,
+    /// Ends with `Ok` once the receiver is dropped.
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// What [`spawn_changes`] delivers.
+#[derive(Debug)]
+pub enum KubeUpdate {
+    /// Every watched kind listed once: the whole document set.
+    Snapshot(Arc<DocumentSet>),
+    /// Documents changed since the last update, in the order the API
+    /// server reported them.
+    Changes(Vec<Change>),
+}
+
+/// Where the watch delivers what it knows.
+enum Output {
+    Snapshots(watch::Sender<Option<Arc<DocumentSet>>>),
+    Changes(mpsc::UnboundedSender<KubeUpdate>),
+}
+
+impl Output {
+    async fn closed(&self) {
+        match self {
+            Output::Snapshots(tx) => tx.closed().await,
+            Output::Changes(tx) => tx.closed().await,
+        }
+    }
+}
+
 /// How many new pods may wait in [`KubeSync::new_pods`].
 const NEW_PODS_QUEUE: usize = 1024;
 
@@ -208,11 +256,33 @@ pub fn spawn(client: Client, opts: WatchOptions) -> KubeSync {
         client,
         opts,
         status.clone(),
-        tx,
+        Output::Snapshots(tx),
         Some(pods_tx),
     ));
     KubeSync {
         snapshots: rx,
+        status,
+        new_pods,
+        task,
+    }
+}
+
+/// Start watching on the current tokio runtime, delivering changes rather
+/// than snapshots (see the module documentation). `opts`' debounce applies
+/// to the first list only.
+pub fn spawn_changes(client: Client, opts: WatchOptions) -> KubeChanges {
+    let (tx, updates) = mpsc::unbounded_channel();
+    let (pods_tx, new_pods) = mpsc::channel(NEW_PODS_QUEUE);
+    let status = Arc::new(SyncStatus::default());
+    let task = tokio::spawn(run_with_pods(
+        client,
+        opts,
+        status.clone(),
+        Output::Changes(tx),
+        Some(pods_tx),
+    ));
+    KubeChanges {
+        updates,
         status,
         new_pods,
         task,
@@ -266,20 +336,26 @@ pub async fn run(
     status: Arc<SyncStatus>,
     tx: watch::Sender<Option<Arc<DocumentSet>>>,
 ) -> Result<()> {
-    run_with_pods(client, opts, status, tx, None).await
+    run_with_pods(client, opts, status, Output::Snapshots(tx), None).await
 }
 
 async fn run_with_pods(
     client: Client,
     opts: WatchOptions,
     status: Arc<SyncStatus>,
-    tx: watch::Sender<Option<Arc<DocumentSet>>>,
+    tx: Output,
     new_pods: Option<mpsc::Sender<(String, String)>>,
 ) -> Result<()> {
     if opts.kinds.is_empty() {
         bail!("no kinds to watch");
     }
-    let mut kinds: Vec<KindState> = opts.kinds.iter().cloned().map(KindState::new).collect();
+    let record = matches!(tx, Output::Changes(_));
+    let mut kinds: Vec<KindState> = opts
+        .kinds
+        .iter()
+        .cloned()
+        .map(|ar| KindState::new(ar).recording(record))
+        .collect();
     let mut events = futures::stream::select_all(
         opts.kinds
             .iter()
@@ -308,8 +384,22 @@ async fn run_with_pods(
             item = events.next() => {
                 let Some((idx, item)) = item else { bail!("the Kubernetes watch streams ended") };
                 last_event = tokio::time::Instant::now();
-                if kinds[idx].handle(item, &status) {
-                    first_change.get_or_insert(last_event);
+                let changed = kinds[idx].handle(item, &status);
+                match &tx {
+                    // After the first list, each change goes out at once.
+                    Output::Changes(out) if published_once => {
+                        let changes = std::mem::take(&mut kinds[idx].changes);
+                        if !changes.is_empty() {
+                            let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
+                            status.documents.store(count as u64, Ordering::Relaxed);
+                            status.snapshots.fetch_add(1, Ordering::Relaxed);
+                            let _ = out.send(KubeUpdate::Changes(changes));
+                        }
+                    }
+                    _ if changed => {
+                        first_change.get_or_insert(last_event);
+                    }
+                    _ => {}
                 }
                 for pod in kinds[idx].appeared.drain(..) {
                     if let Some(tx) = &new_pods {
@@ -331,7 +421,18 @@ async fn run_with_pods(
                     info!(documents = count, "policy sources listed from Kubernetes");
                     published_once = true;
                 }
-                tx.send_replace(Some(Arc::new(set)));
+                match &tx {
+                    Output::Snapshots(tx) => {
+                        tx.send_replace(Some(Arc::new(set)));
+                    }
+                    Output::Changes(tx) => {
+                        // The snapshot holds what the changes so far did.
+                        for kind in &mut kinds {
+                            kind.changes.clear();
+                        }
+                        let _ = tx.send(KubeUpdate::Snapshot(Arc::new(set)));
+                    }
+                }
             }
         }
     }
@@ -411,6 +512,10 @@ struct KindState {
     /// Pods (UID, namespace) applied since the last look that were not
     /// known before (after the first list only).
     appeared: Vec<(String, String)>,
+    /// Whether `changes` is kept ([`spawn_changes`]).
+    record: bool,
+    /// Document changes since the last look (after this kind's first list).
+    changes: Vec<Change>,
 }
 
 impl KindState {
@@ -422,7 +527,47 @@ impl KindState {
             listed: false,
             absent: false,
             appeared: Vec::new(),
+            record: false,
+            changes: Vec::new(),
         }
+    }
+
+    fn recording(mut self, record: bool) -> Self {
+        self.record = record;
+        self
+    }
+
+    /// Keeps `change` for [`spawn_changes`]'s reader. Not before the first
+    /// list, which goes out whole.
+    fn record(&mut self, change: Change) {
+        if self.record && self.listed {
+            self.changes.push(change);
+        }
+    }
+
+    fn key_of(&self, key: &Key) -> DocumentKey {
+        DocumentKey::new(&self.ar.kind, key.0.as_deref(), &key.1)
+    }
+
+    /// The changes from `self.docs` to `listed` (a re-list).
+    fn record_relist(&mut self, listed: &BTreeMap<Key, Arc<Document>>) {
+        if !(self.record && self.listed) {
+            return;
+        }
+        let mut changes = Vec::new();
+        for (key, old) in &self.docs {
+            match listed.get(key) {
+                None => changes.push(Change::Delete(self.key_of(key))),
+                Some(new) if !same_document(old, new) => changes.push(Change::Apply(new.clone())),
+                Some(_) => {}
+            }
+        }
+        for (key, new) in listed {
+            if !self.docs.contains_key(key) {
+                changes.push(Change::Apply(new.clone()));
+            }
+        }
+        self.changes.extend(changes);
     }
 
     /// Apply one watcher item; true if the documents (or, the first time,
@@ -449,6 +594,7 @@ impl KindState {
                 }
                 self.relist = None;
                 let changed = !self.docs.is_empty() || !self.listed;
+                self.record_relist(&BTreeMap::new());
                 self.docs.clear();
                 self.listed = true;
                 return changed;
@@ -491,13 +637,20 @@ impl KindState {
                                     self.appeared.push((uid.to_string(), ns.to_string()));
                                 }
                             }
+                            self.record(Change::Apply(doc.clone()));
                             self.docs.insert(key, doc);
                         }
                         !same
                     }
                     // Skipped (logged): an older version must not stay in
                     // force in its place.
-                    None => self.docs.remove(&key).is_some(),
+                    None => {
+                        let removed = self.docs.remove(&key).is_some();
+                        if removed {
+                            self.record(Change::Delete(self.key_of(&key)));
+                        }
+                        removed
+                    }
                 }
             }
             Event::Delete(obj) => {
@@ -508,6 +661,7 @@ impl KindState {
                 let removed = self.docs.remove(&key).is_some();
                 if removed {
                     debug!(kind = %self.ar.kind, namespace = ?key.0, name = %key.1, "deleted");
+                    self.record(Change::Delete(self.key_of(&key)));
                 }
                 removed
             }
@@ -534,6 +688,9 @@ impl KindState {
                 let first = !self.listed;
                 self.listed = true;
                 if !same {
+                    if !first {
+                        self.record_relist(&listed);
+                    }
                     self.docs = listed;
                 }
                 !same || first

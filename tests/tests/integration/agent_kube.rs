@@ -84,3 +84,91 @@ async fn live_kubernetes_documents_classify_and_follow_annotation_changes() -> R
     .await??;
     Ok(())
 }
+
+/// The rule entries connects see now, read from the pinned maps.
+fn kernel_entries(sb: &Sandbox) -> Result<Vec<(u32, Vec<u8>, classifier_common::RuleVerdict)>> {
+    use classifier_user::datapath::{PinDir, PolicyMaps};
+    PolicyMaps::open(&PinDir::new(&sb.pins))?.active_entries()
+}
+
+/// The same keys with the same verdicts, up to the rules' numbering (an
+/// incremental update keeps rule ids stable, a full compile numbers them
+/// afresh): one rule id on one side is one rule id on the other.
+fn same_up_to_rule_ids(
+    a: &[(u32, Vec<u8>, classifier_common::RuleVerdict)],
+    b: &[(u32, Vec<u8>, classifier_common::RuleVerdict)],
+) -> Result<()> {
+    use std::collections::HashMap;
+    anyhow::ensure!(a.len() == b.len(), "{} entries, then {}", a.len(), b.len());
+    let (mut ab, mut ba) = (HashMap::new(), HashMap::new());
+    for ((pa, ka, va), (pb, kb, vb)) in a.iter().zip(b) {
+        anyhow::ensure!((pa, ka) == (pb, kb), "key {ka:?}/{pa} against {kb:?}/{pb}");
+        anyhow::ensure!(
+            (va.kind, va.protocol, va.net_prefix) == (vb.kind, vb.protocol, vb.net_prefix),
+            "at {ka:?}/{pa}: {va:?} against {vb:?}"
+        );
+        let same_rule = *ab.entry(va.rule_id).or_insert(vb.rule_id) == vb.rule_id
+            && *ba.entry(vb.rule_id).or_insert(va.rule_id) == va.rule_id;
+        anyhow::ensure!(same_rule, "at {ka:?}/{pa}: rule {} against rule {}", va.rule_id, vb.rule_id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
+    let fake = FakeApi::start(&paths).await;
+    let mut sb = Sandbox::new("agent-kube-live")?;
+    for ip in ["10.96.12.34/32", "10.96.80.80/32"] {
+        sb.ip(&["addr", "add", ip, "dev", "lo"])?;
+    }
+    let kubeconfig = sb.write_file(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            fake.url()
+        ),
+    );
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned())];
+    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sb.start_agent_with_env(&["--kubernetes"], &env)?;
+        // The first list: a full compile, switched to.
+        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        let v = sb.verdict("10.96.80.80:11211")?;
+        assert_eq!(v["protocol"], "unknown", "{v}");
+        Ok(sb)
+    })
+    .await??;
+
+    // One Service annotated: a change of that object's entries only.
+    let mut event = fixture("watch/service-web-annotated.json");
+    event["object"]["metadata"]["resourceVersion"] = json!("90001");
+    fake.push(SERVICES, vec![event]);
+
+    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut sb = sb;
+        wait_for_log(&sb, "incremental=true", 1)?;
+        let v = sb.verdict("10.96.80.80:11211")?;
+        assert_eq!(v["protocol"], "opaque", "after the change in place: {v}");
+        let in_place = kernel_entries(&sb)?;
+
+        // A new agent compiles the same cluster whole and switches to it.
+        sb.stop_agent();
+        sb.start_agent_with_env(&["--kubernetes"], &[("KUBECONFIG", &kubeconfig)])?;
+        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        let log = sb.agent_log();
+        assert!(log.contains("incremental=false"), "{log}");
+        let full = kernel_entries(&sb)?;
+        same_up_to_rule_ids(&in_place, &full)?;
+        let v = sb.verdict("10.96.80.80:11211")?;
+        assert_eq!(v["protocol"], "opaque", "after the full compile: {v}");
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}

@@ -298,20 +298,7 @@ impl DocumentSet {
     /// Reads a file, or a directory of files, of YAML documents.
     pub fn from_path(path: &Path) -> Result<DocumentSet, PolicyError> {
         let mut set = DocumentSet::new();
-        let meta = std::fs::metadata(path).map_err(|error| io_error(path, error))?;
-        let files = if meta.is_dir() {
-            let mut files = Vec::new();
-            let mut walk = Walk {
-                ancestors: Vec::new(),
-                seen_dirs: HashSet::new(),
-                seen_files: HashSet::new(),
-                files: &mut files,
-            };
-            walk.dir(path, &meta, 0)?;
-            files
-        } else {
-            vec![path.to_path_buf()]
-        };
+        let files = policy_files(path)?;
         let mut count = 0;
         for file in files {
             let text = read_policy_text(&file)?;
@@ -414,6 +401,24 @@ impl DocumentSet {
         self.docs.insert(doc.key(), Arc::new(doc));
         Ok(())
     }
+}
+
+/// The files [`DocumentSet::from_path`] reads for `path`, in the order it
+/// reads them: `path` itself if it is a file, else the YAML files below it.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let meta = std::fs::metadata(path).map_err(|error| io_error(path, error))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut walk = Walk {
+        ancestors: Vec::new(),
+        seen_dirs: HashSet::new(),
+        seen_files: HashSet::new(),
+        files: &mut files,
+    };
+    walk.dir(path, &meta, 0)?;
+    Ok(files)
 }
 
 enum AddError {

@@ -253,6 +253,9 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
 }
 
 pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
+    // The file path first (a real agent, a few seconds): one file of a
+    // policy directory changed.
+    let policy_directory = super::policy_directory::policy_directory()?;
     let pods_50k = one_size(sb, 50_000)?;
     let mut pods_100k = one_size(sb, 100_000)?;
     // The cost of one change, of churn, of a resync, at the largest size:
@@ -264,5 +267,6 @@ pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
     Ok(json!({
         "pods_50k": pods_50k,
         "pods_100k": pods_100k,
+        "policy_directory": policy_directory,
     }))
 }

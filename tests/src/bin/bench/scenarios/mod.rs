@@ -8,6 +8,7 @@ mod kubernetes_churn; // 6: one change, churn, resync
 mod kubernetes_scale; // 6
 mod learning; // 8
 mod pod_registration; // 9
+mod policy_directory; // 6: a policy directory, one file changed
 mod policy_scale; // 2
 mod proxy_query; // 7
 mod stall; // 5
