@@ -53,7 +53,6 @@ pub fn parse_policy_document(text: &str, origin: &str) -> Result<ParsedPolicy, P
 
 /// [`parse_policy_document`] for a document whose first line is line
 /// `line_offset + 1` of its file: positions in errors are the file's.
-#[expect(clippy::too_many_lines, reason = "not split yet")]
 pub fn parse_policy_document_at(
     text: &str,
     origin: &str,
@@ -72,65 +71,10 @@ pub fn parse_policy_document_at(
 
     let spec = doc.spec.unwrap_or_default();
     let default = Policy::builtin_default();
-
-    let mut exclude_uids = Vec::new();
-    let listed = match spec.exclude_uids {
-        Some(uids) => uids.into_iter().map(|u| u.0).collect(),
-        None => default.exclude_uids,
-    };
-    for uid in listed {
-        // A repeated UID is harmless; keep the first mention's order.
-        if !exclude_uids.contains(&uid) {
-            exclude_uids.push(uid);
-        }
-    }
-    if exclude_uids.len() > MAX_EXCLUDED_UIDS {
-        return Err(invalid(
-            "spec.excludeUids".into(),
-            format!(
-                "{} distinct UIDs listed, at most {MAX_EXCLUDED_UIDS} are supported",
-                exclude_uids.len()
-            ),
-        ));
-    }
-
-    let raw_rules = spec.rules.unwrap_or_default();
-    let mut rules = Vec::with_capacity(raw_rules.len());
-    // Same rule twice is almost always a copy/paste slip, and the second
-    // copy could never decide anything; order-insensitive on networks.
-    let mut seen: HashMap<(Vec<Network>, PortSet, Protocol), usize> = HashMap::new();
-    for (i, raw) in raw_rules.into_iter().enumerate() {
-        let id = u32::try_from(i + 1)
-            .map_err(|_| invalid("spec.rules".into(), "too many rules".into()))?;
-        let mut canon = raw.networks.0.clone();
-        for n in &mut canon {
-            n.except.sort();
-            n.except.dedup();
-        }
-        canon.sort();
-        canon.dedup();
-        if let Some(&first) = seen.get(&(canon.clone(), raw.ports.0.clone(), raw.protocol)) {
-            return Err(invalid(
-                format!("spec.rules[{i}]"),
-                format!(
-                    "rule {id} duplicates spec.rules[{first}] (rule {}): same networks, ports {} and protocol {}",
-                    first + 1,
-                    raw.ports.0,
-                    raw.protocol
-                ),
-            ));
-        }
-        seen.insert((canon, raw.ports.0.clone(), raw.protocol), i);
-        rules.push(Rule {
-            id,
-            networks: raw.networks.0,
-            ports: raw.ports.0,
-            protocol: raw.protocol,
-            scope: None,
-            global_egress: false,
-            origin: format!("spec.rules[{i}]"),
-        });
-    }
+    let exclude_uids = exclude_uids(spec.exclude_uids, default.exclude_uids)
+        .map_err(|message| invalid("spec.excludeUids".into(), message))?;
+    let rules = rules(spec.rules.unwrap_or_default())
+        .map_err(|(field, message)| invalid(field, message))?;
 
     let policy = Policy {
         default_opaque_ports: spec
@@ -150,6 +94,85 @@ pub fn parse_policy_document_at(
         policy,
         cluster_networks,
     })
+}
+
+/// `spec.excludeUids` (or the built-in list when absent), first mention
+/// first, within [`MAX_EXCLUDED_UIDS`]; the error is the message.
+fn exclude_uids(
+    listed: Option<Vec<schema::Uint32>>,
+    default: Vec<u32>,
+) -> Result<Vec<u32>, String> {
+    let listed = match listed {
+        Some(uids) => uids.into_iter().map(|u| u.0).collect(),
+        None => default,
+    };
+    let mut exclude_uids = Vec::new();
+    for uid in listed {
+        // A repeated UID is harmless; keep the first mention's order.
+        if !exclude_uids.contains(&uid) {
+            exclude_uids.push(uid);
+        }
+    }
+    if exclude_uids.len() > MAX_EXCLUDED_UIDS {
+        return Err(format!(
+            "{} distinct UIDs listed, at most {MAX_EXCLUDED_UIDS} are supported",
+            exclude_uids.len()
+        ));
+    }
+    Ok(exclude_uids)
+}
+
+/// `spec.rules` numbered from 1, refusing a rule that repeats an earlier
+/// one; the error is (field, message).
+fn rules(raw_rules: Vec<schema::RawRule>) -> Result<Vec<Rule>, (String, String)> {
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    // Same rule twice is almost always a copy/paste slip, and the second
+    // copy could never decide anything; order-insensitive on networks.
+    let mut seen: HashMap<(Vec<Network>, PortSet, Protocol), usize> = HashMap::new();
+    for (i, raw) in raw_rules.into_iter().enumerate() {
+        let id = u32::try_from(i + 1)
+            .map_err(|_| ("spec.rules".to_string(), "too many rules".to_string()))?;
+        let key = (
+            canonical_networks(&raw.networks.0),
+            raw.ports.0.clone(),
+            raw.protocol,
+        );
+        if let Some(&first) = seen.get(&key) {
+            return Err((
+                format!("spec.rules[{i}]"),
+                format!(
+                    "rule {id} duplicates spec.rules[{first}] (rule {}): same networks, ports {} and protocol {}",
+                    first + 1,
+                    raw.ports.0,
+                    raw.protocol
+                ),
+            ));
+        }
+        seen.insert(key, i);
+        rules.push(Rule {
+            id,
+            networks: raw.networks.0,
+            ports: raw.ports.0,
+            protocol: raw.protocol,
+            scope: None,
+            global_egress: false,
+            origin: format!("spec.rules[{i}]"),
+        });
+    }
+    Ok(rules)
+}
+
+/// A rule's networks sorted and deduplicated (their `except` lists too), so
+/// that two rules listing the same networks in another order compare equal.
+fn canonical_networks(networks: &[Network]) -> Vec<Network> {
+    let mut canon = networks.to_vec();
+    for n in &mut canon {
+        n.except.sort();
+        n.except.dedup();
+    }
+    canon.sort();
+    canon.dedup();
+    canon
 }
 
 /// `spec.learning` over its defaults (values were checked when read).

@@ -25,10 +25,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::AgentMetrics;
+use super::{AgentMetrics, AgentValues};
 use crate::{
     build_info,
-    datapath::PinDir,
+    datapath::{status::RejectedReport, PinDir},
     stats::{
         prometheus::{counter, encode, gauge, KernelCollector, PREFIX},
         read_snapshot, Snapshot,
@@ -38,17 +38,30 @@ use crate::{
 /// Prometheus text format 0.0.4, which every scraper reads.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// Everything `/metrics` serves, under the `classifier_` prefix.
-#[derive(Debug)]
+/// Everything `/metrics` serves, under the `classifier_` prefix, and the
+/// rejected-objects report `/debug/rejected` serves.
 pub struct Exporter {
     registry: Registry,
+    rejected: Box<dyn Fn() -> Option<RejectedReport> + Send + Sync>,
+}
+
+impl fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exporter")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Exporter {
     /// The kernel counters from the maps pinned under `pins`, read at every
     /// scrape, and the agent's own metrics.
+    /// The report is the one the agent wrote under the pin directory's
+    /// state directory, read at every request.
     pub fn new(pins: PinDir, agent: AgentMetrics) -> Self {
+        let report_pins = pins.clone();
         Self::with_snapshots(move || read_snapshot(&pins), agent)
+            .with_rejected(move || RejectedReport::read(&report_pins))
     }
 
     /// Only the kernel counters of one snapshot: what `classifier stats
@@ -56,7 +69,10 @@ impl Exporter {
     pub fn kernel_only(snapshot: Snapshot) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(KernelCollector::of(snapshot)));
-        Self { registry }
+        Self {
+            registry,
+            rejected: Box::new(|| None),
+        }
     }
 
     /// As [`new`](Self::new), with the snapshot from `read` (tests).
@@ -67,7 +83,27 @@ impl Exporter {
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(KernelCollector::new(read)));
         registry.register_collector(Box::new(AgentCollector(agent)));
-        Self { registry }
+        Self {
+            registry,
+            rejected: Box::new(|| None),
+        }
+    }
+
+    /// The rejected-objects report from `read` (`None`: no agent wrote one
+    /// yet).
+    pub fn with_rejected(
+        self,
+        read: impl Fn() -> Option<RejectedReport> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            rejected: Box::new(read),
+            ..self
+        }
+    }
+
+    /// The rejected-objects report, as `classifier stats` reads it.
+    pub fn rejected(&self) -> Option<RejectedReport> {
+        (self.rejected)()
     }
 
     /// One scrape. Reading the maps is a few system calls per map plus one
@@ -82,113 +118,128 @@ impl Exporter {
 struct AgentCollector(AgentMetrics);
 
 impl Collector for AgentCollector {
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one output section per block; not split yet (stats and metrics are changing on other branches)"
-    )]
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let v = self.0.values();
-        gauge(
-            &mut enc,
-            "agent_ready",
-            "1 once the programs are attached or adopted and this agent applied a policy",
-            u32::from(v.ready),
-        )?;
-        gauge(
-            &mut enc,
-            "agent_policy_generation",
-            "Generation of the last policy this agent applied",
-            v.policy_generation,
-        )?;
-        gauge(
-            &mut enc,
-            "agent_policy_rules",
-            "Rules in the last policy this agent applied",
-            v.policy_rules,
-        )?;
-        counter(
-            &mut enc,
-            "agent_policy_apply_errors",
-            "Policies that could not be loaded, compiled or written (the previous one stayed active)",
-            v.apply_errors,
-        )?;
-        counter(
-            &mut enc,
-            "agent_policy_full_applies",
-            "Policies compiled whole and switched to (a slot switch)",
-            v.full_applies,
-        )?;
-        counter(
-            &mut enc,
-            "agent_policy_incremental_applies",
-            "Document changes applied to the policy in force in place, key by key, without a full compile",
-            v.incremental_applies,
-        )?;
-        counter(
-            &mut enc,
-            "agent_sync_errors",
-            "Failed syncs with the policy source (Kubernetes API); retried with backoff",
-            v.sync_errors,
-        )?;
-        if let Some(t) = v.last_apply {
-            gauge(
-                &mut enc,
-                "agent_last_apply_timestamp_seconds",
-                "Unix time this agent last applied a policy",
-                t,
-            )?;
-        }
-        if let Some(t) = v.last_sync {
-            gauge(
-                &mut enc,
-                "agent_last_sync_timestamp_seconds",
-                "Unix time of the last successful sync with the policy source (Kubernetes API)",
-                t,
-            )?;
-        }
-        if let Some(connected) = v.kubernetes_connected {
-            gauge(
-                &mut enc,
-                "agent_kubernetes_connected",
-                "1 while the Kubernetes watch is connected (the last policy stays when it is not)",
-                u32::from(connected),
-            )?;
-        }
-        // Counts only, never names (those are in `classifier
-        // stats`). Every watched kind is listed, at 0 when none is skipped.
-        {
-            let mut by_kind: std::collections::BTreeMap<&str, u64> = crate::sources::kinds::KINDS
-                .iter()
-                .map(|k| (k.kind, 0))
-                .collect();
-            for (kind, n) in &v.rejected_by_kind {
-                *by_kind.entry(kind.as_str()).or_insert(0) += n;
-            }
-            let mut family = enc.encode_descriptor(
-                "agent_rejected_objects",
-                "Objects the current policy skipped because the compiler rejects them (the rest applies), by kind",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (kind, n) in by_kind {
-                ConstGauge::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
-            }
-        }
-        let info = enc.encode_descriptor(
-            "build",
-            "The agent's version, git commit and map layout version (always 1)",
-            None,
-            MetricType::Info,
-        )?;
-        let layout = build_info::LAYOUT.to_string();
-        let labels = [
-            ("version", build_info::VERSION),
-            ("commit", build_info::COMMIT),
-            ("layout", layout.as_str()),
-        ];
-        Info::new(labels).encode(info)?;
-        Ok(())
+        encode_policy(&mut enc, &v)?;
+        encode_last_seen(&mut enc, &v)?;
+        encode_rejected(&mut enc, &v)?;
+        encode_build_info(&mut enc)
     }
+}
+
+/// Readiness, the policy this agent applied, and its error counts.
+fn encode_policy(enc: &mut DescriptorEncoder, v: &AgentValues) -> fmt::Result {
+    gauge(
+        enc,
+        "agent_ready",
+        "1 once the programs are attached or adopted and this agent applied a policy",
+        u32::from(v.ready),
+    )?;
+    gauge(
+        enc,
+        "agent_policy_generation",
+        "Generation of the last policy this agent applied",
+        v.policy_generation,
+    )?;
+    gauge(
+        enc,
+        "agent_policy_rules",
+        "Rules in the last policy this agent applied",
+        v.policy_rules,
+    )?;
+    counter(
+        enc,
+        "agent_policy_apply_errors",
+        "Policies that could not be loaded, compiled or written (the previous one stayed active)",
+        v.apply_errors,
+    )?;
+    counter(
+        enc,
+        "agent_policy_full_applies",
+        "Policies compiled whole and switched to (a slot switch)",
+        v.full_applies,
+    )?;
+    counter(
+        enc,
+        "agent_policy_incremental_applies",
+        "Document changes applied to the policy in force in place, key by key, without a full compile",
+        v.incremental_applies,
+    )?;
+    counter(
+        enc,
+        "agent_sync_errors",
+        "Failed syncs with the policy source (Kubernetes API); retried with backoff",
+        v.sync_errors,
+    )
+}
+
+/// When this agent last applied a policy and last synced with its source,
+/// and whether the Kubernetes watch is connected (each when known).
+fn encode_last_seen(enc: &mut DescriptorEncoder, v: &AgentValues) -> fmt::Result {
+    if let Some(t) = v.last_apply {
+        gauge(
+            enc,
+            "agent_last_apply_timestamp_seconds",
+            "Unix time this agent last applied a policy",
+            t,
+        )?;
+    }
+    if let Some(t) = v.last_sync {
+        gauge(
+            enc,
+            "agent_last_sync_timestamp_seconds",
+            "Unix time of the last successful sync with the policy source (Kubernetes API)",
+            t,
+        )?;
+    }
+    if let Some(connected) = v.kubernetes_connected {
+        gauge(
+            enc,
+            "agent_kubernetes_connected",
+            "1 while the Kubernetes watch is connected (the last policy stays when it is not)",
+            u32::from(connected),
+        )?;
+    }
+    Ok(())
+}
+
+/// Counts only, never names (those are in `classifier stats` and
+/// `/debug/rejected`). Every watched kind is listed, at 0 when none is
+/// skipped.
+fn encode_rejected(enc: &mut DescriptorEncoder, v: &AgentValues) -> fmt::Result {
+    let mut by_kind: std::collections::BTreeMap<&str, u64> = crate::sources::kinds::KINDS
+        .iter()
+        .map(|k| (k.kind, 0))
+        .collect();
+    for (kind, n) in &v.rejected_by_kind {
+        *by_kind.entry(kind.as_str()).or_insert(0) += n;
+    }
+    let mut family = enc.encode_descriptor(
+        "agent_rejected_objects",
+        "Objects the current policy skipped because the compiler rejects them (the rest applies), by kind",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (kind, n) in by_kind {
+        ConstGauge::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+    }
+    Ok(())
+}
+
+fn encode_build_info(enc: &mut DescriptorEncoder) -> fmt::Result {
+    let info = enc.encode_descriptor(
+        "build",
+        "The agent's version, git commit and map layout version (always 1)",
+        None,
+        MetricType::Info,
+    )?;
+    let layout = build_info::LAYOUT.to_string();
+    let labels = [
+        ("version", build_info::VERSION),
+        ("commit", build_info::COMMIT),
+        ("layout", layout.as_str()),
+    ];
+    Info::new(labels).encode(info)
 }
 
 #[cfg(test)]

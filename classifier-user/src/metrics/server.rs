@@ -20,8 +20,13 @@
 //! then), a connection lives at most [`CONNECTION_LIFETIME`], one peer
 //! address holds at most [`MAX_PER_PEER`] connections and all peers
 //! together [`MAX_CONNECTIONS`] (more are closed at accept), and only
-//! `GET`/`HEAD` of three fixed paths are answered. A pod that opens
+//! `GET`/`HEAD` of four fixed paths are answered. A pod that opens
 //! hundreds of idle connections fills only its own per-peer quota.
+//!
+//! `/debug/rejected` (the rejected-objects report, as JSON) names tenants'
+//! objects and quotes their values, which `/metrics` never does: it is
+//! answered to loopback peers only (`kubectl port-forward`, or a process in
+//! the agent's network namespace), and 403 to any other.
 //!
 //! The kubelet's probes share their peer address with every node-local
 //! process, so a per-peer quota cannot protect them: eight idle
@@ -197,7 +202,7 @@ impl MetricsServer {
             })
             .context("metrics: starting the server thread")?;
         if let Some(addr) = metrics_addr {
-            tracing::info!(addr = %addr, "serving /metrics, /healthz and /readyz");
+            tracing::info!(addr = %addr, "serving /metrics, /healthz, /readyz and /debug/rejected");
         }
         if let Some(addr) = probe_addr {
             tracing::info!(addr = %addr, "serving /healthz and /readyz for probes");
@@ -283,7 +288,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(state, req).await) }
+                async move {
+                    Ok::<_, Infallible>(
+                        respond(state, req.method(), req.uri().path(), peer_ip).await,
+                    )
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -379,21 +388,67 @@ fn respond_probe(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
-async fn respond(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+async fn respond(
+    state: Arc<State>,
+    method: &Method,
+    path: &str,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         resp.headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => scrape(state).await,
         "/healthz" => probe(state.agent.liveness()),
         "/readyz" => probe(state.agent.readiness()),
+        "/debug/rejected" if !peer.is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "/debug/rejected names objects: it answers loopback peers only (kubectl port-forward)\n"
+                .into(),
+        ),
+        "/debug/rejected" => debug_rejected(state).await,
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /debug/rejected\n".into(),
         ),
+    }
+}
+
+/// The rejected-objects report as JSON (what `classifier stats --json`
+/// shows of it), read on a blocking thread.
+async fn debug_rejected(state: Arc<State>) -> Response<Full<Bytes>> {
+    let worker = state.clone();
+    let report = match tokio::task::spawn_blocking(move || worker.exporter.rejected()).await {
+        Ok(Some(report)) => report,
+        Ok(None) => return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no rejected-objects report yet: the agent writes one after each policy it applies\n"
+                .into(),
+        ),
+        Err(err) => {
+            tracing::error!("metrics: reading the rejected-objects report failed: {err}");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "read failed\n".into());
+        }
+    };
+    match serde_json::to_vec(&report) {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(err) => {
+            tracing::error!("metrics: encoding the rejected-objects report: {err}");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding failed\n".into(),
+            )
+        }
     }
 }
 
@@ -514,6 +569,67 @@ mod tests {
         agent.stopping();
         let r = get(addr, &req("GET", "/healthz"));
         assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    }
+
+    /// `/debug/rejected`: the report as JSON to a loopback peer, 503 before
+    /// any report exists, 403 to any other peer (it names objects).
+    #[test]
+    fn serves_the_rejected_objects_report_to_loopback_peers_only() {
+        use crate::datapath::status::{RejectedObject, RejectedReport};
+        let report = RejectedReport {
+            total: 1,
+            by_kind: [("Pod".to_owned(), 1)].into(),
+            objects: vec![RejectedObject {
+                kind: "Pod".into(),
+                namespace: Some("team-c".into()),
+                name: "typo".into(),
+                origin: "all.yaml#6".into(),
+                reason: "no container port named \"mysql\"".into(),
+            }],
+        };
+        let written = Arc::new(Mutex::new(None));
+        let agent = AgentMetrics::new(Duration::from_secs(30));
+        let reader = written.clone();
+        let exporter = Exporter::with_snapshots(|| Err(anyhow::anyhow!("none")), agent.clone())
+            .with_rejected(move || reader.lock().unwrap().clone());
+        let state = Arc::new(State {
+            exporter,
+            agent: agent.clone(),
+            scrapes: Semaphore::new(MAX_CONCURRENT_SCRAPES),
+            limits: Limits::default(),
+        });
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr();
+        let exporter = Exporter::with_snapshots(|| Err(anyhow::anyhow!("none")), agent.clone());
+        let reader = written.clone();
+        server
+            .start(
+                exporter.with_rejected(move || reader.lock().unwrap().clone()),
+                agent,
+            )
+            .unwrap();
+
+        let r = get(addr, &req("GET", "/debug/rejected"));
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        *written.lock().unwrap() = Some(report.clone());
+        let r = get(addr, &req("GET", "/debug/rejected"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("content-type: application/json"), "{r}");
+        let body = r.split_once("\r\n\r\n").unwrap().1;
+        let served: RejectedReport = serde_json::from_str(body).unwrap();
+        assert_eq!(served, report);
+
+        // The same request from an address that is not loopback.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let resp = runtime.block_on(respond(
+            state,
+            &Method::GET,
+            "/debug/rejected",
+            "192.0.2.1".parse().unwrap(),
+        ));
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     }
 
     /// A slow scrape (standing in for a full verdict table) neither delays

@@ -62,10 +62,6 @@ impl fmt::Debug for KernelCollector {
 }
 
 impl Collector for KernelCollector {
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one output section per block; not split yet (stats and metrics are changing on other branches)"
-    )]
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let snapshot = match (self.read)() {
             Ok(s) => s,
@@ -86,98 +82,112 @@ impl Collector for KernelCollector {
             "Whether this scrape could read the pinned maps (1) or not (0)",
             1u32,
         )?;
-        // Every kernel counter, each in the one family it belongs to (see
-        // KERNEL_FAMILIES): no family mixes things whose sum means nothing.
-        let value_of = |counter: &str| {
-            s.counters
-                .iter()
-                .find(|(n, _)| n == counter)
-                .map_or(0, |(_, v)| *v)
-        };
-        for family in KERNEL_FAMILIES {
-            let mut encoder =
-                enc.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
-            match family.label {
-                None => {
-                    let (counter, _) = family.counters[0];
-                    ConstCounter::new(value_of(counter)).encode(encoder)?;
-                }
-                Some(key) => {
-                    for (counter, label) in family.counters {
-                        let labels = [(key, label.unwrap_or_default())];
-                        ConstCounter::new(value_of(counter))
-                            .encode(encoder.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        gauge(
-            &mut enc,
-            "verdict_table_entries",
-            "Published verdicts in the table",
-            s.verdict_table.entries,
-        )?;
-        gauge(
-            &mut enc,
-            "verdict_table_capacity",
-            "Verdict table size",
-            s.verdict_table.capacity,
-        )?;
-        counter(
-            &mut enc,
-            "verdict_table_lost",
-            "Published verdicts gone from the table before their connection closed (the table never evicts: stays 0)",
-            s.verdict_table.lost,
-        )?;
-        // Learning: counts only, never addresses (its kernel
-        // counters are families of KERNEL_FAMILIES).
-        if let Some(l) = &s.learning {
-            gauge(
-                &mut enc,
-                "learned_destinations",
-                "Learned server-first destinations in the table",
-                l.entries,
-            )?;
-        }
-        let p = &s.policy;
-        gauge(
-            &mut enc,
-            "policy_generation",
-            "Generation of the policy active in the kernel",
-            p.generation,
-        )?;
-        gauge(
-            &mut enc,
-            "policy_rules",
-            "Rules in the policy active in the kernel",
-            p.rules,
-        )?;
-        {
-            let mut family = enc.encode_descriptor(
-                "policy_trie_entries",
-                "Longest-prefix-match entries of the active policy, by address family",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (af, n) in [("ipv4", p.v4_entries), ("ipv6", p.v6_entries)] {
-                let labels = [("family", af)];
-                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        gauge(
-            &mut enc,
-            "policy_default_opaque_ports",
-            "Ports in the active policy's default opaque set",
-            p.default_opaque_ports,
-        )?;
-        gauge(
-            &mut enc,
-            "policy_excluded_uids",
-            "UIDs the active policy leaves alone",
-            p.excluded_uids,
-        )?;
-        Ok(())
+        encode_kernel_families(&mut enc, s)?;
+        encode_tables(&mut enc, s)?;
+        encode_policy(&mut enc, s)
     }
+}
+
+/// Every kernel counter, each in the one family it belongs to (see
+/// [`KERNEL_FAMILIES`]): no family mixes things whose sum means nothing.
+fn encode_kernel_families(enc: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
+    let value_of = |counter: &str| {
+        s.counters
+            .iter()
+            .find(|(n, _)| n == counter)
+            .map_or(0, |(_, v)| *v)
+    };
+    for family in KERNEL_FAMILIES {
+        let mut encoder =
+            enc.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
+        match family.label {
+            None => {
+                let (counter, _) = family.counters[0];
+                ConstCounter::new(value_of(counter)).encode(encoder)?;
+            }
+            Some(key) => {
+                for (counter, label) in family.counters {
+                    let labels = [(key, label.unwrap_or_default())];
+                    ConstCounter::new(value_of(counter)).encode(encoder.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The verdict table's and the learned table's fill.
+fn encode_tables(enc: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
+    gauge(
+        enc,
+        "verdict_table_entries",
+        "Published verdicts in the table",
+        s.verdict_table.entries,
+    )?;
+    gauge(
+        enc,
+        "verdict_table_capacity",
+        "Verdict table size",
+        s.verdict_table.capacity,
+    )?;
+    counter(
+        enc,
+        "verdict_table_lost",
+        "Published verdicts gone from the table before their connection closed (the table never evicts: stays 0)",
+        s.verdict_table.lost,
+    )?;
+    // Learning: counts only, never addresses (its kernel counters are
+    // families of KERNEL_FAMILIES).
+    if let Some(l) = &s.learning {
+        gauge(
+            enc,
+            "learned_destinations",
+            "Learned server-first destinations in the table",
+            l.entries,
+        )?;
+    }
+    Ok(())
+}
+
+/// The policy active in the kernel.
+fn encode_policy(enc: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
+    let p = &s.policy;
+    gauge(
+        enc,
+        "policy_generation",
+        "Generation of the policy active in the kernel",
+        p.generation,
+    )?;
+    gauge(
+        enc,
+        "policy_rules",
+        "Rules in the policy active in the kernel",
+        p.rules,
+    )?;
+    {
+        let mut family = enc.encode_descriptor(
+            "policy_trie_entries",
+            "Longest-prefix-match entries of the active policy, by address family",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (af, n) in [("ipv4", p.v4_entries), ("ipv6", p.v6_entries)] {
+            let labels = [("family", af)];
+            ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    gauge(
+        enc,
+        "policy_default_opaque_ports",
+        "Ports in the active policy's default opaque set",
+        p.default_opaque_ports,
+    )?;
+    gauge(
+        enc,
+        "policy_excluded_uids",
+        "UIDs the active policy leaves alone",
+        p.excluded_uids,
+    )
 }
 
 /// One counter family made of kernel counters: `name` (`_total` is added),

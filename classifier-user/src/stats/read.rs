@@ -138,59 +138,14 @@ fn open_map(pins: &PinDir, name: &str) -> Result<MapData> {
     })
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one output section per block; not split yet (stats and metrics are changing on other branches)"
-)]
 pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
-    let root = crate::sys::process::is_root();
-    if !root && !pins.root().exists() {
-        // The pin directory is root-only, so it is invisible either way.
-        bail!(
-            "reading the classifier's maps needs root (its pins under {} are root-only)",
-            pins.root().display()
-        );
-    }
-    if !pins.root().exists() {
-        bail!(
-            "no classifier is installed at {} (the directory does not exist); start one with `classifier agent`",
-            pins.root().display()
-        );
-    }
-    let counter_map: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(open_map(pins, maps::COUNTERS)?))?;
-    let mut values = vec![0u64; counters::COUNT as usize];
-    for (index, value) in values.iter_mut().enumerate() {
-        let per_cpu = counter_map
-            .get(&(index as u32), 0)
-            .context("reading counters")?;
-        *value = per_cpu.iter().sum();
-    }
+    check_installed(pins)?;
+    let values = read_counters(pins)?;
     let get = |i: u32| values[i as usize];
-
-    let verdicts: HashMap<MapData, ConnKey, ConnVerdict> =
-        HashMap::try_from(Map::HashMap(open_map(pins, maps::VERDICTS)?))?;
-    let capacity = u64::from(verdicts.map().info()?.max_entries());
-    let entries = verdicts.keys().filter(|k| k.is_ok()).count() as u64;
-
-    let ports: PerCpuHashMap<MapData, u32, u64> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(open_map(pins, maps::PORT_COUNTS)?))?;
-    let mut top_ports: Vec<PortCount> = ports
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(port, per_cpu)| PortCount {
-            port: port as u16,
-            connects: per_cpu.iter().sum(),
-        })
-        .collect();
-    top_ports.sort_by(|a, b| b.connects.cmp(&a.connects).then(a.port.cmp(&b.port)));
-    top_ports.truncate(10);
-
+    let verdict_table = verdict_table(pins, &get)?;
+    let top_ports = top_ports(pins)?;
     // Opened through the policy writer's own code so both agree on slots.
     let config: PolicyConfig = PolicyMaps::open(pins)?.active_config()?;
-
-    let published = get(counters::PUBLISHED);
-    let withdrawn = get(counters::UNPUBLISHED);
     let learning = learning_snapshot(pins);
     Ok(Snapshot {
         connects_total: get(counters::CONNECT4)
@@ -208,25 +163,8 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
             .iter()
             .map(|(i, name)| (name.to_string(), get(*i)))
             .collect(),
-        verdict_table: VerdictTable {
-            entries,
-            capacity,
-            // Each ambiguity turns two published verdicts into one entry.
-            lost: published
-                .saturating_sub(withdrawn)
-                .saturating_sub(get(counters::PUBLISH_AMBIGUOUS))
-                .saturating_sub(entries),
-        },
-        policy: PolicyInfo {
-            generation: config.generation,
-            rules: config.rule_count,
-            v4_entries: config.v4_entries,
-            v6_entries: config.v6_entries,
-            default_opaque_ports: config.default_port_count,
-            excluded_uids: config.excluded_uid_count,
-            mark: (config.flags & classifier_common::CONFIG_FLAG_MARK != 0)
-                .then_some((config.mark_value, config.mark_mask)),
-        },
+        verdict_table,
+        policy: policy_info(&config),
         top_ports,
         agent: agent_info(pins),
         learning: learning.as_ref().map(|(config, entries)| LearningInfo {
@@ -250,6 +188,88 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
         learned_destinations: learning.map(|(_, e)| e).unwrap_or_default(),
         rejected: crate::datapath::status::RejectedReport::read(pins),
     })
+}
+
+/// The pin directory exists and can be read: the one line a user needs
+/// when it cannot.
+fn check_installed(pins: &PinDir) -> Result<()> {
+    let root = crate::sys::process::is_root();
+    if !root && !pins.root().exists() {
+        // The pin directory is root-only, so it is invisible either way.
+        bail!(
+            "reading the classifier's maps needs root (its pins under {} are root-only)",
+            pins.root().display()
+        );
+    }
+    if !pins.root().exists() {
+        bail!(
+            "no classifier is installed at {} (the directory does not exist); start one with `classifier agent`",
+            pins.root().display()
+        );
+    }
+    Ok(())
+}
+
+/// Every kernel counter, summed over CPUs, by index.
+fn read_counters(pins: &PinDir) -> Result<Vec<u64>> {
+    let counter_map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open_map(pins, maps::COUNTERS)?))?;
+    let mut values = vec![0u64; counters::COUNT as usize];
+    for (index, value) in values.iter_mut().enumerate() {
+        let per_cpu = counter_map
+            .get(&(index as u32), 0)
+            .context("reading counters")?;
+        *value = per_cpu.iter().sum();
+    }
+    Ok(values)
+}
+
+/// The verdict table's size, and the verdicts it lost (from the counters
+/// `get` reads).
+fn verdict_table(pins: &PinDir, get: &impl Fn(u32) -> u64) -> Result<VerdictTable> {
+    let verdicts: HashMap<MapData, ConnKey, ConnVerdict> =
+        HashMap::try_from(Map::HashMap(open_map(pins, maps::VERDICTS)?))?;
+    let capacity = u64::from(verdicts.map().info()?.max_entries());
+    let entries = verdicts.keys().filter(|k| k.is_ok()).count() as u64;
+    Ok(VerdictTable {
+        entries,
+        capacity,
+        // Each ambiguity turns two published verdicts into one entry.
+        lost: get(counters::PUBLISHED)
+            .saturating_sub(get(counters::UNPUBLISHED))
+            .saturating_sub(get(counters::PUBLISH_AMBIGUOUS))
+            .saturating_sub(entries),
+    })
+}
+
+/// The 10 most connected-to destination ports, busiest first.
+fn top_ports(pins: &PinDir) -> Result<Vec<PortCount>> {
+    let ports: PerCpuHashMap<MapData, u32, u64> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(open_map(pins, maps::PORT_COUNTS)?))?;
+    let mut top_ports: Vec<PortCount> = ports
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(port, per_cpu)| PortCount {
+            port: port as u16,
+            connects: per_cpu.iter().sum(),
+        })
+        .collect();
+    top_ports.sort_by(|a, b| b.connects.cmp(&a.connects).then(a.port.cmp(&b.port)));
+    top_ports.truncate(10);
+    Ok(top_ports)
+}
+
+fn policy_info(config: &PolicyConfig) -> PolicyInfo {
+    PolicyInfo {
+        generation: config.generation,
+        rules: config.rule_count,
+        v4_entries: config.v4_entries,
+        v6_entries: config.v6_entries,
+        default_opaque_ports: config.default_port_count,
+        excluded_uids: config.excluded_uid_count,
+        mark: (config.flags & classifier_common::CONFIG_FLAG_MARK != 0)
+            .then_some((config.mark_value, config.mark_mask)),
+    }
 }
 
 /// The learning settings and entries, if readable.

@@ -13,12 +13,27 @@ use super::Snapshot;
 /// Rejected objects the table lists (the JSON lists every one).
 const REJECTED_LISTED: usize = 20;
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one output section per block; not split yet (stats and metrics are changing on other branches)"
-)]
 pub fn render_table(s: &Snapshot) -> String {
     let mut out = String::new();
+    connects(&mut out, s);
+    learning(&mut out, s);
+    errors_and_policy(&mut out, s);
+    agent(&mut out, s);
+    rejected(&mut out, s);
+    if !s.top_ports.is_empty() {
+        let ports: Vec<String> = s
+            .top_ports
+            .iter()
+            .map(|p| format!("{} ({})", p.port, p.connects))
+            .collect();
+        let _ = writeln!(out, "top destination ports {}", ports.join(", "));
+    }
+    out
+}
+
+/// Connects by family, verdict and source; proxy queries; the verdict
+/// table.
+fn connects(out: &mut String, s: &Snapshot) {
     let c = |index: u32| s.counter(index);
     let _ = writeln!(
         out,
@@ -58,6 +73,10 @@ pub fn render_table(s: &Snapshot) -> String {
         100.0 * s.verdict_table.entries as f64 / s.verdict_table.capacity.max(1) as f64,
         s.verdict_table.lost
     );
+}
+
+/// Learning's settings, counts and entries, when its maps read.
+fn learning(out: &mut String, s: &Snapshot) {
     if let Some(l) = &s.learning {
         let _ = writeln!(
             out,
@@ -82,6 +101,10 @@ pub fn render_table(s: &Snapshot) -> String {
             );
         }
     }
+}
+
+/// The errors that occurred, and the policy in force.
+fn errors_and_policy(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "errors                {:>12}", s.errors_total);
     for (name, value) in s
         .counters
@@ -94,6 +117,10 @@ pub fn render_table(s: &Snapshot) -> String {
     let _ = writeln!(out, "policy                generation {}, {} rules ({} v4 + {} v6 entries), {} default opaque ports, {} excluded uids{}",
         p.generation, p.rules, p.v4_entries, p.v6_entries, p.default_opaque_ports, p.excluded_uids,
         p.mark.map(|(v, m)| format!(", mark {v:#x}/{m:#x}")).unwrap_or_default());
+}
+
+/// What the agent last reported.
+fn agent(out: &mut String, s: &Snapshot) {
     match &s.agent {
         None => {
             let _ = writeln!(out, "agent                 never ran here");
@@ -133,6 +160,10 @@ pub fn render_table(s: &Snapshot) -> String {
             }
         }
     }
+}
+
+/// The objects the current policy skipped, the first [`REJECTED_LISTED`].
+fn rejected(out: &mut String, s: &Snapshot) {
     if let Some(r) = &s.rejected {
         let kinds: Vec<String> = r.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(
@@ -167,15 +198,6 @@ pub fn render_table(s: &Snapshot) -> String {
             );
         }
     }
-    if !s.top_ports.is_empty() {
-        let ports: Vec<String> = s
-            .top_ports
-            .iter()
-            .map(|p| format!("{} ({})", p.port, p.connects))
-            .collect();
-        let _ = writeln!(out, "top destination ports {}", ports.join(", "));
-    }
-    out
 }
 
 pub fn render_json(s: &Snapshot) -> Value {

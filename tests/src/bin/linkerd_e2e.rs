@@ -102,22 +102,66 @@ fn parse_args() -> Result<Args> {
 
 const ADMIN: &str = "http://127.0.0.1:4191";
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "a test driver read top to bottom; not split yet"
-)]
+/// What starts the pod's proxy: the identity and detect timeout every
+/// proxy of the run shares.
+struct Proxies {
+    identity: PathBuf,
+    trust_anchors: String,
+    timeout: Duration,
+}
+
+impl Proxies {
+    fn start(&self, world: &mut World, bin: &Path, hints: bool) -> Result<()> {
+        start_linkerd(
+            world,
+            bin,
+            &self.identity,
+            &self.trust_anchors,
+            self.timeout,
+            hints,
+        )
+    }
+}
+
+/// Everything the run measured and saw, for the report and the checks.
+#[derive(Default)]
+struct Findings {
+    stock: Vec<f64>,
+    stock_log: String,
+    patched: Vec<f64>,
+    /// Connections the patched proxy counted as hinted, and the skipped
+    /// detections it logged.
+    hinted: u64,
+    skipped: usize,
+    detected_http: bool,
+    hinted_after_http: u64,
+    routes_kept: RouteCase,
+    routes_configured: u64,
+    fallback_case: RouteCase,
+    fallback_hinted: u64,
+    patched_log: String,
+    rate_on: Vec<f64>,
+    rate_off: Vec<f64>,
+    stalled_with_hints_off: Vec<f64>,
+    control_log: String,
+    detect_policy: bool,
+    without: Vec<f64>,
+    skipped_without: usize,
+}
+
 fn e2e(args: &Args) -> Result<()> {
     if !tests::e2e::prerequisites("linkerd-e2e") {
         bail!("prerequisites missing (see above)");
     }
-    let timeout = Duration::from_millis(args.detect_timeout_ms);
     let mut world = World::without_proxy("linkerd-e2e")?;
-    let identity = identity_dir(&world, &args.identity_data)?;
-    let trust_anchors = fs::read_to_string(args.identity_data.join("ca1.pem"))
-        .context("reading the test trust anchors (ca1.pem)")?;
-
-    let control_plane = start_control_plane(&world, args, &identity, &[HTTP_ON_OPAQUE_PORT])?;
-
+    let proxies = Proxies {
+        identity: identity_dir(&world, &args.identity_data)?,
+        trust_anchors: fs::read_to_string(args.identity_data.join("ca1.pem"))
+            .context("reading the test trust anchors (ca1.pem)")?,
+        timeout: Duration::from_millis(args.detect_timeout_ms),
+    };
+    let identity = proxies.identity.as_path();
+    let control_plane = start_control_plane(&world, args, identity, &[HTTP_ON_OPAQUE_PORT])?;
     let server_netns = format!("{}-srv", world.sb.name);
     let _http_on_opaque_port = Daemon::spawn_until_ready(
         "http server on an opaque port",
@@ -125,22 +169,78 @@ fn e2e(args: &Args) -> Result<()> {
             .sb
             .probe_in_netns(&["http-serve", HTTP_ON_OPAQUE_PORT], &server_netns),
     )?;
-
     world.sb.start_agent(&[])?;
     eprintln!("linkerd-e2e: agent attached to the pod's cgroup");
 
-    let linkerd = |world: &mut World, bin: &Path, hints: bool| {
-        start_linkerd(world, bin, &identity, &trust_anchors, timeout, hints)
-    };
+    let mut f = Findings::default();
+    stock_then_patched(&mut world, args, &proxies, &mut f)?;
+    // The same destination under the fallback policy: the hint is used.
+    drop(control_plane);
+    let control_plane = start_control_plane(&world, args, identity, &[])?;
+    proxies.start(&mut world, &args.patched, true)?;
+    f.fallback_case = route_case(&world, false)?;
+    f.fallback_hinted = hint_results(&world, "skipped_detection")?;
+    f.patched_log.push_str(&world.proxy_log());
+    accept_rates(&mut world, args, &proxies, &mut f)?;
+    drop(control_plane);
+    let _control_plane = start_control_plane(&world, args, identity, &[HTTP_ON_OPAQUE_PORT])?;
+    proxies.start(&mut world, &args.patched, true)?;
 
-    linkerd(&mut world, &args.stock, false)?;
-    let stock = greetings(&world, args.runs, "stock proxy, classifier attached")?;
-    let stock_log = world.proxy_log();
+    // The policy the proxies received for MariaDB's address: Linkerd's
+    // fallback, Detect (the case the series is for).
+    f.control_log = fs::read_to_string(world.sb.dir.join("control-plane.log")).unwrap_or_default();
+    f.detect_policy = f
+        .control_log
+        .lines()
+        .any(|l| l.contains(&format!("target={MARIADB} ")) && l.contains("Detect("));
 
-    linkerd(&mut world, &args.patched, true)?;
-    let patched = greetings(&world, args.runs, "patched proxy, classifier attached")?;
-    let hinted = hint_results(&world, "skipped_detection")?;
-    let skipped = world.proxy_lines(&[SKIPPED_LINE]).len();
+    world.sb.uninstall_agent()?;
+    eprintln!("linkerd-e2e: agent stopped and uninstalled");
+    f.without = greetings(&world, args.runs, "patched proxy, no classifier")?;
+    f.skipped_without = world.proxy_lines(&[SKIPPED_LINE]).len();
+
+    let report = report(args, &f);
+    if let Some(dir) = args.out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let failures = failures(args, &f);
+    if !failures.is_empty() {
+        eprintln!("--- patched proxy log (tail) ---");
+        for line in tail(&f.patched_log, 40) {
+            eprintln!("{line}");
+        }
+        bail!("{}", failures.join("; "));
+    }
+    eprintln!(
+        "linkerd-e2e: ok: greeting after {:.1} ms (stock), {:.1} ms (patched), {:.1} ms \
+         (patched, no classifier); detect timeout {} ms",
+        median(&f.stock),
+        median(&f.patched),
+        median(&f.without),
+        args.detect_timeout_ms
+    );
+    Ok(())
+}
+
+/// MariaDB greetings through the stock proxy, then the patched one with
+/// hints; HTTP/1 through the patched proxy; an HTTP server with an
+/// HTTPRoute on a port the classifier calls opaque.
+fn stock_then_patched(
+    world: &mut World,
+    args: &Args,
+    proxies: &Proxies,
+    f: &mut Findings,
+) -> Result<()> {
+    proxies.start(world, &args.stock, false)?;
+    f.stock = greetings(world, args.runs, "stock proxy, classifier attached")?;
+    f.stock_log = world.proxy_log();
+
+    proxies.start(world, &args.patched, true)?;
+    f.patched = greetings(world, args.runs, "patched proxy, classifier attached")?;
+    f.hinted = hint_results(world, "skipped_detection")?;
+    f.skipped = world.proxy_lines(&[SKIPPED_LINE]).len();
 
     // HTTP/1 through the patched proxy: port 8080 has no verdict, so the
     // proxy detects it as before and serves it as HTTP.
@@ -150,90 +250,72 @@ fn e2e(args: &Args) -> Result<()> {
         "curl through the patched proxy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let detected_http = world
+    f.detected_http = world
         .wait_for_proxy_lines(&["192.0.2.2:8080", "Detected", "Http(HTTP/1)"], 1)
         .is_ok();
-    let hinted_after_http = hint_results(&world, "skipped_detection")?;
+    f.hinted_after_http = hint_results(world, "skipped_detection")?;
 
     // An HTTP server on a port the classifier calls opaque, whose policy is
     // Detect with an HTTPRoute: still served as HTTP, and the route applies.
-    let routes_kept = route_case(&world, true)?;
-    let routes_configured = hint_results(&world, "routes_configured")?;
-    let mut patched_log = world.proxy_log();
+    f.routes_kept = route_case(world, true)?;
+    f.routes_configured = hint_results(world, "routes_configured")?;
+    f.patched_log = world.proxy_log();
+    Ok(())
+}
 
-    // The same destination under the fallback policy: the hint is used.
-    drop(control_plane);
-    let control_plane = start_control_plane(&world, args, &identity, &[])?;
-    linkerd(&mut world, &args.patched, true)?;
-    let fallback_case = route_case(&world, false)?;
-    let fallback_hinted = hint_results(&world, "skipped_detection")?;
-    patched_log.push_str(&world.proxy_log());
-
-    // Accept rate with hints on and off, alternating, same binary.
-    let mut rate_on = Vec::new();
-    let mut rate_off = Vec::new();
-    let mut stalled_with_hints_off = Vec::new();
+/// Accept rate with hints on and off, alternating, same binary; once,
+/// greetings with hints off.
+fn accept_rates(world: &mut World, args: &Args, proxies: &Proxies, f: &mut Findings) -> Result<()> {
     for round in 0..RATE_ROUNDS {
-        linkerd(&mut world, &args.patched, true)?;
-        rate_on.push(accept_rate(&world)?);
-        linkerd(&mut world, &args.patched, false)?;
-        rate_off.push(accept_rate(&world)?);
+        proxies.start(world, &args.patched, true)?;
+        f.rate_on.push(accept_rate(world)?);
+        proxies.start(world, &args.patched, false)?;
+        f.rate_off.push(accept_rate(world)?);
         if round == 0 {
             // Opt-in off: the patched proxy does not ask, and waits.
-            stalled_with_hints_off =
-                greetings(&world, 1, "patched proxy, hints off, classifier attached")?;
+            f.stalled_with_hints_off =
+                greetings(world, 1, "patched proxy, hints off, classifier attached")?;
         }
     }
     eprintln!(
-        "linkerd-e2e: accept rate (connections/s): hints on {rate_on:?}, hints off {rate_off:?}"
+        "linkerd-e2e: accept rate (connections/s): hints on {:?}, hints off {:?}",
+        f.rate_on, f.rate_off
     );
-    drop(control_plane);
-    let _control_plane = start_control_plane(&world, args, &identity, &[HTTP_ON_OPAQUE_PORT])?;
-    linkerd(&mut world, &args.patched, true)?;
+    Ok(())
+}
 
-    // The policy the proxies received for MariaDB's address: Linkerd's
-    // fallback, Detect (the case the series is for).
-    let control_log =
-        fs::read_to_string(world.sb.dir.join("control-plane.log")).unwrap_or_default();
-    let detect_policy = control_log
-        .lines()
-        .any(|l| l.contains(&format!("target={MARIADB} ")) && l.contains("Detect("));
-
-    world.sb.uninstall_agent()?;
-    eprintln!("linkerd-e2e: agent stopped and uninstalled");
-    let without = greetings(&world, args.runs, "patched proxy, no classifier")?;
-    let skipped_without = world.proxy_lines(&[SKIPPED_LINE]).len();
-    let rate_on_median = median(&rate_on);
-    let rate_off_median = median(&rate_off);
-
-    let report = json!({
+/// The JSON report of a run.
+fn report(args: &Args, f: &Findings) -> serde_json::Value {
+    let rate_on_median = median(&f.rate_on);
+    let rate_off_median = median(&f.rate_off);
+    json!({
         "detect_timeout_ms": args.detect_timeout_ms,
-        "stock_ms": median(&stock),
-        "patched_ms": median(&patched),
-        "patched_without_classifier_ms": median(&without),
+        "stock_ms": median(&f.stock),
+        "patched_ms": median(&f.patched),
+        "patched_without_classifier_ms": median(&f.without),
         "runs": {
-            "stock_ms": stock,
-            "patched_ms": patched,
-            "patched_without_classifier_ms": without,
+            "stock_ms": f.stock,
+            "patched_ms": f.patched,
+            "patched_without_classifier_ms": f.without,
         },
-        "patched_hinted_connections": hinted,
-        "http1_detected": detected_http,
-        "policy_was_detect": detect_policy,
-        "routes_kept": routes_kept.header && routes_kept.body_ok && routes_configured >= 1,
+        "patched_hinted_connections": f.hinted,
+        "http1_detected": f.detected_http,
+        "policy_was_detect": f.detect_policy,
+        "routes_kept": f.routes_kept.header && f.routes_kept.body_ok && f.routes_configured >= 1,
         "route_case": {
             "destination": HTTP_ON_OPAQUE_PORT,
             "with_http_route": {
-                "route_header": routes_kept.header,
-                "body_ok": routes_kept.body_ok,
-                "hints_ignored_for_routes": routes_configured,
+                "route_header": f.routes_kept.header,
+                "body_ok": f.routes_kept.body_ok,
+                "hints_ignored_for_routes": f.routes_configured,
             },
             "fallback": {
-                "route_header": fallback_case.header,
-                "body_ok": fallback_case.body_ok,
-                "hinted_connections": fallback_hinted,
+                "route_header": f.fallback_case.header,
+                "body_ok": f.fallback_case.body_ok,
+                "hinted_connections": f.fallback_hinted,
             },
         },
-        "patched_hints_off_ms": median(&stalled_with_hints_off),
+        "patched_hints_off_ms": median(&f.stalled_with_hints_off),
         "accept_rate": {
             "target": RATE_TARGET,
             "connections_per_round": RATE_CONNECTIONS,
@@ -241,94 +323,91 @@ fn e2e(args: &Args) -> Result<()> {
             "hints_on_per_s": rate_on_median,
             "hints_off_per_s": rate_off_median,
             "on_over_off": rate_on_median / rate_off_median,
-            "rounds": {"hints_on_per_s": rate_on, "hints_off_per_s": rate_off},
+            "rounds": {"hints_on_per_s": f.rate_on, "hints_off_per_s": f.rate_off},
         },
-    });
-    if let Some(dir) = args.out.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    })
+}
 
+/// What the run shows that it should not: the stock proxy must stall, the
+/// patched one must not, and only where the classifier gave a verdict.
+fn failures(args: &Args, f: &Findings) -> Vec<String> {
     let t = args.detect_timeout_ms as f64;
     let mut failures = Vec::new();
-    if median(&stock) < 0.9 * t {
+    if median(&f.stock) < 0.9 * t {
         failures.push(format!(
             "the stock proxy did not stall: median {:.1} ms < 0.9 x {t} ms",
-            median(&stock)
+            median(&f.stock)
         ));
     }
-    if !detect_policy {
+    if !f.detect_policy {
         failures.push(format!(
-            "the control plane did not answer Detect for {MARIADB}:\n{control_log}"
+            "the control plane did not answer Detect for {MARIADB}:\n{}",
+            f.control_log
         ));
     }
-    if stock_log.contains("Skipping protocol detection") {
+    if f.stock_log.contains("Skipping protocol detection") {
         failures.push("the stock proxy logged a skipped detection".into());
     }
-    if median(&patched) >= 1000.0 {
+    if median(&f.patched) >= 1000.0 {
         failures.push(format!(
             "the patched proxy stalled: median {:.1} ms >= 1000 ms",
-            median(&patched)
+            median(&f.patched)
         ));
     }
-    if hinted != args.runs as u64 || skipped != args.runs {
+    if f.hinted != args.runs as u64 || f.skipped != args.runs {
         failures.push(format!(
-            "the patched proxy counted {hinted} hinted connections and logged {skipped} \
+            "the patched proxy counted {} hinted connections and logged {} \
              skipped detections for {} MariaDB connections",
-            args.runs
+            f.hinted, f.skipped, args.runs
         ));
     }
-    if !(routes_kept.header && routes_kept.body_ok) || routes_configured < 1 {
-        failures.push(format!(
-            "{HTTP_ON_OPAQUE_PORT} with an HTTPRoute: route header {}, body ok {}, hints \
-             ignored for routes {routes_configured}",
-            routes_kept.header, routes_kept.body_ok
-        ));
-    }
-    if fallback_case.header || !fallback_case.body_ok || fallback_hinted != 1 {
-        failures.push(format!(
-            "{HTTP_ON_OPAQUE_PORT} under the fallback policy: route header {}, body ok {}, \
-             hinted connections {fallback_hinted} (expected 1)",
-            fallback_case.header, fallback_case.body_ok
-        ));
-    }
-    if median(&stalled_with_hints_off) < 0.9 * t {
+    failures.extend(route_failures(f));
+    if median(&f.stalled_with_hints_off) < 0.9 * t {
         failures.push(format!(
             "with hints off the patched proxy must not use hints: greeting after {:.1} ms",
-            median(&stalled_with_hints_off)
+            median(&f.stalled_with_hints_off)
         ));
     }
-    if !detected_http || hinted_after_http != hinted {
-        failures.push(format!(
-            "HTTP/1 through the patched proxy: detected {detected_http}, hinted \
-             connections {hinted} -> {hinted_after_http}"
-        ));
-    }
-    if median(&without) < 0.9 * t || skipped_without != 0 {
+    if median(&f.without) < 0.9 * t || f.skipped_without != 0 {
         failures.push(format!(
             "without the classifier the patched proxy must behave like the stock one: \
-             median {:.1} ms (stock {:.1} ms), {skipped_without} skipped detections",
-            median(&without),
-            median(&stock)
+             median {:.1} ms (stock {:.1} ms), {} skipped detections",
+            median(&f.without),
+            median(&f.stock),
+            f.skipped_without
         ));
     }
-    if !failures.is_empty() {
-        eprintln!("--- patched proxy log (tail) ---");
-        for line in tail(&patched_log, 40) {
-            eprintln!("{line}");
-        }
-        bail!("{}", failures.join("; "));
+    failures
+}
+
+/// HTTP through the patched proxy: detected where there is no verdict,
+/// routed where the control plane has an HTTPRoute, hinted under the
+/// fallback policy.
+fn route_failures(f: &Findings) -> Vec<String> {
+    let mut failures = Vec::new();
+    let (kept, fallback) = (&f.routes_kept, &f.fallback_case);
+    if !(kept.header && kept.body_ok) || f.routes_configured < 1 {
+        failures.push(format!(
+            "{HTTP_ON_OPAQUE_PORT} with an HTTPRoute: route header {}, body ok {}, hints \
+             ignored for routes {}",
+            kept.header, kept.body_ok, f.routes_configured
+        ));
     }
-    eprintln!(
-        "linkerd-e2e: ok: greeting after {:.1} ms (stock), {:.1} ms (patched), {:.1} ms \
-         (patched, no classifier); detect timeout {} ms",
-        median(&stock),
-        median(&patched),
-        median(&without),
-        args.detect_timeout_ms
-    );
-    Ok(())
+    if fallback.header || !fallback.body_ok || f.fallback_hinted != 1 {
+        failures.push(format!(
+            "{HTTP_ON_OPAQUE_PORT} under the fallback policy: route header {}, body ok {}, \
+             hinted connections {} (expected 1)",
+            fallback.header, fallback.body_ok, f.fallback_hinted
+        ));
+    }
+    if !f.detected_http || f.hinted_after_http != f.hinted {
+        failures.push(format!(
+            "HTTP/1 through the patched proxy: detected {}, hinted \
+             connections {} -> {}",
+            f.detected_http, f.hinted, f.hinted_after_http
+        ));
+    }
+    failures
 }
 
 /// A copy of upstream's test identity (foo-ns1: key, certificate, token)
@@ -480,6 +559,7 @@ fn start_control_plane(
     Daemon::spawn_until_ready("control plane", cmd)
 }
 
+#[derive(Default)]
 struct RouteCase {
     /// The response carried the header the HTTPRoute adds.
     header: bool,

@@ -43,6 +43,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -381,18 +382,8 @@ fn answer_http(mut stream: TcpStream) {
 /// socket; THREADS clients connect round robin until STOP_FILE exists and at
 /// least MIN_CONNECTS were made. Prints one JSON summary: connects, failures
 /// and verdict counts keyed "port protocol source generation-parity".
-#[expect(
-    clippy::too_many_lines,
-    reason = "a test driver read top to bottom; not split yet"
-)]
 fn load(args: &[String]) {
-    use std::{
-        collections::BTreeMap,
-        sync::{
-            atomic::{AtomicBool, AtomicU64, Ordering},
-            Arc, Mutex,
-        },
-    };
+    use std::sync::atomic::{AtomicBool, Ordering};
     let ports: Vec<u16> = args[0]
         .split(',')
         .map(|p| p.parse().expect("port"))
@@ -401,71 +392,19 @@ fn load(args: &[String]) {
     let min: u64 = args[2].parse().expect("MIN_CONNECTS");
     let stop_file = std::path::PathBuf::from(&args[3]);
 
-    let verdicts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let listeners: Vec<TcpListener> = ports
-        .iter()
-        .map(|p| TcpListener::bind(("127.0.0.1", *p)).expect("bind"))
-        .collect();
-    for (listener, port) in listeners.into_iter().zip(ports.clone()) {
-        let verdicts = verdicts.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let v = describe(&stream, stream.peer_addr().unwrap());
-                let key = format!(
-                    "{port} {} {} {}",
-                    if v["ambiguous"] == true {
-                        "ambiguous"
-                    } else {
-                        v["protocol"].as_str().unwrap_or("error")
-                    },
-                    v["source"].as_str().unwrap_or("-"),
-                    v["generation"]
-                        .as_u64()
-                        .map_or("-".to_owned(), |g| if g == 0 {
-                            "-".to_owned()
-                        } else {
-                            (g % 2).to_string()
-                        }),
-                );
-                *verdicts.lock().unwrap().entry(key).or_default() += 1;
-            }
-        });
-    }
+    let verdicts = load_acceptors(&ports);
     println!("ready");
     std::io::stdout().flush().unwrap();
 
-    let connects = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(LoadCounts::default());
     let done = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..threads)
         .map(|t| {
-            let (connects, failures, done, ports) = (
-                connects.clone(),
-                failures.clone(),
-                done.clone(),
-                ports.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut i = t;
-                while !done.load(Ordering::Relaxed) {
-                    let port = ports[i % ports.len()];
-                    i += 1;
-                    match TcpStream::connect(("127.0.0.1", port)) {
-                        Ok(mut s) => {
-                            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                            let _ = s.read(&mut [0u8; 1]);
-                        }
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    connects.fetch_add(1, Ordering::Relaxed);
-                }
-            })
+            let (counts, done, ports) = (counts.clone(), done.clone(), ports.clone());
+            std::thread::spawn(move || load_client(t, &ports, &counts, &done))
         })
         .collect();
-    while !(stop_file.exists() && connects.load(Ordering::Relaxed) >= min) {
+    while !(stop_file.exists() && counts.connects.load(Ordering::Relaxed) >= min) {
         std::thread::sleep(Duration::from_millis(10));
     }
     done.store(true, Ordering::Relaxed);
@@ -475,11 +414,84 @@ fn load(args: &[String]) {
     // Let the acceptors record the last connections.
     std::thread::sleep(Duration::from_millis(200));
     let summary = json!({
-        "connects": connects.load(Ordering::Relaxed),
-        "failures": failures.load(Ordering::Relaxed),
+        "connects": counts.connects.load(Ordering::Relaxed),
+        "failures": counts.failures.load(Ordering::Relaxed),
         "verdicts": *verdicts.lock().unwrap(),
     });
     println!("{summary}");
+}
+
+/// Connects `probe load`'s clients made, and those that failed.
+#[derive(Default)]
+struct LoadCounts {
+    connects: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+/// Verdict counts by "port protocol source generation-parity".
+type VerdictCounts = Arc<Mutex<std::collections::BTreeMap<String, u64>>>;
+
+/// A listener on 127.0.0.1:PORT for each of `ports`, each on its own
+/// thread, counting the verdict of every socket it accepts.
+fn load_acceptors(ports: &[u16]) -> VerdictCounts {
+    let verdicts: VerdictCounts = Arc::default();
+    let listeners: Vec<TcpListener> = ports
+        .iter()
+        .map(|p| TcpListener::bind(("127.0.0.1", *p)).expect("bind"))
+        .collect();
+    for (listener, port) in listeners.into_iter().zip(ports.to_vec()) {
+        let verdicts = verdicts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let v = describe(&stream, stream.peer_addr().unwrap());
+                let key = verdict_key(port, &v);
+                *verdicts.lock().unwrap().entry(key).or_default() += 1;
+            }
+        });
+    }
+    verdicts
+}
+
+/// "port protocol source generation-parity" of one described verdict.
+fn verdict_key(port: u16, v: &serde_json::Value) -> String {
+    format!(
+        "{port} {} {} {}",
+        if v["ambiguous"] == true {
+            "ambiguous"
+        } else {
+            v["protocol"].as_str().unwrap_or("error")
+        },
+        v["source"].as_str().unwrap_or("-"),
+        v["generation"]
+            .as_u64()
+            .map_or("-".to_owned(), |g| if g == 0 {
+                "-".to_owned()
+            } else {
+                (g % 2).to_string()
+            }),
+    )
+}
+
+/// Client `t` of `probe load`: connects round robin over `ports`, waiting
+/// for each server's close, until `done`.
+fn load_client(t: usize, ports: &[u16], counts: &LoadCounts, done: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let mut i = t;
+    while !done.load(Ordering::Relaxed) {
+        let port = ports[i % ports.len()];
+        i += 1;
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let _ = s.read(&mut [0u8; 1]);
+            }
+            Err(_) => {
+                counts.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        counts.connects.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// `probe connect-loop ADDR N [--query]`: N times connect to a listener of

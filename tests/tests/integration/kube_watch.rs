@@ -126,29 +126,42 @@ fn web_annotated(value: &str) -> Value {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 async fn initial_list_produces_the_documents() {
     let (fake, sync, set) = watching_all().await;
+    assert_listed_names(&set);
+    assert_service_and_namespace_read(&set);
+    assert_pod_egress_network_and_server_read(&set);
+    let st = &sync.status;
+    assert!(st.synced());
+    assert!(st.connected());
+    assert_eq!(st.errors(), 0);
+    assert_eq!(st.snapshots(), 1);
+    assert!(st.last_success_age().unwrap() < Duration::from_secs(10));
 
+    assert_listed_then_watched(&fake);
+}
+
+/// Every recorded object, by kind.
+fn assert_listed_names(set: &DocumentSet) {
     assert_eq!(
-        names(&set, "Namespace"),
+        names(set, "Namespace"),
         ["default", "linkerd-egress", "shop"]
     );
     assert_eq!(
-        names(&set, "Service"),
+        names(set, "Service"),
         ["default/kubernetes", "shop/mysql", "shop/nats", "shop/web"]
     );
     assert_eq!(
-        names(&set, "Pod"),
+        names(set, "Pod"),
         ["shop/mysql-0", "shop/web-7f9c8d6b5-x2kq4"]
     );
-    assert_eq!(names(&set, "EgressNetwork"), ["linkerd-egress/all-egress"]);
-    assert_eq!(names(&set, "Server"), ["shop/mysql", "shop/web-http"]);
+    assert_eq!(names(set, "EgressNetwork"), ["linkerd-egress/all-egress"]);
+    assert_eq!(names(set, "Server"), ["shop/mysql", "shop/web-http"]);
     assert_eq!(set.iter().count(), 12);
+}
 
+/// shop/mysql's Service, as the compiler reads it, and a Namespace.
+fn assert_service_and_namespace_read(set: &DocumentSet) {
     let mysql = set.get("Service", Some("shop"), "mysql").unwrap();
     assert_eq!(mysql.origin(), "kubernetes:Service/shop/mysql");
     assert_eq!(&*mysql.api_version, "v1");
@@ -158,7 +171,7 @@ async fn initial_list_produces_the_documents() {
     );
     // List items come without kind/apiVersion; the document has them.
     assert_eq!(&*mysql.kind, "Service");
-    let Object::Service(svc) = object(&set, "Service", Some("shop"), "mysql") else {
+    let Object::Service(svc) = object(set, "Service", Some("shop"), "mysql") else {
         panic!("not a Service")
     };
     assert_eq!(
@@ -166,17 +179,21 @@ async fn initial_list_produces_the_documents() {
         ["10.96.12.34".parse::<std::net::IpAddr>().unwrap()]
     );
     assert_eq!(
-        opaque_ports(&set, "Service", Some("shop"), "mysql").as_deref(),
+        opaque_ports(set, "Service", Some("shop"), "mysql").as_deref(),
         Some("3306,33060")
     );
     let ns = set.get("Namespace", None, "shop").unwrap();
     assert_eq!(ns.origin(), "kubernetes:Namespace/shop");
+}
+
+/// A Pod, an EgressNetwork and a Server, as the compiler reads them.
+fn assert_pod_egress_network_and_server_read(set: &DocumentSet) {
     let pod = set.get("Pod", Some("shop"), "mysql-0").unwrap();
     assert_eq!(
         pod.uid.as_deref(),
         Some("3f1e2d3c-4b5a-4697-8877-665544332211")
     );
-    let Object::Pod(p) = object(&set, "Pod", Some("shop"), "mysql-0") else {
+    let Object::Pod(p) = object(set, "Pod", Some("shop"), "mysql-0") else {
         panic!("not a Pod")
     };
     assert_eq!(p.ips, ["10.244.1.17".parse::<std::net::IpAddr>().unwrap()]);
@@ -193,20 +210,16 @@ async fn initial_list_produces_the_documents() {
     );
     let server = set.get("Server", Some("shop"), "web-http").unwrap();
     assert_eq!(&*server.api_version, "policy.linkerd.io/v1beta3");
-    let Object::Server(srv) = object(&set, "Server", Some("shop"), "web-http") else {
+    let Object::Server(srv) = object(set, "Server", Some("shop"), "web-http") else {
         panic!("not a Server")
     };
     assert_eq!(srv.protocol, Some(Protocol::Http1));
     assert_eq!(srv.port, ServerPort::Number(8080));
+}
 
-    let st = &sync.status;
-    assert!(st.synced());
-    assert!(st.connected());
-    assert_eq!(st.errors(), 0);
-    assert_eq!(st.snapshots(), 1);
-    assert!(st.last_success_age().unwrap() < Duration::from_secs(10));
-
-    // It listed each kind, then watched from the list's resourceVersion.
+/// It listed each kind, in pages, then watched from the list's
+/// resourceVersion.
+fn assert_listed_then_watched(fake: &FakeApi) {
     let reqs = fake.requests();
     for (path, _) in ALL {
         assert!(

@@ -5,6 +5,7 @@
 //! learn from one start the agent with `--learn-outside-pods`.
 
 use std::{
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -460,11 +461,11 @@ fn explain_with(policy: &std::path::Path, dst: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// An external address, the Service's cluster IP and the Pod's IP (all on
+/// the sandbox's loopback).
+const SUGGEST_LEARNED: [&str; 3] = ["127.0.0.1:2225", "127.0.0.21:2227", "127.0.0.22:2228"];
+
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 fn suggest_round_trips_through_explain() -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -479,26 +480,14 @@ fn suggest_round_trips_through_explain() -> Result<()> {
         "--learn-outside-pods",
     ])?;
     sb.wait_for_generation(1)?;
-    // An external address, the Service's cluster IP and the Pod's IP (all
-    // on the sandbox's loopback).
-    let learned_destinations = ["127.0.0.1:2225", "127.0.0.21:2227", "127.0.0.22:2228"];
-    for dst in learned_destinations {
+    for dst in SUGGEST_LEARNED {
         let server = talk_server(&sb, dst, 1, true)?;
         talk(&sb, dst, true)?;
         server.results()?;
     }
     wait_learned(&sb, |l| l.len() == 3)?;
-    let suggest = |format: &str, documents: bool| -> Result<String> {
-        let mut cmd = Command::new(classifier_bin());
-        cmd.args(["suggest", "--format", format, "--pin-dir"])
-            .arg(&sb.pins);
-        if documents {
-            cmd.arg("--policy").arg(&cluster_dir);
-        }
-        Ok(String::from_utf8(run(&mut cmd)?.stdout)?)
-    };
 
-    let istio = suggest("istio", false)?;
+    let istio = suggest(&sb, &cluster_dir, "istio", false)?;
     assert!(
         istio.contains("kind: ServiceEntry") && istio.contains("protocol: TCP"),
         "{istio}"
@@ -513,14 +502,51 @@ fn suggest_round_trips_through_explain() -> Result<()> {
                 .iter()
                 .map(move |p| format!("{a}:{p}"))
         })
-        .filter(|d| !learned_destinations.contains(&d.as_str()))
+        .filter(|d| !SUGGEST_LEARNED.contains(&d.as_str()))
         .collect();
 
-    // (name, what explain reads before, what it reads after)
+    for (name, before, after, text) in suggestion_cases(&sb, &cluster_dir)? {
+        for dst in SUGGEST_LEARNED {
+            let fixed = explain_with(&after, dst)?;
+            assert_eq!(fixed["protocol"], "opaque", "{name} {dst}: {fixed}\n{text}");
+            assert_eq!(fixed["source"], "rule", "{name} {dst}: {fixed}");
+        }
+        for dst in &others {
+            let (was, now) = (explain_with(&before, dst)?, explain_with(&after, dst)?);
+            assert_eq!(
+                now["protocol"], was["protocol"],
+                "{name} {dst}: {was} -> {now}\n{text}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `classifier suggest --format FORMAT` on the sandbox's learned table,
+/// given the cluster's documents or not.
+fn suggest(sb: &Sandbox, cluster_dir: &Path, format: &str, documents: bool) -> Result<String> {
+    let mut cmd = Command::new(classifier_bin());
+    cmd.args(["suggest", "--format", format, "--pin-dir"])
+        .arg(&sb.pins);
+    if documents {
+        cmd.arg("--policy").arg(cluster_dir);
+    }
+    Ok(String::from_utf8(run(&mut cmd)?.stdout)?)
+}
+
+/// One way to apply a suggestion: (name, the policy explain reads before,
+/// the one it reads after, the suggestion's text).
+type SuggestionCase = (&'static str, PathBuf, PathBuf, String);
+
+/// Each of `suggest`'s fixes, applied: a ClassifierPolicy of its own; the
+/// linkerd form without the documents (an EgressNetwork for every
+/// address); the linkerd form with them (patches for the Service and the
+/// Pod, an EgressNetwork for the external address).
+fn suggestion_cases(sb: &Sandbox, cluster_dir: &Path) -> Result<Vec<SuggestionCase>> {
     let original = sb.write_file("original.yaml", SUGGEST_CLUSTER);
     let mut cases = Vec::new();
     // policy: a ClassifierPolicy of its own, against the built-in policy.
-    let text = suggest("policy", false)?;
+    let text = suggest(sb, cluster_dir, "policy", false)?;
     let builtin = sb.write_file(
         "builtin.yaml",
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec: {}\n",
@@ -531,8 +557,7 @@ fn suggest_round_trips_through_explain() -> Result<()> {
         sb.write_file("suggest-policy.yaml", &text),
         text,
     ));
-    // linkerd without documents: an EgressNetwork for every address.
-    let text = suggest("linkerd", false)?;
+    let text = suggest(sb, cluster_dir, "linkerd", false)?;
     assert_eq!(text.matches("kind: EgressNetwork").count(), 3, "{text}");
     let (applied, patched) = apply_suggestion(SUGGEST_CLUSTER, &text)?;
     assert_eq!(patched, 0);
@@ -542,9 +567,7 @@ fn suggest_round_trips_through_explain() -> Result<()> {
         sb.write_file("suggest-linkerd-egress.yaml", &applied),
         text,
     ));
-    // linkerd with the documents: the Service and the Pod get patches
-    // naming them, the external address an EgressNetwork.
-    let text = suggest("linkerd", true)?;
+    let text = suggest(sb, cluster_dir, "linkerd", true)?;
     assert_eq!(text.matches("kind: EgressNetwork").count(), 1, "{text}");
     assert!(
         text.contains("kubectl -n shop annotate --overwrite service/orders-db config.linkerd.io/opaque-ports=25,587,2227,3306,4444,5432,6379,9300,11211"),
@@ -559,26 +582,11 @@ fn suggest_round_trips_through_explain() -> Result<()> {
     assert_eq!(patched, 2, "{text}");
     cases.push((
         "linkerd with documents",
-        original.clone(),
+        original,
         sb.write_file("suggest-linkerd-patched.yaml", &applied),
         text,
     ));
-
-    for (name, before, after, text) in cases {
-        for dst in learned_destinations {
-            let fixed = explain_with(&after, dst)?;
-            assert_eq!(fixed["protocol"], "opaque", "{name} {dst}: {fixed}\n{text}");
-            assert_eq!(fixed["source"], "rule", "{name} {dst}: {fixed}");
-        }
-        for dst in &others {
-            let (was, now) = (explain_with(&before, dst)?, explain_with(&after, dst)?);
-            assert_eq!(
-                now["protocol"], was["protocol"],
-                "{name} {dst}: {was} -> {now}\n{text}"
-            );
-        }
-    }
-    Ok(())
+    Ok(cases)
 }
 
 pub(crate) const TEAM_A_POD: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";

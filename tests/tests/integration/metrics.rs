@@ -79,10 +79,6 @@ spec:
 ";
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -106,61 +102,8 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
     let (status, body) = get(&addr, "/metrics")?;
     assert_eq!(status, 200, "{body}");
     let generation = sb.generation() as f64;
-    assert!(
-        must(&body, "classifier_connects_total{family=\"ipv4\"}") >= 2.0,
-        "{body}"
-    );
-    assert!(
-        must(&body, "classifier_verdicts_total{protocol=\"opaque\"}") >= 2.0,
-        "{body}"
-    );
-    assert!(
-        must(
-            &body,
-            "classifier_proxy_queries_total{result=\"classified\"}"
-        ) >= 2.0,
-        "{body}"
-    );
-    assert_eq!(
-        must(&body, "classifier_errors_total{reason=\"inflight\"}"),
-        0.0
-    );
-    // Build info names this binary.
-    assert!(
-        body.lines()
-            .any(|l| l.starts_with("classifier_build_info{version=")
-                && l.contains(",layout=\"")
-                && l.ends_with("} 1")),
-        "{body}"
-    );
-    // By the book, as Prometheus' own linter reads it.
-    promtool_check_metrics(&body);
-    assert_eq!(must(&body, "classifier_policy_generation"), generation);
-    assert_eq!(must(&body, "classifier_policy_rules"), 1.0);
-    assert_eq!(
-        must(&body, "classifier_agent_policy_generation"),
-        generation
-    );
-    assert_eq!(must(&body, "classifier_agent_policy_rules"), 1.0);
-    assert_eq!(must(&body, "classifier_agent_ready"), 1.0);
-    assert_eq!(
-        must(&body, "classifier_agent_policy_apply_errors_total"),
-        0.0
-    );
-    assert_eq!(must(&body, "classifier_agent_sync_errors_total"), 0.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs_f64();
-    let applied = must(&body, "classifier_agent_last_apply_timestamp_seconds");
-    assert!(
-        applied <= now && applied > now - 120.0,
-        "{applied} vs {now}"
-    );
-    assert!(!body.contains("kernel_events"), "{body}");
-    assert!(
-        !body.contains("kubernetes_connected"),
-        "no --kubernetes: {body}"
-    );
+    assert_kernel_metrics(&body, generation);
+    assert_agent_metrics(&body, generation)?;
     // Read after the agent dropped every capability but CAP_BPF: opening
     // the root-only pins as uid 0 needs no other.
     assert!(
@@ -169,17 +112,7 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
         "{}",
         sb.agent_log()
     );
-    assert_eq!(must(&body, "classifier_kernel_maps_readable"), 1.0);
-    // Counters only: no address of any connection (127.0.0.1 above), and
-    // no destination port.
-    assert_eq!(addresses(&body), Vec::<String>::new(), "{body}");
-    let tokens: Vec<&str> = body
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
-        .collect();
-    assert!(
-        !tokens.contains(&"4222") && !tokens.contains(&"3306"),
-        "{body}"
-    );
+    assert_counters_only(&body);
 
     // A bad policy: counted, the previous one stays, still ready.
     sb.write_file("policy.yaml", "kind: [");
@@ -202,6 +135,84 @@ fn metrics_health_and_readiness_of_a_running_agent() -> Result<()> {
     assert_eq!(get(&addr, "/readyz")?.0, 200);
     assert_eq!(get(&addr, "/nothing-here")?.0, 404);
     Ok(())
+}
+
+/// The kernel's counters moved with the two classified connects, the
+/// policy is the one applied, build info names this binary, and
+/// Prometheus' own linter accepts the whole body.
+fn assert_kernel_metrics(body: &str, generation: f64) {
+    assert!(
+        must(body, "classifier_connects_total{family=\"ipv4\"}") >= 2.0,
+        "{body}"
+    );
+    assert!(
+        must(body, "classifier_verdicts_total{protocol=\"opaque\"}") >= 2.0,
+        "{body}"
+    );
+    assert!(
+        must(
+            body,
+            "classifier_proxy_queries_total{result=\"classified\"}"
+        ) >= 2.0,
+        "{body}"
+    );
+    assert_eq!(
+        must(body, "classifier_errors_total{reason=\"inflight\"}"),
+        0.0
+    );
+    // Build info names this binary.
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("classifier_build_info{version=")
+                && l.contains(",layout=\"")
+                && l.ends_with("} 1")),
+        "{body}"
+    );
+    // By the book, as Prometheus' own linter reads it.
+    promtool_check_metrics(body);
+    assert_eq!(must(body, "classifier_policy_generation"), generation);
+    assert_eq!(must(body, "classifier_policy_rules"), 1.0);
+    assert_eq!(must(body, "classifier_kernel_maps_readable"), 1.0);
+}
+
+/// The agent's own state: ready, its policy applied just now, no errors,
+/// no Kubernetes watch.
+fn assert_agent_metrics(body: &str, generation: f64) -> Result<()> {
+    assert_eq!(must(body, "classifier_agent_policy_generation"), generation);
+    assert_eq!(must(body, "classifier_agent_policy_rules"), 1.0);
+    assert_eq!(must(body, "classifier_agent_ready"), 1.0);
+    assert_eq!(
+        must(body, "classifier_agent_policy_apply_errors_total"),
+        0.0
+    );
+    assert_eq!(must(body, "classifier_agent_sync_errors_total"), 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let applied = must(body, "classifier_agent_last_apply_timestamp_seconds");
+    assert!(
+        applied <= now && applied > now - 120.0,
+        "{applied} vs {now}"
+    );
+    assert!(!body.contains("kernel_events"), "{body}");
+    assert!(
+        !body.contains("kubernetes_connected"),
+        "no --kubernetes: {body}"
+    );
+    Ok(())
+}
+
+/// Counters only: no address of any connection (127.0.0.1), and no
+/// destination port.
+fn assert_counters_only(body: &str) {
+    assert_eq!(addresses(body), Vec::<String>::new(), "{body}");
+    let tokens: Vec<&str> = body
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .collect();
+    assert!(
+        !tokens.contains(&"4222") && !tokens.contains(&"3306"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -107,26 +107,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// A pod's cgroup and its id.
+type PodCgroup = (PathBuf, u64);
+
+/// Pods the first test creates one at a time.
+const NEW_PODS: usize = 20;
+
 /// (a) and (c): pods created after the agent started are registered under
 /// their namespace as their cgroups appear (the delay from mkdir to the
 /// `CLS_SCOPES` entry is printed), in a QoS class that existed and in one
 /// created with the pod; removed, they are unregistered.
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 fn a_new_pod_cgroup_is_registered_as_it_appears_and_unregistered_when_removed() -> Result<()> {
     if !privileged!() {
         return Ok(());
     }
-    const PODS: usize = 20;
     let mut sb = Sandbox::new("new-pods")?;
     let qos = qos_class(&sb);
     let dir = sb.dir.join("policy");
     fs::create_dir(&dir)?;
     let mut docs = POLICY.to_owned();
-    for i in 0..PODS {
+    for i in 0..NEW_PODS {
         let namespace = if i % 2 == 0 { "team-a" } else { "team-b" };
         docs += &pod_doc(
             &uid(i),
@@ -152,62 +153,13 @@ fn a_new_pod_cgroup_is_registered_as_it_appears_and_unregistered_when_removed() 
     )?;
     assert_eq!(entry, Some(SCOPE_FLAG_POD_UNKNOWN));
 
-    // Pods appear one at a time, each with a container cgroup below it,
-    // as the kubelet creates them.
-    let mut delays = Vec::new();
-    let mut created = Vec::new();
-    for i in 0..PODS {
-        let pod = pod_cgroup(&qos, &uid(i));
-        let start = Instant::now();
-        fs::create_dir(&pod)?;
-        let id = cgroup_id(&pod);
-        fs::create_dir(pod.join("cri-containerd-1.scope"))?;
-        let (delay, entry) = wait_for_entry(&reader, id, start, "pod registered", |e| e.is_some())?;
-        let value = entry.unwrap();
-        assert_eq!(value & SCOPE_FLAG_POD_UNKNOWN, 0, "pod {i}: {value:#x}");
-        if i % 2 == 0 {
-            // team-a has rules of its own: its scope, flagged.
-            assert_ne!(value & 0xffff, 0, "pod {i}: {value:#x}");
-            assert_ne!(value & SCOPE_FLAG_OWN_RULES, 0, "pod {i}: {value:#x}");
-        } else {
-            // team-b has none (learning is on, so it has a scope id).
-            assert_eq!(value & SCOPE_FLAG_OWN_RULES, 0, "pod {i}: {value:#x}");
-        }
-        delays.push(delay);
-        created.push((pod, id));
-    }
-    // A pod in a QoS class that appears with it (the first BestEffort pod
-    // on a node): the class gets its watch, the pod its entry.
-    let besteffort = sb.cgroup.join("kubepods.slice/kubepods-besteffort.slice");
-    let pod = besteffort.join(format!(
-        "kubepods-besteffort-pod{}.slice",
-        uid(PODS).replace('-', "_")
-    ));
-    let first_in_class = {
-        // Its Pod is known too: add it to the policy first.
-        fs::write(
-            dir.join("late.yaml"),
-            pod_doc(&uid(PODS), "team-a", "late", "10.244.1.200"),
-        )?;
-        sb.wait_for_log("policy applied", 2, Duration::from_secs(10))?;
-        let start = Instant::now();
-        fs::create_dir_all(pod.join("cri-containerd-2.scope"))?;
-        let id = cgroup_id(&pod);
-        let (delay, _) = wait_for_entry(
-            &reader,
-            id,
-            start,
-            "pod in a new QoS class registered",
-            |e| e.is_some(),
-        )?;
-        created.push((pod.clone(), id));
-        delay
-    };
-
+    let (delays, mut created) = create_pods(&reader, &qos)?;
+    let (first_in_class, pod) = first_pod_of_a_new_class(&sb, &reader, &dir)?;
+    created.push(pod);
     let max = *delays.iter().max().unwrap();
     let med = median(delays.clone());
     println!(
-        "new pod cgroup -> registered: median {:.3} ms, max {:.3} ms over {PODS} pods; first pod of a new QoS class {:.3} ms",
+        "new pod cgroup -> registered: median {:.3} ms, max {:.3} ms over {NEW_PODS} pods; first pod of a new QoS class {:.3} ms",
         med.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3,
         first_in_class.as_secs_f64() * 1e3
@@ -230,6 +182,68 @@ fn a_new_pod_cgroup_is_registered_as_it_appears_and_unregistered_when_removed() 
     assert!(log.contains("pod cgroup registered"), "{log}");
     assert!(log.contains("pod cgroup unregistered"), "{log}");
     Ok(())
+}
+
+/// Pods appear one at a time in `qos`, each with a container cgroup below
+/// it, as the kubelet creates them; each is registered under its
+/// namespace (team-a, with rules of its own, for even `i`). Returns the
+/// delays from mkdir to registration, and each pod's cgroup and its id.
+fn create_pods(reader: &ScopeReader, qos: &Path) -> Result<(Vec<Duration>, Vec<PodCgroup>)> {
+    let mut delays = Vec::new();
+    let mut created = Vec::new();
+    for i in 0..NEW_PODS {
+        let pod = pod_cgroup(qos, &uid(i));
+        let start = Instant::now();
+        fs::create_dir(&pod)?;
+        let id = cgroup_id(&pod);
+        fs::create_dir(pod.join("cri-containerd-1.scope"))?;
+        let (delay, entry) = wait_for_entry(reader, id, start, "pod registered", |e| e.is_some())?;
+        let value = entry.unwrap();
+        assert_eq!(value & SCOPE_FLAG_POD_UNKNOWN, 0, "pod {i}: {value:#x}");
+        if i % 2 == 0 {
+            // team-a has rules of its own: its scope, flagged.
+            assert_ne!(value & 0xffff, 0, "pod {i}: {value:#x}");
+            assert_ne!(value & SCOPE_FLAG_OWN_RULES, 0, "pod {i}: {value:#x}");
+        } else {
+            // team-b has none (learning is on, so it has a scope id).
+            assert_eq!(value & SCOPE_FLAG_OWN_RULES, 0, "pod {i}: {value:#x}");
+        }
+        delays.push(delay);
+        created.push((pod, id));
+    }
+    Ok((delays, created))
+}
+
+/// A pod in a QoS class that appears with it (the first BestEffort pod on
+/// a node): the class gets its watch, the pod its entry. Returns the delay
+/// to registration, and the pod's cgroup and its id.
+fn first_pod_of_a_new_class(
+    sb: &Sandbox,
+    reader: &ScopeReader,
+    policy_dir: &Path,
+) -> Result<(Duration, PodCgroup)> {
+    let besteffort = sb.cgroup.join("kubepods.slice/kubepods-besteffort.slice");
+    let pod = besteffort.join(format!(
+        "kubepods-besteffort-pod{}.slice",
+        uid(NEW_PODS).replace('-', "_")
+    ));
+    // Its Pod is known too: add it to the policy first.
+    fs::write(
+        policy_dir.join("late.yaml"),
+        pod_doc(&uid(NEW_PODS), "team-a", "late", "10.244.1.200"),
+    )?;
+    sb.wait_for_log("policy applied", 2, Duration::from_secs(10))?;
+    let start = Instant::now();
+    fs::create_dir_all(pod.join("cri-containerd-2.scope"))?;
+    let id = cgroup_id(&pod);
+    let (delay, _) = wait_for_entry(
+        reader,
+        id,
+        start,
+        "pod in a new QoS class registered",
+        |e| e.is_some(),
+    )?;
+    Ok((delay, (pod, id)))
 }
 
 /// (b) The window: a process in a pod cgroup whose Pod the agent does not
@@ -334,10 +348,6 @@ fn an_unregistered_pod_gets_no_verdict_until_its_pod_is_known() -> Result<()> {
 /// EgressNetwork's opaque port, which node processes get, is not its.
 /// Once the Pod is watched, its namespace's own EgressNetwork decides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_its_pod(
 ) -> Result<()> {
     use serde_json::json;
@@ -384,17 +394,7 @@ async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_
     let pod = pod_cgroup(&qos, &new_uid);
     let container = pod.join("cri-containerd-7.scope");
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
-        sb.wait_for_log("source=\"kubernetes (", 2, Duration::from_secs(20))?;
-        fs::create_dir_all(&container)?;
-        sb.wait_for_log("its Pod is not known yet", 1, Duration::from_secs(10))?;
-        let node = verdict_from(&sb, &sb.cgroup.clone(), 5432)?;
-        assert_eq!(
-            node["protocol"], "opaque",
-            "node process, global EgressNetwork: {node}"
-        );
-        let v = verdict_from(&sb, &container, 5432)?;
-        assert_eq!(v["source"], "none", "unregistered pod: {v}");
-        assert_eq!(counter(&sb, "pod_unregistered")?, 1);
+        before_the_watch_brings_the_pod(&sb, &container)?;
         Ok(sb)
     })
     .await??;
@@ -410,32 +410,51 @@ async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_
             "spec": {"containers": [{"name": "app", "image": "app"}], "nodeName": "node-a"},
             "status": {"phase": "Pending"}}})],
     );
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let reader = scopes(&sb);
-        let id = cgroup_id(&pod);
-        let (delay, entry) =
-            wait_for_entry(&reader, id, start, "pod registered once watched", |e| {
-                e.is_some()
-            })?;
-        println!(
-            "Pod watched -> pod cgroup registered: {:.1} ms (the watch's new-pod path, before the debounced recompile)",
-            delay.as_secs_f64() * 1e3
-        );
-        assert_ne!(entry.unwrap() & SCOPE_FLAG_OWN_RULES, 0, "{entry:?}");
-        let container = pod.join("cri-containerd-7.scope");
-        // shop's own EgressNetwork shadows the global one: 5432 detected
-        // (by its rule), 4222 opaque.
-        let v = verdict_from(&sb, &container, 5432)?;
-        assert_eq!(v["protocol"], "unknown", "shop pod, 5432: {v}");
-        assert!(
-            v["source"].as_str().unwrap_or("").starts_with("rule:"),
-            "{v}"
-        );
-        let v = verdict_from(&sb, &container, 4222)?;
-        assert_eq!(v["protocol"], "opaque", "shop pod, 4222: {v}");
-        assert_eq!(counter(&sb, "pod_unregistered")?, 1);
-        Ok(())
-    })
-    .await??;
+    tokio::task::spawn_blocking(move || once_the_watch_brought_the_pod(&sb, &pod, start)).await??;
+    Ok(())
+}
+
+/// The pod's cgroup appears before the watch brings its Pod: no verdict
+/// for it (counted), while node processes get the global EgressNetwork's.
+fn before_the_watch_brings_the_pod(sb: &Sandbox, container: &Path) -> Result<()> {
+    sb.wait_for_log("source=\"kubernetes (", 2, Duration::from_secs(20))?;
+    fs::create_dir_all(container)?;
+    sb.wait_for_log("its Pod is not known yet", 1, Duration::from_secs(10))?;
+    let node = verdict_from(sb, &sb.cgroup.clone(), 5432)?;
+    assert_eq!(
+        node["protocol"], "opaque",
+        "node process, global EgressNetwork: {node}"
+    );
+    let v = verdict_from(sb, container, 5432)?;
+    assert_eq!(v["source"], "none", "unregistered pod: {v}");
+    assert_eq!(counter(sb, "pod_unregistered")?, 1);
+    Ok(())
+}
+
+/// The watch brought the Pod (at `start`): the pod cgroup is registered,
+/// and shop's own EgressNetwork decides for it.
+fn once_the_watch_brought_the_pod(sb: &Sandbox, pod: &Path, start: Instant) -> Result<()> {
+    let reader = scopes(sb);
+    let id = cgroup_id(pod);
+    let (delay, entry) = wait_for_entry(&reader, id, start, "pod registered once watched", |e| {
+        e.is_some()
+    })?;
+    println!(
+        "Pod watched -> pod cgroup registered: {:.1} ms (the watch's new-pod path, before the debounced recompile)",
+        delay.as_secs_f64() * 1e3
+    );
+    assert_ne!(entry.unwrap() & SCOPE_FLAG_OWN_RULES, 0, "{entry:?}");
+    let container = pod.join("cri-containerd-7.scope");
+    // shop's own EgressNetwork shadows the global one: 5432 detected
+    // (by its rule), 4222 opaque.
+    let v = verdict_from(sb, &container, 5432)?;
+    assert_eq!(v["protocol"], "unknown", "shop pod, 5432: {v}");
+    assert!(
+        v["source"].as_str().unwrap_or("").starts_with("rule:"),
+        "{v}"
+    );
+    let v = verdict_from(sb, &container, 4222)?;
+    assert_eq!(v["protocol"], "opaque", "shop pod, 4222: {v}");
+    assert_eq!(counter(sb, "pod_unregistered")?, 1);
     Ok(())
 }

@@ -48,10 +48,6 @@ fn manifests() -> String {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -85,10 +81,31 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
             "{needle} not reported:\n{log}"
         );
     }
-    // `classifier stats --json` lists them, with the reason and where each
-    // came from (the agent writes the report after applying the policy,
-    // before /readyz says ready).
+    // The agent writes the report after applying the policy, before
+    // /readyz says ready.
     let stats = sb.stats()?;
+    assert_stats_list_the_rejected(&sb, &stats)?;
+    assert_debug_rejected_serves_the_report(&sb, &metrics, &stats)?;
+    assert_metrics_count_the_rejected(&metrics)?;
+
+    // The global EgressNetwork applies to team-b and to node processes.
+    for (who, cgroup) in [("team-b pod", team_b.clone()), ("node", sb.cgroup.clone())] {
+        let v = verdict_from(&sb, &cgroup, 5222)?;
+        assert_eq!(v["protocol"], "opaque", "{who}, 5222: {v}");
+    }
+    // team-a has an EgressNetwork of its own: the global one is shadowed,
+    // even though its own does not match 127.0.0.1.
+    let v = verdict_from(&sb, &team_a, 5222)?;
+    assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
+
+    // Still ready after all that.
+    assert_eq!(get(&metrics, "/readyz")?.0, 200);
+    Ok(())
+}
+
+/// `classifier stats --json` (`stats`) lists both bad objects, with the
+/// reason and where each came from; the table says so too.
+fn assert_stats_list_the_rejected(sb: &Sandbox, stats: &Value) -> Result<()> {
     assert_eq!(stats["rejected_objects_total"], 2, "{stats:#}");
     assert_eq!(stats["rejected_objects_by_kind"]["Pod"], 1, "{stats:#}");
     assert_eq!(
@@ -116,7 +133,6 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
             "{object}"
         );
     }
-    // The table says so too.
     let out = std::process::Command::new(tests::classifier_bin())
         .args(["stats", "--pin-dir"])
         .arg(&sb.pins)
@@ -130,9 +146,37 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
         "{table}"
     );
     assert!(table.contains("  Pod team-c/typo ("), "{table}");
+    Ok(())
+}
 
-    // /metrics counts them by kind, without names.
-    let (status, text) = get(&metrics, "/metrics")?;
+/// `/debug/rejected` on the metrics port serves the report the agent
+/// wrote (the file under its state directory) as JSON: what `stats` shows.
+fn assert_debug_rejected_serves_the_report(
+    sb: &Sandbox,
+    metrics: &str,
+    stats: &Value,
+) -> Result<()> {
+    let (status, body) = get(metrics, "/debug/rejected")?;
+    assert_eq!(status, 200, "{body}");
+    let served: Value = serde_json::from_str(&body).context("/debug/rejected is JSON")?;
+    let file = classifier_user::datapath::PinDir::new(sb.pins.clone())
+        .state_dir()
+        .join("rejected.json");
+    let written: Value = serde_json::from_slice(&fs::read(&file)?)
+        .with_context(|| format!("{} is JSON", file.display()))?;
+    assert_eq!(served, written);
+    assert_eq!(served["total"], stats["rejected_objects_total"], "{body}");
+    assert_eq!(
+        served["by_kind"], stats["rejected_objects_by_kind"],
+        "{body}"
+    );
+    assert_eq!(served["objects"], stats["rejected_objects"], "{body}");
+    Ok(())
+}
+
+/// `/metrics` counts the rejected objects by kind, without names.
+fn assert_metrics_count_the_rejected(metrics: &str) -> Result<()> {
+    let (status, text) = get(metrics, "/metrics")?;
     assert_eq!(status, 200);
     for line in [
         "# TYPE classifier_agent_rejected_objects gauge",
@@ -146,18 +190,5 @@ fn bad_objects_are_reported_and_the_rest_classifies_real_connects() -> Result<()
         );
     }
     assert!(!text.contains("typo") && !text.contains("team-c"), "{text}");
-
-    // The global EgressNetwork applies to team-b and to node processes.
-    for (who, cgroup) in [("team-b pod", team_b.clone()), ("node", sb.cgroup.clone())] {
-        let v = verdict_from(&sb, &cgroup, 5222)?;
-        assert_eq!(v["protocol"], "opaque", "{who}, 5222: {v}");
-    }
-    // team-a has an EgressNetwork of its own: the global one is shadowed,
-    // even though its own does not match 127.0.0.1.
-    let v = verdict_from(&sb, &team_a, 5222)?;
-    assert_eq!(v["protocol"], "unknown", "team-a pod, 5222: {v}");
-
-    // Still ready after all that.
-    assert_eq!(get(&metrics, "/readyz")?.0, 200);
     Ok(())
 }

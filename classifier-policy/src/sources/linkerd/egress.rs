@@ -12,8 +12,16 @@ use crate::sources::document::{Document, DocumentSet};
 use crate::sources::kinds;
 use crate::sources::objects::EgressNetwork;
 
+/// One EgressNetwork as the compiler ranks it.
+struct Egress<'a> {
+    doc: &'a Document,
+    /// `None` for the global namespace's: node-wide.
+    scope: Option<String>,
+    networks: Vec<Network>,
+    ports: PortSet,
+}
+
 impl Compiler {
-    #[expect(clippy::too_many_lines, reason = "not split yet")]
     pub(super) fn egress_networks(
         &mut self,
         set: &DocumentSet,
@@ -21,29 +29,6 @@ impl Compiler {
         defaults: &PortSet,
         cluster_networks: &[IpNet],
     ) {
-        struct Egress<'a> {
-            doc: &'a Document,
-            scope: Option<String>,
-            networks: Vec<Network>,
-            ports: PortSet,
-        }
-        let outside_cluster = || -> Vec<Network> {
-            // Everything outside the cluster's networks, v4 and v6.
-            ["0.0.0.0/0", "::/0"]
-                .into_iter()
-                .map(|all_net| {
-                    let cidr: IpNet = all_net.parse().expect("valid");
-                    let mut except: Vec<IpNet> = cluster_networks
-                        .iter()
-                        .copied()
-                        .filter(|c| check_except(cidr, *c).is_ok())
-                        .collect();
-                    except.sort();
-                    except.dedup();
-                    Network { cidr, except }
-                })
-                .collect()
-        };
         let egresses: Vec<(&Document, &EgressNetwork)> =
             self.read(set, &kinds::EGRESS_NETWORK).collect();
         let mut all: Vec<Egress> = egresses
@@ -54,7 +39,7 @@ impl Compiler {
                     doc,
                     scope: (ns != opts.egress_global_namespace).then_some(ns),
                     networks: if e.networks.is_empty() {
-                        outside_cluster()
+                        outside_cluster(cluster_networks)
                     } else {
                         e.networks.clone()
                     },
@@ -75,49 +60,76 @@ impl Compiler {
                     contested.union_with(&later.ports);
                 }
             }
-            let origin = rule_origin(e.doc);
-            self.set_owner(e.doc.namespace.as_deref());
-            let (networks, ports, scope) = (e.networks.clone(), e.ports.clone(), e.scope.clone());
-            // EgressNetworks of the global namespace are their own tier,
-            // which a namespace with EgressNetworks of its own never sees.
-            let global = scope.is_none();
+            self.egress_rules(e, &contested);
+        }
+    }
+
+    /// One EgressNetwork's rules, in order: its opaque ports; detection on
+    /// the `contested` ports (those a later EgressNetwork of the same scope
+    /// makes opaque on one of its CIDRs) it does not make opaque itself;
+    /// detection on every other port.
+    fn egress_rules(&mut self, e: &Egress, contested: &PortSet) {
+        let origin = rule_origin(e.doc);
+        self.set_owner(e.doc.namespace.as_deref());
+        let (networks, ports, scope) = (e.networks.clone(), e.ports.clone(), e.scope.clone());
+        // EgressNetworks of the global namespace are their own tier,
+        // which a namespace with EgressNetworks of its own never sees.
+        let global = scope.is_none();
+        self.push_rule(
+            networks.clone(),
+            ports.clone(),
+            Protocol::Opaque,
+            scope.clone(),
+            global,
+            origin.clone(),
+        );
+        if ports.is_all() {
+            // Our opaque rule is itself a wildcard one.
             self.push_rule(
                 networks.clone(),
-                ports.clone(),
+                contested.clone(),
                 Protocol::Opaque,
                 scope.clone(),
                 global,
                 origin.clone(),
             );
-            if ports.is_all() {
-                // Our opaque rule is itself a wildcard one.
-                self.push_rule(
-                    networks.clone(),
-                    contested.clone(),
-                    Protocol::Opaque,
-                    scope.clone(),
-                    global,
-                    origin.clone(),
-                );
-            } else {
-                let detect: PortSet = contested.iter().filter(|p| !ports.contains(*p)).collect();
-                self.push_rule(
-                    networks.clone(),
-                    detect,
-                    Protocol::Detect,
-                    scope.clone(),
-                    global,
-                    origin.clone(),
-                );
-            }
+        } else {
+            let detect: PortSet = contested.iter().filter(|p| !ports.contains(*p)).collect();
             self.push_rule(
-                networks,
-                PortSet::all(),
+                networks.clone(),
+                detect,
                 Protocol::Detect,
-                scope,
+                scope.clone(),
                 global,
-                origin,
+                origin.clone(),
             );
         }
+        self.push_rule(
+            networks,
+            PortSet::all(),
+            Protocol::Detect,
+            scope,
+            global,
+            origin,
+        );
     }
+}
+
+/// Everything outside the cluster's networks, v4 and v6: an EgressNetwork
+/// without `networks`.
+fn outside_cluster(cluster_networks: &[IpNet]) -> Vec<Network> {
+    ["0.0.0.0/0", "::/0"]
+        .into_iter()
+        .map(|all_net| {
+            let cidr: IpNet = all_net.parse().expect("valid");
+            let mut except: Vec<IpNet> = cluster_networks
+                .iter()
+                .copied()
+                .filter(|c| check_except(cidr, *c).is_ok())
+                .collect();
+            except.sort();
+            except.dedup();
+            Network { cidr, except }
+        })
+        .collect()
 }

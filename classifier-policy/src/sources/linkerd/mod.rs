@@ -61,6 +61,7 @@
 //! fields used); this module is the compiler, one kind at a time, and
 //! [`egress`] the EgressNetwork precedence.
 
+use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -183,52 +184,18 @@ pub fn compile_documents(set: &DocumentSet, opts: &Options) -> Result<Policy, Po
 /// objects that are malformed or whose namespace is over its entry budget:
 /// one tenant's mistake never takes the others' policy with it. Only the
 /// ClassifierPolicy (the operator's, not a tenant's) is an error.
-#[expect(clippy::too_many_lines, reason = "not split yet")]
 pub fn compile_documents_report(
     set: &DocumentSet,
     opts: &Options,
 ) -> Result<Compiled, PolicyError> {
     let mut c = Compiler::default();
-
-    // ClassifierPolicy: settings and its own rules, ids 1.. as in a file.
-    let mut ours = set.iter().filter(|d| d.is_classifier_policy());
-    let (mut policy, cluster_networks) = match ours.next() {
-        Some(doc) => {
-            if let Some(other) = ours.next() {
-                return Err(invalid(
-                    other,
-                    "kind",
-                    format!(
-                        "at most one ClassifierPolicy is allowed; another one is at {}",
-                        doc.origin()
-                    ),
-                ));
-            }
-            let parsed = doc.parse_classifier_policy()?;
-            let mut policy = parsed.policy;
-            for r in &mut policy.rules {
-                r.origin = format!("{} ({}) {}", doc.describe(), doc.origin(), r.origin);
-            }
-            (policy, parsed.cluster_networks)
-        }
-        None => (Policy::builtin_default(), default_cluster_networks()),
-    };
+    let (mut policy, cluster_networks) = classifier_policy(set)?;
     c.next_id = policy.rules.len() as u32 + 1;
     c.rules = std::mem::take(&mut policy.rules);
     c.owners = vec![None; c.rules.len()];
     let defaults = policy.default_opaque_ports.clone();
-
-    for doc in set
-        .iter()
-        .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
-    {
-        let known = match kinds::by_name(&doc.kind) {
-            Some(k) => k.reads_api_version(&doc.api_version),
-            None => doc.is_classifier_policy(),
-        };
-        if !known {
-            tracing::debug!(origin = %doc.origin(), kind = %doc.kind, api_version = %doc.api_version, "skipping a document the policy compiler does not read");
-        }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        log_unread(set);
     }
 
     // Namespace annotations, inherited by Services and Pods (port names in
@@ -239,29 +206,7 @@ pub fn compile_documents_report(
             ns_ports.insert(&doc.name, ports);
         }
     }
-
-    // Pods, resolved once: Servers select them and get their own rules.
-    let mut pods: Vec<PodInfo> = Vec::new();
-    for doc in read(set, &kinds::POD) {
-        let ns = doc.namespace.as_deref().unwrap_or("default");
-        if let Some(uid) = &doc.uid {
-            // Kept for a pod that is going away too (its processes may
-            // still connect, and the UID is its own), and for a pod whose
-            // rules are rejected (its cgroup is still in its namespace).
-            policy
-                .pod_namespaces
-                .insert(uid.to_string(), ns.to_string());
-        }
-        let Some(pod) = c.read_one::<Pod>(doc) else {
-            continue;
-        };
-        match PodInfo::resolve(doc, pod, ns_ports.get(ns).copied()) {
-            Ok(pod) => pods.push(pod),
-            Err(e) => c.rejected.push(Rejected::of(doc, field_error(doc, e))),
-        }
-    }
-    drop_contested_ips(&mut pods);
-    debug_assert!(pods.windows(2).all(|w| w[0].namespace <= w[1].namespace));
+    let pods = c.pods(set, &ns_ports, &mut policy.pod_namespaces);
 
     // Servers, oldest first so that they win ties on the same pod port.
     let mut servers: Vec<(&Document, &Server)> = c.read(set, &kinds::SERVER).collect();
@@ -292,6 +237,46 @@ pub fn compile_documents_report(
         policy,
         rejected: c.rejected,
     })
+}
+
+/// The ClassifierPolicy's settings and its own rules (ids 1.. as in a
+/// file, origins naming the document), or the built-in default when there
+/// is none; a second one is an error.
+fn classifier_policy(set: &DocumentSet) -> Result<(Policy, Vec<IpNet>), PolicyError> {
+    let mut ours = set.iter().filter(|d| d.is_classifier_policy());
+    let Some(doc) = ours.next() else {
+        return Ok((Policy::builtin_default(), default_cluster_networks()));
+    };
+    if let Some(other) = ours.next() {
+        return Err(invalid(
+            other,
+            "kind",
+            format!(
+                "at most one ClassifierPolicy is allowed; another one is at {}",
+                doc.origin()
+            ),
+        ));
+    }
+    let parsed = doc.parse_classifier_policy()?;
+    let mut policy = parsed.policy;
+    for r in &mut policy.rules {
+        r.origin = format!("{} ({}) {}", doc.describe(), doc.origin(), r.origin);
+    }
+    Ok((policy, parsed.cluster_networks))
+}
+
+/// Logs (at debug) each document of a kind or API version the compiler
+/// does not read.
+fn log_unread(set: &DocumentSet) {
+    for doc in set.iter() {
+        let known = match kinds::by_name(&doc.kind) {
+            Some(k) => k.reads_api_version(&doc.api_version),
+            None => doc.is_classifier_policy(),
+        };
+        if !known {
+            tracing::debug!(origin = %doc.origin(), kind = %doc.kind, api_version = %doc.api_version, "skipping a document the policy compiler does not read");
+        }
+    }
 }
 
 /// An IP that two live pods claim belongs to neither: no pod rule (Server
@@ -418,7 +403,6 @@ struct Compiler {
     rejected: Vec<Rejected>,
 }
 
-/// `Kind ns/name (origin)`, a rule's origin.
 /// The entries each namespace is guaranteed when the tables overflow:
 /// (IPv4, IPv6) room left after the operator's node-wide rules, divided
 /// evenly among the `namespaces` with rules. If every namespace needs at
@@ -435,6 +419,20 @@ pub fn fair_share(caps: (u64, u64), operator: (u64, u64), namespaces: usize) -> 
     )
 }
 
+/// (IPv4, IPv6) entries the tables hold.
+const TABLE_CAPS: (u64, u64) = (
+    crate::compile::MAX_V4_ENTRIES,
+    crate::compile::MAX_V6_ENTRIES,
+);
+
+fn fits_tables((n4, n6): (u64, u64)) -> bool {
+    n4 <= TABLE_CAPS.0 && n6 <= TABLE_CAPS.1
+}
+
+/// (IPv4, IPv6) entries a namespace's rules need, and its index.
+type NamespaceSize = ((u64, u64), u32);
+
+/// `Kind ns/name (origin)`, a rule's origin.
 fn rule_origin(doc: &Document) -> String {
     // One allocation: this runs for every object with rules.
     use std::fmt::Write as _;
@@ -519,18 +517,39 @@ impl Compiler {
     /// largest namespaces left give way one by one. Reports each of their
     /// objects that had rules (the counts are taken before any trie is
     /// built), and renumbers the remaining rules 1.. in order.
-    #[expect(clippy::too_many_lines, reason = "not split yet")]
     fn enforce_budget(&mut self, set: &DocumentSet, budget: u64) {
+        let (mut over, mut sizes) = self.namespaces_over_budget(budget);
+        self.over_fair_share(&mut over, &sizes);
+        sizes.retain(|(_, ns)| !over.contains_key(ns));
+        self.largest_give_way(&mut over, sizes);
+        if over.is_empty() {
+            return;
+        }
+        self.report_dropped(set, &over);
+        let owners = std::mem::take(&mut self.owners);
+        let rules = std::mem::take(&mut self.rules);
+        for (mut r, owner) in rules.into_iter().zip(owners) {
+            if owner.is_some_and(|o| over.contains_key(&o)) {
+                continue;
+            }
+            r.id = self.rules.len() as u32 + 1;
+            self.rules.push(r);
+            self.owners.push(owner);
+        }
+    }
+
+    /// The namespaces whose rules need more trie entries than `budget`
+    /// (namespace index -> why their rules are dropped), and the (IPv4,
+    /// IPv6) entries each of the others with rules needs.
+    fn namespaces_over_budget(&self, budget: u64) -> (BTreeMap<u32, String>, Vec<NamespaceSize>) {
         let mut by_ns: Vec<Vec<usize>> = vec![Vec::new(); self.namespaces.len()];
         for (i, owner) in self.owners.iter().enumerate() {
             if let Some(ns) = owner {
                 by_ns[*ns as usize].push(i);
             }
         }
-        // Namespace index -> why its rules are dropped.
         let mut over: BTreeMap<u32, String> = BTreeMap::new();
-        // (IPv4, IPv6) entries, namespace index.
-        let mut sizes: Vec<((u64, u64), u32)> = Vec::new();
+        let mut sizes: Vec<NamespaceSize> = Vec::new();
         for (ns, idx) in by_ns.iter().enumerate() {
             if idx.is_empty() {
                 continue;
@@ -549,52 +568,61 @@ impl Compiler {
                 sizes.push(((n4, n6), ns as u32));
             }
         }
-        let caps = (
-            crate::compile::MAX_V4_ENTRIES,
-            crate::compile::MAX_V6_ENTRIES,
+        (over, sizes)
+    }
+
+    /// (IPv4, IPv6) entries the rules need, those of the namespaces in
+    /// `over` left out.
+    fn entries_without(&self, over: &BTreeMap<u32, String>) -> (u64, u64) {
+        crate::compile::entry_bound(
+            self.rules
+                .iter()
+                .zip(&self.owners)
+                .filter(|(_, o)| !o.is_some_and(|o| over.contains_key(&o)))
+                .map(|(r, _)| r),
+        )
+    }
+
+    /// Then the table as a whole: namespaces each within their budget may
+    /// still need more than it holds together, and a policy that does not
+    /// fit would be refused whole, every tenant's change with it. Every
+    /// namespace over its fair share joins `over`; the operator's own rules
+    /// never give way.
+    fn over_fair_share(&self, over: &mut BTreeMap<u32, String>, sizes: &[NamespaceSize]) {
+        let (n4, n6) = self.entries_without(over);
+        if fits_tables((n4, n6)) {
+            return;
+        }
+        let operator = crate::compile::entry_bound(
+            self.rules
+                .iter()
+                .zip(&self.owners)
+                .filter(|(_, o)| o.is_none())
+                .map(|(r, _)| r),
         );
-        let need = |over: &BTreeMap<u32, String>, rules: &[Rule], owners: &[Option<u32>]| {
-            crate::compile::entry_bound(
-                rules
-                    .iter()
-                    .zip(owners)
-                    .filter(|(_, o)| !o.is_some_and(|o| over.contains_key(&o)))
-                    .map(|(r, _)| r),
-            )
-        };
-        let fits = |(n4, n6): (u64, u64)| n4 <= caps.0 && n6 <= caps.1;
-        // Then the table as a whole: namespaces each within their budget
-        // may still need more than it holds together, and a policy that
-        // does not fit would be refused whole, every tenant's change with
-        // it. The operator's own rules never give way.
-        let (n4, n6) = need(&over, &self.rules, &self.owners);
-        if !fits((n4, n6)) {
-            let operator = crate::compile::entry_bound(
-                self.rules
-                    .iter()
-                    .zip(&self.owners)
-                    .filter(|(_, o)| o.is_none())
-                    .map(|(r, _)| r),
-            );
-            let share = fair_share(caps, operator, sizes.len());
-            for &((s4, s6), ns) in &sizes {
-                if s4 > share.0 || s6 > share.1 {
-                    over.insert(
-                        ns,
-                        format!(
-                            "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({} and {}); namespace {:?} needs {s4} and {s6}, over its fair share of {} and {} (the tables' room after the node-wide rules, divided among the {} namespaces with rules), so all of its rules are dropped, as those of every namespace over its share",
-                            caps.0,
-                            caps.1,
-                            self.namespaces[ns as usize],
-                            share.0,
-                            share.1,
-                            sizes.len(),
-                        ),
-                    );
-                }
+        let share = fair_share(TABLE_CAPS, operator, sizes.len());
+        for &((s4, s6), ns) in sizes {
+            if s4 > share.0 || s6 > share.1 {
+                over.insert(
+                    ns,
+                    format!(
+                        "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({} and {}); namespace {:?} needs {s4} and {s6}, over its fair share of {} and {} (the tables' room after the node-wide rules, divided among the {} namespaces with rules), so all of its rules are dropped, as those of every namespace over its share",
+                        TABLE_CAPS.0,
+                        TABLE_CAPS.1,
+                        self.namespaces[ns as usize],
+                        share.0,
+                        share.1,
+                        sizes.len(),
+                    ),
+                );
             }
         }
-        sizes.retain(|(_, ns)| !over.contains_key(ns));
+    }
+
+    /// Should the rest still not fit (the bounds of rules in one universe
+    /// are not exactly additive), the largest of the namespaces left in
+    /// `sizes` join `over` one by one until it does.
+    fn largest_give_way(&self, over: &mut BTreeMap<u32, String>, mut sizes: Vec<NamespaceSize>) {
         sizes.sort_by(|a, b| {
             (b.0 .0 + b.0 .1)
                 .cmp(&(a.0 .0 + a.0 .1))
@@ -602,8 +630,8 @@ impl Compiler {
         });
         let mut largest = sizes.into_iter();
         loop {
-            let (n4, n6) = need(&over, &self.rules, &self.owners);
-            if fits((n4, n6)) {
+            let (n4, n6) = self.entries_without(over);
+            if fits_tables((n4, n6)) {
                 break;
             }
             let Some(((s4, s6), ns)) = largest.next() else {
@@ -613,16 +641,17 @@ impl Compiler {
                 ns,
                 format!(
                     "the policy needs at least {n4} IPv4 and {n6} IPv6 trie entries, more than the tables hold ({} and {}); namespace {:?}, the largest left ({s4} and {s6} entries, within its fair share), has all of its rules dropped",
-                    caps.0,
-                    caps.1,
+                    TABLE_CAPS.0,
+                    TABLE_CAPS.1,
                     self.namespaces[ns as usize]
                 ),
             );
         }
-        if over.is_empty() {
-            return;
-        }
-        // Report each object of those namespaces that had rules, by origin.
+    }
+
+    /// Reports each object of the namespaces in `over` that had rules, by
+    /// origin, once.
+    fn report_dropped(&mut self, set: &DocumentSet, over: &BTreeMap<u32, String>) {
         let docs: std::collections::HashMap<String, &Document> = set
             .iter()
             .filter(|d| {
@@ -646,16 +675,37 @@ impl Compiler {
                 self.rejected.push(Rejected::of(doc, e));
             }
         }
-        let owners = std::mem::take(&mut self.owners);
-        let rules = std::mem::take(&mut self.rules);
-        for (mut r, owner) in rules.into_iter().zip(owners) {
-            if owner.is_some_and(|o| over.contains_key(&o)) {
-                continue;
+    }
+
+    /// Pods, resolved once (Servers select them and get their own rules),
+    /// sorted by namespace, IPs that two live pods claim dropped; records
+    /// each pod UID's namespace in `pod_namespaces`.
+    fn pods<'a>(
+        &mut self,
+        set: &'a DocumentSet,
+        ns_ports: &BTreeMap<&str, &PortsAnnotation>,
+        pod_namespaces: &mut BTreeMap<String, String>,
+    ) -> Vec<PodInfo<'a>> {
+        let mut pods: Vec<PodInfo> = Vec::new();
+        for doc in read(set, &kinds::POD) {
+            let ns = doc.namespace.as_deref().unwrap_or("default");
+            if let Some(uid) = &doc.uid {
+                // Kept for a pod that is going away too (its processes may
+                // still connect, and the UID is its own), and for a pod whose
+                // rules are rejected (its cgroup is still in its namespace).
+                pod_namespaces.insert(uid.to_string(), ns.to_string());
             }
-            r.id = self.rules.len() as u32 + 1;
-            self.rules.push(r);
-            self.owners.push(owner);
+            let Some(pod) = self.read_one::<Pod>(doc) else {
+                continue;
+            };
+            match PodInfo::resolve(doc, pod, ns_ports.get(ns).copied()) {
+                Ok(pod) => pods.push(pod),
+                Err(e) => self.rejected.push(Rejected::of(doc, field_error(doc, e))),
+            }
         }
+        drop_contested_ips(&mut pods);
+        debug_assert!(pods.windows(2).all(|w| w[0].namespace <= w[1].namespace));
+        pods
     }
 
     /// Makes the objects of namespace `ns` (`None`: the operator's) the

@@ -38,7 +38,7 @@ use crate::model::{default_cluster_networks, Policy, PolicyError, Protocol};
 use crate::ports::PortSet;
 use crate::sources::document::{Document, DocumentSet};
 use crate::sources::kinds;
-use crate::sources::objects::{Object, PortsAnnotation};
+use crate::sources::objects::{Object, PortsAnnotation, Service};
 
 /// Where an object's opaque ports come from before the patch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +124,6 @@ pub struct Fixes {
 /// rejects is reported in [`Fixes::unpatched`], since no patch can be
 /// computed for it). Fails only on what fails the compiler: a malformed
 /// ClassifierPolicy.
-#[expect(clippy::too_many_lines, reason = "not split yet")]
 pub fn opaque_ports_patches(
     set: &DocumentSet,
     learned: &[SocketAddr],
@@ -145,7 +144,6 @@ pub fn opaque_ports_patches(
     for d in &wanted {
         by_addr.entry(d.ip()).or_default().insert(d.port());
     }
-
     let mut ns_ports: BTreeMap<&str, &PortsAnnotation> = BTreeMap::new();
     for doc in read(set, &kinds::NAMESPACE) {
         if let Some(Object::Namespace(n)) = doc.object() {
@@ -154,155 +152,29 @@ pub fn opaque_ports_patches(
             }
         }
     }
-
-    let mut fixes = Fixes {
-        defaults: defaults.clone(),
-        ..Fixes::default()
+    let mut s = Suggester {
+        by_addr,
+        ns_ports,
+        held: BTreeSet::new(),
+        fixes: Fixes {
+            defaults,
+            ..Fixes::default()
+        },
     };
-    let mut held: BTreeSet<IpAddr> = BTreeSet::new();
-
     for doc in read(set, &kinds::SERVICE) {
         // A Service that does not read holds nothing we could patch.
-        let Some(Object::Service(info)) = doc.object() else {
-            continue;
-        };
-        let addresses: Vec<IpAddr> = info
-            .ips
-            .iter()
-            .copied()
-            .filter(|ip| by_addr.contains_key(ip) && !held.contains(ip))
-            .collect();
-        if addresses.is_empty() {
-            continue;
-        }
-        held.extend(&addresses);
-        let ns = doc.namespace.as_deref().unwrap_or("default");
-        const WHAT: &str = "port of the Service";
-        let current = match (&info.opaque, ns_ports.get(ns)) {
-            (Some(a), _) => a
-                .resolve(&info.port_names, WHAT, true)
-                .map(|p| (CurrentPorts::Own(a.text.clone()), p)),
-            (None, Some(a)) => a
-                .resolve(&info.port_names, WHAT, false)
-                .map(|p| (namespace_ports(ns, a), p)),
-            (None, None) => Ok((CurrentPorts::Defaults, defaults.clone())),
-        }
-        .map_err(|e| super::field_error(doc, e));
-        let mut learned = PortSet::new();
-        for &ip in &addresses {
-            for port in by_addr[&ip].iter() {
-                let destination = SocketAddr::new(ip, port);
-                let reason = match info.app.get(&port) {
-                    Some(Protocol::Opaque) => Some(format!(
-                        "already opaque: port {port} of {} has an opaque appProtocol",
-                        doc.describe()
-                    )),
-                    Some(p) => Some(format!(
-                        "port {port} of {} has an appProtocol that says {}, which wins over any opaque-ports annotation: set its appProtocol to linkerd.io/opaque",
-                        doc.describe(),
-                        p.as_str()
-                    )),
-                    None => None,
-                };
-                match (reason, &current) {
-                    (Some(reason), _) => fixes.unpatched.push(Unpatched {
-                        destination,
-                        reason,
-                    }),
-                    (None, Ok((_, now))) if now.contains(port) => fixes.unpatched.push(Unpatched {
-                        destination,
-                        reason: format!("already opaque: {} lists port {port}", doc.describe()),
-                    }),
-                    (None, Ok(_)) => {
-                        learned.insert(port);
-                    }
-                    (None, Err(e)) => fixes.unpatched.push(Unpatched {
-                        destination,
-                        reason: format!(
-                            "{} is left out of the policy ({e}): fix it first",
-                            doc.describe()
-                        ),
-                    }),
-                }
-            }
-        }
-        if let (Ok((current, now)), false) = (current, learned.is_empty()) {
-            fixes
-                .patches
-                .push(patch(doc, addresses, learned, current, now, None));
+        if let Some(Object::Service(info)) = doc.object() {
+            s.service(doc, info);
         }
     }
-
-    let mut pods: Vec<PodInfo> = Vec::new();
-    for doc in read(set, &kinds::POD) {
-        let ns = doc.namespace.as_deref().unwrap_or("default");
-        // A Pod that does not read holds nothing we could patch.
-        let Some(Object::Pod(pod)) = doc.object() else {
-            continue;
-        };
-        match PodInfo::resolve(doc, pod, ns_ports.get(ns).copied()) {
-            Ok(pod) => pods.push(pod),
-            Err(e) => {
-                let e = super::field_error(doc, e);
-                for (ip, ports) in &by_addr {
-                    if pod.ips.contains(ip) && !held.contains(ip) {
-                        held.insert(*ip);
-                        for port in ports.iter() {
-                            fixes.unpatched.push(Unpatched {
-                                destination: SocketAddr::new(*ip, port),
-                                reason: format!(
-                                    "{} is left out of the policy ({e}): fix it first",
-                                    doc.describe()
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-    drop_contested_ips(&mut pods);
+    let pods = s.resolve_pods(set);
     for pod in pods.iter().filter(|p| !p.pod.inactive) {
-        let addresses: Vec<IpAddr> = pod
-            .ips
-            .iter()
-            .copied()
-            .filter(|ip| by_addr.contains_key(ip) && !held.contains(ip))
-            .collect();
-        if addresses.is_empty() {
-            continue;
-        }
-        held.extend(&addresses);
-        let doc = pod.doc;
-        let current = match &pod.pod.opaque {
-            Some(a) => CurrentPorts::Own(a.text.clone()),
-            None => match ns_ports.get(pod.namespace) {
-                Some(a) => namespace_ports(pod.namespace, a),
-                None => CurrentPorts::Defaults,
-            },
-        };
-        let now = pod.opaque.clone().unwrap_or_else(|| defaults.clone());
-        let mut learned = PortSet::new();
-        for &ip in &addresses {
-            for port in by_addr[&ip].iter() {
-                if now.contains(port) {
-                    fixes.unpatched.push(Unpatched {
-                        destination: SocketAddr::new(ip, port),
-                        reason: format!("already opaque: {} lists port {port}", doc.describe()),
-                    });
-                } else {
-                    learned.insert(port);
-                }
-            }
-        }
-        if !learned.is_empty() {
-            let owner = pod.pod.owner.as_deref().map(str::to_string);
-            fixes
-                .patches
-                .push(patch(doc, addresses, learned, current, now, owner));
-        }
+        s.pod(pod);
     }
 
+    let Suggester {
+        held, mut fixes, ..
+    } = s;
     for d in wanted.iter().filter(|d| !held.contains(&d.ip())) {
         let ip = d.ip();
         fixes.unheld.push(Unheld {
@@ -315,6 +187,171 @@ pub fn opaque_ports_patches(
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
     fixes.unpatched.sort_by_key(|u| u.destination);
     Ok(fixes)
+}
+
+/// The walk of [`opaque_ports_patches`]: Services first, then Pods, each
+/// address going to the first object that holds it.
+struct Suggester<'a> {
+    /// The learned ports of each learned address.
+    by_addr: BTreeMap<IpAddr, PortSet>,
+    /// Namespace annotations, which Services and Pods inherit.
+    ns_ports: BTreeMap<&'a str, &'a PortsAnnotation>,
+    /// The learned addresses an object already holds.
+    held: BTreeSet<IpAddr>,
+    fixes: Fixes,
+}
+
+impl<'a> Suggester<'a> {
+    /// The learned addresses among `ips` that no object holds yet, now held.
+    fn hold(&mut self, ips: &[IpAddr]) -> Vec<IpAddr> {
+        let addresses: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| self.by_addr.contains_key(ip) && !self.held.contains(ip))
+            .collect();
+        self.held.extend(&addresses);
+        addresses
+    }
+
+    fn service(&mut self, doc: &Document, info: &Service) {
+        let addresses = self.hold(&info.ips);
+        if addresses.is_empty() {
+            return;
+        }
+        let ns = doc.namespace.as_deref().unwrap_or("default");
+        const WHAT: &str = "port of the Service";
+        let current = match (&info.opaque, self.ns_ports.get(ns)) {
+            (Some(a), _) => a
+                .resolve(&info.port_names, WHAT, true)
+                .map(|p| (CurrentPorts::Own(a.text.clone()), p)),
+            (None, Some(a)) => a
+                .resolve(&info.port_names, WHAT, false)
+                .map(|p| (namespace_ports(ns, a), p)),
+            (None, None) => Ok((CurrentPorts::Defaults, self.fixes.defaults.clone())),
+        }
+        .map_err(|e| super::field_error(doc, e));
+        let mut learned = PortSet::new();
+        for &ip in &addresses {
+            for port in self.by_addr[&ip].iter() {
+                match service_port_unpatched(doc, info, port, &current) {
+                    Some(reason) => self.fixes.unpatched.push(Unpatched {
+                        destination: SocketAddr::new(ip, port),
+                        reason,
+                    }),
+                    None => {
+                        learned.insert(port);
+                    }
+                }
+            }
+        }
+        if let (Ok((current, now)), false) = (current, learned.is_empty()) {
+            self.fixes
+                .patches
+                .push(patch(doc, addresses, learned, current, now, None));
+        }
+    }
+
+    /// The Pods that read, their namespace's annotation resolved; the
+    /// learned addresses of a Pod whose annotation does not resolve are
+    /// held by it, unpatched.
+    fn resolve_pods(&mut self, set: &'a DocumentSet) -> Vec<PodInfo<'a>> {
+        let mut pods: Vec<PodInfo> = Vec::new();
+        for doc in read(set, &kinds::POD) {
+            let ns = doc.namespace.as_deref().unwrap_or("default");
+            // A Pod that does not read holds nothing we could patch.
+            let Some(Object::Pod(pod)) = doc.object() else {
+                continue;
+            };
+            match PodInfo::resolve(doc, pod, self.ns_ports.get(ns).copied()) {
+                Ok(pod) => pods.push(pod),
+                Err(e) => {
+                    let e = super::field_error(doc, e);
+                    for ip in self.hold(&pod.ips) {
+                        for port in self.by_addr[&ip].iter() {
+                            self.fixes.unpatched.push(Unpatched {
+                                destination: SocketAddr::new(ip, port),
+                                reason: format!(
+                                    "{} is left out of the policy ({e}): fix it first",
+                                    doc.describe()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        drop_contested_ips(&mut pods);
+        pods
+    }
+
+    fn pod(&mut self, pod: &PodInfo) {
+        let addresses = self.hold(&pod.ips);
+        if addresses.is_empty() {
+            return;
+        }
+        let doc = pod.doc;
+        let current = match &pod.pod.opaque {
+            Some(a) => CurrentPorts::Own(a.text.clone()),
+            None => match self.ns_ports.get(pod.namespace) {
+                Some(a) => namespace_ports(pod.namespace, a),
+                None => CurrentPorts::Defaults,
+            },
+        };
+        let now = pod
+            .opaque
+            .clone()
+            .unwrap_or_else(|| self.fixes.defaults.clone());
+        let mut learned = PortSet::new();
+        for &ip in &addresses {
+            for port in self.by_addr[&ip].iter() {
+                if now.contains(port) {
+                    self.fixes.unpatched.push(Unpatched {
+                        destination: SocketAddr::new(ip, port),
+                        reason: format!("already opaque: {} lists port {port}", doc.describe()),
+                    });
+                } else {
+                    learned.insert(port);
+                }
+            }
+        }
+        if !learned.is_empty() {
+            let owner = pod.pod.owner.as_deref().map(str::to_string);
+            self.fixes
+                .patches
+                .push(patch(doc, addresses, learned, current, now, owner));
+        }
+    }
+}
+
+/// Why learned `port` of a Service needs no patch or cannot get one (its
+/// `appProtocol`, its annotation already listing it, the Service being
+/// rejected); `None`: the patch adds it.
+fn service_port_unpatched(
+    doc: &Document,
+    info: &Service,
+    port: u16,
+    current: &Result<(CurrentPorts, PortSet), PolicyError>,
+) -> Option<String> {
+    match (info.app.get(&port), current) {
+        (Some(Protocol::Opaque), _) => Some(format!(
+            "already opaque: port {port} of {} has an opaque appProtocol",
+            doc.describe()
+        )),
+        (Some(p), _) => Some(format!(
+            "port {port} of {} has an appProtocol that says {}, which wins over any opaque-ports annotation: set its appProtocol to linkerd.io/opaque",
+            doc.describe(),
+            p.as_str()
+        )),
+        (None, Ok((_, now))) if now.contains(port) => Some(format!(
+            "already opaque: {} lists port {port}",
+            doc.describe()
+        )),
+        (None, Ok(_)) => None,
+        (None, Err(e)) => Some(format!(
+            "{} is left out of the policy ({e}): fix it first",
+            doc.describe()
+        )),
+    }
 }
 
 fn namespace_ports(ns: &str, a: &PortsAnnotation) -> CurrentPorts {

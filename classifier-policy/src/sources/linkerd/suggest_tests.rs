@@ -168,14 +168,10 @@ const PORTS: [u16; 19] = [
     8080, 9000, 11211,
 ];
 
-#[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
-fn each_object_gets_its_current_opaque_ports_plus_the_learned_ones() {
-    let set = set_of(DOCS);
-    let learned = addrs(&[
+/// Learned destinations on each kind of object of [`DOCS`], and on
+/// addresses none of them holds.
+fn learned_on_docs() -> Vec<SocketAddr> {
+    addrs(&[
         "10.96.0.10:3307",
         "10.96.0.10:9000",
         "10.96.0.10:8080",
@@ -188,8 +184,13 @@ fn each_object_gets_its_current_opaque_ports_plus_the_learned_ones() {
         "10.244.1.7:11211",
         "10.0.0.99:2305",
         "203.0.113.5:2306",
-    ]);
-    let fixes = opaque_ports_patches(&set, &learned).unwrap();
+    ])
+}
+
+#[test]
+fn each_object_gets_its_current_opaque_ports_plus_the_learned_ones() {
+    let set = set_of(DOCS);
+    let fixes = opaque_ports_patches(&set, &learned_on_docs()).unwrap();
     let got: Vec<(String, &str, Option<&str>)> = fixes
         .patches
         .iter()
@@ -234,6 +235,28 @@ fn each_object_gets_its_current_opaque_ports_plus_the_learned_ones() {
     );
     assert_eq!(fixes.patches[2].current, CurrentPorts::Own("11211".into()));
 
+    let before = policy(&set);
+    let after = policy(&apply(&set, &fixes));
+    let fixed: Vec<SocketAddr> = fixes
+        .patches
+        .iter()
+        .flat_map(|p| {
+            p.addresses
+                .iter()
+                .flat_map(|&a| p.learned.iter().map(move |port| SocketAddr::new(a, port)))
+        })
+        .collect();
+    assert_eq!(fixed.len(), 6, "{fixed:?}");
+    assert_round_trip(&before, &after, &fixed, &ADDRESSES, &PORTS);
+}
+
+/// What no annotation fixes: a port whose appProtocol decides it, a port
+/// already opaque, and addresses no object holds.
+#[test]
+fn what_no_patch_fixes_is_unpatched_or_unheld() {
+    let set = set_of(DOCS);
+    let fixes = opaque_ports_patches(&set, &learned_on_docs()).unwrap();
+
     let unpatched: Vec<(String, bool)> = fixes
         .unpatched
         .iter()
@@ -271,20 +294,6 @@ fn each_object_gets_its_current_opaque_ports_plus_the_learned_ones() {
             ("203.0.113.5:2306".to_string(), false),
         ]
     );
-
-    let before = policy(&set);
-    let after = policy(&apply(&set, &fixes));
-    let fixed: Vec<SocketAddr> = fixes
-        .patches
-        .iter()
-        .flat_map(|p| {
-            p.addresses
-                .iter()
-                .flat_map(|&a| p.learned.iter().map(move |port| SocketAddr::new(a, port)))
-        })
-        .collect();
-    assert_eq!(fixed.len(), 6, "{fixed:?}");
-    assert_round_trip(&before, &after, &fixed, &ADDRESSES, &PORTS);
 }
 
 /// The annotation replaces the object's defaults: a ClassifierPolicy's

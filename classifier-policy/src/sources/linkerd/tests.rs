@@ -216,98 +216,77 @@ fn services_get_their_or_their_namespaces_annotation_and_app_protocol() {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 fn pods_and_servers() {
     let p = fixture_policy();
-    // api-1: Servers by name (grpc -> 9090) and number, its own annotation.
-    check(
-        &p,
-        None,
-        "10.244.2.20:9090",
-        Protocol::Http2,
-        Some("Server team-a/api-grpc ("),
-    );
-    check(
-        &p,
-        None,
-        "10.244.2.20:8080",
-        Protocol::Http1,
-        Some("Server team-a/api-http ("),
-    );
-    check(
-        &p,
-        None,
-        "10.244.2.20:5000",
-        Protocol::Opaque,
-        Some("Pod team-a/api-1 ("),
-    );
-    check(
-        &p,
-        None,
-        "10.244.2.20:3306",
-        Protocol::Detect,
-        Some("Pod team-a/api-1 ("),
-    );
-    // api-2: the named port is 9091 there; NotIn canary leaves out 8080.
-    check(
-        &p,
-        None,
-        "10.244.2.21:9091",
-        Protocol::Http2,
-        Some("Server team-a/api-grpc ("),
-    );
-    check(&p, None, "10.244.2.21:9090", Protocol::Detect, None);
-    check(&p, None, "10.244.2.21:8080", Protocol::Detect, None);
-    // worker-1: Exists app, DoesNotExist track; named port amqp.
-    check(
-        &p,
-        None,
-        "10.244.2.30:5672",
-        Protocol::Opaque,
-        Some("Server team-a/worker-amqp ("),
-    );
-    // web-1: HTTP/2 Server beats the inherited annotation on every IP.
-    check(
-        &p,
-        None,
-        "10.244.1.10:9990",
-        Protocol::Http2,
-        Some("Server shop/web-admin ("),
-    );
-    check(
-        &p,
-        None,
-        "10.244.1.10:3306",
-        Protocol::Opaque,
-        Some("Pod shop/web-1 ("),
-    );
-    check(
-        &p,
-        None,
-        "[fd00:244::10]:4222",
-        Protocol::Opaque,
-        Some("Pod shop/web-1 ("),
-    );
-    // `unknown` and `TLS` Servers add nothing: the annotation's detect.
-    check(
-        &p,
-        None,
-        "10.244.1.10:8080",
-        Protocol::Detect,
-        Some("Pod shop/web-1 ("),
-    );
-    check(
-        &p,
-        None,
-        "10.244.1.10:8443",
-        Protocol::Detect,
-        Some("Pod shop/web-1 ("),
-    );
-    // A finished pod gets nothing.
-    check(&p, None, "10.244.2.99:9090", Protocol::Detect, None);
+    let cases: &[(&str, Protocol, Option<&str>)] = &[
+        // api-1: Servers by name (grpc -> 9090) and number, its own annotation.
+        (
+            "10.244.2.20:9090",
+            Protocol::Http2,
+            Some("Server team-a/api-grpc ("),
+        ),
+        (
+            "10.244.2.20:8080",
+            Protocol::Http1,
+            Some("Server team-a/api-http ("),
+        ),
+        (
+            "10.244.2.20:5000",
+            Protocol::Opaque,
+            Some("Pod team-a/api-1 ("),
+        ),
+        (
+            "10.244.2.20:3306",
+            Protocol::Detect,
+            Some("Pod team-a/api-1 ("),
+        ),
+        // api-2: the named port is 9091 there; NotIn canary leaves out 8080.
+        (
+            "10.244.2.21:9091",
+            Protocol::Http2,
+            Some("Server team-a/api-grpc ("),
+        ),
+        ("10.244.2.21:9090", Protocol::Detect, None),
+        ("10.244.2.21:8080", Protocol::Detect, None),
+        // worker-1: Exists app, DoesNotExist track; named port amqp.
+        (
+            "10.244.2.30:5672",
+            Protocol::Opaque,
+            Some("Server team-a/worker-amqp ("),
+        ),
+        // web-1: HTTP/2 Server beats the inherited annotation on every IP.
+        (
+            "10.244.1.10:9990",
+            Protocol::Http2,
+            Some("Server shop/web-admin ("),
+        ),
+        (
+            "10.244.1.10:3306",
+            Protocol::Opaque,
+            Some("Pod shop/web-1 ("),
+        ),
+        (
+            "[fd00:244::10]:4222",
+            Protocol::Opaque,
+            Some("Pod shop/web-1 ("),
+        ),
+        // `unknown` and `TLS` Servers add nothing: the annotation's detect.
+        (
+            "10.244.1.10:8080",
+            Protocol::Detect,
+            Some("Pod shop/web-1 ("),
+        ),
+        (
+            "10.244.1.10:8443",
+            Protocol::Detect,
+            Some("Pod shop/web-1 ("),
+        ),
+        // A finished pod gets nothing.
+        ("10.244.2.99:9090", Protocol::Detect, None),
+    ];
+    for &(dst, protocol, decided_by) in cases {
+        check(&p, None, dst, protocol, decided_by);
+    }
 
     assert_eq!(
         p.pod_namespaces
@@ -397,10 +376,6 @@ fn egress(name: &str, ns: &str, created: Option<&str>, ports: &str, cidr: &str) 
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
 fn equal_cidrs_go_to_the_oldest_then_by_name() {
     // b-old is older: it decides every port of 192.0.2.0/24, including
     // a-new's opaque 3306.
@@ -465,7 +440,10 @@ fn equal_cidrs_go_to_the_oldest_then_by_name() {
         Protocol::Opaque,
         Some("EgressNetwork linkerd-egress/zed"),
     );
-    // All ports opaque on the older one still wins over an explicit port.
+}
+
+#[test]
+fn all_ports_opaque_on_the_older_one_still_wins_over_an_explicit_port() {
     let text = egress(
         "old",
         "linkerd-egress",
@@ -487,7 +465,10 @@ fn equal_cidrs_go_to_the_oldest_then_by_name() {
         Protocol::Opaque,
         Some("EgressNetwork linkerd-egress/old"),
     );
-    // Smaller CIDR beats older; namespace beats global even when wider.
+}
+
+#[test]
+fn smaller_cidr_beats_older_and_namespace_beats_global_even_when_wider() {
     let text = egress(
         "old",
         "linkerd-egress",
@@ -621,11 +602,7 @@ const SERVER_HEAD: &str =
     "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: s, namespace: team-a}\n";
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one test scenario, read top to bottom"
-)]
-fn malformed_documents_name_origin_field_and_value() {
+fn malformed_egress_networks_name_origin_field_and_value() {
     assert_err(
         &egress("bad", "team-a", None, "4222", "203.0.113.0/33"),
         &[
@@ -656,6 +633,10 @@ fn malformed_documents_name_origin_field_and_value() {
             "70000",
         ],
     );
+}
+
+#[test]
+fn malformed_namespaces_services_and_pods_name_origin_field_and_value() {
     assert_err(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: n\n  annotations: {config.linkerd.io/opaque-ports: \"25,,26\"}\n",
         &["x.yaml#1 (Namespace n): metadata.annotations.config.linkerd.io/opaque-ports", "25,,26"],
@@ -676,6 +657,14 @@ fn malformed_documents_name_origin_field_and_value() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: a\n  annotations: {config.linkerd.io/opaque-ports: \"mysql\"}\nstatus: {podIP: 10.0.0.1}\n",
         &["Pod a/p", "opaque-ports", "mysql"],
     );
+    assert_err(
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: a}\nspec: {clusterIP: 10.96.0.3}\n",
+        &["Service a/", "metadata.name", "missing"],
+    );
+}
+
+#[test]
+fn malformed_servers_name_origin_field_and_value() {
     assert_err(
         &format!("{SERVER_HEAD}spec: {{podSelector: {{}}, port: 80, proxyProtocol: HTTP/3}}\n"),
         &[
@@ -707,6 +696,10 @@ fn malformed_documents_name_origin_field_and_value() {
         &format!("{SERVER_HEAD}spec:\n  port: 80\n  podSelector:\n    matchLabels: [app]\n"),
         &["spec.podSelector.matchLabels", "expected a map"],
     );
+}
+
+#[test]
+fn malformed_classifier_policies_name_origin_field_and_value() {
     assert_err(
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nmetadata: {name: a}\n---\napiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nmetadata: {name: b}\n",
         &["x.yaml#2", "at most one ClassifierPolicy", "x.yaml#1"],
@@ -714,10 +707,6 @@ fn malformed_documents_name_origin_field_and_value() {
     assert_err(
         "apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  clusterNetworks: \"10.0.0.0/8,,fd00::/8\"\n",
         &["x.yaml#1: spec.clusterNetworks", "empty item"],
-    );
-    assert_err(
-        "apiVersion: v1\nkind: Service\nmetadata: {namespace: a}\nspec: {clusterIP: 10.96.0.3}\n",
-        &["Service a/", "metadata.name", "missing"],
     );
 }
 

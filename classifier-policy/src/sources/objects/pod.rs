@@ -31,63 +31,10 @@ pub struct Pod {
 }
 
 impl Pod {
-    #[expect(clippy::too_many_lines, reason = "not split yet")]
     pub(super) fn read(body: &Value) -> Result<Self, FieldError> {
         let labels = string_map(at(body, &["metadata", "labels"]), "metadata.labels")?;
-        let mut ips = Vec::new();
-        if let Some(ip) = str_at(body, &["status", "podIP"])? {
-            if !ip.is_empty() {
-                ips.push(parse_ip("status.podIP", ip)?);
-            }
-        }
-        for (i, entry) in seq_at(body, &["status", "podIPs"])?.iter().enumerate() {
-            let field = format!("status.podIPs[{i}].ip");
-            match entry.get("ip") {
-                Some(Value::String(s)) => ips.push(parse_ip(&field, s)?),
-                other => {
-                    return Err(FieldError::new(
-                        field,
-                        format!("expected a string, got {}", show_opt(other)),
-                    ))
-                }
-            }
-        }
-        ips.sort();
-        ips.dedup();
-        // Init containers first, then containers, a later name replacing
-        // an earlier one: linkerd2's `GetNamedPorts` (pkg/util/parsing.go),
-        // which the destination service's `GetAnnotatedOpaquePorts`
-        // (controller/api/destination/watcher/workload_watcher.go) and the
-        // proxy injector use.
-        let mut port_names = BTreeMap::new();
-        for list in ["initContainers", "containers"] {
-            for (ci, c) in seq_at(body, &["spec", list])?.iter().enumerate() {
-                let Some(ports) = c.get("ports").filter(|p| !p.is_null()) else {
-                    continue;
-                };
-                let Value::Array(ports) = ports else {
-                    return Err(FieldError::new(
-                        format!("spec.{list}[{ci}].ports"),
-                        format!("expected a list, got {}", show(ports)),
-                    ));
-                };
-                for (pi, p) in ports.iter().enumerate() {
-                    let Some(name) = p.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let port = super::values::port_of(p, "containerPort").ok_or_else(|| {
-                        FieldError::new(
-                            format!("spec.{list}[{ci}].ports[{pi}].containerPort"),
-                            format!(
-                                "expected a port number 1-65535, got {}",
-                                show_opt(p.get("containerPort"))
-                            ),
-                        )
-                    })?;
-                    port_names.insert(name.to_string(), port);
-                }
-            }
-        }
+        let ips = pod_ips(body)?;
+        let port_names = named_ports(body)?;
         let phase = str_at(body, &["status", "phase"])?.unwrap_or("");
         let host_network = matches!(at(body, &["spec", "hostNetwork"]), Some(Value::Bool(true)));
         // A pod that is going away contributes nothing: its IP is about to
@@ -125,6 +72,71 @@ impl Pod {
             owner: first_owner(body),
         })
     }
+}
+
+/// `status.podIP` and `status.podIPs`, sorted and deduplicated.
+fn pod_ips(body: &Value) -> Result<Vec<IpAddr>, FieldError> {
+    let mut ips = Vec::new();
+    if let Some(ip) = str_at(body, &["status", "podIP"])? {
+        if !ip.is_empty() {
+            ips.push(parse_ip("status.podIP", ip)?);
+        }
+    }
+    for (i, entry) in seq_at(body, &["status", "podIPs"])?.iter().enumerate() {
+        let field = format!("status.podIPs[{i}].ip");
+        match entry.get("ip") {
+            Some(Value::String(s)) => ips.push(parse_ip(&field, s)?),
+            other => {
+                return Err(FieldError::new(
+                    field,
+                    format!("expected a string, got {}", show_opt(other)),
+                ))
+            }
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    Ok(ips)
+}
+
+/// Container port name -> number.
+///
+/// Init containers first, then containers, a later name replacing an
+/// earlier one: linkerd2's `GetNamedPorts` (pkg/util/parsing.go), which the
+/// destination service's `GetAnnotatedOpaquePorts`
+/// (controller/api/destination/watcher/workload_watcher.go) and the proxy
+/// injector use.
+fn named_ports(body: &Value) -> Result<BTreeMap<String, u16>, FieldError> {
+    let mut port_names = BTreeMap::new();
+    for list in ["initContainers", "containers"] {
+        for (ci, c) in seq_at(body, &["spec", list])?.iter().enumerate() {
+            let Some(ports) = c.get("ports").filter(|p| !p.is_null()) else {
+                continue;
+            };
+            let Value::Array(ports) = ports else {
+                return Err(FieldError::new(
+                    format!("spec.{list}[{ci}].ports"),
+                    format!("expected a list, got {}", show(ports)),
+                ));
+            };
+            for (pi, p) in ports.iter().enumerate() {
+                let Some(name) = p.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let port = super::values::port_of(p, "containerPort").ok_or_else(|| {
+                    FieldError::new(
+                        format!("spec.{list}[{ci}].ports[{pi}].containerPort"),
+                        format!(
+                            "expected a port number 1-65535, got {}",
+                            show_opt(p.get("containerPort"))
+                        ),
+                    )
+                })?;
+                port_names.insert(name.to_string(), port);
+            }
+        }
+    }
+    Ok(port_names)
 }
 
 /// `Kind name` of the first `metadata.ownerReferences` entry.

@@ -24,7 +24,6 @@ enum Op {
 }
 
 impl Selector {
-    #[expect(clippy::too_many_lines, reason = "not split yet")]
     pub(super) fn parse(v: &Value, field: &str) -> Result<Selector, FieldError> {
         if !v.is_object() {
             return Err(FieldError::new(
@@ -36,79 +35,20 @@ impl Selector {
             v.get("matchLabels").filter(|v| !v.is_null()),
             &format!("{field}.matchLabels"),
         )?;
-        let mut exprs = Vec::new();
-        match v.get("matchExpressions") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(list)) => {
-                for (i, e) in list.iter().enumerate() {
-                    let f = format!("{field}.matchExpressions[{i}]");
-                    let key = e.get("key").and_then(Value::as_str).ok_or_else(|| {
-                        FieldError::new(
-                            format!("{f}.key"),
-                            format!("expected a string, got {}", show_opt(e.get("key"))),
-                        )
-                    })?;
-                    let op_text = e.get("operator").and_then(Value::as_str).unwrap_or("");
-                    let op = match op_text {
-                        "In" => Op::In,
-                        "NotIn" => Op::NotIn,
-                        "Exists" => Op::Exists,
-                        "DoesNotExist" => Op::DoesNotExist,
-                        _ => {
-                            return Err(FieldError::new(
-                                format!("{f}.operator"),
-                                format!(
-                                "unknown operator {}, expected In, NotIn, Exists or DoesNotExist",
-                                e.get("operator").map_or("(missing)".into(), show)
-                            ),
-                            ))
-                        }
-                    };
-                    let mut values = BTreeSet::new();
-                    match e.get("values") {
-                        None | Some(Value::Null) => {}
-                        Some(Value::Array(vs)) => {
-                            for (j, v) in vs.iter().enumerate() {
-                                values.insert(scalar_text(v).ok_or_else(|| {
-                                    FieldError::new(
-                                        format!("{f}.values[{j}]"),
-                                        format!("expected a string, got {}", show(v)),
-                                    )
-                                })?);
-                            }
-                        }
-                        Some(other) => {
-                            return Err(FieldError::new(
-                                format!("{f}.values"),
-                                format!("expected a list, got {}", show(other)),
-                            ))
-                        }
-                    }
-                    match op {
-                        Op::In | Op::NotIn if values.is_empty() => {
-                            return Err(FieldError::new(
-                                format!("{f}.values"),
-                                format!("operator {op_text} needs at least one value"),
-                            ))
-                        }
-                        Op::Exists | Op::DoesNotExist if !values.is_empty() => {
-                            return Err(FieldError::new(
-                                format!("{f}.values"),
-                                format!("operator {op_text} takes no values"),
-                            ))
-                        }
-                        _ => {}
-                    }
-                    exprs.push((key.to_string(), op, values));
-                }
-            }
+        let exprs = match v.get("matchExpressions") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, e)| expression(e, &format!("{field}.matchExpressions[{i}]")))
+                .collect::<Result<_, _>>()?,
             Some(other) => {
                 return Err(FieldError::new(
                     format!("{field}.matchExpressions"),
                     format!("expected a list, got {}", show(other)),
                 ))
             }
-        }
+        };
         Ok(Selector { labels, exprs })
     }
 
@@ -123,4 +63,68 @@ impl Selector {
                 Op::DoesNotExist => !labels.contains_key(k),
             })
     }
+}
+
+/// One `matchExpressions` entry at field `f`: key, operator and values,
+/// the values' count checked against the operator.
+fn expression(e: &Value, f: &str) -> Result<(String, Op, BTreeSet<String>), FieldError> {
+    let key = e.get("key").and_then(Value::as_str).ok_or_else(|| {
+        FieldError::new(
+            format!("{f}.key"),
+            format!("expected a string, got {}", show_opt(e.get("key"))),
+        )
+    })?;
+    let op_text = e.get("operator").and_then(Value::as_str).unwrap_or("");
+    let op = match op_text {
+        "In" => Op::In,
+        "NotIn" => Op::NotIn,
+        "Exists" => Op::Exists,
+        "DoesNotExist" => Op::DoesNotExist,
+        _ => {
+            return Err(FieldError::new(
+                format!("{f}.operator"),
+                format!(
+                    "unknown operator {}, expected In, NotIn, Exists or DoesNotExist",
+                    e.get("operator").map_or("(missing)".into(), show)
+                ),
+            ))
+        }
+    };
+    let values = expression_values(e, f)?;
+    match op {
+        Op::In | Op::NotIn if values.is_empty() => Err(FieldError::new(
+            format!("{f}.values"),
+            format!("operator {op_text} needs at least one value"),
+        )),
+        Op::Exists | Op::DoesNotExist if !values.is_empty() => Err(FieldError::new(
+            format!("{f}.values"),
+            format!("operator {op_text} takes no values"),
+        )),
+        _ => Ok((key.to_string(), op, values)),
+    }
+}
+
+/// A `matchExpressions` entry's `values`: absent or null is none.
+fn expression_values(e: &Value, f: &str) -> Result<BTreeSet<String>, FieldError> {
+    let mut values = BTreeSet::new();
+    match e.get("values") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(vs)) => {
+            for (j, v) in vs.iter().enumerate() {
+                values.insert(scalar_text(v).ok_or_else(|| {
+                    FieldError::new(
+                        format!("{f}.values[{j}]"),
+                        format!("expected a string, got {}", show(v)),
+                    )
+                })?);
+            }
+        }
+        Some(other) => {
+            return Err(FieldError::new(
+                format!("{f}.values"),
+                format!("expected a list, got {}", show(other)),
+            ))
+        }
+    }
+    Ok(values)
 }

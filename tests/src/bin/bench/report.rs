@@ -21,12 +21,23 @@ pub(crate) fn machine() -> Value {
     json!({ "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel })
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "a test driver read top to bottom; not split yet"
-)]
 pub(crate) fn render_markdown(r: &Value) -> String {
     let mut md = String::new();
+    header(&mut md, r);
+    connect_overhead(&mut md, r);
+    program_run_time(&mut md, r);
+    program_cost(&mut md, r);
+    policy_scale(&mut md, r);
+    kubernetes_scale(&mut md, r);
+    stats_footprint_stall(&mut md, r);
+    proxy_query(&mut md, r);
+    learning(&mut md, r);
+    pod_registration(&mut md, r);
+    md
+}
+
+/// Machine and run settings.
+fn header(md: &mut String, r: &Value) {
     let m = &r["machine"];
     let _ = writeln!(
         md,
@@ -38,7 +49,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
         r["repeats"],
         if r["quick"] == true { " (--quick)" } else { "" }
     );
+}
 
+/// Connect overhead with and without the classifier.
+fn connect_overhead(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
         "### Connect overhead (connect + accept + close on loopback)\n"
@@ -63,6 +77,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
+}
+
+/// Kernel-measured run time per program invocation.
+fn program_run_time(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
         "\nKernel-measured run time per program invocation (`run_time_ns / run_cnt`):\n"
@@ -79,6 +97,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
+}
+
+/// Each program's kernel cost per connect, by destination.
+fn program_cost(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
         "\nPer connect + accept + close, by destination (kernel figures, stats on): invocations x ns per run = ns\n"
@@ -124,7 +146,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
+}
 
+/// Policy scale, and a one-rule change.
+fn policy_scale(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
         "\n### Policy scale (random v4/v6 networks, 2 ports each)\n"
@@ -150,7 +175,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
     let c = &r["policy_scale"]["one_rule_change"];
     let _ = writeln!(md, "\nOne-rule change to the {}-rule policy: apply {:.2} ms median ({} map writes), compile {:.1} ms median.",
         c["rules"], f(&c["apply_ms"]["median"]), c["map_writes"], f(&c["compile_ms"]["median"]));
+}
 
+/// Kubernetes objects at scale.
+fn kubernetes_scale(md: &mut String, r: &Value) {
     let _ = writeln!(md, "\n### Kubernetes objects at scale\n\n100 Namespaces, 100 Servers, 10,000 Services and the Pods below, as the API server sends them, read by the agent's conversion; memory is what the allocator holds for each structure.\n\n| pods | rules | trie entries | read objects ms | documents to policy ms | compile ms | apply ms | held: documents MiB | policy MiB | compiled MiB | at most, recompiling MiB | one pod changed, end to end ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for size in ["pods_50k", "pods_100k"] {
         let k = &r["kubernetes_scale"][size];
@@ -171,7 +199,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             f(&k["one_pod_end_to_end_ms"])
         );
     }
+}
 
+/// Stats at scale, the agent's footprint, and the stall it removes.
+fn stats_footprint_stall(md: &mut String, r: &Value) {
     let s = &r["stats_at_scale"];
     let _ = writeln!(md, "\n### Stats at scale\n\n`classifier stats --json` with {} verdict entries: {:.0} ms median (p25-p75 {:.0}-{:.0}).",
         s["entries"], f(&s["stats_json_ms"]["median"]), f(&s["stats_json_ms"]["p25"]), f(&s["stats_json_ms"]["p75"]));
@@ -195,6 +226,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
         "\n### The stall it removes\n\n{}",
         stall_markdown(&r["stall"])
     );
+}
+
+/// The proxy's query per accepted connection.
+fn proxy_query(md: &mut String, r: &Value) {
     let q = &r["proxy_query"];
     let _ = writeln!(
         md,
@@ -217,6 +252,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             v["without_classifier_answer"].as_str().unwrap_or(""),
         );
     }
+}
+
+/// Learning's cost on a connection without a verdict (when measured).
+fn learning(md: &mut String, r: &Value) {
     let l = &r["learning"];
     if l.is_object() {
         let _ = writeln!(
@@ -247,6 +286,10 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
+}
+
+/// Pod cgroup registration times (when measured).
+fn pod_registration(md: &mut String, r: &Value) {
     let p = &r["pod_registration"];
     if p.is_object() {
         let _ = writeln!(
@@ -269,7 +312,6 @@ pub(crate) fn render_markdown(r: &Value) -> String {
             );
         }
     }
-    md
 }
 
 fn stall_markdown(v: &Value) -> String {
