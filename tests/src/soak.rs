@@ -350,7 +350,13 @@ fn settle(sb: &Sandbox, newest_round: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while classifier_user::learned::scope_of_namespace(&pins, &ns).is_none() {
         if Instant::now() > deadline {
-            bail!("round {newest_round}'s policy never applied");
+            let log = sb.agent_log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "round {newest_round}'s policy never applied; the agent's log ends:\n{}",
+                tail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -36,7 +36,7 @@ use crate::{
         file::read_policy_text,
         live::Change,
         sources::{document::policy_files, is_document_text, load_policy_path_lenient},
-        Policy,
+        Policy, PolicyError,
     },
     sources::{
         document::{DocumentKey, MAX_DOCUMENTS},
@@ -288,11 +288,12 @@ impl PolicySource {
                     return None;
                 }
                 self.missing = true;
-                let err = match fs::metadata(&path) {
-                    Err(err) => anyhow::Error::new(err),
-                    Ok(_) => anyhow::anyhow!("it changed while it was looked at"),
+                // Worded as every other unreadable policy file is.
+                let error = match fs::metadata(&path) {
+                    Err(error) => error,
+                    Ok(_) => std::io::Error::other("it changed while it was looked at"),
                 };
-                return Some(Err(err.context(format!("reading {}", path.display()))));
+                return Some(Err(PolicyError::Io { path, error }.into()));
             }
             self.missing = false;
             match self.read_whole(&path) {
