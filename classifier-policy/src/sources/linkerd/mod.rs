@@ -296,7 +296,16 @@ pub(super) fn drop_contested_ips(pods: &mut [PodInfo]) {
     claims.sort_unstable();
     for run in claims.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
         let ip = run[0].0;
-        let names: Vec<String> = run.iter().map(|&(_, i)| pods[i].doc.describe()).collect();
+        // A bounded line: any number of pods (a tenant's) may claim one IP.
+        const NAMED: usize = 5;
+        let mut names: Vec<String> = run
+            .iter()
+            .take(NAMED)
+            .map(|&(_, i)| pods[i].doc.describe())
+            .collect();
+        if run.len() > NAMED {
+            names.push(format!("and {} more", run.len() - NAMED));
+        }
         tracing::warn!(%ip, pods = %names.join(", "), "live pods claim the same IP; none of them gets a rule for it");
         for &(_, i) in run {
             pods[i].ips.to_mut().retain(|a| *a != ip);
