@@ -433,6 +433,9 @@ fn apply_loaded(
     source: &mut PolicySource,
     loaded: Loaded,
 ) -> Result<(datapath::policy_maps::Applied, usize)> {
+    if let Loaded::Snapshot(set) = &loaded {
+        source.set_documents(set.len());
+    }
     let describe = source.describe();
     let applied = match loaded {
         Loaded::Policy(mut policy) => {
