@@ -447,7 +447,9 @@ fn apply_loaded(
     };
     // The live policy's documents and rejections, also after a failed
     // update (its documents are the new ones).
-    let live = applier.live().expect("a document update leaves a live policy");
+    let live = applier
+        .live()
+        .expect("a document update leaves a live policy");
     source.set_documents(live.documents().len());
     source.set_live_rejected(live.rejected());
     let rules = live.rule_count() as usize;

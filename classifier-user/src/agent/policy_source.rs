@@ -432,8 +432,7 @@ impl PolicySource {
         let text = read_policy_text(file)?;
         let mut set = DocumentSet::new();
         set.add_text(&text, &file.display().to_string())?;
-        let others = self.owners.len()
-            - self.files.get(file).map_or(0, |f| f.keys.len());
+        let others = self.owners.len() - self.files.get(file).map_or(0, |f| f.keys.len());
         if others + set.len() > MAX_DOCUMENTS {
             bail!(
                 "{}: {} documents, with the other files' {others} over the limit of {MAX_DOCUMENTS}",
@@ -452,11 +451,16 @@ impl PolicySource {
             }
         }
         let old = self.files.remove(file).map(|f| f.keys).unwrap_or_default();
-        let dropped: Vec<&DocumentKey> = old.iter().filter(|k| !set.docs.contains_key(*k)).collect();
+        let dropped: Vec<&DocumentKey> =
+            old.iter().filter(|k| !set.docs.contains_key(*k)).collect();
         self.drop_keys(dropped.into_iter(), changes);
         for (key, doc) in &set.docs {
             let in_force = current.and_then(|c| c.docs.get(key));
-            if self.owners.insert(key.clone(), file.to_path_buf()).is_none() {
+            if self
+                .owners
+                .insert(key.clone(), file.to_path_buf())
+                .is_none()
+            {
                 // Taken over from the watch, if it has that object.
                 if let Some(object) = in_force.filter(|_| self.kubernetes) {
                     self.shadowed.insert(key.clone(), object.clone());
@@ -479,7 +483,11 @@ impl PolicySource {
 
     /// Documents a file no longer has: removed, or the watch's object
     /// they stood in for back in force.
-    fn drop_keys<'a>(&mut self, keys: impl Iterator<Item = &'a DocumentKey>, changes: &mut Vec<Change>) {
+    fn drop_keys<'a>(
+        &mut self,
+        keys: impl Iterator<Item = &'a DocumentKey>,
+        changes: &mut Vec<Change>,
+    ) {
         for key in keys {
             self.owners.remove(key);
             changes.push(match self.shadowed.remove(key) {
@@ -665,7 +673,8 @@ mod directory_tests {
 
     impl Scratch {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("policy-dir-{name}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("policy-dir-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
@@ -693,7 +702,10 @@ mod directory_tests {
     fn one_changed_file_is_read_alone_and_gives_only_its_changes() {
         let dir = Scratch::new("one-file");
         let path = dir.path();
-        write(&path.join("a.yaml"), &(pod("a1", "10.0.0.1", "3306") + &pod("a2", "10.0.0.2", "3306")));
+        write(
+            &path.join("a.yaml"),
+            &(pod("a1", "10.0.0.1", "3306") + &pod("a2", "10.0.0.2", "3306")),
+        );
         write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3306"));
         let mut source = PolicySource::new(Some(path.to_path_buf()), true, Options::default());
         let first = source.load().unwrap();
@@ -704,12 +716,17 @@ mod directory_tests {
         let mut reread = DocumentSet::new();
         for f in ["a.yaml", "b.yaml"] {
             let text = fs::read_to_string(path.join(f)).unwrap();
-            reread.add_text(&text, &path.join(f).display().to_string()).unwrap();
+            reread
+                .add_text(&text, &path.join(f).display().to_string())
+                .unwrap();
         }
         for doc in reread.docs.values() {
             current.insert_shared(doc.clone());
         }
-        assert!(source.reload_if_changed(Some(&current)).is_none(), "nothing changed");
+        assert!(
+            source.reload_if_changed(Some(&current)).is_none(),
+            "nothing changed"
+        );
 
         // b1's port changes: b.yaml alone, b1 alone.
         write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3307"));
@@ -735,7 +752,10 @@ mod directory_tests {
         write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3306"));
         let mut source = PolicySource::new(Some(path.to_path_buf()), true, Options::default());
         source.load().unwrap();
-        write(&path.join("a.yaml"), "---\napiVersion: v1\nkind: Pod\nmetadata: [not, a, map\n");
+        write(
+            &path.join("a.yaml"),
+            "---\napiVersion: v1\nkind: Pod\nmetadata: [not, a, map\n",
+        );
         write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3307"));
         let changed = source.reload_if_changed(None).unwrap().unwrap();
         // b1 applies; a1 is neither applied nor deleted.
@@ -746,7 +766,11 @@ mod directory_tests {
         assert!(source.reload_if_changed(None).is_none());
         // A document defined in two files is refused, naming both.
         write(&path.join("a.yaml"), &pod("b1", "10.0.0.9", "3306"));
-        let err = source.reload_if_changed(None).unwrap().err().expect("defined twice");
+        let err = source
+            .reload_if_changed(None)
+            .unwrap()
+            .err()
+            .expect("defined twice");
         assert!(format!("{err:#}").contains("defined twice"), "{err:#}");
     }
 }

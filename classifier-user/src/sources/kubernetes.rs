@@ -62,10 +62,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::document::{DocumentKey, KUBERNETES_ORIGIN};
-use classifier_policy::live::Change;
 use super::kinds;
 use super::linkerd::OPAQUE_PORTS_ANNOTATION;
 use super::{Document, DocumentSet};
+use classifier_policy::live::Change;
 
 /// Re-exported so callers can name `kube::Client` without their own dependency.
 pub use kube;
@@ -903,7 +903,10 @@ mod change_tests {
     #[test]
     fn events_after_the_first_list_are_changes_and_a_relist_is_its_difference() {
         let status = SyncStatus::default();
-        let ar = watched_kinds().into_iter().find(|k| k.kind == "Pod").unwrap();
+        let ar = watched_kinds()
+            .into_iter()
+            .find(|k| k.kind == "Pod")
+            .unwrap();
         let mut state = KindState::new(ar).recording(true);
         // The first list goes out whole, as a snapshot: no changes.
         state.handle(Ok(Event::Init), &status);
