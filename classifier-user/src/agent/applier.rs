@@ -245,7 +245,8 @@ impl Applier {
             self.scope_ids.extend(ids);
         }
         let known = live.pod_namespaces();
-        self.pod_namespaces.retain(|uid, _| !known.contains_key(uid));
+        self.pod_namespaces
+            .retain(|uid, _| !known.contains_key(uid));
         self.register_waiting()?;
         tracing::info!(
             source,
@@ -284,7 +285,8 @@ impl Applier {
         let rules = compiled.rule_count as usize;
         // The pods announced early that the live policy now has.
         let known = live.pod_namespaces();
-        self.pod_namespaces.retain(|uid, _| !known.contains_key(uid));
+        self.pod_namespaces
+            .retain(|uid, _| !known.contains_key(uid));
         let learning = live.settings().learning.clone();
         let applied = self.switch(
             compiled,
@@ -528,8 +530,7 @@ impl Applier {
     /// policy in force does not know stays unregistered (no verdict) until
     /// the policy with the Pod is applied.
     pub fn pod_known(&mut self, uid: &str, namespace: &str) -> Result<()> {
-        if !self.applied_once
-            || !self.knows_pods(Namespaces::of(&self.live, &self.pod_namespaces))
+        if !self.applied_once || !self.knows_pods(Namespaces::of(&self.live, &self.pod_namespaces))
         {
             return Ok(());
         }

@@ -442,6 +442,9 @@ fn apply_loaded(
     source: &mut PolicySource,
     loaded: Loaded,
 ) -> Result<(datapath::policy_maps::Applied, usize)> {
+    if let Loaded::Snapshot(set) = &loaded {
+        source.set_documents(set.len());
+    }
     let describe = source.describe();
     let applied = match loaded {
         Loaded::Policy(mut policy) => {
@@ -453,7 +456,9 @@ fn apply_loaded(
     };
     // The live policy's documents and rejections, also after a failed
     // update (its documents are the new ones).
-    let live = applier.live().expect("a document update leaves a live policy");
+    let live = applier
+        .live()
+        .expect("a document update leaves a live policy");
     source.set_documents(live.documents().len());
     source.set_live_rejected(live.rejected());
     let rules = live.rule_count() as usize;

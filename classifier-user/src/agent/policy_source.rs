@@ -433,8 +433,7 @@ impl PolicySource {
         let text = read_policy_text(file)?;
         let mut set = DocumentSet::new();
         set.add_text(&text, &file.display().to_string())?;
-        let others = self.owners.len()
-            - self.files.get(file).map_or(0, |f| f.keys.len());
+        let others = self.owners.len() - self.files.get(file).map_or(0, |f| f.keys.len());
         if others + set.len() > MAX_DOCUMENTS {
             bail!(
                 "{}: {} documents, with the other files' {others} over the limit of {MAX_DOCUMENTS}",
@@ -453,11 +452,16 @@ impl PolicySource {
             }
         }
         let old = self.files.remove(file).map(|f| f.keys).unwrap_or_default();
-        let dropped: Vec<&DocumentKey> = old.iter().filter(|k| !set.docs.contains_key(*k)).collect();
+        let dropped: Vec<&DocumentKey> =
+            old.iter().filter(|k| !set.docs.contains_key(*k)).collect();
         self.drop_keys(dropped.into_iter(), changes);
         for (key, doc) in &set.docs {
             let in_force = current.and_then(|c| c.docs.get(key));
-            if self.owners.insert(key.clone(), file.to_path_buf()).is_none() {
+            if self
+                .owners
+                .insert(key.clone(), file.to_path_buf())
+                .is_none()
+            {
                 // Taken over from the watch, if it has that object.
                 if let Some(object) = in_force.filter(|_| self.kubernetes) {
                     self.shadowed.insert(key.clone(), object.clone());
@@ -480,7 +484,11 @@ impl PolicySource {
 
     /// Documents a file no longer has: removed, or the watch's object
     /// they stood in for back in force.
-    fn drop_keys<'a>(&mut self, keys: impl Iterator<Item = &'a DocumentKey>, changes: &mut Vec<Change>) {
+    fn drop_keys<'a>(
+        &mut self,
+        keys: impl Iterator<Item = &'a DocumentKey>,
+        changes: &mut Vec<Change>,
+    ) {
         for key in keys {
             self.owners.remove(key);
             changes.push(match self.shadowed.remove(key) {
@@ -630,5 +638,140 @@ mod rejection_log_tests {
         // Only the rejected objects are remembered.
         assert_eq!(log.log_changes::<Rejected>(&[]), 0);
         assert!(log.last.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, opaque: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: t\n  uid: u-{name}\n  annotations: {{config.linkerd.io/opaque-ports: \"{opaque}\"}}\nstatus:\n  phase: Running\n  podIP: {ip}\n"
+        )
+    }
+
+    /// The keys a batch applies and deletes, as `kind/ns/name` strings.
+    fn summary(loaded: Loaded) -> (Vec<String>, Vec<String>) {
+        let Loaded::Changes(changes) = loaded else {
+            panic!("expected changes")
+        };
+        let show = |k: &DocumentKey| k.as_str().replace('\0', "/");
+        let (mut applied, mut deleted) = (Vec::new(), Vec::new());
+        for c in changes {
+            match c {
+                Change::Apply(doc) => applied.push(show(&doc.key())),
+                Change::Delete(key) => deleted.push(show(&key)),
+            }
+        }
+        applied.sort();
+        deleted.sort();
+        (applied, deleted)
+    }
+
+    /// A fresh directory of its own, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("policy-dir-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Writes through a rename, as a ConfigMap volume or an editor does
+    /// (a new inode: the stamp changes even within the same second).
+    fn write(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn one_changed_file_is_read_alone_and_gives_only_its_changes() {
+        let dir = Scratch::new("one-file");
+        let path = dir.path();
+        write(
+            &path.join("a.yaml"),
+            &(pod("a1", "10.0.0.1", "3306") + &pod("a2", "10.0.0.2", "3306")),
+        );
+        write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3306"));
+        let mut source = PolicySource::new(Some(path.to_path_buf()), true, Options::default());
+        let first = source.load().unwrap();
+        assert_eq!(summary(first).0, ["Pod/t/a1", "Pod/t/a2", "Pod/t/b1"]);
+
+        // The documents in force, as the applier's live policy holds them.
+        let mut current = DocumentSet::new();
+        let mut reread = DocumentSet::new();
+        for f in ["a.yaml", "b.yaml"] {
+            let text = fs::read_to_string(path.join(f)).unwrap();
+            reread
+                .add_text(&text, &path.join(f).display().to_string())
+                .unwrap();
+        }
+        for doc in reread.docs.values() {
+            current.insert_shared(doc.clone());
+        }
+        assert!(
+            source.reload_if_changed(Some(&current)).is_none(),
+            "nothing changed"
+        );
+
+        // b1's port changes: b.yaml alone, b1 alone.
+        write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3307"));
+        let changed = source.reload_if_changed(Some(&current)).unwrap().unwrap();
+        assert_eq!(summary(changed), (vec!["Pod/t/b1".to_owned()], vec![]));
+
+        // a2 leaves a.yaml; a1, unchanged, is not applied again.
+        write(&path.join("a.yaml"), &pod("a1", "10.0.0.1", "3306"));
+        let changed = source.reload_if_changed(Some(&current)).unwrap().unwrap();
+        assert_eq!(summary(changed), (vec![], vec!["Pod/t/a2".to_owned()]));
+
+        // A file removed: its documents go.
+        fs::remove_file(path.join("b.yaml")).unwrap();
+        let changed = source.reload_if_changed(Some(&current)).unwrap().unwrap();
+        assert_eq!(summary(changed), (vec![], vec!["Pod/t/b1".to_owned()]));
+    }
+
+    #[test]
+    fn a_file_that_does_not_read_keeps_its_documents_and_the_others_apply() {
+        let dir = Scratch::new("bad-file");
+        let path = dir.path();
+        write(&path.join("a.yaml"), &pod("a1", "10.0.0.1", "3306"));
+        write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3306"));
+        let mut source = PolicySource::new(Some(path.to_path_buf()), true, Options::default());
+        source.load().unwrap();
+        write(
+            &path.join("a.yaml"),
+            "---\napiVersion: v1\nkind: Pod\nmetadata: [not, a, map\n",
+        );
+        write(&path.join("b.yaml"), &pod("b1", "10.0.0.3", "3307"));
+        let changed = source.reload_if_changed(None).unwrap().unwrap();
+        // b1 applies; a1 is neither applied nor deleted.
+        assert_eq!(summary(changed), (vec!["Pod/t/b1".to_owned()], vec![]));
+        let err = source.take_read_error().expect("a.yaml's error");
+        assert!(format!("{err:#}").contains("a.yaml"), "{err:#}");
+        // Reported once: the bad file is not read again until it changes.
+        assert!(source.reload_if_changed(None).is_none());
+        // A document defined in two files is refused, naming both.
+        write(&path.join("a.yaml"), &pod("b1", "10.0.0.9", "3306"));
+        let err = source
+            .reload_if_changed(None)
+            .unwrap()
+            .err()
+            .expect("defined twice");
+        assert!(format!("{err:#}").contains("defined twice"), "{err:#}");
     }
 }

@@ -145,8 +145,12 @@ impl PolicyMaps {
     /// slot's IPv4 trie (its exact-port lookup), if any.
     pub fn lookup_v4(&self, port: u16, addr: std::net::Ipv4Addr) -> Result<Option<RuleVerdict>> {
         let tag = self.active_slot()? as u8;
-        let data = classifier_common::rule_key_v4(tag, classifier_common::SCOPE_NODE, port, addr.octets());
-        match self.v4.get(&Key::new(classifier_common::RULE_KEY_FIXED_BITS + 32, data), 0) {
+        let data =
+            classifier_common::rule_key_v4(tag, classifier_common::SCOPE_NODE, port, addr.octets());
+        match self.v4.get(
+            &Key::new(classifier_common::RULE_KEY_FIXED_BITS + 32, data),
+            0,
+        ) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(err) => Err(err).context("looking up an IPv4 rule entry"),

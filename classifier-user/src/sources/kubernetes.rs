@@ -62,10 +62,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::document::{DocumentKey, KUBERNETES_ORIGIN};
-use classifier_policy::live::Change;
 use super::kinds;
 use super::linkerd::OPAQUE_PORTS_ANNOTATION;
 use super::{Document, DocumentSet};
+use classifier_policy::live::Change;
 
 /// Re-exported so callers can name `kube::Client` without their own dependency.
 pub use kube;
@@ -873,5 +873,58 @@ mod label_limit_tests {
         // The same Pod, now over the limit: its older version goes.
         assert!(state.handle(Ok(Event::Apply(pod(MAX_LABELS + 1, 5))), &status));
         assert!(state.docs.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "t", "uid": format!("u-{name}")},
+            "status": {"phase": "Running", "podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn shown(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Apply(doc) => format!("apply {}", doc.name),
+                Change::Delete(key) => format!("delete {}", key.as_str().replace('\0', "/")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_after_the_first_list_are_changes_and_a_relist_is_its_difference() {
+        let status = SyncStatus::default();
+        let ar = watched_kinds()
+            .into_iter()
+            .find(|k| k.kind == "Pod")
+            .unwrap();
+        let mut state = KindState::new(ar).recording(true);
+        // The first list goes out whole, as a snapshot: no changes.
+        state.handle(Ok(Event::Init), &status);
+        state.handle(Ok(Event::InitApply(pod("a", "10.0.0.1"))), &status);
+        state.handle(Ok(Event::InitApply(pod("b", "10.0.0.2"))), &status);
+        assert!(state.handle(Ok(Event::InitDone), &status));
+        assert!(state.changes.is_empty());
+        // Then each event that changes a document.
+        state.handle(Ok(Event::Apply(pod("a", "10.0.0.9"))), &status);
+        state.handle(Ok(Event::Apply(pod("a", "10.0.0.9"))), &status);
+        state.handle(Ok(Event::Delete(pod("b", "10.0.0.2"))), &status);
+        assert_eq!(shown(&state.changes), ["apply a", "delete Pod/t/b"]);
+        state.changes.clear();
+        // A re-list: only what differs from what was known.
+        state.handle(Ok(Event::Init), &status);
+        state.handle(Ok(Event::InitApply(pod("a", "10.0.0.9"))), &status);
+        state.handle(Ok(Event::InitApply(pod("c", "10.0.0.3"))), &status);
+        assert!(state.handle(Ok(Event::InitDone), &status));
+        assert_eq!(shown(&state.changes), ["apply c"]);
     }
 }

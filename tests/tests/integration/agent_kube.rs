@@ -109,7 +109,12 @@ fn same_up_to_rule_ids(
         );
         let same_rule = *ab.entry(va.rule_id).or_insert(vb.rule_id) == vb.rule_id
             && *ba.entry(vb.rule_id).or_insert(va.rule_id) == va.rule_id;
-        anyhow::ensure!(same_rule, "at {ka:?}/{pa}: rule {} against rule {}", va.rule_id, vb.rule_id);
+        anyhow::ensure!(
+            same_rule,
+            "at {ka:?}/{pa}: rule {} against rule {}",
+            va.rule_id,
+            vb.rule_id
+        );
     }
     Ok(())
 }

@@ -91,7 +91,12 @@ pub(crate) fn policy_directory() -> Result<Value> {
     }
     let one = dir.join("one.yaml");
     replace(&one, std::iter::once(document(SINGLE, "3306")))?;
-    sb.start_agent(&["--policy", dir.to_str().unwrap(), "--watch-interval", "0.05"])?;
+    sb.start_agent(&[
+        "--policy",
+        dir.to_str().unwrap(),
+        "--watch-interval",
+        "0.05",
+    ])?;
     let pid = sb.agent_pid().context("agent pid")?;
     let maps = PolicyMaps::open(&PinDir::new(&sb.pins))?;
     let addr = Ipv4Addr::from(0x0a80_0000 + SINGLE + 1);
