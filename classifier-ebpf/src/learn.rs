@@ -41,18 +41,19 @@ use classifier_common::{
 };
 
 use crate::{
-    maps::{count, CLS_LEARNED, CLS_LEARN_CONFIG, CLS_LEARN_PENDING, CLS_LEARN_SCOPES},
+    maps::{
+        count, BPF_NOEXIST, CLS_LEARNED, CLS_LEARN_CONFIG, CLS_LEARN_PENDING, CLS_LEARN_SCOPES,
+    },
     scope::ClientScope,
 };
 
-const BPF_NOEXIST: u64 = 1;
 const TCP_FIN: u32 = 0x01;
 const TCP_RST: u32 = 0x04;
 // TCP states (include/net/tcp_states.h) in which the peer's FIN was received.
-const TCP_TIME_WAIT: u32 = 6;
-const TCP_CLOSE_WAIT: u32 = 8;
-const TCP_LAST_ACK: u32 = 9;
-const TCP_CLOSING: u32 = 11;
+use aya_ebpf::bindings::{
+    BPF_TCP_CLOSE_WAIT as TCP_CLOSE_WAIT, BPF_TCP_CLOSING as TCP_CLOSING,
+    BPF_TCP_LAST_ACK as TCP_LAST_ACK, BPF_TCP_TIME_WAIT as TCP_TIME_WAIT,
+};
 
 /// What learning says at connect about a destination without a rule or
 /// default-port verdict.

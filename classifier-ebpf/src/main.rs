@@ -15,8 +15,10 @@
 //! counted, never turned into a refused connect.
 #![no_std]
 #![no_main]
-// `core::intrinsics::atomic_xadd` (see `maps::atomic_add`); built with nightly.
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd (see maps::atomic_add); built with nightly"
+)]
 #![feature(core_intrinsics)]
 
 mod addr;

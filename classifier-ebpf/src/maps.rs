@@ -206,7 +206,9 @@ pub fn netns_verdicts(netns: u64) -> u64 {
     }
 }
 
-const BPF_NOEXIST: u64 = 1;
+/// The map-update flag: insert only (the kernel's value, as the helper's
+/// `u64` flags take it).
+pub(crate) const BPF_NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
 #[map]
 pub static CLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
 #[map]

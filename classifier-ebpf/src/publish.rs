@@ -25,13 +25,11 @@ use classifier_common::{
     REPLY_FLAG_AMBIGUOUS, SOURCE_LEARNED,
 };
 
-const BPF_NOEXIST: u64 = 1;
-
 use crate::{
     addr::{v4_mapped, v6_bytes},
     maps::{
         compare_exchange, count, netns_verdicts, netns_verdicts_add, netns_verdicts_sub,
-        verdicts_per_netns, CLS_INFLIGHT, CLS_VERDICTS,
+        verdicts_per_netns, BPF_NOEXIST, CLS_INFLIGHT, CLS_VERDICTS,
     },
 };
 

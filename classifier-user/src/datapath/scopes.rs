@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map};
-use classifier_common::{maps, NamespaceName};
+use classifier_common::{
+    maps, LearnConfig, NamespaceName, LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, SCOPE_NODE,
+};
 
 use super::{pins::PinDir, policy_maps::open};
 
@@ -52,9 +54,55 @@ pub const QUARANTINE_SWITCHES: u64 = 2;
 /// EgressNetworks').
 const MAX_ID: u32 = classifier_common::SCOPE_GLOBAL_EGRESS as u32 - 1;
 
-fn key(namespace: &str) -> Result<NamespaceName> {
+/// The `CLS_SCOPE_IDS` key of `namespace` (its bytes, NUL padded).
+pub fn namespace_key(namespace: &str) -> Result<NamespaceName> {
     classifier_common::namespace_key(namespace)
         .with_context(|| format!("namespace name {namespace:?} is not 1 to 63 bytes long"))
+}
+
+/// The namespace a `CLS_SCOPE_IDS` key names: the inverse of
+/// [`namespace_key`].
+pub fn namespace_name(key: &NamespaceName) -> String {
+    String::from_utf8_lossy(classifier_common::namespace_of_key(key)).into_owned()
+}
+
+/// Scope id -> namespace name, from the pinned `CLS_SCOPE_IDS` (empty when
+/// it cannot be read).
+pub fn scope_names(pins: &PinDir) -> BTreeMap<u32, String> {
+    let Ok(data) = open(pins, maps::SCOPE_IDS) else {
+        return BTreeMap::new();
+    };
+    let Ok(ids) = HashMap::<_, NamespaceName, u32>::try_from(Map::HashMap(data)) else {
+        return BTreeMap::new();
+    };
+    ids.iter()
+        .filter_map(|e| e.ok())
+        .map(|(name, id)| (id, namespace_name(&name)))
+        .collect()
+}
+
+/// The scope id of a namespace, from the pins (`None`: never registered).
+pub fn scope_of_namespace(pins: &PinDir, namespace: &str) -> Option<u32> {
+    scope_names(pins)
+        .into_iter()
+        .find(|(_, n)| n == namespace)
+        .map(|(id, _)| id)
+}
+
+/// The scope a learned lookup for a client of `client_scope` uses under
+/// the learning settings `config`: the node's under node-scoped learning,
+/// else the client's own; `None` when the client reads no learned entry at
+/// all (in no known pod, under `scope: namespace`, without
+/// `--learn-outside-pods`). The kernel's choice at connect
+/// (`classifier-ebpf/src/learn.rs`, `at_connect`).
+pub fn learned_scope(config: &LearnConfig, client_scope: u32) -> Option<u32> {
+    if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
+        Some(u32::from(SCOPE_NODE))
+    } else if client_scope == u32::from(SCOPE_NODE) && config.flags & LEARN_FLAG_OUTSIDE_PODS == 0 {
+        None
+    } else {
+        Some(client_scope)
+    }
 }
 
 impl ScopeMaps {
@@ -66,8 +114,7 @@ impl ScopeMaps {
         let mut known = BTreeMap::new();
         for entry in ids.iter() {
             let (name, id) = entry.context("reading scope ids")?;
-            let name = classifier_common::namespace_of_key(&name);
-            known.insert(String::from_utf8_lossy(name).into_owned(), id as u16);
+            known.insert(namespace_name(&name), id as u16);
         }
         let registered = cgroups.iter().filter_map(|e| e.ok()).collect();
         // Gaps below the highest id were freed by an earlier agent, maybe
@@ -153,7 +200,7 @@ impl ScopeMaps {
             let id = match self.known.get(namespace) {
                 Some(id) => *id,
                 None => {
-                    let key = key(namespace)?;
+                    let key = namespace_key(namespace)?;
                     let Some((id, was_used)) = self.allocate() else {
                         bail!(
                             "more than {} namespaces need a scope id at once (each namespace with pods under namespace-scoped learning, or with its own EgressNetworks); {} freed ids are still quarantined",
@@ -207,7 +254,7 @@ impl ScopeMaps {
             .collect();
         let mut freed = BTreeSet::new();
         for (namespace, id) in gone {
-            if let Ok(key) = key(&namespace) {
+            if let Ok(key) = namespace_key(&namespace) {
                 if let Err(err) = super::policy_maps::absent_ok(self.ids.remove(&key)) {
                     // Still pinned: keep it, try again next switch.
                     tracing::warn!(namespace, id, "freeing a scope id failed: {err}");

@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use classifier_common::{
     maps, LearnConfig, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
-    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, SCOPE_NODE,
+    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS,
 };
 use serde::Serialize;
 
@@ -314,44 +314,10 @@ impl LearnedTable {
     }
 }
 
-/// Scope id -> namespace name, from the pinned `CLS_SCOPE_IDS`.
-pub fn scope_names(pins: &PinDir) -> BTreeMap<u32, String> {
-    let Ok(data) = open(pins, maps::SCOPE_IDS) else {
-        return BTreeMap::new();
-    };
-    let Ok(ids) = HashMap::<_, classifier_common::NamespaceName, u32>::try_from(Map::HashMap(data))
-    else {
-        return BTreeMap::new();
-    };
-    ids.iter()
-        .filter_map(|e| e.ok())
-        .map(|(name, id)| {
-            let name = classifier_common::namespace_of_key(&name);
-            (id, String::from_utf8_lossy(name).into_owned())
-        })
-        .collect()
-}
-
-/// The scope id of a namespace, from the pins (`None`: never registered).
-pub fn scope_of_namespace(pins: &PinDir, namespace: &str) -> Option<u32> {
-    scope_names(pins)
-        .into_iter()
-        .find(|(_, n)| n == namespace)
-        .map(|(id, _)| id)
-}
-
-/// The scope a learned lookup for a client uses under `config`; `None`
-/// when the client reads no learned entry at all (in no known pod, under
-/// `scope: namespace`, without `--learn-outside-pods`).
-pub fn lookup_scope(config: &LearnConfig, client_scope: u32) -> Option<u32> {
-    if config.flags & LEARN_FLAG_NODE_SCOPE != 0 {
-        Some(u32::from(SCOPE_NODE))
-    } else if client_scope == u32::from(SCOPE_NODE) && config.flags & LEARN_FLAG_OUTSIDE_PODS == 0 {
-        None
-    } else {
-        Some(client_scope)
-    }
-}
+/// The scope ids' names and the learned scope choice live with the scope
+/// maps, one codec for the agent that writes them and the commands that
+/// read them.
+pub use crate::datapath::scopes::{learned_scope as lookup_scope, scope_names, scope_of_namespace};
 
 #[cfg(test)]
 mod tests;
