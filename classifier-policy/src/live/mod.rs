@@ -1413,14 +1413,17 @@ impl LivePolicy {
     }
 }
 
-/// `ids`, with a provisional id (from the top of the id space down) for
+/// `ids`, with a provisional id (from the top of the id space down, below
+/// the reserved global one) for
 /// every namespace of `policy`'s scoped rules it lacks: a full compile
 /// that finds a new scoped namespace still compiles, and the caller gives
 /// the namespace its real id through [`LivePolicy::rescope`] before the
 /// result reaches the kernel.
 fn with_provisional_ids(ids: &BTreeMap<String, u16>, policy: &Policy) -> BTreeMap<String, u16> {
     let mut out = ids.clone();
-    let mut next = u16::MAX;
+    // Below the id reserved for the global EgressNetworks, which the
+    // compiler refuses as a namespace's.
+    let mut next = classifier_common::SCOPE_GLOBAL_EGRESS - 1;
     for ns in policy.scopes() {
         if !out.contains_key(ns) {
             out.insert(ns.to_owned(), next);

@@ -67,6 +67,9 @@ pub struct Applier {
     /// Whether the maps hold `live`'s policy: a new live policy is
     /// switched to in full once.
     live_written: bool,
+    /// Namespaces with pods that wait for a scope id (the table was full
+    /// when their first pod came); retried at every incremental change.
+    id_waiting: BTreeSet<String>,
     /// How Linkerd's documents compile.
     linkerd: Options,
 }
@@ -135,6 +138,7 @@ impl Applier {
             tree: None,
             live: None,
             live_written: false,
+            id_waiting: BTreeSet::new(),
             linkerd,
         })
     }
@@ -220,30 +224,13 @@ impl Applier {
         if outcome.full || !self.live_written {
             return self.switch_live(source);
         }
+        self.scope_new_namespaces(new_namespaces)?;
         let live = self.live.as_ref().expect("a live policy is in force");
         let applied = match self.maps.patch(&outcome.delta)? {
             Some(applied) => applied,
             // Not writable in place (see `patch`): a switch of the same.
             None => self.maps.apply(Arc::new(live.compiled()))?,
         };
-        // Pods of a namespace no pod had before.
-        let learning = &live.settings().learning;
-        let mut unscoped = Vec::new();
-        for ns in new_namespaces {
-            if !self.covered.contains(&**ns) {
-                self.covered.insert(ns.to_string());
-            }
-            if Learner::per_namespace(learning) && !self.scope_ids.contains_key(&**ns) {
-                unscoped.push(&**ns);
-            }
-        }
-        if !unscoped.is_empty() {
-            let (ids, reused) = self.scopes.ids_for(unscoped)?;
-            self.learner
-                .purge(&reused)
-                .context("purging the learned state of a reused scope id")?;
-            self.scope_ids.extend(ids);
-        }
         let known = live.pod_namespaces();
         self.pod_namespaces
             .retain(|uid, _| !known.contains_key(uid));
@@ -262,6 +249,47 @@ impl Applier {
         Ok(applied)
     }
 
+    /// Gives the namespaces of an incremental change that had no pod before
+    /// (and those still waiting for one) their scope ids under
+    /// namespace-scoped learning, before the change reaches the kernel.
+    /// With the id table full, the change applies all the same and those
+    /// namespaces wait: their pods stay out of learning (they neither learn
+    /// nor read learned verdicts) until ids are freed, and the warning names
+    /// the limit. Rules of a namespace of its own take the full path, where
+    /// a want of ids refuses the policy.
+    fn scope_new_namespaces(&mut self, new_namespaces: &[Box<str>]) -> Result<()> {
+        let live = self.live.as_ref().expect("a live policy is in force");
+        let per_namespace = Learner::per_namespace(&live.settings().learning);
+        let with_pods: HashSet<&str> = live.pod_namespaces().values().map(String::as_str).collect();
+        self.id_waiting.retain(|ns| with_pods.contains(ns.as_str()));
+        let mut added = false;
+        for ns in new_namespaces {
+            self.covered.insert(ns.to_string());
+            if per_namespace && !self.scope_ids.contains_key(&**ns) {
+                added |= self.id_waiting.insert(ns.to_string());
+            }
+        }
+        if self.id_waiting.is_empty() {
+            return Ok(());
+        }
+        match self.scopes.ids_for(self.id_waiting.iter().map(String::as_str)) {
+            Ok((ids, reused)) => {
+                self.learner
+                    .purge(&reused)
+                    .context("purging the learned state of a reused scope id")?;
+                self.scope_ids.extend(ids);
+                self.id_waiting.clear();
+            }
+            // Once per namespace that starts waiting, not at every change.
+            Err(err) if added => tracing::warn!(
+                waiting = self.id_waiting.len(),
+                "{err:#}; the change applies, and the pods of these namespaces stay out of learning until ids are freed"
+            ),
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
     /// Switches to the live policy in full: its scoped namespaces get ids
     /// (compiling again if the ones it used differ), then as any switch.
     fn switch_live(&mut self, source: &str) -> Result<Applied> {
@@ -278,6 +306,7 @@ impl Applier {
         self.learner
             .purge(&reused)
             .context("purging the learned state of a reused scope id")?;
+        self.id_waiting.clear();
         live.rescope(scope_ids.clone())
             .with_context(|| source.to_owned())?;
         let compiled = live.compiled();

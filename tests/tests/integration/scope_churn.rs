@@ -123,11 +123,14 @@ fn scope_ids_of_namespaces_that_went_away_are_freed() -> Result<()> {
 
 /// The scope id table full: a cluster whose namespaces need more ids at
 /// once than it holds (16,385 namespaces with a pod each, through the
-/// Kubernetes API: a policy directory holds at most 10,000 documents) is
-/// refused before any id is taken, naming the capacity, and the policy in
-/// force (and its ids) stays; once the cluster fits again, it applies.
+/// Kubernetes API: a policy directory holds at most 10,000 documents).
+/// Pod changes apply one by one as they come, so the namespaces get ids
+/// until the table is full; the one that finds it full waits, with a
+/// warning naming the capacity, while its change (and every later one)
+/// still applies. The ids held never exceed the table, the namespaces
+/// that had one keep it, and once ids are freed a new namespace gets one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_needing_more_scope_ids_than_the_table_holds_is_refused_and_the_last_stays(
+async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_still_applies(
 ) -> Result<()> {
     if !privileged!() {
         return Ok(());
@@ -184,10 +187,14 @@ async fn a_policy_needing_more_scope_ids_than_the_table_holds_is_refused_and_the
     );
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !sb.agent_log().contains("stays active") {
+        let warning = format!(
+            "more than {} namespaces need a scope id at once",
+            maps::SCOPE_IDS_CAPACITY
+        );
+        while !sb.agent_log().contains(&warning) {
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "never refused:\n{}",
+                "never warned:\n{}",
                 tail(&sb.agent_log())
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -197,21 +204,18 @@ async fn a_policy_needing_more_scope_ids_than_the_table_holds_is_refused_and_the
     .await??;
     let log = sb.agent_log();
     assert!(
-        log.contains(&format!(
-            "more than {} namespaces need a scope id at once",
-            maps::SCOPE_IDS_CAPACITY
-        )),
-        "{}",
+        !log.contains("stays active"),
+        "a full id table refused a change:\n{}",
         tail(&log)
     );
-    assert_eq!(sb.generation(), generation, "the policy in force stays");
+    assert!(sb.generation() > generation, "the changes applied");
     let ids = scope_names(&pins);
     assert_eq!(ids.get(&small).map(String::as_str), Some("small"));
-    assert_eq!(
+    assert!(
+        ids.len() <= maps::SCOPE_IDS_CAPACITY as usize,
+        "{} ids held, the table holds {}",
         ids.len(),
-        before.len(),
-        "the refused policy took no id: e.g. {:?}",
-        ids.iter().take(5).collect::<Vec<_>>(),
+        maps::SCOPE_IDS_CAPACITY
     );
 
     // The big namespaces go, a new one comes: it applies.
