@@ -327,14 +327,17 @@ impl PolicySource {
             self.whole_file = None;
             return Ok(None);
         }
+        // Checked at every poll until it passes: a chmod or chown that
+        // makes the file trusted changes no part of its stamp.
         self.check(path)?;
-        let seen = stamp_of(path);
+        // Recorded before reading, so a file that does not read (not UTF-8,
+        // too large) is reported once, not at every poll.
+        self.whole_file = stamp_of(path);
         let text = read_policy_text(path)?;
         if is_document_text(&text) {
             self.whole_file = None;
             return Ok(None);
         }
-        self.whole_file = seen;
         let compiled = load_policy_path_lenient(path, &self.linkerd)?;
         self.set_rejected(&compiled.rejected);
         Ok(Some(compiled.policy))
