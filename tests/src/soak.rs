@@ -383,47 +383,14 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
     let mut connects = 0usize;
     let mut live = std::collections::VecDeque::new();
     for r in 0..scale.rounds {
-        // This round's pods and cgroups arrive, the oldest live round's go.
-        // One file replaced atomically (as a ConfigMap update is): a
-        // directory read while files come and go could miss one.
-        live.push_back(round_docs(scale, r));
-        if live.len() > scale.live_rounds {
-            live.pop_front();
-        }
-        let tmp = sb.dir.join("pods.yaml.tmp");
-        fs::write(&tmp, live.iter().map(String::as_str).collect::<String>())?;
-        fs::rename(&tmp, dir.join("pods.yaml"))?;
-        for i in 0..scale.pods_per_round {
-            fs::create_dir(pod_cgroup(&qos, r, i))?;
-        }
-        if let Some(old) = r.checked_sub(scale.live_rounds) {
-            for i in 0..scale.pods_per_round {
-                fs::remove_dir(pod_cgroup(&qos, old, i))?;
-            }
-        }
-        // Network namespaces, in batches (one probe process each).
-        if (r + 1) % 50 == 0 || r + 1 == scale.rounds {
-            let batch = 50.min(r + 1 - (r / 50) * 50).max(1) * scale.netns_per_round;
-            let out = run(&mut sb.probe(
-                &[
-                    "netns-churn",
-                    &batch.to_string(),
-                    &PORT.to_string(),
-                    &scale.connects_per_netns.to_string(),
-                    &(5000 + (r * 7) % 5000).to_string(),
-                ],
-                None,
-            ))?;
-            anyhow::ensure!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
-            connects += batch * scale.connects_per_netns;
-        }
+        connects += churn_round(&sb, scale, &qos, &dir, &mut live, r)?;
         if r + 1 == scale.warmup_rounds {
             settle(&sb, r)?;
             let s = sample(&sb)?;
             progress(&format!("warm-up after {} rounds: {:?}", r + 1, s));
             warmup = Some(s);
         }
-        if (r + 1) % 500 == 0 {
+        if (r + 1).is_multiple_of(500) {
             progress(&format!(
                 "round {} of {} ({connects} classified connects, {:.0} s)",
                 r + 1,
@@ -438,6 +405,77 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
     let last = sample(&sb)?;
     let warmup = warmup.context("no warm-up (fewer rounds than warm-up rounds)")?;
     let (fresh_share, fresh_asked) = fresh_netns_share(&sb)?;
+    let mut failures = map_failures(&warmup, &last);
+    failures.extend(bound_failures(&warmup, &last));
+    let share = u64::from(verdicts_per_netns(maps::VERDICTS_CAPACITY));
+    if fresh_share.0 != share || fresh_share.1 as u64 != share {
+        failures.push(format!(
+            "a network namespace created after the churn asked for {fresh_asked} verdicts and got {} counted, {} in the table; its share is {share}",
+            fresh_share.0, fresh_share.1
+        ));
+    }
+    Ok(Report {
+        scale: scale.clone(),
+        warmup,
+        last,
+        elapsed: started.elapsed(),
+        fresh_share,
+        fresh_asked,
+        failures,
+    })
+}
+
+/// One round of churn: this round's pods and cgroups arrive, the oldest
+/// live round's go, and (in batches) network namespaces come and go.
+/// Returns the classified connects it made.
+fn churn_round(
+    sb: &Sandbox,
+    scale: &Scale,
+    qos: &Path,
+    dir: &Path,
+    live: &mut std::collections::VecDeque<String>,
+    r: usize,
+) -> Result<usize> {
+    // This round's pods and cgroups arrive, the oldest live round's go.
+    // One file replaced atomically (as a ConfigMap update is): a
+    // directory read while files come and go could miss one.
+    live.push_back(round_docs(scale, r));
+    if live.len() > scale.live_rounds {
+        live.pop_front();
+    }
+    let tmp = sb.dir.join("pods.yaml.tmp");
+    fs::write(&tmp, live.iter().map(String::as_str).collect::<String>())?;
+    fs::rename(&tmp, dir.join("pods.yaml"))?;
+    for i in 0..scale.pods_per_round {
+        fs::create_dir(pod_cgroup(qos, r, i))?;
+    }
+    if let Some(old) = r.checked_sub(scale.live_rounds) {
+        for i in 0..scale.pods_per_round {
+            fs::remove_dir(pod_cgroup(qos, old, i))?;
+        }
+    }
+    // Network namespaces, in batches (one probe process each).
+    if (r + 1).is_multiple_of(50) || r + 1 == scale.rounds {
+        let batch = 50.min(r + 1 - (r / 50) * 50).max(1) * scale.netns_per_round;
+        let out = run(&mut sb.probe(
+            &[
+                "netns-churn",
+                &batch.to_string(),
+                &PORT.to_string(),
+                &scale.connects_per_netns.to_string(),
+                &(5000 + (r * 7) % 5000).to_string(),
+            ],
+            None,
+        ))?;
+        anyhow::ensure!(String::from_utf8_lossy(&out.stdout).starts_with("done"));
+        return Ok(batch * scale.connects_per_netns);
+    }
+    Ok(0)
+}
+
+/// Tables that grew past their warm-up size (LRU tables excepted; the port
+/// counts are held to the agent's ageing bound instead).
+fn map_failures(warmup: &Sample, last: &Sample) -> Vec<String> {
     let mut failures = Vec::new();
     for (name, end) in &last.maps {
         let warm = warmup.maps.get(name).copied().unwrap_or(0);
@@ -464,6 +502,13 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
             ));
         }
     }
+    failures
+}
+
+/// The learned quota, the agent's memory and refused applies, against
+/// their bounds.
+fn bound_failures(warmup: &Sample, last: &Sample) -> Vec<String> {
+    let mut failures = Vec::new();
     // This node's quota, as the agent computes it from the table's size and
     // the possible CPUs (the LRU's per-CPU free lists come off the top).
     let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
@@ -485,22 +530,7 @@ pub fn run_soak(scale: &Scale, mut progress: impl FnMut(&str)) -> Result<Report>
     if last.refused > 0 {
         failures.push(format!("{} policy applies were refused", last.refused));
     }
-    let share = u64::from(verdicts_per_netns(maps::VERDICTS_CAPACITY));
-    if fresh_share.0 != share || fresh_share.1 as u64 != share {
-        failures.push(format!(
-            "a network namespace created after the churn asked for {fresh_asked} verdicts and got {} counted, {} in the table; its share is {share}",
-            fresh_share.0, fresh_share.1
-        ));
-    }
-    Ok(Report {
-        scale: scale.clone(),
-        warmup,
-        last,
-        elapsed: started.elapsed(),
-        fresh_share,
-        fresh_asked,
-        failures,
-    })
+    failures
 }
 
 /// A network namespace made after the churn holds more classified

@@ -346,6 +346,19 @@ fn is_budget_rejection(r: &Rejected) -> bool {
     matches!(&r.error, PolicyError::Invalid { field, .. } if field == "metadata.namespace")
 }
 
+/// A full compile's rejections per document, and whether one of them was
+/// over a budget (the compile dropped a namespace).
+fn by_document(all: Vec<Rejected>) -> (BTreeMap<DocumentKey, Vec<Rejected>>, bool) {
+    let mut rejected: BTreeMap<DocumentKey, Vec<Rejected>> = BTreeMap::new();
+    let mut degraded = false;
+    for r in all {
+        degraded |= is_budget_rejection(&r);
+        let key = DocumentKey::new(&r.kind, r.namespace.as_deref(), &r.name);
+        rejected.entry(key).or_default().push(r);
+    }
+    (rejected, degraded)
+}
+
 fn bound_of(rules: &[&Rule]) -> (u64, u64) {
     entry_bound(rules.iter().copied())
 }
@@ -489,13 +502,7 @@ impl LivePolicy {
     fn rebuild(&mut self) -> Result<(), LiveError> {
         let compiled = compile_documents_report(&self.set, &self.opts)?;
         let mut policy = compiled.policy;
-        let mut rejected: BTreeMap<DocumentKey, Vec<Rejected>> = BTreeMap::new();
-        let mut degraded = false;
-        for r in compiled.rejected {
-            degraded |= is_budget_rejection(&r);
-            let key = DocumentKey::new(&r.kind, r.namespace.as_deref(), &r.name);
-            rejected.entry(key).or_default().push(r);
-        }
+        let (rejected, degraded) = by_document(compiled.rejected);
         let split = self.split(std::mem::take(&mut policy.rules));
         let Split {
             bg_rules,
@@ -528,6 +535,21 @@ impl LivePolicy {
         self.rejected = rejected;
         self.degraded = degraded;
         self.pod_namespaces = pod_namespaces;
+        self.install_host(host);
+        self.background_bounds();
+        self.count_claims();
+        self.load_base_entries();
+        let addrs: Vec<IpAddr> = self.by_addr.keys().copied().collect();
+        for a in addrs {
+            self.refresh(a);
+        }
+        self.delta = Delta::default();
+        Ok(())
+    }
+
+    /// Installs a full compile's object fragments as host rules, replacing
+    /// the ones there were, with their per-namespace and per-family bounds.
+    fn install_host(&mut self, host: Vec<(DocumentKey, Rule)>) {
         self.rules.clear();
         self.free_slots.clear();
         self.fragments.clear();
@@ -562,8 +584,10 @@ impl LivePolicy {
                 position,
             }));
         }
-        self.background_bounds();
-        self.count_claims();
+    }
+
+    /// Loads the background's entries as the entries in force.
+    fn load_base_entries(&mut self) {
         self.v4 = self
             .base
             .compiled
@@ -580,12 +604,6 @@ impl LivePolicy {
             .collect();
         self.any_port_entries = self.v4.keys().filter(|k| k.1 == PORT_ANY).count()
             + self.v6.keys().filter(|k| k.1 == PORT_ANY).count();
-        let addrs: Vec<IpAddr> = self.by_addr.keys().copied().collect();
-        for a in addrs {
-            self.refresh(a);
-        }
-        self.delta = Delta::default();
-        Ok(())
     }
 
     /// Splits a full compile's rules into the background and the objects'
@@ -917,6 +935,19 @@ impl LivePolicy {
         // touches one, is global.
         let old_ips = self.live_ips(old.map(|d| &**d), self.resolve_rejected(key));
         let new_ips = self.live_ips(new.map(|d| &**d), !rejected.is_empty());
+        if self.move_claims(old_ips, new_ips) || self.move_uid(old, new) {
+            p.full = true;
+            return Ok(());
+        }
+        self.servers_selecting(old, new, p);
+        self.replace(key, new, rules, rejected, p);
+        Ok(())
+    }
+
+    /// Moves the pod's claims from its old addresses to its new ones; true
+    /// (the change is global) when an address it touches is contested,
+    /// before (claims left as they were) or after.
+    fn move_claims(&mut self, old_ips: &[IpAddr], new_ips: &[IpAddr]) -> bool {
         let contested = |claims: &HashMap<IpAddr, u32>| {
             old_ips
                 .iter()
@@ -924,8 +955,7 @@ impl LivePolicy {
                 .any(|ip| claims.get(ip).is_some_and(|&n| n >= 2))
         };
         if contested(&self.claims) {
-            p.full = true;
-            return Ok(());
+            return true;
         }
         for ip in old_ips {
             if let Some(n) = self.claims.get_mut(ip) {
@@ -938,11 +968,13 @@ impl LivePolicy {
         for ip in new_ips {
             *self.claims.entry(*ip).or_default() += 1;
         }
-        if contested(&self.claims) {
-            p.full = true;
-            return Ok(());
-        }
-        // UID -> namespace.
+        contested(&self.claims)
+    }
+
+    /// Moves the UID -> namespace entry from the old pod to the new one;
+    /// true (the change is global) when another pod carries one of these
+    /// UIDs after the change, so the map's entry is not this pod's alone.
+    fn move_uid(&mut self, old: Option<&Arc<Document>>, new: Option<&Arc<Document>>) -> bool {
         let (old_uid, new_uid) = (
             old.and_then(|d| d.uid.clone()),
             new.and_then(|d| d.uid.clone()),
@@ -963,18 +995,23 @@ impl LivePolicy {
                 .unwrap_or("default");
             self.pod_namespaces.insert(uid.to_string(), ns.to_string());
         }
-        // Another pod with one of these UIDs (after the change, not
-        // counting this pod's): the map's entry is not this pod's alone.
-        let count = |u: &Box<str>| self.uids.get(u).copied().unwrap_or(0);
-        let shared_new = new_uid.as_ref().is_some_and(|u| count(u) > 1);
+        // Not counting this pod's own (new) entry.
+        let count = |u: &str| self.uids.get(u).copied().unwrap_or(0);
+        let shared_new = new_uid.as_deref().is_some_and(|u| count(u) > 1);
         let shared_old = old_uid
-            .as_ref()
-            .is_some_and(|u| count(u) > u32::from(new_uid.as_ref() == Some(u)));
-        if shared_new || shared_old {
-            p.full = true;
-            return Ok(());
-        }
-        // Servers that select the pod, before or after.
+            .as_deref()
+            .is_some_and(|u| count(u) > u32::from(new_uid.as_deref() == Some(u)));
+        shared_new || shared_old
+    }
+
+    /// Marks for recompiling the Servers that select the pod, before or
+    /// after the change.
+    fn servers_selecting(
+        &self,
+        old: Option<&Arc<Document>>,
+        new: Option<&Arc<Document>>,
+        p: &mut Pending,
+    ) {
         let ns = new
             .or(old)
             .and_then(|d| d.namespace.clone())
@@ -997,8 +1034,6 @@ impl LivePolicy {
                 }
             }
         }
-        self.replace(key, new, rules, rejected, p);
-        Ok(())
     }
 
     fn server_changed(&mut self, key: &DocumentKey, p: &mut Pending) -> Result<(), LiveError> {

@@ -31,7 +31,7 @@ impl Rng {
     pub fn exhausted(&self) -> bool {
         matches!(self, Rng::Bytes(d, i) if *i >= d.len())
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         match self {
             Rng::Seeded(x) => {
                 *x ^= *x >> 12;
@@ -47,7 +47,7 @@ impl Rng {
         }
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[self.below(from.len() as u64) as usize]

@@ -388,13 +388,7 @@ async fn run_with_pods(
                 match &tx {
                     // After the first list, each change goes out at once.
                     Output::Changes(out) if published_once => {
-                        let changes = std::mem::take(&mut kinds[idx].changes);
-                        if !changes.is_empty() {
-                            let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
-                            status.documents.store(count as u64, Ordering::Relaxed);
-                            status.snapshots.fetch_add(1, Ordering::Relaxed);
-                            let _ = out.send(KubeUpdate::Changes(changes));
-                        }
+                        send_changes(&mut kinds, idx, out, &status);
                     }
                     _ if changed => {
                         first_change.get_or_insert(last_event);
@@ -410,30 +404,51 @@ async fn run_with_pods(
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 first_change = None;
-                let set = snapshot(&kinds);
-                let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
-                status.documents.store(count as u64, Ordering::Relaxed);
-                status.snapshots.fetch_add(1, Ordering::Relaxed);
-                status.synced.store(true, Ordering::Relaxed);
-                if published_once {
-                    info!(documents = count, "policy sources changed in Kubernetes");
-                } else {
-                    info!(documents = count, "policy sources listed from Kubernetes");
-                    published_once = true;
-                }
-                match &tx {
-                    Output::Snapshots(tx) => {
-                        tx.send_replace(Some(Arc::new(set)));
-                    }
-                    Output::Changes(tx) => {
-                        // The snapshot holds what the changes so far did.
-                        for kind in &mut kinds {
-                            kind.changes.clear();
-                        }
-                        let _ = tx.send(KubeUpdate::Snapshot(Arc::new(set)));
-                    }
-                }
+                publish(&mut kinds, &tx, &status, &mut published_once);
             }
+        }
+    }
+}
+
+/// Sends the changes kind `idx` recorded, once the first snapshot is out.
+fn send_changes(
+    kinds: &mut [KindState],
+    idx: usize,
+    out: &mpsc::UnboundedSender<KubeUpdate>,
+    status: &SyncStatus,
+) {
+    let changes = std::mem::take(&mut kinds[idx].changes);
+    if !changes.is_empty() {
+        let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
+        status.documents.store(count as u64, Ordering::Relaxed);
+        status.snapshots.fetch_add(1, Ordering::Relaxed);
+        let _ = out.send(KubeUpdate::Changes(changes));
+    }
+}
+
+/// Publishes a snapshot of every kind's documents (debounced).
+fn publish(kinds: &mut [KindState], tx: &Output, status: &SyncStatus, published_once: &mut bool) {
+    let set = snapshot(kinds);
+    let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
+    status.documents.store(count as u64, Ordering::Relaxed);
+    status.snapshots.fetch_add(1, Ordering::Relaxed);
+    status.synced.store(true, Ordering::Relaxed);
+    if *published_once {
+        info!(documents = count, "policy sources changed in Kubernetes");
+    } else {
+        info!(documents = count, "policy sources listed from Kubernetes");
+        *published_once = true;
+    }
+    match tx {
+        Output::Snapshots(tx) => {
+            tx.send_replace(Some(Arc::new(set)));
+        }
+        Output::Changes(tx) => {
+            // The snapshot holds what the changes so far did.
+            for kind in kinds.iter_mut() {
+                kind.changes.clear();
+            }
+            let _ = tx.send(KubeUpdate::Snapshot(Arc::new(set)));
         }
     }
 }
@@ -572,10 +587,6 @@ impl KindState {
 
     /// Apply one watcher item; true if the documents (or, the first time,
     /// the listed state) changed.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one watch event per arm; not split yet"
-    )]
     fn handle(
         &mut self,
         item: Result<Event<DynamicObject>, watcher::Error>,
@@ -583,88 +594,13 @@ impl KindState {
     ) -> bool {
         let event = match item {
             Ok(event) => event,
-            Err(e) if is_not_found(&e) => {
-                if !self.absent {
-                    info!(
-                        kind = %self.ar.kind,
-                        "the API server does not serve {}/{} (CRD not installed?); treating it as empty and retrying",
-                        self.ar.api_version, self.ar.plural
-                    );
-                    self.absent = true;
-                }
-                self.relist = None;
-                let changed = !self.docs.is_empty() || !self.listed;
-                self.record_relist(&BTreeMap::new());
-                self.docs.clear();
-                self.listed = true;
-                return changed;
-            }
-            Err(e) if is_expired(&e) => {
-                // The watch's resourceVersion is older than the API server's
-                // history (routine after a long quiet watch, or etcd
-                // compaction): the watcher lists again. Not a failure.
-                debug!(kind = %self.ar.kind, "watch expired (410), listing again: {e}");
-                return false;
-            }
-            Err(e) => {
-                status.failure();
-                warn!(
-                    kind = %self.ar.kind,
-                    errors = status.errors(),
-                    "Kubernetes watch failed, keeping the last policy and retrying with backoff: {e}"
-                );
-                return false;
-            }
+            Err(e) => return self.failed(&e, status),
         };
         status.success();
         self.absent = false;
         match event {
-            Event::Apply(obj) => {
-                let key = (
-                    obj.metadata.namespace.clone(),
-                    obj.metadata.name.clone().unwrap_or_default(),
-                );
-                match self.document(obj) {
-                    Some((key, doc)) => {
-                        let same = self
-                            .docs
-                            .get(&key)
-                            .is_some_and(|old| same_document(old, &doc));
-                        if !same {
-                            debug!(origin = %doc.origin(), "applied");
-                            if self.listed && !self.docs.contains_key(&key) {
-                                if let (Some(uid), Some(ns)) = (&doc.uid, &doc.namespace) {
-                                    self.appeared.push((uid.to_string(), ns.to_string()));
-                                }
-                            }
-                            self.record(Change::Apply(doc.clone()));
-                            self.docs.insert(key, doc);
-                        }
-                        !same
-                    }
-                    // Skipped (logged): an older version must not stay in
-                    // force in its place.
-                    None => {
-                        let removed = self.docs.remove(&key).is_some();
-                        if removed {
-                            self.record(Change::Delete(self.key_of(&key)));
-                        }
-                        removed
-                    }
-                }
-            }
-            Event::Delete(obj) => {
-                let key = (
-                    obj.metadata.namespace.clone(),
-                    obj.metadata.name.clone().unwrap_or_default(),
-                );
-                let removed = self.docs.remove(&key).is_some();
-                if removed {
-                    debug!(kind = %self.ar.kind, namespace = ?key.0, name = %key.1, "deleted");
-                    self.record(Change::Delete(self.key_of(&key)));
-                }
-                removed
-            }
+            Event::Apply(obj) => self.applied(obj),
+            Event::Delete(obj) => self.deleted(&obj),
             Event::Init => {
                 self.relist = Some(BTreeMap::new());
                 false
@@ -677,25 +613,114 @@ impl KindState {
                 }
                 false
             }
-            Event::InitDone => {
-                let listed = self.relist.take().unwrap_or_default();
-                let same = listed.len() == self.docs.len()
-                    && listed
-                        .iter()
-                        .zip(&self.docs)
-                        .all(|((ka, a), (kb, b))| ka == kb && same_document(a, b));
-                debug!(kind = %self.ar.kind, objects = listed.len(), "listed");
-                let first = !self.listed;
-                self.listed = true;
+            Event::InitDone => self.list_done(),
+        }
+    }
+
+    /// A watch error; true if the documents (or the listed state) changed,
+    /// which only a kind the API server does not serve does: it is empty.
+    fn failed(&mut self, e: &watcher::Error, status: &SyncStatus) -> bool {
+        if is_not_found(e) {
+            if !self.absent {
+                info!(
+                    kind = %self.ar.kind,
+                    "the API server does not serve {}/{} (CRD not installed?); treating it as empty and retrying",
+                    self.ar.api_version, self.ar.plural
+                );
+                self.absent = true;
+            }
+            self.relist = None;
+            let changed = !self.docs.is_empty() || !self.listed;
+            self.record_relist(&BTreeMap::new());
+            self.docs.clear();
+            self.listed = true;
+            changed
+        } else if is_expired(e) {
+            // The watch's resourceVersion is older than the API server's
+            // history (routine after a long quiet watch, or etcd
+            // compaction): the watcher lists again. Not a failure.
+            debug!(kind = %self.ar.kind, "watch expired (410), listing again: {e}");
+            false
+        } else {
+            status.failure();
+            warn!(
+                kind = %self.ar.kind,
+                errors = status.errors(),
+                "Kubernetes watch failed, keeping the last policy and retrying with backoff: {e}"
+            );
+            false
+        }
+    }
+
+    /// An object added or modified; true if its document changed.
+    fn applied(&mut self, obj: DynamicObject) -> bool {
+        let key = (
+            obj.metadata.namespace.clone(),
+            obj.metadata.name.clone().unwrap_or_default(),
+        );
+        match self.document(obj) {
+            Some((key, doc)) => {
+                let same = self
+                    .docs
+                    .get(&key)
+                    .is_some_and(|old| same_document(old, &doc));
                 if !same {
-                    if !first {
-                        self.record_relist(&listed);
+                    debug!(origin = %doc.origin(), "applied");
+                    if self.listed && !self.docs.contains_key(&key) {
+                        if let (Some(uid), Some(ns)) = (&doc.uid, &doc.namespace) {
+                            self.appeared.push((uid.to_string(), ns.to_string()));
+                        }
                     }
-                    self.docs = listed;
+                    self.record(Change::Apply(doc.clone()));
+                    self.docs.insert(key, doc);
                 }
-                !same || first
+                !same
+            }
+            // Skipped (logged): an older version must not stay in
+            // force in its place.
+            None => {
+                let removed = self.docs.remove(&key).is_some();
+                if removed {
+                    self.record(Change::Delete(self.key_of(&key)));
+                }
+                removed
             }
         }
+    }
+
+    /// An object deleted; true if it was known.
+    fn deleted(&mut self, obj: &DynamicObject) -> bool {
+        let key = (
+            obj.metadata.namespace.clone(),
+            obj.metadata.name.clone().unwrap_or_default(),
+        );
+        let removed = self.docs.remove(&key).is_some();
+        if removed {
+            debug!(kind = %self.ar.kind, namespace = ?key.0, name = %key.1, "deleted");
+            self.record(Change::Delete(self.key_of(&key)));
+        }
+        removed
+    }
+
+    /// A (re-)list finished: its objects replace the known ones. True if
+    /// they differ, or this was the first list.
+    fn list_done(&mut self) -> bool {
+        let listed = self.relist.take().unwrap_or_default();
+        let same = listed.len() == self.docs.len()
+            && listed
+                .iter()
+                .zip(&self.docs)
+                .all(|((ka, a), (kb, b))| ka == kb && same_document(a, b));
+        debug!(kind = %self.ar.kind, objects = listed.len(), "listed");
+        let first = !self.listed;
+        self.listed = true;
+        if !same {
+            if !first {
+                self.record_relist(&listed);
+            }
+            self.docs = listed;
+        }
+        !same || first
     }
 
     fn document(&self, obj: DynamicObject) -> Option<(Key, Arc<Document>)> {

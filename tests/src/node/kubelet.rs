@@ -14,7 +14,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    Container, PodSecurityContext, PodSpec, SecurityContext, Volume, VolumeMount,
+};
 
 use super::{cri::Cri, layout::Layout, volumes};
 
@@ -350,38 +352,7 @@ impl Kubelet {
     ) -> Result<cri::ContainerConfig> {
         let sc = c.security_context.clone().unwrap_or_default();
         let pod_sc = pod.def.spec.security_context.clone().unwrap_or_default();
-        let privileged = sc.privileged == Some(true);
-        let seccomp_type = sc
-            .seccomp_profile
-            .as_ref()
-            .or(pod_sc.seccomp_profile.as_ref())
-            .map(|p| p.type_.as_str());
-        let mut envs = Vec::new();
-        if let Some((_, host, port)) = &self.service_account {
-            for (k, v) in [
-                ("KUBERNETES_SERVICE_HOST", host.clone()),
-                ("KUBERNETES_SERVICE_PORT", port.to_string()),
-                ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
-                ("KUBERNETES_PORT", format!("tcp://{host}:{port}")),
-            ] {
-                envs.push(cri::KeyValue {
-                    key: k.into(),
-                    value: v,
-                });
-            }
-        }
-        for e in c.env.iter().flatten() {
-            ensure!(
-                e.value_from.is_none(),
-                "container {}: env {}: valueFrom is not supported here",
-                c.name,
-                e.name
-            );
-            envs.push(cri::KeyValue {
-                key: e.name.clone(),
-                value: e.value.clone().unwrap_or_default(),
-            });
-        }
+        let envs = self.envs(c)?;
         let log_path = format!("{}/{attempt}.log", c.name);
         fs::create_dir_all(pod.dir.join("logs").join(&c.name))?;
         Ok(cri::ContainerConfig {
@@ -410,36 +381,42 @@ impl Kubelet {
             log_path,
             linux: Some(cri::LinuxContainerConfig {
                 resources: Some(resources(c, &pod.def.spec)),
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    capabilities: capabilities(&sc),
-                    privileged,
-                    namespace_options: Some(namespaces()),
-                    run_as_user: sc
-                        .run_as_user
-                        .or(pod_sc.run_as_user)
-                        .map(|value| cri::Int64Value { value }),
-                    run_as_group: sc
-                        .run_as_group
-                        .or(pod_sc.run_as_group)
-                        .map(|value| cri::Int64Value { value }),
-                    readonly_rootfs: sc.read_only_root_filesystem == Some(true),
-                    no_new_privs: sc.allow_privilege_escalation == Some(false),
-                    masked_paths: if privileged {
-                        vec![]
-                    } else {
-                        MASKED_PATHS.iter().map(|s| s.to_string()).collect()
-                    },
-                    readonly_paths: if privileged {
-                        vec![]
-                    } else {
-                        READONLY_PATHS.iter().map(|s| s.to_string()).collect()
-                    },
-                    seccomp: Some(seccomp(seccomp_type)),
-                    ..Default::default()
-                }),
+                security_context: Some(security_context(&sc, &pod_sc)),
             }),
             ..Default::default()
         })
+    }
+
+    /// The container's environment: the API server's address when the pod
+    /// has a service account, then the container's own values.
+    fn envs(&self, c: &Container) -> Result<Vec<cri::KeyValue>> {
+        let mut envs = Vec::new();
+        if let Some((_, host, port)) = &self.service_account {
+            for (k, v) in [
+                ("KUBERNETES_SERVICE_HOST", host.clone()),
+                ("KUBERNETES_SERVICE_PORT", port.to_string()),
+                ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+                ("KUBERNETES_PORT", format!("tcp://{host}:{port}")),
+            ] {
+                envs.push(cri::KeyValue {
+                    key: k.into(),
+                    value: v,
+                });
+            }
+        }
+        for e in c.env.iter().flatten() {
+            ensure!(
+                e.value_from.is_none(),
+                "container {}: env {}: valueFrom is not supported here",
+                c.name,
+                e.name
+            );
+            envs.push(cri::KeyValue {
+                key: e.name.clone(),
+                value: e.value.clone().unwrap_or_default(),
+            });
+        }
+        Ok(envs)
     }
 
     fn mounts(&self, pod: &RunningPod, c: &Container, attempt: u32) -> Result<Vec<cri::Mount>> {
@@ -458,42 +435,8 @@ impl Kubelet {
                         c.name, m.name
                     )
                 })?;
-            let host_path = if let Some(hp) = &v.host_path {
-                let sub = self.host_paths.get(&hp.path).with_context(|| {
-                    format!(
-                        "volume {}: hostPath {} has no test-owned stand-in",
-                        v.name, hp.path
-                    )
-                })?;
-                if hp.type_.as_deref() == Some("Directory") {
-                    ensure!(
-                        sub.is_dir(),
-                        "volume {}: hostPath {} (type Directory): {} is not a directory",
-                        v.name,
-                        hp.path,
-                        sub.display()
-                    );
-                }
-                sub.clone()
-            } else if v.config_map.is_some() {
-                volumes::volume_dir(&pod.dir, "configmap", &v.name)
-            } else if v.empty_dir.is_some() {
-                volumes::volume_dir(&pod.dir, "empty-dir", &v.name)
-            } else {
-                bail!(
-                    "volume {}: only hostPath, configMap and emptyDir volumes are supported here",
-                    v.name
-                );
-            };
-            let propagation = match m.mount_propagation.as_deref() {
-                None | Some("None") => cri::MountPropagation::PropagationPrivate,
-                Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer,
-                Some("Bidirectional") => cri::MountPropagation::PropagationBidirectional,
-                Some(other) => bail!(
-                    "container {}: mountPropagation {other:?} is not a Kubernetes value",
-                    c.name
-                ),
-            };
+            let host_path = self.volume_source(pod, v)?;
+            let propagation = propagation(c, m)?;
             mounts.push(cri::Mount {
                 container_path: m.mount_path.clone(),
                 host_path: host_path.display().to_string(),
@@ -533,6 +476,91 @@ impl Kubelet {
         });
         Ok(mounts)
     }
+
+    /// Where a volume's files are on the host: a hostPath's test-owned
+    /// stand-in, or the pod's directory for the volume.
+    fn volume_source(&self, pod: &RunningPod, v: &Volume) -> Result<PathBuf> {
+        Ok(if let Some(hp) = &v.host_path {
+            let sub = self.host_paths.get(&hp.path).with_context(|| {
+                format!(
+                    "volume {}: hostPath {} has no test-owned stand-in",
+                    v.name, hp.path
+                )
+            })?;
+            if hp.type_.as_deref() == Some("Directory") {
+                ensure!(
+                    sub.is_dir(),
+                    "volume {}: hostPath {} (type Directory): {} is not a directory",
+                    v.name,
+                    hp.path,
+                    sub.display()
+                );
+            }
+            sub.clone()
+        } else if v.config_map.is_some() {
+            volumes::volume_dir(&pod.dir, "configmap", &v.name)
+        } else if v.empty_dir.is_some() {
+            volumes::volume_dir(&pod.dir, "empty-dir", &v.name)
+        } else {
+            bail!(
+                "volume {}: only hostPath, configMap and emptyDir volumes are supported here",
+                v.name
+            );
+        })
+    }
+}
+
+/// The container's Linux security context, its own settings over the pod's.
+fn security_context(
+    sc: &SecurityContext,
+    pod_sc: &PodSecurityContext,
+) -> cri::LinuxContainerSecurityContext {
+    let privileged = sc.privileged == Some(true);
+    let seccomp_type = sc
+        .seccomp_profile
+        .as_ref()
+        .or(pod_sc.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str());
+    cri::LinuxContainerSecurityContext {
+        capabilities: capabilities(sc),
+        privileged,
+        namespace_options: Some(namespaces()),
+        run_as_user: sc
+            .run_as_user
+            .or(pod_sc.run_as_user)
+            .map(|value| cri::Int64Value { value }),
+        run_as_group: sc
+            .run_as_group
+            .or(pod_sc.run_as_group)
+            .map(|value| cri::Int64Value { value }),
+        readonly_rootfs: sc.read_only_root_filesystem == Some(true),
+        no_new_privs: sc.allow_privilege_escalation == Some(false),
+        masked_paths: if privileged {
+            vec![]
+        } else {
+            MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+        },
+        readonly_paths: if privileged {
+            vec![]
+        } else {
+            READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+        },
+        seccomp: Some(seccomp(seccomp_type)),
+        ..Default::default()
+    }
+}
+
+/// A volumeMount's propagation, as the CRI names it.
+fn propagation(c: &Container, m: &VolumeMount) -> Result<cri::MountPropagation> {
+    Ok(match m.mount_propagation.as_deref() {
+        None | Some("None") => cri::MountPropagation::PropagationPrivate,
+        Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer,
+        Some("Bidirectional") => cri::MountPropagation::PropagationBidirectional,
+        Some(other) => bail!(
+            "container {}: mountPropagation {other:?} is not a Kubernetes value",
+            c.name
+        ),
+    })
 }
 
 /// Network and IPC shared in the pod, PID per container (no

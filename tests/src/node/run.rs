@@ -168,91 +168,32 @@ async fn phases(
         .unwrap_or(30);
 
     // 2. The agent pod.
-    step("agent pod: sandbox, init containers, agent");
-    let agent_def = daemonset_pod(ds, &uid(1), None)?;
-    let mut agent = kubelet.run_pod(&agent_def).await?;
-    let created = agent.containers[AGENT].1;
-    let prober = Prober::start(&agent.ip, &agent_container, "agent")?;
-    let ready_at = prober
-        .wait_ready(Duration::from_secs(120))
-        .await
-        .map_err(|e| anyhow::anyhow!("agent: {e:#}\n{}", kubelet.current_log(&agent, AGENT)))?;
-    let agent_ready_ms = ready_at.duration_since(created).as_millis() as u64;
-    step(&format!(
-        "agent ready {agent_ready_ms} ms after its container was created"
-    ));
-    ensure!(
-        !host::bpffs_mounts(&kubelet.layout).is_empty(),
-        "the init container's bpffs mount did not reach the host (Bidirectional)"
-    );
+    let (mut agent, prober, agent_ready_ms) =
+        start_agent_pod(kubelet, ds, &agent_container).await?;
 
     // 3. Workloads.
-    let db_def = apps::mariadb_pod(&opts.mariadb_image, &uid(2))?;
-    let db = kubelet.run_pod(&db_def).await?;
-    wait_greeting_from_host(&db.ip).await?;
-    step(&format!("mariadb pod at {}", db.ip));
-    let app_def = apps::app_pod(
-        &agent_image,
-        &opts.tools_image,
-        &opts.mariadb_image,
-        &uid(3),
-        opts.detect_timeout_ms,
-    )?;
-    api.push(
-        fake_kube::PODS,
-        vec![json!({"type": "ADDED", "object": apps::pod_object(&app_def, "")})],
-    );
-    let log_before = kubelet.current_log(&agent, AGENT).lines().count();
-    let app_created = Instant::now();
-    let app = kubelet.run_pod(&app_def).await?;
-    api.push(
-        fake_kube::PODS,
-        vec![json!({"type": "MODIFIED", "object": apps::pod_object(&app_def, &app.ip)})],
-    );
-    let registered = wait_log(
-        kubelet,
-        &agent,
-        log_before,
-        &["pod cgroup registered", &app_def.uid],
-        Duration::from_secs(60),
-    )
-    .await?;
-    let pod_registered_ms = registered.duration_since(app_created).as_millis() as u64;
-    step(&format!(
-        "app pod cgroup registered {pod_registered_ms} ms after its sandbox was created"
-    ));
-    let client = app.containers["app"].0.clone();
-    // The server greets before its users exist (the image initialises its
-    // data directory on first start): retry, as a readiness gate would.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let query = loop {
-        match apps::mariadb_query(&kubelet.cri, &client, &db.ip).await {
-            Ok(q) => break q,
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
-    ensure!(
-        query == "42",
-        "mariadb client through the proxy answered {query:?}"
-    );
-    let greeting_with = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
-    step(&format!("greeting with the agent: {greeting_with} ms"));
+    let Workloads {
+        client,
+        db_ip,
+        pod_registered_ms,
+        greeting_with,
+    } = start_workloads(opts, kubelet, api, &agent, &agent_image).await?;
+    let db_ip = db_ip.as_str();
 
     // 4. ConfigMap change.
     config_map_change(kubelet, &agent, &prober).await?;
 
     // 5. SIGKILL and restart.
     let prober = kill_and_restart(kubelet, &mut agent, &agent_container, prober).await?;
-    let greeting_after_restart = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
+    let greeting_after_restart = apps::greeting_ms(&kubelet.cri, &client, db_ip).await?;
 
     // 6. Rollout.
     let (rollout, agent, prober) =
-        rollout(opts, kubelet, ds, agent, prober, grace, &client, &db.ip).await?;
+        rollout(opts, kubelet, ds, agent, prober, grace, &client, db_ip).await?;
 
     // 7. Uninstall.
     let uninstall = uninstall(opts, kubelet, ds, agent, prober, grace).await?;
-    let greeting_without = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
+    let greeting_without = apps::greeting_ms(&kubelet.cri, &client, db_ip).await?;
     step(&format!(
         "greeting without the classifier: {greeting_without} ms"
     ));
@@ -280,6 +221,111 @@ async fn phases(
         opts.detect_timeout_ms
     );
     Ok(report)
+}
+
+/// Runs the DaemonSet's pod and waits for the agent to be ready; returns
+/// the pod, its prober and how long readiness took from creation.
+async fn start_agent_pod(
+    kubelet: &mut Kubelet,
+    ds: &DaemonSet,
+    agent_container: &Container,
+) -> Result<(RunningPod, Prober, u64)> {
+    step("agent pod: sandbox, init containers, agent");
+    let agent_def = daemonset_pod(ds, &uid(1), None)?;
+    let agent = kubelet.run_pod(&agent_def).await?;
+    let created = agent.containers[AGENT].1;
+    let prober = Prober::start(&agent.ip, agent_container, "agent")?;
+    let ready_at = prober
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .map_err(|e| anyhow::anyhow!("agent: {e:#}\n{}", kubelet.current_log(&agent, AGENT)))?;
+    let agent_ready_ms = ready_at.duration_since(created).as_millis() as u64;
+    step(&format!(
+        "agent ready {agent_ready_ms} ms after its container was created"
+    ));
+    ensure!(
+        !host::bpffs_mounts(&kubelet.layout).is_empty(),
+        "the init container's bpffs mount did not reach the host (Bidirectional)"
+    );
+    Ok((agent, prober, agent_ready_ms))
+}
+
+/// The workloads' pods, as the later phases use them.
+struct Workloads {
+    /// The app pod's client container.
+    client: String,
+    db_ip: String,
+    pod_registered_ms: u64,
+    greeting_with: u64,
+}
+
+/// Runs MariaDB and the app pod (announced to the agent through the API),
+/// waits for the agent to register the app's cgroup, and queries the
+/// database through the proxy.
+async fn start_workloads(
+    opts: &Options,
+    kubelet: &mut Kubelet,
+    api: &FakeApi,
+    agent: &RunningPod,
+    agent_image: &str,
+) -> Result<Workloads> {
+    let db_def = apps::mariadb_pod(&opts.mariadb_image, &uid(2))?;
+    let db = kubelet.run_pod(&db_def).await?;
+    wait_greeting_from_host(&db.ip).await?;
+    step(&format!("mariadb pod at {}", db.ip));
+    let app_def = apps::app_pod(
+        agent_image,
+        &opts.tools_image,
+        &opts.mariadb_image,
+        &uid(3),
+        opts.detect_timeout_ms,
+    )?;
+    api.push(
+        fake_kube::PODS,
+        vec![json!({"type": "ADDED", "object": apps::pod_object(&app_def, "")})],
+    );
+    let log_before = kubelet.current_log(agent, AGENT).lines().count();
+    let app_created = Instant::now();
+    let app = kubelet.run_pod(&app_def).await?;
+    api.push(
+        fake_kube::PODS,
+        vec![json!({"type": "MODIFIED", "object": apps::pod_object(&app_def, &app.ip)})],
+    );
+    let registered = wait_log(
+        kubelet,
+        agent,
+        log_before,
+        &["pod cgroup registered", &app_def.uid],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let pod_registered_ms = registered.duration_since(app_created).as_millis() as u64;
+    step(&format!(
+        "app pod cgroup registered {pod_registered_ms} ms after its sandbox was created"
+    ));
+    let client = app.containers["app"].0.clone();
+    // The server greets before its users exist (the image initialises its
+    // data directory on first start): retry, as a readiness gate would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let query = loop {
+        match apps::mariadb_query(&kubelet.cri, &client, &db.ip).await {
+            Ok(q) => break q,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    ensure!(
+        query == "42",
+        "mariadb client through the proxy answered {query:?}"
+    );
+    let greeting_with = apps::greeting_ms(&kubelet.cri, &client, &db.ip).await?;
+    step(&format!("greeting with the agent: {greeting_with} ms"));
+    Ok(Workloads {
+        client,
+        db_ip: db.ip,
+        pod_registered_ms,
+        greeting_with,
+    })
 }
 
 /// The DaemonSet's pod: template labels and spec, the node's name suffix;
@@ -464,7 +510,10 @@ async fn delete_pod(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the phase takes over the agent pod and its prober, and needs the client and database it checks"
+)]
 async fn rollout(
     opts: &Options,
     kubelet: &mut Kubelet,
@@ -488,6 +537,47 @@ async fn rollout(
         .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (new_agent, prober) = replace_agent(opts, kubelet, ds, agent, prober, grace).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kubelet
+        .cri
+        .exec(
+            client,
+            &["touch", "/tmp/stop-loop"],
+            Duration::from_secs(10),
+        )
+        .await?;
+    let (_, out, err) = loop_task.await??;
+    let after = links(kubelet)?;
+    let (times, fails, max) = connect_loop_results(opts, &out, &err)?;
+    links_updated_in_place(&before, &after)?;
+    let log = kubelet.current_log(&new_agent, AGENT);
+    ensure!(
+        log.contains("replaced its programs in place"),
+        "the new agent did not replace the programs in place:\n{log}"
+    );
+    step(&format!(
+        "rollout: {} connects, none failed, slowest {max} ms; links updated in place",
+        times.len()
+    ));
+    Ok((
+        json!({"connects": times.len(), "failed": fails, "max_greeting_ms": max,
+               "links": before.iter().map(|(n, (i, p))| json!({"name": n, "inode": i, "prog_before": p, "prog_after": after[n].1})).collect::<Vec<_>>()}),
+        new_agent,
+        prober,
+    ))
+}
+
+/// Deletes the agent's pod and runs the DaemonSet's pod with the rolled-out
+/// image, until the new agent is ready.
+async fn replace_agent(
+    opts: &Options,
+    kubelet: &mut Kubelet,
+    ds: &DaemonSet,
+    agent: RunningPod,
+    prober: Prober,
+    grace: i64,
+) -> Result<(RunningPod, Prober)> {
     delete_pod(kubelet, agent, Some(prober), grace).await?;
     let def = daemonset_pod(ds, &uid(4), Some(&opts.rollout_image))?;
     let new_agent = kubelet.run_pod(&def).await?;
@@ -500,17 +590,12 @@ async fn rollout(
         .context("agent")?;
     let prober = Prober::start(&new_agent.ip, &c, "agent (rolled out)")?;
     prober.wait_ready(Duration::from_secs(120)).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    kubelet
-        .cri
-        .exec(
-            client,
-            &["touch", "/tmp/stop-loop"],
-            Duration::from_secs(10),
-        )
-        .await?;
-    let (_, out, err) = loop_task.await??;
-    let after = links(kubelet)?;
+    Ok((new_agent, prober))
+}
+
+/// The connect loop's output: the connect times, the failures and the
+/// slowest; none may fail, and none may have waited for detection.
+fn connect_loop_results(opts: &Options, out: &str, err: &str) -> Result<(Vec<u64>, usize, u64)> {
     let lines: Vec<&str> = out.lines().collect();
     let fails = lines.iter().filter(|l| l.starts_with("fail")).count();
     let times: Vec<u64> = lines
@@ -531,7 +616,16 @@ async fn rollout(
         max < opts.detect_timeout_ms / 2,
         "a connect during the rollout took {max} ms: it waited for detection, so its destination lost its verdict"
     );
-    for (name, (ino, prog)) in &before {
+    Ok((times, fails, max))
+}
+
+/// Every link is the same link after the rollout (same inode), running a
+/// new program.
+fn links_updated_in_place(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+) -> Result<()> {
+    for (name, (ino, prog)) in before {
         let (ino2, prog2) = after
             .get(name)
             .with_context(|| format!("link {name} gone after the rollout"))?;
@@ -544,21 +638,7 @@ async fn rollout(
             "link {name} still runs program {prog}: the new build's programs did not replace it"
         );
     }
-    let log = kubelet.current_log(&new_agent, AGENT);
-    ensure!(
-        log.contains("replaced its programs in place"),
-        "the new agent did not replace the programs in place:\n{log}"
-    );
-    step(&format!(
-        "rollout: {} connects, none failed, slowest {max} ms; links updated in place",
-        times.len()
-    ));
-    Ok((
-        json!({"connects": times.len(), "failed": fails, "max_greeting_ms": max,
-               "links": before.iter().map(|(n, (i, p))| json!({"name": n, "inode": i, "prog_before": p, "prog_after": after[n].1})).collect::<Vec<_>>()}),
-        new_agent,
-        prober,
-    ))
+    Ok(())
 }
 
 /// Deletes the DaemonSet's pod, then runs the uninstall manifests' pod to
@@ -740,7 +820,7 @@ fn uid(role: u32) -> String {
     format!(
         "{:08x}-{:04x}-4{:03x}-8000-{:012x}",
         (t >> 16) as u32,
-        t as u16 & 0xffff,
+        t as u16,
         role,
         std::process::id()
     )

@@ -117,6 +117,38 @@ fn podman_flags(
     localhost_profiles: &[(&str, PathBuf)],
     drop_args: &[&str],
 ) -> Vec<String> {
+    let mut flags = security_flags(pod, container, localhost_profiles);
+    if let Some(memory) = container["resources"]["limits"]["memory"].as_str() {
+        let bytes = memory
+            .strip_suffix("Mi")
+            .map(|m| m.parse::<u64>().unwrap() << 20)
+            .unwrap_or_else(|| panic!("memory limit {memory} not in Mi"));
+        flags.push(format!("--memory={bytes}"));
+    }
+    for env in container["env"].as_array().into_iter().flatten() {
+        flags.push(format!("--env={}={}", s(&env["name"]), s(&env["value"])));
+    }
+    flags.extend(mount_flags(pod, container, volumes));
+    if let Some(command) = container["command"].as_array() {
+        flags.push(format!("--entrypoint={}", s(&command[0])));
+        assert_eq!(command.len(), 1, "multi-word commands not handled");
+    }
+    flags.push(podman::CLASSIFIER_IMAGE.into());
+    let args = container["args"].as_array().into_iter().flatten();
+    flags.extend(
+        args.map(|a| s(a).to_owned())
+            .filter(|a| !drop_args.contains(&a.as_str())),
+    );
+    flags
+}
+
+/// The flags for the container's securityContext (and the pod's seccomp
+/// profile when it sets none).
+fn security_flags(
+    pod: &Value,
+    container: &Value,
+    localhost_profiles: &[(&str, PathBuf)],
+) -> Vec<String> {
     let mut flags = Vec::new();
     let sc = &container["securityContext"];
     let seccomp = if sc["seccompProfile"].is_null() {
@@ -159,16 +191,12 @@ fn podman_flags(
     if let Some(uid) = sc["runAsUser"].as_u64() {
         flags.push(format!("--user={uid}"));
     }
-    if let Some(memory) = container["resources"]["limits"]["memory"].as_str() {
-        let bytes = memory
-            .strip_suffix("Mi")
-            .map(|m| m.parse::<u64>().unwrap() << 20)
-            .unwrap_or_else(|| panic!("memory limit {memory} not in Mi"));
-        flags.push(format!("--memory={bytes}"));
-    }
-    for env in container["env"].as_array().into_iter().flatten() {
-        flags.push(format!("--env={}={}", s(&env["name"]), s(&env["value"])));
-    }
+    flags
+}
+
+/// The flags for the container's volumeMounts.
+fn mount_flags(pod: &Value, container: &Value, volumes: &Volumes<'_>) -> Vec<String> {
+    let mut flags = Vec::new();
     for mount in container["volumeMounts"].as_array().into_iter().flatten() {
         let name = s(&mount["name"]);
         // An emptyDir is a fresh, empty directory of the pod's own, as the
@@ -199,16 +227,6 @@ fn podman_flags(
             options.join(",")
         ));
     }
-    if let Some(command) = container["command"].as_array() {
-        flags.push(format!("--entrypoint={}", s(&command[0])));
-        assert_eq!(command.len(), 1, "multi-word commands not handled");
-    }
-    flags.push(podman::CLASSIFIER_IMAGE.into());
-    let args = container["args"].as_array().into_iter().flatten();
-    flags.extend(
-        args.map(|a| s(a).to_owned())
-            .filter(|a| !drop_args.contains(&a.as_str())),
-    );
     flags
 }
 
@@ -298,11 +316,45 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     let drop = ["--kubernetes"];
     let bpffs_before = bpffs_mounts();
 
+    let run = AgentRun {
+        setup: &setup,
+        volumes: &volumes,
+        unified: &unified,
+        drop: &drop,
+    };
     // 1. As shipped, on podman: containers-common's profile refuses bpf().
-    let pod = pod_spec(&base, "classifier");
+    default_profile_refuses_bpf(&run, &base);
+    // 2. With the component: its Localhost profile, as its init container
+    // installs it (the file in the ConfigMap it generates).
+    localhost_profile_attaches(&run, &fixed);
+    // 3. The uninstall DaemonSet's container, with its own securityContext
+    // (no capability, the default seccomp profile).
+    uninstall_leaves_nothing(&setup, &volumes, &bpffs_before);
+}
+
+/// What each run of the agent's container in the seccomp test shares.
+struct AgentRun<'a> {
+    setup: &'a Setup,
+    volumes: &'a Volumes<'a>,
+    /// The flag mounting the sandbox's cgroup at `unified`.
+    unified: &'a str,
+    /// Manifest args the run leaves out.
+    drop: &'a [&'a str],
+}
+
+/// As shipped, on podman: containers-common's profile refuses bpf(); the
+/// agent says so, leaves no pins, and `classifier check` says the same.
+fn default_profile_refuses_bpf(run: &AgentRun<'_>, base: &[Value]) {
+    let AgentRun {
+        setup,
+        volumes,
+        unified,
+        drop,
+    } = *run;
+    let pod = pod_spec(base, "classifier");
     let agent = named(&pod["containers"], "agent");
-    let mut flags = vec![unified.clone()];
-    flags.extend(podman_flags(&pod, agent, &volumes, &[], &drop));
+    let mut flags = vec![unified.to_owned()];
+    flags.extend(podman_flags(&pod, agent, volumes, &[], drop));
     let id = setup.podman.start("agent-default-seccomp", &flags).unwrap();
     let code = setup
         .podman
@@ -326,7 +378,12 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     );
     assert!(attached(&setup.sb.cgroup).is_empty());
     setup.podman.remove(&id).unwrap();
-    // `classifier check` in the same container says the same.
+    check_names_seccomp(setup, &flags);
+}
+
+/// `classifier check` in the agent's container (`flags`, up to the image)
+/// fails its seccomp check and names the fix.
+fn check_names_seccomp(setup: &Setup, flags: &[String]) {
     let image_at = flags
         .iter()
         .position(|f| f == podman::CLASSIFIER_IMAGE)
@@ -358,10 +415,19 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
             && detail.contains("seccomp-localhost"),
         "{detail}"
     );
+}
 
-    // 2. With the component: its Localhost profile, as its init container
-    // installs it (the file in the ConfigMap it generates).
-    let pod = pod_spec(&fixed, "classifier");
+/// With the Localhost profile the component's init container installs (the
+/// file in the ConfigMap it generates), the agent attaches below the v1
+/// side, and its programs stay attached when it stops.
+fn localhost_profile_attaches(run: &AgentRun<'_>, fixed: &[Value]) {
+    let AgentRun {
+        setup,
+        volumes,
+        unified,
+        drop,
+    } = *run;
+    let pod = pod_spec(fixed, "classifier");
     let cm = fixed
         .iter()
         .find(|d| d["kind"] == "ConfigMap" && !d["data"]["classifier-agent.json"].is_null())
@@ -369,13 +435,13 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     let profile = setup.scratch.join("seccomp-classifier-agent.json");
     fs::write(&profile, s(&cm["data"]["classifier-agent.json"])).unwrap();
     let agent = named(&pod["containers"], "agent");
-    let mut flags = vec![unified.clone()];
+    let mut flags = vec![unified.to_owned()];
     flags.extend(podman_flags(
         &pod,
         agent,
-        &volumes,
+        volumes,
         &[("classifier/agent.json", profile.clone())],
-        &drop,
+        drop,
     ));
     let id = setup
         .podman
@@ -405,16 +471,19 @@ fn under_podmans_default_seccomp_profile_the_agent_names_seccomp_and_the_localho
     assert_eq!(code, 0, "{}", setup.podman.logs(&id));
     assert_eq!(attached(&setup.sb.cgroup).len(), 4);
     setup.podman.remove(&id).unwrap();
+}
 
-    // 3. The uninstall DaemonSet's container, with its own securityContext
-    // (no capability, the default seccomp profile).
+/// The uninstall DaemonSet's container, with its own securityContext (no
+/// capability, the default seccomp profile), leaves no pins, links or
+/// bpffs mounts.
+fn uninstall_leaves_nothing(setup: &Setup, volumes: &Volumes<'_>, bpffs_before: &[String]) {
     let Some(uninstall) = kustomize(&deploy_dir().join("uninstall")) else {
         return;
     };
     let docs = split_documents(&uninstall, "kubectl kustomize deploy/uninstall");
     let pod = pod_spec(&docs, "classifier-uninstall");
     let container = named(&pod["initContainers"], "uninstall");
-    let flags = podman_flags(&pod, container, &volumes, &[], &[]);
+    let flags = podman_flags(&pod, container, volumes, &[], &[]);
     let id = setup.podman.start("uninstall", &flags).unwrap();
     let code = setup
         .podman

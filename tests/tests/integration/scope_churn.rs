@@ -121,6 +121,52 @@ fn scope_ids_of_namespaces_that_went_away_are_freed() -> Result<()> {
     Ok(())
 }
 
+/// A pod watch event: pod `i` (its own UID and address) in `namespace`.
+fn pod_event(kind: &str, i: usize, namespace: &str) -> serde_json::Value {
+    json!({
+        "type": kind,
+        "object": {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": namespace, "uid": uid(9, i)},
+            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 200 + i / 65536, i / 256 % 256, i % 256)}
+        }
+    })
+}
+
+/// Starts the agent on the Kubernetes API `kubeconfig` names, until the
+/// namespace "small" has its scope id.
+fn start_with_kubeconfig(mut sb: Sandbox, kubeconfig: &Path) -> Result<Sandbox> {
+    sb.start_agent_with_env(
+        &["--kubernetes"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    )?;
+    let pins = PinDir::new(sb.pins.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scope_of_namespace(&pins, "small").is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "small never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(sb)
+}
+
+/// Waits for the agent's warning that the scope-id table is full.
+fn wait_table_full_warning(sb: Sandbox) -> Result<Sandbox> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let warning = format!(
+        "more than {} namespaces need a scope id at once",
+        maps::SCOPE_IDS_CAPACITY
+    );
+    while !sb.agent_log().contains(&warning) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never warned:\n{}",
+            tail(&sb.agent_log())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(sb)
+}
+
 /// The scope id table full: a cluster whose namespaces need more ids at
 /// once than it holds (16,385 namespaces with a pod each, through the
 /// Kubernetes API: a policy directory holds at most 10,000 documents).
@@ -137,7 +183,7 @@ async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_stil
     }
     let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
     let fake = FakeApi::start(&paths).await;
-    let mut sb = Sandbox::new("scope-ids-full")?;
+    let sb = Sandbox::new("scope-ids-full")?;
     let kubeconfig = sb.write_file(
         "kubeconfig",
         &format!(
@@ -145,31 +191,8 @@ async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_stil
             fake.url()
         ),
     );
-    let event = |kind: &str, i: usize, namespace: &str| {
-        json!({
-            "type": kind,
-            "object": {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "p", "namespace": namespace, "uid": uid(9, i)},
-                "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 200 + i / 65536, i / 256 % 256, i % 256)}
-            }
-        })
-    };
-    fake.push(PODS, vec![event("ADDED", 0, "small")]);
-    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
-        sb.start_agent_with_env(
-            &["--kubernetes"],
-            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        )?;
-        let pins = PinDir::new(sb.pins.clone());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while scope_of_namespace(&pins, "small").is_none() {
-            anyhow::ensure!(Instant::now() < deadline, "small never applied");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(sb)
-    })
-    .await??;
+    fake.push(PODS, vec![pod_event("ADDED", 0, "small")]);
+    let sb = tokio::task::spawn_blocking(move || start_with_kubeconfig(sb, &kubeconfig)).await??;
     let pins = PinDir::new(sb.pins.clone());
     let small = scope_of_namespace(&pins, "small").context("small has an id")?;
     let generation = sb.generation();
@@ -182,26 +205,10 @@ async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_stil
     fake.push(
         PODS,
         (1..=big)
-            .map(|i| event("ADDED", i, &format!("big-{i}")))
+            .map(|i| pod_event("ADDED", i, &format!("big-{i}")))
             .collect(),
     );
-    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let warning = format!(
-            "more than {} namespaces need a scope id at once",
-            maps::SCOPE_IDS_CAPACITY
-        );
-        while !sb.agent_log().contains(&warning) {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "never warned:\n{}",
-                tail(&sb.agent_log())
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(sb)
-    })
-    .await??;
+    let sb = tokio::task::spawn_blocking(move || wait_table_full_warning(sb)).await??;
     let log = sb.agent_log();
     assert!(
         !log.contains("stays active"),
@@ -220,9 +227,9 @@ async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_stil
 
     // The big namespaces go, a new one comes: it applies.
     let mut events: Vec<_> = (1..=big)
-        .map(|i| event("DELETED", i, &format!("big-{i}")))
+        .map(|i| pod_event("DELETED", i, &format!("big-{i}")))
         .collect();
-    events.push(event("ADDED", big + 1, "next"));
+    events.push(pod_event("ADDED", big + 1, "next"));
     fake.push(PODS, events);
     tokio::task::spawn_blocking(move || -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -239,6 +246,71 @@ async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_stil
     })
     .await??;
     Ok(())
+}
+
+/// The learned state of scopes, as the datapath keeps it.
+struct LearnState {
+    learned: BpfHashMap<MapData, LearnedKey, LearnedEntry>,
+    counts: BpfHashMap<MapData, u32, u32>,
+    pending: BpfHashMap<MapData, u64, LearnWatch>,
+}
+
+impl LearnState {
+    fn open(sb: &Sandbox) -> Result<LearnState> {
+        Ok(LearnState {
+            learned: BpfHashMap::try_from(Map::LruHashMap(open_map(sb, maps::LEARNED)))?,
+            counts: BpfHashMap::try_from(Map::HashMap(open_map(sb, maps::LEARN_SCOPES)))?,
+            pending: BpfHashMap::try_from(Map::LruHashMap(open_map(sb, maps::LEARN_PENDING)))?,
+        })
+    }
+
+    /// Five learned entries of `scope`, their count and their watches, as
+    /// the datapath leaves them.
+    fn plant(&mut self, scope: u32, salt: u16) -> Result<()> {
+        for i in 0..5u16 {
+            let key = LearnedKey {
+                scope,
+                port: 3306 + i + salt,
+                _pad: 0,
+                addr: std::net::Ipv4Addr::new(192, 0, 2, 1)
+                    .to_ipv6_mapped()
+                    .octets(),
+            };
+            // Seen just now: the agent's ttl expiry leaves it alone.
+            let now = classifier_user::learned::boot_ns_now()?;
+            let entry = LearnedEntry {
+                first_seen_ns: now,
+                last_seen_ns: now,
+                observations: 3,
+                _pad: 0,
+            };
+            self.learned.insert(key, entry, 0)?;
+            self.pending.insert(
+                u64::from(scope) << 32 | u64::from(i + salt),
+                LearnWatch { key },
+                0,
+            )?;
+        }
+        self.counts.insert(scope, 5, 0)?;
+        Ok(())
+    }
+
+    /// What is left of `scope`: learned entries, its count, watches.
+    fn left(&self, scope: u32) -> (usize, Option<u32>, usize) {
+        (
+            self.learned
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.scope == scope)
+                .count(),
+            self.counts.get(&scope, 0).ok(),
+            self.pending
+                .iter()
+                .filter_map(|e| e.ok())
+                .filter(|(_, w)| w.key.scope == scope)
+                .count(),
+        )
+    }
 }
 
 /// A reused id inherits nothing: learned entries, the scope's entry count
@@ -262,86 +334,25 @@ fn a_reused_scope_id_inherits_nothing() -> Result<()> {
     let pins = PinDir::new(sb.pins.clone());
     let old = scope_of_namespace(&pins, "old").context("old has an id")?;
 
-    let mut learned: BpfHashMap<_, LearnedKey, LearnedEntry> =
-        BpfHashMap::try_from(Map::LruHashMap(open_map(&sb, maps::LEARNED)))?;
-    let mut counts: BpfHashMap<_, u32, u32> =
-        BpfHashMap::try_from(Map::HashMap(open_map(&sb, maps::LEARN_SCOPES)))?;
-    let mut pending: BpfHashMap<_, u64, LearnWatch> =
-        BpfHashMap::try_from(Map::LruHashMap(open_map(&sb, maps::LEARN_PENDING)))?;
-    let plant = |learned: &mut BpfHashMap<_, LearnedKey, LearnedEntry>,
-                 counts: &mut BpfHashMap<_, u32, u32>,
-                 pending: &mut BpfHashMap<_, u64, LearnWatch>,
-                 scope: u32,
-                 salt: u16|
-     -> Result<()> {
-        for i in 0..5u16 {
-            let key = LearnedKey {
-                scope,
-                port: 3306 + i + salt,
-                _pad: 0,
-                addr: std::net::Ipv4Addr::new(192, 0, 2, 1)
-                    .to_ipv6_mapped()
-                    .octets(),
-            };
-            // Seen just now: the agent's ttl expiry leaves it alone.
-            let now = classifier_user::learned::boot_ns_now()?;
-            let entry = LearnedEntry {
-                first_seen_ns: now,
-                last_seen_ns: now,
-                observations: 3,
-                _pad: 0,
-            };
-            learned.insert(key, entry, 0)?;
-            pending.insert(
-                u64::from(scope) << 32 | u64::from(i + salt),
-                LearnWatch { key },
-                0,
-            )?;
-        }
-        counts.insert(scope, 5, 0)?;
-        Ok(())
-    };
-    let left = |learned: &BpfHashMap<_, LearnedKey, LearnedEntry>,
-                counts: &BpfHashMap<_, u32, u32>,
-                pending: &BpfHashMap<_, u64, LearnWatch>,
-                scope: u32|
-     -> (usize, Option<u32>, usize) {
-        (
-            learned
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| k.scope == scope)
-                .count(),
-            counts.get(&scope, 0).ok(),
-            pending
-                .iter()
-                .filter_map(|e| e.ok())
-                .filter(|(_, w)| w.key.scope == scope)
-                .count(),
-        )
-    };
+    let mut state = LearnState::open(&sb)?;
     // What "old" learned while it existed.
-    plant(&mut learned, &mut counts, &mut pending, old, 0)?;
+    state.plant(old, 0)?;
     // "old" goes: its id is freed and its learned state purged.
     replace_and_wait(&sb, &dir, &keep, 2)?;
     assert_eq!(scope_of_namespace(&pins, "old"), None);
-    assert_eq!(left(&learned, &counts, &pending, old), (0, None, 0));
+    assert_eq!(state.left(old), (0, None, 0));
     // A watch of one of its sockets fires late and adds entries again.
-    plant(&mut learned, &mut counts, &mut pending, old, 100)?;
+    state.plant(old, 100)?;
     // Two more switches end the id's quarantine; then a new namespace
     // gets it (the lowest free id) and none of that state.
     let extra = pod_doc(&uid(0, 2), "keep", "k2");
     replace_and_wait(&sb, &dir, &(keep.clone() + &extra), 3)?;
     replace_and_wait(&sb, &dir, &keep, 4)?;
-    assert_eq!(
-        left(&learned, &counts, &pending, old).0,
-        5,
-        "not purged before reuse"
-    );
+    assert_eq!(state.left(old).0, 5, "not purged before reuse");
     replace_and_wait(&sb, &dir, &(keep + &pod_doc(&uid(0, 3), "new", "n")), 5)?;
     let new = scope_of_namespace(&pins, "new").context("new has an id")?;
     assert_eq!(new, old, "the freed id is reused");
-    assert_eq!(left(&learned, &counts, &pending, new), (0, None, 0));
+    assert_eq!(state.left(new), (0, None, 0));
     Ok(())
 }
 

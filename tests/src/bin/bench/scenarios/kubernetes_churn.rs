@@ -93,13 +93,20 @@ fn churn_events(n: u64, pods: u32) -> Vec<Event> {
         12..=15 => vec![Event::Apply(&kinds::POD, annotated_pod(pick % pods, n))],
         16..=18 => vec![Event::Apply(
             &kinds::SERVICE,
-            service(pick % SERVICES, if n % 2 == 0 { "3307" } else { "3306" }),
+            service(
+                pick % SERVICES,
+                if n.is_multiple_of(2) { "3307" } else { "3306" },
+            ),
         )],
         _ => vec![Event::Apply(
             &kinds::SERVER,
             server(
                 pick % NAMESPACES,
-                if n % 2 == 0 { "HTTP/2" } else { "HTTP/1" },
+                if n.is_multiple_of(2) {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1"
+                },
             ),
         )],
     }
@@ -108,7 +115,7 @@ fn churn_events(n: u64, pods: u32) -> Vec<Event> {
 fn annotated_pod(i: u32, n: u64) -> Value {
     let mut v = pod(i);
     v["metadata"]["annotations"]["config.linkerd.io/opaque-ports"] =
-        json!(if n % 2 == 0 { "3307" } else { "3306" });
+        json!(if n.is_multiple_of(2) { "3307" } else { "3306" });
     v
 }
 
@@ -119,13 +126,20 @@ fn one_change(k: u64, pods: u32) -> Event {
         0 => Event::Apply(&kinds::POD, annotated_pod(pick % pods, k / 3)),
         1 => Event::Apply(
             &kinds::SERVICE,
-            service(pick % SERVICES, if k % 2 == 0 { "3307" } else { "3306" }),
+            service(
+                pick % SERVICES,
+                if k.is_multiple_of(2) { "3307" } else { "3306" },
+            ),
         ),
         _ => Event::Apply(
             &kinds::SERVER,
             server(
                 pick % NAMESPACES,
-                if k % 2 == 0 { "HTTP/2" } else { "HTTP/1" },
+                if k.is_multiple_of(2) {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1"
+                },
             ),
         ),
     }
@@ -320,14 +334,15 @@ fn churn_before(
     })
 }
 
-pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
-    let one_changes = env_or("BENCH_ONE_CHANGES", 200);
-    let rate = env_or("BENCH_CHURN_RATE", 200);
-    let secs = env_or("BENCH_CHURN_SECS", 60);
-    let before_changes = env_or("BENCH_BEFORE_CHANGES", 10);
-    let before_secs = env_or("BENCH_BEFORE_CHURN_SECS", 15);
+/// How long a restart's resync took, in seconds.
+struct Resync {
+    read_s: f64,
+    compile_s: f64,
+    total_s: f64,
+}
 
-    // A restart: list, convert, compile, write both slots from scratch.
+/// A restart: list, convert, compile, write both slots from scratch.
+fn resync(sb: &Sandbox, pods: u32) -> Result<(LivePolicy, PolicyMaps, Resync)> {
     reset_peak_rss()?;
     let t = Instant::now();
     let (set, count) = read_objects(cluster_objects(pods))?;
@@ -345,8 +360,33 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         "  resync of {count} objects: {resync_s:.2} s (read {read_s:.2} s, compile {compile_s:.2} s, write {:.2} s)",
         first.elapsed.as_secs_f64()
     ));
+    Ok((
+        live,
+        maps,
+        Resync {
+            read_s,
+            compile_s,
+            total_s: resync_s,
+        },
+    ))
+}
 
-    // One change at a time.
+/// One change at a time, each written before the next.
+struct OneAtATime {
+    /// Milliseconds per change.
+    times: Vec<f64>,
+    /// IPv4 entries written per change.
+    writes: Vec<usize>,
+    full_compiles: u64,
+    p99_ms: f64,
+}
+
+fn one_at_a_time(
+    maps: &mut PolicyMaps,
+    live: &mut LivePolicy,
+    pods: u32,
+    one_changes: u64,
+) -> Result<OneAtATime> {
     let mut times = Vec::new();
     let mut writes = Vec::new();
     let fulls = live.full_compiles();
@@ -354,7 +394,7 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         let event = one_change(k, pods);
         let t = Instant::now();
         let out = live.apply([convert(event)?])?;
-        write_maps(&mut maps, &live, &out)?;
+        write_maps(maps, live, &out)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         writes.push(out.delta.v4_removed.len() + out.delta.v4_upserted.len());
     }
@@ -364,6 +404,52 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         "  one change ({one_changes}): p50 {:.2} ms, p99 {one_change_ms:.2} ms, {one_full} full compiles",
         percentile(times.clone(), 0.5)
     ));
+    Ok(OneAtATime {
+        times,
+        writes,
+        full_compiles: one_full,
+        p99_ms: one_change_ms,
+    })
+}
+
+/// Today's path for one change at a time: compile everything, write it.
+/// Milliseconds per change.
+fn before_one_at_a_time(
+    maps: &mut PolicyMaps,
+    live: &LivePolicy,
+    pods: u32,
+    before_changes: u64,
+) -> Result<Vec<f64>> {
+    let mut before_times = Vec::new();
+    let mut docs = live.documents().clone();
+    for k in 0..before_changes {
+        let event = one_change(k + 1000, pods);
+        let t = Instant::now();
+        if let Change::Apply(doc) = convert(event)? {
+            docs.insert_shared(doc);
+        }
+        let policy = compile_documents(&docs, &Options::default())?;
+        maps.apply(Arc::new(compile(&policy)?))?;
+        before_times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(docs);
+    Ok(before_times)
+}
+
+pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
+    let one_changes = env_or("BENCH_ONE_CHANGES", 200);
+    let rate = env_or("BENCH_CHURN_RATE", 200);
+    let secs = env_or("BENCH_CHURN_SECS", 60);
+    let before_changes = env_or("BENCH_BEFORE_CHANGES", 10);
+    let before_secs = env_or("BENCH_BEFORE_CHURN_SECS", 15);
+
+    // A restart: list, convert, compile, write both slots from scratch.
+    let (mut live, mut maps, resync) = resync(sb, pods)?;
+
+    // One change at a time.
+    let one = one_at_a_time(&mut maps, &mut live, pods, one_changes)?;
+    let (times, writes, one_full, one_change_ms) =
+        (one.times, one.writes, one.full_compiles, one.p99_ms);
 
     let churn = churn_live(&mut maps, &mut live, pods, rate, secs)?;
     crate::step(&format!(
@@ -381,19 +467,7 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
     let relist_s = t.elapsed().as_secs_f64();
 
     // Today's path, for the same kind of changes.
-    let mut before_times = Vec::new();
-    let mut docs = live.documents().clone();
-    for k in 0..before_changes {
-        let event = one_change(k + 1000, pods);
-        let t = Instant::now();
-        if let Change::Apply(doc) = convert(event)? {
-            docs.insert_shared(doc);
-        }
-        let policy = compile_documents(&docs, &Options::default())?;
-        maps.apply(Arc::new(compile(&policy)?))?;
-        before_times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    drop(docs);
+    let before_times = before_one_at_a_time(&mut maps, &live, pods, before_changes)?;
     let before = churn_before(&mut maps, &live, pods, rate, before_secs)?;
     crate::step(&format!(
         "  before: one change p50 {:.0} ms; churn cpu {:.3}, visible p99 {:.0} ms",
@@ -417,9 +491,9 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         "churn_updates": churn.updates,
         "churn_full_compiles": churn.full_compiles,
         "peak_rss_mib": peak_rss_kib as f64 / 1024.0,
-        "resync_s": resync_s,
-        "resync_read_s": read_s,
-        "resync_compile_s": compile_s,
+        "resync_s": resync.total_s,
+        "resync_read_s": resync.read_s,
+        "resync_compile_s": resync.compile_s,
         "relist_unchanged_s": relist_s,
         "before_one_change_ms_p50": percentile(before_times.clone(), 0.5),
         "before_one_change_ms_max": percentile(before_times, 1.0),

@@ -138,11 +138,11 @@ pub(super) fn service(i: u32, opaque: &str) -> Value {
     let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i + 1);
     let mut meta = json!({"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % NAMESPACES),
         "uid": format!("svc-{i}"), "creationTimestamp": "2026-11-01T10:00:00Z", "labels": {"app": format!("svc-{i}")}});
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         meta["annotations"] = json!({"config.linkerd.io/opaque-ports": opaque});
     }
     let mut port = json!({"name": "http", "port": 8080, "protocol": "TCP", "targetPort": 8080});
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         port["appProtocol"] = json!("linkerd.io/opaque");
     }
     json!({"metadata": meta, "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
