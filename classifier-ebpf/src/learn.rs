@@ -30,7 +30,13 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    // TCP states (include/net/tcp_states.h) in which the peer's FIN was
+    // received.
+    bindings::{
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE_WAIT as TCP_CLOSE_WAIT,
+        BPF_TCP_CLOSING as TCP_CLOSING, BPF_TCP_LAST_ACK as TCP_LAST_ACK,
+        BPF_TCP_TIME_WAIT as TCP_TIME_WAIT,
+    },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     programs::SockOpsContext,
     EbpfContext,
@@ -49,11 +55,6 @@ use crate::{
 
 const TCP_FIN: u32 = 0x01;
 const TCP_RST: u32 = 0x04;
-// TCP states (include/net/tcp_states.h) in which the peer's FIN was received.
-use aya_ebpf::bindings::{
-    BPF_TCP_CLOSE_WAIT as TCP_CLOSE_WAIT, BPF_TCP_CLOSING as TCP_CLOSING,
-    BPF_TCP_LAST_ACK as TCP_LAST_ACK, BPF_TCP_TIME_WAIT as TCP_TIME_WAIT,
-};
 
 /// What learning says at connect about a destination without a rule or
 /// default-port verdict.

@@ -1397,35 +1397,8 @@ impl LivePolicy {
     /// The kernel maps' contents for the policy in force, entries sorted
     /// as [`crate::compile`] sorts them.
     pub fn compiled(&self) -> CompiledPolicy {
-        let mut any_port = false;
-        let v4 = self
-            .v4
-            .iter()
-            .map(|(&(scope, port, addr, prefix), &verdict)| {
-                any_port |= port == PORT_ANY;
-                TrieEntry {
-                    scope,
-                    port,
-                    addr,
-                    prefix,
-                    verdict,
-                }
-            })
-            .collect();
-        let v6 = self
-            .v6
-            .iter()
-            .map(|(&(scope, port, addr, prefix), &verdict)| {
-                any_port |= port == PORT_ANY;
-                TrieEntry {
-                    scope,
-                    port,
-                    addr,
-                    prefix,
-                    verdict,
-                }
-            })
-            .collect();
+        let (v4, v6) = (trie_entries(&self.v4), trie_entries(&self.v6));
+        let any_port = self.any_port_entries > 0;
         let b = &self.base.compiled;
         CompiledPolicy {
             v4,
@@ -1446,6 +1419,20 @@ impl LivePolicy {
     pub fn settings(&self) -> &Policy {
         &self.base.policy
     }
+}
+
+/// A live trie's entries, in key order (the order [`crate::compile`] sorts
+/// them in).
+fn trie_entries<const N: usize>(map: &BTreeMap<Key<N>, RuleVerdict>) -> Vec<TrieEntry<N>> {
+    map.iter()
+        .map(|(&(scope, port, addr, prefix), &verdict)| TrieEntry {
+            scope,
+            port,
+            addr,
+            prefix,
+            verdict,
+        })
+        .collect()
 }
 
 /// `ids`, with a provisional id (from the top of the id space down, below

@@ -260,8 +260,13 @@ impl Applier {
     fn scope_new_namespaces(&mut self, new_namespaces: &[Box<str>]) -> Result<()> {
         let live = self.live.as_ref().expect("a live policy is in force");
         let per_namespace = Learner::per_namespace(&live.settings().learning);
-        let with_pods: HashSet<&str> = live.pod_namespaces().values().map(String::as_str).collect();
-        self.id_waiting.retain(|ns| with_pods.contains(ns.as_str()));
+        // Only while some wait (the id table was full): the set walks every
+        // pod, which a change must not pay for otherwise.
+        if !self.id_waiting.is_empty() {
+            let with_pods: HashSet<&str> =
+                live.pod_namespaces().values().map(String::as_str).collect();
+            self.id_waiting.retain(|ns| with_pods.contains(ns.as_str()));
+        }
         let mut added = false;
         for ns in new_namespaces {
             self.covered.insert(ns.to_string());
