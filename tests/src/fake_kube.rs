@@ -147,6 +147,15 @@ impl FakeApi {
         format!("http://{}", self.addr)
     }
 
+    /// A kubeconfig whose one context points at this server, for an
+    /// agent's `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            self.url()
+        )
+    }
+
     pub fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) {
         let me = self.clone();
         let task = tokio::spawn(async move {

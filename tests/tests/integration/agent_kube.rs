@@ -28,13 +28,7 @@ async fn live_kubernetes_documents_classify_and_follow_annotation_changes() -> R
     for ip in ["10.96.12.34/32", "10.96.80.80/32"] {
         sb.ip(&["addr", "add", ip, "dev", "lo"])?;
     }
-    let kubeconfig = sb.write_file(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            fake.url()
-        ),
-    );
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
         sb.start_agent_with_env(
             &["--kubernetes"],
@@ -130,13 +124,7 @@ async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result
     for ip in ["10.96.12.34/32", "10.96.80.80/32"] {
         sb.ip(&["addr", "add", ip, "dev", "lo"])?;
     }
-    let kubeconfig = sb.write_file(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            fake.url()
-        ),
-    );
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let env = [("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned())];
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -359,13 +359,7 @@ async fn with_kubernetes_a_pod_gets_its_namespace_verdict_once_the_watch_brings_
     let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
     let fake = FakeApi::start(&paths).await;
     let mut sb = Sandbox::new("new-pods-kube")?;
-    let kubeconfig = sb.write_file(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            fake.url()
-        ),
-    );
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let qos = qos_class(&sb);
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
         sb.start_agent_with_env(

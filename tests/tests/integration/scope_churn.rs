@@ -184,13 +184,7 @@ async fn a_namespace_finding_the_scope_id_table_full_waits_and_every_change_stil
     let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
     let fake = FakeApi::start(&paths).await;
     let sb = Sandbox::new("scope-ids-full")?;
-    let kubeconfig = sb.write_file(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            fake.url()
-        ),
-    );
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     fake.push(PODS, vec![pod_event("ADDED", 0, "small")]);
     let sb = tokio::task::spawn_blocking(move || start_with_kubeconfig(sb, &kubeconfig)).await??;
     let pins = PinDir::new(sb.pins.clone());
@@ -375,13 +369,7 @@ async fn a_new_namespaces_first_pod_never_gets_the_node_scope() -> Result<()> {
     let mut sb = Sandbox::new("first-pod")?;
     let qos = sb.cgroup.join("kubepods.slice/kubepods-burstable.slice");
     fs::create_dir_all(&qos)?;
-    let kubeconfig = sb.write_file(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
-            fake.url()
-        ),
-    );
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let uid = "f1257000-0000-4000-8000-000000000001";
     let pod = qos.join(format!(
         "kubepods-burstable-pod{}.slice",
