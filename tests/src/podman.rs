@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::run;
 
@@ -94,6 +94,12 @@ impl Podman {
 
     /// `podman load` of an OCI archive into this store.
     pub fn load(&self, archive: &Path) -> Result<()> {
+        ensure!(
+            archive.exists(),
+            "{} does not exist: build the images first (`sudo -E cargo xtask image`, \
+             or `cargo xtask test` without --no-images)",
+            archive.display()
+        );
         run(self
             .cmd()
             .arg("load")

@@ -411,8 +411,17 @@ fn load(args: &[String]) {
     for c in clients {
         c.join().unwrap();
     }
-    // Let the acceptors record the last connections.
-    std::thread::sleep(Duration::from_millis(200));
+    // An acceptor records a connection before it closes it, and a client
+    // counts one after that close (or its own failure), so every connection
+    // is recorded by now but those whose client gave up waiting (5 s).
+    let connected =
+        counts.connects.load(Ordering::Relaxed) - counts.failures.load(Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while verdicts.lock().unwrap().values().sum::<u64>() < connected
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let summary = json!({
         "connects": counts.connects.load(Ordering::Relaxed),
         "failures": counts.failures.load(Ordering::Relaxed),

@@ -183,14 +183,43 @@ pub async fn mariadb_query(cri: &Cri, container: &str, ip: &str) -> Result<Strin
     Ok(out.trim().to_owned())
 }
 
+/// Where the connect loop appends one line per connection as it goes, so
+/// that a test can wait for it to have connected (`connect_loop_count`).
+pub const CONNECT_LOOP_LOG: &str = "/tmp/connect-loop.log";
+
 /// A connect loop in the app container until `/tmp/stop-loop` exists:
-/// prints one line per connection, `ok MS` or `fail`.
+/// prints one line per connection, `ok MS` or `fail`, and appends it to
+/// [`CONNECT_LOOP_LOG`].
 pub fn connect_loop_script(ip: &str) -> String {
     format!(
-        "rm -f /tmp/stop-loop; while [ ! -e /tmp/stop-loop ]; do \
+        "rm -f /tmp/stop-loop {CONNECT_LOOP_LOG}; while [ ! -e /tmp/stop-loop ]; do \
          t0=$(date +%s%N); \
          if timeout 10 bash -c 'exec 3<>/dev/tcp/{ip}/{MARIADB_PORT} && head -c 4 <&3 >/dev/null'; then \
-         t1=$(date +%s%N); echo ok $(( (t1 - t0) / 1000000 )); else echo fail; fi; \
+         t1=$(date +%s%N); r=\"ok $(( (t1 - t0) / 1000000 ))\"; else r=fail; fi; \
+         echo \"$r\"; echo \"$r\" >> {CONNECT_LOOP_LOG}; \
          sleep 0.05; done"
     )
+}
+
+/// How many connections the connect loop in `container` has made so far
+/// (0 before its first).
+pub async fn connect_loop_count(cri: &Cri, container: &str) -> Result<usize> {
+    let (code, out, err) = cri
+        .exec(
+            container,
+            &[
+                "sh",
+                "-c",
+                &format!("cat {CONNECT_LOOP_LOG} 2>/dev/null | wc -l"),
+            ],
+            Duration::from_secs(10),
+        )
+        .await?;
+    ensure!(
+        code == 0,
+        "counting the connect loop's lines: exit {code}: {err}"
+    );
+    out.trim()
+        .parse()
+        .with_context(|| format!("counting the connect loop's lines: {out:?}"))
 }

@@ -112,6 +112,7 @@ fn kill_ours(run: &Path, problems: &mut Vec<String>) {
         return;
     };
     let me = std::process::id();
+    let mut killed = Vec::new();
     for p in procs.flatten() {
         let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -124,13 +125,35 @@ fn kill_ours(run: &Path, problems: &mut Vec<String>) {
         if cmdline.contains(&needle)
             && (cmdline.starts_with("containerd") || cmdline.contains("containerd-shim"))
         {
-            if let Err(e) = crate::sys::kill(pid, libc::SIGKILL) {
-                problems.push(format!("killing {pid} ({cmdline}): {e}"));
+            match crate::sys::kill(pid, libc::SIGKILL) {
+                Ok(()) => killed.push(pid),
+                Err(e) => problems.push(format!("killing {pid} ({cmdline}): {e}")),
             }
         }
     }
-    // Give the kernel a moment to reap them before unmounting.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // A killed process lets go of its mounts when it exits, before it is
+    // reaped: wait for that before unmounting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while killed.iter().any(|pid| alive(*pid)) {
+        if std::time::Instant::now() > deadline {
+            problems.push(format!(
+                "processes {killed:?} still alive 10 s after SIGKILL"
+            ));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The process exists and has not exited yet (a zombie has).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
 }
 
 /// Unmounts every mount point at or below `dir`, deepest first (container
@@ -170,8 +193,21 @@ fn kill_pods(cgroup2: &Path, problems: &mut Vec<String>) {
     if kill.exists() {
         if let Err(e) = fs::write(&kill, "1") {
             problems.push(format!("writing {}: {e}", kill.display()));
+            return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The cgroups can be removed once no process is left in them.
+        let events = cgroup2.join(PREFIX).join("cgroup.events");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_to_string(&events).is_ok_and(|e| e.contains("populated 1")) {
+            if std::time::Instant::now() > deadline {
+                problems.push(format!(
+                    "{} still populated 10 s after cgroup.kill",
+                    events.display()
+                ));
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

@@ -536,9 +536,19 @@ async fn rollout(
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Connects through the old agent's programs, through the switch, and
+    // through the new agent's: the loop runs until it has made some under
+    // each, however slow the machine.
+    wait_for_connects(&kubelet.cri, client, 3, "before the rollout").await?;
     let (new_agent, prober) = replace_agent(opts, kubelet, ds, agent, prober, grace).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = apps::connect_loop_count(&kubelet.cri, client).await?;
+    wait_for_connects(
+        &kubelet.cri,
+        client,
+        seen + 5,
+        "after the new agent was ready",
+    )
+    .await?;
     kubelet
         .cri
         .exec(
@@ -566,6 +576,22 @@ async fn rollout(
         new_agent,
         prober,
     ))
+}
+
+/// Waits until the connect loop in `client` has made `n` connections.
+async fn wait_for_connects(cri: &Cri, client: &str, n: usize, when: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = apps::connect_loop_count(cri, client).await?;
+        if made >= n {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the connect loop made {made} connections {when} in 60 s, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Deletes the agent's pod and runs the DaemonSet's pod with the rolled-out
