@@ -415,8 +415,13 @@ pub struct PolicyConfig {
     pub v4_entries: u32,
     pub v6_entries: u32,
     pub default_port_count: u32,
+    /// The number of UIDs in the slot's `CLS_EXCLUDED_UIDS` entries: 0
+    /// lets connects skip the lookup.
     pub excluded_uid_count: u32,
-    pub _pad: u32,
+    /// The one excluded UID when `CONFIG_FLAG_ONE_EXCLUDED_UID` is set
+    /// (compared in place of the hash lookup; the hash holds it too, for
+    /// programs that predate the flag). Padding, always 0, in earlier agents.
+    pub excluded_uid: u32,
 }
 
 /// Set `SO_MARK` on classified sockets.
@@ -428,6 +433,10 @@ pub const CONFIG_FLAG_ANY_PORT: u32 = 1 << 2;
 /// The policy has rules in [`SCOPE_GLOBAL_EGRESS`]: look them up last for
 /// clients without a scope.
 pub const CONFIG_FLAG_GLOBAL_EGRESS: u32 = 1 << 3;
+/// The policy excludes exactly one UID, `PolicyConfig::excluded_uid` (the
+/// default policy: Linkerd's proxy). Programs that predate the flag ignore
+/// it and look the UID up in `CLS_EXCLUDED_UIDS`, which still holds it.
+pub const CONFIG_FLAG_ONE_EXCLUDED_UID: u32 = 1 << 4;
 
 /// What the agent last did, for `classifier stats` (which reads pins, not
 /// the agent). Written by the agent every watch tick.
@@ -557,8 +566,20 @@ pub struct LearnConfig {
     pub min_observations: u32,
     /// Entries one scope may hold (fair share of `LEARNED_CAPACITY`).
     pub scope_quota: u32,
-    pub _pad: u32,
+    /// `LEARN_HINT_*`: what the agent saw of the learned table. Written by
+    /// the agent with the rest; the kernel only ever clears a bit, with a
+    /// 32-bit store of this field alone. Agents before the hints wrote 0
+    /// here (the field was padding): no hint, every lookup made.
+    pub hints: u32,
 }
+
+/// The learned table held no entry when the agent last looked, and the
+/// kernel has added none since: connects without a verdict skip the lookup
+/// of `CLS_LEARNED` (they are still watched). The kernel clears it right
+/// after it adds an entry; the agent sets it only after seeing the table
+/// empty, and looks again right after setting it (see the agent's
+/// `LearnedTable::write_hinted`).
+pub const LEARN_HINT_NOTHING_LEARNED: u32 = 1 << 0;
 
 /// Learning is on: unclassified sockets are watched, the table consulted.
 pub const LEARN_FLAG_ENABLED: u32 = 1 << 0;
@@ -844,6 +865,9 @@ mod tests {
         assert_eq!(offset_of!(ConnKey, port), 24);
         assert_eq!(size_of::<RuleVerdict>(), 8);
         assert_eq!(size_of::<PolicyConfig>(), 40);
+        // Was padding (zero) in layout 7's first agents, with the flag
+        // clear: their configs still read as "look the UID up".
+        assert_eq!(offset_of!(PolicyConfig, excluded_uid), 36);
         assert_eq!(size_of::<PinMeta>(), 16);
         assert_eq!(offset_of!(PinMeta, program_build), 8);
         assert_eq!(size_of::<PinMetaV1>(), 8);
@@ -922,6 +946,7 @@ mod tests {
         assert_eq!(size_of::<LearnWatch>(), 24);
         assert_eq!(size_of::<LearnConfig>(), 16);
         assert_eq!(offset_of!(LearnConfig, scope_quota), 8);
+        assert_eq!(offset_of!(LearnConfig, hints), 12);
         assert_eq!(Source::try_from(3), Ok(Source::Learned));
         assert_eq!(Source::Learned.as_str(), "learned");
     }

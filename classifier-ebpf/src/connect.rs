@@ -10,13 +10,16 @@
 //!
 //! Cost per connect, whatever the policy size: one array read (in-flight
 //! slot), one (active slot), one for the slot's config, one hash lookup
-//! (excluded UIDs), one to four LPM trie lookups (exact and wildcard port,
-//! in two universes: the client's scope and the node-wide rules, or the
-//! node-wide rules and the global EgressNetworks; only those the policy
-//! needs), up to `MAX_CGROUP_LEVEL` scope lookups, at most once per connect
-//! (`scope`) and only for scoped policies or learning (a connect from a pod
-//! the agent has not registered yet stops there, without a verdict), one
-//! bitmap word, the port counter; in mark mode one SO_MARK read.
+//! (excluded UIDs, only when the policy excludes two or more; one is
+//! compared in place), one to four LPM
+//! trie lookups (exact and wildcard port, in two universes: the client's
+//! scope and the node-wide rules, or the node-wide rules and the global
+//! EgressNetworks; only those the policy needs), up to `MAX_CGROUP_LEVEL`
+//! scope lookups, at most once per connect (`scope`) and only for scoped
+//! policies or learning (a connect from a pod the agent has not registered
+//! yet stops there, without a verdict), one bitmap word, the port counter,
+//! and for a connect without a verdict learning's lookup (only while
+//! something is learned); in mark mode one SO_MARK read.
 
 use core::ptr::read_volatile;
 
@@ -31,9 +34,9 @@ use aya_ebpf::{
 use classifier_common::{
     counters as c, excluded_uid_key, inflight_slot, rule_key_v4, rule_key_v6, ConnVerdict,
     PolicyConfig, Protocol, RuleVerdict, Source, CONFIG_FLAG_ANY_PORT, CONFIG_FLAG_GLOBAL_EGRESS,
-    CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS, INFLIGHT_LEARN_WATCH,
-    INFLIGHT_VERDICT, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED, RULE_KEY_FIXED_BITS,
-    RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
+    CONFIG_FLAG_MARK, CONFIG_FLAG_ONE_EXCLUDED_UID, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
+    INFLIGHT_LEARN_WATCH, INFLIGHT_VERDICT, PORT_ANY, REPLY_FLAG_DST_IPV4, REPLY_FLAG_MARKED,
+    RULE_KEY_FIXED_BITS, RULE_MATCH, SCOPE_GLOBAL_EGRESS, SCOPE_NODE,
 };
 
 use crate::{
@@ -152,13 +155,24 @@ fn classify(ctx: &SockAddrContext, dst: [u8; 16], is_v4: bool, port: u16) {
         return;
     }
 
-    let uid = bpf_get_current_uid_gid() as u32;
-    if CLS_EXCLUDED_UIDS
-        .get_ptr(excluded_uid_key(slot, uid))
-        .is_some()
-    {
-        count(c::EXCLUDED);
-        return;
+    // A policy that excludes no UID skips the hash lookup, and one that
+    // excludes a single UID (the default: the proxy's) compares it in
+    // place. The count, the flag and the UID are the slot's own, written
+    // before the switch to it (UIDs never change in place), so they
+    // describe the slot read above.
+    if config.excluded_uid_count != 0 {
+        let uid = bpf_get_current_uid_gid() as u32;
+        let excluded = if config.flags & CONFIG_FLAG_ONE_EXCLUDED_UID != 0 {
+            uid == config.excluded_uid
+        } else {
+            CLS_EXCLUDED_UIDS
+                .get_ptr(excluded_uid_key(slot, uid))
+                .is_some()
+        };
+        if excluded {
+            count(c::EXCLUDED);
+            return;
+        }
     }
     count_port(port);
     let marking = config.flags & CONFIG_FLAG_MARK != 0;

@@ -22,12 +22,13 @@
 //!   client-first (removes a learned one).
 //!
 //! So a classified connection pays nothing, an unclassified one a lookup
-//! and an in-flight record at connect, and, once established, a hash insert
+//! (none while nothing is learned on the node: the agent's
+//! `LEARN_HINT_NOTHING_LEARNED`) and an in-flight record at connect, and, once established, a hash insert
 //! and a callback or two until its first data segment, nothing after it.
 //! A refused connect pays no insert: a flood of connects to closed ports
 //! cannot push other connections' watches out of the LRU.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     // TCP states (include/net/tcp_states.h) in which the peer's FIN was
@@ -42,8 +43,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use classifier_common::{
-    counters as c, ConnVerdict, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
-    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, PORT_ANY, SCOPE_NODE,
+    counters as c, ConnVerdict, LearnConfig, LearnWatch, LearnedEntry, LearnedKey,
+    LEARN_FLAG_ENABLED, LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, LEARN_HINT_NOTHING_LEARNED,
+    PORT_ANY, SCOPE_NODE,
 };
 
 use crate::{
@@ -102,6 +104,13 @@ pub fn at_connect(dst: &[u8; 16], port: u16, client: &mut ClientScope) -> AtConn
             return out;
         }
     }
+    out.watch = true;
+    // Nothing learned on the node (the agent saw the table empty, and the
+    // kernel has added nothing since: `server_first` clears the hint):
+    // nothing to look up.
+    if config.hints & LEARN_HINT_NOTHING_LEARNED != 0 {
+        return out;
+    }
     let key = LearnedKey {
         scope: u32::from(out.scope),
         port,
@@ -113,7 +122,6 @@ pub fn at_connect(dst: &[u8; 16], port: u16, client: &mut ClientScope) -> AtConn
         Some(entry) => (unsafe { (*entry).observations }) >= config.min_observations,
         None => false,
     };
-    out.watch = true;
     out
 }
 
@@ -214,6 +222,7 @@ pub fn on_header_option(ctx: &SockOpsContext) {
 fn server_first(key: &LearnedKey) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    let config = CLS_LEARN_CONFIG.get_ptr_mut(0);
     if let Some(entry) = CLS_LEARNED.get_ptr_mut(key) {
         // SAFETY: live map value. Two CPUs may race on one entry; a lost
         // increment or a last-seen off by microseconds is harmless.
@@ -221,15 +230,16 @@ fn server_first(key: &LearnedKey) {
             (*entry).observations = (*entry).observations.saturating_add(1);
             (*entry).last_seen_ns = now;
         }
+        // (Cleared already, unless the agent set it a moment ago: then it
+        // looks again and clears it itself; clearing here costs a read.)
+        clear_nothing_learned(config);
         count(c::LEARN_SERVER_FIRST);
         return;
     }
     // A new entry: only while its scope is under its quota, so one scope
     // cannot fill the table and push the others' entries out.
-    let quota = match CLS_LEARN_CONFIG.get(0) {
-        Some(config) => config.scope_quota,
-        None => 0,
-    };
+    // SAFETY: a live array value.
+    let quota = config.map_or(0, |config| unsafe { (*config).scope_quota });
     let held = match CLS_LEARN_SCOPES.get_ptr_mut(&key.scope) {
         Some(n) => n,
         None => {
@@ -266,9 +276,32 @@ fn server_first(key: &LearnedKey) {
         count(c::ERR_LEARN);
         return;
     }
+    // After the insert, so that an agent that sets the hint again after
+    // this finds the entry when it looks the table over once more.
+    clear_nothing_learned(config);
     // SAFETY: as above.
     unsafe { *held += 1 };
     count(c::LEARN_SERVER_FIRST);
+}
+
+/// Clears the agent's "nothing learned" hint: the table holds an entry now,
+/// and the next connect must look it up. A plain 32-bit store of `hints`
+/// alone: it leaves the other settings as they are, and if it races with
+/// the agent's write of the settings, the agent, which looks the table over
+/// again after each write that sets the hint, clears it itself.
+#[inline(always)]
+fn clear_nothing_learned(config: Option<*mut LearnConfig>) {
+    let Some(config) = config else {
+        return;
+    };
+    // SAFETY: a live array value.
+    unsafe {
+        let hints = &raw mut (*config).hints;
+        let seen = read_volatile(hints);
+        if seen & LEARN_HINT_NOTHING_LEARNED != 0 {
+            write_volatile(hints, seen & !LEARN_HINT_NOTHING_LEARNED);
+        }
+    }
 }
 
 #[inline(always)]

@@ -1,6 +1,7 @@
 //! The agent's side of learning: write `spec.learning` into the
-//! kernel's settings after every policy, and expire entries older than its
-//! ttl at every tick.
+//! kernel's settings after every policy, expire entries older than its
+//! ttl at every tick, and tell the kernel when nothing is learned (it then
+//! skips the table at connect).
 
 use std::time::Duration;
 
@@ -34,19 +35,19 @@ impl Learner {
     /// under `scope: namespace` (a pod without one would learn into, and
     /// read, the node scope).
     pub fn namespaces(policy: &Policy) -> impl Iterator<Item = &str> {
-        Self::namespaces_of(&policy.learning, &policy.pod_namespaces)
+        Self::namespaces_of(
+            &policy.learning,
+            policy.pod_namespaces.values().map(String::as_str),
+        )
     }
 
-    /// [`Learner::namespaces`] for these settings and pods.
+    /// [`Learner::namespaces`] for these settings and the pods' namespaces.
     pub fn namespaces_of<'a>(
         learning: &Learning,
-        pod_namespaces: &'a std::collections::BTreeMap<String, String>,
+        pod_namespaces: impl Iterator<Item = &'a str> + 'a,
     ) -> impl Iterator<Item = &'a str> {
         let wanted = Self::per_namespace(learning);
-        pod_namespaces
-            .values()
-            .map(String::as_str)
-            .filter(move |_| wanted)
+        pod_namespaces.filter(move |_| wanted)
     }
 
     /// Whether every pod's namespace needs a scope id for learning.
@@ -83,16 +84,21 @@ impl Learner {
         Ok(())
     }
 
-    /// Expires entries not seen for the ttl; recounts each scope's entries.
+    /// Expires entries not seen for the ttl; recounts each scope's entries;
+    /// sets the "nothing learned" hint again once the table is empty.
     pub fn tick(&mut self) {
-        let Some(settings) = &self.settings else {
-            return;
-        };
-        let ttl: Duration = settings.ttl;
-        match self.table.expire(ttl) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "learned destinations expired"),
-            Err(err) => tracing::warn!("expiring learned destinations failed: {err:#}"),
+        if let Some(settings) = &self.settings {
+            let ttl: Duration = settings.ttl;
+            match self.table.expire(ttl) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "learned destinations expired"),
+                Err(err) => tracing::warn!("expiring learned destinations failed: {err:#}"),
+            }
+        }
+        // Also under an adopted policy's settings: the kernel may have
+        // emptied the table (contradictions), or a tool written to it.
+        if let Err(err) = self.table.refresh_hint() {
+            tracing::warn!("updating the learned table's hint failed: {err:#}");
         }
     }
 }

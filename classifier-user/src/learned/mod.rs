@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use classifier_common::{
     maps, LearnConfig, LearnWatch, LearnedEntry, LearnedKey, LEARN_FLAG_ENABLED,
-    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS,
+    LEARN_FLAG_NODE_SCOPE, LEARN_FLAG_OUTSIDE_PODS, LEARN_HINT_NOTHING_LEARNED,
 };
 use serde::Serialize;
 
@@ -167,18 +167,60 @@ impl LearnedTable {
         if outside_pods {
             flags |= LEARN_FLAG_OUTSIDE_PODS;
         }
+        let config = LearnConfig {
+            flags,
+            min_observations: learning.min_observations,
+            scope_quota: self.scope_quota()?,
+            hints: 0,
+        };
+        let empty = self.is_empty();
+        self.write_hinted(config, empty).map(drop)
+    }
+
+    /// Sets or clears the "nothing learned" hint to match what the table
+    /// holds now (the agent's expiry or a purge may have emptied it; the
+    /// kernel clears the hint itself when it learns). Returns whether the
+    /// hint is set.
+    pub fn refresh_hint(&mut self) -> Result<bool> {
+        let config = self.config()?;
+        let hinted = config.hints & LEARN_HINT_NOTHING_LEARNED != 0;
+        let empty = self.is_empty();
+        if hinted == empty {
+            return Ok(hinted);
+        }
+        self.write_hinted(config, empty)
+    }
+
+    /// Writes `config` with `LEARN_HINT_NOTHING_LEARNED` set if the table
+    /// is `empty` (as the caller just saw it). Connects skip the table while the hint is set, so it must
+    /// never hide an entry for long: the kernel clears it right after each
+    /// insert, and an insert between the look here and the write (which
+    /// would set it again over the kernel's clear) is caught by a second
+    /// look right after the write. The window in which a connect can miss a
+    /// learned entry is that of two map syscalls, and only for the first
+    /// entry the node learns. Returns whether the hint is set.
+    fn write_hinted(&mut self, mut config: LearnConfig, empty: bool) -> Result<bool> {
+        config.hints &= !LEARN_HINT_NOTHING_LEARNED;
+        if empty {
+            config.hints |= LEARN_HINT_NOTHING_LEARNED;
+        }
         self.config
-            .set(
-                0,
-                LearnConfig {
-                    flags,
-                    min_observations: learning.min_observations,
-                    scope_quota: self.scope_quota()?,
-                    _pad: 0,
-                },
-                0,
-            )
-            .context("writing the learning settings")
+            .set(0, config, 0)
+            .context("writing the learning settings")?;
+        if empty && !self.is_empty() {
+            config.hints &= !LEARN_HINT_NOTHING_LEARNED;
+            self.config
+                .set(0, config, 0)
+                .context("writing the learning settings")?;
+            return Ok(false);
+        }
+        Ok(empty)
+    }
+
+    /// Whether the learned table holds no entry. An error reading it counts
+    /// as "not empty": no hint, every lookup made.
+    fn is_empty(&self) -> bool {
+        self.table.keys().next().is_none()
     }
 
     /// This node's quota (see [`scope_quota`]).

@@ -50,6 +50,9 @@ pub struct LearningInfo {
     pub learned_total: u64,
     /// Learned entries removed by a client-first observation.
     pub contradicted_total: u64,
+    /// Connects skip the learned table: the agent saw it empty and the
+    /// kernel has learned nothing since (`LEARN_HINT_NOTHING_LEARNED`).
+    pub nothing_learned: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -184,6 +187,7 @@ pub fn read_snapshot(pins: &PinDir) -> Result<Snapshot> {
             scope_quota: config.scope_quota,
             learned_total: get(counters::LEARN_SERVER_FIRST),
             contradicted_total: get(counters::LEARN_CONTRADICTED),
+            nothing_learned: config.hints & classifier_common::LEARN_HINT_NOTHING_LEARNED != 0,
         }),
         learned_destinations: learning.map(|(_, e)| e).unwrap_or_default(),
         rejected: crate::datapath::status::RejectedReport::read(pins),

@@ -128,6 +128,51 @@ fn connects_from_excluded_uids_are_not_classified() -> Result<()> {
     Ok(())
 }
 
+/// Connects check the excluded UIDs three ways, by the policy: no UID (no
+/// lookup at all), one (compared in place), several (the hash). Each policy
+/// change is followed at once, in every direction.
+#[test]
+fn excluded_uids_follow_the_policy_from_none_to_one_to_several_and_back() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("excluded-change")?;
+    let policy = |uids: &str| {
+        format!("apiVersion: classifier.dev/v1alpha1\nkind: ClassifierPolicy\nspec:\n  excludeUids: {uids}\n")
+    };
+    let path = sb.write_file("policy.yaml", &policy("[]"));
+    sb.start_agent(&["--policy", path.to_str().unwrap()])?;
+    let mut generation = sb.generation();
+    let steps: [(&str, &[u32]); 4] = [
+        ("[]", &[]),
+        ("[1000]", &[1000]),
+        ("[1000, 2102]", &[1000, 2102]),
+        ("[]", &[]),
+    ];
+    let mut excluded_total = 0;
+    for (i, (uids, excluded)) in steps.into_iter().enumerate() {
+        if i > 0 {
+            sb.write_file("policy.yaml", &policy(uids));
+            generation += 1;
+            sb.wait_for_generation(generation)?;
+        }
+        for uid in [1000, 2102, 3000] {
+            let v = sb.verdict_via("127.0.0.1:3306", "127.0.0.1:3306", Some(uid))?;
+            let want = if excluded.contains(&uid) {
+                excluded_total += 1;
+                "unknown"
+            } else {
+                "opaque"
+            };
+            assert_eq!(protocol(&v), want, "excludeUids {uids}, uid {uid}: {v}");
+        }
+        let stats = sb.stats()?;
+        assert_eq!(stats["excluded_total"], excluded_total, "{stats}");
+        assert_eq!(stats["policy"]["excluded_uids"], excluded.len(), "{stats}");
+    }
+    Ok(())
+}
+
 #[test]
 fn policy_file_changes_apply_and_bad_files_keep_the_old_policy() -> Result<()> {
     if !privileged!() {
@@ -452,5 +497,70 @@ fn only_connected_tcp_sockets_get_answers() -> Result<()> {
 
     let stats = sb.stats()?;
     assert_eq!(stats["counters"]["query_not_connected"], 1, "{stats}");
+    Ok(())
+}
+
+/// A policy of `extra + 1` rules: 4222 on loopback with `protocol`, then
+/// `extra` single-address rules.
+fn many_rules_policy(protocol: &str, extra: usize) -> String {
+    let mut text = NATS_RULE_POLICY.replace("protocol: opaque", &format!("protocol: {protocol}"));
+    for i in 0..extra {
+        text.push_str(&format!(
+            "    - networks: [\"10.9.{}.{}/32\"]\n      ports: \"80\"\n      protocol: opaque\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text
+}
+
+/// The `map_writes` of the agent log's last "policy applied" line.
+fn last_map_writes(log: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("policy applied"))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("map_writes="))?
+        .parse()
+        .ok()
+}
+
+/// A restarted agent does not know what the slot it writes first holds:
+/// it reads it back and writes only the difference (the slot holds the
+/// policy before the last switch, most often nearly the one in force),
+/// rather than clearing it and writing every entry again.
+#[test]
+fn a_restarted_agent_writes_only_what_the_slot_it_finds_lacks() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("resume-slot")?;
+    let policy = sb.write_file("policy.yaml", &many_rules_policy("opaque", 300));
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    let g1 = sb.generation();
+    // One rule changed: the slots now hold the two policies.
+    sb.write_file("policy.yaml", &many_rules_policy("detect", 300));
+    sb.wait_for_generation(g1 + 1)?;
+    sb.kill_agent();
+
+    // Restarted with the first policy: the slot it writes into holds it.
+    sb.write_file("policy.yaml", &many_rules_policy("opaque", 300));
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    sb.wait_for_generation(g1 + 2)?;
+    let log = sb.agent_log();
+    assert_eq!(last_map_writes(&log), Some(0), "{log}");
+    let nats = sb.verdict("127.0.0.1:4222")?;
+    assert_eq!(protocol(&nats), "opaque", "{nats}");
+
+    // And again with a third policy: the slot it writes into holds the
+    // second, one rule (an IPv4 and an IPv6 entry) away.
+    sb.kill_agent();
+    sb.write_file("policy.yaml", &many_rules_policy("http1", 300));
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    sb.wait_for_generation(g1 + 3)?;
+    let log = sb.agent_log();
+    assert_eq!(last_map_writes(&log), Some(2), "{log}");
+    let nats = sb.verdict("127.0.0.1:4222")?;
+    assert_eq!(protocol(&nats), "http1", "{nats}");
     Ok(())
 }

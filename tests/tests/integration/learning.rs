@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use tests::{classifier_bin, privileged, run, Sandbox, Server};
 
@@ -157,6 +157,66 @@ fn server_first_is_learned_then_used_and_a_client_first_contradiction_removes_it
     contra.results()?;
     wait_learned(&sb, |l| l.is_empty())?;
     assert_eq!(counter(&sb, "learn_contradicted"), 1);
+    assert_eq!(counter(&sb, "err_learn"), 0);
+    Ok(())
+}
+
+/// While nothing is learned, connects skip the learned table (the agent's
+/// hint). The kernel drops the hint itself when it learns: the very next
+/// connect to the destination gets the learned verdict, with no agent tick
+/// in between (this agent's tick is an hour away). Once the table is empty
+/// again the agent sets the hint again, and learning still works.
+#[test]
+fn a_destination_learned_while_nothing_was_learned_is_used_by_the_next_connect() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("learn-hint")?;
+    sb.start_agent(&["--learn-outside-pods", "--watch-interval", "3600"])?;
+    sb.wait_for_generation(1)?;
+    let hinted = |sb: &Sandbox| -> Result<bool> {
+        let stats = sb.stats()?;
+        stats["learning"]["nothing_learned"]
+            .as_bool()
+            .with_context(|| format!("no learning.nothing_learned in {stats}"))
+    };
+    assert!(hinted(&sb)?, "an empty table: connects skip it");
+
+    // Unclassified, client first: watched, nothing learned, hint kept.
+    let http = talk_server(&sb, "127.0.0.1:8082", 1, false)?;
+    talk(&sb, "127.0.0.1:8082", false)?;
+    http.results()?;
+    assert!(hinted(&sb)?);
+
+    let server = talk_server(&sb, "127.0.0.1:2225", 2, true)?;
+    talk(&sb, "127.0.0.1:2225", true)?;
+    wait_learned(&sb, |l| !l.is_empty())?;
+    assert!(!hinted(&sb)?, "the kernel dropped the hint when it learned");
+    talk(&sb, "127.0.0.1:2225", true)?;
+    let verdicts = server.results()?;
+    assert_eq!(verdicts[0]["protocol"], "unknown", "{}", verdicts[0]);
+    assert_eq!(verdicts[1]["protocol"], "opaque", "{}", verdicts[1]);
+    assert_eq!(verdicts[1]["source"], "learned", "{}", verdicts[1]);
+
+    // Contradicted: the table is empty again. An agent with a short tick
+    // sees it and sets the hint again; learning goes on.
+    let contra = talk_server(&sb, "127.0.0.1:2225", 1, false)?;
+    talk(&sb, "127.0.0.1:2225", false)?;
+    contra.results()?;
+    wait_learned(&sb, |l| l.is_empty())?;
+    sb.stop_agent();
+    sb.start_agent(&["--learn-outside-pods"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hinted(&sb)? {
+        anyhow::ensure!(Instant::now() < deadline, "the hint was never set again");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let server = talk_server(&sb, "127.0.0.1:2226", 2, true)?;
+    talk(&sb, "127.0.0.1:2226", true)?;
+    wait_learned(&sb, |l| !l.is_empty())?;
+    talk(&sb, "127.0.0.1:2226", true)?;
+    let verdicts = server.results()?;
+    assert_eq!(verdicts[1]["source"], "learned", "{}", verdicts[1]);
     assert_eq!(counter(&sb, "err_learn"), 0);
     Ok(())
 }

@@ -435,6 +435,7 @@ fn full_exposition() -> String {
             scope_quota: 1024,
             learned_total: 1,
             contradicted_total: 0,
+            nothing_learned: false,
         }),
         learned_destinations: vec![],
         rejected: None,
