@@ -9,6 +9,9 @@
 //!
 //! - converting never panics, and converting the same value twice gives
 //!   equal documents (the watch compares them to skip no-op updates);
+//! - the object parsed from its JSON into only the fields a document is
+//!   made of (`Pruned`, as the watch parses it) gives the same document,
+//!   or the same error;
 //! - a document's identity is its metadata: kind, namespace (`default`
 //!   for a namespaced kind without one), name; its derived origin is
 //!   `kubernetes:Kind/ns/name`;
@@ -21,6 +24,7 @@
 use std::collections::BTreeSet;
 
 use classifier_policy::sources::document::{Content, KUBERNETES_ORIGIN};
+use classifier_policy::sources::objects::Pruned;
 use classifier_policy::sources::{compile_documents_report, kinds, Document, DocumentSet, Options};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -37,6 +41,24 @@ fuzz_target!(|data: &[u8]| {
     for item in items.into_iter().take(64) {
         let first = Document::from_value(item.clone(), KUBERNETES_ORIGIN.to_string());
         let again = Document::from_value(item.clone(), KUBERNETES_ORIGIN.to_string());
+        // The watch parses only the fields a document is made of
+        // (`Pruned`): the same document, or the same error.
+        let text = serde_json::to_vec(&item).expect("JSON of a JSON value");
+        if let Ok(Pruned(pruned)) = serde_json::from_slice::<Pruned>(&text) {
+            let from_pruned = Document::from_value(pruned, KUBERNETES_ORIGIN.to_string());
+            let ours = |d: &Result<Option<Document>, _>| {
+                matches!(d, Ok(Some(d)) if d.is_classifier_policy())
+            };
+            // A ClassifierPolicy keeps its whole text; the watch never
+            // reads one (its kinds are the compiler's five).
+            if !ours(&first) {
+                assert_eq!(
+                    format!("{from_pruned:?}"),
+                    format!("{first:?}"),
+                    "the pruned object reads differently"
+                );
+            }
+        }
         let (Ok(first), Ok(again)) = (first, again) else {
             continue;
         };

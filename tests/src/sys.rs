@@ -276,6 +276,16 @@ pub fn set_linger_zero(stream: &TcpStream) {
     }
 }
 
+/// Gives the heap that the allocator keeps cached back to the system, so
+/// that a benchmark stage's resident memory starts from what the process
+/// holds, not from what an earlier stage freed (as the agent does after a
+/// policy switch).
+pub fn release_free_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only walks the
+    // allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// The global allocator with a count of the bytes it holds, so that a
 /// benchmark can say what a structure keeps (resident memory also counts
 /// what the allocator has not yet returned to the system).

@@ -52,17 +52,19 @@ use crate::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
 use crate::model::{Policy, PolicyError, Rule};
 use crate::sources::document::{Document, DocumentKey, DocumentSet};
 use crate::sources::kinds::{self, KubeKind};
-use crate::sources::linkerd::{compile_documents_report, Options, Rejected};
+use crate::sources::linkerd::{compile_documents_with, rule_origin, Options, Rejected};
 use crate::sources::objects::Object;
 use classifier_common::{RuleVerdict, PORT_ANY, PROTO_UNKNOWN, RULE_MATCH, RULE_NONE, SCOPE_NODE};
 
 mod base;
+mod pods;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
 
 use base::Background;
+pub use pods::PodNamespaces;
 
 /// One change of the document set.
 #[derive(Clone, Debug)]
@@ -214,13 +216,35 @@ impl Delta {
     }
 }
 
-/// A rule of an object's fragment.
+/// A rule of an object's fragment. Its `origin` is left empty: it is
+/// `Kind ns/name (origin)` of `doc` ([`HostRule::full`]), one string per
+/// rule that would otherwise make up a good part of what the policy holds.
 struct HostRule {
     rule: Rule,
     /// The object it comes from (for precedence), and its position in
     /// that object's fragment.
     doc: Arc<Document>,
     position: u16,
+}
+
+impl HostRule {
+    /// A rule of `doc`'s fragment, kept without its origin.
+    fn new(mut rule: Rule, doc: Arc<Document>, position: u16) -> HostRule {
+        rule.origin = String::new();
+        HostRule {
+            rule,
+            doc,
+            position,
+        }
+    }
+
+    /// The rule as the compiler gave it, origin included.
+    fn full(&self) -> Rule {
+        Rule {
+            origin: rule_origin(&self.doc),
+            ..self.rule.clone()
+        }
+    }
 }
 
 /// Trie key before encoding: (scope, port, address, prefix).
@@ -254,8 +278,8 @@ pub struct LivePolicy {
     claims: HashMap<IpAddr, u32>,
     /// Per namespace: entries its objects' rules need (bound), host
     /// fragments and background separately.
-    ns_host_bound: HashMap<Box<str>, u64>,
-    ns_bg_bound: HashMap<Box<str>, u64>,
+    ns_host_bound: HashMap<Arc<str>, u64>,
+    ns_bg_bound: HashMap<Arc<str>, u64>,
     /// Per family, all rules together.
     host_total: (u64, u64),
     bg_total: (u64, u64),
@@ -266,10 +290,10 @@ pub struct LivePolicy {
     /// entry bound is not additive with the objects'.
     bg_node_holes: bool,
     rejected: BTreeMap<DocumentKey, Vec<Rejected>>,
-    pod_namespaces: BTreeMap<String, String>,
-    /// Pod documents per UID: a UID two pods carry (which the API server
-    /// never gives) makes their changes global.
-    uids: HashMap<Box<str>, u32>,
+    /// Pod UID -> namespace, with the Pod documents per UID: a UID two
+    /// pods carry (which the API server never gives) makes their changes
+    /// global.
+    pods: PodNamespaces,
     full_compiles: u64,
     incremental: u64,
     /// Entries changed by the update being applied.
@@ -390,8 +414,7 @@ impl LivePolicy {
             degraded: false,
             bg_node_holes: false,
             rejected: BTreeMap::new(),
-            pod_namespaces: BTreeMap::new(),
-            uids: HashMap::new(),
+            pods: PodNamespaces::default(),
             full_compiles: 0,
             incremental: 0,
             delta: Delta::default(),
@@ -434,8 +457,8 @@ impl LivePolicy {
     }
 
     /// Pod UID -> namespace, from every Pod document.
-    pub fn pod_namespaces(&self) -> &BTreeMap<String, String> {
-        &self.pod_namespaces
+    pub fn pod_namespaces(&self) -> &PodNamespaces {
+        &self.pods
     }
 
     /// The objects the compiler skipped, and why.
@@ -466,13 +489,13 @@ impl LivePolicy {
             r.id = self.base_stable_id(r.id);
             r
         });
-        bg.chain(self.rules.iter().flatten().map(|h| h.rule.clone()))
+        bg.chain(self.rules.iter().flatten().map(HostRule::full))
     }
 
     /// The rule with this id, if any.
     pub fn rule(&self, id: u32) -> Option<Rule> {
         if let Some(&slot) = self.by_id.get(&id) {
-            return self.rules[slot as usize].as_ref().map(|h| h.rule.clone());
+            return self.rules[slot as usize].as_ref().map(HostRule::full);
         }
         self.base
             .policy
@@ -500,7 +523,7 @@ struct Split {
 impl LivePolicy {
     /// Compiles the whole document set again and installs the result.
     fn rebuild(&mut self) -> Result<(), LiveError> {
-        let compiled = compile_documents_report(&self.set, &self.opts)?;
+        let compiled = compile_documents_with(&self.set, &self.opts, false)?;
         let mut policy = compiled.policy;
         let (rejected, degraded) = by_document(compiled.rejected);
         let split = self.split(std::mem::take(&mut policy.rules));
@@ -524,8 +547,6 @@ impl LivePolicy {
                 .map(|(i, n)| (n.to_string(), (i + 1) as u16))
                 .collect(),
         };
-        let mut bg_policy = bg_policy;
-        let pod_namespaces = std::mem::take(&mut bg_policy.pod_namespaces);
         let base = Background::build(bg_policy, operator_rules, &scope_ids, &bg_ids)?;
 
         // Install.
@@ -534,7 +555,6 @@ impl LivePolicy {
         self.ids = ids;
         self.rejected = rejected;
         self.degraded = degraded;
-        self.pod_namespaces = pod_namespaces;
         self.install_host(host);
         self.background_bounds();
         self.count_claims();
@@ -560,7 +580,13 @@ impl LivePolicy {
         self.ns_host_bound.clear();
         self.host_total = (0, 0);
         for (key, rule) in host {
-            let Some(doc) = self.set.docs.get(&key).cloned() else {
+            // The set's own key: a clone shares its string.
+            let Some((key, doc)) = self
+                .set
+                .docs
+                .get_key_value(&key)
+                .map(|(k, d)| (k.clone(), d.clone()))
+            else {
                 continue;
             };
             let slots = self.fragments.entry(key).or_default();
@@ -578,11 +604,7 @@ impl LivePolicy {
             self.host_total.0 += b4;
             self.host_total.1 += b6;
             self.host_count += 1;
-            self.rules.push(Some(HostRule {
-                rule,
-                doc,
-                position,
-            }));
+            self.rules.push(Some(HostRule::new(rule, doc, position)));
         }
     }
 
@@ -622,11 +644,22 @@ impl LivePolicy {
         let mut keys: Vec<Option<DocumentKey>> = Vec::with_capacity(rules.len());
         let mut ids = vec![0u32; rules.len()];
         let mut used: HashSet<u32> = HashSet::with_capacity(rules.len());
+        // An object's rules come one after the other: its key is found
+        // once (the set's own, whose clone shares its string).
+        let mut last: Option<(&str, Option<DocumentKey>)> = None;
         for (i, r) in rules.iter().enumerate() {
             let position = seen.entry(r.origin.as_str()).or_default();
             let pos = *position as usize;
             *position += 1;
-            let key = host_key_of(&r.origin).filter(|k| self.set.docs.contains_key(k));
+            let key = match &last {
+                Some((origin, key)) if *origin == r.origin => key.clone(),
+                _ => {
+                    let key = host_key_of(&r.origin)
+                        .and_then(|k| self.set.docs.get_key_value(&k).map(|(k, _)| k.clone()));
+                    last = Some((r.origin.as_str(), key.clone()));
+                    key
+                }
+            };
             let old = match &key {
                 Some(k) => self
                     .fragments
@@ -667,6 +700,9 @@ impl LivePolicy {
             match key {
                 Some(k) => {
                     r.id = id;
+                    // Kept without it (`HostRule`): freed now, before the
+                    // live policy's structures are built.
+                    r.origin = String::new();
                     split.host.push((k, r));
                 }
                 None => {
@@ -719,21 +755,19 @@ impl LivePolicy {
 
     fn count_claims(&mut self) {
         let mut claims: HashMap<IpAddr, u32> = HashMap::new();
-        let mut uids: HashMap<Box<str>, u32> = HashMap::new();
+        let mut pods = PodNamespaces::default();
         for doc in self.set.of_kind(kinds::POD.kind) {
             if read_kind(doc).is_none() {
                 continue;
             }
-            if let Some(uid) = &doc.uid {
-                *uids.entry(uid.clone()).or_default() += 1;
-            }
+            pods.add(doc);
             let rejected = self.resolve_rejected(&doc.key());
             for ip in self.live_ips(Some(doc), rejected) {
                 *claims.entry(*ip).or_default() += 1;
             }
         }
         self.claims = claims;
-        self.uids = uids;
+        self.pods = pods;
     }
 
     /// Whether the object was rejected for itself (not for its namespace's
@@ -751,7 +785,7 @@ struct Pending {
     full: bool,
     addrs: HashSet<IpAddr>,
     servers: BTreeSet<DocumentKey>,
-    namespaces: BTreeSet<Box<str>>,
+    namespaces: BTreeSet<Arc<str>>,
 }
 
 impl LivePolicy {
@@ -979,24 +1013,14 @@ impl LivePolicy {
             old.and_then(|d| d.uid.clone()),
             new.and_then(|d| d.uid.clone()),
         );
-        if let Some(uid) = &old_uid {
-            if let Some(n) = self.uids.get_mut(uid) {
-                *n -= 1;
-                if *n == 0 {
-                    self.uids.remove(uid);
-                }
-            }
-            self.pod_namespaces.remove(&**uid);
+        if let Some(old) = old {
+            self.pods.remove(old);
         }
-        if let Some(uid) = &new_uid {
-            *self.uids.entry(uid.clone()).or_default() += 1;
-            let ns = new
-                .and_then(|d| d.namespace.as_deref())
-                .unwrap_or("default");
-            self.pod_namespaces.insert(uid.to_string(), ns.to_string());
+        if let Some(new) = new {
+            self.pods.add(new);
         }
         // Not counting this pod's own (new) entry.
-        let count = |u: &str| self.uids.get(u).copied().unwrap_or(0);
+        let count = |u: &str| self.pods.count(u);
         let shared_new = new_uid.as_deref().is_some_and(|u| count(u) > 1);
         let shared_old = old_uid
             .as_deref()
@@ -1105,7 +1129,7 @@ impl LivePolicy {
         }
         set.insert_shared(doc.clone());
         let key = doc.key();
-        let compiled = compile_documents_report(&set, &self.opts)?;
+        let compiled = compile_documents_with(&set, &self.opts, false)?;
         let rules = compiled
             .policy
             .rules
@@ -1179,11 +1203,7 @@ impl LivePolicy {
                     self.by_addr.entry(a).or_default().push(slot);
                 }
                 self.by_id.insert(rule.id, slot);
-                self.rules[slot as usize] = Some(HostRule {
-                    rule,
-                    doc: doc.clone(),
-                    position: i as u16,
-                });
+                self.rules[slot as usize] = Some(HostRule::new(rule, doc.clone(), i as u16));
                 self.host_count += 1;
                 slots.push(slot);
             }
@@ -1192,6 +1212,8 @@ impl LivePolicy {
             self.ids.give(id);
         }
         if !slots.is_empty() {
+            // The set's own key: a clone shares its string.
+            let key = self.set.docs.get_key_value(key).map_or(key, |(k, _)| k);
             self.fragments.insert(key.clone(), slots);
         }
         if let Some(ns) = doc.and_then(|d| d.namespace.clone()) {
@@ -1214,7 +1236,7 @@ impl LivePolicy {
     /// Whether every namespace `touched` stays within its budget and the
     /// policy within the tables (then the full compile would drop nothing,
     /// as the last one did not).
-    fn within_budgets(&self, touched: &BTreeSet<Box<str>>) -> bool {
+    fn within_budgets(&self, touched: &BTreeSet<Arc<str>>) -> bool {
         let budget = self.opts.namespace_entry_budget;
         let ns_ok = touched.iter().all(|ns| {
             let host = self.ns_host_bound.get(ns).copied().unwrap_or(0);

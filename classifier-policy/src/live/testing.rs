@@ -198,8 +198,8 @@ pub fn assert_matches_full(live: &LivePolicy, context: &str) {
         "{context}"
     );
     assert_eq!(
-        live.pod_namespaces(),
-        &full.policy.pod_namespaces,
+        live.pod_namespaces().to_map(),
+        full.policy.pod_namespaces,
         "{context}: pod namespaces"
     );
     let mut want_rejected: Vec<String> = full

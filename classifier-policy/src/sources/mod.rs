@@ -25,6 +25,7 @@ use crate::file::{parse_policy, read_policy_text};
 use crate::model::{Policy, PolicyError};
 
 pub mod document;
+pub mod intern;
 pub mod kinds;
 pub mod linkerd;
 pub mod objects;

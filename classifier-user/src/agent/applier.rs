@@ -20,7 +20,7 @@ use crate::{
     datapath::{policy_maps::Applied, PinDir, PolicyMaps, ScopeMaps},
     policy::{
         compile::{compile_with_scopes, CompiledPolicy},
-        live::{Change, LivePolicy, Outcome},
+        live::{Change, LivePolicy, Outcome, PodNamespaces},
         Learning, Policy,
     },
     sources::{DocumentSet, Options},
@@ -75,33 +75,36 @@ pub struct Applier {
 }
 
 /// No pods (a whole policy's live map).
-static NO_PODS: BTreeMap<String, String> = BTreeMap::new();
-
 /// Pod UID -> namespace: the live policy's, then the applier's own.
 #[derive(Clone, Copy)]
 struct Namespaces<'a> {
-    live: &'a BTreeMap<String, String>,
+    live: Option<&'a PodNamespaces>,
     extra: &'a BTreeMap<String, String>,
 }
 
 impl<'a> Namespaces<'a> {
     fn of(live: &'a Option<LivePolicy>, extra: &'a BTreeMap<String, String>) -> Self {
         Namespaces {
-            live: live.as_ref().map_or(&NO_PODS, LivePolicy::pod_namespaces),
+            live: live.as_ref().map(LivePolicy::pod_namespaces),
             extra,
         }
     }
 
-    fn get(&self, uid: &str) -> Option<&'a String> {
-        self.live.get(uid).or_else(|| self.extra.get(uid))
+    fn get(&self, uid: &str) -> Option<&'a str> {
+        self.live
+            .and_then(|l| l.get(uid))
+            .or_else(|| self.extra.get(uid).map(String::as_str))
     }
 
     fn is_empty(&self) -> bool {
-        self.live.is_empty() && self.extra.is_empty()
+        self.live.is_none_or(PodNamespaces::is_empty) && self.extra.is_empty()
     }
 
-    fn values(&self) -> impl Iterator<Item = &'a String> {
-        self.live.values().chain(self.extra.values())
+    fn values(&self) -> impl Iterator<Item = &'a str> {
+        self.live
+            .into_iter()
+            .flat_map(PodNamespaces::values)
+            .chain(self.extra.values().map(String::as_str))
     }
 }
 
@@ -218,7 +221,7 @@ impl Applier {
     fn write_live(
         &mut self,
         outcome: Outcome,
-        new_namespaces: &[Box<str>],
+        new_namespaces: &[Arc<str>],
         source: &str,
     ) -> Result<Applied> {
         if outcome.full || !self.live_written {
@@ -257,19 +260,20 @@ impl Applier {
     /// nor read learned verdicts) until ids are freed, and the warning names
     /// the limit. Rules of a namespace of its own take the full path, where
     /// a want of ids refuses the policy.
-    fn scope_new_namespaces(&mut self, new_namespaces: &[Box<str>]) -> Result<()> {
+    fn scope_new_namespaces(&mut self, new_namespaces: &[Arc<str>]) -> Result<()> {
         let live = self.live.as_ref().expect("a live policy is in force");
         let per_namespace = Learner::per_namespace(&live.settings().learning);
         // Only while some wait (the id table was full): the set walks every
         // pod, which a change must not pay for otherwise.
         if !self.id_waiting.is_empty() {
-            let with_pods: HashSet<&str> =
-                live.pod_namespaces().values().map(String::as_str).collect();
+            let with_pods: HashSet<&str> = live.pod_namespaces().values().collect();
             self.id_waiting.retain(|ns| with_pods.contains(ns.as_str()));
         }
         let mut added = false;
         for ns in new_namespaces {
-            self.covered.insert(ns.to_string());
+            if !self.covered.contains(&**ns) {
+                self.covered.insert(ns.to_string());
+            }
             if per_namespace && !self.scope_ids.contains_key(&**ns) {
                 added |= self.id_waiting.insert(ns.to_string());
             }
@@ -305,7 +309,7 @@ impl Applier {
         let mut namespaces: BTreeSet<&str> = with_rules.iter().map(String::as_str).collect();
         namespaces.extend(Learner::namespaces_of(
             &settings.learning,
-            live.pod_namespaces(),
+            live.pod_namespaces().values(),
         ));
         let (scope_ids, reused) = self.scopes.ids_for(namespaces)?;
         self.learner
@@ -414,8 +418,8 @@ impl Applier {
             .filter_map(|uid| {
                 let ns = namespaces.get(uid)?;
                 self.covered
-                    .contains(ns.as_str())
-                    .then(|| (uid.clone(), ns.clone()))
+                    .contains(ns)
+                    .then(|| (uid.clone(), ns.to_owned()))
             })
             .collect();
         for (uid, namespace) in ready {
@@ -457,10 +461,7 @@ impl Applier {
             .map(|(_, id)| (*id, SCOPE_FLAG_POD_UNKNOWN))
             .collect();
         for pod in &tree.pods {
-            if let Some(namespace) = namespaces
-                .get(&pod.uid)
-                .filter(|ns| covered.contains(ns.as_str()))
-            {
+            if let Some(namespace) = namespaces.get(&pod.uid).filter(|ns| covered.contains(*ns)) {
                 table.insert(pod.cgroup_id, entry(namespace, scope_ids, own_rules));
             }
         }
@@ -608,8 +609,8 @@ impl Applier {
 }
 
 /// The namespaces of the Pods `changes` add or replace.
-fn pod_namespaces_of(changes: &[Change]) -> Vec<Box<str>> {
-    let mut out: Vec<Box<str>> = changes
+fn pod_namespaces_of(changes: &[Change]) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = changes
         .iter()
         .filter_map(|c| match c {
             Change::Apply(doc) if &*doc.kind == "Pod" => doc.namespace.clone(),
@@ -650,7 +651,7 @@ fn covered_namespaces(
     let mut out: HashSet<String> = scope_ids.keys().cloned().collect();
     for ns in pod_namespaces.values() {
         if !out.contains(ns) {
-            out.insert(ns.clone());
+            out.insert(ns.to_owned());
         }
     }
     out

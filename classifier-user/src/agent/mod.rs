@@ -209,7 +209,7 @@ struct Agent {
 /// The Kubernetes watch, its new-pod channel taken apart from it so the
 /// event loop can wait on both.
 struct KubeWatch {
-    updates: tokio::sync::mpsc::UnboundedReceiver<KubeUpdate>,
+    updates: tokio::sync::mpsc::Receiver<KubeUpdate>,
     status: Arc<kubernetes::SyncStatus>,
     /// Kept: the watch task's handle.
     _task: tokio::task::JoinHandle<Result<()>>,

@@ -8,8 +8,9 @@
 //! the policy before, so the next `apply` only writes the difference between
 //! that one and the new one. A one-rule change to a 100k-rule policy costs a
 //! handful of map writes, not a rewrite. When the inactive slot's contents
-//! are unknown (after an agent restart, or a failed apply) it is cleared and
-//! written in full; so is a slot whose difference could not be written.
+//! are unknown (after an agent restart, or a failed write) it is read back
+//! and only the difference written; a difference that cannot be written
+//! clears the slot and writes it in full.
 //!
 //! After a switch, connects that read the old slot index just before it may
 //! still be looking up in that slot. The old slot is rewritten only after
@@ -31,7 +32,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError};
 use classifier_common::{
     excluded_uid_key, maps, PolicyConfig, RuleKeyV4, RuleKeyV6, RuleVerdict, CONFIG_FLAG_ANY_PORT,
-    CONFIG_FLAG_GLOBAL_EGRESS, CONFIG_FLAG_MARK, CONFIG_FLAG_SCOPED, DEFAULT_PORT_WORDS,
+    CONFIG_FLAG_GLOBAL_EGRESS, CONFIG_FLAG_MARK, CONFIG_FLAG_ONE_EXCLUDED_UID, CONFIG_FLAG_SCOPED,
+    DEFAULT_PORT_WORDS,
 };
 
 use super::pins::PinDir;
@@ -179,6 +181,7 @@ impl PolicyMaps {
         // Until the switch succeeds, the inactive slot's contents are unknown.
         let previous = self.take_contents(new);
         let incremental = previous.is_some();
+        let previous = previous.or_else(|| self.read_back(new));
         let mut rewritten = false;
         let map_writes = match previous {
             Some(previous) => match self.write_diff(new, &previous, &policy) {
@@ -198,31 +201,7 @@ impl PolicyMaps {
             None => self.rewrite(new, &policy)?,
         };
 
-        let (mut flags, mark_value, mark_mask) = match policy.mark {
-            Some(mark) => (CONFIG_FLAG_MARK, mark.value, mark.mask),
-            None => (0, 0, 0),
-        };
-        if policy.scoped {
-            flags |= CONFIG_FLAG_SCOPED;
-        }
-        if policy.any_port {
-            flags |= CONFIG_FLAG_ANY_PORT;
-        }
-        if policy.global_egress {
-            flags |= CONFIG_FLAG_GLOBAL_EGRESS;
-        }
-        let config = PolicyConfig {
-            generation,
-            flags,
-            mark_value,
-            mark_mask,
-            rule_count: policy.rule_count,
-            v4_entries: policy.v4.len() as u32,
-            v6_entries: policy.v6.len() as u32,
-            default_port_count: policy.default_ports.iter().map(|w| w.count_ones()).sum(),
-            excluded_uid_count: policy.excluded_uids.len() as u32,
-            _pad: 0,
-        };
+        let config = slot_config(&policy, generation);
         self.config
             .set(new, config, 0)
             .context("writing the policy config")?;
@@ -247,6 +226,88 @@ impl PolicyMaps {
             grace_wait,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// What `slot`, whose contents this agent does not know (it was
+    /// started on pins an earlier agent wrote), holds, read back so that
+    /// only the difference is written. After a restart it holds the policy
+    /// before the last switch, which is most often nearly this one:
+    /// reading 140k entries costs a fraction of writing them. `None` when
+    /// it cannot be read, or holds a key this agent does not write (of
+    /// another layout): the caller clears it and writes it in full.
+    fn read_back(&self, slot: u32) -> Option<Arc<CompiledPolicy>> {
+        match self.read_slot(slot) {
+            Ok(found) => found.map(Arc::new),
+            Err(err) => {
+                tracing::warn!(
+                    slot,
+                    error = format!("{err:#}"),
+                    "reading the policy slot back failed; rewriting it in full"
+                );
+                None
+            }
+        }
+    }
+
+    /// What `slot` holds (entries, default ports, excluded UIDs), or
+    /// `None` when an entry of it does not decode as one the compiler
+    /// writes.
+    fn read_slot(&self, slot: u32) -> Result<Option<CompiledPolicy>> {
+        let tag = slot as u8;
+        let mut found = CompiledPolicy::empty();
+        // Keys first, and the values of this slot's only: the other slot
+        // holds as many.
+        for key in self.v4.keys() {
+            let key = key.context("listing IPv4 rule entries")?;
+            let d = key.data();
+            if d[0] != tag {
+                continue;
+            }
+            let verdict = self.v4.get(&key, 0).context("reading an IPv4 rule entry")?;
+            let Some(prefix) = entry_prefix(key.prefix_len(), 32) else {
+                return Ok(None);
+            };
+            found.v4.push(TrieEntry {
+                scope: u16::from_be_bytes([d[1], d[2]]),
+                port: u16::from_be_bytes([d[3], d[4]]),
+                addr: [d[5], d[6], d[7], d[8]],
+                prefix,
+                verdict,
+            });
+        }
+        for key in self.v6.keys() {
+            let key = key.context("listing IPv6 rule entries")?;
+            let d = key.data();
+            if d[0] != tag {
+                continue;
+            }
+            let verdict = self.v6.get(&key, 0).context("reading an IPv6 rule entry")?;
+            let Some(prefix) = entry_prefix(key.prefix_len(), 128) else {
+                return Ok(None);
+            };
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&d[5..21]);
+            found.v6.push(TrieEntry {
+                scope: u16::from_be_bytes([d[1], d[2]]),
+                port: u16::from_be_bytes([d[3], d[4]]),
+                addr,
+                prefix,
+                verdict,
+            });
+        }
+        for (i, word) in found.default_ports.iter_mut().enumerate() {
+            *word = self
+                .default_ports
+                .get(&(slot * DEFAULT_PORT_WORDS + i as u32), 0)
+                .context("reading the default port bitmap")?;
+        }
+        for key in self.excluded.keys() {
+            let key = key.context("listing excluded UIDs")?;
+            if (key >> 32) as u32 == slot {
+                found.excluded_uids.push(key as u32);
+            }
+        }
+        Ok(Some(found))
     }
 
     /// Clears `slot` and writes `policy` into it; returns the number of map
@@ -369,6 +430,13 @@ impl PolicyMaps {
     }
 }
 
+/// The address prefix of a trie key of `prefix_len` bits (slot, scope and
+/// port included), if it is one the compiler writes.
+fn entry_prefix(prefix_len: u32, address_bits: u32) -> Option<u8> {
+    let bits = prefix_len.checked_sub(classifier_common::RULE_KEY_FIXED_BITS)?;
+    (bits <= address_bits).then_some(bits as u8)
+}
+
 /// Entries of `from` whose key is gone in `to`, and entries of `to` that are
 /// new or changed. Keys are (scope, port, address, prefix). `compile` emits entries
 /// sorted by that key, so this is one merge walk; unsorted input (not from
@@ -432,11 +500,80 @@ fn diff_entries<const N: usize>(
     (removed, upserted)
 }
 
+/// The settings connects read with `policy`'s slot.
+fn slot_config(policy: &CompiledPolicy, generation: u32) -> PolicyConfig {
+    let (mut flags, mark_value, mark_mask) = match policy.mark {
+        Some(mark) => (CONFIG_FLAG_MARK, mark.value, mark.mask),
+        None => (0, 0, 0),
+    };
+    if policy.scoped {
+        flags |= CONFIG_FLAG_SCOPED;
+    }
+    if policy.any_port {
+        flags |= CONFIG_FLAG_ANY_PORT;
+    }
+    if policy.global_egress {
+        flags |= CONFIG_FLAG_GLOBAL_EGRESS;
+    }
+    // One UID (the default policy's proxy UID) is compared in place of
+    // the hash lookup; the hash holds it too, for older programs.
+    let excluded_uid = match policy.excluded_uids.as_slice() {
+        [uid] => {
+            flags |= CONFIG_FLAG_ONE_EXCLUDED_UID;
+            *uid
+        }
+        _ => 0,
+    };
+    PolicyConfig {
+        generation,
+        flags,
+        mark_value,
+        mark_mask,
+        rule_count: policy.rule_count,
+        v4_entries: policy.v4.len() as u32,
+        v6_entries: policy.v6.len() as u32,
+        default_port_count: policy.default_ports.iter().map(|w| w.count_ones()).sum(),
+        excluded_uid_count: policy.excluded_uids.len() as u32,
+        excluded_uid,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use classifier_common::{RuleVerdict, RULE_MATCH};
 
     use super::*;
+
+    #[test]
+    fn one_excluded_uid_is_compared_in_place_and_more_are_looked_up() {
+        let mut policy = CompiledPolicy::empty();
+        let none = slot_config(&policy, 3);
+        assert_eq!(none.generation, 3);
+        assert_eq!(none.excluded_uid_count, 0, "connects skip the lookup");
+        assert_eq!(none.flags & CONFIG_FLAG_ONE_EXCLUDED_UID, 0);
+
+        policy.excluded_uids = vec![2102];
+        let one = slot_config(&policy, 3);
+        assert_eq!(one.excluded_uid_count, 1);
+        assert_ne!(one.flags & CONFIG_FLAG_ONE_EXCLUDED_UID, 0);
+        assert_eq!(one.excluded_uid, 2102);
+
+        // UID 0 is a UID like any other.
+        policy.excluded_uids = vec![0];
+        let root = slot_config(&policy, 3);
+        assert_ne!(root.flags & CONFIG_FLAG_ONE_EXCLUDED_UID, 0);
+        assert_eq!(root.excluded_uid, 0);
+
+        policy.excluded_uids = vec![2102, 1337];
+        let two = slot_config(&policy, 3);
+        assert_eq!(two.excluded_uid_count, 2);
+        assert_eq!(
+            two.flags & CONFIG_FLAG_ONE_EXCLUDED_UID,
+            0,
+            "the hash decides"
+        );
+        assert_eq!(two.excluded_uid, 0);
+    }
 
     fn entry(port: u16, last: u8, rule_id: u32) -> TrieEntry<4> {
         TrieEntry {

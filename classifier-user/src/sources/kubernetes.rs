@@ -8,9 +8,10 @@
 //!                                                           SyncStatus (errors, last success, connected)
 //! ```
 //!
-//! - Every object becomes a [`Document`] (origin `kubernetes:Kind/ns/name`,
-//!   body = the object as YAML, with the bookkeeping fields that change on
-//!   every write stripped so that no-op updates do not cause a new policy).
+//! - Every object is parsed into only the fields the compiler reads
+//!   ([`ApiObject`]; the rest of its JSON is skipped, never built) and
+//!   becomes a [`Document`] (origin `kubernetes:Kind/ns/name`), so that
+//!   bookkeeping fields that change on every write make no new document.
 //! - Nothing is published until every kind has been listed once: a policy
 //!   compiled from Services without their Namespaces would be wrong. A kind
 //!   the API server does not serve (404: the Linkerd CRDs are not installed)
@@ -48,7 +49,7 @@ use anyhow::{bail, Context as _, Result};
 use futures::{stream::BoxStream, StreamExt as _};
 use kube::{
     api::Api,
-    core::{ApiResource, DynamicObject, GroupVersionKind},
+    core::{ApiResource, GroupVersionKind},
     runtime::{
         watcher::{self, Event},
         WatchStreamExt as _,
@@ -63,12 +64,14 @@ use tracing::{debug, info, warn};
 
 use super::document::{DocumentKey, KUBERNETES_ORIGIN};
 use super::kinds;
-use super::linkerd::OPAQUE_PORTS_ANNOTATION;
 use super::{Document, DocumentSet};
 use classifier_policy::live::Change;
 
 /// Re-exported so callers can name `kube::Client` without their own dependency.
 pub use kube;
+
+mod object;
+pub use object::ApiObject;
 
 /// Objects per page of a list.
 pub const LIST_PAGE_SIZE: u32 = 500;
@@ -88,7 +91,15 @@ pub struct WatchOptions {
     pub watch_timeout: Option<u32>,
     /// The kinds watched; [`watched_kinds`] by default.
     pub kinds: Vec<ApiResource>,
+    /// [`spawn_changes`]: updates waiting for the reader at most
+    /// ([`CHANGES_QUEUE`] by default). See [`KubeChanges::updates`].
+    pub changes_queue: usize,
 }
+
+/// Updates [`spawn_changes`] lets wait for the agent at most: a few
+/// seconds of a rollout's events at 100k pods, while the agent compiles in
+/// full.
+pub const CHANGES_QUEUE: usize = 1024;
 
 impl Default for WatchOptions {
     fn default() -> Self {
@@ -98,6 +109,7 @@ impl Default for WatchOptions {
             probe_interval: Some(Duration::from_secs(10)),
             watch_timeout: None,
             kinds: watched_kinds(),
+            changes_queue: CHANGES_QUEUE,
         }
     }
 }
@@ -208,10 +220,14 @@ pub struct KubeSync {
 
 /// The running watch, as [`spawn_changes`] returns it.
 pub struct KubeChanges {
-    /// The first complete list, then every change as it comes. Unbounded:
-    /// a reader busy with a full compile finds the events of that time
-    /// waiting (a few hundred a second in a rollout at 100k pods).
-    pub updates: mpsc::UnboundedReceiver<KubeUpdate>,
+    /// The first complete list, then every change as it comes. At most
+    /// [`WatchOptions::changes_queue`] updates wait: a reader busy with a
+    /// full compile finds the events of that time waiting, and when the
+    /// queue is full the watch waits for the reader instead of reading on
+    /// (nothing is dropped: the API server keeps the events, and a watch
+    /// that falls too far behind ends in a re-list, delivered as its
+    /// difference). What waits is bounded by the queue, not by the burst.
+    pub updates: mpsc::Receiver<KubeUpdate>,
     pub status: Arc<SyncStatus>,
     /// As [`KubeSync::new_pods`].
     pub new_pods: mpsc::Receiver<(String, String)>,
@@ -232,7 +248,7 @@ pub enum KubeUpdate {
 /// Where the watch delivers what it knows.
 enum Output {
     Snapshots(watch::Sender<Option<Arc<DocumentSet>>>),
-    Changes(mpsc::UnboundedSender<KubeUpdate>),
+    Changes(mpsc::Sender<KubeUpdate>),
 }
 
 impl Output {
@@ -271,7 +287,7 @@ pub fn spawn(client: Client, opts: WatchOptions) -> KubeSync {
 /// than snapshots (see the module documentation). `opts`' debounce applies
 /// to the first list only.
 pub fn spawn_changes(client: Client, opts: WatchOptions) -> KubeChanges {
-    let (tx, updates) = mpsc::unbounded_channel();
+    let (tx, updates) = mpsc::channel(opts.changes_queue.max(1));
     let (pods_tx, new_pods) = mpsc::channel(NEW_PODS_QUEUE);
     let status = Arc::new(SyncStatus::default());
     let task = tokio::spawn(run_with_pods(
@@ -388,7 +404,7 @@ async fn run_with_pods(
                 match &tx {
                     // After the first list, each change goes out at once.
                     Output::Changes(out) if published_once => {
-                        send_changes(&mut kinds, idx, out, &status);
+                        send_changes(&mut kinds, idx, out, &status).await;
                     }
                     _ if changed => {
                         first_change.get_or_insert(last_event);
@@ -404,17 +420,18 @@ async fn run_with_pods(
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 first_change = None;
-                publish(&mut kinds, &tx, &status, &mut published_once);
+                publish(&mut kinds, &tx, &status, &mut published_once).await;
             }
         }
     }
 }
 
 /// Sends the changes kind `idx` recorded, once the first snapshot is out.
-fn send_changes(
+/// Waits while the queue is full (see [`KubeChanges::updates`]).
+async fn send_changes(
     kinds: &mut [KindState],
     idx: usize,
-    out: &mpsc::UnboundedSender<KubeUpdate>,
+    out: &mpsc::Sender<KubeUpdate>,
     status: &SyncStatus,
 ) {
     let changes = std::mem::take(&mut kinds[idx].changes);
@@ -422,12 +439,18 @@ fn send_changes(
         let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
         status.documents.store(count as u64, Ordering::Relaxed);
         status.snapshots.fetch_add(1, Ordering::Relaxed);
-        let _ = out.send(KubeUpdate::Changes(changes));
+        // An error: the reader is gone, and the loop ends at `closed()`.
+        let _ = out.send(KubeUpdate::Changes(changes)).await;
     }
 }
 
 /// Publishes a snapshot of every kind's documents (debounced).
-fn publish(kinds: &mut [KindState], tx: &Output, status: &SyncStatus, published_once: &mut bool) {
+async fn publish(
+    kinds: &mut [KindState],
+    tx: &Output,
+    status: &SyncStatus,
+    published_once: &mut bool,
+) {
     let set = snapshot(kinds);
     let count = kinds.iter().map(|k| k.docs.len()).sum::<usize>();
     status.documents.store(count as u64, Ordering::Relaxed);
@@ -448,7 +471,7 @@ fn publish(kinds: &mut [KindState], tx: &Output, status: &SyncStatus, published_
             for kind in kinds.iter_mut() {
                 kind.changes.clear();
             }
-            let _ = tx.send(KubeUpdate::Snapshot(Arc::new(set)));
+            let _ = tx.send(KubeUpdate::Snapshot(Arc::new(set))).await;
         }
     }
 }
@@ -460,7 +483,7 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-type KindEvent = (usize, Result<Event<DynamicObject>, watcher::Error>);
+type KindEvent = (usize, Result<Event<ApiObject>, watcher::Error>);
 
 fn kind_stream(
     client: Client,
@@ -468,7 +491,7 @@ fn kind_stream(
     opts: &WatchOptions,
     idx: usize,
 ) -> BoxStream<'static, KindEvent> {
-    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let api: Api<ApiObject> = Api::all_with(client, &ar);
     let mut config = watcher::Config::default();
     if let Some(t) = opts.watch_timeout {
         config = config.timeout(t);
@@ -589,7 +612,7 @@ impl KindState {
     /// the listed state) changed.
     fn handle(
         &mut self,
-        item: Result<Event<DynamicObject>, watcher::Error>,
+        item: Result<Event<ApiObject>, watcher::Error>,
         status: &SyncStatus,
     ) -> bool {
         let event = match item {
@@ -653,7 +676,7 @@ impl KindState {
     }
 
     /// An object added or modified; true if its document changed.
-    fn applied(&mut self, obj: DynamicObject) -> bool {
+    fn applied(&mut self, obj: ApiObject) -> bool {
         let key = (
             obj.metadata.namespace.clone(),
             obj.metadata.name.clone().unwrap_or_default(),
@@ -689,7 +712,7 @@ impl KindState {
     }
 
     /// An object deleted; true if it was known.
-    fn deleted(&mut self, obj: &DynamicObject) -> bool {
+    fn deleted(&mut self, obj: &ApiObject) -> bool {
         let key = (
             obj.metadata.namespace.clone(),
             obj.metadata.name.clone().unwrap_or_default(),
@@ -723,7 +746,7 @@ impl KindState {
         !same || first
     }
 
-    fn document(&self, obj: DynamicObject) -> Option<(Key, Arc<Document>)> {
+    fn document(&self, obj: ApiObject) -> Option<(Key, Arc<Document>)> {
         let namespace = obj.metadata.namespace.clone().unwrap_or_default();
         let name = obj.metadata.name.clone().unwrap_or_default();
         match to_document(&self.ar, obj) {
@@ -782,8 +805,11 @@ pub const MAX_LABEL_BYTES: usize = 32 * 1024;
 
 /// An object over the label limits is skipped (not kept with some labels
 /// dropped, which could change which selectors match it).
-fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
-    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+fn check_labels(labels: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    let bytes: usize = labels
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
     if labels.len() > MAX_LABELS || bytes > MAX_LABEL_BYTES {
         anyhow::bail!(
             "metadata.labels: {} labels of {bytes} bytes, over the limit of {MAX_LABELS} labels or {MAX_LABEL_BYTES} bytes kept per object",
@@ -795,60 +821,28 @@ fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(
 
 /// An API object as a [`Document`], the form the policy compiler takes.
 ///
-/// Only what a policy can depend on is handed over (identity, labels, the
-/// opaque-ports annotation, deletion, and the spec and status), and
-/// [`Document::from_value`] keeps only the fields the compiler reads: a
-/// status-only or no-op update gives an equal document, which publishes
-/// nothing, and a node holds a few hundred bytes per pod.
-pub fn to_document(ar: &ApiResource, obj: DynamicObject) -> Result<Document> {
-    use serde_json::{Map, Value};
-    let DynamicObject {
-        metadata, mut data, ..
-    } = obj;
-    let name = metadata
+/// The object holds only what a policy can depend on ([`ApiObject`]:
+/// identity, labels, the opaque-ports annotation, deletion, and the
+/// fields of the spec and status the compiler reads), and
+/// [`Document::from_value`] keeps those typed: a status-only or no-op
+/// update gives an equal document, which publishes nothing, and a node
+/// holds a few hundred bytes per pod.
+pub fn to_document(ar: &ApiResource, obj: ApiObject) -> Result<Document> {
+    use serde_json::Value;
+    let ApiObject { metadata, mut body } = obj;
+    metadata
         .name
         .filter(|n| !n.is_empty())
         .context("object has no metadata.name")?;
-    let namespace = metadata.namespace.filter(|n| !n.is_empty());
-    let mut meta = Map::new();
-    meta.insert("name".into(), name.clone().into());
-    if let Some(ns) = &namespace {
-        meta.insert("namespace".into(), ns.clone().into());
+    let map = body.as_object_mut().context("object is not a map")?;
+    if let Some(Value::Object(labels)) = map.get("metadata").and_then(|m| m.get("labels")) {
+        check_labels(labels)?;
     }
-    if let Some(uid) = metadata.uid {
-        meta.insert("uid".into(), uid.into());
-    }
-    for (field, time) in [
-        ("creationTimestamp", metadata.creation_timestamp),
-        ("deletionTimestamp", metadata.deletion_timestamp),
-    ] {
-        if let Some(t) = time.and_then(|t| serde_json::to_value(t).ok()) {
-            meta.insert(field.into(), t);
-        }
-    }
-    if let Some(labels) = metadata.labels {
-        check_labels(&labels)?;
-        meta.insert("labels".into(), serde_json::to_value(labels)?);
-    }
-    if let Some(v) = metadata
-        .annotations
-        .and_then(|mut a| a.remove(OPAQUE_PORTS_ANNOTATION))
-    {
-        meta.insert(
-            "annotations".into(),
-            Value::Object(Map::from_iter([(
-                OPAQUE_PORTS_ANNOTATION.to_string(),
-                v.into(),
-            )])),
-        );
-    }
-    let body = data.as_object_mut().context("object is not a map")?;
     // List items come without these; watch events carry them.
-    body.insert("apiVersion".into(), ar.api_version.clone().into());
-    body.insert("kind".into(), ar.kind.clone().into());
-    body.insert("metadata".into(), Value::Object(meta));
+    map.insert("apiVersion".into(), ar.api_version.clone().into());
+    map.insert("kind".into(), ar.kind.clone().into());
     // The origin, `kubernetes:Kind/ns/name`, follows from the identity.
-    Document::from_value(data, KUBERNETES_ORIGIN.to_string())?
+    Document::from_value(body, KUBERNETES_ORIGIN.to_string())?
         .context("object has no apiVersion and kind")
 }
 
@@ -856,11 +850,11 @@ pub fn to_document(ar: &ApiResource, obj: DynamicObject) -> Result<Document> {
 mod label_limit_tests {
     use super::*;
 
-    fn pod(labels: usize, value_len: usize) -> DynamicObject {
+    fn pod(labels: usize, value_len: usize) -> ApiObject {
         let labels: serde_json::Map<String, serde_json::Value> = (0..labels)
             .map(|i| (format!("l{i}"), "v".repeat(value_len).into()))
             .collect();
-        serde_json::from_value(serde_json::json!({
+        ApiObject::from_value(serde_json::json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "p", "namespace": "t", "uid": "u1", "labels": labels},
@@ -905,8 +899,8 @@ mod label_limit_tests {
 mod change_tests {
     use super::*;
 
-    fn pod(name: &str, ip: &str) -> DynamicObject {
-        serde_json::from_value(serde_json::json!({
+    fn pod(name: &str, ip: &str) -> ApiObject {
+        ApiObject::from_value(serde_json::json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, "namespace": "t", "uid": format!("u-{name}")},

@@ -539,3 +539,60 @@ async fn a_compacted_history_is_relisted() {
     );
     assert!(reqs.iter().filter(|r| !r.contains("watch=true")).count() > lists_before);
 }
+
+/// The agent's changes queue is bounded: while its reader is busy (a full
+/// compile), no more than `changes_queue` updates wait, the watch waits
+/// for the reader, and every change still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_changes_queue_holds_the_watch_back_and_loses_nothing() {
+    use classifier_user::policy::live::Change;
+    use classifier_user::sources::kubernetes::KubeUpdate;
+
+    let fake = FakeApi::start(&ALL.iter().map(|(p, _)| *p).collect::<Vec<_>>()).await;
+    let client = kubernetes::client_for_url(&fake.url()).unwrap();
+    let mut watch = kubernetes::spawn_changes(
+        client,
+        WatchOptions {
+            changes_queue: 2,
+            ..options()
+        },
+    );
+    let first = tokio::time::timeout(Duration::from_secs(20), watch.updates.recv())
+        .await
+        .expect("the first list within 20 s");
+    assert!(matches!(first, Some(KubeUpdate::Snapshot(_))));
+    wait_for_watches(&fake).await;
+
+    // A burst while the reader is busy.
+    let values: Vec<String> = (0..40).map(|i| format!("{}", 30000 + i)).collect();
+    fake.push(
+        SERVICES,
+        values.iter().map(|v| web_annotated(v)).collect::<Vec<_>>(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        watch.updates.len() <= 2,
+        "{} updates waiting",
+        watch.updates.len()
+    );
+
+    // Then every change comes, in order.
+    let mut seen = Vec::new();
+    while seen.last() != values.last() {
+        let update = tokio::time::timeout(Duration::from_secs(20), watch.updates.recv())
+            .await
+            .expect("the next update within 20 s")
+            .expect("the watch goes on");
+        let KubeUpdate::Changes(changes) = update else {
+            panic!("a snapshot after the first list");
+        };
+        for change in changes {
+            let Change::Apply(doc) = change else { continue };
+            if let Some(Object::Service(s)) = doc.object() {
+                seen.extend(s.opaque.as_ref().map(|a| a.text.clone()));
+            }
+        }
+    }
+    assert_eq!(seen, values);
+    assert_eq!(watch.status.errors(), 0);
+}

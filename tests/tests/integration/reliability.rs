@@ -1082,3 +1082,82 @@ fn an_agent_of_another_build_replaces_the_programs_in_place_under_load() -> Resu
     assert_eq!(sb.stats()?["errors_total"], 0);
     Ok(())
 }
+
+/// An upgrade swaps the programs before the new agent writes its first
+/// settings: for a moment this build's programs read settings an agent of
+/// an older build (same layout) wrote, where the one-UID and
+/// nothing-learned fields were padding, always zero. They must decide as
+/// before: the excluded UID looked up in the hash, learned destinations
+/// looked up. Here the agent is gone (its programs stay attached) and the
+/// settings are rewritten as such an agent left them.
+#[test]
+fn programs_of_this_build_decide_as_before_under_an_older_agents_settings() -> Result<()> {
+    use classifier_common::{
+        LearnConfig, PolicyConfig, CONFIG_FLAG_ONE_EXCLUDED_UID, LEARN_HINT_NOTHING_LEARNED,
+    };
+
+    use crate::learning::{talk, talk_server, wait_learned};
+
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("older-settings")?;
+    sb.start_agent(&["--learn-outside-pods"])?;
+    sb.wait_for_generation(1)?;
+    // A learned destination, as any agent's kernel side leaves it.
+    let server = talk_server(&sb, "127.0.0.1:2228", 1, true)?;
+    talk(&sb, "127.0.0.1:2228", true)?;
+    server.results()?;
+    wait_learned(&sb, |l| !l.is_empty())?;
+    sb.kill_agent();
+
+    let open = |name: &str| MapData::from_pin(sb.pins.join("maps").join(name));
+    let active: Array<MapData, u32> = Array::try_from(Map::Array(open(maps::ACTIVE_SLOT)?))?;
+    let slot = active.get(&0, 0)?;
+    let mut configs: Array<MapData, PolicyConfig> =
+        Array::try_from(Map::Array(open(maps::POLICY_CONFIG)?))?;
+    let mine = configs.get(&slot, 0)?;
+    assert_ne!(
+        mine.flags & CONFIG_FLAG_ONE_EXCLUDED_UID,
+        0,
+        "the default policy excludes one UID: {mine:?}"
+    );
+    configs.set(
+        slot,
+        PolicyConfig {
+            flags: mine.flags & !CONFIG_FLAG_ONE_EXCLUDED_UID,
+            excluded_uid: 0,
+            ..mine
+        },
+        0,
+    )?;
+    let mut learn: Array<MapData, LearnConfig> =
+        Array::try_from(Map::Array(open(maps::LEARN_CONFIG)?))?;
+    let settings = learn.get(&0, 0)?;
+    assert_eq!(
+        settings.hints & LEARN_HINT_NOTHING_LEARNED,
+        0,
+        "{settings:?}"
+    );
+    learn.set(
+        0,
+        LearnConfig {
+            hints: 0,
+            ..settings
+        },
+        0,
+    )?;
+
+    let as_proxy = sb.verdict_via("127.0.0.1:3306", "127.0.0.1:3306", Some(tests::PROXY_UID))?;
+    assert_eq!(
+        as_proxy["protocol"], "unknown",
+        "excluded by the hash: {as_proxy}"
+    );
+    let as_app = sb.verdict_via("127.0.0.1:3306", "127.0.0.1:3306", Some(1000))?;
+    assert_eq!(as_app["protocol"], "opaque", "{as_app}");
+    let server = talk_server(&sb, "127.0.0.1:2228", 1, true)?;
+    talk(&sb, "127.0.0.1:2228", true)?;
+    let learned = &server.results()?[0];
+    assert_eq!(learned["source"], "learned", "{learned}");
+    Ok(())
+}

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::intern::intern;
 use super::kinds;
 use super::objects::{FieldError, Object};
 use crate::file::{
@@ -35,19 +36,23 @@ pub const MAX_DEPTH: usize = 16;
 
 /// One Kubernetes object (or our ClassifierPolicy): its identity, and what
 /// the compiler reads of it. The rest of the body is not kept.
+///
+/// Its API version, kind and namespace are shared with every other
+/// document that has the same ([`super::intern`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
-    pub api_version: Box<str>,
-    pub kind: Box<str>,
+    pub api_version: Arc<str>,
+    pub kind: Arc<str>,
     /// `None` for cluster-scoped kinds (Namespace, ClassifierPolicy).
-    pub namespace: Option<Box<str>>,
+    pub namespace: Option<Arc<str>>,
     /// `metadata.name`; empty when the document has none (a
     /// ClassifierPolicy needs no metadata).
     pub name: Box<str>,
     /// `metadata.creationTimestamp` as written (RFC 3339).
     pub creation_timestamp: Option<Box<str>>,
-    /// A Pod's `metadata.uid` (which ties its cgroup to its namespace).
-    pub uid: Option<Box<str>>,
+    /// A Pod's `metadata.uid` (which ties its cgroup to its namespace);
+    /// shared with the live policy's index of them.
+    pub uid: Option<Arc<str>>,
     pub content: Content,
     /// See [`Document::origin`]; empty for an object of the live watch,
     /// whose origin follows from its identity (one string less per pod).
@@ -60,8 +65,9 @@ pub const KUBERNETES_ORIGIN: &str = "kubernetes:";
 /// What the compiler reads of a document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
-    /// Of a kind (and API version) the compiler reads.
-    Object(Arc<Object>),
+    /// Of a kind (and API version) the compiler reads: held in the
+    /// document itself (one allocation per document, not two).
+    Object(Object),
     /// Of a kind the compiler reads, with a field that does not read: the
     /// compiler reports the object and skips it.
     Invalid(Box<FieldError>),
@@ -77,12 +83,14 @@ pub enum Content {
 /// Key of a document in a set: kind, namespace and name, packed in one
 /// string (`kind\0namespace\0name`, one allocation rather than three),
 /// which sorts as the tuple would: NUL is below every other character.
+/// A clone shares the string (a snapshot of a set, the live policy's
+/// index of the objects' rules).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DocumentKey(Box<str>);
+pub struct DocumentKey(Arc<str>);
 
 impl DocumentKey {
     pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
-        DocumentKey(format!("{kind}\0{}\0{name}", namespace.unwrap_or("")).into_boxed_str())
+        DocumentKey(format!("{kind}\0{}\0{name}", namespace.unwrap_or("")).into())
     }
 
     /// `kind\0namespace\0name`.
@@ -108,7 +116,7 @@ impl Document {
         ) else {
             return Ok(None);
         };
-        let (api_version, kind) = (api_version.to_string(), kind.to_string());
+        let (api_version, kind) = (intern(api_version), intern(kind));
         let meta = |field: &str| body.get("metadata").and_then(|m| m.get(field));
         let meta_str = |field: &str| -> Result<Option<String>, PolicyError> {
             match meta(field) {
@@ -131,7 +139,7 @@ impl Document {
         }
         let creation_timestamp = meta_str("creationTimestamp")?;
         let mut uid = None;
-        let content = if kind == crate::file::KIND || api_version.starts_with("classifier.dev/") {
+        let content = if &*kind == crate::file::KIND || api_version.starts_with("classifier.dev/") {
             Content::ClassifierPolicy {
                 text: body.to_string().into(),
                 line_offset: 0,
@@ -157,16 +165,16 @@ impl Document {
                 Object::read(reader, &body)
             };
             match read() {
-                Ok(object) => Content::Object(Arc::new(object)),
+                Ok(object) => Content::Object(object),
                 Err(e) => Content::Invalid(Box::new(e)),
             }
         } else {
             Content::Other
         };
         Ok(Some(Document {
-            api_version: api_version.into(),
-            kind: kind.into(),
-            namespace: namespace.map(Into::into),
+            api_version,
+            kind,
+            namespace: namespace.as_deref().map(intern),
             name: name.into(),
             creation_timestamp: creation_timestamp.map(Into::into),
             uid: uid.map(Into::into),
@@ -290,7 +298,7 @@ impl DocumentSet {
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Document> + 'a {
         let prefix = format!("{kind}\0");
         self.docs
-            .range(DocumentKey(prefix.clone().into_boxed_str())..)
+            .range(DocumentKey(prefix.as_str().into())..)
             .take_while(move |(k, _)| k.0.starts_with(&prefix))
             .map(|(_, d)| &**d)
     }

@@ -188,6 +188,17 @@ pub fn compile_documents_report(
     set: &DocumentSet,
     opts: &Options,
 ) -> Result<Compiled, PolicyError> {
+    compile_documents_with(set, opts, true)
+}
+
+/// [`compile_documents_report`], with [`Policy::pod_namespaces`] left
+/// empty unless `pod_namespaces` (the live policy keeps its own, sharing
+/// the documents' strings: at 100k pods the map is 16 MiB).
+pub(crate) fn compile_documents_with(
+    set: &DocumentSet,
+    opts: &Options,
+    pod_namespaces: bool,
+) -> Result<Compiled, PolicyError> {
     let mut c = Compiler::default();
     let (mut policy, cluster_networks) = classifier_policy(set)?;
     c.next_id = policy.rules.len() as u32 + 1;
@@ -206,7 +217,11 @@ pub fn compile_documents_report(
             ns_ports.insert(&doc.name, ports);
         }
     }
-    let pods = c.pods(set, &ns_ports, &mut policy.pod_namespaces);
+    let pods = c.pods(
+        set,
+        &ns_ports,
+        pod_namespaces.then_some(&mut policy.pod_namespaces),
+    );
 
     // Servers, oldest first so that they win ties on the same pod port.
     let mut servers: Vec<(&Document, &Server)> = c.read(set, &kinds::SERVER).collect();
@@ -442,7 +457,7 @@ fn fits_tables((n4, n6): (u64, u64)) -> bool {
 type NamespaceSize = ((u64, u64), u32);
 
 /// `Kind ns/name (origin)`, a rule's origin.
-fn rule_origin(doc: &Document) -> String {
+pub(crate) fn rule_origin(doc: &Document) -> String {
     // One allocation: this runs for every object with rules.
     use std::fmt::Write as _;
     let mut s = String::with_capacity(2 * (doc.kind.len() + doc.name.len() + 16) + 16);
@@ -693,12 +708,12 @@ impl Compiler {
         &mut self,
         set: &'a DocumentSet,
         ns_ports: &BTreeMap<&str, &PortsAnnotation>,
-        pod_namespaces: &mut BTreeMap<String, String>,
+        mut pod_namespaces: Option<&mut BTreeMap<String, String>>,
     ) -> Vec<PodInfo<'a>> {
         let mut pods: Vec<PodInfo> = Vec::new();
         for doc in read(set, &kinds::POD) {
             let ns = doc.namespace.as_deref().unwrap_or("default");
-            if let Some(uid) = &doc.uid {
+            if let (Some(uid), Some(pod_namespaces)) = (&doc.uid, pod_namespaces.as_deref_mut()) {
                 // Kept for a pod that is going away too (its processes may
                 // still connect, and the UID is its own), and for a pod whose
                 // rules are rejected (its cgroup is still in its namespace).

@@ -107,7 +107,7 @@ fn apply(set: &DocumentSet, fixes: &Fixes) -> DocumentSet {
             }),
             other => panic!("a patch for {other:?}"),
         };
-        doc.content = Content::Object(std::sync::Arc::new(object));
+        doc.content = Content::Object(object);
         out.insert(doc);
     }
     out

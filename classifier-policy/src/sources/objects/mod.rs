@@ -21,12 +21,14 @@ use crate::ports::PortSet;
 mod annotation;
 mod packed;
 mod pod;
+pub mod pruned;
 mod selector;
 mod values;
 
 pub use annotation::{PortsAnnotation, OPAQUE_PORTS_ANNOTATION};
 pub use packed::{PackedMap, PortNames};
 pub use pod::Pod;
+pub use pruned::Pruned;
 pub use selector::Selector;
 pub use values::{host_networks, show};
 

@@ -9,32 +9,52 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Entries `key\0value\0`, sorted by key, each key once. Neither keys nor
 /// values may contain NUL (Kubernetes allows neither in a label or a port
-/// name; [`PackedMap::new`] refuses them).
+/// name; [`PackedMap::new`] refuses them). Equal maps share one copy
+/// (the pods of one workload have the same labels and named ports).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct PackedMap(Box<str>);
+pub struct PackedMap(Arc<str>);
 
 impl PackedMap {
     /// The map of `entries`, or the first key or value with a NUL.
     pub fn new(entries: &BTreeMap<String, String>) -> Result<Self, String> {
+        Self::from_entries(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        )
+    }
+
+    /// The map of `entries`, sorted here; of equal keys the last one
+    /// stays (as a map's insert would leave it). Refuses a NUL as
+    /// [`PackedMap::new`] does.
+    pub fn from_entries<V: AsRef<str>>(mut entries: Vec<(&str, V)>) -> Result<Self, String> {
+        // Stable: equal keys keep their order, and the last one is kept.
+        entries.sort_by(|a, b| a.0.cmp(b.0));
         let mut text = String::with_capacity(
             entries
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 2)
+                .map(|(k, v)| k.len() + v.as_ref().len() + 2)
                 .sum::<usize>(),
         );
-        for (k, v) in entries {
-            if let Some(bad) = [k, v].into_iter().find(|s| s.contains('\0')) {
-                return Err(bad.clone());
+        for (i, (k, v)) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|next| next.0 == *k) {
+                continue;
+            }
+            let v = v.as_ref();
+            if let Some(bad) = [*k, v].into_iter().find(|s| s.contains('\0')) {
+                return Err(bad.to_owned());
             }
             text.push_str(k);
             text.push('\0');
             text.push_str(v);
             text.push('\0');
         }
-        Ok(PackedMap(text.into_boxed_str()))
+        Ok(PackedMap(crate::sources::intern::intern(&text)))
     }
 
     /// (key, value) in key order.
@@ -78,11 +98,16 @@ pub struct PortNames(PackedMap);
 
 impl PortNames {
     pub fn new(ports: &BTreeMap<String, u16>) -> Result<Self, String> {
-        let text: BTreeMap<String, String> = ports
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
+        Self::from_entries(ports.iter().map(|(k, v)| (k.as_str(), *v)).collect())
+    }
+
+    /// As [`PackedMap::from_entries`].
+    pub fn from_entries(entries: Vec<(&str, u16)>) -> Result<Self, String> {
+        let text: Vec<(&str, String)> = entries
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
             .collect();
-        PackedMap::new(&text).map(PortNames)
+        PackedMap::from_entries(text).map(PortNames)
     }
 
     pub fn get(&self, name: &str) -> Option<u16> {
@@ -130,6 +155,28 @@ mod tests {
         assert!(empty.is_empty());
         assert_eq!(empty.len(), 0);
         assert_eq!(empty.get(""), None);
+    }
+
+    #[test]
+    fn from_entries_is_new_of_the_same_map() {
+        let entries = vec![("tier", "b"), ("app", "web"), ("tier", "c"), ("", "e")];
+        let mut map = BTreeMap::new();
+        for (k, v) in &entries {
+            map.insert(k.to_string(), v.to_string());
+        }
+        assert_eq!(
+            PackedMap::from_entries(entries).unwrap(),
+            PackedMap::new(&map).unwrap()
+        );
+        assert_eq!(
+            PackedMap::from_entries(vec![("a", "x\0y")]),
+            Err("x\0y".to_string())
+        );
+        let ports = PortNames::from_entries(vec![("http", 80), ("admin", 9), ("http", 8080)]);
+        assert_eq!(
+            ports.unwrap().iter().collect::<Vec<_>>(),
+            [("admin", 9), ("http", 8080)]
+        );
     }
 
     #[test]

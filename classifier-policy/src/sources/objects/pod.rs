@@ -1,14 +1,14 @@
 //! What the compiler reads of a Pod: labels, IPs, named container ports,
 //! its opaque-ports annotation, and whether it can have connections at all.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::annotation::{opaque_annotation, PortsAnnotation};
 use super::packed::{PackedMap, PortNames};
-use super::values::{at, parse_ip, seq_at, show, show_opt, str_at, string_map};
+use super::values::{at, parse_ip, seq_at, show, show_opt, str_at, string_entries};
 use super::FieldError;
 
 /// A Pod, as the compiler reads it.
@@ -26,13 +26,14 @@ pub struct Pod {
     pub opaque: Option<Box<PortsAnnotation>>,
     /// `Kind name` of its first `metadata.ownerReferences` entry (the
     /// workload whose pod template an annotation belongs in), for
-    /// `suggest`; `None` for an inactive pod.
-    pub owner: Option<Box<str>>,
+    /// `suggest`; `None` for an inactive pod. Shared with the other pods
+    /// of that owner.
+    pub owner: Option<Arc<str>>,
 }
 
 impl Pod {
     pub(super) fn read(body: &Value) -> Result<Self, FieldError> {
-        let labels = string_map(at(body, &["metadata", "labels"]), "metadata.labels")?;
+        let labels = string_entries(at(body, &["metadata", "labels"]), "metadata.labels")?;
         let ips = pod_ips(body)?;
         let port_names = named_ports(body)?;
         let phase = str_at(body, &["status", "phase"])?.unwrap_or("");
@@ -57,11 +58,11 @@ impl Pod {
         }
         let opaque = opaque_annotation(body, true)?.map(Box::new);
         Ok(Pod {
-            labels: PackedMap::new(&labels).map_err(|bad| {
+            labels: PackedMap::from_entries(labels).map_err(|bad| {
                 FieldError::new("metadata.labels", format!("{bad:?} has a NUL character"))
             })?,
             ips,
-            port_names: PortNames::new(&port_names).map_err(|bad| {
+            port_names: PortNames::from_entries(port_names).map_err(|bad| {
                 FieldError::new(
                     "spec.containers",
                     format!("port name {bad:?} has a NUL character"),
@@ -99,15 +100,15 @@ fn pod_ips(body: &Value) -> Result<Vec<IpAddr>, FieldError> {
     Ok(ips)
 }
 
-/// Container port name -> number.
+/// Container port name -> number, in the order met.
 ///
 /// Init containers first, then containers, a later name replacing an
-/// earlier one: linkerd2's `GetNamedPorts` (pkg/util/parsing.go), which the
+/// earlier one ([`PortNames::from_entries`] keeps the last): linkerd2's `GetNamedPorts` (pkg/util/parsing.go), which the
 /// destination service's `GetAnnotatedOpaquePorts`
 /// (controller/api/destination/watcher/workload_watcher.go) and the proxy
 /// injector use.
-fn named_ports(body: &Value) -> Result<BTreeMap<String, u16>, FieldError> {
-    let mut port_names = BTreeMap::new();
+fn named_ports(body: &Value) -> Result<Vec<(&str, u16)>, FieldError> {
+    let mut port_names = Vec::new();
     for list in ["initContainers", "containers"] {
         for (ci, c) in seq_at(body, &["spec", list])?.iter().enumerate() {
             let Some(ports) = c.get("ports").filter(|p| !p.is_null()) else {
@@ -132,7 +133,7 @@ fn named_ports(body: &Value) -> Result<BTreeMap<String, u16>, FieldError> {
                         ),
                     )
                 })?;
-                port_names.insert(name.to_string(), port);
+                port_names.push((name, port));
             }
         }
     }
@@ -140,16 +141,13 @@ fn named_ports(body: &Value) -> Result<BTreeMap<String, u16>, FieldError> {
 }
 
 /// `Kind name` of the first `metadata.ownerReferences` entry.
-fn first_owner(body: &Value) -> Option<Box<str>> {
+fn first_owner(body: &Value) -> Option<Arc<str>> {
     let owner = at(body, &["metadata", "ownerReferences"])?
         .as_array()?
         .first()?;
-    Some(
-        format!(
-            "{} {}",
-            owner.get("kind")?.as_str()?,
-            owner.get("name")?.as_str()?
-        )
-        .into(),
-    )
+    Some(crate::sources::intern::intern(&format!(
+        "{} {}",
+        owner.get("kind")?.as_str()?,
+        owner.get("name")?.as_str()?
+    )))
 }

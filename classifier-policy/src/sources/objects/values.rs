@@ -72,26 +72,45 @@ pub(super) fn string_map(
     v: Option<&Value>,
     field: &str,
 ) -> Result<BTreeMap<String, String>, FieldError> {
-    let mut out = BTreeMap::new();
-    let Some(v) = v else { return Ok(out) };
+    Ok(string_entries(v, field)?
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_owned()))
+        .collect())
+}
+
+/// [`string_map`]'s entries, in the map's order, with the same errors,
+/// borrowing what is text already (a pod's labels are read into a
+/// [`super::PackedMap`] without a `String` per label).
+pub(super) fn string_entries<'a>(
+    v: Option<&'a Value>,
+    field: &str,
+) -> Result<Vec<(&'a str, std::borrow::Cow<'a, str>)>, FieldError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
     let Value::Object(m) = v else {
         return Err(FieldError::new(
             field,
             format!("expected a map, got {}", show(v)),
         ));
     };
+    let mut out = Vec::with_capacity(m.len());
     for (k, val) in m {
-        let Some(val) = scalar_text(val) else {
-            return Err(FieldError::new(
-                field,
-                format!(
-                    "expected string keys and values, got {:?} -> {}",
-                    k,
-                    show(val)
-                ),
-            ));
+        let text = match val {
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            other => match scalar_text(other) {
+                Some(t) => std::borrow::Cow::Owned(t),
+                None => {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "expected string keys and values, got {:?} -> {}",
+                            k,
+                            show(val)
+                        ),
+                    ))
+                }
+            },
         };
-        out.insert(k.clone(), val);
+        out.push((k.as_str(), text));
     }
     Ok(out)
 }

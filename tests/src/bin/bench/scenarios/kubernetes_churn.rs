@@ -15,14 +15,18 @@
 //!   thread's own (`/proc/thread-self/schedstat`) over wall time;
 //!   visible latency is from an event's arrival to the map write that
 //!   made it visible.
-//! - `resync_s`: a restart: every object listed and converted, the policy
-//!   compiled and written into slots whose contents are unknown (in full),
-//!   and switched to. Until the switch the old policy is in force: no
-//!   connect lacks its verdict meanwhile.
+//! - `resync_s`: a restart: every object listed and converted from its
+//!   JSON text, the policy compiled and written into slots whose contents
+//!   are unknown (in full), and switched to. Until the switch the old
+//!   policy is in force: no connect lacks its verdict meanwhile. Making
+//!   the objects' JSON is the API server's work, timed apart
+//!   (`resync_generate_s`).
 //! - `peak_rss_mib`: the process's peak resident memory (`VmHWM`, reset
-//!   through `/proc/self/clear_refs` first) over the resync, the changes
-//!   and the churn: an upper bound of the agent's (it includes the
-//!   bench's own generator).
+//!   through `/proc/self/clear_refs` first, after the heap the earlier
+//!   scenarios freed is given back) over the resync, the changes and the
+//!   churn: an upper bound of the agent's (it includes the bench's own
+//!   generator). `resync_*_mib`: what the allocator held for the
+//!   documents, at most during the resync, and for the live policy.
 //!
 //! The `before_*` figures take today's path for the same changes (a full
 //! document compile, a full trie compile and a slot switch), fewer of them
@@ -42,14 +46,13 @@ use classifier_user::{
         compile,
         live::{Change, LivePolicy},
     },
-    sources::{compile_documents, document::DocumentKey, kinds, kubernetes::to_document, Options},
+    sources::{compile_documents, document::DocumentKey, kinds, Options},
 };
-use kube::core::DynamicObject;
 use serde_json::{json, Value};
-use tests::Sandbox;
+use tests::{sys::CountingAlloc, Sandbox};
 
 use super::kubernetes_scale::{
-    api_resource, cluster_objects, pod, read_objects, server, service, NAMESPACES, SERVICES,
+    cluster_objects, convert_object, pod, read_objects, server, service, Read, NAMESPACES, SERVICES,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -59,10 +62,18 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// One watch event.
+/// One watch event: an object's JSON text, as the API server sends it,
+/// or a deletion.
 enum Event {
-    Apply(&'static kinds::KubeKind, Value),
+    Apply(&'static kinds::KubeKind, Vec<u8>),
     Delete(DocumentKey),
+}
+
+fn apply(kind: &'static kinds::KubeKind, object: &Value) -> Event {
+    Event::Apply(
+        kind,
+        serde_json::to_vec(object).expect("JSON of a JSON value"),
+    )
 }
 
 /// The `n`th change of a churn: rollouts, annotations, Servers.
@@ -87,20 +98,20 @@ fn churn_events(n: u64, pods: u32) -> Vec<Event> {
             let old_name = old["metadata"]["name"].as_str().unwrap_or("").to_string();
             vec![
                 Event::Delete(DocumentKey::new("Pod", Some(&ns), &old_name)),
-                Event::Apply(&kinds::POD, new),
+                apply(&kinds::POD, &new),
             ]
         }
-        12..=15 => vec![Event::Apply(&kinds::POD, annotated_pod(pick % pods, n))],
-        16..=18 => vec![Event::Apply(
+        12..=15 => vec![apply(&kinds::POD, &annotated_pod(pick % pods, n))],
+        16..=18 => vec![apply(
             &kinds::SERVICE,
-            service(
+            &service(
                 pick % SERVICES,
                 if n.is_multiple_of(2) { "3307" } else { "3306" },
             ),
         )],
-        _ => vec![Event::Apply(
+        _ => vec![apply(
             &kinds::SERVER,
-            server(
+            &server(
                 pick % NAMESPACES,
                 if n.is_multiple_of(2) {
                     "HTTP/2"
@@ -123,17 +134,17 @@ fn annotated_pod(i: u32, n: u64) -> Value {
 fn one_change(k: u64, pods: u32) -> Event {
     let pick = (k * 7919) as u32;
     match k % 3 {
-        0 => Event::Apply(&kinds::POD, annotated_pod(pick % pods, k / 3)),
-        1 => Event::Apply(
+        0 => apply(&kinds::POD, &annotated_pod(pick % pods, k / 3)),
+        1 => apply(
             &kinds::SERVICE,
-            service(
+            &service(
                 pick % SERVICES,
                 if k.is_multiple_of(2) { "3307" } else { "3306" },
             ),
         ),
-        _ => Event::Apply(
+        _ => apply(
             &kinds::SERVER,
-            server(
+            &server(
                 pick % NAMESPACES,
                 if k.is_multiple_of(2) {
                     "HTTP/2"
@@ -148,10 +159,7 @@ fn one_change(k: u64, pods: u32) -> Event {
 /// The agent's conversion of a watch event.
 fn convert(event: Event) -> Result<Change> {
     Ok(match event {
-        Event::Apply(kind, value) => {
-            let obj: DynamicObject = serde_json::from_value(value)?;
-            Change::Apply(Arc::new(to_document(&api_resource(kind), obj)?))
-        }
+        Event::Apply(kind, json) => Change::Apply(Arc::new(convert_object(kind, &json)?)),
         Event::Delete(key) => Change::Delete(key),
     })
 }
@@ -334,39 +342,99 @@ fn churn_before(
     })
 }
 
-/// How long a restart's resync took, in seconds.
+/// How long a restart's resync took, in seconds, and what it held.
 struct Resync {
+    /// Converting the objects' JSON (not making it: `generate_s`).
     read_s: f64,
+    generate_s: f64,
     compile_s: f64,
+    write_s: f64,
     total_s: f64,
+    /// Bytes the allocator held for the documents alone, at most during
+    /// the resync, and for the live policy (documents included) after it.
+    documents_bytes: usize,
+    peak_held_bytes: usize,
+    live_bytes: usize,
+    /// The process's peak resident memory over the resync alone, KiB.
+    peak_rss_kib: u64,
+}
+
+impl Resync {
+    /// The `resync_*` fields of the bench's JSON.
+    fn fields(&self) -> serde_json::Map<String, Value> {
+        let mib = |bytes: usize| bytes as f64 / 1048576.0;
+        let json = json!({
+            "resync_s": self.total_s,
+            "resync_read_s": self.read_s,
+            "resync_compile_s": self.compile_s,
+            "resync_write_s": self.write_s,
+            "resync_generate_s": self.generate_s,
+            "resync_documents_mib": mib(self.documents_bytes),
+            "resync_peak_held_mib": mib(self.peak_held_bytes),
+            "resync_live_policy_mib": mib(self.live_bytes),
+            "resync_peak_rss_mib": self.peak_rss_kib as f64 / 1024.0,
+        });
+        let Value::Object(fields) = json else {
+            unreachable!("json! of braces is an object")
+        };
+        fields
+    }
 }
 
 /// A restart: list, convert, compile, write both slots from scratch.
+/// Times are the agent's work only: making the objects' JSON (the API
+/// server's) is counted apart. The heap the earlier scenarios freed is
+/// given back first, so that the peak is this stage's.
 fn resync(sb: &Sandbox, pods: u32) -> Result<(LivePolicy, PolicyMaps, Resync)> {
+    tests::sys::release_free_heap();
     reset_peak_rss()?;
+    let base = CountingAlloc::held();
+    CountingAlloc::reset_peak();
     let t = Instant::now();
-    let (set, count) = read_objects(cluster_objects(pods))?;
-    let read_s = t.elapsed().as_secs_f64();
+    let Read {
+        set,
+        count,
+        convert,
+        generate,
+    } = read_objects(cluster_objects(pods))?;
+    let documents_bytes = CountingAlloc::held().saturating_sub(base);
+    let t_compile = Instant::now();
     let mut live = LivePolicy::new(Options::default())?;
     live.sync(&set)?;
     drop(set);
-    let compile_s = t.elapsed().as_secs_f64() - read_s;
+    let compile_s = t_compile.elapsed().as_secs_f64();
     let mut maps = PolicyMaps::open(&PinDir::new(&sb.pins))?;
     let first = maps.apply(Arc::new(live.compiled()))?;
-    let resync_s = t.elapsed().as_secs_f64();
+    let wall_s = t.elapsed().as_secs_f64();
+    let read_s = convert.as_secs_f64();
+    let generate_s = generate.as_secs_f64();
+    let resync_s = wall_s - generate_s;
+    let peak_held_bytes = CountingAlloc::peak().saturating_sub(base);
+    let live_bytes = CountingAlloc::held().saturating_sub(base);
+    let peak_rss_kib = crate::system::peak_rss_kib(std::process::id())?;
     // The other slot too, so that later full switches are diffs.
     maps.apply(Arc::new(live.compiled()))?;
+    let write_s = first.elapsed.as_secs_f64();
     crate::step(&format!(
-        "  resync of {count} objects: {resync_s:.2} s (read {read_s:.2} s, compile {compile_s:.2} s, write {:.2} s)",
-        first.elapsed.as_secs_f64()
+        "  resync of {count} objects: {resync_s:.2} s (convert {read_s:.2} s, compile {compile_s:.2} s, write {write_s:.2} s; making the JSON {generate_s:.2} s more); held: documents {:.1} MiB, at most {:.1} MiB, live policy {:.1} MiB; peak RSS {:.0} MiB",
+        documents_bytes as f64 / 1048576.0,
+        peak_held_bytes as f64 / 1048576.0,
+        live_bytes as f64 / 1048576.0,
+        peak_rss_kib as f64 / 1024.0,
     ));
     Ok((
         live,
         maps,
         Resync {
             read_s,
+            generate_s,
             compile_s,
+            write_s,
             total_s: resync_s,
+            documents_bytes,
+            peak_held_bytes,
+            live_bytes,
+            peak_rss_kib,
         },
     ))
 }
@@ -436,6 +504,12 @@ fn before_one_at_a_time(
     Ok(before_times)
 }
 
+/// The resync alone (`BENCH_RESYNC_ONLY`).
+pub(crate) fn resync_only(sb: &Sandbox, pods: u32) -> Result<Value> {
+    let (_, _, r) = resync(sb, pods)?;
+    Ok(Value::Object(r.fields()))
+}
+
 pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
     let one_changes = env_or("BENCH_ONE_CHANGES", 200);
     let rate = env_or("BENCH_CHURN_RATE", 200);
@@ -460,11 +534,11 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
 
     // A re-list (410 Gone): equal objects, nothing to apply.
     let t = Instant::now();
-    let (set, _) = read_objects(cluster_objects(pods))?;
-    let relist = live.sync(&set)?;
+    let relist_read = read_objects(cluster_objects(pods))?;
+    let relist = live.sync(&relist_read.set)?;
     write_maps(&mut maps, &live, &relist)?;
-    drop(set);
-    let relist_s = t.elapsed().as_secs_f64();
+    drop(relist_read.set);
+    let relist_s = t.elapsed().as_secs_f64() - relist_read.generate.as_secs_f64();
 
     // Today's path, for the same kind of changes.
     let before_times = before_one_at_a_time(&mut maps, &live, pods, before_changes)?;
@@ -476,7 +550,7 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         before.visible_p99_ms
     ));
 
-    Ok(json!({
+    let mut out = json!({
         "one_change_ms": one_change_ms,
         "one_change_p50_ms": percentile(times, 0.5),
         "one_change_count": one_changes,
@@ -491,9 +565,6 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         "churn_updates": churn.updates,
         "churn_full_compiles": churn.full_compiles,
         "peak_rss_mib": peak_rss_kib as f64 / 1024.0,
-        "resync_s": resync.total_s,
-        "resync_read_s": resync.read_s,
-        "resync_compile_s": resync.compile_s,
         "relist_unchanged_s": relist_s,
         "before_one_change_ms_p50": percentile(before_times.clone(), 0.5),
         "before_one_change_ms_max": percentile(before_times, 1.0),
@@ -503,5 +574,9 @@ pub(crate) fn churn(sb: &Sandbox, pods: u32) -> Result<Value> {
         "before_churn_visible_p50_ms": before.visible_p50_ms,
         "before_churn_visible_p99_ms": before.visible_p99_ms,
         "before_churn_publishes": before.updates,
-    }))
+    });
+    out.as_object_mut()
+        .expect("a JSON object")
+        .extend(resync.fields());
+    Ok(out)
 }

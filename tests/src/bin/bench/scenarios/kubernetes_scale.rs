@@ -4,19 +4,27 @@
 //!
 //! The objects are JSON as the API server sends them (labels, the
 //! annotations linkerd's injector writes, containers, status conditions),
-//! read by the agent's own conversion (`kubernetes::to_document`). Memory
+//! read by the agent's own conversion (`kubernetes::to_document`) from
+//! their JSON text; making the objects is timed apart from that. Memory
 //! is what the allocator holds for each structure (`CountingAlloc`), not
 //! resident memory, which also counts what the allocator keeps for reuse.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use classifier_user::{
     datapath::{PinDir, PolicyMaps},
     policy::compile,
-    sources::{compile_documents, kinds, kubernetes::to_document, DocumentSet, Options},
+    sources::{
+        compile_documents, kinds,
+        kubernetes::{to_document, ApiObject},
+        Document, DocumentSet, Options,
+    },
 };
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 use tests::{sys::CountingAlloc, Sandbox};
 
@@ -149,18 +157,53 @@ pub(super) fn service(i: u32, opaque: &str) -> Value {
         "ports": [port], "selector": {"app": format!("svc-{i}")}, "type": "ClusterIP"}, "status": {"loadBalancer": {}}})
 }
 
-/// The objects as the watcher holds them: read one at a time.
+/// The objects as the watcher holds them, read one at a time, and how
+/// long that took.
+pub(super) struct Read {
+    pub(super) set: DocumentSet,
+    pub(super) count: usize,
+    /// The agent's work: each object's JSON, as the API server sends it,
+    /// to its document.
+    pub(super) convert: Duration,
+    /// Making each object and its JSON: the API server's work here, not
+    /// the agent's (not in `convert`).
+    pub(super) generate: Duration,
+}
+
+/// Reads `objects` as a watch's list delivers them: each one's JSON text
+/// converted as the agent converts it.
 pub(super) fn read_objects(
     objects: impl Iterator<Item = (&'static kinds::KubeKind, Value)>,
-) -> Result<(DocumentSet, usize)> {
-    let mut set = DocumentSet::new();
-    let mut count = 0;
-    for (kind, value) in objects {
-        let obj: DynamicObject = serde_json::from_value(value)?;
-        set.insert(to_document(&api_resource(kind), obj)?);
-        count += 1;
+) -> Result<Read> {
+    let mut read = Read {
+        set: DocumentSet::new(),
+        count: 0,
+        convert: Duration::ZERO,
+        generate: Duration::ZERO,
+    };
+    let mut objects = objects.peekable();
+    loop {
+        let t = Instant::now();
+        let Some((kind, value)) = objects.next() else {
+            break;
+        };
+        let json = serde_json::to_vec(&value)?;
+        drop(value);
+        let t2 = Instant::now();
+        read.generate += t2 - t;
+        let doc = convert_object(kind, &json)?;
+        read.set.insert(doc);
+        read.convert += t2.elapsed();
+        read.count += 1;
     }
-    Ok((set, count))
+    Ok(read)
+}
+
+/// The agent's conversion of one object's JSON, as a list or a watch
+/// event carries it, into its document.
+pub(super) fn convert_object(kind: &kinds::KubeKind, json: &[u8]) -> Result<Document> {
+    let obj: ApiObject = serde_json::from_slice(json)?;
+    to_document(&api_resource(kind), obj)
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -170,9 +213,13 @@ fn mib(bytes: usize) -> f64 {
 /// One cluster size: read, compile, apply, then one pod changed.
 fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
     let base = CountingAlloc::held();
-    let t = Instant::now();
-    let (mut set, count) = read_objects(cluster_objects(pods))?;
-    let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    let Read {
+        mut set,
+        count,
+        convert,
+        generate,
+    } = read_objects(cluster_objects(pods))?;
+    let read_ms = convert.as_secs_f64() * 1e3;
     let documents_bytes = CountingAlloc::held().saturating_sub(base);
 
     let before_policy = CountingAlloc::held();
@@ -198,14 +245,12 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
     // event delivers it; the whole path to the maps. What the agent holds
     // at most meanwhile: the documents, the policy in force and the new
     // one, both compiled.
-    CountingAlloc::reset_peak();
-    let t = Instant::now();
     let mut changed = pod(1);
     changed["metadata"]["annotations"]["config.linkerd.io/opaque-ports"] = json!("3307");
-    set.insert(to_document(
-        &api_resource(&kinds::POD),
-        serde_json::from_value(changed)?,
-    )?);
+    let changed = serde_json::to_vec(&changed)?;
+    CountingAlloc::reset_peak();
+    let t = Instant::now();
+    set.insert(convert_object(&kinds::POD, &changed)?);
     let policy2 = compile_documents(&set, &Options::default())?;
     let documents2_ms = t.elapsed().as_secs_f64() * 1e3;
     let compiled2 = Arc::new(compile(&policy2)?);
@@ -237,6 +282,7 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
         "v4_entries": applied.v4_entries,
         "v6_entries": applied.v6_entries,
         "read_objects_ms": read_ms,
+        "generate_objects_ms": generate.as_secs_f64() * 1e3,
         "documents_to_policy_ms": documents_ms,
         "compile_ms": compile_ms,
         "apply_full_ms": applied.elapsed.as_secs_f64() * 1e3,
@@ -253,6 +299,11 @@ fn one_size(sb: &Sandbox, pods: u32) -> Result<Value> {
 }
 
 pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
+    // `BENCH_RESYNC_ONLY=1`: the resync at the largest size alone, for a
+    // quick look at its time and memory while working on it.
+    if std::env::var_os("BENCH_RESYNC_ONLY").is_some() {
+        return super::kubernetes_churn::resync_only(sb, 100_000);
+    }
     // The file path first (a real agent, a few seconds): one file of a
     // policy directory changed.
     let policy_directory = super::policy_directory::policy_directory()?;
