@@ -570,12 +570,20 @@ impl LivePolicy {
     /// Installs a full compile's object fragments as host rules, replacing
     /// the ones there were, with their per-namespace and per-family bounds.
     fn install_host(&mut self, host: Vec<(DocumentKey, Rule)>) {
-        self.rules.clear();
-        self.free_slots.clear();
-        self.fragments.clear();
-        self.by_id.clear();
-        self.by_addr.clear();
-        self.written.clear();
+        // The old structures go before the new ones are allocated, each at
+        // the size it needs (not grown by doubling, nor kept at the size
+        // of a larger policy before).
+        self.rules = Vec::new();
+        self.rules.reserve_exact(host.len());
+        self.free_slots = Vec::new();
+        self.fragments = HashMap::new();
+        // An object's rules come one after the other.
+        let objects = host.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
+        self.fragments.reserve(objects.min(host.len()));
+        self.by_id = HashMap::new();
+        self.by_id.reserve(host.len());
+        self.by_addr = HashMap::new();
+        self.written = HashMap::new();
         self.host_count = 0;
         self.ns_host_bound.clear();
         self.host_total = (0, 0);
@@ -686,11 +694,14 @@ impl LivePolicy {
         // document compiler does.
         alloc.free.reverse();
         alloc.free.sort_unstable_by(|a, b| b.cmp(a));
+        // Sized exactly: at 100k pods a vector of the rules grown by
+        // doubling would hold up to twice their size at the resync's peak.
+        let host_rules = keys.iter().filter(|k| k.is_some()).count();
         let mut split = Split {
-            bg_rules: Vec::new(),
-            bg_ids: Vec::new(),
+            bg_rules: Vec::with_capacity(rules.len() - host_rules),
+            bg_ids: Vec::with_capacity(rules.len() - host_rules),
             operator_rules: 0,
-            host: Vec::new(),
+            host: Vec::with_capacity(host_rules),
             ids: IdAlloc::default(),
         };
         for ((mut r, key), mut id) in rules.into_iter().zip(keys).zip(ids) {
@@ -797,7 +808,23 @@ impl LivePolicy {
         &mut self,
         changes: impl IntoIterator<Item = Change>,
     ) -> Result<Outcome, LiveError> {
-        let changes: Vec<Change> = changes.into_iter().collect();
+        let changes = changes
+            .into_iter()
+            .map(|change| match change {
+                Change::Apply(doc) => (doc.key(), Some(doc)),
+                Change::Delete(key) => (key, None),
+            })
+            .collect();
+        self.apply_keyed(changes)
+    }
+
+    /// [`LivePolicy::apply`] of documents (`None`: deleted) with their
+    /// keys, which the set keeps (a key from another set shares its
+    /// string).
+    fn apply_keyed(
+        &mut self,
+        changes: Vec<(DocumentKey, Option<Arc<Document>>)>,
+    ) -> Result<Outcome, LiveError> {
         // A batch that changes a large part of the documents (a first list,
         // a re-list after a long absence) is cheaper compiled whole.
         let large = changes.len() > 256 && changes.len() * 4 > self.set.len();
@@ -805,17 +832,10 @@ impl LivePolicy {
             full: self.degraded || self.bg_node_holes || large,
             ..Pending::default()
         };
-        for change in changes {
-            let (key, old, new) = match change {
-                Change::Apply(doc) => {
-                    let key = doc.key();
-                    let old = self.set.insert_shared(doc.clone());
-                    (key, old, Some(doc))
-                }
-                Change::Delete(key) => {
-                    let old = self.set.docs.remove(&key);
-                    (key, old, None)
-                }
+        for (key, new) in changes {
+            let old = match &new {
+                Some(doc) => self.set.docs.insert(key.clone(), doc.clone()),
+                None => self.set.docs.remove(&key),
             };
             if p.full {
                 continue;
@@ -870,27 +890,27 @@ impl LivePolicy {
             match (old.peek(), new.peek()) {
                 (Some((ko, dold)), Some((kn, dnew))) => match ko.cmp(kn) {
                     std::cmp::Ordering::Less => {
-                        changes.push(Change::Delete((*ko).clone()));
+                        changes.push(((*ko).clone(), None));
                         old.next();
                     }
                     std::cmp::Ordering::Greater => {
-                        changes.push(Change::Apply((*dnew).clone()));
+                        changes.push(((*kn).clone(), Some((*dnew).clone())));
                         new.next();
                     }
                     std::cmp::Ordering::Equal => {
                         if !Arc::ptr_eq(dold, dnew) && dold != dnew {
-                            changes.push(Change::Apply((*dnew).clone()));
+                            changes.push(((*kn).clone(), Some((*dnew).clone())));
                         }
                         old.next();
                         new.next();
                     }
                 },
                 (Some((ko, _)), None) => {
-                    changes.push(Change::Delete((*ko).clone()));
+                    changes.push(((*ko).clone(), None));
                     old.next();
                 }
-                (None, Some((_, dnew))) => {
-                    changes.push(Change::Apply((*dnew).clone()));
+                (None, Some((kn, dnew))) => {
+                    changes.push(((*kn).clone(), Some((*dnew).clone())));
                     new.next();
                 }
                 (None, None) => break,
@@ -899,7 +919,7 @@ impl LivePolicy {
         if changes.is_empty() {
             return Ok(Outcome::default());
         }
-        self.apply(changes)
+        self.apply_keyed(changes)
     }
 
     fn one_change(

@@ -13,6 +13,7 @@ pub mod port_counts;
 mod policy_patch;
 pub mod scopes;
 pub mod status;
+mod trie_batch;
 
 pub use loader::{install_or_adopt, uninstall, Installed};
 pub use pins::PinDir;

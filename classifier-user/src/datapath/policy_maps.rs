@@ -23,6 +23,7 @@
 use std::{
     cmp::Ordering,
     collections::HashSet,
+    os::fd::{AsFd as _, OwnedFd},
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -36,7 +37,7 @@ use classifier_common::{
     DEFAULT_PORT_WORDS,
 };
 
-use super::pins::PinDir;
+use super::{pins::PinDir, trie_batch};
 use crate::{
     policy::compile::{key_v4, key_v6, CompiledPolicy, TrieEntry},
     sys::bpf::RcuBarrier,
@@ -47,6 +48,9 @@ pub struct PolicyMaps {
     pub(super) config: Array<MapData, PolicyConfig>,
     pub(super) v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict>,
     pub(super) v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
+    /// The tries' file descriptors, for the batch commands.
+    v4_fd: OwnedFd,
+    v6_fd: OwnedFd,
     default_ports: Array<MapData, u64>,
     excluded: HashMap<MapData, u64, u8>,
     /// What each slot holds, when known. `None` for a slot this agent has
@@ -94,11 +98,14 @@ pub(crate) fn open(pins: &PinDir, name: &str) -> Result<MapData> {
 
 impl PolicyMaps {
     pub fn open(pins: &PinDir) -> Result<Self> {
+        let (v4, v6) = (open(pins, maps::RULES_V4)?, open(pins, maps::RULES_V6)?);
         Ok(Self {
             active: Array::try_from(Map::Array(open(pins, maps::ACTIVE_SLOT)?))?,
             config: Array::try_from(Map::Array(open(pins, maps::POLICY_CONFIG)?))?,
-            v4: LpmTrie::try_from(Map::LpmTrie(open(pins, maps::RULES_V4)?))?,
-            v6: LpmTrie::try_from(Map::LpmTrie(open(pins, maps::RULES_V6)?))?,
+            v4_fd: trie_batch::fd_of(&v4)?,
+            v6_fd: trie_batch::fd_of(&v6)?,
+            v4: LpmTrie::try_from(Map::LpmTrie(v4))?,
+            v6: LpmTrie::try_from(Map::LpmTrie(v6))?,
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,
             excluded: HashMap::try_from(Map::HashMap(open(pins, maps::EXCLUDED_UIDS)?))?,
             contents: [None, None],
@@ -331,34 +338,34 @@ impl PolicyMaps {
         let mut writes = 0;
 
         let (removed, upserted) = diff_entries(&from.v4, &to.v4);
-        for entry in removed {
-            let (prefix_len, data) = key_v4(tag, &entry);
-            absent_ok(self.v4.remove(&Key::new(prefix_len, data)))
-                .context("removing an IPv4 rule entry")?;
-            writes += 1;
-        }
-        for entry in upserted {
-            let (prefix_len, data) = key_v4(tag, &entry);
-            self.v4
-                .insert(&Key::new(prefix_len, data), entry.verdict, 0)
-                .context("writing an IPv4 rule entry")?;
-            writes += 1;
-        }
+        let removed: Vec<_> = removed.iter().map(|e| key_v4(tag, e)).collect();
+        let upserted: Vec<_> = upserted
+            .iter()
+            .map(|e| {
+                let (prefix_len, data) = key_v4(tag, e);
+                (prefix_len, data, e.verdict)
+            })
+            .collect();
+        trie_batch::remove_all(&mut self.v4, self.v4_fd.as_fd(), &removed)
+            .context("removing IPv4 rule entries")?;
+        trie_batch::insert_all(&mut self.v4, self.v4_fd.as_fd(), &upserted)
+            .context("writing IPv4 rule entries")?;
+        writes += removed.len() + upserted.len();
 
         let (removed, upserted) = diff_entries(&from.v6, &to.v6);
-        for entry in removed {
-            let (prefix_len, data) = key_v6(tag, &entry);
-            absent_ok(self.v6.remove(&Key::new(prefix_len, data)))
-                .context("removing an IPv6 rule entry")?;
-            writes += 1;
-        }
-        for entry in upserted {
-            let (prefix_len, data) = key_v6(tag, &entry);
-            self.v6
-                .insert(&Key::new(prefix_len, data), entry.verdict, 0)
-                .context("writing an IPv6 rule entry")?;
-            writes += 1;
-        }
+        let removed: Vec<_> = removed.iter().map(|e| key_v6(tag, e)).collect();
+        let upserted: Vec<_> = upserted
+            .iter()
+            .map(|e| {
+                let (prefix_len, data) = key_v6(tag, e);
+                (prefix_len, data, e.verdict)
+            })
+            .collect();
+        trie_batch::remove_all(&mut self.v6, self.v6_fd.as_fd(), &removed)
+            .context("removing IPv6 rule entries")?;
+        trie_batch::insert_all(&mut self.v6, self.v6_fd.as_fd(), &upserted)
+            .context("writing IPv6 rule entries")?;
+        writes += removed.len() + upserted.len();
 
         for (i, (old, new)) in from
             .default_ports
@@ -398,20 +405,20 @@ impl PolicyMaps {
             .v4
             .keys()
             .filter(|k| k.as_ref().map_or(true, |k| k.data()[0] == tag))
-            .collect::<Result<Vec<Key<RuleKeyV4>>, _>>()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<Vec<(u32, RuleKeyV4)>, _>>()
             .context("listing IPv4 rule entries")?;
-        for key in stale_v4 {
-            absent_ok(self.v4.remove(&key)).context("removing an IPv4 rule entry")?;
-        }
+        trie_batch::remove_all(&mut self.v4, self.v4_fd.as_fd(), &stale_v4)
+            .context("removing IPv4 rule entries")?;
         let stale_v6 = self
             .v6
             .keys()
             .filter(|k| k.as_ref().map_or(true, |k| k.data()[0] == tag))
-            .collect::<Result<Vec<Key<RuleKeyV6>>, _>>()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<Vec<(u32, RuleKeyV6)>, _>>()
             .context("listing IPv6 rule entries")?;
-        for key in stale_v6 {
-            absent_ok(self.v6.remove(&key)).context("removing an IPv6 rule entry")?;
-        }
+        trie_batch::remove_all(&mut self.v6, self.v6_fd.as_fd(), &stale_v6)
+            .context("removing IPv6 rule entries")?;
         for i in 0..DEFAULT_PORT_WORDS {
             self.default_ports
                 .set(slot * DEFAULT_PORT_WORDS + i, 0, 0)

@@ -1,5 +1,7 @@
 //! bpf(2) for what aya 0.14 does not offer: cgroup links created, pinned
-//! and inspected by hand (see `datapath::link` for why). The attribute and
+//! and inspected by hand (see `datapath::link` for why), and map elements
+//! written and deleted in batches (a full policy slot is 140k entries: one
+//! syscall per entry is most of what writing it costs). The attribute and
 //! info layouts are aya-obj's generated kernel bindings, not offsets.
 
 use std::{
@@ -247,4 +249,113 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: bpf_attach_type) -> io::R
     let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
     ids.truncate(count.min(64));
     Ok(ids)
+}
+
+/// A batch command that failed part way: the kernel had done `done`
+/// elements (in order) when it stopped.
+#[derive(Debug)]
+pub struct BatchError {
+    pub error: io::Error,
+    pub done: usize,
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (after {} elements)", self.error, self.done)
+    }
+}
+
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The elements in `keys` (and `values`), each `key_size` (`value_size`)
+/// bytes, one after the other; their number, or an error when the
+/// lengths disagree.
+fn batch_count(
+    keys: &[u8],
+    key_size: usize,
+    values: Option<(&[u8], usize)>,
+) -> Result<u32, BatchError> {
+    let invalid = |what: &str| BatchError {
+        error: io::Error::new(io::ErrorKind::InvalidInput, what.to_string()),
+        done: 0,
+    };
+    if key_size == 0 || !keys.len().is_multiple_of(key_size) {
+        return Err(invalid("keys are not a whole number of keys"));
+    }
+    let count = keys.len() / key_size;
+    if let Some((values, value_size)) = values {
+        if values.len() != count * value_size {
+            return Err(invalid("not one value per key"));
+        }
+    }
+    u32::try_from(count).map_err(|_| invalid("too many elements for one batch"))
+}
+
+/// BPF_MAP_UPDATE_BATCH: writes every key of `keys` with the value at the
+/// same position of `values` (flags 0: created or replaced), in one call.
+/// The kernel writes them in order and stops at the first that fails. Maps
+/// without batch support (before 5.6, or a type without it) answer EINVAL
+/// or ENOTSUPP at once, with nothing done.
+pub fn map_update_batch(
+    map: BorrowedFd<'_>,
+    keys: &[u8],
+    key_size: usize,
+    values: &[u8],
+    value_size: usize,
+) -> Result<(), BatchError> {
+    let count = batch_count(keys, key_size, Some((values, value_size)))?;
+    if count == 0 {
+        return Ok(());
+    }
+    let mut attr = zeroed_attr();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.as_ptr() as u64;
+    attr.batch.count = count;
+    // SAFETY: keys and values point to `count` keys and values of the sizes
+    // the caller gives for this map (checked against the slices' lengths),
+    // alive until the call returns; the kernel only reads them.
+    let rc = unsafe { sys_bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) };
+    batch_result(rc, &attr)
+}
+
+/// BPF_MAP_DELETE_BATCH: deletes every key of `keys`, in one call. The
+/// kernel stops at the first that fails, a key that is not there included
+/// (ENOENT).
+pub fn map_delete_batch(
+    map: BorrowedFd<'_>,
+    keys: &[u8],
+    key_size: usize,
+) -> Result<(), BatchError> {
+    let count = batch_count(keys, key_size, None)?;
+    if count == 0 {
+        return Ok(());
+    }
+    let mut attr = zeroed_attr();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.count = count;
+    // SAFETY: keys points to `count` keys of the map's key size (checked
+    // against the slice's length), alive until the call returns; the
+    // kernel only reads them.
+    let rc = unsafe { sys_bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr) };
+    batch_result(rc, &attr)
+}
+
+/// A batch command's outcome: on failure the kernel has written back in
+/// `count` how many elements it had done.
+fn batch_result(rc: io::Result<i64>, attr: &bpf_attr) -> Result<(), BatchError> {
+    match rc {
+        Ok(_) => Ok(()),
+        Err(error) => Err(BatchError {
+            error,
+            // SAFETY: reading back an integer of the union member the
+            // command used.
+            done: unsafe { attr.batch.count } as usize,
+        }),
+    }
 }

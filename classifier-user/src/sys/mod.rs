@@ -7,7 +7,8 @@
 //! they pass Rust values and get `io::Result`s back.
 //!
 //! ```text
-//! bpf.rs       bpf(2): link create, pin, open pinned object, link info
+//! bpf.rs       bpf(2): link create, pin, open pinned object, link info,
+//!              map element batches
 //! caps.rs      capability bounding set and capset(2)
 //! fs.rs        statfs(2), mount(2), flock(2)
 //! inotify.rs   inotify(7): watching the kubelet's pod cgroup directories

@@ -48,7 +48,9 @@ pub struct Document {
     /// `metadata.name`; empty when the document has none (a
     /// ClassifierPolicy needs no metadata).
     pub name: Box<str>,
-    /// `metadata.creationTimestamp` as written (RFC 3339).
+    /// `metadata.creationTimestamp` as written (RFC 3339), for the kinds
+    /// whose rules are ordered by age (Server, EgressNetwork); `None` for
+    /// the others.
     pub creation_timestamp: Option<Box<str>>,
     /// A Pod's `metadata.uid` (which ties its cgroup to its namespace);
     /// shared with the live policy's index of them.
@@ -57,6 +59,11 @@ pub struct Document {
     /// See [`Document::origin`]; empty for an object of the live watch,
     /// whose origin follows from its identity (one string less per pod).
     origin: Box<str>,
+}
+
+/// Whether documents of `kind` are ordered by their creation time.
+fn kind_is_aged(kind: &str) -> bool {
+    kind == kinds::SERVER.kind || kind == kinds::EGRESS_NETWORK.kind
 }
 
 /// The origin of an object of the live watch: `kubernetes:Kind/ns/name`.
@@ -137,7 +144,10 @@ impl Document {
         if namespace.is_none() && kinds::by_name(&kind).is_some_and(|k| k.namespaced) {
             namespace = Some("default".to_string());
         }
-        let creation_timestamp = meta_str("creationTimestamp")?;
+        // Only Servers and EgressNetworks are ordered by age
+        // (`linkerd::age_order`): other kinds do not keep it (one string
+        // less per pod). It is still checked to be a string.
+        let creation_timestamp = meta_str("creationTimestamp")?.filter(|_| kind_is_aged(&kind));
         let mut uid = None;
         let content = if &*kind == crate::file::KIND || api_version.starts_with("classifier.dev/") {
             Content::ClassifierPolicy {

@@ -248,6 +248,9 @@ pub(crate) fn compile_documents_with(
     c.enforce_budget(set, opts.namespace_entry_budget);
 
     policy.rules = c.rules;
+    // Grown by doubling: up to half of it unused, which its holders keep
+    // while they build from it (the live policy's fragments).
+    policy.rules.shrink_to_fit();
     Ok(Compiled {
         policy,
         rejected: c.rejected,

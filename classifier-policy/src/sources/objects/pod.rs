@@ -97,6 +97,9 @@ fn pod_ips(body: &Value) -> Result<Vec<IpAddr>, FieldError> {
     }
     ips.sort();
     ips.dedup();
+    // Kept as long as the pod: one or two addresses, not the four that
+    // pushing made room for.
+    ips.shrink_to_fit();
     Ok(ips)
 }
 
