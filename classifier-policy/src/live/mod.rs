@@ -55,6 +55,7 @@ use crate::sources::kinds::{self, KubeKind};
 use crate::sources::linkerd::{compile_documents_with, rule_origin, Options, Rejected};
 use crate::sources::objects::Object;
 use classifier_common::{RuleVerdict, PORT_ANY, PROTO_UNKNOWN, RULE_MATCH, RULE_NONE, SCOPE_NODE};
+use smallvec::SmallVec;
 
 mod base;
 mod pods;
@@ -267,15 +268,11 @@ pub struct LivePolicy {
     fragments: HashMap<DocumentKey, Vec<u32>>,
     /// Rule id -> host rule slot.
     by_id: HashMap<u32, u32>,
-    /// Address -> host rule slots with a network at it.
-    by_addr: HashMap<IpAddr, Vec<u32>>,
-    /// Address -> ports of the keys at it this layer wrote.
-    written: HashMap<IpAddr, Vec<u16>>,
+    /// What is kept per address: rules, written ports, claims.
+    at: HashMap<IpAddr, AtAddr>,
     v4: BTreeMap<Key<4>, RuleVerdict>,
     v6: BTreeMap<Key<16>, RuleVerdict>,
     ids: IdAlloc,
-    /// Live, resolved pods per address: an address with two is contested.
-    claims: HashMap<IpAddr, u32>,
     /// Per namespace: entries its objects' rules need (bound), host
     /// fragments and background separately.
     ns_host_bound: HashMap<Arc<str>, u64>,
@@ -300,6 +297,29 @@ pub struct LivePolicy {
     delta: Delta,
     /// Entries at the wildcard port, for `any_port`.
     any_port_entries: usize,
+}
+
+/// What the live policy keeps per address (one map rather than three: at
+/// 100k pods each was 5-10 MiB, and a vector per entry one allocation
+/// more).
+#[derive(Default)]
+struct AtAddr {
+    /// Host rule slots with a network at it.
+    slots: SmallVec<[u32; 2]>,
+    /// Ports of the keys at it this layer wrote.
+    written: SmallVec<[u16; 4]>,
+    /// Live, resolved pods claiming it: with two it is contested.
+    claims: u32,
+}
+
+impl AtAddr {
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.written.is_empty() && self.claims == 0
+    }
+
+    fn contested(&self) -> bool {
+        self.claims >= 2
+    }
 }
 
 /// Stable rule ids: freed ids are reused before new ones.
@@ -401,12 +421,10 @@ impl LivePolicy {
             free_slots: Vec::new(),
             fragments: HashMap::new(),
             by_id: HashMap::new(),
-            by_addr: HashMap::new(),
-            written: HashMap::new(),
+            at: HashMap::new(),
             v4: BTreeMap::new(),
             v6: BTreeMap::new(),
             ids: IdAlloc::default(),
-            claims: HashMap::new(),
             ns_host_bound: HashMap::new(),
             ns_bg_bound: HashMap::new(),
             host_total: (0, 0),
@@ -559,7 +577,12 @@ impl LivePolicy {
         self.background_bounds();
         self.count_claims();
         self.load_base_entries();
-        let addrs: Vec<IpAddr> = self.by_addr.keys().copied().collect();
+        let addrs: Vec<IpAddr> = self
+            .at
+            .iter()
+            .filter(|(_, at)| !at.slots.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
         for a in addrs {
             self.refresh(a);
         }
@@ -582,8 +605,7 @@ impl LivePolicy {
         self.fragments.reserve(objects.min(host.len()));
         self.by_id = HashMap::new();
         self.by_id.reserve(host.len());
-        self.by_addr = HashMap::new();
-        self.written = HashMap::new();
+        self.at = HashMap::new();
         self.host_count = 0;
         self.ns_host_bound.clear();
         self.host_total = (0, 0);
@@ -603,7 +625,7 @@ impl LivePolicy {
             slots.push(slot);
             self.by_id.insert(rule.id, slot);
             for n in &rule.networks {
-                self.by_addr.entry(n.cidr.addr()).or_default().push(slot);
+                self.at.entry(n.cidr.addr()).or_default().slots.push(slot);
             }
             let (b4, b6) = bound_of(&[&rule]);
             if let Some(ns) = &doc.namespace {
@@ -765,7 +787,9 @@ impl LivePolicy {
     }
 
     fn count_claims(&mut self) {
-        let mut claims: HashMap<IpAddr, u32> = HashMap::new();
+        for at in self.at.values_mut() {
+            at.claims = 0;
+        }
         let mut pods = PodNamespaces::default();
         for doc in self.set.of_kind(kinds::POD.kind) {
             if read_kind(doc).is_none() {
@@ -774,10 +798,10 @@ impl LivePolicy {
             pods.add(doc);
             let rejected = self.resolve_rejected(&doc.key());
             for ip in self.live_ips(Some(doc), rejected) {
-                *claims.entry(*ip).or_default() += 1;
+                self.at.entry(*ip).or_default().claims += 1;
             }
         }
-        self.claims = claims;
+        self.at.retain(|_, at| !at.is_empty());
         self.pods = pods;
     }
 
@@ -1002,27 +1026,27 @@ impl LivePolicy {
     /// (the change is global) when an address it touches is contested,
     /// before (claims left as they were) or after.
     fn move_claims(&mut self, old_ips: &[IpAddr], new_ips: &[IpAddr]) -> bool {
-        let contested = |claims: &HashMap<IpAddr, u32>| {
+        let contested = |at: &HashMap<IpAddr, AtAddr>| {
             old_ips
                 .iter()
                 .chain(new_ips)
-                .any(|ip| claims.get(ip).is_some_and(|&n| n >= 2))
+                .any(|ip| at.get(ip).is_some_and(AtAddr::contested))
         };
-        if contested(&self.claims) {
+        if contested(&self.at) {
             return true;
         }
         for ip in old_ips {
-            if let Some(n) = self.claims.get_mut(ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.claims.remove(ip);
+            if let Some(at) = self.at.get_mut(ip) {
+                at.claims = at.claims.saturating_sub(1);
+                if at.is_empty() {
+                    self.at.remove(ip);
                 }
             }
         }
         for ip in new_ips {
-            *self.claims.entry(*ip).or_default() += 1;
+            self.at.entry(*ip).or_default().claims += 1;
         }
-        contested(&self.claims)
+        contested(&self.at)
     }
 
     /// Moves the UID -> namespace entry from the old pod to the new one;
@@ -1098,7 +1122,7 @@ impl LivePolicy {
                             if pod
                                 .ips
                                 .iter()
-                                .any(|ip| self.claims.get(ip).is_some_and(|&n| n >= 2))
+                                .any(|ip| self.at.get(ip).is_some_and(AtAddr::contested))
                             {
                                 p.full = true;
                                 return Ok(());
@@ -1185,10 +1209,10 @@ impl LivePolicy {
             for n in &h.rule.networks {
                 let a = n.cidr.addr();
                 p.addrs.insert(a);
-                if let Some(v) = self.by_addr.get_mut(&a) {
-                    v.retain(|&s| s != slot);
-                    if v.is_empty() {
-                        self.by_addr.remove(&a);
+                if let Some(at) = self.at.get_mut(&a) {
+                    at.slots.retain(|s| *s != slot);
+                    if at.is_empty() {
+                        self.at.remove(&a);
                     }
                 }
             }
@@ -1213,6 +1237,11 @@ impl LivePolicy {
                 let slot = match self.free_slots.pop() {
                     Some(s) => s,
                     None => {
+                        if self.rules.len() == self.rules.capacity() {
+                            // By an eighth, not by doubling: at 100k pods
+                            // a doubled slab would hold 16 MiB unused.
+                            self.rules.reserve_exact(self.rules.len() / 8 + 16);
+                        }
                         self.rules.push(None);
                         self.rules.len() as u32 - 1
                     }
@@ -1220,7 +1249,7 @@ impl LivePolicy {
                 for n in &rule.networks {
                     let a = n.cidr.addr();
                     p.addrs.insert(a);
-                    self.by_addr.entry(a).or_default().push(slot);
+                    self.at.entry(a).or_default().slots.push(slot);
                 }
                 self.by_id.insert(rule.id, slot);
                 self.rules[slot as usize] = Some(HostRule::new(rule, doc.clone(), i as u16));
@@ -1275,21 +1304,19 @@ impl LivePolicy {
         let bg: Vec<(u16, RuleVerdict)> = self.base.at_host.get(&addr).cloned().unwrap_or_default();
         // What is there now: the ports this layer wrote, or the background's.
         let mut before: BTreeMap<u16, RuleVerdict> = BTreeMap::new();
-        let old_ports = self.written.remove(&addr);
-        for port in old_ports
-            .iter()
-            .flatten()
-            .copied()
-            .chain(bg.iter().map(|&(p, _)| p))
-        {
+        let (old_ports, slots) = match self.at.get_mut(&addr) {
+            Some(at) => (std::mem::take(&mut at.written), at.slots.clone()),
+            None => Default::default(),
+        };
+        for port in old_ports.iter().copied().chain(bg.iter().map(|&(p, _)| p)) {
             if let Some(v) = self.remove_entry(port, addr, prefix) {
                 before.insert(port, v);
             }
         }
         let mut after: BTreeMap<u16, RuleVerdict> = bg.iter().copied().collect();
-        if let Some(slots) = self.by_addr.get(&addr) {
+        if !slots.is_empty() {
             let mut ports: BTreeSet<u16> = bg.iter().map(|&(p, _)| p).collect();
-            for &slot in slots {
+            for &slot in &slots {
                 let h = self.rules[slot as usize].as_ref().expect("indexed slot");
                 if h.rule.is_wildcard_port() {
                     ports.insert(PORT_ANY);
@@ -1298,9 +1325,14 @@ impl LivePolicy {
                 }
             }
             for &port in &ports {
-                after.insert(port, self.value(port, addr, prefix, slots));
+                after.insert(port, self.value(port, addr, prefix, &slots));
             }
-            self.written.insert(addr, ports.into_iter().collect());
+            if let Some(at) = self.at.get_mut(&addr) {
+                at.written = ports.into_iter().collect();
+            }
+        }
+        if self.at.get(&addr).is_some_and(AtAddr::is_empty) {
+            self.at.remove(&addr);
         }
         for (&port, &v) in &after {
             self.put_entry(port, addr, prefix, v);

@@ -564,3 +564,45 @@ fn a_restarted_agent_writes_only_what_the_slot_it_finds_lacks() -> Result<()> {
     assert_eq!(protocol(&nats), "http1", "{nats}");
     Ok(())
 }
+
+/// A policy larger than one batch of map writes (4,096 entries) reaches the
+/// kernel whole, and a change that drops thousands of its rules deletes
+/// exactly those: every chunk of the batched writes and deletes lands.
+#[test]
+fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -> Result<()> {
+    use classifier_user::datapath::{PinDir, PolicyMaps};
+    use std::net::Ipv4Addr;
+    if !privileged!() {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new("batch-write")?;
+    let policy = sb.write_file("policy.yaml", &many_rules_policy("opaque", 10_000));
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    let g1 = sb.generation();
+    let maps = PolicyMaps::open(&PinDir::new(&sb.pins))?;
+    let addr = |i: usize| Ipv4Addr::new(10, 9, (i / 256) as u8, (i % 256) as u8);
+    // The first and last entries of each batch.
+    for i in [0, 4095, 4096, 8191, 8192, 9999] {
+        let v = maps.lookup_v4(80, addr(i))?;
+        assert!(v.is_some(), "rule {i}'s entry ({}) is missing", addr(i));
+    }
+    let before = maps.active_entries()?;
+
+    // 6,000 rules fewer: two batches of deletes in the slot switched to.
+    sb.write_file("policy.yaml", &many_rules_policy("opaque", 4_000));
+    sb.wait_for_generation(g1 + 1)?;
+    for i in [0, 3999] {
+        assert!(maps.lookup_v4(80, addr(i))?.is_some(), "rule {i} is kept");
+    }
+    for i in [4000, 4096, 8191, 9999] {
+        let v = maps.lookup_v4(80, addr(i))?;
+        assert_eq!(v, None, "rule {i} ({}) is gone", addr(i));
+    }
+    let after = maps.active_entries()?;
+    assert_eq!(after.len(), before.len() - 6_000);
+    assert!(
+        after.iter().all(|e| before.contains(e)),
+        "only entries were dropped"
+    );
+    Ok(())
+}
