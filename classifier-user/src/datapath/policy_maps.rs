@@ -10,7 +10,8 @@
 //! handful of map writes, not a rewrite. When the inactive slot's contents
 //! are unknown (after an agent restart, or a failed write) it is read back
 //! and only the difference written; a difference that cannot be written
-//! clears the slot and writes it in full.
+//! clears the slot and writes it in full. Many entries go in batches
+//! (`trie_batch`): a full slot at 100k pods is 140k entries.
 //!
 //! After a switch, connects that read the old slot index just before it may
 //! still be looking up in that slot. The old slot is rewritten only after
