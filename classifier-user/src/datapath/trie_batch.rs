@@ -1,5 +1,5 @@
-//! Many rule entries written to, or deleted from, a rule trie in few
-//! system calls.
+//! Many rule entries written to, deleted from, or read from a rule trie
+//! in few system calls.
 //!
 //! A full policy slot at 100k pods is about 140,000 entries; one
 //! `bpf(BPF_MAP_UPDATE_ELEM)` per entry makes the syscall's own cost most
@@ -149,4 +149,59 @@ pub fn fd_of(map: &MapData) -> Result<std::os::fd::OwnedFd> {
         .as_fd()
         .try_clone_to_owned()
         .context("duplicating a map's file descriptor")
+}
+
+/// Every entry of `trie` (file descriptor `fd`): prefix length, key data
+/// and verdict, in the trie's own order, read [`CHUNK`] at a time.
+pub fn read_all<K: aya::Pod + bytemuck::Pod>(
+    trie: &LpmTrie<MapData, K, RuleVerdict>,
+    fd: BorrowedFd<'_>,
+) -> Result<Vec<(u32, K, RuleVerdict)>> {
+    let key_size = 4 + size_of::<K>();
+    let value_size = size_of::<RuleVerdict>();
+    let mut keys = vec![0u8; CHUNK * key_size];
+    let mut values = vec![0u8; CHUNK * value_size];
+    let (mut from, mut next) = (vec![0u8; key_size], vec![0u8; key_size]);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let position = (!first).then_some(&from[..]);
+        let (n, more) = match bpf::map_lookup_batch(
+            fd,
+            position,
+            &mut next,
+            &mut keys,
+            key_size,
+            &mut values,
+            value_size,
+        ) {
+            Ok(found) => found,
+            Err(e) if first && unsupported(&e) => return read_each(trie),
+            Err(e) => return Err(e).context("reading rule entries in a batch"),
+        };
+        for i in 0..n {
+            let key = &keys[i * key_size..(i + 1) * key_size];
+            let prefix_len = u32::from_ne_bytes(key[..4].try_into().expect("4 bytes"));
+            let data: K = bytemuck::pod_read_unaligned(&key[4..]);
+            let verdict: RuleVerdict =
+                bytemuck::pod_read_unaligned(&values[i * value_size..(i + 1) * value_size]);
+            out.push((prefix_len, data, verdict));
+        }
+        if !more || n == 0 {
+            return Ok(out);
+        }
+        std::mem::swap(&mut from, &mut next);
+        first = false;
+    }
+}
+
+fn read_each<K: aya::Pod>(
+    trie: &LpmTrie<MapData, K, RuleVerdict>,
+) -> Result<Vec<(u32, K, RuleVerdict)>> {
+    let mut out = Vec::new();
+    for item in trie.iter() {
+        let (key, verdict) = item.context("listing rule entries")?;
+        out.push((key.prefix_len(), key.data(), verdict));
+    }
+    Ok(out)
 }

@@ -359,3 +359,46 @@ fn batch_result(rc: io::Result<i64>, attr: &bpf_attr) -> Result<(), BatchError> 
         }),
     }
 }
+
+/// BPF_MAP_LOOKUP_BATCH: the elements after the position `from` (`None`:
+/// from the first), as many as `keys` holds keys of `key_size` bytes,
+/// written into `keys` and `values`; the position to go on from into
+/// `next` (a key's size). Returns how many were written, and whether the
+/// map may hold more after them (`false`: the walk is over).
+pub fn map_lookup_batch(
+    map: BorrowedFd<'_>,
+    from: Option<&[u8]>,
+    next: &mut [u8],
+    keys: &mut [u8],
+    key_size: usize,
+    values: &mut [u8],
+    value_size: usize,
+) -> Result<(usize, bool), BatchError> {
+    let count = batch_count(keys, key_size, Some((values, value_size)))?;
+    if from.is_some_and(|f| f.len() != key_size) || next.len() != key_size {
+        return Err(BatchError {
+            error: io::Error::new(io::ErrorKind::InvalidInput, "a position is not one key"),
+            done: 0,
+        });
+    }
+    let mut attr = zeroed_attr();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.in_batch = from.map_or(0, |f| f.as_ptr() as u64);
+    attr.batch.out_batch = next.as_mut_ptr() as u64;
+    attr.batch.keys = keys.as_mut_ptr() as u64;
+    attr.batch.values = values.as_mut_ptr() as u64;
+    attr.batch.count = count;
+    // SAFETY: in_batch (when set) points to one key the kernel reads;
+    // out_batch to one key, keys and values to `count` keys and values of
+    // the sizes given (checked against the slices' lengths), which it
+    // writes; all alive until the call returns.
+    let rc = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+    // SAFETY: reading back an integer of the union member the command used.
+    let done = unsafe { attr.batch.count } as usize;
+    match rc {
+        Ok(_) => Ok((done, true)),
+        // The end of the map: `done` elements before it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((done, false)),
+        Err(error) => Err(BatchError { error, done }),
+    }
+}

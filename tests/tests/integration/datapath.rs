@@ -567,7 +567,8 @@ fn a_restarted_agent_writes_only_what_the_slot_it_finds_lacks() -> Result<()> {
 
 /// A policy larger than one batch of map writes (4,096 entries) reaches the
 /// kernel whole, and a change that drops thousands of its rules deletes
-/// exactly those: every chunk of the batched writes and deletes lands.
+/// exactly those: every chunk of the batched writes and deletes lands, and
+/// a restart reads the slot back, batch by batch, exactly.
 #[test]
 fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -> Result<()> {
     use classifier_user::datapath::{PinDir, PolicyMaps};
@@ -604,5 +605,15 @@ fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -
         after.iter().all(|e| before.contains(e)),
         "only entries were dropped"
     );
+
+    // Restarted with the first policy: the slot it writes into holds it,
+    // read back a batch at a time, and not one entry differs.
+    sb.kill_agent();
+    sb.write_file("policy.yaml", &many_rules_policy("opaque", 10_000));
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    sb.wait_for_generation(g1 + 2)?;
+    let log = sb.agent_log();
+    assert_eq!(last_map_writes(&log), Some(0), "{log}");
+    assert_eq!(maps.active_entries()?, before);
     Ok(())
 }
