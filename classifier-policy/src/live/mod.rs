@@ -49,12 +49,14 @@ use std::sync::Arc;
 
 use crate::compile::{entry_bound, CompileError, CompiledPolicy, TrieEntry};
 use crate::compile::{MAX_V4_ENTRIES, MAX_V6_ENTRIES};
-use crate::model::{Policy, PolicyError, Rule};
+use crate::model::{Network, Policy, PolicyError, Protocol, Rule};
+use crate::ports::PortSet;
 use crate::sources::document::{Document, DocumentKey, DocumentSet};
 use crate::sources::kinds::{self, KubeKind};
 use crate::sources::linkerd::{compile_documents_with, rule_origin, Options, Rejected};
 use crate::sources::objects::Object;
 use classifier_common::{RuleVerdict, PORT_ANY, PROTO_UNKNOWN, RULE_MATCH, RULE_NONE, SCOPE_NODE};
+use ipnet::IpNet;
 use smallvec::SmallVec;
 
 mod base;
@@ -217,33 +219,62 @@ impl Delta {
     }
 }
 
-/// A rule of an object's fragment. Its `origin` is left empty: it is
-/// `Kind ns/name (origin)` of `doc` ([`HostRule::full`]), one string per
-/// rule that would otherwise make up a good part of what the policy holds.
+/// A rule of an object's fragment, held compactly: every network of such
+/// a rule is one address's full-length prefix without holes, node-wide
+/// (see the module documentation), so its addresses, ports and protocol
+/// are the whole rule. Its origin is `Kind ns/name (origin)` of `doc`,
+/// made again when the rule is shown ([`HostRule::full`]).
 struct HostRule {
-    rule: Rule,
-    /// The object it comes from (for precedence), and its position in
-    /// that object's fragment.
-    doc: Arc<Document>,
+    id: u32,
+    /// Its position in its object's fragment.
     position: u16,
+    protocol: Protocol,
+    addrs: SmallVec<[IpAddr; 1]>,
+    ports: PortSet,
+    /// The object it comes from (for precedence and its origin).
+    doc: Arc<Document>,
 }
 
 impl HostRule {
-    /// A rule of `doc`'s fragment, kept without its origin.
-    fn new(mut rule: Rule, doc: Arc<Document>, position: u16) -> HostRule {
-        rule.origin = String::new();
+    /// Rule `position` of `doc`'s fragment, as the compiler gave it.
+    fn new(rule: Rule, doc: Arc<Document>, position: u16) -> HostRule {
+        debug_assert!(
+            rule.scope.is_none()
+                && !rule.global_egress
+                && rule
+                    .networks
+                    .iter()
+                    .all(|n| n.except.is_empty() && n.cidr.prefix_len() == n.cidr.max_prefix_len()),
+            "an object's rule is not on host networks: {rule:?}"
+        );
         HostRule {
-            rule,
-            doc,
+            id: rule.id,
             position,
+            protocol: rule.protocol,
+            addrs: rule.networks.iter().map(|n| n.cidr.addr()).collect(),
+            ports: rule.ports,
+            doc,
         }
+    }
+
+    fn is_wildcard_port(&self) -> bool {
+        self.ports.is_all()
     }
 
     /// The rule as the compiler gave it, origin included.
     fn full(&self) -> Rule {
         Rule {
+            id: self.id,
+            networks: self
+                .addrs
+                .iter()
+                .map(|a| Network::new(IpNet::from(*a)))
+                .collect(),
+            ports: self.ports.clone(),
+            protocol: self.protocol,
+            scope: None,
+            global_egress: false,
             origin: rule_origin(&self.doc),
-            ..self.rule.clone()
         }
     }
 }
@@ -696,7 +727,7 @@ impl LivePolicy {
                     .get(k)
                     .and_then(|slots| slots.get(pos))
                     .and_then(|&s| self.rules[s as usize].as_ref())
-                    .map(|h| h.rule.id),
+                    .map(|h| h.id),
                 None => old_bg
                     .get(r.origin.as_str())
                     .and_then(|v| v.get(pos))
@@ -1205,9 +1236,8 @@ impl LivePolicy {
                 continue;
             };
             self.free_slots.push(slot);
-            self.by_id.remove(&h.rule.id);
-            for n in &h.rule.networks {
-                let a = n.cidr.addr();
+            self.by_id.remove(&h.id);
+            for &a in &h.addrs {
                 p.addrs.insert(a);
                 if let Some(at) = self.at.get_mut(&a) {
                     at.slots.retain(|s| *s != slot);
@@ -1216,12 +1246,12 @@ impl LivePolicy {
                     }
                 }
             }
-            let (b4, b6) = bound_of(&[&h.rule]);
+            let (b4, b6) = bound_of(&[&h.full()]);
             self.host_total.0 -= b4;
             self.host_total.1 -= b6;
             ns_delta -= (b4 + b6) as i64;
             self.host_count -= 1;
-            old_ids.push(h.rule.id);
+            old_ids.push(h.id);
         }
         let mut slots = Vec::with_capacity(rules.len());
         if let Some(doc) = doc {
@@ -1318,10 +1348,10 @@ impl LivePolicy {
             let mut ports: BTreeSet<u16> = bg.iter().map(|&(p, _)| p).collect();
             for &slot in &slots {
                 let h = self.rules[slot as usize].as_ref().expect("indexed slot");
-                if h.rule.is_wildcard_port() {
+                if h.is_wildcard_port() {
                     ports.insert(PORT_ANY);
                 } else {
-                    ports.extend(h.rule.ports.iter());
+                    ports.extend(h.ports.iter());
                 }
             }
             for &port in &ports {
@@ -1400,9 +1430,9 @@ impl LivePolicy {
             hosts()
                 .filter(|h| {
                     if wildcard {
-                        h.rule.is_wildcard_port()
+                        h.is_wildcard_port()
                     } else {
-                        !h.rule.is_wildcard_port() && h.rule.ports.contains(port)
+                        !h.is_wildcard_port() && h.ports.contains(port)
                     }
                 })
                 .min_by(|a, b| precedence(a, b))
@@ -1416,8 +1446,8 @@ impl LivePolicy {
         };
         let bg = self.base.answer(port, addr);
         let host_verdict = |h: &HostRule| RuleVerdict {
-            rule_id: h.rule.id,
-            protocol: h.rule.protocol.wire(),
+            rule_id: h.id,
+            protocol: h.protocol.wire(),
             kind: RULE_MATCH,
             net_prefix: prefix,
             _pad: 0,
