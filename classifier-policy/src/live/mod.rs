@@ -261,6 +261,21 @@ impl HostRule {
         self.ports.is_all()
     }
 
+    /// The trie entries it can make, per family: [`entry_bound`] of the
+    /// rule, which for a rule on host networks is each port (one for all
+    /// ports) at each address.
+    fn bound(&self) -> (u64, u64) {
+        let ports = if self.is_wildcard_port() {
+            1
+        } else {
+            self.ports.len() as u64
+        };
+        let v6 = self.addrs.iter().filter(|a| a.is_ipv6()).count() as u64;
+        let bound = ((self.addrs.len() as u64 - v6) * ports, v6 * ports);
+        debug_assert_eq!(bound, bound_of(&[&self.full()]));
+        bound
+    }
+
     /// The rule as the compiler gave it, origin included.
     fn full(&self) -> Rule {
         Rule {
@@ -296,7 +311,7 @@ pub struct LivePolicy {
     /// Host rules (slab), the free slots, and each object's slots.
     rules: Vec<Option<HostRule>>,
     free_slots: Vec<u32>,
-    fragments: HashMap<DocumentKey, Vec<u32>>,
+    fragments: HashMap<DocumentKey, SmallVec<[u32; 2]>>,
     /// Rule id -> host rule slot.
     by_id: HashMap<u32, u32>,
     /// What is kept per address: rules, written ports, claims.
@@ -565,7 +580,7 @@ struct Split {
     bg_ids: Vec<u32>,
     operator_rules: u32,
     /// (object, rule with its stable id), in the compiler's order.
-    host: Vec<(DocumentKey, Rule)>,
+    host: Vec<(DocumentKey, HostRule)>,
     ids: IdAlloc,
 }
 
@@ -623,7 +638,7 @@ impl LivePolicy {
 
     /// Installs a full compile's object fragments as host rules, replacing
     /// the ones there were, with their per-namespace and per-family bounds.
-    fn install_host(&mut self, host: Vec<(DocumentKey, Rule)>) {
+    fn install_host(&mut self, host: Vec<(DocumentKey, HostRule)>) {
         // The old structures go before the new ones are allocated, each at
         // the size it needs (not grown by doubling, nor kept at the size
         // of a larger policy before).
@@ -640,32 +655,22 @@ impl LivePolicy {
         self.host_count = 0;
         self.ns_host_bound.clear();
         self.host_total = (0, 0);
-        for (key, rule) in host {
-            // The set's own key: a clone shares its string.
-            let Some((key, doc)) = self
-                .set
-                .docs
-                .get_key_value(&key)
-                .map(|(k, d)| (k.clone(), d.clone()))
-            else {
-                continue;
-            };
+        for (key, h) in host {
             let slots = self.fragments.entry(key).or_default();
-            let position = slots.len() as u16;
             let slot = self.rules.len() as u32;
             slots.push(slot);
-            self.by_id.insert(rule.id, slot);
-            for n in &rule.networks {
-                self.at.entry(n.cidr.addr()).or_default().slots.push(slot);
+            self.by_id.insert(h.id, slot);
+            for &a in &h.addrs {
+                self.at.entry(a).or_default().slots.push(slot);
             }
-            let (b4, b6) = bound_of(&[&rule]);
-            if let Some(ns) = &doc.namespace {
+            let (b4, b6) = h.bound();
+            if let Some(ns) = &h.doc.namespace {
                 *self.ns_host_bound.entry(ns.clone()).or_default() += b4 + b6;
             }
             self.host_total.0 += b4;
             self.host_total.1 += b6;
             self.host_count += 1;
-            self.rules.push(Some(HostRule::new(rule, doc, position)));
+            self.rules.push(Some(h));
         }
     }
 
@@ -702,12 +707,15 @@ impl LivePolicy {
                 .push(self.base_ids[r.id as usize - 1]);
         }
         let mut seen: HashMap<&str, u32> = HashMap::new();
-        let mut keys: Vec<Option<DocumentKey>> = Vec::with_capacity(rules.len());
+        // Per rule, of an object: the object's key and document, and the
+        // rule's position in its fragment.
+        let mut keys: Vec<Option<(DocumentKey, Arc<Document>, u16)>> =
+            Vec::with_capacity(rules.len());
         let mut ids = vec![0u32; rules.len()];
         let mut used: HashSet<u32> = HashSet::with_capacity(rules.len());
         // An object's rules come one after the other: its key is found
         // once (the set's own, whose clone shares its string).
-        let mut last: Option<(&str, Option<DocumentKey>)> = None;
+        let mut last: Option<(&str, Option<(DocumentKey, Arc<Document>)>)> = None;
         for (i, r) in rules.iter().enumerate() {
             let position = seen.entry(r.origin.as_str()).or_default();
             let pos = *position as usize;
@@ -715,14 +723,18 @@ impl LivePolicy {
             let key = match &last {
                 Some((origin, key)) if *origin == r.origin => key.clone(),
                 _ => {
-                    let key = host_key_of(&r.origin)
-                        .and_then(|k| self.set.docs.get_key_value(&k).map(|(k, _)| k.clone()));
+                    let key = host_key_of(&r.origin).and_then(|k| {
+                        self.set
+                            .docs
+                            .get_key_value(&k)
+                            .map(|(k, d)| (k.clone(), d.clone()))
+                    });
                     last = Some((r.origin.as_str(), key.clone()));
                     key
                 }
             };
             let old = match &key {
-                Some(k) => self
+                Some((k, _)) => self
                     .fragments
                     .get(k)
                     .and_then(|slots| slots.get(pos))
@@ -736,7 +748,7 @@ impl LivePolicy {
             if let Some(id) = old.filter(|id| used.insert(*id)) {
                 ids[i] = id;
             }
-            keys.push(key);
+            keys.push(key.map(|(k, d)| (k, d, pos as u16)));
         }
         let next = used.iter().copied().max().unwrap_or(0).max(self.ids.next);
         let mut alloc = IdAlloc {
@@ -762,12 +774,11 @@ impl LivePolicy {
                 id = alloc.take();
             }
             match key {
-                Some(k) => {
+                Some((k, doc, position)) => {
                     r.id = id;
-                    // Kept without it (`HostRule`): freed now, before the
+                    // Its origin and networks are freed now, before the
                     // live policy's structures are built.
-                    r.origin = String::new();
-                    split.host.push((k, r));
+                    split.host.push((k, HostRule::new(r, doc, position)));
                 }
                 None => {
                     if !r.origin.starts_with("EgressNetwork ") {
@@ -1246,14 +1257,14 @@ impl LivePolicy {
                     }
                 }
             }
-            let (b4, b6) = bound_of(&[&h.full()]);
+            let (b4, b6) = h.bound();
             self.host_total.0 -= b4;
             self.host_total.1 -= b6;
             ns_delta -= (b4 + b6) as i64;
             self.host_count -= 1;
             old_ids.push(h.id);
         }
-        let mut slots = Vec::with_capacity(rules.len());
+        let mut slots = SmallVec::with_capacity(rules.len());
         if let Some(doc) = doc {
             for (i, mut rule) in rules.into_iter().enumerate() {
                 rule.id = match old_ids.get(i) {
