@@ -294,6 +294,10 @@ impl HostRule {
     }
 }
 
+/// An object of the live set: its key (the set's own, whose clone shares
+/// its string) and its document.
+type SetEntry = (DocumentKey, Arc<Document>);
+
 /// Trie key before encoding: (scope, port, address, prefix).
 type Key<const N: usize> = (u16, u16, [u8; N], u8);
 
@@ -694,6 +698,37 @@ impl LivePolicy {
             + self.v6.keys().filter(|k| k.1 == PORT_ANY).count();
     }
 
+    /// Per rule of a full compile: its position among its origin's rules
+    /// (in its object's fragment, for an object's rule), and the object of
+    /// the set it comes from, for the rules of Pods, Services and Servers.
+    fn place(&self, rules: &[Rule]) -> Vec<(usize, Option<SetEntry>)> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        // An object's rules come one after the other: its key is found
+        // once (the set's own, whose clone shares its string).
+        let mut last: Option<(&str, Option<SetEntry>)> = None;
+        let mut placed = Vec::with_capacity(rules.len());
+        for r in rules {
+            let position = seen.entry(r.origin.as_str()).or_default();
+            let pos = *position;
+            *position += 1;
+            let object = match &last {
+                Some((origin, object)) if *origin == r.origin => object.clone(),
+                _ => {
+                    let object = host_key_of(&r.origin).and_then(|k| {
+                        self.set
+                            .docs
+                            .get_key_value(&k)
+                            .map(|(k, d)| (k.clone(), d.clone()))
+                    });
+                    last = Some((r.origin.as_str(), object.clone()));
+                    object
+                }
+            };
+            placed.push((pos, object));
+        }
+        placed
+    }
+
     /// Splits a full compile's rules into the background and the objects'
     /// fragments, and gives each the id it had before where it can.
     fn split(&self, rules: Vec<Rule>) -> Split {
@@ -706,49 +741,25 @@ impl LivePolicy {
                 .or_default()
                 .push(self.base_ids[r.id as usize - 1]);
         }
-        let mut seen: HashMap<&str, u32> = HashMap::new();
-        // Per rule, of an object: the object's key and document, and the
-        // rule's position in its fragment.
-        let mut keys: Vec<Option<(DocumentKey, Arc<Document>, u16)>> =
-            Vec::with_capacity(rules.len());
+        let placed = self.place(&rules);
         let mut ids = vec![0u32; rules.len()];
         let mut used: HashSet<u32> = HashSet::with_capacity(rules.len());
-        // An object's rules come one after the other: its key is found
-        // once (the set's own, whose clone shares its string).
-        let mut last: Option<(&str, Option<(DocumentKey, Arc<Document>)>)> = None;
-        for (i, r) in rules.iter().enumerate() {
-            let position = seen.entry(r.origin.as_str()).or_default();
-            let pos = *position as usize;
-            *position += 1;
-            let key = match &last {
-                Some((origin, key)) if *origin == r.origin => key.clone(),
-                _ => {
-                    let key = host_key_of(&r.origin).and_then(|k| {
-                        self.set
-                            .docs
-                            .get_key_value(&k)
-                            .map(|(k, d)| (k.clone(), d.clone()))
-                    });
-                    last = Some((r.origin.as_str(), key.clone()));
-                    key
-                }
-            };
-            let old = match &key {
+        for (i, (r, (pos, object))) in rules.iter().zip(&placed).enumerate() {
+            let old = match object {
                 Some((k, _)) => self
                     .fragments
                     .get(k)
-                    .and_then(|slots| slots.get(pos))
+                    .and_then(|slots| slots.get(*pos))
                     .and_then(|&s| self.rules[s as usize].as_ref())
                     .map(|h| h.id),
                 None => old_bg
                     .get(r.origin.as_str())
-                    .and_then(|v| v.get(pos))
+                    .and_then(|v| v.get(*pos))
                     .copied(),
             };
             if let Some(id) = old.filter(|id| used.insert(*id)) {
                 ids[i] = id;
             }
-            keys.push(key.map(|(k, d)| (k, d, pos as u16)));
         }
         let next = used.iter().copied().max().unwrap_or(0).max(self.ids.next);
         let mut alloc = IdAlloc {
@@ -761,7 +772,7 @@ impl LivePolicy {
         alloc.free.sort_unstable_by(|a, b| b.cmp(a));
         // Sized exactly: at 100k pods a vector of the rules grown by
         // doubling would hold up to twice their size at the resync's peak.
-        let host_rules = keys.iter().filter(|k| k.is_some()).count();
+        let host_rules = placed.iter().filter(|(_, o)| o.is_some()).count();
         let mut split = Split {
             bg_rules: Vec::with_capacity(rules.len() - host_rules),
             bg_ids: Vec::with_capacity(rules.len() - host_rules),
@@ -769,16 +780,16 @@ impl LivePolicy {
             host: Vec::with_capacity(host_rules),
             ids: IdAlloc::default(),
         };
-        for ((mut r, key), mut id) in rules.into_iter().zip(keys).zip(ids) {
+        for ((mut r, (position, object)), mut id) in rules.into_iter().zip(placed).zip(ids) {
             if id == 0 {
                 id = alloc.take();
             }
-            match key {
-                Some((k, doc, position)) => {
+            match object {
+                Some((k, doc)) => {
                     r.id = id;
                     // Its origin and networks are freed now, before the
                     // live policy's structures are built.
-                    split.host.push((k, HostRule::new(r, doc, position)));
+                    split.host.push((k, HostRule::new(r, doc, position as u16)));
                 }
                 None => {
                     if !r.origin.starts_with("EgressNetwork ") {
