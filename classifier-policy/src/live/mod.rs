@@ -298,6 +298,9 @@ impl HostRule {
 /// its string) and its document.
 type SetEntry = (DocumentKey, Arc<Document>);
 
+/// The entries at one address, (port, verdict): a handful.
+type Entries = SmallVec<[(u16, RuleVerdict); 4]>;
+
 /// Trie key before encoding: (scope, port, address, prefix).
 type Key<const N: usize> = (u16, u16, [u8; N], u8);
 
@@ -634,7 +637,8 @@ impl LivePolicy {
             .map(|(a, _)| *a)
             .collect();
         for a in addrs {
-            self.refresh(a);
+            // A full compile's outcome is the whole policy: no delta.
+            self.refresh(a, false);
         }
         self.delta = Delta::default();
         Ok(())
@@ -849,7 +853,7 @@ impl LivePolicy {
                 continue;
             }
             pods.add(doc);
-            let rejected = self.resolve_rejected(&doc.key());
+            let rejected = !self.rejected.is_empty() && self.resolve_rejected(&doc.key());
             for ip in self.live_ips(Some(doc), rejected) {
                 self.at.entry(*ip).or_default().claims += 1;
             }
@@ -941,7 +945,7 @@ impl LivePolicy {
         let addresses = p.addrs.len();
         self.delta = Delta::default();
         for a in p.addrs {
-            self.refresh(a);
+            self.refresh(a, true);
         }
         self.incremental += 1;
         let mut delta = std::mem::take(&mut self.delta);
@@ -1351,53 +1355,68 @@ impl LivePolicy {
 
     /// Re-derives the node-wide entries at `addr`'s full-length prefix,
     /// recording what changed in `self.delta`.
-    fn refresh(&mut self, addr: IpAddr) {
+    fn refresh(&mut self, addr: IpAddr, record: bool) {
         let prefix: u8 = if addr.is_ipv4() { 32 } else { 128 };
-        let bg: Vec<(u16, RuleVerdict)> = self.base.at_host.get(&addr).cloned().unwrap_or_default();
+        let bg: &[(u16, RuleVerdict)] = self.base.at_host.get(&addr).map_or(&[], Vec::as_slice);
+        let bg: Entries = bg.iter().copied().collect();
         // What is there now: the ports this layer wrote, or the background's.
-        let mut before: BTreeMap<u16, RuleVerdict> = BTreeMap::new();
+        let mut before = Entries::new();
         let (old_ports, slots) = match self.at.get_mut(&addr) {
             Some(at) => (std::mem::take(&mut at.written), at.slots.clone()),
             None => Default::default(),
         };
         for port in old_ports.iter().copied().chain(bg.iter().map(|&(p, _)| p)) {
             if let Some(v) = self.remove_entry(port, addr, prefix) {
-                before.insert(port, v);
+                before.push((port, v));
             }
         }
-        let mut after: BTreeMap<u16, RuleVerdict> = bg.iter().copied().collect();
-        if !slots.is_empty() {
-            let mut ports: BTreeSet<u16> = bg.iter().map(|&(p, _)| p).collect();
-            for &slot in &slots {
-                let h = self.rules[slot as usize].as_ref().expect("indexed slot");
-                if h.is_wildcard_port() {
-                    ports.insert(PORT_ANY);
-                } else {
-                    ports.extend(h.ports.iter());
-                }
+        // Ports in order, each once: the background's and the rules'.
+        let mut ports: SmallVec<[u16; 4]> = bg.iter().map(|&(p, _)| p).collect();
+        for &slot in &slots {
+            let h = self.rules[slot as usize].as_ref().expect("indexed slot");
+            if h.is_wildcard_port() {
+                ports.push(PORT_ANY);
+            } else {
+                ports.extend(h.ports.iter());
             }
-            for &port in &ports {
-                after.insert(port, self.value(port, addr, prefix, &slots));
-            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        let after: Entries = if slots.is_empty() {
+            let mut bg = bg;
+            bg.sort_unstable_by_key(|&(port, _)| port);
+            bg
+        } else {
+            let after = ports
+                .iter()
+                .map(|&port| (port, self.value(port, addr, prefix, &slots)))
+                .collect();
             if let Some(at) = self.at.get_mut(&addr) {
-                at.written = ports.into_iter().collect();
+                at.written = ports;
             }
-        }
+            after
+        };
         if self.at.get(&addr).is_some_and(AtAddr::is_empty) {
             self.at.remove(&addr);
         }
-        for (&port, &v) in &after {
+        for &(port, v) in &after {
             self.put_entry(port, addr, prefix, v);
         }
-        let entry = |port: u16, verdict: RuleVerdict| (port, verdict);
-        for (port, v) in &before {
-            if !after.contains_key(port) {
-                self.record(addr, prefix, entry(*port, *v), true);
+        if !record {
+            return;
+        }
+        before.sort_unstable_by_key(|&(port, _)| port);
+        let find = |entries: &Entries, port: u16| {
+            entries.iter().find(|(p, _)| *p == port).map(|&(_, v)| v)
+        };
+        for &(port, v) in &before {
+            if find(&after, port).is_none() {
+                self.record(addr, prefix, (port, v), true);
             }
         }
-        for (port, v) in &after {
-            if before.get(port) != Some(v) {
-                self.record(addr, prefix, entry(*port, *v), false);
+        for &(port, v) in &after {
+            if find(&before, port) != Some(v) {
+                self.record(addr, prefix, (port, v), false);
             }
         }
     }
