@@ -403,14 +403,15 @@ impl<'a> PodInfo<'a> {
 
 /// Oldest first (a missing timestamp counts as newest), then by name.
 pub(crate) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
-    let key = |d: &Document| {
+    // Borrowed: sorting compares each pair, and clones would allocate.
+    fn key(d: &Document) -> (bool, Option<&str>, Option<&str>, &str) {
         (
             d.creation_timestamp.is_none(),
-            d.creation_timestamp.clone(),
-            d.namespace.clone(),
-            d.name.clone(),
+            d.creation_timestamp.as_deref(),
+            d.namespace.as_deref(),
+            &d.name,
         )
-    };
+    }
     key(a).cmp(&key(b))
 }
 
