@@ -238,7 +238,11 @@ struct HostRule {
 impl HostRule {
     /// Rule `position` of `doc`'s fragment, as the compiler gave it.
     fn new(rule: Rule, doc: Arc<Document>, position: u16) -> HostRule {
-        debug_assert!(
+        // The compiler gives an object's rules only on its addresses (a
+        // pod's, a Service's cluster IPs, a Server's pods'), node-wide;
+        // held otherwise they would be a wrong rule, which is worse than a
+        // stopped agent.
+        assert!(
             rule.scope.is_none()
                 && !rule.global_egress
                 && rule
@@ -1290,18 +1294,7 @@ impl LivePolicy {
                 self.host_total.0 += b4;
                 self.host_total.1 += b6;
                 ns_delta += (b4 + b6) as i64;
-                let slot = match self.free_slots.pop() {
-                    Some(s) => s,
-                    None => {
-                        if self.rules.len() == self.rules.capacity() {
-                            // By an eighth, not by doubling: at 100k pods
-                            // a doubled slab would hold 16 MiB unused.
-                            self.rules.reserve_exact(self.rules.len() / 8 + 16);
-                        }
-                        self.rules.push(None);
-                        self.rules.len() as u32 - 1
-                    }
-                };
+                let slot = self.alloc_slot();
                 for n in &rule.networks {
                     let a = n.cidr.addr();
                     p.addrs.insert(a);
@@ -1353,8 +1346,23 @@ impl LivePolicy {
             && self.host_total.1 + self.bg_total.1 <= MAX_V6_ENTRIES
     }
 
-    /// Re-derives the node-wide entries at `addr`'s full-length prefix,
-    /// recording what changed in `self.delta`.
+    /// A free slot of the rule slab, or a new one.
+    fn alloc_slot(&mut self) -> u32 {
+        if let Some(s) = self.free_slots.pop() {
+            return s;
+        }
+        if self.rules.len() == self.rules.capacity() {
+            // By an eighth, not by doubling: at 100k pods a doubled slab
+            // would hold 10 MiB unused.
+            self.rules.reserve_exact(self.rules.len() / 8 + 16);
+        }
+        self.rules.push(None);
+        self.rules.len() as u32 - 1
+    }
+
+    /// Re-derives the node-wide entries at `addr`'s full-length prefix;
+    /// with `record`, records what changed in `self.delta` (a full compile
+    /// does not: its outcome is the whole policy).
     fn refresh(&mut self, addr: IpAddr, record: bool) {
         let prefix: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let bg: &[(u16, RuleVerdict)] = self.base.at_host.get(&addr).map_or(&[], Vec::as_slice);

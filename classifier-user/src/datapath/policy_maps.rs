@@ -103,8 +103,8 @@ impl PolicyMaps {
         Ok(Self {
             active: Array::try_from(Map::Array(open(pins, maps::ACTIVE_SLOT)?))?,
             config: Array::try_from(Map::Array(open(pins, maps::POLICY_CONFIG)?))?,
-            v4_fd: trie_batch::fd_of(&v4)?,
-            v6_fd: trie_batch::fd_of(&v6)?,
+            v4_fd: trie_batch::fd_of(&v4, maps::RULES_V4)?,
+            v6_fd: trie_batch::fd_of(&v6, maps::RULES_V6)?,
             v4: LpmTrie::try_from(Map::LpmTrie(v4))?,
             v6: LpmTrie::try_from(Map::LpmTrie(v6))?,
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,

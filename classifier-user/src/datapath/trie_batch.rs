@@ -4,7 +4,8 @@
 //! A full policy slot at 100k pods is about 140,000 entries; one
 //! `bpf(BPF_MAP_UPDATE_ELEM)` per entry makes the syscall's own cost most
 //! of what writing the slot takes. The LPM trie has had the generic batch
-//! commands since Linux 5.6: the kernel loops over the elements itself,
+//! commands since Linux 5.13 (the agent needs 5.15): the kernel loops over
+//! the elements itself,
 //! doing for each exactly what the single-element command does, so the
 //! entries' order and what a connect can see in between are unchanged.
 //!
@@ -111,18 +112,22 @@ pub fn remove_all<K: aya::Pod + bytemuck::Pod>(
             for (prefix_len, data) in chunk {
                 push_key(&mut buf, *prefix_len, data);
             }
-            let mut rest = &buf[..];
-            while !rest.is_empty() {
-                match bpf::map_delete_batch(fd, rest, key_size) {
+            let mut at = 0;
+            while at < chunk.len() {
+                match bpf::map_delete_batch(fd, &buf[at * key_size..], key_size) {
                     Ok(()) => break,
-                    Err(e) if n == 0 && rest.len() == buf.len() && unsupported(&e) => {
+                    Err(e) if n == 0 && at == 0 && unsupported(&e) => {
                         return remove_each(trie, keys)
                     }
                     // Not there: skip it and go on after it.
-                    Err(e) if e.error.raw_os_error() == Some(libc::ENOENT) => {
-                        rest = &rest[((e.done + 1) * key_size).min(rest.len())..];
+                    Err(e) if e.error.raw_os_error() == Some(libc::ENOENT) => at += e.done + 1,
+                    Err(e) => {
+                        let failed = n * CHUNK + at + e.done + 1;
+                        return Err(e).context(format!(
+                            "deleting rule entries in a batch (entry {failed} of {})",
+                            keys.len()
+                        ));
                     }
-                    Err(e) => return Err(e).context("deleting rule entries in a batch"),
                 }
             }
         }
@@ -142,13 +147,14 @@ fn remove_each<K: aya::Pod>(
     Ok(())
 }
 
-/// The file descriptor of a map, to pass to the batch commands alongside
-/// aya's typed handle (which does not lend its own).
-pub fn fd_of(map: &MapData) -> Result<std::os::fd::OwnedFd> {
+/// The file descriptor of map `name`, to pass to the batch commands
+/// alongside aya's typed handle (which does not lend its own). The batch
+/// commands check the sizes they are given against the map's own.
+pub fn fd_of(map: &MapData, name: &str) -> Result<std::os::fd::OwnedFd> {
     map.fd()
         .as_fd()
         .try_clone_to_owned()
-        .context("duplicating a map's file descriptor")
+        .with_context(|| format!("duplicating the file descriptor of map {name}"))
 }
 
 /// Every entry of `trie` (file descriptor `fd`): prefix length, key data

@@ -829,21 +829,24 @@ fn check_labels(labels: &serde_json::Map<String, serde_json::Value>) -> Result<(
 /// holds a few hundred bytes per pod.
 pub fn to_document(ar: &ApiResource, obj: ApiObject) -> Result<Document> {
     use serde_json::Value;
-    let ApiObject { metadata, mut body } = obj;
+    let ApiObject { metadata, body } = obj;
     metadata
         .name
         .filter(|n| !n.is_empty())
         .context("object has no metadata.name")?;
-    let map = body.as_object_mut().context("object is not a map")?;
+    let map = body.as_object().context("object is not a map")?;
     if let Some(Value::Object(labels)) = map.get("metadata").and_then(|m| m.get("labels")) {
         check_labels(labels)?;
     }
-    // List items come without these; watch events carry them.
-    map.insert("apiVersion".into(), ar.api_version.clone().into());
-    map.insert("kind".into(), ar.kind.clone().into());
-    // The origin, `kubernetes:Kind/ns/name`, follows from the identity.
-    Document::from_value(body, KUBERNETES_ORIGIN.to_string())?
-        .context("object has no apiVersion and kind")
+    // List items come without apiVersion and kind; the watched resource
+    // says them. The origin, `kubernetes:Kind/ns/name`, follows from the
+    // identity.
+    Ok(Document::from_value_of_kind(
+        &ar.api_version,
+        &ar.kind,
+        body,
+        KUBERNETES_ORIGIN.to_string(),
+    )?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! bpf(2) for what aya 0.14 does not offer: cgroup links created, pinned
 //! and inspected by hand (see `datapath::link` for why), and map elements
-//! written and deleted in batches (a full policy slot is 140k entries: one
-//! syscall per entry is most of what writing it costs). The attribute and
+//! read, written and deleted in batches (a full policy slot is 140k
+//! entries: one syscall per entry is most of what writing it costs). The
+//! attribute and
 //! info layouts are aya-obj's generated kernel bindings, not offsets.
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
 };
 
 pub use aya_obj::generated::bpf_attach_type;
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_map_type};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_map_info, bpf_map_type};
 
 /// An all-zero `bpf_attr`: the kernel requires every byte it does not use
 /// for the command to be zero.
@@ -271,10 +272,28 @@ impl std::error::Error for BatchError {
     }
 }
 
+/// BPF_OBJ_GET_INFO_BY_FD on a map: its key and value sizes, which the
+/// kernel uses to read and write a batch's buffers.
+fn map_sizes(map: BorrowedFd<'_>) -> io::Result<(usize, usize)> {
+    // SAFETY: bpf_map_info is a struct of integers and arrays of them, for
+    // which the all-zero bit pattern is valid.
+    let mut info: bpf_map_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = map.as_raw_fd() as u32;
+    attr.info.info_len = mem::size_of::<bpf_map_info>() as u32;
+    attr.info.info = (&raw mut info) as u64;
+    // SAFETY: info points to a live bpf_map_info of info_len bytes, which
+    // the kernel fills; nothing else reads or writes it during the call.
+    unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    Ok((info.key_size as usize, info.value_size as usize))
+}
+
 /// The elements in `keys` (and `values`), each `key_size` (`value_size`)
 /// bytes, one after the other; their number, or an error when the
-/// lengths disagree.
+/// lengths disagree or the sizes are not `map`'s own (the kernel reads
+/// and writes the buffers by the map's sizes, whatever the caller says).
 fn batch_count(
+    map: BorrowedFd<'_>,
     keys: &[u8],
     key_size: usize,
     values: Option<(&[u8], usize)>,
@@ -283,6 +302,10 @@ fn batch_count(
         error: io::Error::new(io::ErrorKind::InvalidInput, what.to_string()),
         done: 0,
     };
+    let (map_key, map_value) = map_sizes(map).map_err(|error| BatchError { error, done: 0 })?;
+    if key_size != map_key || values.is_some_and(|(_, size)| size != map_value) {
+        return Err(invalid("key or value size is not the map's"));
+    }
     if key_size == 0 || !keys.len().is_multiple_of(key_size) {
         return Err(invalid("keys are not a whole number of keys"));
     }
@@ -297,9 +320,9 @@ fn batch_count(
 
 /// BPF_MAP_UPDATE_BATCH: writes every key of `keys` with the value at the
 /// same position of `values` (flags 0: created or replaced), in one call.
-/// The kernel writes them in order and stops at the first that fails. Maps
-/// without batch support (before 5.6, or a type without it) answer EINVAL
-/// or ENOTSUPP at once, with nothing done.
+/// The kernel writes them in order and stops at the first that fails. A
+/// map without batch support (an LPM trie before 5.13, or a type without
+/// it) answers EINVAL or ENOTSUPP at once, with nothing done.
 pub fn map_update_batch(
     map: BorrowedFd<'_>,
     keys: &[u8],
@@ -307,7 +330,7 @@ pub fn map_update_batch(
     values: &[u8],
     value_size: usize,
 ) -> Result<(), BatchError> {
-    let count = batch_count(keys, key_size, Some((values, value_size)))?;
+    let count = batch_count(map, keys, key_size, Some((values, value_size)))?;
     if count == 0 {
         return Ok(());
     }
@@ -316,11 +339,11 @@ pub fn map_update_batch(
     attr.batch.keys = keys.as_ptr() as u64;
     attr.batch.values = values.as_ptr() as u64;
     attr.batch.count = count;
-    // SAFETY: keys and values point to `count` keys and values of the sizes
-    // the caller gives for this map (checked against the slices' lengths),
+    // SAFETY: keys and values point to `count` keys and values of the
+    // map's own sizes (checked against its info and the slices' lengths),
     // alive until the call returns; the kernel only reads them.
     let rc = unsafe { sys_bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) };
-    batch_result(rc, &attr)
+    batch_result(rc, &attr, count)
 }
 
 /// BPF_MAP_DELETE_BATCH: deletes every key of `keys`, in one call. The
@@ -331,7 +354,7 @@ pub fn map_delete_batch(
     keys: &[u8],
     key_size: usize,
 ) -> Result<(), BatchError> {
-    let count = batch_count(keys, key_size, None)?;
+    let count = batch_count(map, keys, key_size, None)?;
     if count == 0 {
         return Ok(());
     }
@@ -339,24 +362,36 @@ pub fn map_delete_batch(
     attr.batch.map_fd = map.as_raw_fd() as u32;
     attr.batch.keys = keys.as_ptr() as u64;
     attr.batch.count = count;
-    // SAFETY: keys points to `count` keys of the map's key size (checked
-    // against the slice's length), alive until the call returns; the
-    // kernel only reads them.
+    // SAFETY: keys points to `count` keys of the map's own key size
+    // (checked against its info and the slice's length), alive until the
+    // call returns; the kernel only reads them.
     let rc = unsafe { sys_bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr) };
-    batch_result(rc, &attr)
+    batch_result(rc, &attr, count)
 }
 
 /// A batch command's outcome: on failure the kernel has written back in
 /// `count` how many elements it had done.
-fn batch_result(rc: io::Result<i64>, attr: &bpf_attr) -> Result<(), BatchError> {
+fn batch_result(rc: io::Result<i64>, attr: &bpf_attr, requested: u32) -> Result<(), BatchError> {
     match rc {
         Ok(_) => Ok(()),
         Err(error) => Err(BatchError {
             error,
-            // SAFETY: reading back an integer of the union member the
-            // command used.
-            done: unsafe { attr.batch.count } as usize,
+            done: batch_done(attr, requested),
         }),
+    }
+}
+
+/// How many elements a failed batch command had done. A kernel that
+/// refuses the command outright (unknown, or not for this map type)
+/// returns before it writes `count` back, leaving the number requested,
+/// which an element's failure never leaves (it stops before that one).
+fn batch_done(attr: &bpf_attr, requested: u32) -> usize {
+    // SAFETY: reading back an integer of the union member the command used.
+    let count = unsafe { attr.batch.count };
+    if count == requested {
+        0
+    } else {
+        count as usize
     }
 }
 
@@ -374,7 +409,7 @@ pub fn map_lookup_batch(
     values: &mut [u8],
     value_size: usize,
 ) -> Result<(usize, bool), BatchError> {
-    let count = batch_count(keys, key_size, Some((values, value_size)))?;
+    let count = batch_count(map, keys, key_size, Some((values, value_size)))?;
     if from.is_some_and(|f| f.len() != key_size) || next.len() != key_size {
         return Err(BatchError {
             error: io::Error::new(io::ErrorKind::InvalidInput, "a position is not one key"),
@@ -389,16 +424,25 @@ pub fn map_lookup_batch(
     attr.batch.values = values.as_mut_ptr() as u64;
     attr.batch.count = count;
     // SAFETY: in_batch (when set) points to one key the kernel reads;
-    // out_batch to one key, keys and values to `count` keys and values of
-    // the sizes given (checked against the slices' lengths), which it
-    // writes; all alive until the call returns.
+    // out_batch to one key, keys and values to `count` keys and values,
+    // which it writes; the sizes are the map's own (checked above against
+    // its info) and the slices' lengths match them; all alive until the
+    // call returns.
     let rc = unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
-    // SAFETY: reading back an integer of the union member the command used.
-    let done = unsafe { attr.batch.count } as usize;
     match rc {
-        Ok(_) => Ok((done, true)),
-        // The end of the map: `done` elements before it.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((done, false)),
-        Err(error) => Err(BatchError { error, done }),
+        // The kernel wrote `count` back (it sets 0 before the first
+        // element).
+        // SAFETY: reading back an integer of the union member the command
+        // used.
+        Ok(_) => Ok((unsafe { attr.batch.count } as usize, true)),
+        // The end of the map: `count` elements before it.
+        // SAFETY: as above.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Ok((unsafe { attr.batch.count } as usize, false))
+        }
+        Err(error) => Err(BatchError {
+            error,
+            done: batch_done(&attr, count),
+        }),
     }
 }

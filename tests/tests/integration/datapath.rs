@@ -567,10 +567,14 @@ fn a_restarted_agent_writes_only_what_the_slot_it_finds_lacks() -> Result<()> {
 
 /// A policy larger than one batch of map writes (4,096 entries) reaches the
 /// kernel whole, and a change that drops thousands of its rules deletes
-/// exactly those: every chunk of the batched writes and deletes lands, and
-/// a restart reads the slot back, batch by batch, exactly.
+/// exactly those, skipping one already gone: every chunk of the batched
+/// writes and deletes lands, and a restart reads the slot back, batch by
+/// batch, exactly.
 #[test]
 fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -> Result<()> {
+    use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+    use classifier_common::{maps as names, rule_key_v4, RuleKeyV4, RuleVerdict};
+    use classifier_common::{RULE_KEY_FIXED_BITS, SCOPE_NODE};
     use classifier_user::datapath::{PinDir, PolicyMaps};
     use std::net::Ipv4Addr;
     if !privileged!() {
@@ -580,40 +584,57 @@ fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -
     let policy = sb.write_file("policy.yaml", &many_rules_policy("opaque", 10_000));
     sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
     let g1 = sb.generation();
-    let maps = PolicyMaps::open(&PinDir::new(&sb.pins))?;
+    let pins = PinDir::new(&sb.pins);
+    let maps = PolicyMaps::open(&pins)?;
     let addr = |i: usize| Ipv4Addr::new(10, 9, (i / 256) as u8, (i % 256) as u8);
     // The first and last entries of each batch.
     for i in [0, 4095, 4096, 8191, 8192, 9999] {
         let v = maps.lookup_v4(80, addr(i))?;
         assert!(v.is_some(), "rule {i}'s entry ({}) is missing", addr(i));
     }
-    let before = maps.active_entries()?;
+    let opaque = maps.active_entries()?;
+    let opaque_slot = maps.active_slot()?;
 
-    // 6,000 rules fewer: two batches of deletes in the slot switched to.
-    sb.write_file("policy.yaml", &many_rules_policy("opaque", 4_000));
+    // The same rules as HTTP/1, into the other slot: both hold 10,000.
+    sb.write_file("policy.yaml", &many_rules_policy("http1", 10_000));
     sb.wait_for_generation(g1 + 1)?;
+    let http1 = maps.active_entries()?;
+    // Two entries the next change deletes are already gone from the slot
+    // it writes into (the agent believes them there).
+    let mut v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict> =
+        LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(pins.map(names::RULES_V4))?))?;
+    for i in [5000, 9999] {
+        let data = rule_key_v4(opaque_slot as u8, SCOPE_NODE, 80, addr(i).octets());
+        v4.remove(&Key::new(RULE_KEY_FIXED_BITS + 32, data))?;
+    }
+
+    // 6,000 rules fewer: two batches of deletes, two keys not there.
+    sb.write_file("policy.yaml", &many_rules_policy("opaque", 4_000));
+    sb.wait_for_generation(g1 + 2)?;
+    let log = sb.agent_log();
+    assert_eq!(last_map_writes(&log), Some(6_000), "{log}");
     for i in [0, 3999] {
         assert!(maps.lookup_v4(80, addr(i))?.is_some(), "rule {i} is kept");
     }
-    for i in [4000, 4096, 8191, 9999] {
+    for i in [4000, 4096, 5000, 8191, 9999] {
         let v = maps.lookup_v4(80, addr(i))?;
         assert_eq!(v, None, "rule {i} ({}) is gone", addr(i));
     }
     let after = maps.active_entries()?;
-    assert_eq!(after.len(), before.len() - 6_000);
+    assert_eq!(after.len(), opaque.len() - 6_000);
     assert!(
-        after.iter().all(|e| before.contains(e)),
+        after.iter().all(|e| opaque.contains(e)),
         "only entries were dropped"
     );
 
-    // Restarted with the first policy: the slot it writes into holds it,
+    // Restarted with the HTTP/1 policy: the slot it writes into holds it,
     // read back a batch at a time, and not one entry differs.
     sb.kill_agent();
-    sb.write_file("policy.yaml", &many_rules_policy("opaque", 10_000));
+    sb.write_file("policy.yaml", &many_rules_policy("http1", 10_000));
     sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
-    sb.wait_for_generation(g1 + 2)?;
+    sb.wait_for_generation(g1 + 3)?;
     let log = sb.agent_log();
     assert_eq!(last_map_writes(&log), Some(0), "{log}");
-    assert_eq!(maps.active_entries()?, before);
+    assert_eq!(maps.active_entries()?, http1);
     Ok(())
 }

@@ -124,6 +124,27 @@ impl Document {
             return Ok(None);
         };
         let (api_version, kind) = (intern(api_version), intern(kind));
+        Self::of_kind(api_version, kind, body, origin).map(Some)
+    }
+
+    /// [`Document::from_value`] of an object whose API version and kind
+    /// the caller knows (a list's items carry neither): those in `body`,
+    /// if any, are not read.
+    pub fn from_value_of_kind(
+        api_version: &str,
+        kind: &str,
+        body: Value,
+        origin: String,
+    ) -> Result<Document, PolicyError> {
+        Self::of_kind(intern(api_version), intern(kind), body, origin)
+    }
+
+    fn of_kind(
+        api_version: Arc<str>,
+        kind: Arc<str>,
+        mut body: Value,
+        origin: String,
+    ) -> Result<Document, PolicyError> {
         let meta = |field: &str| body.get("metadata").and_then(|m| m.get(field));
         let meta_str = |field: &str| -> Result<Option<String>, PolicyError> {
             match meta(field) {
@@ -150,6 +171,11 @@ impl Document {
         let creation_timestamp = meta_str("creationTimestamp")?.filter(|_| kind_is_aged(&kind));
         let mut uid = None;
         let content = if &*kind == crate::file::KIND || api_version.starts_with("classifier.dev/") {
+            // The policy parser reads them from the text.
+            if let Some(map) = body.as_object_mut() {
+                map.insert("apiVersion".into(), api_version.to_string().into());
+                map.insert("kind".into(), kind.to_string().into());
+            }
             Content::ClassifierPolicy {
                 text: body.to_string().into(),
                 line_offset: 0,
@@ -181,7 +207,7 @@ impl Document {
         } else {
             Content::Other
         };
-        Ok(Some(Document {
+        Ok(Document {
             api_version,
             kind,
             namespace: namespace.as_deref().map(intern),
@@ -194,7 +220,7 @@ impl Document {
             } else {
                 origin.into()
             },
-        }))
+        })
     }
 
     /// Where it came from: `path#N` (`path#N.items[i]` in a List), or
