@@ -230,9 +230,9 @@ fn server_first(key: &LearnedKey) {
             (*entry).observations = (*entry).observations.saturating_add(1);
             (*entry).last_seen_ns = now;
         }
-        // (Cleared already, unless the agent set it a moment ago: then it
-        // looks again and clears it itself; clearing here costs a read.)
-        clear_nothing_learned(config);
+        // The hint is clear: an entry was there when the agent last
+        // looked, or the agent, which looks again after each write that
+        // sets it, clears it itself.
         count(c::LEARN_SERVER_FIRST);
         return;
     }

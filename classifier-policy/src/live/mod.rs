@@ -251,14 +251,19 @@ impl HostRule {
                     .all(|n| n.except.is_empty() && n.cidr.prefix_len() == n.cidr.max_prefix_len()),
             "an object's rule is not on host networks: {rule:?}"
         );
-        HostRule {
+        #[cfg(debug_assertions)]
+        let expected = bound_of(&[&rule]);
+        let h = HostRule {
             id: rule.id,
             position,
             protocol: rule.protocol,
             addrs: rule.networks.iter().map(|n| n.cidr.addr()).collect(),
             ports: rule.ports,
             doc,
-        }
+        };
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(h.bound(), expected);
+        h
     }
 
     fn is_wildcard_port(&self) -> bool {
@@ -275,9 +280,7 @@ impl HostRule {
             self.ports.len() as u64
         };
         let v6 = self.addrs.iter().filter(|a| a.is_ipv6()).count() as u64;
-        let bound = ((self.addrs.len() as u64 - v6) * ports, v6 * ports);
-        debug_assert_eq!(bound, bound_of(&[&self.full()]));
-        bound
+        ((self.addrs.len() as u64 - v6) * ports, v6 * ports)
     }
 
     /// The rule as the compiler gave it, origin included.
@@ -668,22 +671,30 @@ impl LivePolicy {
         self.ns_host_bound.clear();
         self.host_total = (0, 0);
         for (key, h) in host {
-            let slots = self.fragments.entry(key).or_default();
             let slot = self.rules.len() as u32;
-            slots.push(slot);
-            self.by_id.insert(h.id, slot);
-            for &a in &h.addrs {
-                self.at.entry(a).or_default().slots.push(slot);
+            self.fragments.entry(key).or_default().push(slot);
+            self.rules.push(None);
+            let ns = h.doc.namespace.clone();
+            let bound = self.index(slot, h);
+            if let Some(ns) = ns {
+                *self.ns_host_bound.entry(ns).or_default() += bound;
             }
-            let (b4, b6) = h.bound();
-            if let Some(ns) = &h.doc.namespace {
-                *self.ns_host_bound.entry(ns.clone()).or_default() += b4 + b6;
-            }
-            self.host_total.0 += b4;
-            self.host_total.1 += b6;
-            self.host_count += 1;
-            self.rules.push(Some(h));
         }
+    }
+
+    /// Puts `h` in `slot` and indexes it: by id, at its addresses, in the
+    /// totals. Returns its entry bound, both families together.
+    fn index(&mut self, slot: u32, h: HostRule) -> u64 {
+        self.by_id.insert(h.id, slot);
+        for &a in &h.addrs {
+            self.at.entry(a).or_default().slots.push(slot);
+        }
+        let (b4, b6) = h.bound();
+        self.host_total.0 += b4;
+        self.host_total.1 += b6;
+        self.host_count += 1;
+        self.rules[slot as usize] = Some(h);
+        b4 + b6
     }
 
     /// Loads the background's entries as the entries in force.
@@ -847,10 +858,9 @@ impl LivePolicy {
         }
     }
 
+    /// Counts the live pods' claims into `at`, which `install_host` has
+    /// just filled with the rules' slots alone.
     fn count_claims(&mut self) {
-        for at in self.at.values_mut() {
-            at.claims = 0;
-        }
         let mut pods = PodNamespaces::default();
         for doc in self.set.of_kind(kinds::POD.kind) {
             if read_kind(doc).is_none() {
@@ -862,7 +872,6 @@ impl LivePolicy {
                 self.at.entry(*ip).or_default().claims += 1;
             }
         }
-        self.at.retain(|_, at| !at.is_empty());
         self.pods = pods;
     }
 
@@ -1290,19 +1299,10 @@ impl LivePolicy {
                     Some(&id) => id,
                     None => self.ids.take(),
                 };
-                let (b4, b6) = bound_of(&[&rule]);
-                self.host_total.0 += b4;
-                self.host_total.1 += b6;
-                ns_delta += (b4 + b6) as i64;
+                let h = HostRule::new(rule, doc.clone(), i as u16);
+                p.addrs.extend(h.addrs.iter().copied());
                 let slot = self.alloc_slot();
-                for n in &rule.networks {
-                    let a = n.cidr.addr();
-                    p.addrs.insert(a);
-                    self.at.entry(a).or_default().slots.push(slot);
-                }
-                self.by_id.insert(rule.id, slot);
-                self.rules[slot as usize] = Some(HostRule::new(rule, doc.clone(), i as u16));
-                self.host_count += 1;
+                ns_delta += self.index(slot, h) as i64;
                 slots.push(slot);
             }
         }

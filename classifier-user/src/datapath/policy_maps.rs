@@ -24,7 +24,6 @@
 use std::{
     cmp::Ordering,
     collections::HashSet,
-    os::fd::{AsFd as _, OwnedFd},
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -49,9 +48,6 @@ pub struct PolicyMaps {
     pub(super) config: Array<MapData, PolicyConfig>,
     pub(super) v4: LpmTrie<MapData, RuleKeyV4, RuleVerdict>,
     pub(super) v6: LpmTrie<MapData, RuleKeyV6, RuleVerdict>,
-    /// The tries' file descriptors, for the batch commands.
-    v4_fd: OwnedFd,
-    v6_fd: OwnedFd,
     default_ports: Array<MapData, u64>,
     excluded: HashMap<MapData, u64, u8>,
     /// What each slot holds, when known. `None` for a slot this agent has
@@ -99,14 +95,11 @@ pub(crate) fn open(pins: &PinDir, name: &str) -> Result<MapData> {
 
 impl PolicyMaps {
     pub fn open(pins: &PinDir) -> Result<Self> {
-        let (v4, v6) = (open(pins, maps::RULES_V4)?, open(pins, maps::RULES_V6)?);
         Ok(Self {
             active: Array::try_from(Map::Array(open(pins, maps::ACTIVE_SLOT)?))?,
             config: Array::try_from(Map::Array(open(pins, maps::POLICY_CONFIG)?))?,
-            v4_fd: trie_batch::fd_of(&v4, maps::RULES_V4)?,
-            v6_fd: trie_batch::fd_of(&v6, maps::RULES_V6)?,
-            v4: LpmTrie::try_from(Map::LpmTrie(v4))?,
-            v6: LpmTrie::try_from(Map::LpmTrie(v6))?,
+            v4: LpmTrie::try_from(Map::LpmTrie(open(pins, maps::RULES_V4)?))?,
+            v6: LpmTrie::try_from(Map::LpmTrie(open(pins, maps::RULES_V6)?))?,
             default_ports: Array::try_from(Map::Array(open(pins, maps::DEFAULT_PORTS)?))?,
             excluded: HashMap::try_from(Map::HashMap(open(pins, maps::EXCLUDED_UIDS)?))?,
             contents: [None, None],
@@ -266,42 +259,13 @@ impl PolicyMaps {
         // Both slots' entries, a batch at a time: a slot at 100k pods is
         // 140k entries, which one lookup each made most of a restart's
         // write.
-        let v4 = trie_batch::read_all(&self.v4, self.v4_fd.as_fd())
-            .context("reading the IPv4 rule entries back")?;
-        for (prefix_len, d, verdict) in v4 {
-            if d[0] != tag {
-                continue;
-            }
-            let Some(prefix) = entry_prefix(prefix_len, 32) else {
-                return Ok(None);
-            };
-            found.v4.push(TrieEntry {
-                scope: u16::from_be_bytes([d[1], d[2]]),
-                port: u16::from_be_bytes([d[3], d[4]]),
-                addr: [d[5], d[6], d[7], d[8]],
-                prefix,
-                verdict,
-            });
-        }
-        let v6 = trie_batch::read_all(&self.v6, self.v6_fd.as_fd())
-            .context("reading the IPv6 rule entries back")?;
-        for (prefix_len, d, verdict) in v6 {
-            if d[0] != tag {
-                continue;
-            }
-            let Some(prefix) = entry_prefix(prefix_len, 128) else {
-                return Ok(None);
-            };
-            let mut addr = [0u8; 16];
-            addr.copy_from_slice(&d[5..21]);
-            found.v6.push(TrieEntry {
-                scope: u16::from_be_bytes([d[1], d[2]]),
-                port: u16::from_be_bytes([d[3], d[4]]),
-                addr,
-                prefix,
-                verdict,
-            });
-        }
+        let v4 = trie_batch::read_all(&self.v4).context("reading the IPv4 rule entries back")?;
+        let v6 = trie_batch::read_all(&self.v6).context("reading the IPv6 rule entries back")?;
+        let (Some(v4), Some(v6)) = (slot_entries(tag, v4), slot_entries(tag, v6)) else {
+            return Ok(None);
+        };
+        found.v4 = v4;
+        found.v6 = v6;
         for (i, word) in found.default_ports.iter_mut().enumerate() {
             *word = self
                 .default_ports
@@ -337,35 +301,10 @@ impl PolicyMaps {
         let tag = slot as u8;
         let mut writes = 0;
 
-        let (removed, upserted) = diff_entries(&from.v4, &to.v4);
-        let removed: Vec<_> = removed.iter().map(|e| key_v4(tag, e)).collect();
-        let upserted: Vec<_> = upserted
-            .iter()
-            .map(|e| {
-                let (prefix_len, data) = key_v4(tag, e);
-                (prefix_len, data, e.verdict)
-            })
-            .collect();
-        trie_batch::remove_all(&mut self.v4, self.v4_fd.as_fd(), &removed)
-            .context("removing IPv4 rule entries")?;
-        trie_batch::insert_all(&mut self.v4, self.v4_fd.as_fd(), &upserted)
+        writes += write_entries(&mut self.v4, &from.v4, &to.v4, |e| key_v4(tag, e))
             .context("writing IPv4 rule entries")?;
-        writes += removed.len() + upserted.len();
-
-        let (removed, upserted) = diff_entries(&from.v6, &to.v6);
-        let removed: Vec<_> = removed.iter().map(|e| key_v6(tag, e)).collect();
-        let upserted: Vec<_> = upserted
-            .iter()
-            .map(|e| {
-                let (prefix_len, data) = key_v6(tag, e);
-                (prefix_len, data, e.verdict)
-            })
-            .collect();
-        trie_batch::remove_all(&mut self.v6, self.v6_fd.as_fd(), &removed)
-            .context("removing IPv6 rule entries")?;
-        trie_batch::insert_all(&mut self.v6, self.v6_fd.as_fd(), &upserted)
+        writes += write_entries(&mut self.v6, &from.v6, &to.v6, |e| key_v6(tag, e))
             .context("writing IPv6 rule entries")?;
-        writes += removed.len() + upserted.len();
 
         for (i, (old, new)) in from
             .default_ports
@@ -401,22 +340,8 @@ impl PolicyMaps {
     /// or deleting) is an error: the slot is then not known to be empty.
     fn clear_slot(&mut self, slot: u32) -> Result<()> {
         let tag = slot as u8;
-        let stale_v4: Vec<(u32, RuleKeyV4)> = trie_batch::read_all(&self.v4, self.v4_fd.as_fd())
-            .context("listing IPv4 rule entries")?
-            .into_iter()
-            .filter(|(_, d, _)| d[0] == tag)
-            .map(|(p, d, _)| (p, d))
-            .collect();
-        trie_batch::remove_all(&mut self.v4, self.v4_fd.as_fd(), &stale_v4)
-            .context("removing IPv4 rule entries")?;
-        let stale_v6: Vec<(u32, RuleKeyV6)> = trie_batch::read_all(&self.v6, self.v6_fd.as_fd())
-            .context("listing IPv6 rule entries")?
-            .into_iter()
-            .filter(|(_, d, _)| d[0] == tag)
-            .map(|(p, d, _)| (p, d))
-            .collect();
-        trie_batch::remove_all(&mut self.v6, self.v6_fd.as_fd(), &stale_v6)
-            .context("removing IPv6 rule entries")?;
+        clear_entries(&mut self.v4, tag).context("clearing IPv4 rule entries")?;
+        clear_entries(&mut self.v6, tag).context("clearing IPv6 rule entries")?;
         for i in 0..DEFAULT_PORT_WORDS {
             self.default_ports
                 .set(slot * DEFAULT_PORT_WORDS + i, 0, 0)
@@ -433,6 +358,65 @@ impl PolicyMaps {
         }
         Ok(())
     }
+}
+
+/// Brings one family's trie, in the slot `key` encodes, from `from` to
+/// `to`; returns the number of map writes.
+fn write_entries<K: aya::Pod + bytemuck::Pod, const N: usize>(
+    trie: &mut LpmTrie<MapData, K, RuleVerdict>,
+    from: &[TrieEntry<N>],
+    to: &[TrieEntry<N>],
+    key: impl Fn(&TrieEntry<N>) -> (u32, K),
+) -> Result<usize> {
+    let (removed, upserted) = diff_entries(from, to);
+    let removed: Vec<_> = removed.iter().map(&key).collect();
+    let upserted: Vec<_> = upserted
+        .iter()
+        .map(|e| {
+            let (prefix_len, data) = key(e);
+            (prefix_len, data, e.verdict)
+        })
+        .collect();
+    trie_batch::remove_all(trie, &removed).context("removing the entries the new policy lacks")?;
+    trie_batch::insert_all(trie, &upserted).context("writing the new policy's entries")?;
+    Ok(removed.len() + upserted.len())
+}
+
+/// Removes every entry of slot `tag` from one family's trie.
+fn clear_entries<K: aya::Pod + bytemuck::Pod + AsRef<[u8]>>(
+    trie: &mut LpmTrie<MapData, K, RuleVerdict>,
+    tag: u8,
+) -> Result<()> {
+    let stale: Vec<(u32, K)> = trie_batch::read_all(trie)
+        .context("listing the slot's entries")?
+        .into_iter()
+        .filter(|(_, d, _)| d.as_ref()[0] == tag)
+        .map(|(p, d, _)| (p, d))
+        .collect();
+    trie_batch::remove_all(trie, &stale).context("removing the slot's entries")
+}
+
+/// The entries of slot `tag` among one family's (`N` address bytes), as
+/// the compiler writes them; `None` when one does not decode as such.
+fn slot_entries<K: AsRef<[u8]>, const N: usize>(
+    tag: u8,
+    entries: Vec<(u32, K, RuleVerdict)>,
+) -> Option<Vec<TrieEntry<N>>> {
+    let mut out = Vec::new();
+    for (prefix_len, d, verdict) in entries {
+        let d = d.as_ref();
+        if d[0] != tag {
+            continue;
+        }
+        out.push(TrieEntry {
+            scope: u16::from_be_bytes([d[1], d[2]]),
+            port: u16::from_be_bytes([d[3], d[4]]),
+            addr: d.get(5..5 + N)?.try_into().ok()?,
+            prefix: entry_prefix(prefix_len, 8 * N as u32)?,
+            verdict,
+        });
+    }
+    Some(out)
 }
 
 /// The address prefix of a trie key of `prefix_len` bits (slot, scope and

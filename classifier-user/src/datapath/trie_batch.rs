@@ -16,8 +16,12 @@
 
 use std::os::fd::{AsFd as _, BorrowedFd};
 
+use aya::maps::IterableMap as _;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
+
+type Trie<K> = LpmTrie<MapData, K, RuleVerdict>;
 use classifier_common::RuleVerdict;
 
 use crate::sys::bpf::{self, BatchError};
@@ -50,14 +54,13 @@ fn push_key<K: bytemuck::Pod>(buf: &mut Vec<u8>, prefix_len: u32, data: &K) {
     buf.extend_from_slice(bytemuck::bytes_of(data));
 }
 
-/// Writes (creates or replaces) `entries` into `trie`, whose file
-/// descriptor `fd` is.
+/// Writes (creates or replaces) `entries` into `trie`.
 pub fn insert_all<K: aya::Pod + bytemuck::Pod>(
-    trie: &mut LpmTrie<MapData, K, RuleVerdict>,
-    fd: BorrowedFd<'_>,
+    trie: &mut Trie<K>,
     entries: &[(u32, K, RuleVerdict)],
 ) -> Result<()> {
     if entries.len() >= MIN_BATCH {
+        let fd = fd(trie);
         let key_size = 4 + size_of::<K>();
         let value_size = size_of::<RuleVerdict>();
         let mut keys = Vec::with_capacity(CHUNK.min(entries.len()) * key_size);
@@ -86,10 +89,7 @@ pub fn insert_all<K: aya::Pod + bytemuck::Pod>(
     insert_each(trie, entries)
 }
 
-fn insert_each<K: aya::Pod>(
-    trie: &mut LpmTrie<MapData, K, RuleVerdict>,
-    entries: &[(u32, K, RuleVerdict)],
-) -> Result<()> {
+fn insert_each<K: aya::Pod>(trie: &mut Trie<K>, entries: &[(u32, K, RuleVerdict)]) -> Result<()> {
     for (prefix_len, data, verdict) in entries {
         trie.insert(&Key::new(*prefix_len, *data), *verdict, 0)
             .context("writing a rule entry")?;
@@ -97,14 +97,14 @@ fn insert_each<K: aya::Pod>(
     Ok(())
 }
 
-/// Deletes `keys` from `trie` (file descriptor `fd`); a key that is not
-/// there is skipped, as its absence is what was wanted.
+/// Deletes `keys` from `trie`; a key that is not there is skipped, as its
+/// absence is what was wanted.
 pub fn remove_all<K: aya::Pod + bytemuck::Pod>(
-    trie: &mut LpmTrie<MapData, K, RuleVerdict>,
-    fd: BorrowedFd<'_>,
+    trie: &mut Trie<K>,
     keys: &[(u32, K)],
 ) -> Result<()> {
     if keys.len() >= MIN_BATCH {
+        let fd = fd(trie);
         let key_size = 4 + size_of::<K>();
         let mut buf = Vec::with_capacity(CHUNK.min(keys.len()) * key_size);
         for (n, chunk) in keys.chunks(CHUNK).enumerate() {
@@ -136,10 +136,7 @@ pub fn remove_all<K: aya::Pod + bytemuck::Pod>(
     remove_each(trie, keys)
 }
 
-fn remove_each<K: aya::Pod>(
-    trie: &mut LpmTrie<MapData, K, RuleVerdict>,
-    keys: &[(u32, K)],
-) -> Result<()> {
+fn remove_each<K: aya::Pod>(trie: &mut Trie<K>, keys: &[(u32, K)]) -> Result<()> {
     for (prefix_len, data) in keys {
         super::policy_maps::absent_ok(trie.remove(&Key::new(*prefix_len, *data)))
             .context("removing a rule entry")?;
@@ -147,22 +144,16 @@ fn remove_each<K: aya::Pod>(
     Ok(())
 }
 
-/// The file descriptor of map `name`, to pass to the batch commands
-/// alongside aya's typed handle (which does not lend its own). The batch
-/// commands check the sizes they are given against the map's own.
-pub fn fd_of(map: &MapData, name: &str) -> Result<std::os::fd::OwnedFd> {
-    map.fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .with_context(|| format!("duplicating the file descriptor of map {name}"))
+/// The trie's file descriptor, for the batch commands (which check the
+/// sizes they are given against the map's own).
+fn fd<K: aya::Pod>(trie: &Trie<K>) -> BorrowedFd<'_> {
+    trie.map().fd().as_fd()
 }
 
-/// Every entry of `trie` (file descriptor `fd`): prefix length, key data
-/// and verdict, in the trie's own order, read [`CHUNK`] at a time.
-pub fn read_all<K: aya::Pod + bytemuck::Pod>(
-    trie: &LpmTrie<MapData, K, RuleVerdict>,
-    fd: BorrowedFd<'_>,
-) -> Result<Vec<(u32, K, RuleVerdict)>> {
+/// Every entry of `trie`: prefix length, key data and verdict, in the
+/// trie's own order, read [`CHUNK`] at a time.
+pub fn read_all<K: aya::Pod + bytemuck::Pod>(trie: &Trie<K>) -> Result<Vec<(u32, K, RuleVerdict)>> {
+    let fd = fd(trie);
     let key_size = 4 + size_of::<K>();
     let value_size = size_of::<RuleVerdict>();
     let mut keys = vec![0u8; CHUNK * key_size];
@@ -201,9 +192,7 @@ pub fn read_all<K: aya::Pod + bytemuck::Pod>(
     }
 }
 
-fn read_each<K: aya::Pod>(
-    trie: &LpmTrie<MapData, K, RuleVerdict>,
-) -> Result<Vec<(u32, K, RuleVerdict)>> {
+fn read_each<K: aya::Pod>(trie: &Trie<K>) -> Result<Vec<(u32, K, RuleVerdict)>> {
     let mut out = Vec::new();
     for item in trie.iter() {
         let (key, verdict) = item.context("listing rule entries")?;

@@ -126,19 +126,36 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 /// attached to (the cgroup directory's inode on cgroup v2), 0 once that
 /// cgroup is gone.
 pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: bpf_link_info is a struct and union of integers, for which
-    // the all-zero bit pattern is valid.
-    let mut info: bpf_link_info = unsafe { mem::zeroed() };
-    let mut attr = zeroed_attr();
-    attr.info.bpf_fd = link.as_raw_fd() as u32;
-    attr.info.info_len = mem::size_of::<bpf_link_info>() as u32;
-    attr.info.info = (&raw mut info) as u64;
-    // SAFETY: info points to a live bpf_link_info of info_len bytes, which
-    // the kernel fills; nothing else reads or writes it during the call.
-    unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    let info: bpf_link_info = obj_info(link)?;
     // SAFETY: every member of the union is integers, so reading the cgroup
     // member is defined whatever link type the kernel described.
     Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+}
+
+/// An info struct of the kernel's that is integers (and arrays and unions
+/// of them) throughout.
+///
+/// # Safety
+/// The all-zero bit pattern, and any the kernel writes, must be valid.
+unsafe trait ObjInfo: Sized {}
+// SAFETY: generated bindings of structs and unions of integers.
+unsafe impl ObjInfo for bpf_link_info {}
+// SAFETY: as above.
+unsafe impl ObjInfo for bpf_map_info {}
+
+/// BPF_OBJ_GET_INFO_BY_FD: what the kernel says of a BPF object.
+fn obj_info<T: ObjInfo>(object: BorrowedFd<'_>) -> io::Result<T> {
+    // SAFETY: T is integers throughout (ObjInfo), for which the all-zero
+    // bit pattern is valid.
+    let mut info: T = unsafe { mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = object.as_raw_fd() as u32;
+    attr.info.info_len = mem::size_of::<T>() as u32;
+    attr.info.info = (&raw mut info) as u64;
+    // SAFETY: info points to a live T of info_len bytes, which the kernel
+    // fills; nothing else reads or writes it during the call.
+    unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    Ok(info)
 }
 
 /// BPF_MAP_CREATE for a small map of integers (no BTF): `inner` is the
@@ -275,16 +292,7 @@ impl std::error::Error for BatchError {
 /// BPF_OBJ_GET_INFO_BY_FD on a map: its key and value sizes, which the
 /// kernel uses to read and write a batch's buffers.
 fn map_sizes(map: BorrowedFd<'_>) -> io::Result<(usize, usize)> {
-    // SAFETY: bpf_map_info is a struct of integers and arrays of them, for
-    // which the all-zero bit pattern is valid.
-    let mut info: bpf_map_info = unsafe { mem::zeroed() };
-    let mut attr = zeroed_attr();
-    attr.info.bpf_fd = map.as_raw_fd() as u32;
-    attr.info.info_len = mem::size_of::<bpf_map_info>() as u32;
-    attr.info.info = (&raw mut info) as u64;
-    // SAFETY: info points to a live bpf_map_info of info_len bytes, which
-    // the kernel fills; nothing else reads or writes it during the call.
-    unsafe { sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    let info: bpf_map_info = obj_info(map)?;
     Ok((info.key_size as usize, info.value_size as usize))
 }
 

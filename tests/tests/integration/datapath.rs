@@ -611,6 +611,8 @@ fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -
     // 6,000 rules fewer: two batches of deletes, two keys not there.
     sb.write_file("policy.yaml", &many_rules_policy("opaque", 4_000));
     sb.wait_for_generation(g1 + 2)?;
+    // The generation is published at the switch, the log line after it.
+    sb.wait_for_log("policy applied", 3, std::time::Duration::from_secs(15))?;
     let log = sb.agent_log();
     assert_eq!(last_map_writes(&log), Some(6_000), "{log}");
     for i in [0, 3999] {

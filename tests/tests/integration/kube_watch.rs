@@ -573,7 +573,7 @@ async fn a_full_changes_queue_holds_the_watch_back_and_loses_nothing() {
         SERVICES,
         values.iter().map(|v| web_annotated(v)).collect::<Vec<_>>(),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("the burst to reach the queue", || !watch.updates.is_empty()).await;
     assert!(
         watch.updates.len() <= 2,
         "{} updates waiting",

@@ -206,11 +206,7 @@ fn a_destination_learned_while_nothing_was_learned_is_used_by_the_next_connect()
     wait_learned(&sb, |l| l.is_empty())?;
     sb.stop_agent();
     sb.start_agent(&["--learn-outside-pods"])?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hinted(&sb)? {
-        anyhow::ensure!(Instant::now() < deadline, "the hint was never set again");
-        thread::sleep(Duration::from_millis(50));
-    }
+    crate::learning_scopes::wait_until("the hint set again", &sb, || hinted(&sb))?;
     let server = talk_server(&sb, "127.0.0.1:2226", 2, true)?;
     talk(&sb, "127.0.0.1:2226", true)?;
     wait_learned(&sb, |l| !l.is_empty())?;

@@ -91,7 +91,11 @@ fn scope_entries(learned: &Learned, scope: u32) -> usize {
         .count()
 }
 
-fn wait_until(what: &str, sb: &Sandbox, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_until(
+    what: &str,
+    sb: &Sandbox,
+    mut ok: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ok()? {
         if Instant::now() > deadline {

@@ -189,7 +189,7 @@ impl Document {
                     uid = match meta("uid") {
                         None | Some(Value::Null) => None,
                         Some(Value::String(s)) if s.is_empty() => None,
-                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(Value::String(s)) => Some(Arc::from(s.as_str())),
                         Some(other) => {
                             return Err(FieldError::new(
                                 "metadata.uid",
@@ -213,7 +213,7 @@ impl Document {
             namespace: namespace.as_deref().map(intern),
             name: name.into(),
             creation_timestamp: creation_timestamp.map(Into::into),
-            uid: uid.map(Into::into),
+            uid,
             content,
             origin: if origin == KUBERNETES_ORIGIN {
                 Box::default()

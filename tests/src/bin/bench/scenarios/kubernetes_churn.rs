@@ -52,7 +52,8 @@ use serde_json::{json, Value};
 use tests::{sys::CountingAlloc, Sandbox};
 
 use super::kubernetes_scale::{
-    cluster_objects, convert_object, pod, read_objects, server, service, Read, NAMESPACES, SERVICES,
+    cluster_objects, convert_object, mib, pod, read_objects, server, service, Read, NAMESPACES,
+    SERVICES,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -362,7 +363,6 @@ struct Resync {
 impl Resync {
     /// The `resync_*` fields of the bench's JSON.
     fn fields(&self) -> serde_json::Map<String, Value> {
-        let mib = |bytes: usize| bytes as f64 / 1048576.0;
         let json = json!({
             "resync_s": self.total_s,
             "resync_read_s": self.read_s,
@@ -417,9 +417,9 @@ fn resync(sb: &Sandbox, pods: u32) -> Result<(LivePolicy, PolicyMaps, Resync)> {
     let write_s = first.elapsed.as_secs_f64();
     crate::step(&format!(
         "  resync of {count} objects: {resync_s:.2} s (convert {read_s:.2} s, compile {compile_s:.2} s, write {write_s:.2} s; making the JSON {generate_s:.2} s more); held: documents {:.1} MiB, at most {:.1} MiB, live policy {:.1} MiB; peak RSS {:.0} MiB",
-        documents_bytes as f64 / 1048576.0,
-        peak_held_bytes as f64 / 1048576.0,
-        live_bytes as f64 / 1048576.0,
+        mib(documents_bytes),
+        mib(peak_held_bytes),
+        mib(live_bytes),
         peak_rss_kib as f64 / 1024.0,
     ));
     Ok((

@@ -173,7 +173,7 @@ pub(super) struct Read {
 /// Reads `objects` as a watch's list delivers them: each one's JSON text
 /// converted as the agent converts it.
 pub(super) fn read_objects(
-    objects: impl Iterator<Item = (&'static kinds::KubeKind, Value)>,
+    mut objects: impl Iterator<Item = (&'static kinds::KubeKind, Value)>,
 ) -> Result<Read> {
     let mut read = Read {
         set: DocumentSet::new(),
@@ -181,7 +181,6 @@ pub(super) fn read_objects(
         convert: Duration::ZERO,
         generate: Duration::ZERO,
     };
-    let mut objects = objects.peekable();
     loop {
         let t = Instant::now();
         let Some((kind, value)) = objects.next() else {
@@ -206,7 +205,7 @@ pub(super) fn convert_object(kind: &kinds::KubeKind, json: &[u8]) -> Result<Docu
     to_document(&api_resource(kind), obj)
 }
 
-fn mib(bytes: usize) -> f64 {
+pub(super) fn mib(bytes: usize) -> f64 {
     bytes as f64 / 1048576.0
 }
 
