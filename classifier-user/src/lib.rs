@@ -29,6 +29,7 @@
 pub use classifier_policy as policy;
 
 pub mod agent;
+pub mod allocator;
 pub mod build_info;
 pub mod check;
 pub mod datapath;

@@ -14,6 +14,10 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use classifier_user::build_info;
 use cli::{Cli, Command, LogFormat};
 
+/// jemalloc (`classifier_user::allocator` says why).
+#[global_allocator]
+static GLOBAL: classifier_user::allocator::Allocator = classifier_user::allocator::ALLOCATOR;
+
 fn main() -> ExitCode {
     // `--version`: the version, git commit and map layout (build_info).
     let long_version: &'static str = Box::leak(build_info::long_version().into_boxed_str());
@@ -35,6 +39,9 @@ fn main() -> ExitCode {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+    if let Err(err) = classifier_user::allocator::configure() {
+        tracing::warn!("{err}: freed memory goes back to the system after jemalloc's 10 s");
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -261,6 +261,29 @@ impl FakeApi {
         self.tick.send_modify(|t| *t += 1);
     }
 
+    /// Serves `objects` at `path` as they are, without watch events (the
+    /// state a list finds): for a cluster too large for fixtures.
+    pub fn serve_objects(
+        &self,
+        path: &str,
+        list_kind: &str,
+        api_version: &str,
+        objects: impl IntoIterator<Item = Value>,
+    ) {
+        let objects = objects.into_iter().map(|o| (key_of(&o), o)).collect();
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        st.resources.insert(
+            path.to_owned(),
+            Resource {
+                list_kind: list_kind.to_owned(),
+                api_version: api_version.to_owned(),
+                objects,
+                log: Vec::new(),
+            },
+        );
+    }
+
     /// Forget the watch history, as etcd compaction does.
     pub fn compact(&self) {
         let mut st = self.state.lock().unwrap();
@@ -326,15 +349,7 @@ impl FakeApi {
         let body = {
             let st = self.state.lock().unwrap();
             match st.resources.get(path) {
-                // As the API server does: items without kind/apiVersion for
-                // built-in kinds, the list's resourceVersion in metadata.
-                Some(res) => json!({
-                    "kind": res.list_kind,
-                    "apiVersion": res.api_version,
-                    "metadata": {"resourceVersion": st.rv.to_string()},
-                    "items": res.objects.values().collect::<Vec<_>>(),
-                })
-                .to_string(),
+                Some(res) => list_page(res, st.rv, &params),
                 None => String::new(),
             }
         };
@@ -523,6 +538,34 @@ pub fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     socket.set_reuseaddr(true).unwrap();
     socket.bind(addr).unwrap();
     socket.listen(64).unwrap()
+}
+
+/// One page of a list, as the API server answers it: items without kind
+/// and apiVersion for built-in kinds, the list's resourceVersion in its
+/// metadata, at most `limit` items when asked, and a `continue` token (here
+/// the index of the next item) while there are more.
+fn list_page(res: &Resource, rv: u64, params: &BTreeMap<&str, &str>) -> String {
+    let from: usize = params
+        .get("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|&l| l > 0)
+        .unwrap_or(usize::MAX);
+    let items: Vec<&Value> = res.objects.values().skip(from).take(limit).collect();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if from.saturating_add(items.len()) < res.objects.len() {
+        metadata["continue"] = json!((from + items.len()).to_string());
+    }
+    json!({
+        "kind": res.list_kind,
+        "apiVersion": res.api_version,
+        "metadata": metadata,
+        "items": items,
+    })
+    .to_string()
 }
 
 pub fn key_of(obj: &Value) -> (String, String) {

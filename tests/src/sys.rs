@@ -276,14 +276,12 @@ pub fn set_linger_zero(stream: &TcpStream) {
     }
 }
 
-/// Gives the heap that the allocator keeps cached back to the system, so
-/// that a benchmark stage's resident memory starts from what the process
-/// holds, not from what an earlier stage freed (as the agent does after a
-/// policy switch).
+/// Gives what the allocator keeps cached back to the system, so that a
+/// benchmark stage's resident memory starts from what the process holds,
+/// not from what an earlier stage freed (as the agent does after a full
+/// compile).
 pub fn release_free_heap() {
-    // SAFETY: malloc_trim has no preconditions; it only walks the
-    // allocator's own free lists.
-    unsafe { libc::malloc_trim(0) };
+    classifier_user::allocator::release_free_heap();
 }
 
 /// The global allocator with a count of the bytes it holds, so that a
@@ -315,12 +313,12 @@ impl CountingAlloc {
     }
 }
 
-// SAFETY: every method forwards to the system allocator with the same
+// SAFETY: every method forwards to the agent's allocator with the same
 // layout and pointer; the count is only bookkeeping.
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc`, passed on unchanged.
-        let p = unsafe { std::alloc::System.alloc(layout) };
+        let p = unsafe { classifier_user::allocator::ALLOCATOR.alloc(layout) };
         if !p.is_null() {
             Self::grew(layout.size());
         }
@@ -329,13 +327,13 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: `ptr` came from `alloc`/`realloc` above with `layout`.
-        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        unsafe { classifier_user::allocator::ALLOCATOR.dealloc(ptr, layout) };
         ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         // SAFETY: the caller's contract for `realloc`, passed on unchanged.
-        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        let p = unsafe { classifier_user::allocator::ALLOCATOR.realloc(ptr, layout, new) };
         if !p.is_null() {
             ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
             Self::grew(new);

@@ -383,10 +383,11 @@ impl Applier {
             tracing::warn!("purging the learned state of freed scope ids failed: {err:#}");
         }
         self.learner.apply(s.learning)?;
-        // Parsing and compiling a large policy leaves freed heap behind that
-        // glibc keeps; give it back so the agent's resident size is what it
-        // actually holds (the previous and current compiled policies).
-        crate::sys::process::release_free_heap();
+        // A full compile frees its temporaries all at once; give back
+        // whatever the allocator still caches of them, so the agent's
+        // resident size is what it holds (the previous and current
+        // compiled policies).
+        crate::allocator::release_free_heap();
         tracing::info!(
             source = s.source,
             generation = applied.generation,

@@ -12,7 +12,8 @@
 //! caps.rs      capability bounding set and capset(2)
 //! fs.rs        statfs(2), mount(2), flock(2)
 //! inotify.rs   inotify(7): watching the kubelet's pod cgroup directories
-//! process.rs   effective uid, returning freed heap to the system
+//! jemalloc.rs  mallctl(3): the allocator's settings
+//! process.rs   effective uid
 //! socket.rs    getsockopt(2) into a plain-data value
 //! ```
 
@@ -20,5 +21,6 @@ pub mod bpf;
 pub mod caps;
 pub mod fs;
 pub mod inotify;
+pub mod jemalloc;
 pub mod process;
 pub mod socket;

@@ -10,10 +10,3 @@ pub fn euid() -> u32 {
 pub fn is_root() -> bool {
     euid() == 0
 }
-
-/// Gives free heap memory that glibc keeps cached back to the system.
-pub fn release_free_heap() {
-    // SAFETY: malloc_trim has no preconditions; it only walks the
-    // allocator's own free lists.
-    unsafe { libc::malloc_trim(0) };
-}

@@ -45,7 +45,8 @@ use crate::{
     scenarios::*,
 };
 
-/// Counts what each structure holds (scenario 6).
+/// Counts what each structure holds (scenario 6); the agent's own
+/// allocator underneath, set up as the agent sets it.
 #[global_allocator]
 static ALLOC: tests::sys::CountingAlloc = tests::sys::CountingAlloc;
 
@@ -57,6 +58,7 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
+    classifier_user::allocator::configure()?;
     let Args { quick, out, only } = Args::parse(std::env::args().skip(1));
     if !tests::sys::is_root() {
         bail!("benchmarks attach eBPF programs and create cgroups and namespaces: run as root");

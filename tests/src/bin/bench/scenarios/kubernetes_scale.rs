@@ -303,6 +303,10 @@ pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
     if std::env::var_os("BENCH_RESYNC_ONLY").is_some() {
         return super::kubernetes_churn::resync_only(sb, 100_000);
     }
+    // `BENCH_AGENT_ONLY=1`: the real agent at the largest size alone.
+    if std::env::var_os("BENCH_AGENT_ONLY").is_some() {
+        return super::kubernetes_agent::agent_at_scale(100_000);
+    }
     // The file path first (a real agent, a few seconds): one file of a
     // policy directory changed.
     let policy_directory = super::policy_directory::policy_directory()?;
@@ -311,8 +315,11 @@ pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
     // The cost of one change, of churn, of a resync, at the largest size:
     // in the same object as `pods`.
     let churn = super::kubernetes_churn::churn(sb, 100_000)?;
-    if let (Some(to), Value::Object(from)) = (pods_100k.as_object_mut(), churn) {
-        to.extend(from);
+    let agent = super::kubernetes_agent::agent_at_scale(100_000)?;
+    for figures in [churn, agent] {
+        if let (Some(to), Value::Object(from)) = (pods_100k.as_object_mut(), figures) {
+            to.extend(from);
+        }
     }
     Ok(json!({
         "pods_50k": pods_50k,

@@ -4,6 +4,7 @@
 mod connect_overhead; // 1, and the kernel's own per-program run times
 mod footprint; // 4
 mod kernel_time; // the kernel-time pass (`--only kernel-time`)
+mod kubernetes_agent; // 6: the real agent at the largest size
 mod kubernetes_churn; // 6: one change, churn, resync
 mod kubernetes_scale; // 6
 mod learning; // 8

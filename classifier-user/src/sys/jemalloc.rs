@@ -1,0 +1,52 @@
+//! jemalloc's `mallctl(3)`: reading and writing the allocator's settings
+//! by name (`crate::allocator` says which and why).
+
+use std::ffi::{c_void, CStr};
+use std::io;
+
+/// `mallctl(name, NULL, NULL, &value, sizeof(ssize_t))`: writes a signed
+/// size setting such as `arenas.dirty_decay_ms`.
+pub fn write_ssize(name: &CStr, value: isize) -> io::Result<()> {
+    let mut value = value;
+    // SAFETY: `name` is NUL-terminated; the new value points to a live
+    // `ssize_t` of the length given; no old value is asked for.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&raw mut value).cast::<c_void>(),
+            std::mem::size_of::<isize>(),
+        )
+    };
+    result(name, rc)
+}
+
+/// `mallctl(name, NULL, NULL, NULL, 0)`: an action that takes and returns
+/// nothing, such as `arena.<i>.purge`.
+pub fn run(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; every pointer is null and every
+    // length 0, which actions without arguments expect.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    result(name, rc)
+}
+
+/// mallctl returns an errno value itself (it does not set `errno`).
+fn result(name: &CStr, rc: i32) -> io::Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::from_raw_os_error(rc);
+    Err(io::Error::new(
+        err.kind(),
+        format!("jemalloc's {name:?}: {err}"),
+    ))
+}

@@ -1,0 +1,119 @@
+//! Scenario 6, the real agent: `classifier agent --kubernetes` started
+//! against an API server holding the cluster of this scenario at its
+//! largest size, until the policy of those objects is in the kernel.
+//!
+//! The server is the tests' fake (`tests::fake_kube`), answering lists in
+//! pages of what the agent asks for (500) as the API server does; it makes
+//! each page's JSON on the same two cores while the agent reads it.
+//!
+//! - `agent_start_s`: from starting the agent to the log line of its first
+//!   policy from Kubernetes (every page listed, converted, the policy
+//!   compiled and written).
+//! - `agent_peak_rss_mib`: the agent process's own peak resident memory
+//!   (`VmHWM`) over that: what the DaemonSet's memory request must cover.
+//!   The in-process figures of `kubernetes_churn` bound it from above
+//!   with the bench's own generator included; this is the agent alone,
+//!   with its HTTP client, runtime and watch buffers.
+//! - `agent_rss_mib`: its `VmRSS` once the policy is in.
+//! - `agent_rules`: the rules that policy has, as its log line says (the
+//!   in-process compile of the same objects gives the scenario's `rules`).
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use classifier_user::sources::kinds;
+use serde_json::{json, Value};
+use tests::{fake_kube::FakeApi, Sandbox};
+
+use super::kubernetes_scale::cluster_objects;
+
+/// How long the agent may take to its first Kubernetes policy.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The API path, list kind and list apiVersion of `kind`.
+fn served_as(kind: &kinds::KubeKind) -> (String, String, String) {
+    let version = kind.watch_version();
+    let (path, api_version) = if kind.group.is_empty() {
+        (
+            format!("/api/{version}/{}", kind.plural),
+            version.to_owned(),
+        )
+    } else {
+        let gv = format!("{}/{version}", kind.group);
+        (format!("/apis/{gv}/{}", kind.plural), gv)
+    };
+    (path, format!("{}List", kind.kind), api_version)
+}
+
+/// `VmHWM` and `VmRSS` of `pid`, KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("{name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// The `rules=N` of the agent's first policy from Kubernetes.
+fn rules_applied(log: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("source=\"kubernetes (") && l.contains("policy applied"))?;
+    let rules = line.split_once(" rules=")?.1;
+    rules.split_whitespace().next()?.parse().ok()
+}
+
+pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let fake = rt.block_on(FakeApi::start(&[]));
+    let mut by_kind: BTreeMap<&str, (&kinds::KubeKind, Vec<Value>)> = BTreeMap::new();
+    for (kind, object) in cluster_objects(pods) {
+        by_kind
+            .entry(kind.kind)
+            .or_insert((kind, Vec::new()))
+            .1
+            .push(object);
+    }
+    let objects: usize = by_kind.values().map(|(_, o)| o.len()).sum();
+    for (kind, list) in by_kind.into_values() {
+        let (path, list_kind, api_version) = served_as(kind);
+        fake.serve_objects(&path, &list_kind, &api_version, list);
+    }
+
+    let mut sb = Sandbox::new("bench-agent-scale")?;
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
+    let kubeconfig = kubeconfig.to_str().context("kubeconfig path")?.to_owned();
+    let t = Instant::now();
+    sb.start_agent_with_env(&["--kubernetes"], &[("KUBECONFIG", &kubeconfig)])?;
+    sb.wait_for_log("source=\"kubernetes (", 1, START_TIMEOUT)?;
+    let start_s = t.elapsed().as_secs_f64();
+    let pid = sb.agent_pid().context("agent pid")?;
+    let (peak_kib, rss_kib) = memory_kib(pid)?;
+    let rules = rules_applied(&sb.agent_log());
+    sb.stop_agent();
+    fake.stop();
+    drop(rt);
+
+    crate::step(&format!(
+        "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s ({} rules), peak RSS {:.0} MiB, then {:.0} MiB",
+        rules.map_or("?".to_owned(), |r| r.to_string()),
+        peak_kib as f64 / 1024.0,
+        rss_kib as f64 / 1024.0,
+    ));
+    Ok(json!({
+        "agent_start_s": start_s,
+        "agent_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "agent_rss_mib": rss_kib as f64 / 1024.0,
+        "agent_rules": rules,
+    }))
+}
