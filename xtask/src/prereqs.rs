@@ -1,6 +1,8 @@
 //! Prerequisite checks shared by `build`, `run` and `test`: rustup, the
 //! `nightly` toolchain with `rust-src` (used by aya-build to compile the eBPF
-//! crate with `-Z build-std=core`), and `bpf-linker` (pinned to 0.10.0).
+//! crate with `-Z build-std=core`), `bpf-linker` (pinned to 0.10.0), and a C
+//! compiler with `make` (tikv-jemalloc-sys builds the agent's allocator from
+//! its C sources).
 
 use std::process::Command;
 
@@ -28,8 +30,27 @@ pub fn ensure() -> Result<()> {
     check_nightly()?;
     check_rust_src()?;
     check_bpf_linker()?;
+    check_c_build()?;
     step!("prerequisites ok");
     Ok(())
+}
+
+/// jemalloc, the agent's allocator, is C built with its own configure
+/// script and make (crate tikv-jemalloc-sys, `classifier-user/src/allocator.rs`).
+fn check_c_build() -> Result<()> {
+    let missing: Vec<&str> = ["cc", "make"]
+        .into_iter()
+        .filter(|tool| find_on_path(tool).is_none())
+        .collect();
+    if missing.is_empty() {
+        step!("C compiler and make: found");
+        return Ok(());
+    }
+    bail!(
+        "{} not found on PATH: the agent's allocator, jemalloc, is built from C sources \
+         (crate tikv-jemalloc-sys); on Debian run `apt-get install gcc libc6-dev make`",
+        missing.join(" and ")
+    )
 }
 
 fn check_rustup() -> Result<()> {
