@@ -534,8 +534,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// (namespace, name) of an object of one kind.
-type Key = (Option<String>, String);
+/// An object's key: the one its document has in a [`DocumentSet`], shared
+/// with the snapshots and the live policy's set (one string per object).
+type Key = DocumentKey;
 
 /// What is known of one kind.
 struct KindState {
@@ -583,8 +584,14 @@ impl KindState {
         }
     }
 
-    fn key_of(&self, key: &Key) -> DocumentKey {
-        DocumentKey::new(&self.ar.kind, key.0.as_deref(), &key.1)
+    /// The key of `obj` from its metadata (a deleted object's document is
+    /// not made).
+    fn key_of(&self, obj: &ApiObject) -> Key {
+        DocumentKey::new(
+            &self.ar.kind,
+            obj.metadata.namespace.as_deref(),
+            obj.metadata.name.as_deref().unwrap_or_default(),
+        )
     }
 
     /// The changes from `self.docs` to `listed` (a re-list).
@@ -595,7 +602,7 @@ impl KindState {
         let mut changes = Vec::new();
         for (key, old) in &self.docs {
             match listed.get(key) {
-                None => changes.push(Change::Delete(self.key_of(key))),
+                None => changes.push(Change::Delete(key.clone())),
                 Some(new) if !same_document(old, new) => changes.push(Change::Apply(new.clone())),
                 Some(_) => {}
             }
@@ -677,10 +684,7 @@ impl KindState {
 
     /// An object added or modified; true if its document changed.
     fn applied(&mut self, obj: ApiObject) -> bool {
-        let key = (
-            obj.metadata.namespace.clone(),
-            obj.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = self.key_of(&obj);
         match self.document(obj) {
             Some((key, doc)) => {
                 let same = self
@@ -704,7 +708,7 @@ impl KindState {
             None => {
                 let removed = self.docs.remove(&key).is_some();
                 if removed {
-                    self.record(Change::Delete(self.key_of(&key)));
+                    self.record(Change::Delete(key));
                 }
                 removed
             }
@@ -713,14 +717,16 @@ impl KindState {
 
     /// An object deleted; true if it was known.
     fn deleted(&mut self, obj: &ApiObject) -> bool {
-        let key = (
-            obj.metadata.namespace.clone(),
-            obj.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = self.key_of(obj);
         let removed = self.docs.remove(&key).is_some();
         if removed {
-            debug!(kind = %self.ar.kind, namespace = ?key.0, name = %key.1, "deleted");
-            self.record(Change::Delete(self.key_of(&key)));
+            debug!(
+                kind = %self.ar.kind,
+                namespace = ?obj.metadata.namespace,
+                name = ?obj.metadata.name,
+                "deleted"
+            );
+            self.record(Change::Delete(key));
         }
         removed
     }
@@ -750,13 +756,7 @@ impl KindState {
         let namespace = obj.metadata.namespace.clone().unwrap_or_default();
         let name = obj.metadata.name.clone().unwrap_or_default();
         match to_document(&self.ar, obj) {
-            Ok(doc) => Some((
-                (
-                    doc.namespace.as_deref().map(str::to_owned),
-                    doc.name.to_string(),
-                ),
-                Arc::new(doc),
-            )),
+            Ok(doc) => Some((doc.key(), Arc::new(doc))),
             Err(e) => {
                 warn!(kind = %self.ar.kind, %namespace, %name, "skipping object: {e:#}");
                 None
@@ -789,8 +789,8 @@ fn same_document(a: &Document, b: &Document) -> bool {
 fn snapshot(kinds: &[KindState]) -> DocumentSet {
     let mut set = DocumentSet::default();
     for kind in kinds {
-        for doc in kind.docs.values() {
-            set.insert_shared(doc.clone());
+        for (key, doc) in &kind.docs {
+            set.docs.insert(key.clone(), doc.clone());
         }
     }
     set
