@@ -559,13 +559,24 @@ fn list_page(res: &Resource, rv: u64, params: &BTreeMap<&str, &str>) -> String {
     if from.saturating_add(items.len()) < res.objects.len() {
         metadata["continue"] = json!((from + items.len()).to_string());
     }
-    json!({
+    // Written item by item: `json!` would copy every item into a new tree
+    // first, most of a large page's cost.
+    let mut body = json!({
         "kind": res.list_kind,
         "apiVersion": res.api_version,
         "metadata": metadata,
-        "items": items,
     })
-    .to_string()
+    .to_string();
+    body.pop(); // the closing brace
+    body.push_str(",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&item.to_string());
+    }
+    body.push_str("]}");
+    body
 }
 
 pub fn key_of(obj: &Value) -> (String, String) {

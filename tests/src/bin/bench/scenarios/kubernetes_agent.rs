@@ -8,7 +8,10 @@
 //!
 //! - `agent_start_s`: from starting the agent to the log line of its first
 //!   policy from Kubernetes (every page listed, converted, the policy
-//!   compiled and written).
+//!   compiled and written); `agent_attached_s` until its built-in policy
+//!   is in force (programs loaded and attached), `agent_listed_s` until it
+//!   logs that every kind is listed; `agent_cpu_s`, the agent process's CPU
+//!   time (every thread) over all of it.
 //! - `agent_peak_rss_mib`: the agent process's own peak resident memory
 //!   (`VmHWM`) over that: what the DaemonSet's memory request must cover.
 //!   The in-process figures of `kubernetes_churn` bound it from above
@@ -95,9 +98,13 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
     let kubeconfig = kubeconfig.to_str().context("kubeconfig path")?.to_owned();
     let t = Instant::now();
     sb.start_agent_with_env(&["--kubernetes"], &[("KUBECONFIG", &kubeconfig)])?;
+    let attached_s = t.elapsed().as_secs_f64();
+    sb.wait_for_log("policy sources listed from Kubernetes", 1, START_TIMEOUT)?;
+    let listed_s = t.elapsed().as_secs_f64();
     sb.wait_for_log("source=\"kubernetes (", 1, START_TIMEOUT)?;
     let start_s = t.elapsed().as_secs_f64();
     let pid = sb.agent_pid().context("agent pid")?;
+    let cpu_s = super::policy_directory::process_cpu(pid)?.as_secs_f64();
     let (peak_kib, rss_kib) = memory_kib(pid)?;
     let rules = rules_applied(&sb.agent_log());
     sb.stop_agent();
@@ -105,13 +112,16 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
     drop(rt);
 
     crate::step(&format!(
-        "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s ({} rules), peak RSS {:.0} MiB, then {:.0} MiB",
+        "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s (its built-in policy in force after {attached_s:.2} s, every object listed after {listed_s:.2} s; {} rules; agent CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB",
         rules.map_or("?".to_owned(), |r| r.to_string()),
         peak_kib as f64 / 1024.0,
         rss_kib as f64 / 1024.0,
     ));
     Ok(json!({
         "agent_start_s": start_s,
+        "agent_attached_s": attached_s,
+        "agent_listed_s": listed_s,
+        "agent_cpu_s": cpu_s,
         "agent_peak_rss_mib": peak_kib as f64 / 1024.0,
         "agent_rss_mib": rss_kib as f64 / 1024.0,
         "agent_rules": rules,

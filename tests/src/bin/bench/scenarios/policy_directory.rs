@@ -58,7 +58,7 @@ fn replace(path: &Path, docs: impl Iterator<Item = Value>) -> Result<()> {
 }
 
 /// The process's CPU time, every thread's.
-fn process_cpu(pid: u32) -> Result<Duration> {
+pub(super) fn process_cpu(pid: u32) -> Result<Duration> {
     let mut ns = 0u64;
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
         let s = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
