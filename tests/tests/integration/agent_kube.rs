@@ -165,3 +165,64 @@ async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result
     .await??;
     Ok(())
 }
+
+/// Pod `i` of a namespace annotated nowhere but on the pod: opaque 3306 at
+/// 10.201.i/32.
+fn annotated_pod(i: u32) -> serde_json::Value {
+    let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
+    json!({
+        "metadata": {"name": format!("db-{i}"), "namespace": "paged", "uid": format!("uid-db-{i}"),
+                     "annotations": {"config.linkerd.io/opaque-ports": "3306"}},
+        "spec": {"containers": [{"name": "db", "ports": [{"containerPort": 3306}]}]},
+        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_listed_in_pages_is_classified_whole() -> Result<()> {
+    if !privileged!() {
+        return Ok(());
+    }
+    use classifier_user::sources::kubernetes::LIST_PAGE_SIZE;
+    use tests::fake_kube::PODS;
+    // Two and a half pages: the agent must follow the continue tokens to
+    // the end, and not apply the cluster before it has every page.
+    let pods = LIST_PAGE_SIZE * 5 / 2;
+    let fake = FakeApi::start(&[]).await;
+    fake.serve_objects(PODS, "PodList", "v1", (0..pods).map(annotated_pod));
+    let mut sb = Sandbox::new("agent-kube-paged")?;
+    let (first, next_page, last) = (0, LIST_PAGE_SIZE, pods - 1);
+    for i in [first, next_page, last] {
+        let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
+        sb.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+    }
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
+    let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
+        sb.start_agent_with_env(
+            &["--kubernetes"],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        )?;
+        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        for i in [first, next_page, last] {
+            let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
+            let v = sb.verdict(&format!("{ip}:3306"))?;
+            assert_eq!(v["protocol"], "opaque", "pod {i} of {pods}: {v}");
+        }
+        Ok(sb)
+    })
+    .await??;
+    let lists: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with(PODS) && !r.contains("watch=true"))
+        .collect();
+    let limit = format!("limit={LIST_PAGE_SIZE}");
+    assert!(lists.iter().all(|r| r.contains(&limit)), "{lists:?}");
+    assert_eq!(
+        lists.iter().filter(|r| r.contains("continue=")).count(),
+        2,
+        "one list request per page after the first: {lists:?}"
+    );
+    drop(sb);
+    Ok(())
+}
