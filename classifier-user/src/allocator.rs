@@ -50,3 +50,18 @@ pub fn release_free_heap() {
         tracing::debug!("{err}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configure_gives_emptied_pages_back_at_once() {
+        configure().unwrap();
+        assert_eq!(jemalloc::read_ssize(c"arenas.dirty_decay_ms").unwrap(), 0);
+        assert_eq!(jemalloc::read_ssize(c"arena.0.dirty_decay_ms").unwrap(), 0);
+        // An unknown setting is an error naming it, not a silent no-op.
+        let err = jemalloc::write_ssize(c"arenas.no_such_setting", 0).unwrap_err();
+        assert!(err.to_string().contains("no_such_setting"), "{err}");
+    }
+}

@@ -22,6 +22,24 @@ pub fn write_ssize(name: &CStr, value: isize) -> io::Result<()> {
     result(name, rc)
 }
 
+/// `mallctl(name, &value, &len, NULL, 0)`: reads a signed size setting.
+pub fn read_ssize(name: &CStr) -> io::Result<isize> {
+    let mut value: isize = 0;
+    let mut len = std::mem::size_of::<isize>();
+    // SAFETY: `name` is NUL-terminated; the old value is written to a live
+    // `ssize_t` whose length is passed and updated; nothing is written.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            (&raw mut value).cast::<c_void>(),
+            &raw mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    result(name, rc).map(|()| value)
+}
+
 /// `mallctl(name, NULL, NULL, NULL, 0)`: an action that takes and returns
 /// nothing, such as `arena.<i>.purge`.
 pub fn run(name: &CStr) -> io::Result<()> {
