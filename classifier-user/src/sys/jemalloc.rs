@@ -22,7 +22,9 @@ pub fn write_ssize(name: &CStr, value: isize) -> io::Result<()> {
     result(name, rc)
 }
 
-/// `mallctl(name, &value, &len, NULL, 0)`: reads a signed size setting.
+/// `mallctl(name, &value, &len, NULL, 0)`: reads a signed size setting
+/// (the allocator's tests read back what `configure` set).
+#[cfg(test)]
 pub fn read_ssize(name: &CStr) -> io::Result<isize> {
     let mut value: isize = 0;
     let mut len = std::mem::size_of::<isize>();
