@@ -49,7 +49,7 @@ use anyhow::{bail, Context as _, Result};
 use futures::{stream::BoxStream, StreamExt as _};
 use kube::{
     api::Api,
-    core::{ApiResource, GroupVersionKind},
+    core::{ApiResource, GroupVersionKind, ObjectMeta},
     runtime::{
         watcher::{self, Event},
         WatchStreamExt as _,
@@ -753,11 +753,12 @@ impl KindState {
     }
 
     fn document(&self, obj: ApiObject) -> Option<(Key, Arc<Document>)> {
-        let namespace = obj.metadata.namespace.clone().unwrap_or_default();
-        let name = obj.metadata.name.clone().unwrap_or_default();
-        match to_document(&self.ar, obj) {
+        let ApiObject { metadata, body } = obj;
+        match document_of(&self.ar, &metadata, body) {
             Ok(doc) => Some((doc.key(), Arc::new(doc))),
             Err(e) => {
+                let namespace = metadata.namespace.as_deref().unwrap_or_default();
+                let name = metadata.name.as_deref().unwrap_or_default();
                 warn!(kind = %self.ar.kind, %namespace, %name, "skipping object: {e:#}");
                 None
             }
@@ -828,10 +829,20 @@ fn check_labels(labels: &serde_json::Map<String, serde_json::Value>) -> Result<(
 /// update gives an equal document, which publishes nothing, and a node
 /// holds a few hundred bytes per pod.
 pub fn to_document(ar: &ApiResource, obj: ApiObject) -> Result<Document> {
+    document_of(ar, &obj.metadata, obj.body)
+}
+
+/// [`to_document`] of an object taken apart, so that the watch keeps its
+/// metadata to name the object when it is skipped.
+fn document_of(
+    ar: &ApiResource,
+    metadata: &ObjectMeta,
+    body: serde_json::Value,
+) -> Result<Document> {
     use serde_json::Value;
-    let ApiObject { metadata, body } = obj;
     metadata
         .name
+        .as_deref()
         .filter(|n| !n.is_empty())
         .context("object has no metadata.name")?;
     let map = body.as_object().context("object is not a map")?;

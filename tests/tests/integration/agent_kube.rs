@@ -166,14 +166,15 @@ async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result
     Ok(())
 }
 
-/// Pod `i` of a namespace annotated nowhere but on the pod: opaque 3306 at
-/// 10.201.i/32.
+/// Pod `i`, annotated opaque on 4222 (which Linkerd's default opaque
+/// ports do not hold, so only the pod's own rule makes it opaque), at
+/// 10.201.x.y. Names sort as their numbers do, as the fake lists them.
 fn annotated_pod(i: u32) -> serde_json::Value {
     let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
     json!({
-        "metadata": {"name": format!("db-{i}"), "namespace": "paged", "uid": format!("uid-db-{i}"),
-                     "annotations": {"config.linkerd.io/opaque-ports": "3306"}},
-        "spec": {"containers": [{"name": "db", "ports": [{"containerPort": 3306}]}]},
+        "metadata": {"name": format!("db-{i:05}"), "namespace": "paged", "uid": format!("uid-db-{i}"),
+                     "annotations": {"config.linkerd.io/opaque-ports": "4222"}},
+        "spec": {"containers": [{"name": "db", "ports": [{"containerPort": 4222}]}]},
         "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
     })
 }
@@ -191,8 +192,9 @@ async fn a_cluster_listed_in_pages_is_classified_whole() -> Result<()> {
     let fake = FakeApi::start(&[]).await;
     fake.serve_objects(PODS, "PodList", "v1", (0..pods).map(annotated_pod));
     let mut sb = Sandbox::new("agent-kube-paged")?;
-    let (first, next_page, last) = (0, LIST_PAGE_SIZE, pods - 1);
-    for i in [first, next_page, last] {
+    // The first pod, the first of the second page, the last of the last.
+    let checked = [0, LIST_PAGE_SIZE, pods - 1];
+    for i in checked {
         let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
         sb.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
     }
@@ -203,10 +205,12 @@ async fn a_cluster_listed_in_pages_is_classified_whole() -> Result<()> {
             &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
         )?;
         wait_for_log(&sb, "source=\"kubernetes (", 1)?;
-        for i in [first, next_page, last] {
+        for i in checked {
             let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
-            let v = sb.verdict(&format!("{ip}:3306"))?;
+            let v = sb.verdict(&format!("{ip}:4222"))?;
             assert_eq!(v["protocol"], "opaque", "pod {i} of {pods}: {v}");
+            let source = v["source"].as_str().unwrap_or_default();
+            assert!(source.starts_with("rule:"), "pod {i} of {pods}: {v}");
         }
         Ok(sb)
     })

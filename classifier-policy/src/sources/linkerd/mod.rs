@@ -575,6 +575,9 @@ impl Compiler {
         self.report_dropped(set, &over);
         let owners = std::mem::take(&mut self.owners);
         let rules = std::mem::take(&mut self.rules);
+        // At most as many as before, without growing by doubling.
+        self.rules.reserve_exact(rules.len());
+        self.owners.reserve_exact(rules.len());
         for (mut r, owner) in rules.into_iter().zip(owners) {
             if owner.is_some_and(|o| over.contains_key(&o)) {
                 continue;

@@ -13,7 +13,7 @@ use crate::{
     system::{bpftool_json, rss_kib},
 };
 
-fn map_memory_bytes(pins: &Path) -> Result<u64> {
+pub(super) fn map_memory_bytes(pins: &Path) -> Result<u64> {
     let mut total = 0;
     for name in maps::ALL {
         let info = bpftool_json(&[

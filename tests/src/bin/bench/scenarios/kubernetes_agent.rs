@@ -17,7 +17,9 @@
 //!   The in-process figures of `kubernetes_churn` bound it from above
 //!   with the bench's own generator included; this is the agent alone,
 //!   with its HTTP client, runtime and watch buffers.
-//! - `agent_rss_mib`: its `VmRSS` once the policy is in.
+//! - `agent_rss_mib`: its `VmRSS` once the policy is in; `agent_map_mib`,
+//!   the memory of its pinned maps then (bpftool's `bytes_memlock`), which
+//!   the kernel charges to the agent's memory cgroup too.
 //! - `agent_rules`: the rules that policy has, as its log line says (the
 //!   in-process compile of the same objects gives the scenario's `rules`).
 
@@ -106,16 +108,18 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
     let pid = sb.agent_pid().context("agent pid")?;
     let cpu_s = super::policy_directory::process_cpu(pid)?.as_secs_f64();
     let (peak_kib, rss_kib) = memory_kib(pid)?;
+    let map_bytes = super::footprint::map_memory_bytes(&sb.pins)?;
     let rules = rules_applied(&sb.agent_log());
     sb.stop_agent();
     fake.stop();
     drop(rt);
 
     crate::step(&format!(
-        "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s (its built-in policy in force after {attached_s:.2} s, every object listed after {listed_s:.2} s; {} rules; agent CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB",
+        "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s (its built-in policy in force after {attached_s:.2} s, every object listed after {listed_s:.2} s; {} rules; agent CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB; its maps {:.0} MiB",
         rules.map_or("?".to_owned(), |r| r.to_string()),
         peak_kib as f64 / 1024.0,
         rss_kib as f64 / 1024.0,
+        map_bytes as f64 / 1048576.0,
     ));
     Ok(json!({
         "agent_start_s": start_s,
@@ -124,6 +128,7 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
         "agent_cpu_s": cpu_s,
         "agent_peak_rss_mib": peak_kib as f64 / 1024.0,
         "agent_rss_mib": rss_kib as f64 / 1024.0,
+        "agent_map_mib": map_bytes as f64 / 1048576.0,
         "agent_rules": rules,
     }))
 }
