@@ -427,7 +427,7 @@ fn precedence(a: &HostRule, b: &HostRule) -> std::cmp::Ordering {
         if tier(da) == 1 {
             crate::sources::linkerd::age_order(da, db)
         } else {
-            (&da.namespace, &da.name).cmp(&(&db.namespace, &db.name))
+            (&da.namespace, &da.name()).cmp(&(&db.namespace, &db.name()))
         }
         .then(a.position.cmp(&b.position))
     })

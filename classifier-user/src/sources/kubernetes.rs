@@ -927,7 +927,7 @@ mod change_tests {
         changes
             .iter()
             .map(|c| match c {
-                Change::Apply(doc) => format!("apply {}", doc.name),
+                Change::Apply(doc) => format!("apply {}", doc.name()),
                 Change::Delete(key) => format!("delete {}", key.as_str().replace('\0', "/")),
             })
             .collect()

@@ -83,8 +83,8 @@ fn names(set: &DocumentSet, kind: &str) -> Vec<String> {
     set.iter()
         .filter(|d| &*d.kind == kind)
         .map(|d| match &d.namespace {
-            Some(ns) => format!("{ns}/{}", d.name),
-            None => d.name.to_string(),
+            Some(ns) => format!("{ns}/{}", d.name()),
+            None => d.name().to_string(),
         })
         .collect()
 }

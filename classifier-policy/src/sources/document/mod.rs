@@ -45,9 +45,10 @@ pub struct Document {
     pub kind: Arc<str>,
     /// `None` for cluster-scoped kinds (Namespace, ClassifierPolicy).
     pub namespace: Option<Arc<str>>,
-    /// `metadata.name`; empty when the document has none (a
-    /// ClassifierPolicy needs no metadata).
-    pub name: Box<str>,
+    /// Its key in a set (`kind\0namespace\0name`), made once and shared by
+    /// every holder: the watch, its snapshots and the live policy's set.
+    /// The name ([`Document::name`]) is its last part.
+    key: DocumentKey,
     /// `metadata.creationTimestamp` as written (RFC 3339), for the kinds
     /// whose rules are ordered by age (Server, EgressNetwork); `None` for
     /// the others.
@@ -208,10 +209,10 @@ impl Document {
             Content::Other
         };
         Ok(Document {
+            key: DocumentKey::new(&kind, namespace.as_deref(), &name),
             api_version,
             kind,
             namespace: namespace.as_deref().map(intern),
-            name: name.into(),
             creation_timestamp: creation_timestamp.map(Into::into),
             uid,
             content,
@@ -230,21 +231,30 @@ impl Document {
             return std::borrow::Cow::Borrowed(&self.origin);
         }
         std::borrow::Cow::Owned(match &self.namespace {
-            Some(ns) => format!("{KUBERNETES_ORIGIN}{}/{ns}/{}", self.kind, self.name),
-            None => format!("{KUBERNETES_ORIGIN}{}/{}", self.kind, self.name),
+            Some(ns) => format!("{KUBERNETES_ORIGIN}{}/{ns}/{}", self.kind, self.name()),
+            None => format!("{KUBERNETES_ORIGIN}{}/{}", self.kind, self.name()),
         })
     }
 
+    /// Its key in a set; a clone shares the string.
     pub fn key(&self) -> DocumentKey {
-        DocumentKey::new(&self.kind, self.namespace.as_deref(), &self.name)
+        self.key.clone()
+    }
+
+    /// `metadata.name`; empty when the document has none (a
+    /// ClassifierPolicy needs no metadata).
+    pub fn name(&self) -> &str {
+        // The key is `kind\0namespace\0name`, an absent namespace empty.
+        let ns = self.namespace.as_deref().map_or(0, str::len);
+        &self.key.as_str()[self.kind.len() + 1 + ns + 1..]
     }
 
     /// `Kind namespace/name` or `Kind name`, for messages.
     pub fn describe(&self) -> String {
         match &self.namespace {
-            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
-            None if self.name.is_empty() => self.kind.to_string(),
-            None => format!("{} {}", self.kind, self.name),
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name()),
+            None if self.name().is_empty() => self.kind.to_string(),
+            None => format!("{} {}", self.kind, self.name()),
         }
     }
 

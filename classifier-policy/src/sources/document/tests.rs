@@ -102,7 +102,7 @@ fn directories_are_walked_sorted_and_loops_reported() {
     // The same directory twice is read once.
     std::os::unix::fs::symlink(dir.join("sub"), dir.join("sub2")).unwrap();
     let set = DocumentSet::from_path(&dir).unwrap();
-    let names: Vec<&str> = set.iter().map(|d| &*d.name).collect();
+    let names: Vec<&str> = set.iter().map(|d| d.name()).collect();
     assert_eq!(names, vec!["a", "b", "d"]);
     assert!(set
         .get("Namespace", None, "a")

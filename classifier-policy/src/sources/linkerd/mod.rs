@@ -150,7 +150,7 @@ impl Rejected {
             origin: doc.origin().into_owned(),
             kind: doc.kind.to_string(),
             namespace: doc.namespace.as_deref().map(str::to_string),
-            name: doc.name.to_string(),
+            name: doc.name().to_string(),
             error,
         }
     }
@@ -222,7 +222,7 @@ pub(crate) fn compile_documents_with(
     let mut ns_ports: BTreeMap<&str, &PortsAnnotation> = BTreeMap::new();
     for (doc, ns) in c.read::<Namespace>(set, &kinds::NAMESPACE) {
         if let Some(ports) = &ns.opaque {
-            ns_ports.insert(&doc.name, ports);
+            ns_ports.insert(doc.name(), ports);
         }
     }
     let pods = c.pods(
@@ -428,7 +428,7 @@ pub(crate) fn age_order(a: &Document, b: &Document) -> std::cmp::Ordering {
             d.creation_timestamp.is_none(),
             d.creation_timestamp.as_deref(),
             d.namespace.as_deref(),
-            &d.name,
+            d.name(),
         )
     }
     key(a).cmp(&key(b))
@@ -483,9 +483,9 @@ type NamespaceSize = ((u64, u64), u32);
 pub(crate) fn rule_origin(doc: &Document) -> String {
     // One allocation: this runs for every object with rules.
     use std::fmt::Write as _;
-    let mut s = String::with_capacity(2 * (doc.kind.len() + doc.name.len() + 16) + 16);
+    let mut s = String::with_capacity(2 * (doc.kind.len() + doc.name().len() + 16) + 16);
     let _ = match &doc.namespace {
-        Some(ns) => write!(s, "{} {ns}/{} ({})", doc.kind, doc.name, doc.origin()),
+        Some(ns) => write!(s, "{} {ns}/{} ({})", doc.kind, doc.name(), doc.origin()),
         None => write!(s, "{} ({})", doc.describe(), doc.origin()),
     };
     s

@@ -148,7 +148,7 @@ pub fn opaque_ports_patches(
     for doc in read(set, &kinds::NAMESPACE) {
         if let Some(Object::Namespace(n)) = doc.object() {
             if let Some(ports) = &n.opaque {
-                ns_ports.insert(&doc.name, ports);
+                ns_ports.insert(doc.name(), ports);
             }
         }
     }
@@ -389,7 +389,7 @@ fn patch(
         api_version: doc.api_version.to_string(),
         kind: doc.kind.to_string(),
         namespace: doc.namespace.as_deref().unwrap_or("default").to_string(),
-        name: doc.name.to_string(),
+        name: doc.name().to_string(),
         origin: doc.origin().into_owned(),
         addresses,
         learned,
