@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
                 .and_then(Value::as_str)
         };
         assert_eq!(Some(&*doc.kind), item.get("kind").and_then(Value::as_str));
-        assert_eq!(&*doc.name, meta("name").unwrap_or(""));
+        assert_eq!(doc.name(), meta("name").unwrap_or(""));
         let kind = kinds::by_name(&doc.kind);
         match (&doc.namespace, meta("namespace").filter(|n| !n.is_empty())) {
             (Some(ns), Some(given)) => assert_eq!(&**ns, given),
@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let origin = doc.origin();
         assert!(origin.starts_with(KUBERNETES_ORIGIN), "{origin}");
-        assert!(origin.ends_with(&*doc.name), "{origin}");
+        assert!(origin.ends_with(doc.name()), "{origin}");
         let reads = kind.is_some_and(|k| k.reads_api_version(&doc.api_version));
         match &doc.content {
             Content::Object(_) => assert!(reads),
