@@ -276,14 +276,6 @@ pub fn set_linger_zero(stream: &TcpStream) {
     }
 }
 
-/// Gives what the allocator keeps cached back to the system, so that a
-/// benchmark stage's resident memory starts from what the process holds,
-/// not from what an earlier stage freed (as the agent does after a full
-/// compile).
-pub fn release_free_heap() {
-    classifier_user::allocator::release_free_heap();
-}
-
 /// The global allocator with a count of the bytes it holds, so that a
 /// benchmark can say what a structure keeps (resident memory also counts
 /// what the allocator has not yet returned to the system).

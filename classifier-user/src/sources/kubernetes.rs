@@ -790,8 +790,8 @@ fn same_document(a: &Document, b: &Document) -> bool {
 fn snapshot(kinds: &[KindState]) -> DocumentSet {
     let mut set = DocumentSet::default();
     for kind in kinds {
-        for (key, doc) in &kind.docs {
-            set.docs.insert(key.clone(), doc.clone());
+        for doc in kind.docs.values() {
+            set.insert_shared(doc.clone());
         }
     }
     set

@@ -1,5 +1,5 @@
 //! jemalloc's `mallctl(3)`: reading and writing the allocator's settings
-//! by name (`crate::allocator` says which and why).
+//! by name (which ones, and why, is said where the agent sets them up).
 
 use std::ffi::{c_void, CStr};
 use std::io;

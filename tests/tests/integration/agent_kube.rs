@@ -3,9 +3,12 @@
 //! recorded lists and watch events. A live annotation change reaches the
 //! kernel without a restart.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::json;
 use tests::{
     fake_kube::{fixture, FakeApi, ALL, SERVICES},
@@ -14,6 +17,15 @@ use tests::{
 
 fn wait_for_log(sb: &Sandbox, needle: &str, count: usize) -> Result<()> {
     sb.wait_for_log(needle, count, Duration::from_secs(20))
+}
+
+/// Starts the agent with `--kubernetes` on the API server `kubeconfig`
+/// names, and waits past its built-in policy for its first policy from the
+/// cluster's documents.
+fn start_kube_agent(sb: &mut Sandbox, kubeconfig: &Path) -> Result<()> {
+    let kubeconfig = kubeconfig.to_str().context("kubeconfig path")?;
+    sb.start_agent_with_env(&["--kubernetes"], &[("KUBECONFIG", kubeconfig)])?;
+    wait_for_log(sb, "source=\"kubernetes (", 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,12 +42,7 @@ async fn live_kubernetes_documents_classify_and_follow_annotation_changes() -> R
     }
     let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
-        sb.start_agent_with_env(
-            &["--kubernetes"],
-            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        )?;
-        // The built-in policy first, then the cluster's documents.
-        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        start_kube_agent(&mut sb, &kubeconfig)?;
 
         // shop/mysql's own annotation: 3306,33060.
         let v = sb.verdict("10.96.12.34:33060")?;
@@ -125,12 +132,10 @@ async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result
         sb.ip(&["addr", "add", ip, "dev", "lo"])?;
     }
     let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
-    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned())];
+    let first = kubeconfig.clone();
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        sb.start_agent_with_env(&["--kubernetes"], &env)?;
         // The first list: a full compile, switched to.
-        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        start_kube_agent(&mut sb, &first)?;
         let v = sb.verdict("10.96.80.80:11211")?;
         assert_eq!(v["protocol"], "unknown", "{v}");
         Ok(sb)
@@ -142,7 +147,6 @@ async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result
     event["object"]["metadata"]["resourceVersion"] = json!("90001");
     fake.push(SERVICES, vec![event]);
 
-    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut sb = sb;
         wait_for_log(&sb, "incremental=true", 1)?;
@@ -152,8 +156,7 @@ async fn a_watch_event_is_written_in_place_and_equals_a_full_compile() -> Result
 
         // A new agent compiles the same cluster whole and switches to it.
         sb.stop_agent();
-        sb.start_agent_with_env(&["--kubernetes"], &[("KUBECONFIG", &kubeconfig)])?;
-        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        start_kube_agent(&mut sb, &kubeconfig)?;
         let log = sb.agent_log();
         assert!(log.contains("incremental=false"), "{log}");
         let full = kernel_entries(&sb)?;
@@ -200,11 +203,7 @@ async fn a_cluster_listed_in_pages_is_classified_whole() -> Result<()> {
     }
     let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let sb = tokio::task::spawn_blocking(move || -> Result<Sandbox> {
-        sb.start_agent_with_env(
-            &["--kubernetes"],
-            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        )?;
-        wait_for_log(&sb, "source=\"kubernetes (", 1)?;
+        start_kube_agent(&mut sb, &kubeconfig)?;
         for i in checked {
             let ip = std::net::Ipv4Addr::from(0x0ac9_0000 + i);
             let v = sb.verdict(&format!("{ip}:4222"))?;

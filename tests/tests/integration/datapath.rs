@@ -525,6 +525,18 @@ fn last_map_writes(log: &str) -> Option<u64> {
         .ok()
 }
 
+/// Restarts the agent (killed, so it cleans nothing up) on its policy file
+/// rewritten to `text`, waits for that policy as `generation`, and returns
+/// the map writes its apply took, with the agent's log.
+fn restart_with(sb: &mut Sandbox, text: &str, generation: u64) -> Result<(Option<u64>, String)> {
+    sb.kill_agent();
+    let policy = sb.write_file("policy.yaml", text);
+    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
+    sb.wait_for_generation(generation)?;
+    let log = sb.agent_log();
+    Ok((last_map_writes(&log), log))
+}
+
 /// A restarted agent does not know what the slot it writes first holds:
 /// it reads it back and writes only the difference (the slot holds the
 /// policy before the last switch, most often nearly the one in force),
@@ -541,25 +553,17 @@ fn a_restarted_agent_writes_only_what_the_slot_it_finds_lacks() -> Result<()> {
     // One rule changed: the slots now hold the two policies.
     sb.write_file("policy.yaml", &many_rules_policy("detect", 300));
     sb.wait_for_generation(g1 + 1)?;
-    sb.kill_agent();
 
     // Restarted with the first policy: the slot it writes into holds it.
-    sb.write_file("policy.yaml", &many_rules_policy("opaque", 300));
-    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
-    sb.wait_for_generation(g1 + 2)?;
-    let log = sb.agent_log();
-    assert_eq!(last_map_writes(&log), Some(0), "{log}");
+    let (writes, log) = restart_with(&mut sb, &many_rules_policy("opaque", 300), g1 + 2)?;
+    assert_eq!(writes, Some(0), "{log}");
     let nats = sb.verdict("127.0.0.1:4222")?;
     assert_eq!(protocol(&nats), "opaque", "{nats}");
 
     // And again with a third policy: the slot it writes into holds the
     // second, one rule (an IPv4 and an IPv6 entry) away.
-    sb.kill_agent();
-    sb.write_file("policy.yaml", &many_rules_policy("http1", 300));
-    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
-    sb.wait_for_generation(g1 + 3)?;
-    let log = sb.agent_log();
-    assert_eq!(last_map_writes(&log), Some(2), "{log}");
+    let (writes, log) = restart_with(&mut sb, &many_rules_policy("http1", 300), g1 + 3)?;
+    assert_eq!(writes, Some(2), "{log}");
     let nats = sb.verdict("127.0.0.1:4222")?;
     assert_eq!(protocol(&nats), "http1", "{nats}");
     Ok(())
@@ -631,12 +635,8 @@ fn policies_larger_than_a_write_batch_are_written_and_shrunk_entry_for_entry() -
 
     // Restarted with the HTTP/1 policy: the slot it writes into holds it,
     // read back a batch at a time, and not one entry differs.
-    sb.kill_agent();
-    sb.write_file("policy.yaml", &many_rules_policy("http1", 10_000));
-    sb.start_agent(&["--policy", policy.to_str().unwrap()])?;
-    sb.wait_for_generation(g1 + 3)?;
-    let log = sb.agent_log();
-    assert_eq!(last_map_writes(&log), Some(0), "{log}");
+    let (writes, log) = restart_with(&mut sb, &many_rules_policy("http1", 10_000), g1 + 3)?;
+    assert_eq!(writes, Some(0), "{log}");
     assert_eq!(maps.active_entries()?, http1);
     Ok(())
 }

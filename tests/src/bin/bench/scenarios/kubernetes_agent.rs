@@ -29,41 +29,22 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use classifier_user::sources::kinds;
+use classifier_user::sources::{kinds, kubernetes::ApiObject};
 use serde_json::{json, Value};
 use tests::{fake_kube::FakeApi, Sandbox};
 
-use super::kubernetes_scale::cluster_objects;
+use super::kubernetes_scale::{api_resource, cluster_objects};
+use crate::system::{peak_rss_kib, rss_kib};
 
 /// How long the agent may take to its first Kubernetes policy.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The API path, list kind and list apiVersion of `kind`.
+/// The API path, list kind and list apiVersion of `kind`, as the agent's
+/// watch asks for it.
 fn served_as(kind: &kinds::KubeKind) -> (String, String, String) {
-    let version = kind.watch_version();
-    let (path, api_version) = if kind.group.is_empty() {
-        (
-            format!("/api/{version}/{}", kind.plural),
-            version.to_owned(),
-        )
-    } else {
-        let gv = format!("{}/{version}", kind.group);
-        (format!("/apis/{gv}/{}", kind.plural), gv)
-    };
-    (path, format!("{}List", kind.kind), api_version)
-}
-
-/// `VmHWM` and `VmRSS` of `pid`, KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("{name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
+    let ar = api_resource(kind);
+    let path = <ApiObject as kube::core::Resource>::url_path(&ar, None);
+    (path, format!("{}List", kind.kind), ar.api_version)
 }
 
 /// The `rules=N` of the agent's first policy from Kubernetes.
@@ -106,8 +87,8 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
     sb.wait_for_log("source=\"kubernetes (", 1, START_TIMEOUT)?;
     let start_s = t.elapsed().as_secs_f64();
     let pid = sb.agent_pid().context("agent pid")?;
-    let cpu_s = super::policy_directory::process_cpu(pid)?.as_secs_f64();
-    let (peak_kib, rss_kib) = memory_kib(pid)?;
+    let cpu_s = crate::system::process_cpu(pid)?.as_secs_f64();
+    let (peak_kib, after_kib) = (peak_rss_kib(pid)?, rss_kib(pid)?);
     let map_bytes = super::footprint::map_memory_bytes(&sb.pins)?;
     let rules = rules_applied(&sb.agent_log());
     sb.stop_agent();
@@ -118,7 +99,7 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
         "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s (its built-in policy in force after {attached_s:.2} s, every object listed after {listed_s:.2} s; {} rules; agent CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB; its maps {:.0} MiB",
         rules.map_or("?".to_owned(), |r| r.to_string()),
         peak_kib as f64 / 1024.0,
-        rss_kib as f64 / 1024.0,
+        after_kib as f64 / 1024.0,
         map_bytes as f64 / 1048576.0,
     ));
     Ok(json!({
@@ -127,7 +108,7 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
         "agent_listed_s": listed_s,
         "agent_cpu_s": cpu_s,
         "agent_peak_rss_mib": peak_kib as f64 / 1024.0,
-        "agent_rss_mib": rss_kib as f64 / 1024.0,
+        "agent_rss_mib": after_kib as f64 / 1024.0,
         "agent_map_mib": map_bytes as f64 / 1048576.0,
         "agent_rules": rules,
     }))

@@ -386,7 +386,7 @@ impl Resync {
 /// server's) is counted apart. The heap the earlier scenarios freed is
 /// given back first, so that the peak is this stage's.
 fn resync(sb: &Sandbox, pods: u32) -> Result<(LivePolicy, PolicyMaps, Resync)> {
-    tests::sys::release_free_heap();
+    classifier_user::allocator::release_free_heap();
     reset_peak_rss()?;
     let base = CountingAlloc::held();
     CountingAlloc::reset_peak();

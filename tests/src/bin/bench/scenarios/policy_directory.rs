@@ -57,20 +57,6 @@ fn replace(path: &Path, docs: impl Iterator<Item = Value>) -> Result<()> {
     Ok(())
 }
 
-/// The process's CPU time, every thread's.
-pub(super) fn process_cpu(pid: u32) -> Result<Duration> {
-    let mut ns = 0u64;
-    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
-        let s = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        ns += s
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(Duration::from_nanos(ns))
-}
-
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
@@ -109,12 +95,13 @@ pub(crate) fn policy_directory() -> Result<Value> {
         bail!("{addr}:3307 is opaque before any change");
     }
 
-    let (cpu, wall) = (process_cpu(pid)?, Instant::now());
+    let (cpu, wall) = (crate::system::process_cpu(pid)?, Instant::now());
     std::thread::sleep(IDLE);
-    let idle_rate = (process_cpu(pid)? - cpu).as_secs_f64() / wall.elapsed().as_secs_f64();
+    let idle_rate =
+        (crate::system::process_cpu(pid)? - cpu).as_secs_f64() / wall.elapsed().as_secs_f64();
 
     let mut visible = Vec::new();
-    let (cpu, wall) = (process_cpu(pid)?, Instant::now());
+    let (cpu, wall) = (crate::system::process_cpu(pid)?, Instant::now());
     for k in 0..CHANGES {
         let port = if k % 2 == 0 { "3307" } else { "3306" };
         let started = Instant::now();
@@ -130,7 +117,7 @@ pub(crate) fn policy_directory() -> Result<Value> {
         std::thread::sleep(Duration::from_millis(300));
     }
     let wall = wall.elapsed().as_secs_f64();
-    let busy = (process_cpu(pid)? - cpu).as_secs_f64();
+    let busy = (crate::system::process_cpu(pid)? - cpu).as_secs_f64();
     let cpu_per_change_ms = (busy - idle_rate * wall).max(0.0) / CHANGES as f64 * 1e3;
     let log = sb.agent_log();
     let incremental = log.matches("incremental=true").count();
