@@ -14,6 +14,7 @@
 //! datapath/      embedded object, pins, install-or-adopt, atomic policy writes
 //! learned/       the learned server-first destinations: read, expire, suggest
 //! agent/         the long-running `classifier agent`
+//! compiler/      `classifier compiler`: the cluster's sources published as slices
 //! stats/         `classifier stats` from the pinned maps, and the kernel
 //!                counters' Prometheus encoding
 //! metrics/       `agent --metrics-addr`: /metrics, /healthz, /readyz
@@ -32,6 +33,7 @@ pub mod agent;
 pub mod allocator;
 pub mod build_info;
 pub mod check;
+pub mod compiler;
 pub mod datapath;
 pub mod learned;
 pub mod metrics;

@@ -61,6 +61,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Learned(args) => cli::learned::run(args),
         Command::Suggest(args) => cli::suggest::run(args),
         Command::Check(args) => cli::check::run(args),
+        Command::Compiler(args) => cli::compiler::run(args),
         Command::Proxy(args) => cli::proxy::run(args),
     }
 }

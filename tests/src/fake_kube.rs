@@ -56,6 +56,8 @@ pub struct State {
     /// a watch from older versions gets `410 Expired`.
     compacted: u64,
     requests: Vec<String>,
+    /// Every successful write, as "METHOD PATH", in order.
+    writes: Vec<String>,
 }
 
 pub struct FakeApi {
@@ -130,6 +132,7 @@ impl FakeApi {
             ended: 0,
             compacted: 0,
             requests: Vec::new(),
+            writes: Vec::new(),
         }));
         let listener = bind("127.0.0.1:0".parse().unwrap());
         let addr = listener.local_addr().unwrap();
@@ -284,6 +287,36 @@ impl FakeApi {
         );
     }
 
+    /// Serves an empty collection at `path` that clients can write to:
+    /// `POST` on it, and `GET`, `PUT` and `DELETE` on `path/NAME`, with
+    /// their watch events. For a component that publishes objects or holds
+    /// a Lease.
+    pub fn serve_writable(&self, path: &str, list_kind: &str, api_version: &str) {
+        self.serve_objects(path, list_kind, api_version, []);
+    }
+
+    /// Every successful write so far, as "METHOD PATH" (e.g. "PUT
+    /// /apis/coordination.k8s.io/v1/namespaces/ns/leases/name"), in order.
+    pub fn writes(&self) -> Vec<String> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// The object named `namespace`/`name` stored in the collection `coll`.
+    pub fn object(&self, coll: &str, namespace: &str, name: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        let key = (namespace.to_owned(), name.to_owned());
+        st.resources.get(coll)?.objects.get(&key).cloned()
+    }
+
+    /// Every object stored in the collection `coll`, by namespace and name.
+    pub fn objects(&self, coll: &str) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        st.resources
+            .get(coll)
+            .map(|res| res.objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Forget the watch history, as etcd compaction does.
     pub fn compact(&self) {
         let mut st = self.state.lock().unwrap();
@@ -308,7 +341,11 @@ impl FakeApi {
             buf.extend_from_slice(&chunk[..n]);
         }
         let head = String::from_utf8_lossy(&buf).into_owned();
+        let method = head.split_whitespace().next().unwrap_or("GET").to_owned();
         let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let Some(body) = read_body(&mut stream, buf).await? else {
+            return Ok(());
+        };
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let params: BTreeMap<&str, &str> = query
             .split('&')
@@ -334,10 +371,13 @@ impl FakeApi {
             return respond(&mut stream, "200 OK", &body.to_string()).await;
         }
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
-            return self.access_review(stream, buf).await;
+            return self.access_review(stream, &body).await;
         }
         if let Some(body) = self.discovery(path) {
             return respond(&mut stream, "200 OK", &body.to_string()).await;
+        }
+        if let Some((status, body)) = self.object_request(&method, path, &body) {
+            return respond(&mut stream, status, &body).await;
         }
         if params.get("watch") == Some(&"true") {
             let from: u64 = params
@@ -367,28 +407,8 @@ impl FakeApi {
     /// `POST .../selfsubjectaccessreviews` (what `classifier check
     /// --kubernetes` asks): allowed exactly for the resources this server
     /// serves, whatever the verb.
-    async fn access_review<S: Stream>(
-        &self,
-        mut stream: S,
-        mut buf: Vec<u8>,
-    ) -> std::io::Result<()> {
-        let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let mut chunk = [0u8; 4096];
-        while buf.len() < body_at + len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let mut review: Value =
-            serde_json::from_slice(&buf[body_at..body_at + len]).unwrap_or(Value::Null);
+    async fn access_review<S: Stream>(&self, mut stream: S, body: &[u8]) -> std::io::Result<()> {
+        let mut review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let plural = review["spec"]["resourceAttributes"]["resource"]
             .as_str()
             .unwrap_or_default()
@@ -402,6 +422,59 @@ impl FakeApi {
             .any(|p| p.ends_with(&format!("/{plural}")));
         review["status"] = json!({"allowed": allowed});
         respond(&mut stream, "201 Created", &review.to_string()).await
+    }
+
+    /// A request on one object of a served collection (`GET`, `PUT` or
+    /// `DELETE` on `COLL/NAME`) or a create (`POST COLL`): the response's
+    /// status line and body. `None` for anything else (lists and watches).
+    fn object_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Option<(&'static str, String)> {
+        let mut st = self.state.lock().unwrap();
+        if st.resources.contains_key(path) {
+            // The collection itself: a create, or a list or watch.
+            if method != "POST" {
+                return None;
+            }
+            let response = create(&mut st, path, body);
+            return Some(self.written(st, method, path, response));
+        }
+        let (coll, name) = path.rsplit_once('/')?;
+        if name.is_empty() || !st.resources.contains_key(coll) {
+            return None;
+        }
+        let key = (namespace_of(coll), name.to_owned());
+        let response = match method {
+            "GET" => match st.resources[coll].objects.get(&key) {
+                Some(obj) => ("200 OK", obj.to_string()),
+                None => not_found(&key),
+            },
+            "PUT" => replace(&mut st, coll, key, body),
+            "DELETE" => delete(&mut st, coll, key),
+            _ => return None,
+        };
+        Some(self.written(st, method, path, response))
+    }
+
+    /// Records a successful write (a 2xx answer to anything but `GET`) and
+    /// wakes the open watches to send its event.
+    fn written(
+        &self,
+        mut st: std::sync::MutexGuard<'_, State>,
+        method: &str,
+        path: &str,
+        response: (&'static str, String),
+    ) -> (&'static str, String) {
+        if method == "GET" || !response.0.starts_with('2') {
+            return response;
+        }
+        st.writes.push(format!("{method} {path}"));
+        drop(st);
+        self.tick.send_modify(|t| *t += 1);
+        response
     }
 
     /// `GET /apis/GROUP/VERSION`: the APIResourceList of the served
@@ -577,6 +650,156 @@ fn list_page(res: &Resource, rv: u64, params: &BTreeMap<&str, &str>) -> String {
     }
     body.push_str("]}");
     body
+}
+
+/// `POST COLL`: stores a new object with a resourceVersion, a uid and a
+/// creationTimestamp, as the API server does; 409 when the name is taken.
+fn create(st: &mut State, coll: &str, body: &[u8]) -> (&'static str, String) {
+    let Some(mut obj) = parse_object(body) else {
+        return bad_request("the body is not a JSON object");
+    };
+    if obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty()
+    {
+        let namespace = namespace_of(coll);
+        if !namespace.is_empty() {
+            obj["metadata"]["namespace"] = json!(namespace);
+        }
+    }
+    let key = key_of(&obj);
+    if key.1.is_empty() {
+        return bad_request("name or generateName is required");
+    }
+    if st.resources[coll].objects.contains_key(&key) {
+        let message = format!("\"{}\" already exists", key.1);
+        return ("409 Conflict", status_json(409, "AlreadyExists", &message));
+    }
+    st.rv += 1;
+    let rv = st.rv;
+    let meta = &mut obj["metadata"];
+    meta["resourceVersion"] = json!(rv.to_string());
+    meta["uid"] = json!(format!("uid-{rv}"));
+    if meta["creationTimestamp"].as_str().is_none() {
+        meta["creationTimestamp"] = json!("2026-12-07T00:00:00Z");
+    }
+    store(st, coll, key, "ADDED", obj.clone());
+    ("201 Created", obj.to_string())
+}
+
+/// `PUT COLL/NAME`: replaces the object, keeping its uid and
+/// creationTimestamp; 409 when the body carries a resourceVersion other
+/// than the stored one (optimistic concurrency, as for a Lease).
+fn replace(
+    st: &mut State,
+    coll: &str,
+    key: (String, String),
+    body: &[u8],
+) -> (&'static str, String) {
+    let Some(stored) = st.resources[coll].objects.get(&key) else {
+        return not_found(&key);
+    };
+    let Some(mut obj) = parse_object(body) else {
+        return bad_request("the body is not a JSON object");
+    };
+    if obj["metadata"]["name"].as_str() != Some(key.1.as_str()) {
+        let message = "the name of the object does not match the name on the URL";
+        return bad_request(message);
+    }
+    let sent_rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
+    if !sent_rv.is_empty() && Some(sent_rv) != stored["metadata"]["resourceVersion"].as_str() {
+        let message = "the object has been modified; please apply your changes to the latest version and try again";
+        return ("409 Conflict", status_json(409, "Conflict", message));
+    }
+    let (uid, created) = (
+        stored["metadata"]["uid"].clone(),
+        stored["metadata"]["creationTimestamp"].clone(),
+    );
+    st.rv += 1;
+    let meta = &mut obj["metadata"];
+    meta["resourceVersion"] = json!(st.rv.to_string());
+    meta["uid"] = uid;
+    meta["creationTimestamp"] = created;
+    if !key.0.is_empty() {
+        meta["namespace"] = json!(key.0);
+    }
+    store(st, coll, key, "MODIFIED", obj.clone());
+    ("200 OK", obj.to_string())
+}
+
+/// `DELETE COLL/NAME`: removes the object (no finalizers, no grace period)
+/// and answers with it as last seen.
+fn delete(st: &mut State, coll: &str, key: (String, String)) -> (&'static str, String) {
+    let Some(mut obj) = st.resources.get_mut(coll).unwrap().objects.remove(&key) else {
+        return not_found(&key);
+    };
+    st.rv += 1;
+    obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+    store(st, coll, key, "DELETED", obj.clone());
+    ("200 OK", obj.to_string())
+}
+
+/// Applies a write at the current resourceVersion: the stored object
+/// (none after a delete) and its watch event.
+fn store(st: &mut State, coll: &str, key: (String, String), kind: &str, obj: Value) {
+    let rv = st.rv;
+    let res = st.resources.get_mut(coll).unwrap();
+    if kind != "DELETED" {
+        res.objects.insert(key, obj.clone());
+    }
+    res.log.push((rv, json!({"type": kind, "object": obj})));
+}
+
+/// The namespace a collection path is in: NS in `.../namespaces/NS/PLURAL`,
+/// empty for a cluster-wide collection.
+fn namespace_of(coll: &str) -> String {
+    coll.split_once("/namespaces/")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(ns, _)| ns.to_owned())
+        .unwrap_or_default()
+}
+
+fn parse_object(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(|v| v.is_object() && v["metadata"].is_object())
+}
+
+fn not_found(key: &(String, String)) -> (&'static str, String) {
+    let message = format!("\"{}\" not found", key.1);
+    ("404 Not Found", status_json(404, "NotFound", &message))
+}
+
+fn bad_request(message: &str) -> (&'static str, String) {
+    ("400 Bad Request", status_json(400, "BadRequest", message))
+}
+
+/// Reads the request body that follows the head in `buf`, by its
+/// Content-Length (none means no body; a chunked body is not decoded and
+/// reads as empty, but clients send JSON bodies with a length). `None` when
+/// the client hangs up first.
+async fn read_body<S: Stream>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < body_at + len {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.truncate(body_at + len);
+    Ok(Some(buf.split_off(body_at)))
 }
 
 pub fn key_of(obj: &Value) -> (String, String) {

@@ -43,6 +43,9 @@ pub struct AgentOptions {
     pub probe_addr: Option<std::net::SocketAddr>,
     /// Watch Linkerd's resources through the Kubernetes API.
     pub kubernetes: bool,
+    /// Where that watch reads them: the objects, or a central compiler's
+    /// slices.
+    pub kubernetes_source: kubernetes::Source,
     /// EgressNetworks in this namespace apply to every client.
     pub egress_namespace: String,
     /// Trie entries one namespace's objects may take (see
@@ -274,7 +277,13 @@ impl Agent {
             status,
             new_pods,
             task,
-        } = kubernetes::spawn_changes(kubernetes::client().await?, WatchOptions::default());
+        } = kubernetes::spawn_changes(
+            kubernetes::client().await?,
+            WatchOptions {
+                source: opts.kubernetes_source.clone(),
+                ..WatchOptions::default()
+            },
+        );
         self.metrics.set_kubernetes_connected(false);
         let watch = KubeWatch {
             updates,

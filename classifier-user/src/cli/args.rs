@@ -90,6 +90,41 @@ pub enum Command {
     /// last policy apply and rejections; with --kubernetes also API reachability, RBAC for
     /// each watched kind and Linkerd's CRDs. Needs no agent. Exits non-zero if a check fails.
     Check(CheckArgs),
+    /// Publish the cluster's policy sources for the node agents, once for the whole cluster.
+    ///
+    /// Watches every Service, Pod, Namespace, EgressNetwork and Server (as `agent
+    /// --kubernetes` does on each node) and writes them, pruned to what the policy reads, as
+    /// ClassifierSlice objects of up to 100 objects each; agents run with
+    /// `--kubernetes-source slices` watch those instead of the whole cluster. A status-only
+    /// update of a pod writes nothing. Run two replicas: they elect a leader on a Lease, and
+    /// only the leader writes. Needs no root and no BPF.
+    Compiler(CompilerArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubernetesSource {
+    Objects,
+    Slices,
+}
+
+#[derive(Args)]
+pub struct CompilerArgs {
+    /// Where the ClassifierSlices and the leader-election Lease live [default: the
+    /// compiler's own namespace in a pod, else classifier-system].
+    #[arg(long, value_name = "NS", env = "CLASSIFIER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease [default: the host name].
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a lease lasts unrenewed before another replica takes over (renewed every
+    /// third of it).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 15,
+        env = "CLASSIFIER_LEASE_DURATION"
+    )]
+    pub lease_duration: u64,
 }
 
 #[derive(Args)]
@@ -116,6 +151,21 @@ pub struct AgentArgs {
     /// Kubernetes API (in-cluster service account, or KUBECONFIG); --policy documents are added.
     #[arg(long, env = "CLASSIFIER_KUBERNETES")]
     pub kubernetes: bool,
+    /// Where --kubernetes reads the cluster: `objects` watches every Service, Pod, Namespace,
+    /// EgressNetwork and Server of the cluster from this node; `slices` watches only the
+    /// ClassifierSlices a central compiler (`classifier compiler`) publishes, which carry
+    /// the same objects, pruned, and change only when what the policy reads of them does.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = KubernetesSource::Objects,
+        env = "CLASSIFIER_KUBERNETES_SOURCE"
+    )]
+    pub kubernetes_source: KubernetesSource,
+    /// The namespace of the ClassifierSlices (with --kubernetes-source slices) [default: the
+    /// agent's own namespace in a pod, else classifier-system].
+    #[arg(long, value_name = "NS", env = "CLASSIFIER_SLICES_NAMESPACE")]
+    pub slices_namespace: Option<String>,
     /// EgressNetworks in this namespace apply to clients in every namespace.
     #[arg(
         long,

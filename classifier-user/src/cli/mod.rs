@@ -5,6 +5,7 @@ pub mod args;
 
 pub mod agent;
 pub mod check;
+pub mod compiler;
 pub mod explain;
 pub mod learned;
 pub mod proxy;

@@ -71,6 +71,7 @@ use classifier_policy::live::Change;
 pub use kube;
 
 mod object;
+pub mod slices;
 pub use object::ApiObject;
 
 /// Objects per page of a list.
@@ -94,7 +95,24 @@ pub struct WatchOptions {
     /// [`spawn_changes`]: updates waiting for the reader at most
     /// ([`CHANGES_QUEUE`] by default). See [`KubeChanges::updates`].
     pub changes_queue: usize,
+    /// Where the objects come from.
+    pub source: Source,
 }
+
+/// Where the watch reads the cluster's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Each kind watched cluster-wide.
+    Objects,
+    /// The central compiler's `ClassifierSlice`s in this namespace
+    /// ([`slices`]).
+    Slices { namespace: String },
+}
+
+/// Slices per page of a list: a slice holds up to
+/// [`slices::MAX_SLICE_OBJECTS`] objects, so a page of 10 is about as
+/// many objects as a page of [`LIST_PAGE_SIZE`] objects.
+pub const SLICE_PAGE_SIZE: u32 = 10;
 
 /// Updates [`spawn_changes`] lets wait for the agent at most: a few
 /// seconds of a rollout's events at 100k pods, while the agent compiles in
@@ -110,6 +128,7 @@ impl Default for WatchOptions {
             watch_timeout: None,
             kinds: watched_kinds(),
             changes_queue: CHANGES_QUEUE,
+            source: Source::Objects,
         }
     }
 }
@@ -199,6 +218,16 @@ pub fn client_for_url(url: &str) -> Result<Client> {
         .parse()
         .with_context(|| format!("bad API server URL {url:?}"))?;
     Client::try_from(kube::Config::new(uri)).context("building the Kubernetes client")
+}
+
+/// The namespace this process runs in, in a pod (its service account's),
+/// else `classifier-system` (where the manifests install it).
+pub fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "classifier-system".to_owned())
 }
 
 /// The running watch, as [`spawn`] returns it.
@@ -372,12 +401,18 @@ async fn run_with_pods(
         .cloned()
         .map(|ar| KindState::new(ar).recording(record))
         .collect();
-    let mut events = futures::stream::select_all(
-        opts.kinds
-            .iter()
-            .enumerate()
-            .map(|(idx, ar)| kind_stream(client.clone(), ar.clone(), &opts, idx)),
-    );
+    let mut events = match &opts.source {
+        Source::Objects => futures::stream::select_all(
+            opts.kinds
+                .iter()
+                .enumerate()
+                .map(|(idx, ar)| kind_stream(client.clone(), ar.clone(), &opts, idx)),
+        )
+        .boxed(),
+        Source::Slices { namespace } => {
+            slice_stream(client.clone(), namespace, &opts, status.clone())
+        }
+    };
     let _probe = opts
         .probe_interval
         .map(|every| AbortOnDrop(tokio::spawn(probe(client.clone(), every, status.clone()))));
@@ -483,9 +518,10 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-type KindEvent = (usize, Result<Event<ApiObject>, watcher::Error>);
+pub(crate) type KindEvent = (usize, Result<Event<ApiObject>, watcher::Error>);
 
-fn kind_stream(
+/// Kind `idx`'s watch events, paged and retried with backoff.
+pub(crate) fn kind_stream(
     client: Client,
     ar: ApiResource,
     opts: &WatchOptions,
@@ -506,6 +542,45 @@ fn kind_stream(
     watcher::watcher(api, config)
         .backoff(watcher::DefaultBackoff::default())
         .map(move |item| (idx, item))
+        .boxed()
+}
+
+/// The central compiler's slices in `namespace`, as the events of the
+/// objects they hold ([`slices::SliceReader`]). The slices' own watch
+/// errors are counted and logged here: they say nothing of any one kind.
+fn slice_stream(
+    client: Client,
+    namespace: &str,
+    opts: &WatchOptions,
+    status: Arc<SyncStatus>,
+) -> BoxStream<'static, KindEvent> {
+    let api: Api<slices::ClassifierSlice> = Api::namespaced(client, namespace);
+    let mut config = watcher::Config::default();
+    if let Some(t) = opts.watch_timeout {
+        config = config.timeout(t);
+    }
+    config.page_size = Some(SLICE_PAGE_SIZE);
+    let mut reader = slices::SliceReader::new(opts.kinds.clone());
+    let namespace = namespace.to_owned();
+    watcher::watcher(api, config)
+        .backoff(watcher::DefaultBackoff::default())
+        .map(move |item| {
+            let events = match item {
+                Ok(event) => reader.handle(event),
+                Err(e) => {
+                    status.failure();
+                    warn!(
+                        %namespace,
+                        errors = status.errors(),
+                        "watching the central compiler's {} failed (is it installed?), keeping the last policy and retrying with backoff: {e}",
+                        slices::PLURAL
+                    );
+                    Vec::new()
+                }
+            };
+            futures::stream::iter(events.into_iter().map(|(idx, ev)| (idx, Ok(ev))))
+        })
+        .flatten()
         .boxed()
 }
 
@@ -775,7 +850,8 @@ fn is_expired(e: &watcher::Error) -> bool {
     }
 }
 
-fn is_not_found(e: &watcher::Error) -> bool {
+/// The API server does not serve the kind (a CRD not installed).
+pub(crate) fn is_not_found(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,

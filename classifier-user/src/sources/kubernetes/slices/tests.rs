@@ -1,0 +1,152 @@
+use serde_json::json;
+
+use super::*;
+use crate::sources::kubernetes::watched_kinds;
+
+fn slice(name: &str, kind: &str, pods: &[(&str, &str)]) -> ClassifierSlice {
+    let objects: Vec<_> = pods
+        .iter()
+        .map(|(name, ip)| json!({"metadata": {"name": name, "namespace": "t"}, "status": {"podIP": ip}}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "classifier-system"},
+        "spec": {"apiVersion": "v1", "kind": kind, "objects": objects},
+    }))
+    .unwrap()
+}
+
+fn pods(name: &str, pods: &[(&str, &str)]) -> ClassifierSlice {
+    slice(name, "Pod", pods)
+}
+
+fn marker() -> ClassifierSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": SYNCED, "namespace": "classifier-system"},
+        "spec": {"apiVersion": "classifier.dev/v1alpha1", "kind": SYNCED_KIND, "objects": []},
+    }))
+    .unwrap()
+}
+
+fn reader() -> SliceReader {
+    SliceReader::new(watched_kinds())
+}
+
+fn pod_kind() -> usize {
+    watched_kinds()
+        .iter()
+        .position(|k| k.kind == "Pod")
+        .unwrap()
+}
+
+/// The events as `kind-event name`, Init/InitDone of kinds other than
+/// Pod left out.
+fn shown(events: &[KindEvent]) -> Vec<String> {
+    let pod = pod_kind();
+    events
+        .iter()
+        .filter_map(|(kind, ev)| {
+            let name = |o: &ApiObject| o.metadata.name.clone().unwrap_or_default();
+            let s = match ev {
+                Event::Init if *kind == pod => "init".to_owned(),
+                Event::InitDone if *kind == pod => "done".to_owned(),
+                Event::Init | Event::InitDone => return None,
+                Event::InitApply(o) => format!("list {}", name(o)),
+                Event::Apply(o) => format!("apply {}", name(o)),
+                Event::Delete(o) => format!("delete {}", name(o)),
+            };
+            Some(s)
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_is_delivered_before_the_marker_then_everything_at_once() {
+    let mut r = reader();
+    assert!(r.handle(Event::Init).is_empty());
+    assert!(r
+        .handle(Event::InitApply(pods("pods.t.0", &[("a", "10.0.0.1")])))
+        .is_empty());
+    assert!(
+        r.handle(Event::InitDone).is_empty(),
+        "no marker: a partial publication"
+    );
+    assert!(!r.synced());
+    assert!(r
+        .handle(Event::Apply(pods("pods.t.1", &[("b", "10.0.0.2")])))
+        .is_empty());
+    let all = r.handle(Event::Apply(marker()));
+    assert!(r.synced());
+    let mut shown = shown(&all);
+    shown.sort();
+    assert_eq!(shown, ["done", "init", "list a", "list b"]);
+    // Every kind is listed (the others empty): each kind's state is whole.
+    let inits = all
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::InitDone))
+        .count();
+    assert_eq!(inits, watched_kinds().len());
+}
+
+#[test]
+fn a_slice_change_applies_its_objects_and_deletes_what_it_no_longer_holds() {
+    let mut r = reader();
+    r.handle(Event::Init);
+    r.handle(Event::InitApply(marker()));
+    r.handle(Event::InitApply(pods(
+        "pods.t.0",
+        &[("a", "10.0.0.1"), ("b", "10.0.0.2")],
+    )));
+    assert_eq!(
+        shown(&r.handle(Event::InitDone)),
+        ["init", "list a", "list b", "done"]
+    );
+    let events = r.handle(Event::Apply(pods("pods.t.0", &[("a", "10.0.0.9")])));
+    assert_eq!(shown(&events), ["delete b", "apply a"]);
+    let events = r.handle(Event::Delete(pods("pods.t.0", &[("a", "10.0.0.9")])));
+    assert_eq!(shown(&events), ["delete a"]);
+    let (_, Event::Delete(gone)) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(gone.metadata.namespace.as_deref(), Some("t"));
+}
+
+#[test]
+fn an_object_moving_between_slices_is_not_deleted_whichever_event_comes_first() {
+    for new_first in [true, false] {
+        let mut r = reader();
+        r.handle(Event::Init);
+        r.handle(Event::InitApply(marker()));
+        r.handle(Event::InitApply(pods("pods.t.0", &[("a", "10.0.0.1")])));
+        r.handle(Event::InitDone);
+        let old_gone = Event::Apply(pods("pods.t.0", &[]));
+        let new_has = Event::Apply(pods("pods.t.1", &[("a", "10.0.0.2")]));
+        let events: Vec<KindEvent> = if new_first {
+            let mut e = r.handle(new_has);
+            e.extend(r.handle(old_gone));
+            e
+        } else {
+            let mut e = r.handle(old_gone);
+            e.extend(r.handle(new_has));
+            e
+        };
+        let shown = shown(&events);
+        // Whatever came between, the object ends applied.
+        assert_eq!(
+            shown.last().map(String::as_str),
+            Some("apply a"),
+            "{shown:?}"
+        );
+        if new_first {
+            assert_eq!(shown, ["apply a"]);
+        }
+    }
+}
+
+#[test]
+fn slices_of_kinds_not_watched_are_ignored() {
+    let mut r = reader();
+    r.handle(Event::Apply(marker()));
+    assert!(r
+        .handle(Event::Apply(slice("gadgets.t.0", "Gadget", &[("g", "")])))
+        .is_empty());
+}
