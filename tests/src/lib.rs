@@ -101,6 +101,80 @@ fn probe_bin() -> PathBuf {
         .expect("probe binary (built with the tests package)")
 }
 
+/// Polls `state` every 20 ms until it gives a value, for at most
+/// `timeout`; the error names `what` was awaited and the last state seen.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut state: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = state()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `classifier compiler` process, killed when dropped; its log (stderr)
+/// in a file of its own.
+pub struct CompilerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl CompilerProcess {
+    /// Starts a replica named `identity` against the API server of
+    /// `kubeconfig`, with a lease of `lease_secs`.
+    pub fn start(
+        identity: &str,
+        kubeconfig: &Path,
+        namespace: &str,
+        lease_secs: u32,
+    ) -> Result<Self> {
+        let log = std::env::temp_dir().join(format!(
+            "classifier-compiler-{}-{identity}.log",
+            std::process::id()
+        ));
+        let child = Command::new(classifier_bin())
+            .args(["compiler", "--namespace", namespace, "--identity", identity])
+            .args(["--lease-duration", &lease_secs.to_string()])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?)
+            .spawn()
+            .context("starting the compiler")?;
+        Ok(CompilerProcess { child, log })
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Killed at once (SIGKILL): the lease is not given up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for CompilerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {

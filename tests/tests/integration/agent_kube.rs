@@ -87,7 +87,9 @@ async fn live_kubernetes_documents_classify_and_follow_annotation_changes() -> R
 }
 
 /// The rule entries connects see now, read from the pinned maps.
-fn kernel_entries(sb: &Sandbox) -> Result<Vec<(u32, Vec<u8>, classifier_common::RuleVerdict)>> {
+pub(super) fn kernel_entries(
+    sb: &Sandbox,
+) -> Result<Vec<(u32, Vec<u8>, classifier_common::RuleVerdict)>> {
     use classifier_user::datapath::{PinDir, PolicyMaps};
     PolicyMaps::open(&PinDir::new(&sb.pins))?.active_entries()
 }
@@ -95,7 +97,7 @@ fn kernel_entries(sb: &Sandbox) -> Result<Vec<(u32, Vec<u8>, classifier_common::
 /// The same keys with the same verdicts, up to the rules' numbering (an
 /// incremental update keeps rule ids stable, a full compile numbers them
 /// afresh): one rule id on one side is one rule id on the other.
-fn same_up_to_rule_ids(
+pub(super) fn same_up_to_rule_ids(
     a: &[(u32, Vec<u8>, classifier_common::RuleVerdict)],
     b: &[(u32, Vec<u8>, classifier_common::RuleVerdict)],
 ) -> Result<()> {

@@ -5,12 +5,13 @@
 //! bpffs pin directory and network namespace with its own agent (see
 //! `tests::Sandbox`); each starts with `privileged!()`, which skips it
 //! without root (and fails it under CI=true). The others (`kube_watch`,
-//! most of `deploy`) need no privilege.
+//! most of `deploy`, most of `central_compiler`) need no privilege.
 
 #![deny(unsafe_code)]
 
 mod agent_kube;
 mod bad_input;
+mod central_compiler;
 mod check;
 mod datapath;
 mod deploy;
