@@ -125,6 +125,16 @@ pub struct CompilerArgs {
         env = "CLASSIFIER_LEASE_DURATION"
     )]
     pub lease_duration: u64,
+    /// Objects per ClassifierSlice, 1 to 100. Every node receives a changed slice whole: more
+    /// objects per slice make fewer slices (a smaller re-list) but more bytes per change.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=100),
+        env = "CLASSIFIER_OBJECTS_PER_SLICE"
+    )]
+    pub objects_per_slice: u16,
 }
 
 #[derive(Args)]

@@ -17,6 +17,7 @@ pub fn run(args: CompilerArgs) -> Result<()> {
         namespace: args.namespace.unwrap_or_else(kubernetes::own_namespace),
         identity,
         lease_duration: Duration::from_secs(args.lease_duration.max(3)),
+        objects_per_slice: usize::from(args.objects_per_slice),
         ..compiler::CompilerOptions::default()
     };
     tracing::info!(

@@ -28,12 +28,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 mod lease;
+mod project;
 mod publish;
 mod table;
 
 pub use lease::Elector;
+pub use project::project;
 pub use publish::Publisher;
-pub use table::{SliceKind, SliceTable, Write};
+pub use table::{object_text, Limits, SliceKind, SliceTable, Write};
 
 /// The Lease the replicas elect their leader on.
 pub const LEASE_NAME: &str = "classifier-compiler";
@@ -47,6 +49,8 @@ pub struct CompilerOptions {
     pub identity: String,
     /// How long a lease lasts unrenewed before another replica takes it.
     pub lease_duration: Duration,
+    /// Objects per slice (see [`Limits`]).
+    pub objects_per_slice: usize,
     /// Changes are written together once none came for this long (at
     /// most [`publish::FLUSH_MAX`] after the first).
     pub flush_quiet: Duration,
@@ -58,6 +62,7 @@ impl Default for CompilerOptions {
             namespace: "classifier-system".to_owned(),
             identity: String::new(),
             lease_duration: Duration::from_secs(15),
+            objects_per_slice: crate::sources::kubernetes::slices::DEFAULT_SLICE_OBJECTS,
             flush_quiet: Duration::from_millis(20),
         }
     }

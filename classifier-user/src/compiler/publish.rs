@@ -12,16 +12,16 @@ use kube::{
     runtime::watcher::{self, Event},
     Client, Resource as _,
 };
-use serde_json::Value;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
-use super::table::{SliceKind, SliceTable, Write};
+use super::project::project;
+use super::table::{object_text, Limits, SliceKind, SliceTable, Write};
 use super::CompilerOptions;
 use crate::sources::kubernetes::{
     is_not_found, kind_stream,
     slices::{ClassifierSlice, GROUP, KIND, SYNCED, SYNCED_KIND, VERSION},
-    to_document, watched_kinds, ApiObject, WatchOptions,
+    watched_kinds, ApiObject, WatchOptions,
 };
 
 /// Writes wait at most this long after the first unwritten change.
@@ -60,7 +60,10 @@ impl Publisher {
             kinds,
             namespace: opts.namespace.clone(),
             flush_quiet: opts.flush_quiet,
-            table: SliceTable::new(slice_kinds, &opts.namespace),
+            table: SliceTable::new(slice_kinds, &opts.namespace).with_limits(Limits {
+                objects: opts.objects_per_slice,
+                ..Limits::default()
+            }),
             existing: HashSet::new(),
             marker: false,
         }
@@ -130,7 +133,12 @@ impl Publisher {
                     .spec
                     .objects
                     .into_iter()
-                    .map(|o| (o.metadata.name.clone().unwrap_or_default(), text_of(o.body)))
+                    .map(|o| {
+                        (
+                            o.metadata.name.clone().unwrap_or_default(),
+                            object_text(o.body),
+                        )
+                    })
                     .collect();
                 objects += held.len();
                 self.table.adopt(&name, held);
@@ -184,12 +192,13 @@ impl Publisher {
     fn applied(&mut self, idx: usize, obj: ApiObject) {
         let (ns, name) = ids(&obj);
         let ar = &self.kinds[idx];
-        if let Err(e) = to_document(ar, obj.clone()) {
-            warn!(kind = %ar.kind, namespace = %ns, %name, "left out of the slices: {e:#}");
-            self.table.remove(idx, &ns, &name);
-            return;
+        match project(ar, obj) {
+            Ok(text) => self.table.upsert(idx, &ns, &name, text),
+            Err(e) => {
+                warn!(kind = %ar.kind, namespace = %ns, %name, "left out of the slices: {e:#}");
+                self.table.remove(idx, &ns, &name);
+            }
         }
-        self.table.upsert(idx, &ns, &name, text_of(obj.body));
     }
 
     /// Writes what changed; false if some write failed (it is retried).
@@ -217,11 +226,13 @@ impl Publisher {
         let mut ok = true;
         for (w, r) in results {
             match r {
-                Ok(true) => {
-                    self.existing.insert(w.name().to_owned());
-                }
-                Ok(false) => {
-                    self.existing.remove(w.name());
+                Ok(exists) => {
+                    self.table.written(w.name());
+                    if exists {
+                        self.existing.insert(w.name().to_owned());
+                    } else {
+                        self.existing.remove(w.name());
+                    }
                 }
                 Err(e) => {
                     warn!(slice = %w.name(), "writing the slice failed, retrying: {e:#}");
@@ -298,20 +309,6 @@ async fn write(client: &Client, path: &str, w: &Write, exists: bool) -> Result<b
             Err(e) => Err(e.into()),
         },
     }
-}
-
-/// An object's JSON as a slice holds it: without its resourceVersion,
-/// apiVersion and kind (the slice says those; a list's items lack them,
-/// a watch event's have them), so that equal objects are equal texts.
-fn text_of(mut body: Value) -> String {
-    if let Some(map) = body.as_object_mut() {
-        map.remove("apiVersion");
-        map.remove("kind");
-        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("resourceVersion");
-        }
-    }
-    body.to_string()
 }
 
 fn ids(obj: &ApiObject) -> (String, String) {

@@ -1,12 +1,22 @@
 //! Which slice holds which object, and which slices must be written.
 //!
 //! Objects of one kind and one namespace share slices of at most
-//! [`MAX_SLICE_OBJECTS`] objects and [`MAX_SLICE_BYTES`] bytes. An object
-//! stays in its slice until it is deleted (so a change rewrites the one
-//! slice holding it), a new object takes the first slice of its kind and
+//! [`Limits::objects`] objects (1 by default, at most
+//! [`MAX_SLICE_OBJECTS`]) and [`MAX_SLICE_BYTES`] bytes. An object stays
+//! in its slice until it is deleted (so a change rewrites the one slice
+//! holding it), a new object takes the first slice of its kind and
 //! namespace with room, and a slice left empty is deleted. One namespace's
 //! objects never share a slice with another's: a tenant's churn rewrites
 //! only its own slices.
+//!
+//! **An object never appears in a slice while the nodes may still see it
+//! in another.** A removed object keeps its place (a tombstone) until the
+//! write of its slice has succeeded ([`SliceTable::written`]): if it comes
+//! back before, it goes back there; after, any slice it goes to is
+//! written after its old slice's write was committed, and the API server
+//! delivers a collection's events in commit order. So a node can take a
+//! slice no longer holding an object as that object's deletion, without
+//! an index of which slice holds what.
 //!
 //! An object is held as the JSON text the nodes read (pruned, without its
 //! `resourceVersion`): an update that changes nothing of it, a status-only
@@ -15,7 +25,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::sources::kubernetes::slices::{MAX_SLICE_BYTES, MAX_SLICE_OBJECTS};
+use serde_json::Value;
+
+use crate::sources::kubernetes::slices::{
+    DEFAULT_SLICE_OBJECTS, MAX_SLICE_BYTES, MAX_SLICE_OBJECTS,
+};
 
 /// A kind as slices name it.
 #[derive(Clone, Debug)]
@@ -37,13 +51,49 @@ struct Slice {
     /// Name -> the object's JSON.
     objects: BTreeMap<Box<str>, Box<str>>,
     bytes: usize,
+    /// Objects removed since the slice was last written: their places are
+    /// kept for them until it is (see the module documentation).
+    tombstones: Vec<Box<str>>,
+}
+
+/// How much one slice holds at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub objects: usize,
+    pub bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            objects: DEFAULT_SLICE_OBJECTS,
+            bytes: MAX_SLICE_BYTES,
+        }
+    }
 }
 
 impl Slice {
-    fn has_room(&self, bytes: usize) -> bool {
-        self.objects.is_empty()
-            || (self.objects.len() < MAX_SLICE_OBJECTS && self.bytes + bytes <= MAX_SLICE_BYTES)
+    /// Whether an object of `bytes` fits (an empty slice takes any one).
+    fn has_room(&self, bytes: usize, limits: Limits) -> bool {
+        let taken = self.objects.len() + self.tombstones.len();
+        taken == 0
+            || (taken < limits.objects.clamp(1, MAX_SLICE_OBJECTS)
+                && self.bytes + bytes <= limits.bytes)
     }
+}
+
+/// An object's JSON as a slice holds it: without its resourceVersion,
+/// apiVersion and kind (the slice says those; a list's items lack them,
+/// a watch event's have them), so that equal objects are equal texts.
+pub fn object_text(mut body: Value) -> String {
+    if let Some(map) = body.as_object_mut() {
+        map.remove("apiVersion");
+        map.remove("kind");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+    }
+    body.to_string()
 }
 
 /// One write the nodes' view needs.
@@ -69,6 +119,7 @@ pub struct SliceTable {
     kinds: Vec<SliceKind>,
     /// The namespace the slices live in.
     home: String,
+    limits: Limits,
     slices: BTreeMap<SliceId, Slice>,
     placed: HashMap<ObjectId, u32>,
     dirty: BTreeSet<SliceId>,
@@ -83,12 +134,19 @@ impl SliceTable {
         SliceTable {
             kinds,
             home: home.into(),
+            limits: Limits::default(),
             slices: BTreeMap::new(),
             placed: HashMap::new(),
             dirty: BTreeSet::new(),
             relisting: HashMap::new(),
             namespaces: HashSet::new(),
         }
+    }
+
+    /// The same table with other limits per slice (before any object).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Objects held.
@@ -129,13 +187,26 @@ impl SliceTable {
             }
             return;
         }
-        let index = self.room_for(kind, &ns, json.len());
+        let index = self
+            .tombstone_of(&id)
+            .unwrap_or_else(|| self.room_for(kind, &ns, json.len()));
         let slice_id = (kind, ns, index);
         let slice = self.slices.entry(slice_id.clone()).or_default();
+        slice.tombstones.retain(|t| **t != *name);
         slice.bytes += json.len();
         slice.objects.insert(name.into(), json.into());
         self.placed.insert(id, index);
         self.dirty.insert(slice_id);
+    }
+
+    /// The slice that held `id` and has not been written since.
+    fn tombstone_of(&self, (kind, ns, name): &ObjectId) -> Option<u32> {
+        let from = (*kind, ns.clone(), 0);
+        self.slices
+            .range(from..)
+            .take_while(|((k, n, _), _)| k == kind && n == ns)
+            .find(|(_, slice)| slice.tombstones.iter().any(|t| t == name))
+            .map(|((_, _, index), _)| *index)
     }
 
     /// The first slice of `kind` in `ns` with room for `bytes` more, or
@@ -147,7 +218,7 @@ impl SliceTable {
             if *k != kind || n != ns {
                 break;
             }
-            if slice.has_room(bytes) {
+            if slice.has_room(bytes, self.limits) {
                 return *index;
             }
             if *index != next {
@@ -168,6 +239,7 @@ impl SliceTable {
             if let Some(old) = slice.objects.remove(name) {
                 slice.bytes -= old.len();
             }
+            slice.tombstones.push(name.into());
             self.dirty.insert(slice_id);
         }
     }
@@ -206,7 +278,7 @@ impl SliceTable {
         let mut slice = Slice::default();
         for (obj_name, json) in objects {
             let id: ObjectId = (kind, ns.clone(), obj_name.as_str().into());
-            if self.placed.contains_key(&id) || !slice.has_room(json.len()) {
+            if self.placed.contains_key(&id) || !slice.has_room(json.len(), self.limits) {
                 continue;
             }
             slice.bytes += json.len();
@@ -216,8 +288,10 @@ impl SliceTable {
         self.slices.insert(slice_id, slice);
     }
 
-    /// The writes that bring the slices to what the table holds, in order;
-    /// the table counts them written.
+    /// The writes that bring the slices to what the table holds. The
+    /// caller makes them (in any order), then reports each as
+    /// [`written`](SliceTable::written) or to [`retry`](SliceTable::retry),
+    /// before it takes the next writes.
     pub fn take_writes(&mut self) -> Vec<Write> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut writes = Vec::with_capacity(dirty.len());
@@ -228,23 +302,37 @@ impl SliceTable {
                     let body = self.body(&id, &name, slice);
                     writes.push(Write::Put { name, body });
                 }
-                _ => {
-                    self.slices.remove(&id);
-                    writes.push(Write::Delete { name });
-                }
+                _ => writes.push(Write::Delete { name }),
             }
         }
         writes
     }
 
-    /// A write that failed is made again by the next [`take_writes`].
-    ///
-    /// [`take_writes`]: SliceTable::take_writes
-    pub fn retry(&mut self, name: &str) {
-        if let Some((kind, ns, index)) = self.parse_name(name) {
-            let ns = self.namespace(&ns);
-            self.dirty.insert((kind, ns, index));
+    /// The write of slice `name` succeeded: the places of what it no
+    /// longer holds are free, and an empty slice is gone.
+    pub fn written(&mut self, name: &str) {
+        let Some(id) = self.slice_id(name) else {
+            return;
+        };
+        if let Some(slice) = self.slices.get_mut(&id) {
+            slice.tombstones.clear();
+            if slice.objects.is_empty() && !self.dirty.contains(&id) {
+                self.slices.remove(&id);
+            }
         }
+    }
+
+    /// The write of slice `name` failed: it is made again by the next
+    /// [`take_writes`](SliceTable::take_writes); its tombstones stay.
+    pub fn retry(&mut self, name: &str) {
+        if let Some(id) = self.slice_id(name) {
+            self.dirty.insert(id);
+        }
+    }
+
+    fn slice_id(&mut self, name: &str) -> Option<SliceId> {
+        let (kind, ns, index) = self.parse_name(name)?;
+        Some((kind, self.namespace(&ns), index))
     }
 
     /// Whether writes are waiting.

@@ -859,7 +859,8 @@ pub(crate) fn is_not_found(e: &watcher::Error) -> bool {
     }
 }
 
-fn same_document(a: &Document, b: &Document) -> bool {
+/// Whether two documents of one object say the same to the compiler.
+pub(crate) fn same_document(a: &Document, b: &Document) -> bool {
     a.creation_timestamp == b.creation_timestamp && a.uid == b.uid && a.content == b.content
 }
 

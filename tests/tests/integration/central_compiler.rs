@@ -66,13 +66,21 @@ fn holder(fake: &FakeApi) -> Option<String> {
     lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
 }
 
-/// The pods a slice of `fake` holds, by name, as published.
+/// A pod as a slice of `fake` holds it, and that slice's name.
+fn published(fake: &FakeApi, namespace: &str, name: &str) -> Option<(Value, String)> {
+    fake.objects(SLICES).into_iter().find_map(|s| {
+        let slice = s["metadata"]["name"].as_str()?.to_owned();
+        let pod = s["spec"]["objects"].as_array()?.iter().find(|o| {
+            s["spec"]["kind"] == "Pod"
+                && o["metadata"]["namespace"] == namespace
+                && o["metadata"]["name"] == name
+        })?;
+        Some((pod.clone(), slice))
+    })
+}
+
 fn published_pod(fake: &FakeApi, namespace: &str, name: &str) -> Option<Value> {
-    fake.objects(SLICES)
-        .into_iter()
-        .filter(|s| s["spec"]["kind"] == "Pod")
-        .flat_map(|s| s["spec"]["objects"].as_array().cloned().unwrap_or_default())
-        .find(|o| o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
+    published(fake, namespace, name).map(|(pod, _)| pod)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,25 +94,27 @@ async fn slices_carry_the_cluster_and_only_changes_a_node_reads() -> Result<()> 
         Ok(compiler)
     })
     .await??;
-    // One slice per kind and namespace here, each a ClassifierSlice.
+    // One object per slice by default: 2 Pods, 4 Services, 3 Namespaces,
+    // 2 Servers, 1 EgressNetwork, and the marker.
     let slices = fake.objects(SLICES);
     let names: Vec<&str> = slices
         .iter()
         .filter_map(|s| s["metadata"]["name"].as_str())
         .collect();
+    assert_eq!(names.len(), 13, "{names:?}");
     for name in [
         "pods.shop.0",
+        "pods.shop.1",
         "services.default.0",
-        "services.shop.0",
-        "namespaces.0",
-        "servers.shop.0",
+        "services.shop.2",
+        "namespaces.2",
         "egressnetworks.linkerd-egress.0",
         "synced",
     ] {
         assert!(names.contains(&name), "no slice {name}: {names:?}");
     }
     let mysql = published_pod(&fake, "shop", "mysql-0").context("mysql-0 published")?;
-    assert_eq!(mysql["status"]["podIP"], "10.244.1.17", "{mysql}");
+    assert_eq!(mysql["status"]["podIPs"][0]["ip"], "10.244.1.17", "{mysql}");
     assert!(
         mysql["metadata"].get("resourceVersion").is_none(),
         "{mysql}"
@@ -117,6 +127,7 @@ async fn slices_carry_the_cluster_and_only_changes_a_node_reads() -> Result<()> 
 
     // A status-only update of mysql-0, then a change of web's pod IP: only
     // the second is written (the compiler reads one kind's events in order).
+    let (_, web_slice) = published(&fake, "shop", "web-7f9c8d6b5-x2kq4").context("web")?;
     let before = fake.writes().len();
     let mut status_only = fixture("watch/pod-mysql-status-only.json");
     status_only["object"]["metadata"]["resourceVersion"] = json!("90001");
@@ -141,7 +152,7 @@ async fn slices_carry_the_cluster_and_only_changes_a_node_reads() -> Result<()> 
     let writes = fake.writes()[before..].to_vec();
     assert_eq!(
         writes,
-        [format!("PUT {SLICES}/pods.shop.0")],
+        [format!("PUT {SLICES}/{web_slice}")],
         "one write, of web's slice"
     );
     Ok(())
@@ -226,6 +237,7 @@ async fn a_standby_compiler_takes_over_when_the_leader_dies() -> Result<()> {
     })
     .await??;
     let writes_of_a = fake.writes().len();
+    let (_, web_slice) = published(&fake, "shop", "web-7f9c8d6b5-x2kq4").context("web")?;
 
     // The leader is killed: it cannot give the lease up; b takes it once
     // it has seen the lease unrenewed for a whole lease.
@@ -263,7 +275,7 @@ async fn a_standby_compiler_takes_over_when_the_leader_dies() -> Result<()> {
         .collect();
     assert_eq!(
         slice_writes,
-        [format!("PUT {SLICES}/pods.shop.0")],
+        [format!("PUT {SLICES}/{web_slice}")],
         "b rewrote only what changed"
     );
     Ok(())

@@ -13,6 +13,20 @@ fn table() -> SliceTable {
         ],
         "classifier-system",
     )
+    .with_limits(Limits {
+        objects: MAX_SLICE_OBJECTS,
+        bytes: MAX_SLICE_BYTES,
+    })
+}
+
+/// The writes, each reported written (as the compiler does once the API
+/// server took it).
+fn flush(t: &mut SliceTable) -> Vec<Write> {
+    let writes = t.take_writes();
+    for w in &writes {
+        t.written(w.name());
+    }
+    writes
 }
 
 fn pod(name: &str, ip: &str) -> String {
@@ -47,7 +61,7 @@ fn objects_fill_slices_of_their_namespace_and_a_slice_is_a_classifier_slice() {
     }
     t.upsert(0, "team-b", "p", pod("p", "10.0.1.1"));
     t.upsert(1, "", "team-a", r#"{"metadata":{"name":"team-a"}}"#.into());
-    let writes = t.take_writes();
+    let writes = flush(&mut t);
     assert_eq!(
         shown(&writes),
         [
@@ -76,7 +90,7 @@ fn objects_fill_slices_of_their_namespace_and_a_slice_is_a_classifier_slice() {
         body(&writes, "pods.team-a.1")["spec"]["objects"][0]["metadata"]["name"],
         "p100"
     );
-    assert!(t.take_writes().is_empty(), "everything was written");
+    assert!(flush(&mut t).is_empty(), "everything was written");
 }
 
 #[test]
@@ -84,12 +98,12 @@ fn an_unchanged_object_writes_nothing_and_a_change_rewrites_only_its_slice() {
     let mut t = table();
     t.upsert(0, "team-a", "a", pod("a", "10.0.0.1"));
     t.upsert(0, "team-b", "b", pod("b", "10.0.1.1"));
-    t.take_writes();
+    flush(&mut t);
     // A status-only update: the pruned text is the same.
     t.upsert(0, "team-a", "a", pod("a", "10.0.0.1"));
     assert!(!t.is_dirty());
     t.upsert(0, "team-a", "a", pod("a", "10.0.0.2"));
-    let writes = t.take_writes();
+    let writes = flush(&mut t);
     assert_eq!(shown(&writes), [("pods.team-a.0".into(), true)]);
     assert_eq!(
         body(&writes, "pods.team-a.0")["spec"]["objects"][0]["status"]["podIP"],
@@ -103,15 +117,17 @@ fn a_deleted_object_leaves_room_and_an_empty_slice_is_deleted() {
     for i in 0..MAX_SLICE_OBJECTS + 1 {
         t.upsert(0, "t", &format!("p{i:03}"), pod("p", "10.0.0.1"));
     }
-    t.take_writes();
+    flush(&mut t);
     // The second slice's only object goes: the slice goes.
     t.remove(0, "t", "p100");
-    assert_eq!(shown(&t.take_writes()), [("pods.t.1".into(), false)]);
+    assert_eq!(shown(&flush(&mut t)), [("pods.t.1".into(), false)]);
     assert_eq!(t.slices(), 1);
-    // A hole in the first slice is filled before a new slice is made.
+    // A hole in the first slice (once written) is filled before a new
+    // slice is made.
     t.remove(0, "t", "p007");
+    flush(&mut t);
     t.upsert(0, "t", "new", pod("new", "10.0.0.9"));
-    assert_eq!(shown(&t.take_writes()), [("pods.t.0".into(), true)]);
+    assert_eq!(shown(&flush(&mut t)), [("pods.t.0".into(), true)]);
     assert_eq!((t.slices(), t.objects()), (1, MAX_SLICE_OBJECTS));
 }
 
@@ -126,7 +142,7 @@ fn a_slice_is_bounded_in_bytes_too() {
         t.upsert(0, "t", &format!("p{i}"), big.clone());
     }
     // Three fit in MAX_SLICE_BYTES only without their JSON around them.
-    let writes = t.take_writes();
+    let writes = flush(&mut t);
     assert_eq!(writes.len(), 2, "{:?}", shown(&writes));
     for w in &writes {
         let Write::Put { body, .. } = w else { panic!() };
@@ -140,12 +156,12 @@ fn a_list_removes_what_it_did_not_bring_of_its_kind_only() {
     t.upsert(0, "t", "a", pod("a", "10.0.0.1"));
     t.upsert(0, "t", "b", pod("b", "10.0.0.2"));
     t.upsert(1, "", "t", "{}".into());
-    t.take_writes();
+    flush(&mut t);
     t.begin_list(0);
     t.upsert(0, "t", "a", pod("a", "10.0.0.1"));
     t.end_list(0);
     assert_eq!(t.objects(), 2, "b is gone, the Namespace stays");
-    let writes = t.take_writes();
+    let writes = flush(&mut t);
     assert_eq!(
         body(&writes, "pods.t.0")["spec"]["objects"]
             .as_array()
@@ -162,7 +178,7 @@ fn adopted_slices_are_written_again_only_where_the_cluster_differs() {
         earlier.upsert(0, "t", &format!("p{i:03}"), pod("p", "10.0.0.1"));
     }
     let mut t = table();
-    for w in earlier.take_writes() {
+    for w in flush(&mut earlier) {
         let Write::Put { name, body } = w else {
             panic!()
         };
@@ -192,7 +208,54 @@ fn adopted_slices_are_written_again_only_where_the_cluster_differs() {
     }
     t.end_list(0);
     assert_eq!(
-        shown(&t.take_writes()),
+        shown(&flush(&mut t)),
         [("pods.t.0".into(), true), ("pods.t.1".into(), true)]
     );
+}
+
+#[test]
+fn by_default_a_slice_holds_one_object() {
+    let mut t = table().with_limits(Limits::default());
+    t.upsert(0, "t", "a", pod("a", "10.0.0.1"));
+    t.upsert(0, "t", "b", pod("b", "10.0.0.2"));
+    assert_eq!(
+        shown(&flush(&mut t)),
+        [("pods.t.0".into(), true), ("pods.t.1".into(), true)]
+    );
+}
+
+#[test]
+fn a_removed_object_keeps_its_place_until_its_slice_is_written() {
+    let mut t = table().with_limits(Limits::default());
+    t.upsert(0, "t", "a", pod("a", "10.0.0.1"));
+    flush(&mut t);
+    // a is deleted and created again, and b is created, before any write:
+    // b must not take a's place (a node would see a leave one slice and
+    // join another in two writes made at once, in either order).
+    t.remove(0, "t", "a");
+    t.upsert(0, "t", "b", pod("b", "10.0.0.2"));
+    t.upsert(0, "t", "a", pod("a", "10.0.0.3"));
+    let writes = flush(&mut t);
+    assert_eq!(
+        shown(&writes),
+        [("pods.t.0".into(), true), ("pods.t.1".into(), true)]
+    );
+    assert_eq!(
+        body(&writes, "pods.t.0")["spec"]["objects"][0]["metadata"]["name"],
+        "a"
+    );
+    // Deleted, and its slice's deletion not yet written (or failed): the
+    // place is still a's.
+    t.remove(0, "t", "a");
+    let writes = t.take_writes();
+    assert_eq!(shown(&writes), [("pods.t.0".into(), false)]);
+    t.retry("pods.t.0");
+    t.upsert(0, "t", "c", pod("c", "10.0.0.4"));
+    assert_eq!(
+        shown(&flush(&mut t)),
+        [("pods.t.0".into(), false), ("pods.t.2".into(), true)]
+    );
+    // Written: the place is free again.
+    t.upsert(0, "t", "d", pod("d", "10.0.0.5"));
+    assert_eq!(shown(&flush(&mut t)), [("pods.t.0".into(), true)]);
 }

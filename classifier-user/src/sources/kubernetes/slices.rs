@@ -16,10 +16,10 @@
 //! - Nothing is delivered before the compiler's marker slice ([`SYNCED`])
 //!   exists: slices written from a partial list of the cluster would make
 //!   a wrong policy. Until then the agent keeps what it had.
-//! - An object belongs to the slice that last said it holds it: while the
-//!   compiler moves an object (a name deleted and created again lands in
-//!   another slice), the node may see the new slice first, and the old
-//!   slice's removal of it then changes nothing.
+//! - A slice that no longer holds an object deletes it: the compiler
+//!   never puts an object in a slice while the nodes may still see it in
+//!   another (`compiler::table`), so the node keeps no index of which
+//!   slice holds what, only each slice's object names.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,10 +37,17 @@ pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "ClassifierSlice";
 pub const PLURAL: &str = "classifierslices";
 
-/// Objects per slice at most (as EndpointSlices' default of 100
-/// endpoints): a change rewrites one slice, so this bounds what one
-/// change costs every node.
+/// Objects per slice at most (as EndpointSlices' 100 endpoints): a
+/// change rewrites one slice, so this bounds what one change costs every
+/// node.
 pub const MAX_SLICE_OBJECTS: usize = 100;
+
+/// Objects per slice by default: one. Every node receives a changed
+/// slice whole, so a slice of N objects costs each node N objects per
+/// change; a slice of one costs one pruned object and the slice's own
+/// metadata (see the book's benchmarks, "What each node costs the API
+/// server").
+pub const DEFAULT_SLICE_OBJECTS: usize = 1;
 
 /// Bytes of objects per slice at most: an object in etcd is at most
 /// 1.5 MiB, and a pod may carry 32 KiB of labels.
@@ -98,21 +105,55 @@ impl Resource for ClassifierSlice {
     }
 }
 
-/// An object's identity across slices: (kind index, namespace, name).
-type ObjectKey = (usize, String, String);
+/// The objects one slice holds: its kind, and their namespaces and names
+/// packed in one string (`ns\0name\0...`), a few bytes per object.
+struct Held {
+    kind: usize,
+    names: Box<str>,
+}
+
+impl Held {
+    fn of(kind: usize, objects: &[ApiObject]) -> Held {
+        let mut names = String::new();
+        for obj in objects {
+            let (ns, name) = ids(obj);
+            names.push_str(ns);
+            names.push('\0');
+            names.push_str(name);
+            names.push('\0');
+        }
+        Held {
+            kind,
+            names: names.into(),
+        }
+    }
+
+    /// (namespace, name) of each object.
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.names.split('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+            .filter(|(ns, name)| !(ns.is_empty() && name.is_empty()))
+    }
+}
+
+fn ids(obj: &ApiObject) -> (&str, &str) {
+    let meta = &obj.metadata;
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
 
 /// What a node knows of the slices, to turn their events into object
 /// events (see the module documentation).
 pub struct SliceReader {
     kinds: Vec<ApiResource>,
     /// Slice name -> the objects it holds.
-    slices: HashMap<String, Vec<ObjectKey>>,
-    /// Object -> the slices holding it, the last one its owner.
-    holders: HashMap<ObjectKey, Vec<String>>,
+    slices: HashMap<Box<str>, Held>,
     /// Slices of a list in progress.
     listing: Option<Vec<ClassifierSlice>>,
     /// Before the marker: the slices seen, whole, delivered when it comes.
-    /// After it only their objects' keys are kept (a node holds each
+    /// After it only their objects' names are kept (a node holds each
     /// object once, as its document).
     pending: HashMap<String, ClassifierSlice>,
     /// The marker slice has been seen: events are delivered.
@@ -129,7 +170,6 @@ impl SliceReader {
         SliceReader {
             kinds,
             slices: HashMap::new(),
-            holders: HashMap::new(),
             listing: None,
             pending: HashMap::new(),
             synced: false,
@@ -167,15 +207,6 @@ impl SliceReader {
             .position(|k| k.kind == spec.kind && k.api_version == spec.api_version)
     }
 
-    fn key(kind: usize, obj: &ApiObject) -> ObjectKey {
-        let meta = &obj.metadata;
-        (
-            kind,
-            meta.namespace.clone().unwrap_or_default(),
-            meta.name.clone().unwrap_or_default(),
-        )
-    }
-
     /// A complete list of the slices: once the marker has been seen,
     /// every kind is listed again from them (each kind's state delivers
     /// the difference).
@@ -196,15 +227,14 @@ impl SliceReader {
     /// Every kind listed from `slices`.
     fn full_list(&mut self, slices: Vec<ClassifierSlice>) -> Vec<KindEvent> {
         self.slices.clear();
-        self.holders.clear();
         let mut objects: Vec<Vec<ApiObject>> = vec![Vec::new(); self.kinds.len()];
         for slice in slices {
-            let name = slice.metadata.name.clone().unwrap_or_default();
             let Some(kind) = self.kind_of(&slice.spec) else {
                 continue;
             };
-            let keys = self.hold(&name, kind, &slice.spec.objects);
-            self.slices.insert(name, keys);
+            let name = slice.metadata.name.unwrap_or_default();
+            self.slices
+                .insert(name.into(), Held::of(kind, &slice.spec.objects));
             objects[kind].extend(slice.spec.objects);
         }
         let mut out = Vec::new();
@@ -214,19 +244,6 @@ impl SliceReader {
             out.push((kind, Event::InitDone));
         }
         out
-    }
-
-    /// Records that slice `name` holds `objects`; returns their keys.
-    fn hold(&mut self, name: &str, kind: usize, objects: &[ApiObject]) -> Vec<ObjectKey> {
-        let mut keys = Vec::with_capacity(objects.len());
-        for obj in objects {
-            let key = Self::key(kind, obj);
-            let holders = self.holders.entry(key.clone()).or_default();
-            holders.retain(|h| h != name);
-            holders.push(name.to_owned());
-            keys.push(key);
-        }
-        keys
     }
 
     fn applied(&mut self, slice: ClassifierSlice) -> Vec<KindEvent> {
@@ -246,21 +263,17 @@ impl SliceReader {
         let Some(kind) = self.kind_of(&slice.spec) else {
             return Vec::new();
         };
-        let keys = self.hold(&name, kind, &slice.spec.objects);
-        let now: HashSet<&ObjectKey> = keys.iter().collect();
-        let gone: Vec<ObjectKey> = self
-            .slices
-            .get(&name)
-            .into_iter()
-            .flatten()
-            .filter(|k| !now.contains(k))
-            .cloned()
-            .collect();
-        let mut out: Vec<KindEvent> = gone
-            .into_iter()
-            .filter_map(|key| self.release(&name, key))
-            .collect();
-        self.slices.insert(name, keys);
+        let held = Held::of(kind, &slice.spec.objects);
+        let mut out = Vec::new();
+        if let Some(old) = self.slices.get(name.as_str()) {
+            let now: HashSet<(&str, &str)> = held.iter().collect();
+            out.extend(
+                old.iter()
+                    .filter(|id| !now.contains(id))
+                    .map(|(ns, name)| deletion(old.kind, ns, name)),
+            );
+        }
+        self.slices.insert(name.into(), held);
         // Unchanged objects make equal documents, which the kind's state
         // drops.
         out.extend(
@@ -279,34 +292,28 @@ impl SliceReader {
             self.pending.remove(&name);
             return Vec::new();
         }
-        let keys = self.slices.remove(&name).unwrap_or_default();
-        keys.into_iter()
-            .filter_map(|key| self.release(&name, key))
-            .collect()
-    }
-
-    /// Slice `name` no longer holds `key`: a delete if no other slice
-    /// holds it. If another does, its copy stays: that slice's own event
-    /// delivered it.
-    fn release(&mut self, name: &str, key: ObjectKey) -> Option<KindEvent> {
-        let holders = self.holders.get_mut(&key)?;
-        holders.retain(|h| h != name);
-        if !holders.is_empty() {
-            return None;
+        match self.slices.remove(name.as_str()) {
+            Some(old) => old
+                .iter()
+                .map(|(ns, name)| deletion(old.kind, ns, name))
+                .collect(),
+            None => Vec::new(),
         }
-        self.holders.remove(&key);
-        let (kind, namespace, name) = key;
-        let metadata = ObjectMeta {
-            name: Some(name),
-            namespace: (!namespace.is_empty()).then_some(namespace),
-            ..ObjectMeta::default()
-        };
-        let obj = ApiObject {
-            metadata,
-            body: serde_json::Value::Null,
-        };
-        Some((kind, Event::Delete(obj)))
     }
+}
+
+/// The deletion event of object `name` in `ns` of kind `kind`.
+fn deletion(kind: usize, ns: &str, name: &str) -> KindEvent {
+    let metadata = ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: (!ns.is_empty()).then(|| ns.to_owned()),
+        ..ObjectMeta::default()
+    };
+    let obj = ApiObject {
+        metadata,
+        body: serde_json::Value::Null,
+    };
+    (kind, Event::Delete(obj))
 }
 
 fn is_marker(slice: &ClassifierSlice) -> bool {

@@ -65,7 +65,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// One watch event: an object's JSON text, as the API server sends it,
 /// or a deletion.
-enum Event {
+pub(super) enum Event {
     Apply(&'static kinds::KubeKind, Vec<u8>),
     Delete(DocumentKey),
 }
@@ -78,7 +78,7 @@ fn apply(kind: &'static kinds::KubeKind, object: &Value) -> Event {
 }
 
 /// The `n`th change of a churn: rollouts, annotations, Servers.
-fn churn_events(n: u64, pods: u32) -> Vec<Event> {
+pub(super) fn churn_events(n: u64, pods: u32) -> Vec<Event> {
     let pick = (n * 7919) as u32;
     match n % 20 {
         // A rollout step: pod j replaced by a new pod (new name, address).

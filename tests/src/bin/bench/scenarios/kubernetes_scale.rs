@@ -307,6 +307,10 @@ pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
     if std::env::var_os("BENCH_AGENT_ONLY").is_some() {
         return super::kubernetes_agent::agent_at_scale(100_000);
     }
+    // `BENCH_SLICES_ONLY=1`: what a node receives, objects or slices.
+    if std::env::var_os("BENCH_SLICES_ONLY").is_some() {
+        return super::kubernetes_slices::slices(100_000);
+    }
     // The file path first (a real agent, a few seconds): one file of a
     // policy directory changed.
     let policy_directory = super::policy_directory::policy_directory()?;
@@ -316,7 +320,8 @@ pub(crate) fn kubernetes_scale(sb: &Sandbox) -> Result<Value> {
     // in the same object as `pods`.
     let churn = super::kubernetes_churn::churn(sb, 100_000)?;
     let agent = super::kubernetes_agent::agent_at_scale(100_000)?;
-    for figures in [churn, agent] {
+    let central = json!({"central_compiler": super::kubernetes_slices::slices(100_000)?});
+    for figures in [churn, agent, central] {
         if let (Some(to), Value::Object(from)) = (pods_100k.as_object_mut(), figures) {
             to.extend(from);
         }

@@ -7,6 +7,7 @@ mod kernel_time; // the kernel-time pass (`--only kernel-time`)
 mod kubernetes_agent; // 6: the real agent at the largest size
 mod kubernetes_churn; // 6: one change, churn, resync
 mod kubernetes_scale; // 6
+mod kubernetes_slices; // 6: what a node receives, objects or slices
 mod learning; // 8
 mod pod_registration; // 9
 mod policy_directory; // 6: a policy directory, one file changed
