@@ -109,10 +109,10 @@ pub enum Source {
     Slices { namespace: String },
 }
 
-/// Slices per page of a list: a slice holds up to
-/// [`slices::MAX_SLICE_OBJECTS`] objects, so a page of 10 is about as
-/// many objects as a page of [`LIST_PAGE_SIZE`] objects.
-pub const SLICE_PAGE_SIZE: u32 = 10;
+/// Slices per page of a list: a page of slices of one object each (the
+/// default) is a fifth of a page of [`LIST_PAGE_SIZE`] objects; of
+/// slices of N objects, 100·N objects.
+pub const SLICE_PAGE_SIZE: u32 = 100;
 
 /// Updates [`spawn_changes`] lets wait for the agent at most: a few
 /// seconds of a rollout's events at 100k pods, while the agent compiles in
@@ -560,28 +560,44 @@ fn slice_stream(
         config = config.timeout(t);
     }
     config.page_size = Some(SLICE_PAGE_SIZE);
-    let mut reader = slices::SliceReader::new(opts.kinds.clone());
-    let namespace = namespace.to_owned();
-    watcher::watcher(api, config)
-        .backoff(watcher::DefaultBackoff::default())
-        .map(move |item| {
-            let events = match item {
-                Ok(event) => reader.handle(event),
-                Err(e) => {
-                    status.failure();
-                    warn!(
-                        %namespace,
-                        errors = status.errors(),
-                        "watching the central compiler's {} failed (is it installed?), keeping the last policy and retrying with backoff: {e}",
-                        slices::PLURAL
-                    );
-                    Vec::new()
+    let watch = move || {
+        watcher::watcher(api.clone(), config.clone())
+            .backoff(watcher::DefaultBackoff::default())
+            .boxed()
+    };
+    let state = (
+        watch(),
+        slices::SliceReader::new(opts.kinds.clone()),
+        namespace.to_owned(),
+    );
+    futures::stream::unfold(state, move |(mut events, mut reader, namespace)| {
+        let (status, watch) = (status.clone(), watch.clone());
+        async move {
+            loop {
+                let out = match events.next().await? {
+                    Ok(event) => reader.handle(event),
+                    Err(e) => {
+                        status.failure();
+                        warn!(
+                            %namespace,
+                            errors = status.errors(),
+                            "watching the central compiler's {} failed (is it installed?), keeping the last policy and retrying with backoff: {e}",
+                            slices::PLURAL
+                        );
+                        Vec::new()
+                    }
+                };
+                if reader.take_relist() {
+                    events = watch();
                 }
-            };
-            futures::stream::iter(events.into_iter().map(|(idx, ev)| (idx, Ok(ev))))
-        })
-        .flatten()
-        .boxed()
+                if !out.is_empty() {
+                    return Some((out, (events, reader, namespace)));
+                }
+            }
+        }
+    })
+    .flat_map(|out| futures::stream::iter(out.into_iter().map(|(idx, ev)| (idx, Ok(ev)))))
+    .boxed()
 }
 
 /// Periodically ask the API server for its version: the only way to learn

@@ -13,15 +13,18 @@
 //! of the objects they hold, for the same per-kind state the direct watch
 //! keeps: the node compiles the same documents either way.
 //!
-//! - Nothing is delivered before the compiler's marker slice ([`SYNCED`])
-//!   exists: slices written from a partial list of the cluster would make
-//!   a wrong policy. Until then the agent keeps what it had.
+//! - A list of the slices goes to each kind's state as it comes, page by
+//!   page, as a list of that kind (nothing is held for it here), and ends
+//!   only if the compiler's marker slice ([`SYNCED`]) was in it: slices
+//!   written from a partial list of the cluster would make a wrong
+//!   policy. Until then the agent keeps what it had; when the marker
+//!   appears, the slices are listed again ([`SliceReader::take_relist`]).
 //! - A slice that no longer holds an object deletes it: the compiler
 //!   never puts an object in a slice while the nodes may still see it in
 //!   another (`compiler::table`), so the node keeps no index of which
 //!   slice holds what, only each slice's object names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use kube::core::{ApiResource, NamespaceResourceScope, ObjectMeta, Resource};
 use kube::runtime::watcher::Event;
@@ -105,34 +108,58 @@ impl Resource for ClassifierSlice {
     }
 }
 
-/// The objects one slice holds: its kind, and their namespaces and names
-/// packed in one string (`ns\0name\0...`), a few bytes per object.
-struct Held {
-    kind: usize,
-    names: Box<str>,
-}
+/// A slice's name, kind and objects, packed in one string
+/// (`name\0kind\0ns\0name\0ns\0name...`): at 100k slices of one
+/// object, one allocation of ~60 bytes each. Hashed and compared by the
+/// slice's name alone, which it lends as its key.
+struct Held(Box<str>);
 
 impl Held {
-    fn of(kind: usize, objects: &[ApiObject]) -> Held {
-        let mut names = String::new();
+    fn of(slice: &str, kind: usize, objects: &[ApiObject]) -> Held {
+        let mut packed = format!("{slice}\0{kind}");
         for obj in objects {
             let (ns, name) = ids(obj);
-            names.push_str(ns);
-            names.push('\0');
-            names.push_str(name);
-            names.push('\0');
+            packed.push('\0');
+            packed.push_str(ns);
+            packed.push('\0');
+            packed.push_str(name);
         }
-        Held {
-            kind,
-            names: names.into(),
-        }
+        Held(packed.into())
+    }
+
+    fn name(&self) -> &str {
+        self.0.split('\0').next().unwrap_or_default()
+    }
+
+    fn kind(&self) -> usize {
+        let kind = self.0.split('\0').nth(1).unwrap_or_default();
+        kind.parse().unwrap_or(usize::MAX)
     }
 
     /// (namespace, name) of each object.
     fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut parts = self.names.split('\0');
+        let mut parts = self.0.split('\0').skip(2);
         std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
-            .filter(|(ns, name)| !(ns.is_empty() && name.is_empty()))
+    }
+}
+
+impl std::hash::Hash for Held {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Held) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Held {}
+
+impl std::borrow::Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        self.name()
     }
 }
 
@@ -149,15 +176,13 @@ fn ids(obj: &ApiObject) -> (&str, &str) {
 pub struct SliceReader {
     kinds: Vec<ApiResource>,
     /// Slice name -> the objects it holds.
-    slices: HashMap<Box<str>, Held>,
-    /// Slices of a list in progress.
-    listing: Option<Vec<ClassifierSlice>>,
-    /// Before the marker: the slices seen, whole, delivered when it comes.
-    /// After it only their objects' names are kept (a node holds each
-    /// object once, as its document).
-    pending: HashMap<String, ClassifierSlice>,
-    /// The marker slice has been seen: events are delivered.
+    slices: HashSet<Held>,
+    /// The slices of a list in progress, and whether the marker was one.
+    listing: Option<(HashSet<Held>, bool)>,
+    /// A list has ended with the marker: events are delivered.
     synced: bool,
+    /// The marker appeared after a list without it: list again.
+    relist: bool,
 }
 
 /// An event for the per-kind state of kind `.0`.
@@ -169,33 +194,33 @@ impl SliceReader {
     pub fn new(kinds: Vec<ApiResource>) -> Self {
         SliceReader {
             kinds,
-            slices: HashMap::new(),
+            slices: HashSet::new(),
             listing: None,
-            pending: HashMap::new(),
             synced: false,
+            relist: false,
         }
     }
 
-    /// Whether the compiler's marker has been seen.
+    /// Whether a list with the compiler's marker has been seen.
     pub fn synced(&self) -> bool {
         self.synced
+    }
+
+    /// Whether the watch must list the slices again (once; see the
+    /// module documentation).
+    pub fn take_relist(&mut self) -> bool {
+        std::mem::take(&mut self.relist)
     }
 
     /// The object events one slice event stands for.
     pub fn handle(&mut self, event: Event<ClassifierSlice>) -> Vec<KindEvent> {
         match event {
             Event::Init => {
-                self.listing = Some(Vec::new());
-                Vec::new()
+                self.listing = Some((HashSet::new(), false));
+                (0..self.kinds.len()).map(|k| (k, Event::Init)).collect()
             }
-            Event::InitApply(slice) => {
-                self.listing.get_or_insert_with(Vec::new).push(slice);
-                Vec::new()
-            }
-            Event::InitDone => {
-                let listed = self.listing.take().unwrap_or_default();
-                self.relisted(listed)
-            }
+            Event::InitApply(slice) => self.listed(slice),
+            Event::InitDone => self.list_done(),
             Event::Apply(slice) => self.applied(slice),
             Event::Delete(slice) => self.deleted(&slice),
         }
@@ -207,73 +232,71 @@ impl SliceReader {
             .position(|k| k.kind == spec.kind && k.api_version == spec.api_version)
     }
 
-    /// A complete list of the slices: once the marker has been seen,
-    /// every kind is listed again from them (each kind's state delivers
-    /// the difference).
-    fn relisted(&mut self, listed: Vec<ClassifierSlice>) -> Vec<KindEvent> {
-        if self.synced || listed.iter().any(is_marker) {
-            self.synced = true;
-            self.pending.clear();
-            return self.full_list(listed);
+    /// A slice of a list: its objects go to their kind's list at once.
+    fn listed(&mut self, slice: ClassifierSlice) -> Vec<KindEvent> {
+        let kind = self.kind_of(&slice.spec);
+        let Some((held, marker)) = self.listing.as_mut() else {
+            return Vec::new();
+        };
+        if is_marker(&slice) {
+            *marker = true;
+            return Vec::new();
         }
-        info!("waiting for the central compiler's first complete publication (slice {SYNCED:?})");
-        self.pending = listed
+        let Some(kind) = kind else {
+            return Vec::new();
+        };
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        held.replace(Held::of(name, kind, &slice.spec.objects));
+        slice
+            .spec
+            .objects
             .into_iter()
-            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-            .collect();
-        Vec::new()
+            .map(|o| (kind, Event::InitApply(o)))
+            .collect()
     }
 
-    /// Every kind listed from `slices`.
-    fn full_list(&mut self, slices: Vec<ClassifierSlice>) -> Vec<KindEvent> {
-        self.slices.clear();
-        let mut objects: Vec<Vec<ApiObject>> = vec![Vec::new(); self.kinds.len()];
-        for slice in slices {
-            let Some(kind) = self.kind_of(&slice.spec) else {
-                continue;
-            };
-            let name = slice.metadata.name.unwrap_or_default();
-            self.slices
-                .insert(name.into(), Held::of(kind, &slice.spec.objects));
-            objects[kind].extend(slice.spec.objects);
+    /// A list ended: each kind's list ends too, if the marker was in it
+    /// (or an earlier list had it: the compiler is publishing).
+    fn list_done(&mut self) -> Vec<KindEvent> {
+        let Some((held, marker)) = self.listing.take() else {
+            return Vec::new();
+        };
+        if !(marker || self.synced) {
+            info!(
+                "waiting for the central compiler's first complete publication (slice {SYNCED:?})"
+            );
+            return Vec::new();
         }
-        let mut out = Vec::new();
-        for (kind, objs) in objects.into_iter().enumerate() {
-            out.push((kind, Event::Init));
-            out.extend(objs.into_iter().map(|o| (kind, Event::InitApply(o))));
-            out.push((kind, Event::InitDone));
-        }
-        out
+        self.synced = true;
+        self.slices = held;
+        (0..self.kinds.len())
+            .map(|k| (k, Event::InitDone))
+            .collect()
     }
 
     fn applied(&mut self, slice: ClassifierSlice) -> Vec<KindEvent> {
-        let name = slice.metadata.name.clone().unwrap_or_default();
         if !self.synced {
-            let marker = is_marker(&slice);
-            self.pending.insert(name, slice);
-            if !marker {
-                return Vec::new();
+            if is_marker(&slice) {
+                info!("the central compiler has published a complete cluster: listing its slices");
+                self.relist = true;
             }
-            // The compiler has written every slice: deliver them all.
-            info!("the central compiler has published a complete cluster");
-            self.synced = true;
-            let all = std::mem::take(&mut self.pending).into_values().collect();
-            return self.full_list(all);
+            return Vec::new();
         }
         let Some(kind) = self.kind_of(&slice.spec) else {
             return Vec::new();
         };
-        let held = Held::of(kind, &slice.spec.objects);
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        let held = Held::of(name, kind, &slice.spec.objects);
         let mut out = Vec::new();
-        if let Some(old) = self.slices.get(name.as_str()) {
+        if let Some(old) = self.slices.get(name) {
             let now: HashSet<(&str, &str)> = held.iter().collect();
             out.extend(
                 old.iter()
                     .filter(|id| !now.contains(id))
-                    .map(|(ns, name)| deletion(old.kind, ns, name)),
+                    .map(|(ns, name)| deletion(old.kind(), ns, name)),
             );
         }
-        self.slices.insert(name.into(), held);
+        self.slices.replace(held);
         // Unchanged objects make equal documents, which the kind's state
         // drops.
         out.extend(
@@ -287,15 +310,11 @@ impl SliceReader {
     }
 
     fn deleted(&mut self, slice: &ClassifierSlice) -> Vec<KindEvent> {
-        let name = slice.metadata.name.clone().unwrap_or_default();
-        if !self.synced {
-            self.pending.remove(&name);
-            return Vec::new();
-        }
-        match self.slices.remove(name.as_str()) {
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        match self.slices.take(name).filter(|_| self.synced) {
             Some(old) => old
                 .iter()
-                .map(|(ns, name)| deletion(old.kind, ns, name))
+                .map(|(ns, name)| deletion(old.kind(), ns, name))
                 .collect(),
             None => Vec::new(),
         }

@@ -60,12 +60,15 @@ fn shown(events: &[KindEvent]) -> Vec<String> {
 }
 
 #[test]
-fn nothing_is_delivered_before_the_marker_then_everything_at_once() {
+fn a_list_without_the_marker_ends_no_kind_and_the_marker_asks_for_a_new_list() {
     let mut r = reader();
-    assert!(r.handle(Event::Init).is_empty());
-    assert!(r
-        .handle(Event::InitApply(pods("pods.t.0", &[("a", "10.0.0.1")])))
-        .is_empty());
+    r.handle(Event::Init);
+    let listed = r.handle(Event::InitApply(pods("pods.t.0", &[("a", "10.0.0.1")])));
+    assert_eq!(
+        shown(&listed),
+        ["list a"],
+        "objects go to their kind as they come"
+    );
     assert!(
         r.handle(Event::InitDone).is_empty(),
         "no marker: a partial publication"
@@ -74,17 +77,23 @@ fn nothing_is_delivered_before_the_marker_then_everything_at_once() {
     assert!(r
         .handle(Event::Apply(pods("pods.t.1", &[("b", "10.0.0.2")])))
         .is_empty());
-    let all = r.handle(Event::Apply(marker()));
+    assert!(!r.take_relist());
+    assert!(r.handle(Event::Apply(marker())).is_empty());
+    assert!(r.take_relist(), "the marker came: list again");
+    assert!(!r.take_relist(), "once");
+    // The new list has the marker: every kind's list ends.
+    let mut events = r.handle(Event::Init);
+    events.extend(r.handle(Event::InitApply(pods("pods.t.0", &[("a", "10.0.0.1")]))));
+    events.extend(r.handle(Event::InitApply(marker())));
+    events.extend(r.handle(Event::InitApply(pods("pods.t.1", &[("b", "10.0.0.2")]))));
+    events.extend(r.handle(Event::InitDone));
     assert!(r.synced());
-    let mut shown = shown(&all);
-    shown.sort();
-    assert_eq!(shown, ["done", "init", "list a", "list b"]);
-    // Every kind is listed (the others empty): each kind's state is whole.
-    let inits = all
+    assert_eq!(shown(&events), ["init", "list a", "list b", "done"]);
+    let ends = events
         .iter()
         .filter(|(_, e)| matches!(e, Event::InitDone))
         .count();
-    assert_eq!(inits, watched_kinds().len());
+    assert_eq!(ends, watched_kinds().len(), "every kind's list ends");
 }
 
 #[test]
@@ -96,10 +105,7 @@ fn a_slice_change_applies_its_objects_and_deletes_what_it_no_longer_holds() {
         "pods.t.0",
         &[("a", "10.0.0.1"), ("b", "10.0.0.2")],
     )));
-    assert_eq!(
-        shown(&r.handle(Event::InitDone)),
-        ["init", "list a", "list b", "done"]
-    );
+    assert_eq!(shown(&r.handle(Event::InitDone)), ["done"]);
     let events = r.handle(Event::Apply(pods("pods.t.0", &[("a", "10.0.0.9")])));
     assert_eq!(shown(&events), ["delete b", "apply a"]);
     let events = r.handle(Event::Delete(pods("pods.t.0", &[("a", "10.0.0.9")])));
@@ -127,7 +133,10 @@ fn a_slice_emptied_of_an_object_deletes_it_even_if_it_comes_back_elsewhere() {
 #[test]
 fn slices_of_kinds_not_watched_are_ignored() {
     let mut r = reader();
-    r.handle(Event::Apply(marker()));
+    r.handle(Event::Init);
+    r.handle(Event::InitApply(marker()));
+    r.handle(Event::InitDone);
+    assert!(r.synced());
     assert!(r
         .handle(Event::Apply(slice("gadgets.t.0", "Gadget", &[("g", "")])))
         .is_empty());

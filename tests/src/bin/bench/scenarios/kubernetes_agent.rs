@@ -22,6 +22,11 @@
 //!   the kernel charges to the agent's memory cgroup too.
 //! - `agent_rules`: the rules that policy has, as its log line says (the
 //!   in-process compile of the same objects gives the scenario's `rules`).
+//!
+//! `slices_agent_*`: the same, for an agent reading the objects from a
+//! central compiler's slices (`--kubernetes-source slices`): the slices
+//! the compiler's own table makes of the same cluster, served in pages of
+//! the agent's asking (10 slices), with the compiler's marker.
 
 use std::{
     collections::BTreeMap,
@@ -75,12 +80,95 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
         let (path, list_kind, api_version) = served_as(kind);
         fake.serve_objects(&path, &list_kind, &api_version, list);
     }
+    let direct = run_agent(&fake, &["--kubernetes"], objects, "agent")?;
+    fake.stop();
+    drop(rt);
+    let from_slices = agent_from_slices(pods)?;
+    Ok(merge(direct, from_slices))
+}
 
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(to), Value::Object(from)) = (a.as_object_mut(), b) {
+        to.extend(from);
+    }
+    a
+}
+
+/// The agent reading the cluster from slices of it.
+fn agent_from_slices(pods: u32) -> Result<Value> {
+    use classifier_user::compiler::{project, SliceKind, SliceTable, Write};
+    use classifier_user::sources::kubernetes::{slices, watched_kinds};
+    const NS: &str = "classifier-system";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let fake = rt.block_on(FakeApi::start(&[]));
+    let watched = watched_kinds();
+    let mut table = SliceTable::new(
+        watched
+            .iter()
+            .map(|ar| SliceKind {
+                kind: ar.kind.clone(),
+                api_version: ar.api_version.clone(),
+                plural: ar.plural.clone(),
+            })
+            .collect(),
+        NS,
+    );
+    let mut objects = 0;
+    for (kind, object) in cluster_objects(pods) {
+        let idx = watched
+            .iter()
+            .position(|k| k.kind == kind.kind)
+            .context("kind")?;
+        let obj: ApiObject = serde_json::from_value(object)?;
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        table.upsert(idx, &ns, &name, project(&watched[idx], obj)?);
+        objects += 1;
+    }
+    let mut served = Vec::new();
+    for w in table.take_writes() {
+        if let Write::Put { body, .. } = w {
+            served.push(serde_json::from_str::<Value>(&body)?);
+        }
+    }
+    served.push(json!({
+        "apiVersion": format!("{}/{}", slices::GROUP, slices::VERSION), "kind": slices::KIND,
+        "metadata": {"name": slices::SYNCED, "namespace": NS},
+        "spec": {"apiVersion": format!("{}/{}", slices::GROUP, slices::VERSION), "kind": slices::SYNCED_KIND, "objects": []},
+    }));
+    let path = <slices::ClassifierSlice as kube::core::Resource>::url_path(&(), Some(NS));
+    let list_kind = format!("{}List", slices::KIND);
+    fake.serve_objects(
+        &path,
+        &list_kind,
+        &format!("{}/{}", slices::GROUP, slices::VERSION),
+        served,
+    );
+    drop(table);
+    let args = [
+        "--kubernetes",
+        "--kubernetes-source",
+        "slices",
+        "--slices-namespace",
+        NS,
+    ];
+    let figures = run_agent(&fake, &args, objects, "slices_agent")?;
+    fake.stop();
+    drop(rt);
+    Ok(figures)
+}
+
+/// Starts the agent with `args` against `fake` until its first policy
+/// from Kubernetes; its figures, named `<prefix>_...`.
+fn run_agent(fake: &FakeApi, args: &[&str], objects: usize, prefix: &str) -> Result<Value> {
     let mut sb = Sandbox::new("bench-agent-scale")?;
     let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
     let kubeconfig = kubeconfig.to_str().context("kubeconfig path")?.to_owned();
     let t = Instant::now();
-    sb.start_agent_with_env(&["--kubernetes"], &[("KUBECONFIG", &kubeconfig)])?;
+    sb.start_agent_with_env(args, &[("KUBECONFIG", &kubeconfig)])?;
     let attached_s = t.elapsed().as_secs_f64();
     sb.wait_for_log("policy sources listed from Kubernetes", 1, START_TIMEOUT)?;
     let listed_s = t.elapsed().as_secs_f64();
@@ -92,24 +180,29 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
     let map_bytes = super::footprint::map_memory_bytes(&sb.pins)?;
     let rules = rules_applied(&sb.agent_log());
     sb.stop_agent();
-    fake.stop();
-    drop(rt);
 
     crate::step(&format!(
-        "  the agent, {objects} objects from a paging API server: policy in {start_s:.2} s (its built-in policy in force after {attached_s:.2} s, every object listed after {listed_s:.2} s; {} rules; agent CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB; its maps {:.0} MiB",
+        "  the agent ({}), {objects} objects from a paging API server: policy in {start_s:.2} s (its built-in policy in force after {attached_s:.2} s, every object listed after {listed_s:.2} s; {} rules; agent CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB; its maps {:.0} MiB",
+        args.join(" "),
         rules.map_or("?".to_owned(), |r| r.to_string()),
         peak_kib as f64 / 1024.0,
         after_kib as f64 / 1024.0,
         map_bytes as f64 / 1048576.0,
     ));
-    Ok(json!({
-        "agent_start_s": start_s,
-        "agent_attached_s": attached_s,
-        "agent_listed_s": listed_s,
-        "agent_cpu_s": cpu_s,
-        "agent_peak_rss_mib": peak_kib as f64 / 1024.0,
-        "agent_rss_mib": after_kib as f64 / 1024.0,
-        "agent_map_mib": map_bytes as f64 / 1048576.0,
-        "agent_rules": rules,
-    }))
+    let figures = [
+        ("start_s", json!(start_s)),
+        ("attached_s", json!(attached_s)),
+        ("listed_s", json!(listed_s)),
+        ("cpu_s", json!(cpu_s)),
+        ("peak_rss_mib", json!(peak_kib as f64 / 1024.0)),
+        ("rss_mib", json!(after_kib as f64 / 1024.0)),
+        ("map_mib", json!(map_bytes as f64 / 1048576.0)),
+        ("rules", json!(rules)),
+    ];
+    Ok(Value::Object(
+        figures
+            .into_iter()
+            .map(|(name, v)| (format!("{prefix}_{name}"), v))
+            .collect(),
+    ))
 }

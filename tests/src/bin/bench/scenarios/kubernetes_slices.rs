@@ -59,7 +59,8 @@ pub(crate) fn slices(pods: u32) -> Result<Value> {
         "pod_event_bytes": pod_event_bytes,
         "projected_pod_bytes": projected_pod_bytes,
         "slice_envelope_bytes": SLICE_ENVELOPE,
-        "objects": objects_side(pods, pod_event_bytes),
+        "objects": objects_side(pods, pod_event_bytes, false),
+        "objects_production_pods": objects_side(pods, pod_event_bytes, true),
     });
     for per_slice in [1, 2, 5, 10, 25, 100] {
         let limits = Limits {
@@ -71,19 +72,104 @@ pub(crate) fn slices(pods: u32) -> Result<Value> {
     Ok(out)
 }
 
-/// A node watching the objects: a list, and the churn's events.
-fn objects_side(pods: u32, pod_event_bytes: usize) -> Value {
+/// A node watching the objects: a list, and the churn's events. With
+/// `production`, every pod also carries what a production API server
+/// sends of one and the compiler does not read ([`production_fields`]).
+fn objects_side(pods: u32, pod_event_bytes: usize, production: bool) -> Value {
+    let extra = if production {
+        production_fields(0).to_string().len()
+    } else {
+        0
+    };
     let list: usize = cluster_objects(pods)
-        .map(|(_, v)| serde_json::to_vec(&v).map_or(0, |j| j.len()))
+        .map(|(k, v)| {
+            let pod_extra = if k.kind == "Pod" { extra } else { 0 };
+            serde_json::to_vec(&v).map_or(0, |j| j.len()) + pod_extra
+        })
         .sum();
     let mut sizes: Vec<usize> = (0..CHANGES)
         .flat_map(|n| churn_events(n, pods))
         .map(|e| match e {
-            Event::Apply(_, json) => json.len() + r#"{"type":"MODIFIED","object":}"#.len(),
-            Event::Delete(_) => pod_event_bytes,
+            Event::Apply(kind, json) => {
+                let pod_extra = if kind.kind == "Pod" { extra } else { 0 };
+                json.len() + pod_extra + r#"{"type":"MODIFIED","object":}"#.len()
+            }
+            Event::Delete(_) => pod_event_bytes + extra,
         })
         .collect();
-    per_change(&mut sizes, list)
+    let mut figures = per_change(&mut sizes, list);
+    figures["pod_extra_bytes"] = json!(extra);
+    figures
+}
+
+/// What a production API server sends of a meshed pod besides what the
+/// bench's pods hold (`managedFields` of its three writers, the
+/// containers' env, volume mounts, probes and resources, its volumes,
+/// status conditions and container statuses), as `kubectl get -o json`
+/// shows one: none of it read by the compiler, so the same projection.
+fn production_fields(i: u32) -> Value {
+    let time = "2026-11-01T10:00:00Z";
+    let fields = |manager: &str, op: &str, sub: Value| {
+        json!({"manager": manager, "operation": op, "apiVersion": "v1", "time": time,
+               "fieldsType": "FieldsV1", "fieldsV1": sub})
+    };
+    let container_status = |name: &str, image: &str| {
+        json!({"name": name, "image": image, "imageID": format!("{image}@sha256:{:064x}", i),
+               "containerID": format!("containerd://{:064x}", i), "ready": true, "restartCount": 0,
+               "started": true, "state": {"running": {"startedAt": time}}, "lastState": {}})
+    };
+    let condition = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": time});
+    let conditions: Vec<Value> = [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ]
+    .map(condition)
+    .into();
+    json!({
+        "managedFields": [
+            fields("kube-controller-manager", "Update", json!({"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}},
+                "f:ownerReferences": {".": {}, "k:{\"uid\":\"8e7d6c5b\"}": {}}},
+                "f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:env": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {},
+                "f:ports": {}, "f:readinessProbe": {}, "f:resources": {}, "f:terminationMessagePath": {}, "f:volumeMounts": {}}},
+                "f:dnsPolicy": {}, "f:enableServiceLinks": {}, "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {},
+                "f:terminationGracePeriodSeconds": {}, "f:volumes": {}}})),
+            fields("linkerd-proxy-injector", "Update", json!({"f:metadata": {"f:annotations": {"f:linkerd.io/created-by": {}, "f:linkerd.io/proxy-version": {}, "f:linkerd.io/trust-root-sha256": {}}},
+                "f:spec": {"f:containers": {"k:{\"name\":\"linkerd-proxy\"}": {}}, "f:initContainers": {}}})),
+            fields("kubelet", "Update", json!({"f:status": {"f:conditions": {}, "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {},
+                "f:initContainerStatuses": {}, "f:phase": {}, "f:podIP": {}, "f:podIPs": {}, "f:startTime": {}}}))
+        ],
+        "env": [
+            {"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {"name": "LINKERD2_PROXY_LOG", "value": "warn,linkerd=info,hickory=error"},
+            {"name": "LINKERD2_PROXY_DESTINATION_SVC_ADDR", "value": "linkerd-dst-headless.linkerd.svc.cluster.local.:8086"},
+            {"name": "LINKERD2_PROXY_IDENTITY_DIR", "value": "/var/run/linkerd/identity/end-entity"},
+            {"name": "LINKERD2_PROXY_INBOUND_PORTS", "value": "8080,9090"}
+        ],
+        "volumeMounts": [
+            {"name": "kube-api-access-x7k2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
+            {"name": "linkerd-identity-end-entity", "mountPath": "/var/run/linkerd/identity/end-entity"},
+            {"name": "linkerd-identity-token", "mountPath": "/var/run/secrets/tokens"}
+        ],
+        "probes": {"readinessProbe": {"httpGet": {"path": "/ready", "port": 4191, "scheme": "HTTP"}, "initialDelaySeconds": 2, "periodSeconds": 10},
+                   "livenessProbe": {"httpGet": {"path": "/live", "port": 4191, "scheme": "HTTP"}, "periodSeconds": 10}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "volumes": [
+            {"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 420, "sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}},
+            {"name": "linkerd-identity-end-entity", "emptyDir": {"medium": "Memory"}},
+            {"name": "linkerd-identity-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "identity.l5d.io", "expirationSeconds": 86400, "path": "linkerd-identity-token"}}]}}
+        ],
+        "status": {
+            "conditions": conditions,
+            "hostIP": "192.168.10.21", "hostIPs": [{"ip": "192.168.10.21"}],
+            "containerStatuses": [container_status("app", "registry.example/app:1.0"), container_status("linkerd-proxy", "cr.l5d.io/linkerd/proxy:stable-2.14.10")],
+            "initContainerStatuses": [container_status("linkerd-init", "cr.l5d.io/linkerd/proxy-init:v2.2.3")]
+        }
+    })
 }
 
 fn table(limits: Limits) -> SliceTable {
