@@ -144,7 +144,7 @@ async fn slices_carry_the_cluster_and_only_changes_a_node_reads() -> Result<()> 
     tokio::task::spawn_blocking(move || {
         wait_for("web's new IP published", Duration::from_secs(20), || {
             let web = published_pod(&fake2, "shop", "web-7f9c8d6b5-x2kq4");
-            Ok(web.filter(|w| w["status"]["podIP"] == "10.244.2.10"))
+            Ok(web.filter(|w| w["status"]["podIPs"][0]["ip"] == "10.244.2.10"))
         })
         .with_context(|| compiler.log())
     })
