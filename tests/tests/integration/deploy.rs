@@ -176,24 +176,7 @@ fn the_uninstall_daemonset_and_the_seccomp_component_validate_too() {
         return;
     };
     validate(&rendered, "validate-uninstall");
-    let scratch = Scratch::new("seccomp-component");
-    let base = manifests::deploy_dir().canonicalize().unwrap();
-    let up = scratch
-        .0
-        .components()
-        .skip(1)
-        .map(|_| "..")
-        .collect::<Vec<_>>()
-        .join("/");
-    fs::write(
-        scratch.0.join("kustomization.yaml"),
-        format!(
-            "resources: [{up}{b}]\ncomponents: [{up}{b}/components/seccomp-localhost]\n",
-            b = base.display()
-        ),
-    )
-    .unwrap();
-    let Some(rendered) = kustomize(&scratch.0) else {
+    let Some(rendered) = with_component("seccomp-localhost") else {
         return;
     };
     validate(&rendered, "validate-seccomp");
@@ -215,6 +198,124 @@ fn the_uninstall_daemonset_and_the_seccomp_component_validate_too() {
     );
     let kubelet = named(&pod["volumes"], "kubelet-seccomp");
     assert_eq!(kubelet["hostPath"]["path"], "/var/lib/kubelet/seccomp");
+}
+
+/// The base with the component `name` of `deploy/components/`,
+/// rendered (`None` where kustomize is missing, outside CI).
+fn with_component(name: &str) -> Option<String> {
+    let scratch = Scratch::new(&format!("{name}-component"));
+    let base = manifests::deploy_dir().canonicalize().unwrap();
+    let up = scratch
+        .0
+        .components()
+        .skip(1)
+        .map(|_| "..")
+        .collect::<Vec<_>>()
+        .join("/");
+    fs::write(
+        scratch.0.join("kustomization.yaml"),
+        format!(
+            "resources: [{up}{b}]\ncomponents: [{up}{b}/components/{name}]\n",
+            b = base.display()
+        ),
+    )
+    .unwrap();
+    kustomize(&scratch.0)
+}
+
+/// The object of `kind` named `name` among `docs`.
+fn the_named(docs: &[Value], kind: &str, name: &str) -> Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+        .clone()
+}
+
+#[test]
+fn the_central_compiler_component_validates_and_matches_the_binary() {
+    use classifier_user::compiler::LEASE_NAME;
+    use classifier_user::sources::kubernetes::slices;
+    let Some(rendered) = with_component("central-compiler") else {
+        return;
+    };
+    validate(&rendered, "validate-central-compiler");
+    let docs = split_documents(&rendered, "overlay with central-compiler");
+    // The agents read slices.
+    let ds = the_in(&docs, "DaemonSet");
+    let agent = named(&ds["spec"]["template"]["spec"]["containers"], "agent");
+    let args = strings(&agent["args"]);
+    assert_eq!(flag(&args, "--kubernetes-source"), "slices", "{args:?}");
+    // The CRD is the kind the binary reads and writes.
+    let crd = the_in(&docs, "CustomResourceDefinition");
+    assert_eq!(crd["spec"]["group"], slices::GROUP);
+    assert_eq!(crd["spec"]["names"]["kind"], slices::KIND);
+    assert_eq!(crd["spec"]["names"]["plural"], slices::PLURAL);
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert!(
+        strings(&json_path(&crd["spec"]["versions"], "name")).contains(&slices::VERSION.to_owned())
+    );
+    // The compiler's flags and variables are the binary's.
+    let deployment = the_named(&docs, "Deployment", "classifier-compiler");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let compiler = &pod["containers"][0];
+    assert_eq!(strings(&compiler["args"]), ["compiler"]);
+    let help = Command::new(classifier_bin())
+        .args(["compiler", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for var in compiler["env"].as_array().unwrap() {
+        let name = s(&var["name"]);
+        if name.starts_with("CLASSIFIER_") || name == "POD_NAME" {
+            assert!(
+                help.contains(&format!("[env: {name}=")),
+                "`classifier compiler` reads no {name}:\n{help}"
+            );
+        }
+    }
+    // It may write slices and its lease in its namespace, and nothing else.
+    let role = the_named(&docs, "Role", "classifier-compiler");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for resource in strings(&rule["resources"]) {
+            for verb in strings(&rule["verbs"]) {
+                granted.insert(format!("{resource}/{verb}"));
+            }
+        }
+        if let Some(names) = rule.get("resourceNames") {
+            assert_eq!(strings(names), [LEASE_NAME], "{rule}");
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "classifierslices/get",
+        "classifierslices/list",
+        "classifierslices/watch",
+        "classifierslices/create",
+        "classifierslices/update",
+        "classifierslices/delete",
+        "leases/get",
+        "leases/update",
+        "leases/create",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(granted, expected);
+    // The agents may only read the slices.
+    let agents = the_named(&docs, "Role", "classifier");
+    for rule in agents["rules"].as_array().unwrap() {
+        assert_eq!(strings(&rule["resources"]), [slices::PLURAL]);
+        let verbs: BTreeSet<String> = strings(&rule["verbs"]).into_iter().collect();
+        assert_eq!(verbs, ["get", "list", "watch"].map(String::from).into());
+    }
+}
+
+/// `field` of each item of `list`.
+fn json_path(list: &Value, field: &str) -> Value {
+    Value::Array(
+        list.as_array()
+            .map(|l| l.iter().map(|i| i[field].clone()).collect())
+            .unwrap_or_default(),
+    )
 }
 
 fn validate(rendered: &str, name: &str) {
