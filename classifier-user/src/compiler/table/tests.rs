@@ -259,3 +259,92 @@ fn a_removed_object_keeps_its_place_until_its_slice_is_written() {
     t.upsert(0, "t", "d", pod("d", "10.0.0.5"));
     assert_eq!(shown(&flush(&mut t)), [("pods.t.0".into(), true)]);
 }
+
+/// A node's view through every write, in any order within a batch (the
+/// compiler makes a batch's writes at once), equals the table's objects
+/// after every batch: a node never loses an object the compiler holds,
+/// nor keeps one it removed.
+#[test]
+fn a_node_reading_the_writes_in_any_order_ends_with_the_tables_objects() {
+    use crate::sources::kubernetes::slices::{ClassifierSlice, SliceReader};
+    use kube::runtime::watcher::Event;
+    use std::collections::BTreeSet;
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for objects in [1, 3] {
+        let kinds = crate::sources::kubernetes::watched_kinds();
+        let pod_kind = kinds.iter().position(|k| k.kind == "Pod").unwrap();
+        let slice_kinds = kinds
+            .iter()
+            .map(|ar| SliceKind {
+                kind: ar.kind.clone(),
+                api_version: ar.api_version.clone(),
+                plural: ar.plural.clone(),
+            })
+            .collect();
+        let mut t = SliceTable::new(slice_kinds, "classifier-system").with_limits(Limits {
+            objects,
+            bytes: MAX_SLICE_BYTES,
+        });
+        let mut reader = SliceReader::new(kinds);
+        let marker: ClassifierSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "synced"},
+            "spec": {"apiVersion": "classifier.dev/v1alpha1", "kind": "Synced"}}))
+        .unwrap();
+        reader.handle(Event::Init);
+        reader.handle(Event::InitApply(marker));
+        reader.handle(Event::InitDone);
+        let (mut held, mut node) = (BTreeSet::new(), BTreeSet::new());
+        for round in 0..300 {
+            for _ in 0..1 + next(4) {
+                let name = format!("p{}", next(6));
+                let ns = ["a", "b"][next(2) as usize];
+                if next(3) == 0 {
+                    t.remove(pod_kind, ns, &name);
+                    held.remove(&(ns.to_owned(), name));
+                } else {
+                    let json = format!(
+                        r#"{{"metadata":{{"name":"{name}","namespace":"{ns}"}},"status":{{"podIP":"10.0.0.{round}"}}}}"#
+                    );
+                    t.upsert(pod_kind, ns, &name, json);
+                    held.insert((ns.to_owned(), name));
+                }
+            }
+            let mut writes = t.take_writes();
+            // Any order within the batch.
+            for i in (1..writes.len()).rev() {
+                writes.swap(i, next(i as u64 + 1) as usize);
+            }
+            for w in writes {
+                t.written(w.name());
+                let event = match &w {
+                    Write::Put { body, .. } => Event::Apply(serde_json::from_str(body).unwrap()),
+                    Write::Delete { name } => Event::Delete(
+                        serde_json::from_value(serde_json::json!({
+                            "metadata": {"name": name},
+                            "spec": {"apiVersion": "v1", "kind": "Pod"}}))
+                        .unwrap(),
+                    ),
+                };
+                for (_, e) in reader.handle(event) {
+                    match e {
+                        Event::Apply(o) => {
+                            node.insert((o.metadata.namespace.unwrap(), o.metadata.name.unwrap()));
+                        }
+                        Event::Delete(o) => {
+                            node.remove(&(o.metadata.namespace.unwrap(), o.metadata.name.unwrap()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            assert_eq!(node, held, "{objects} per slice, round {round}");
+        }
+    }
+}
