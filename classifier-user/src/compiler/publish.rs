@@ -125,7 +125,13 @@ impl Publisher {
             let page = api
                 .list(&params)
                 .await
-                .with_context(|| format!("listing the {} in {}", KIND, self.namespace))?;
+                .with_context(|| {
+                    format!(
+                        "listing the {KIND}s in namespace {:?} (is the CRD {}.{GROUP} installed, and may this service account list them?)",
+                        self.namespace,
+                        crate::sources::kubernetes::slices::PLURAL
+                    )
+                })?;
             for slice in page.items {
                 let name = slice.metadata.name.clone().unwrap_or_default();
                 self.marker |= name == SYNCED;
