@@ -690,7 +690,10 @@ fn create(st: &mut State, coll: &str, body: &[u8]) -> (&'static str, String) {
 
 /// `PUT COLL/NAME`: replaces the object, keeping its uid and
 /// creationTimestamp; 409 when the body carries a resourceVersion other
-/// than the stored one (optimistic concurrency, as for a Lease).
+/// than the stored one (optimistic concurrency), and 422 when it carries
+/// none: the API server refuses an unconditional update of a custom
+/// object (its strategy does not allow one), so a writer must track
+/// versions.
 fn replace(
     st: &mut State,
     coll: &str,
@@ -708,7 +711,15 @@ fn replace(
         return bad_request(message);
     }
     let sent_rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
-    if !sent_rv.is_empty() && Some(sent_rv) != stored["metadata"]["resourceVersion"].as_str() {
+    if sent_rv.is_empty() {
+        let message =
+            "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update";
+        return (
+            "422 Unprocessable Entity",
+            status_json(422, "Invalid", message),
+        );
+    }
+    if Some(sent_rv) != stored["metadata"]["resourceVersion"].as_str() {
         let message = "the object has been modified; please apply your changes to the latest version and try again";
         return ("409 Conflict", status_json(409, "Conflict", message));
     }

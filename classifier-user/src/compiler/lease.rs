@@ -80,7 +80,13 @@ impl Elector {
         let record = Record::of(&lease);
         match &self.observed {
             Some((seen, _)) if *seen == record => {}
-            _ => self.observed = Some((record.clone(), now)),
+            seen => {
+                let holder_changed = seen.as_ref().map(|(r, _)| &r.holder) != Some(&record.holder);
+                if holder_changed && record.holder.as_deref() != Some(self.identity.as_str()) {
+                    info!(lease = %self.name, holder = ?record.holder, "waiting to lead: the lease is held");
+                }
+                self.observed = Some((record.clone(), now));
+            }
         }
         let mine = record.holder.as_deref() == Some(self.identity.as_str());
         let lapsed = record.holder.is_none()

@@ -80,7 +80,7 @@ pub async fn run(client: Client, opts: CompilerOptions) -> Result<()> {
     );
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    info!(identity = %opts.identity, namespace = %opts.namespace, "waiting to lead");
+    info!(identity = %opts.identity, namespace = %opts.namespace, "starting");
     tokio::select! {
         r = wait_to_lead(&mut elector) => r?,
         _ = sigterm.recv() => return Ok(()),
@@ -121,7 +121,13 @@ async fn keep_leading(elector: &mut Elector) -> Result<()> {
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(elector.retry_period()).await;
-        match elector.try_lead().await {
+        // Bounded: a renewal stuck on a dead connection must not outlive
+        // the lease while this replica writes on.
+        let left = deadline.saturating_sub(renewed.elapsed());
+        let attempt = tokio::time::timeout(left, elector.try_lead())
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {left:?}")));
+        match attempt {
             Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => anyhow::bail!("another replica holds the lease now; stopping"),
             Err(e) if renewed.elapsed() < deadline => warn!("renewing the lease: {e:#}"),

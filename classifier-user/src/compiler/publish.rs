@@ -1,7 +1,7 @@
 //! The leader's work: watch every kind, keep the [`SliceTable`], write
 //! what changed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -12,7 +12,8 @@ use kube::{
     runtime::watcher::{self, Event},
     Client, Resource as _,
 };
-use tokio::time::sleep_until;
+use serde_json::Value;
+use tokio::time::{sleep_until, Instant as TokioInstant};
 use tracing::{debug, info, warn};
 
 use super::project::project;
@@ -20,8 +21,8 @@ use super::table::{object_text, Limits, SliceKind, SliceTable, Write};
 use super::CompilerOptions;
 use crate::sources::kubernetes::{
     is_not_found, kind_stream,
-    slices::{ClassifierSlice, GROUP, KIND, SYNCED, SYNCED_KIND, VERSION},
-    watched_kinds, ApiObject, WatchOptions,
+    slices::{self, ClassifierSlice, KIND, SYNCED},
+    watched_kinds, ApiObject, WatchOptions, SLICE_PAGE_SIZE,
 };
 
 /// Writes wait at most this long after the first unwritten change.
@@ -30,8 +31,17 @@ pub const FLUSH_MAX: Duration = Duration::from_millis(200);
 /// Slice writes in flight at once.
 const CONCURRENT_WRITES: usize = 8;
 
-/// After a write failed, the next attempt waits this long.
+/// Slices built and written per round of a flush: what a first
+/// publication holds at once besides the table.
+const WRITES_PER_ROUND: usize = 256;
+
+/// After a failed write (or a failed list of the slices), the next
+/// attempt waits this long.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A write that takes longer than this failed (and is made again): a
+/// leader stuck on a dead connection must not outlive its lease writing.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Publisher {
     client: Client,
@@ -39,22 +49,16 @@ pub struct Publisher {
     namespace: String,
     flush_quiet: Duration,
     table: SliceTable,
-    /// Slices that exist (to create or replace).
-    existing: HashSet<String>,
+    /// The resourceVersion of each slice there is, as last written or
+    /// read: an update of a custom object must carry it.
+    versions: HashMap<String, String>,
     marker: bool,
 }
 
 impl Publisher {
     pub fn new(client: Client, opts: &CompilerOptions) -> Self {
         let kinds = watched_kinds();
-        let slice_kinds = kinds
-            .iter()
-            .map(|ar| SliceKind {
-                kind: ar.kind.clone(),
-                api_version: ar.api_version.clone(),
-                plural: ar.plural.clone(),
-            })
-            .collect();
+        let slice_kinds = kinds.iter().map(SliceKind::from).collect();
         Publisher {
             client,
             kinds,
@@ -64,7 +68,7 @@ impl Publisher {
                 objects: opts.objects_per_slice,
                 ..Limits::default()
             }),
-            existing: HashSet::new(),
+            versions: HashMap::new(),
             marker: false,
         }
     }
@@ -72,7 +76,10 @@ impl Publisher {
     /// Runs until the watch streams end (they retry with backoff, so
     /// never, short of a bug).
     pub async fn run(mut self) -> Result<()> {
-        self.adopt().await?;
+        while let Err(e) = self.adopt().await {
+            warn!("{e:#}; retrying");
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
         let opts = WatchOptions::default();
         let mut events = futures::stream::select_all(
             self.kinds
@@ -82,30 +89,29 @@ impl Publisher {
         );
         let mut listed = vec![false; self.kinds.len()];
         let started = Instant::now();
-        let (mut first, mut last) = (None, tokio::time::Instant::now());
+        // The first unwritten change, the last event, and no write before.
+        let (mut first, mut last) = (None, TokioInstant::now());
+        let mut not_before = TokioInstant::now();
         loop {
             let all_listed = listed.iter().all(|l| *l);
-            let deadline = first
-                .filter(|_| all_listed)
-                .map(|f: tokio::time::Instant| (last + self.flush_quiet).min(f + FLUSH_MAX));
+            let deadline = first.filter(|_| all_listed).map(|f: TokioInstant| {
+                (last + self.flush_quiet).min(f + FLUSH_MAX).max(not_before)
+            });
             tokio::select! {
                 item = events.next() => {
                     let Some((idx, item)) = item else { bail!("the Kubernetes watch streams ended") };
                     self.handle(idx, item, &mut listed[idx]);
-                    last = tokio::time::Instant::now();
+                    last = TokioInstant::now();
                     if self.table.is_dirty() || !self.marker {
                         first.get_or_insert(last);
                     }
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
                     first = None;
-                    if !self.flush().await {
-                        first = Some(tokio::time::Instant::now() + RETRY_AFTER);
-                    } else if !self.marker {
-                        self.write_marker(started).await;
-                        if !self.marker {
-                            first = Some(tokio::time::Instant::now() + RETRY_AFTER);
-                        }
+                    let done = self.flush().await && (self.marker || self.write_marker(started).await);
+                    if !done {
+                        not_before = TokioInstant::now() + RETRY_AFTER;
+                        first = Some(not_before);
                     }
                 }
             }
@@ -119,19 +125,17 @@ impl Publisher {
     /// Reads the slices an earlier leader wrote.
     async fn adopt(&mut self) -> Result<()> {
         let api = self.slices_api();
-        let mut params = ListParams::default().limit(crate::sources::kubernetes::SLICE_PAGE_SIZE);
+        let mut params = ListParams::default().limit(SLICE_PAGE_SIZE);
         let mut objects = 0;
         loop {
-            let page = api
-                .list(&params)
-                .await
-                .with_context(|| {
-                    format!(
-                        "listing the {KIND}s in namespace {:?} (is the CRD {}.{GROUP} installed, and may this service account list them?)",
-                        self.namespace,
-                        crate::sources::kubernetes::slices::PLURAL
-                    )
-                })?;
+            let page = api.list(&params).await.with_context(|| {
+                format!(
+                    "listing the {KIND}s in namespace {:?} (is the CRD {}.{} installed, and may this service account list them?)",
+                    self.namespace,
+                    slices::PLURAL,
+                    slices::GROUP
+                )
+            })?;
             for slice in page.items {
                 let name = slice.metadata.name.clone().unwrap_or_default();
                 self.marker |= name == SYNCED;
@@ -148,7 +152,9 @@ impl Publisher {
                     .collect();
                 objects += held.len();
                 self.table.adopt(&name, held);
-                self.existing.insert(name);
+                if let Some(version) = slice.metadata.resource_version {
+                    self.versions.insert(name, version);
+                }
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
@@ -156,7 +162,7 @@ impl Publisher {
             }
         }
         info!(
-            slices = self.existing.len(),
+            slices = self.versions.len(),
             objects, "read the slices published before"
         );
         Ok(())
@@ -172,8 +178,8 @@ impl Publisher {
             Ok(Event::Init) => self.table.begin_list(idx),
             Ok(Event::InitApply(obj) | Event::Apply(obj)) => self.applied(idx, obj),
             Ok(Event::Delete(obj)) => {
-                let (ns, name) = ids(&obj);
-                self.table.remove(idx, &ns, &name);
+                let (ns, name) = slices::ids(&obj);
+                self.table.remove(idx, ns, name);
             }
             Ok(Event::InitDone) => {
                 self.table.end_list(idx);
@@ -196,7 +202,8 @@ impl Publisher {
 
     /// An object as the nodes will read it, or removed if they would skip it.
     fn applied(&mut self, idx: usize, obj: ApiObject) {
-        let (ns, name) = ids(&obj);
+        let (ns, name) = slices::ids(&obj);
+        let (ns, name) = (ns.to_owned(), name.to_owned());
         let ar = &self.kinds[idx];
         match project(ar, obj) {
             Ok(text) => self.table.upsert(idx, &ns, &name, text),
@@ -207,22 +214,41 @@ impl Publisher {
         }
     }
 
-    /// Writes what changed; false if some write failed (it is retried).
+    /// Writes what changed, a round at a time (each round's writes done
+    /// before the next is taken: see the table's ordering); false if
+    /// some write failed (it is made again later).
     async fn flush(&mut self) -> bool {
-        let writes = self.table.take_writes();
-        if writes.is_empty() {
-            return true;
+        let mut ok = true;
+        let mut count = 0;
+        loop {
+            let writes = self.table.take_some_writes(WRITES_PER_ROUND);
+            if writes.is_empty() {
+                break;
+            }
+            count += writes.len();
+            ok &= self.write_round(writes).await;
         }
-        let count = writes.len();
-        let client = self.client.clone();
+        if count > 0 {
+            debug!(
+                writes = count,
+                slices = self.table.slices(),
+                "slices written"
+            );
+        }
+        ok
+    }
+
+    async fn write_round(&mut self, writes: Vec<Write>) -> bool {
         let path = ClassifierSlice::url_path(&(), Some(&self.namespace));
-        let existing = &self.existing;
-        let results: Vec<(Write, Result<bool>)> = futures::stream::iter(writes)
+        let (client, versions) = (&self.client, &self.versions);
+        let results: Vec<(Write, Result<Option<String>>)> = futures::stream::iter(writes)
             .map(|w| {
-                let (client, path) = (client.clone(), path.clone());
-                let exists = existing.contains(w.name());
+                let version = versions.get(w.name()).cloned();
+                let path = path.clone();
                 async move {
-                    let r = write(&client, &path, &w, exists).await;
+                    let r = tokio::time::timeout(WRITE_TIMEOUT, write(client, &path, &w, version))
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {WRITE_TIMEOUT:?}")));
                     (w, r)
                 }
             })
@@ -232,13 +258,12 @@ impl Publisher {
         let mut ok = true;
         for (w, r) in results {
             match r {
-                Ok(exists) => {
+                Ok(version) => {
                     self.table.written(w.name());
-                    if exists {
-                        self.existing.insert(w.name().to_owned());
-                    } else {
-                        self.existing.remove(w.name());
-                    }
+                    match version {
+                        Some(v) => self.versions.insert(w.name().to_owned(), v),
+                        None => self.versions.remove(w.name()),
+                    };
                 }
                 Err(e) => {
                     warn!(slice = %w.name(), "writing the slice failed, retrying: {e:#}");
@@ -247,27 +272,17 @@ impl Publisher {
                 }
             }
         }
-        debug!(
-            writes = count,
-            slices = self.table.slices(),
-            "slices written"
-        );
         ok
     }
 
-    async fn write_marker(&mut self, started: Instant) {
-        let body = serde_json::json!({
-            "apiVersion": format!("{GROUP}/{VERSION}"),
-            "kind": KIND,
-            "metadata": {"name": SYNCED, "namespace": self.namespace},
-            "spec": {"apiVersion": format!("{GROUP}/{VERSION}"), "kind": SYNCED_KIND, "objects": []},
-        });
+    /// Writes the marker; true once it is there.
+    async fn write_marker(&mut self, started: Instant) -> bool {
         let path = ClassifierSlice::url_path(&(), Some(&self.namespace));
         let w = Write::Put {
             name: SYNCED.to_owned(),
-            body: body.to_string(),
+            body: slices::marker(&self.namespace).to_string(),
         };
-        match write(&self.client, &path, &w, false).await {
+        match write(&self.client, &path, &w, None).await {
             Ok(_) => {
                 self.marker = true;
                 info!(
@@ -276,54 +291,99 @@ impl Publisher {
                     seconds = started.elapsed().as_secs_f64(),
                     "published a complete cluster"
                 );
+                true
             }
-            Err(e) => warn!("writing the {SYNCED:?} marker failed, retrying: {e:#}"),
+            Err(e) => {
+                warn!("writing the {SYNCED:?} marker failed, retrying: {e:#}");
+                false
+            }
         }
     }
 }
 
-/// One write: a Put replaces (or creates, if the slice is not there), a
-/// Delete deletes (gone already is fine). Ok(whether the slice exists
-/// after it).
-async fn write(client: &Client, path: &str, w: &Write, exists: bool) -> Result<bool> {
+/// One write. A Put replaces the slice at `version` (an update of a
+/// custom object must name the version it replaces), or creates it if
+/// there is none; if the slice is not as known (created, changed or
+/// deleted by another writer), its version is read and the write made
+/// once more. A Delete deletes (gone already is fine). Ok(the slice's
+/// resourceVersion after it, `None` if it is gone).
+async fn write(
+    client: &Client,
+    path: &str,
+    w: &Write,
+    version: Option<String>,
+) -> Result<Option<String>> {
     let req = Request::new(path);
-    let pp = PostParams::default();
     match w {
         Write::Put { name, body } => {
-            let replace = || req.replace(name, &pp, body.clone().into_bytes());
-            let create = || req.create(&pp, body.clone().into_bytes());
-            let first = if exists { replace()? } else { create()? };
-            match client.request_text(first).await {
-                Ok(_) => Ok(true),
-                // Created meanwhile, or deleted meanwhile: the other verb.
-                Err(kube::Error::Api(s))
-                    if (s.code == 409 && !exists) || (s.code == 404 && exists) =>
-                {
-                    let second = if exists { create()? } else { replace()? };
-                    client.request_text(second).await?;
-                    Ok(true)
+            match put(client, &req, name, body, version.as_deref()).await {
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                    let now = current_version(client, &req, name).await?;
+                    Ok(Some(put(client, &req, name, body, now.as_deref()).await?))
                 }
+                other => Ok(Some(other?)),
+            }
+        }
+        Write::Delete { name } => {
+            match client
+                .request_text(req.delete(name, &DeleteParams::default())?)
+                .await
+            {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
                 Err(e) => Err(e.into()),
             }
         }
-        Write::Delete { name } => match client
-            .request_text(req.delete(name, &DeleteParams::default())?)
-            .await
-        {
-            Ok(_) => Ok(false),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-            Err(e) => Err(e.into()),
-        },
     }
 }
 
-fn ids(obj: &ApiObject) -> (String, String) {
-    (
-        obj.metadata.namespace.clone().unwrap_or_default(),
-        obj.metadata.name.clone().unwrap_or_default(),
+/// Replaces slice `name` at `version`, or creates it; its new version.
+async fn put(
+    client: &Client,
+    req: &Request,
+    name: &str,
+    body: &str,
+    version: Option<&str>,
+) -> kube::Result<String> {
+    let pp = PostParams::default();
+    let request = match version {
+        Some(v) => req.replace(name, &pp, with_version(body, v).into_bytes()),
+        None => req.create(&pp, body.as_bytes().to_vec()),
+    }
+    .map_err(kube::Error::BuildRequest)?;
+    let answer = client.request_text(request).await?;
+    let written: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+    Ok(written["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// The resourceVersion of slice `name` as the API server has it now.
+async fn current_version(client: &Client, req: &Request, name: &str) -> Result<Option<String>> {
+    let get = req.get(name, &Default::default())?;
+    match client.request_text(get).await {
+        Ok(text) => {
+            let slice: Value = serde_json::from_str(&text)?;
+            Ok(slice["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `body` (a slice as the table writes it) with `metadata.resourceVersion`.
+fn with_version(body: &str, version: &str) -> String {
+    let version = serde_json::to_string(version).expect("a string's JSON");
+    body.replacen(
+        "\"metadata\":{",
+        &format!("\"metadata\":{{\"resourceVersion\":{version},"),
+        1,
     )
 }
 
-fn far() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(3600)
+fn far() -> TokioInstant {
+    TokioInstant::now() + Duration::from_secs(3600)
 }

@@ -18,11 +18,17 @@
 //! slice no longer holding an object as that object's deletion, without
 //! an index of which slice holds what.
 //!
+//! Placing an object costs the same whatever the number of slices: each
+//! kind and namespace keeps the indices of its slices with room and of
+//! the indices no slice has.
+//!
 //! An object is held as the JSON text the nodes read (pruned, without its
 //! `resourceVersion`): an update that changes nothing of it, a status-only
 //! update of a pod for instance, writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use kube::core::ApiResource;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -37,6 +43,16 @@ pub struct SliceKind {
     pub kind: String,
     pub api_version: String,
     pub plural: String,
+}
+
+impl From<&ApiResource> for SliceKind {
+    fn from(ar: &ApiResource) -> Self {
+        SliceKind {
+            kind: ar.kind.clone(),
+            api_version: ar.api_version.clone(),
+            plural: ar.plural.clone(),
+        }
+    }
 }
 
 /// A slice's identity: (kind index, namespace, index among the kind's and
@@ -73,14 +89,50 @@ impl Default for Limits {
 }
 
 impl Slice {
+    /// Places taken, by objects and tombstones.
+    fn taken(&self) -> usize {
+        self.objects.len() + self.tombstones.len()
+    }
+
     /// Whether an object of `bytes` fits (an empty slice takes any one).
-    fn has_room(&self, bytes: usize, limits: Limits) -> bool {
-        let taken = self.objects.len() + self.tombstones.len();
-        taken == 0
-            || (taken < limits.objects.clamp(1, MAX_SLICE_OBJECTS)
-                && self.bytes + bytes <= limits.bytes)
+    fn fits(&self, bytes: usize, limits: Limits) -> bool {
+        self.taken() == 0 || self.bytes + bytes <= limits.bytes
     }
 }
+
+/// The slices of one kind and namespace.
+#[derive(Default)]
+struct Group {
+    /// Indices of its slices with a place free.
+    with_room: BTreeSet<u32>,
+    /// Indices below `next` no slice has.
+    gaps: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Group {
+    /// The first index no slice has.
+    fn new_index(&mut self) -> u32 {
+        self.gaps.pop_first().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// A slice at `index` exists (adopted).
+    fn taken(&mut self, index: u32) {
+        if index >= self.next {
+            self.gaps.extend(self.next..index);
+            self.next = index + 1;
+        } else {
+            self.gaps.remove(&index);
+        }
+    }
+}
+
+/// Slices with a place free that a new object tries before a new slice
+/// is made (they may lack the bytes for it).
+const ROOM_TRIES: usize = 4;
 
 /// An object's JSON as a slice holds it: without its resourceVersion,
 /// apiVersion and kind (the slice says those; a list's items lack them,
@@ -100,7 +152,7 @@ pub fn object_text(mut body: Value) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     /// Create or replace the slice `name` with `body` (a whole
-    /// `ClassifierSlice`, JSON).
+    /// `ClassifierSlice`, JSON, without a resourceVersion).
     Put { name: String, body: String },
     /// Delete the slice `name`.
     Delete { name: String },
@@ -120,12 +172,18 @@ pub struct SliceTable {
     /// The namespace the slices live in.
     home: String,
     limits: Limits,
-    slices: BTreeMap<SliceId, Slice>,
+    slices: HashMap<SliceId, Slice>,
+    groups: HashMap<(usize, Arc<str>), Group>,
     placed: HashMap<ObjectId, u32>,
+    /// Removed objects whose slice is not written yet, and that slice.
+    tombstones: HashMap<ObjectId, u32>,
     dirty: BTreeSet<SliceId>,
+    /// Slices to write again once another is written (an adopted object
+    /// two slices held: see [`SliceTable::adopt`]).
+    after: HashMap<SliceId, Vec<SliceId>>,
     /// Per kind being listed again: the objects the list has brought.
     relisting: HashMap<usize, HashSet<ObjectId>>,
-    /// Namespace strings, shared by every id.
+    /// Namespace strings, shared by every id; one goes with its last user.
     namespaces: HashSet<Arc<str>>,
 }
 
@@ -135,9 +193,12 @@ impl SliceTable {
             kinds,
             home: home.into(),
             limits: Limits::default(),
-            slices: BTreeMap::new(),
+            slices: HashMap::new(),
+            groups: HashMap::new(),
             placed: HashMap::new(),
+            tombstones: HashMap::new(),
             dirty: BTreeSet::new(),
+            after: HashMap::new(),
             relisting: HashMap::new(),
             namespaces: HashSet::new(),
         }
@@ -145,7 +206,10 @@ impl SliceTable {
 
     /// The same table with other limits per slice (before any object).
     pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
+        self.limits = Limits {
+            objects: limits.objects.clamp(1, MAX_SLICE_OBJECTS),
+            ..limits
+        };
         self
     }
 
@@ -159,7 +223,13 @@ impl SliceTable {
         self.slices.len()
     }
 
-    fn namespace(&mut self, ns: &str) -> Arc<str> {
+    /// Distinct namespaces held (for tests: they must go with their
+    /// objects).
+    pub fn namespaces(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    fn intern(&mut self, ns: &str) -> Arc<str> {
         if let Some(ns) = self.namespaces.get(ns) {
             return ns.clone();
         }
@@ -168,10 +238,31 @@ impl SliceTable {
         ns
     }
 
+    /// Forgets `ns` once nothing but the set and the caller's `ns` hold it.
+    fn release(&mut self, ns: Arc<str>) {
+        if Arc::strong_count(&ns) <= 2 {
+            self.namespaces.remove(&ns);
+        }
+    }
+
+    /// Whether slice `id` has a place free, kept in its group's index.
+    fn refresh(&mut self, id: &SliceId) {
+        let room = self
+            .slices
+            .get(id)
+            .is_some_and(|s| s.taken() < self.limits.objects);
+        let group = self.groups.entry((id.0, id.1.clone())).or_default();
+        if room {
+            group.with_room.insert(id.2);
+        } else {
+            group.with_room.remove(&id.2);
+        }
+    }
+
     /// The object `name` of kind `kind` in `ns` ("" for a cluster-scoped
     /// kind) is `json` now.
     pub fn upsert(&mut self, kind: usize, ns: &str, name: &str, json: String) {
-        let ns = self.namespace(ns);
+        let ns = self.intern(ns);
         let id: ObjectId = (kind, ns.clone(), name.into());
         if let Some(seen) = self.relisting.get_mut(&kind) {
             seen.insert(id.clone());
@@ -187,51 +278,41 @@ impl SliceTable {
             }
             return;
         }
-        let index = self
-            .tombstone_of(&id)
-            .unwrap_or_else(|| self.room_for(kind, &ns, json.len()));
+        let index = match self.tombstones.remove(&id) {
+            Some(index) => {
+                let slice = self.slices.get_mut(&(kind, ns.clone(), index));
+                let slice = slice.expect("a tombstone's slice is kept until written");
+                slice.tombstones.retain(|t| **t != *name);
+                index
+            }
+            None => self.room_for(kind, &ns, json.len()),
+        };
         let slice_id = (kind, ns, index);
         let slice = self.slices.entry(slice_id.clone()).or_default();
-        slice.tombstones.retain(|t| **t != *name);
         slice.bytes += json.len();
         slice.objects.insert(name.into(), json.into());
         self.placed.insert(id, index);
+        self.refresh(&slice_id);
         self.dirty.insert(slice_id);
     }
 
-    /// The slice that held `id` and has not been written since.
-    fn tombstone_of(&self, (kind, ns, name): &ObjectId) -> Option<u32> {
-        let from = (*kind, ns.clone(), 0);
-        self.slices
-            .range(from..)
-            .take_while(|((k, n, _), _)| k == kind && n == ns)
-            .find(|(_, slice)| slice.tombstones.iter().any(|t| t == name))
-            .map(|((_, _, index), _)| *index)
-    }
-
-    /// The first slice of `kind` in `ns` with room for `bytes` more, or
-    /// the first index none has.
-    fn room_for(&self, kind: usize, ns: &Arc<str>, bytes: usize) -> u32 {
-        let mut next = 0;
-        let from = (kind, ns.clone(), 0);
-        for ((k, n, index), slice) in self.slices.range(from..) {
-            if *k != kind || n != ns {
-                break;
-            }
-            if slice.has_room(bytes, self.limits) {
-                return *index;
-            }
-            if *index != next {
-                return next;
-            }
-            next = index + 1;
-        }
-        next
+    /// A slice of `kind` in `ns` with a place and the bytes for `bytes`
+    /// more, among the first few with a place, or a new index.
+    fn room_for(&mut self, kind: usize, ns: &Arc<str>, bytes: usize) -> u32 {
+        let group = self.groups.entry((kind, ns.clone())).or_default();
+        let fitting = group.with_room.iter().take(ROOM_TRIES).copied().find(|&i| {
+            self.slices
+                .get(&(kind, ns.clone(), i))
+                .is_some_and(|s| s.fits(bytes, self.limits))
+        });
+        fitting.unwrap_or_else(|| group.new_index())
     }
 
     /// The object is gone.
     pub fn remove(&mut self, kind: usize, ns: &str, name: &str) {
-        let ns = self.namespace(ns);
+        let Some(ns) = self.namespaces.get(ns).cloned() else {
+            return;
+        };
         let id: ObjectId = (kind, ns.clone(), name.into());
         if let Some(index) = self.placed.remove(&id) {
             let slice_id = (kind, ns, index);
@@ -240,6 +321,7 @@ impl SliceTable {
                 slice.bytes -= old.len();
             }
             slice.tombstones.push(name.into());
+            self.tombstones.insert(id, index);
             self.dirty.insert(slice_id);
         }
     }
@@ -267,25 +349,37 @@ impl SliceTable {
     }
 
     /// Takes in a slice written before (by an earlier compiler), so that
-    /// only what differs from it is written again. Its objects keep their
-    /// slice; a slice over the limits is written again split.
+    /// only what differs from it is written again. It is kept as it is,
+    /// over the limits or not (objects go as they churn). An object an
+    /// earlier slice already holds is written out of this one, and the
+    /// earlier one written again after it: nodes take a slice no longer
+    /// holding an object as its deletion (so they briefly lack it: an
+    /// object in two slices only comes from slices written otherwise).
     pub fn adopt(&mut self, name: &str, objects: Vec<(String, String)>) {
         let Some((kind, ns, index)) = self.parse_name(name) else {
             return;
         };
-        let ns = self.namespace(&ns);
+        let ns = self.intern(&ns);
         let slice_id = (kind, ns.clone(), index);
         let mut slice = Slice::default();
         for (obj_name, json) in objects {
             let id: ObjectId = (kind, ns.clone(), obj_name.as_str().into());
-            if self.placed.contains_key(&id) || !slice.has_room(json.len(), self.limits) {
+            if let Some(&first) = self.placed.get(&id) {
+                let first = (kind, ns.clone(), first);
+                self.after.entry(slice_id.clone()).or_default().push(first);
+                self.dirty.insert(slice_id.clone());
                 continue;
             }
             slice.bytes += json.len();
             slice.objects.insert(obj_name.into(), json.into());
             self.placed.insert(id, index);
         }
-        self.slices.insert(slice_id, slice);
+        if slice.objects.is_empty() {
+            self.dirty.insert(slice_id.clone());
+        }
+        self.groups.entry((kind, ns)).or_default().taken(index);
+        self.slices.insert(slice_id.clone(), slice);
+        self.refresh(&slice_id);
     }
 
     /// The writes that bring the slices to what the table holds. The
@@ -293,9 +387,17 @@ impl SliceTable {
     /// [`written`](SliceTable::written) or to [`retry`](SliceTable::retry),
     /// before it takes the next writes.
     pub fn take_writes(&mut self) -> Vec<Write> {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut writes = Vec::with_capacity(dirty.len());
-        for id in dirty {
+        self.take_some_writes(usize::MAX)
+    }
+
+    /// At most `max` of [`take_writes`](SliceTable::take_writes)'s, so
+    /// that a first publication does not build every slice at once.
+    pub fn take_some_writes(&mut self, max: usize) -> Vec<Write> {
+        let mut writes = Vec::new();
+        while writes.len() < max {
+            let Some(id) = self.dirty.pop_first() else {
+                break;
+            };
             let name = self.slice_name(&id);
             match self.slices.get(&id) {
                 Some(slice) if !slice.objects.is_empty() => {
@@ -314,12 +416,30 @@ impl SliceTable {
         let Some(id) = self.slice_id(name) else {
             return;
         };
-        if let Some(slice) = self.slices.get_mut(&id) {
-            slice.tombstones.clear();
-            if slice.objects.is_empty() && !self.dirty.contains(&id) {
-                self.slices.remove(&id);
-            }
+        for again in self.after.remove(&id).unwrap_or_default() {
+            self.dirty.insert(again);
         }
+        let Some(slice) = self.slices.get_mut(&id) else {
+            return;
+        };
+        for name in std::mem::take(&mut slice.tombstones) {
+            self.tombstones.remove(&(id.0, id.1.clone(), name));
+        }
+        if slice.objects.is_empty() && !self.dirty.contains(&id) {
+            self.slices.remove(&id);
+            let (kind, ns, index) = id;
+            let key = (kind, ns);
+            if let Some(group) = self.groups.get_mut(&key) {
+                group.with_room.remove(&index);
+                group.gaps.insert(index);
+                if group.gaps.len() as u32 == group.next {
+                    self.groups.remove(&key);
+                }
+            }
+            self.release(key.1);
+            return;
+        }
+        self.refresh(&id);
     }
 
     /// The write of slice `name` failed: it is made again by the next
@@ -330,14 +450,16 @@ impl SliceTable {
         }
     }
 
-    fn slice_id(&mut self, name: &str) -> Option<SliceId> {
-        let (kind, ns, index) = self.parse_name(name)?;
-        Some((kind, self.namespace(&ns), index))
-    }
-
     /// Whether writes are waiting.
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// The id of a slice the table has, by name.
+    fn slice_id(&self, name: &str) -> Option<SliceId> {
+        let (kind, ns, index) = self.parse_name(name)?;
+        let ns = self.namespaces.get(ns.as_str())?.clone();
+        Some((kind, ns, index))
     }
 
     /// `<plural>.<namespace>.<index>`, or `<plural>.<index>` for a

@@ -225,13 +225,24 @@ async fn a_standby_compiler_takes_over_when_the_leader_dies() -> Result<()> {
     let b = CompilerProcess::start("b", config.path(), NS, 3)?;
     let fake2 = fake.clone();
     let (a, b) = tokio::task::spawn_blocking(move || -> Result<_> {
-        wait_for("b waiting to lead", Duration::from_secs(20), || {
-            Ok(b.log().contains("waiting to lead").then_some(()))
+        wait_for("b seeing a's lease", Duration::from_secs(20), || {
+            Ok(b.log().contains("the lease is held").then_some(()))
+        })?;
+        // a renews it four times (over its 3 s) while b watches: b must
+        // not take a lease its holder renews.
+        let renewals = || {
+            let lease = format!("PUT {LEASES}/classifier-compiler");
+            fake2.writes().iter().filter(|w| **w == lease).count()
+        };
+        let seen = renewals();
+        wait_for("four renewals", Duration::from_secs(20), || {
+            Ok((renewals() >= seen + 4).then_some(()))
         })?;
         assert_eq!(
             holder(&fake2).as_deref(),
             Some("a"),
-            "b must not take a held lease"
+            "b must not take a held lease: {}",
+            b.log()
         );
         Ok((a, b))
     })

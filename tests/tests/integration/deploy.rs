@@ -289,7 +289,6 @@ fn the_central_compiler_component_validates_and_matches_the_binary() {
     let expected: BTreeSet<String> = [
         "classifierslices/get",
         "classifierslices/list",
-        "classifierslices/watch",
         "classifierslices/create",
         "classifierslices/update",
         "classifierslices/delete",

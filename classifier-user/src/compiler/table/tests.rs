@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn table() -> SliceTable {
     let kind = |kind: &str, api_version: &str, plural: &str| SliceKind {
@@ -175,7 +176,8 @@ fn a_list_removes_what_it_did_not_bring_of_its_kind_only() {
 fn adopted_slices_are_written_again_only_where_the_cluster_differs() {
     let mut earlier = table();
     for i in 0..150 {
-        earlier.upsert(0, "t", &format!("p{i:03}"), pod("p", "10.0.0.1"));
+        let name = format!("p{i:03}");
+        earlier.upsert(0, "t", &name, pod(&name, "10.0.0.1"));
     }
     let mut t = table();
     for w in flush(&mut earlier) {
@@ -189,7 +191,7 @@ fn adopted_slices_are_written_again_only_where_the_cluster_differs() {
             .iter()
             .map(|o| {
                 (
-                    o["metadata"]["name"].as_str().unwrap_or("p").to_owned(),
+                    o["metadata"]["name"].as_str().unwrap().to_owned(),
                     o.to_string(),
                 )
             })
@@ -203,7 +205,8 @@ fn adopted_slices_are_written_again_only_where_the_cluster_differs() {
     for i in 0..150 {
         let ip = if i == 120 { "10.0.0.2" } else { "10.0.0.1" };
         if i != 5 {
-            t.upsert(0, "t", &format!("p{i:03}"), pod("p", ip));
+            let name = format!("p{i:03}");
+            t.upsert(0, "t", &name, pod(&name, ip));
         }
     }
     t.end_list(0);
@@ -260,91 +263,223 @@ fn a_removed_object_keeps_its_place_until_its_slice_is_written() {
     assert_eq!(shown(&flush(&mut t)), [("pods.t.0".into(), true)]);
 }
 
-/// A node's view through every write, in any order within a batch (the
-/// compiler makes a batch's writes at once), equals the table's objects
-/// after every batch: a node never loses an object the compiler holds,
-/// nor keeps one it removed.
-#[test]
-fn a_node_reading_the_writes_in_any_order_ends_with_the_tables_objects() {
-    use crate::sources::kubernetes::slices::{ClassifierSlice, SliceReader};
-    use kube::runtime::watcher::Event;
-    use std::collections::BTreeSet;
+/// The compiler's table, the API server's slices and a node reading
+/// them, driven by a small random generator.
+struct Sim {
+    t: SliceTable,
+    pod_kind: usize,
+    reader: crate::sources::kubernetes::slices::SliceReader,
+    /// The cluster's objects, what the API server holds of the slices,
+    /// and what the node holds.
+    held: BTreeMap<(String, String), String>,
+    server: BTreeMap<String, String>,
+    node: BTreeSet<(String, String)>,
+    seed: u64,
+}
 
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    for objects in [1, 3] {
+impl Sim {
+    fn new(objects: usize) -> Sim {
+        use crate::sources::kubernetes::slices::{marker, SliceReader};
+        use kube::runtime::watcher::Event;
         let kinds = crate::sources::kubernetes::watched_kinds();
-        let pod_kind = kinds.iter().position(|k| k.kind == "Pod").unwrap();
-        let slice_kinds = kinds
-            .iter()
-            .map(|ar| SliceKind {
-                kind: ar.kind.clone(),
-                api_version: ar.api_version.clone(),
-                plural: ar.plural.clone(),
-            })
-            .collect();
-        let mut t = SliceTable::new(slice_kinds, "classifier-system").with_limits(Limits {
-            objects,
-            bytes: MAX_SLICE_BYTES,
-        });
-        let mut reader = SliceReader::new(kinds);
-        let marker: ClassifierSlice = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "synced"},
-            "spec": {"apiVersion": "classifier.dev/v1alpha1", "kind": "Synced"}}))
-        .unwrap();
+        let mut reader = SliceReader::new(kinds.clone());
         reader.handle(Event::Init);
-        reader.handle(Event::InitApply(marker));
+        reader.handle(Event::InitApply(
+            serde_json::from_value(marker("x")).unwrap(),
+        ));
         reader.handle(Event::InitDone);
-        let (mut held, mut node) = (BTreeSet::new(), BTreeSet::new());
-        for round in 0..300 {
-            for _ in 0..1 + next(4) {
-                let name = format!("p{}", next(6));
-                let ns = ["a", "b"][next(2) as usize];
-                if next(3) == 0 {
-                    t.remove(pod_kind, ns, &name);
-                    held.remove(&(ns.to_owned(), name));
-                } else {
-                    let json = format!(
-                        r#"{{"metadata":{{"name":"{name}","namespace":"{ns}"}},"status":{{"podIP":"10.0.0.{round}"}}}}"#
-                    );
-                    t.upsert(pod_kind, ns, &name, json);
-                    held.insert((ns.to_owned(), name));
-                }
-            }
-            let mut writes = t.take_writes();
-            // Any order within the batch.
-            for i in (1..writes.len()).rev() {
-                writes.swap(i, next(i as u64 + 1) as usize);
-            }
-            for w in writes {
-                t.written(w.name());
-                let event = match &w {
-                    Write::Put { body, .. } => Event::Apply(serde_json::from_str(body).unwrap()),
-                    Write::Delete { name } => Event::Delete(
-                        serde_json::from_value(serde_json::json!({
-                            "metadata": {"name": name},
-                            "spec": {"apiVersion": "v1", "kind": "Pod"}}))
-                        .unwrap(),
-                    ),
-                };
-                for (_, e) in reader.handle(event) {
-                    match e {
-                        Event::Apply(o) => {
-                            node.insert((o.metadata.namespace.unwrap(), o.metadata.name.unwrap()));
-                        }
-                        Event::Delete(o) => {
-                            node.remove(&(o.metadata.namespace.unwrap(), o.metadata.name.unwrap()));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            assert_eq!(node, held, "{objects} per slice, round {round}");
+        Sim {
+            t: Sim::table(objects),
+            pod_kind: kinds.iter().position(|k| k.kind == "Pod").unwrap(),
+            reader,
+            held: BTreeMap::new(),
+            server: BTreeMap::new(),
+            node: BTreeSet::new(),
+            seed: 0x9e37_79b9_7f4a_7c15,
         }
     }
+
+    fn table(objects: usize) -> SliceTable {
+        let kinds = crate::sources::kubernetes::watched_kinds();
+        SliceTable::new(kinds.iter().map(SliceKind::from).collect(), "x").with_limits(Limits {
+            objects,
+            bytes: MAX_SLICE_BYTES,
+        })
+    }
+
+    fn next(&mut self, n: u64) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed % n
+    }
+
+    /// A few objects created, changed or deleted.
+    fn change(&mut self, round: u32) {
+        for _ in 0..1 + self.next(4) {
+            let name = format!("p{}", self.next(6));
+            let ns = ["a", "b"][self.next(2) as usize];
+            if self.next(3) == 0 {
+                self.t.remove(self.pod_kind, ns, &name);
+                self.held.remove(&(ns.to_owned(), name));
+            } else {
+                let json = format!(
+                    r#"{{"metadata":{{"name":"{name}","namespace":"{ns}"}},"status":{{"podIP":"10.0.0.{round}"}}}}"#
+                );
+                self.t.upsert(self.pod_kind, ns, &name, json.clone());
+                self.held.insert((ns.to_owned(), name), json);
+            }
+        }
+    }
+
+    /// A new leader with `objects` per slice: it adopts the slices there
+    /// are, then lists the cluster.
+    fn new_leader(&mut self, objects: usize) {
+        self.t = Sim::table(objects);
+        for (name, body) in &self.server {
+            let slice: Value = serde_json::from_str(body).unwrap();
+            let objects = slice["spec"]["objects"].as_array().unwrap().iter();
+            let objects = objects.map(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap().to_owned();
+                (name, object_text(o.clone()))
+            });
+            self.t.adopt(name, objects.collect());
+        }
+        self.t.begin_list(self.pod_kind);
+        for ((ns, name), json) in &self.held {
+            self.t.upsert(self.pod_kind, ns, name, json.clone());
+        }
+        self.t.end_list(self.pod_kind);
+    }
+
+    /// Batches, each in a random order with a fifth of its writes
+    /// failing (made again by the next), until every write went through.
+    fn write_all(&mut self) {
+        while self.t.is_dirty() {
+            let mut writes = self.t.take_writes();
+            for i in (1..writes.len()).rev() {
+                let j = self.next(i as u64 + 1) as usize;
+                writes.swap(i, j);
+            }
+            for w in writes {
+                if self.next(5) == 0 {
+                    self.t.retry(w.name());
+                } else {
+                    self.t.written(w.name());
+                    self.deliver(w);
+                }
+            }
+        }
+    }
+
+    /// The write's watch event, read by the node.
+    fn deliver(&mut self, w: Write) {
+        use crate::sources::kubernetes::slices::ClassifierSlice;
+        use kube::runtime::watcher::Event;
+        let event = match w {
+            Write::Put { name, body } => {
+                let slice: ClassifierSlice = serde_json::from_str(&body).unwrap();
+                self.server.insert(name, body);
+                Event::Apply(slice)
+            }
+            // A slice whose creation failed may be deleted before it was
+            // ever written: the API server answers 404, nobody sees it.
+            Write::Delete { name } => match self.server.remove(&name) {
+                Some(last) => Event::Delete(serde_json::from_str(&last).unwrap()),
+                None => return,
+            },
+        };
+        for (_, e) in self.reader.handle(event) {
+            match e {
+                Event::Apply(o) => {
+                    let (ns, name) = crate::sources::kubernetes::slices::ids(&o);
+                    self.node.insert((ns.to_owned(), name.to_owned()));
+                }
+                Event::Delete(o) => {
+                    let (ns, name) = crate::sources::kubernetes::slices::ids(&o);
+                    self.node.remove(&(ns.to_owned(), name.to_owned()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A node's view through every write, in any order within a batch (the
+/// compiler makes a batch's writes at once), some failing and made again
+/// later, and across a new leader adopting what the first wrote (with
+/// another limit), equals the table's objects once every write of a
+/// batch is through: a node never loses an object the compiler holds,
+/// nor keeps one it removed. When every object goes, so does everything
+/// the table held.
+#[test]
+fn a_node_reading_the_writes_in_any_order_ends_with_the_tables_objects() {
+    for (objects, then) in [(1, 3), (3, 1)] {
+        let mut sim = Sim::new(objects);
+        for round in 0..300 {
+            sim.change(round);
+            if round == 150 {
+                sim.new_leader(then);
+            }
+            sim.write_all();
+            let cluster: BTreeSet<(String, String)> = sim.held.keys().cloned().collect();
+            assert_eq!(
+                sim.node, cluster,
+                "{objects} then {then} per slice, round {round}"
+            );
+            assert_eq!(sim.t.objects(), sim.held.len());
+        }
+        for (ns, name) in std::mem::take(&mut sim.held).into_keys() {
+            sim.t.remove(sim.pod_kind, &ns, &name);
+        }
+        sim.write_all();
+        assert!(sim.node.is_empty());
+        assert_eq!(
+            (sim.t.objects(), sim.t.slices(), sim.t.namespaces()),
+            (0, 0, 0)
+        );
+    }
+}
+
+#[test]
+fn an_object_two_adopted_slices_hold_is_written_out_of_one_then_the_other_again() {
+    let mut t = table();
+    t.adopt("pods.t.0", vec![("a".into(), pod("a", "10.0.0.1"))]);
+    t.adopt(
+        "pods.t.1",
+        vec![
+            ("a".into(), pod("a", "10.0.0.1")),
+            ("b".into(), pod("b", "10.0.0.2")),
+        ],
+    );
+    // The second copy goes first (a node deletes a when it sees that)...
+    let writes = t.take_writes();
+    assert_eq!(shown(&writes), [("pods.t.1".into(), true)]);
+    let objects = &body(&writes, "pods.t.1")["spec"]["objects"];
+    assert_eq!(objects.as_array().unwrap().len(), 1, "{objects}");
+    assert!(t.take_writes().is_empty(), "the first waits for that write");
+    // ...then the slice that keeps it is written again (and a is back).
+    t.written("pods.t.1");
+    assert_eq!(shown(&flush(&mut t)), [("pods.t.0".into(), true)]);
+    assert_eq!(t.objects(), 2);
+}
+
+#[test]
+fn a_namespace_goes_with_its_last_object() {
+    let mut t = table();
+    t.upsert(0, "gone", "a", pod("a", "10.0.0.1"));
+    t.upsert(0, "stays", "b", pod("b", "10.0.0.2"));
+    flush(&mut t);
+    assert_eq!(t.namespaces(), 2);
+    t.remove(0, "gone", "a");
+    // Until its slice's deletion is written, the place is kept.
+    let writes = t.take_writes();
+    assert_eq!(t.namespaces(), 2);
+    for w in writes {
+        t.written(w.name());
+    }
+    assert_eq!((t.namespaces(), t.slices(), t.objects()), (1, 1, 1));
+    // Removing what was never there interns nothing.
+    t.remove(0, "never", "x");
+    assert_eq!(t.namespaces(), 1);
 }

@@ -163,7 +163,8 @@ impl std::borrow::Borrow<str> for Held {
     }
 }
 
-fn ids(obj: &ApiObject) -> (&str, &str) {
+/// An object's namespace ("" for none) and name.
+pub(crate) fn ids(obj: &ApiObject) -> (&str, &str) {
     let meta = &obj.metadata;
     (
         meta.namespace.as_deref().unwrap_or_default(),
@@ -186,7 +187,7 @@ pub struct SliceReader {
 }
 
 /// An event for the per-kind state of kind `.0`.
-pub type KindEvent = (usize, Event<ApiObject>);
+pub type ObjectEvent = (usize, Event<ApiObject>);
 
 impl SliceReader {
     /// A reader delivering events for `kinds` (the watch's kinds, by
@@ -213,7 +214,7 @@ impl SliceReader {
     }
 
     /// The object events one slice event stands for.
-    pub fn handle(&mut self, event: Event<ClassifierSlice>) -> Vec<KindEvent> {
+    pub fn handle(&mut self, event: Event<ClassifierSlice>) -> Vec<ObjectEvent> {
         match event {
             Event::Init => {
                 self.listing = Some((HashSet::new(), false));
@@ -233,7 +234,7 @@ impl SliceReader {
     }
 
     /// A slice of a list: its objects go to their kind's list at once.
-    fn listed(&mut self, slice: ClassifierSlice) -> Vec<KindEvent> {
+    fn listed(&mut self, slice: ClassifierSlice) -> Vec<ObjectEvent> {
         let kind = self.kind_of(&slice.spec);
         let Some((held, marker)) = self.listing.as_mut() else {
             return Vec::new();
@@ -257,7 +258,7 @@ impl SliceReader {
 
     /// A list ended: each kind's list ends too, if the marker was in it
     /// (or an earlier list had it: the compiler is publishing).
-    fn list_done(&mut self) -> Vec<KindEvent> {
+    fn list_done(&mut self) -> Vec<ObjectEvent> {
         let Some((held, marker)) = self.listing.take() else {
             return Vec::new();
         };
@@ -274,7 +275,7 @@ impl SliceReader {
             .collect()
     }
 
-    fn applied(&mut self, slice: ClassifierSlice) -> Vec<KindEvent> {
+    fn applied(&mut self, slice: ClassifierSlice) -> Vec<ObjectEvent> {
         if !self.synced {
             if is_marker(&slice) {
                 info!("the central compiler has published a complete cluster: listing its slices");
@@ -309,7 +310,7 @@ impl SliceReader {
         out
     }
 
-    fn deleted(&mut self, slice: &ClassifierSlice) -> Vec<KindEvent> {
+    fn deleted(&mut self, slice: &ClassifierSlice) -> Vec<ObjectEvent> {
         let name = slice.metadata.name.as_deref().unwrap_or_default();
         match self.slices.take(name).filter(|_| self.synced) {
             Some(old) => old
@@ -322,7 +323,7 @@ impl SliceReader {
 }
 
 /// The deletion event of object `name` in `ns` of kind `kind`.
-fn deletion(kind: usize, ns: &str, name: &str) -> KindEvent {
+fn deletion(kind: usize, ns: &str, name: &str) -> ObjectEvent {
     let metadata = ObjectMeta {
         name: Some(name.to_owned()),
         namespace: (!ns.is_empty()).then(|| ns.to_owned()),
@@ -333,6 +334,17 @@ fn deletion(kind: usize, ns: &str, name: &str) -> KindEvent {
         body: serde_json::Value::Null,
     };
     (kind, Event::Delete(obj))
+}
+
+/// The marker slice, as the compiler writes it in `namespace`.
+pub fn marker(namespace: &str) -> serde_json::Value {
+    let api_version = format!("{GROUP}/{VERSION}");
+    serde_json::json!({
+        "apiVersion": api_version,
+        "kind": KIND,
+        "metadata": {"name": SYNCED, "namespace": namespace},
+        "spec": {"apiVersion": api_version, "kind": SYNCED_KIND, "objects": []},
+    })
 }
 
 fn is_marker(slice: &ClassifierSlice) -> bool {

@@ -20,11 +20,7 @@ fn pods(name: &str, pods: &[(&str, &str)]) -> ClassifierSlice {
 }
 
 fn marker() -> ClassifierSlice {
-    serde_json::from_value(json!({
-        "metadata": {"name": SYNCED, "namespace": "classifier-system"},
-        "spec": {"apiVersion": "classifier.dev/v1alpha1", "kind": SYNCED_KIND, "objects": []},
-    }))
-    .unwrap()
+    serde_json::from_value(super::marker("classifier-system")).unwrap()
 }
 
 fn reader() -> SliceReader {
@@ -40,7 +36,7 @@ fn pod_kind() -> usize {
 
 /// The events as `kind-event name`, Init/InitDone of kinds other than
 /// Pod left out.
-fn shown(events: &[KindEvent]) -> Vec<String> {
+fn shown(events: &[ObjectEvent]) -> Vec<String> {
     let pod = pod_kind();
     events
         .iter()

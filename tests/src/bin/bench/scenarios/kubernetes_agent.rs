@@ -26,7 +26,7 @@
 //! `slices_agent_*`: the same, for an agent reading the objects from a
 //! central compiler's slices (`--kubernetes-source slices`): the slices
 //! the compiler's own table makes of the same cluster, served in pages of
-//! the agent's asking (10 slices), with the compiler's marker.
+//! the agent's asking (100 slices), with the compiler's marker.
 
 use std::{
     collections::BTreeMap,
@@ -105,17 +105,7 @@ fn agent_from_slices(pods: u32) -> Result<Value> {
         .build()?;
     let fake = rt.block_on(FakeApi::start(&[]));
     let watched = watched_kinds();
-    let mut table = SliceTable::new(
-        watched
-            .iter()
-            .map(|ar| SliceKind {
-                kind: ar.kind.clone(),
-                api_version: ar.api_version.clone(),
-                plural: ar.plural.clone(),
-            })
-            .collect(),
-        NS,
-    );
+    let mut table = SliceTable::new(watched.iter().map(SliceKind::from).collect(), NS);
     let mut objects = 0;
     for (kind, object) in cluster_objects(pods) {
         let idx = watched
@@ -134,11 +124,7 @@ fn agent_from_slices(pods: u32) -> Result<Value> {
             served.push(serde_json::from_str::<Value>(&body)?);
         }
     }
-    served.push(json!({
-        "apiVersion": format!("{}/{}", slices::GROUP, slices::VERSION), "kind": slices::KIND,
-        "metadata": {"name": slices::SYNCED, "namespace": NS},
-        "spec": {"apiVersion": format!("{}/{}", slices::GROUP, slices::VERSION), "kind": slices::SYNCED_KIND, "objects": []},
-    }));
+    served.push(slices::marker(NS));
     let path = <slices::ClassifierSlice as kube::core::Resource>::url_path(&(), Some(NS));
     let list_kind = format!("{}List", slices::KIND);
     fake.serve_objects(

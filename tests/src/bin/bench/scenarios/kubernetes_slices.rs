@@ -175,11 +175,7 @@ fn production_fields(i: u32) -> Value {
 fn table(limits: Limits) -> SliceTable {
     let kinds = watched_kinds()
         .into_iter()
-        .map(|ar| SliceKind {
-            kind: ar.kind,
-            api_version: ar.api_version,
-            plural: ar.plural,
-        })
+        .map(|ar| SliceKind::from(&ar))
         .collect();
     SliceTable::new(kinds, "classifier-system").with_limits(limits)
 }
