@@ -1,6 +1,8 @@
 //! `--kubernetes`: the API server answers, the credentials in use (the
 //! in-cluster service account, or KUBECONFIG) may list and watch each kind
-//! the agent watches, and Linkerd's CRDs are served.
+//! the agent watches, and Linkerd's CRDs are served; for an agent reading
+//! a central compiler's slices, that it may list and watch them and that
+//! a compiler has published a complete cluster.
 
 use std::time::Duration;
 
@@ -12,11 +14,14 @@ use kube::{api::PostParams, Api, Client};
 
 use super::Check;
 use crate::policy::sources::kinds::KINDS;
+use crate::sources::kubernetes::slices;
 
 /// Each call's limit: a check must not hang on an unreachable server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn checks() -> Vec<Check> {
+/// The checks; `slices_ns`: the namespace of the central compiler's slices,
+/// if the agent reads those (`--kubernetes-source slices`).
+pub fn checks(slices_ns: Option<&str>) -> Vec<Check> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -49,22 +54,30 @@ pub fn checks() -> Vec<Check> {
                     )]
                 }
             };
-        with_client(client).await
+        with_client(client, slices_ns).await
     })
 }
 
 /// The checks against `client` (tests call this with a fake server's).
-pub async fn with_client(client: Client) -> Vec<Check> {
+pub async fn with_client(client: Client, slices_ns: Option<&str>) -> Vec<Check> {
     match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(v)) => {
             let mut out = vec![Check::pass(
                 "kubernetes-api",
                 format!("reachable, Kubernetes {}", v.git_version),
             )];
-            for kind in KINDS {
-                out.push(rbac(&client, kind.group, kind.plural).await);
+            match slices_ns {
+                None => {
+                    for kind in KINDS {
+                        out.push(rbac(&client, kind.group, kind.plural, None).await);
+                    }
+                    out.push(linkerd_crds(&client).await);
+                }
+                Some(ns) => {
+                    out.push(rbac(&client, slices::GROUP, slices::PLURAL, Some(ns)).await);
+                    out.push(slices_published(&client, ns).await);
+                }
             }
-            out.push(linkerd_crds(&client).await);
             out
         }
         Ok(Err(err)) => vec![Check::fail(
@@ -80,8 +93,9 @@ pub async fn with_client(client: Client) -> Vec<Check> {
     }
 }
 
-/// SelfSubjectAccessReview: may these credentials list and watch `plural`?
-async fn rbac(client: &Client, group: &str, plural: &str) -> Check {
+/// SelfSubjectAccessReview: may these credentials list and watch `plural`
+/// (in `namespace`, or cluster-wide)?
+async fn rbac(client: &Client, group: &str, plural: &str, namespace: Option<&str>) -> Check {
     let name = format!(
         "rbac-{plural}{}",
         if group.is_empty() {
@@ -92,7 +106,7 @@ async fn rbac(client: &Client, group: &str, plural: &str) -> Check {
     );
     let mut denied = Vec::new();
     for verb in ["list", "watch"] {
-        match allowed(client, group, plural, verb).await {
+        match allowed(client, group, plural, verb, namespace).await {
             Ok(true) => {}
             Ok(false) => denied.push(verb.to_owned()),
             Err(err) => {
@@ -104,24 +118,35 @@ async fn rbac(client: &Client, group: &str, plural: &str) -> Check {
             }
         }
     }
+    let fix = match namespace {
+        None => "apply deploy/rbac.yaml (ClusterRole classifier and its binding to the classifier service account)",
+        Some(_) => "apply deploy/components/central-compiler (Role classifier and its binding to the classifier service account)",
+    };
     if denied.is_empty() {
         Check::pass(&name, "may list and watch")
     } else {
         Check::fail(
             &name,
             format!("may not {} {plural}", denied.join(" or ")),
-            "apply deploy/rbac.yaml (ClusterRole classifier and its binding to the classifier service account)",
+            fix,
         )
     }
 }
 
-async fn allowed(client: &Client, group: &str, plural: &str, verb: &str) -> Result<bool> {
+async fn allowed(
+    client: &Client,
+    group: &str,
+    plural: &str,
+    verb: &str,
+    namespace: Option<&str>,
+) -> Result<bool> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
                 group: Some(group.to_owned()),
                 resource: Some(plural.to_owned()),
                 verb: Some(verb.to_owned()),
+                namespace: namespace.map(str::to_owned),
                 ..Default::default()
             }),
             ..Default::default()
@@ -133,6 +158,36 @@ async fn allowed(client: &Client, group: &str, plural: &str, verb: &str) -> Resu
         .await
         .context("timed out")??;
     Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// A central compiler has published a complete cluster in `ns`: its
+/// marker slice is there (an agent applies nothing from slices before).
+async fn slices_published(client: &Client, ns: &str) -> Check {
+    let api: Api<slices::ClassifierSlice> = Api::namespaced(client.clone(), ns);
+    let fix = format!(
+        "install deploy/components/central-compiler, and see its log (kubectl -n {ns} logs deploy/classifier-compiler)"
+    );
+    match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(slices::SYNCED)).await {
+        Ok(Ok(Some(_))) => Check::pass(
+            "slices-published",
+            format!("a central compiler has published a complete cluster in {ns}"),
+        ),
+        Ok(Ok(None)) => Check::fail(
+            "slices-published",
+            format!(
+                "no {:?} {} in {ns}: no central compiler has published a complete cluster (or its CRD is not installed)",
+                slices::SYNCED,
+                slices::KIND
+            ),
+            &fix,
+        ),
+        Ok(Err(err)) => Check::fail("slices-published", format!("reading the slices: {err}"), &fix),
+        Err(_) => Check::fail(
+            "slices-published",
+            format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            "check that the API server is reachable from this node",
+        ),
+    }
 }
 
 /// Linkerd's policy CRDs are served (discovery; needs no RBAC).

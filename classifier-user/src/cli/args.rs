@@ -341,6 +341,20 @@ pub struct CheckArgs {
     /// and Linkerd's CRDs, with the in-cluster service account or KUBECONFIG.
     #[arg(long)]
     pub kubernetes: bool,
+    /// Where the agent reads the cluster, as `agent --kubernetes-source`: with `slices`,
+    /// --kubernetes checks RBAC for the ClassifierSlices and that a central compiler has
+    /// published a complete cluster, instead of the five kinds and Linkerd's CRDs.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = KubernetesSource::Objects,
+        env = "CLASSIFIER_KUBERNETES_SOURCE"
+    )]
+    pub kubernetes_source: KubernetesSource,
+    /// The namespace of the ClassifierSlices [default: the own namespace in a pod, else
+    /// classifier-system].
+    #[arg(long, value_name = "NS", env = "CLASSIFIER_SLICES_NAMESPACE")]
+    pub slices_namespace: Option<String>,
     /// Print JSON: a list of {"check", "ok", "detail"}.
     #[arg(long)]
     pub json: bool,

@@ -278,6 +278,64 @@ async fn check_kubernetes_checks_rbac_per_kind_and_linkerd_crds() -> Result<()> 
     Ok(())
 }
 
+/// With `--kubernetes-source slices`, `check --kubernetes` checks what
+/// such an agent needs: to list and watch the slices in their namespace,
+/// and a compiler's complete publication (its marker), not the five kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_kubernetes_with_slices_checks_their_rbac_and_the_compilers_marker() -> Result<()> {
+    use classifier_user::sources::kubernetes::slices;
+    use tests::fake_kube::FakeApi;
+    if !privileged!() {
+        return Ok(());
+    }
+    const SLICES: &str =
+        "/apis/classifier.dev/v1alpha1/namespaces/classifier-system/classifierslices";
+    let sb = Sandbox::new("check-kube-slices")?;
+    let fake = FakeApi::start(&[]).await;
+    fake.serve_writable(SLICES, "ClassifierSliceList", "classifier.dev/v1alpha1");
+    let config = sb.write_file("kubeconfig", &fake.kubeconfig());
+    let args = [
+        "--kubernetes",
+        "--kubernetes-source",
+        "slices",
+        "--slices-namespace",
+        "classifier-system",
+    ];
+    let fake2 = fake.clone();
+    tokio::task::spawn_blocking(move || {
+        let env = [("KUBECONFIG", config.to_str().unwrap())];
+        // No compiler has published yet.
+        let (out, list) = check(&sb, &args, &env);
+        assert_eq!(out.status.code(), Some(1));
+        let checks = by_name(&list);
+        assert!(
+            checks["rbac-classifierslices.classifier.dev"].0,
+            "{checks:#?}"
+        );
+        let rbac = checks.keys().filter(|k| k.starts_with("rbac-")).count();
+        assert_eq!(rbac, 1, "only the slices are read: {checks:#?}");
+        assert!(!checks.contains_key("linkerd-crds"), "{checks:#?}");
+        let (ok, detail) = &checks["slices-published"];
+        assert!(
+            !ok && detail.contains("no \"synced\"") && detail.contains("fix:"),
+            "{detail}"
+        );
+        // Its marker is there.
+        fake2.serve_objects(
+            SLICES,
+            "ClassifierSliceList",
+            "classifier.dev/v1alpha1",
+            [slices::marker("classifier-system")],
+        );
+        let (_, list) = check(&sb, &args, &env);
+        let checks = by_name(&list);
+        assert!(checks["slices-published"].0, "{checks:#?}");
+    })
+    .await?;
+    fake.stop();
+    Ok(())
+}
+
 /// `check` looks at the attachment, as `/readyz` does, not only at the
 /// pins: once the cgroup the programs were attached to is removed, the
 /// links stay pinned but classify nothing, and `pinned-programs` fails.
