@@ -156,6 +156,10 @@ impl CompilerProcess {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Killed at once (SIGKILL): the lease is not given up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

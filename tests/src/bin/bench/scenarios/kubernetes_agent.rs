@@ -23,6 +23,12 @@
 //! - `agent_rules`: the rules that policy has, as its log line says (the
 //!   in-process compile of the same objects gives the scenario's `rules`).
 //!
+//! `compiler_*`: the real `classifier compiler` against the same API
+//! server (which takes its writes): `compiler_publish_s` from its start to
+//! its marker (every object listed, projected and written as slices of
+//! one object), `compiler_cpu_s`, `compiler_peak_rss_mib` (its VmHWM over
+//! that) and `compiler_rss_mib` after, `compiler_writes`.
+//!
 //! `slices_agent_*`: the same, for an agent reading the objects from a
 //! central compiler's slices (`--kubernetes-source slices`): the slices
 //! the compiler's own table makes of the same cluster, served in pages of
@@ -81,10 +87,55 @@ pub(crate) fn agent_at_scale(pods: u32) -> Result<Value> {
         fake.serve_objects(&path, &list_kind, &api_version, list);
     }
     let direct = run_agent(&fake, &["--kubernetes"], objects, "agent")?;
+    let compiler = run_compiler(&fake, objects)?;
     fake.stop();
     drop(rt);
     let from_slices = agent_from_slices(pods)?;
-    Ok(merge(direct, from_slices))
+    Ok(merge(merge(direct, compiler), from_slices))
+}
+
+/// The central compiler publishing the cluster `fake` serves.
+fn run_compiler(fake: &FakeApi, objects: usize) -> Result<Value> {
+    use classifier_user::sources::kubernetes::slices;
+    const NS: &str = "classifier-system";
+    let slices_path = <slices::ClassifierSlice as kube::core::Resource>::url_path(&(), Some(NS));
+    fake.serve_writable(
+        &slices_path,
+        "ClassifierSliceList",
+        "classifier.dev/v1alpha1",
+    );
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/classifier-system/leases";
+    fake.serve_writable(leases, "LeaseList", "coordination.k8s.io/v1");
+    let sb = Sandbox::new("bench-compiler-scale")?;
+    let kubeconfig = sb.write_file("kubeconfig", &fake.kubeconfig());
+    let t = Instant::now();
+    let compiler = tests::CompilerProcess::start("bench", &kubeconfig, NS, 15)?;
+    tests::wait_for("the compiler's marker", START_TIMEOUT, || {
+        Ok(fake.object(&slices_path, NS, slices::SYNCED))
+    })
+    .with_context(|| compiler.log())?;
+    let publish_s = t.elapsed().as_secs_f64();
+    let pid = compiler.pid();
+    let cpu_s = crate::system::process_cpu(pid)?.as_secs_f64();
+    let (peak_kib, after_kib) = (peak_rss_kib(pid)?, rss_kib(pid)?);
+    let writes = fake
+        .writes()
+        .iter()
+        .filter(|w| w.contains("/classifierslices"))
+        .count();
+    drop(compiler);
+    crate::step(&format!(
+        "  the central compiler, {objects} objects: published in {publish_s:.2} s ({writes} slice writes; CPU {cpu_s:.2} s), peak RSS {:.0} MiB, then {:.0} MiB",
+        peak_kib as f64 / 1024.0,
+        after_kib as f64 / 1024.0,
+    ));
+    Ok(json!({
+        "compiler_publish_s": publish_s,
+        "compiler_cpu_s": cpu_s,
+        "compiler_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "compiler_rss_mib": after_kib as f64 / 1024.0,
+        "compiler_writes": writes,
+    }))
 }
 
 fn merge(mut a: Value, b: Value) -> Value {
