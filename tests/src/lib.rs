@@ -165,11 +165,6 @@ impl CompilerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for CompilerProcess {

@@ -14,14 +14,13 @@ use kube::{api::PostParams, Api, Client};
 
 use super::Check;
 use crate::policy::sources::kinds::KINDS;
-use crate::sources::kubernetes::slices;
+use crate::sources::kubernetes::{slices, Source};
 
 /// Each call's limit: a check must not hang on an unreachable server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The checks; `slices_ns`: the namespace of the central compiler's slices,
-/// if the agent reads those (`--kubernetes-source slices`).
-pub fn checks(slices_ns: Option<&str>) -> Vec<Check> {
+/// The checks for an agent reading the cluster from `source`.
+pub fn checks(source: &Source) -> Vec<Check> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -54,26 +53,26 @@ pub fn checks(slices_ns: Option<&str>) -> Vec<Check> {
                     )]
                 }
             };
-        with_client(client, slices_ns).await
+        with_client(client, source).await
     })
 }
 
 /// The checks against `client` (tests call this with a fake server's).
-pub async fn with_client(client: Client, slices_ns: Option<&str>) -> Vec<Check> {
+pub async fn with_client(client: Client, source: &Source) -> Vec<Check> {
     match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(v)) => {
             let mut out = vec![Check::pass(
                 "kubernetes-api",
                 format!("reachable, Kubernetes {}", v.git_version),
             )];
-            match slices_ns {
-                None => {
+            match source {
+                Source::Objects => {
                     for kind in KINDS {
                         out.push(rbac(&client, kind.group, kind.plural, None).await);
                     }
                     out.push(linkerd_crds(&client).await);
                 }
-                Some(ns) => {
+                Source::Slices { namespace: ns } => {
                     out.push(rbac(&client, slices::GROUP, slices::PLURAL, Some(ns)).await);
                     out.push(slices_published(&client, ns).await);
                 }

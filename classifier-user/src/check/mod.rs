@@ -59,9 +59,8 @@ pub struct CheckOptions {
     pub cgroup: Option<PathBuf>,
     /// Also check the Kubernetes API, RBAC and Linkerd's CRDs.
     pub kubernetes: bool,
-    /// With `kubernetes`: the namespace of the central compiler's slices,
-    /// if the agent reads those instead of the objects.
-    pub slices: Option<String>,
+    /// With `kubernetes`: where the agent reads the cluster.
+    pub source: crate::sources::kubernetes::Source,
 }
 
 /// Runs every check, in report order.
@@ -69,7 +68,7 @@ pub fn run(opts: &CheckOptions) -> Vec<Check> {
     let mut checks = node::checks(opts.cgroup.as_deref());
     checks.extend(installed::checks(&opts.pins, opts.cgroup.as_deref()));
     if opts.kubernetes {
-        checks.extend(kubernetes::checks(opts.slices.as_deref()));
+        checks.extend(kubernetes::checks(&opts.source));
     }
     checks
 }

@@ -8,10 +8,9 @@ use classifier_user::{
     agent::{self, AgentOptions},
     build_info,
     datapath::PinDir,
-    sources::kubernetes,
 };
 
-use super::args::{AgentArgs, KubernetesSource};
+use super::args::AgentArgs;
 
 pub fn run(args: AgentArgs) -> Result<()> {
     let pins = PinDir::new(args.pins.pin_dir);
@@ -34,14 +33,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         metrics_addr: args.metrics_addr,
         probe_addr: args.probe_addr,
         kubernetes: args.kubernetes,
-        kubernetes_source: match args.kubernetes_source {
-            KubernetesSource::Objects => kubernetes::Source::Objects,
-            KubernetesSource::Slices => kubernetes::Source::Slices {
-                namespace: args
-                    .slices_namespace
-                    .unwrap_or_else(kubernetes::own_namespace),
-            },
-        },
+        kubernetes_source: super::kubernetes_source(args.source),
         egress_namespace: args.egress_namespace,
         namespace_entry_budget: args.namespace_entry_budget,
         learn_outside_pods: args.learn_outside_pods,

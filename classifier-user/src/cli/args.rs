@@ -107,6 +107,26 @@ pub enum KubernetesSource {
     Slices,
 }
 
+/// Where an agent with --kubernetes reads the cluster (`agent` and `check`).
+#[derive(Args)]
+pub struct SourceArgs {
+    /// Where --kubernetes reads the cluster: `objects` watches every Service, Pod, Namespace,
+    /// EgressNetwork and Server of the cluster from this node; `slices` watches only the
+    /// ClassifierSlices a central compiler (`classifier compiler`) publishes, which carry
+    /// the same objects, pruned, and change only when what the policy reads of them does.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = KubernetesSource::Objects,
+        env = "CLASSIFIER_KUBERNETES_SOURCE"
+    )]
+    pub kubernetes_source: KubernetesSource,
+    /// The namespace of the ClassifierSlices (with --kubernetes-source slices) [default: the
+    /// agent's own namespace in a pod, else classifier-system].
+    #[arg(long, value_name = "NS", env = "CLASSIFIER_SLICES_NAMESPACE")]
+    pub slices_namespace: Option<String>,
+}
+
 #[derive(Args)]
 pub struct CompilerArgs {
     /// Where the ClassifierSlices and the leader-election Lease live [default: the
@@ -161,21 +181,8 @@ pub struct AgentArgs {
     /// Kubernetes API (in-cluster service account, or KUBECONFIG); --policy documents are added.
     #[arg(long, env = "CLASSIFIER_KUBERNETES")]
     pub kubernetes: bool,
-    /// Where --kubernetes reads the cluster: `objects` watches every Service, Pod, Namespace,
-    /// EgressNetwork and Server of the cluster from this node; `slices` watches only the
-    /// ClassifierSlices a central compiler (`classifier compiler`) publishes, which carry
-    /// the same objects, pruned, and change only when what the policy reads of them does.
-    #[arg(
-        long,
-        value_enum,
-        default_value_t = KubernetesSource::Objects,
-        env = "CLASSIFIER_KUBERNETES_SOURCE"
-    )]
-    pub kubernetes_source: KubernetesSource,
-    /// The namespace of the ClassifierSlices (with --kubernetes-source slices) [default: the
-    /// agent's own namespace in a pod, else classifier-system].
-    #[arg(long, value_name = "NS", env = "CLASSIFIER_SLICES_NAMESPACE")]
-    pub slices_namespace: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// EgressNetworks in this namespace apply to clients in every namespace.
     #[arg(
         long,
@@ -338,23 +345,13 @@ pub struct CheckArgs {
     #[arg(long, value_name = "PATH", env = "CLASSIFIER_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// Also check the Kubernetes API, RBAC for every watched kind (SelfSubjectAccessReview)
-    /// and Linkerd's CRDs, with the in-cluster service account or KUBECONFIG.
+    /// and Linkerd's CRDs, with the in-cluster service account or KUBECONFIG; with
+    /// --kubernetes-source slices (as the agent's), RBAC for the ClassifierSlices and that a
+    /// central compiler has published a complete cluster instead.
     #[arg(long)]
     pub kubernetes: bool,
-    /// Where the agent reads the cluster, as `agent --kubernetes-source`: with `slices`,
-    /// --kubernetes checks RBAC for the ClassifierSlices and that a central compiler has
-    /// published a complete cluster, instead of the five kinds and Linkerd's CRDs.
-    #[arg(
-        long,
-        value_enum,
-        default_value_t = KubernetesSource::Objects,
-        env = "CLASSIFIER_KUBERNETES_SOURCE"
-    )]
-    pub kubernetes_source: KubernetesSource,
-    /// The namespace of the ClassifierSlices [default: the own namespace in a pod, else
-    /// classifier-system].
-    #[arg(long, value_name = "NS", env = "CLASSIFIER_SLICES_NAMESPACE")]
-    pub slices_namespace: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Print JSON: a list of {"check", "ok", "detail"}.
     #[arg(long)]
     pub json: bool,

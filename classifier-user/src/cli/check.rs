@@ -3,20 +3,14 @@
 use anyhow::Result;
 use classifier_user::{check, datapath::PinDir};
 
-use super::args::{CheckArgs, KubernetesSource};
+use super::args::CheckArgs;
 
 pub fn run(args: CheckArgs) -> Result<()> {
     let checks = check::run(&check::CheckOptions {
         pins: PinDir::new(args.pins.pin_dir),
         cgroup: args.cgroup,
         kubernetes: args.kubernetes,
-        slices: match args.kubernetes_source {
-            KubernetesSource::Objects => None,
-            KubernetesSource::Slices => Some(
-                args.slices_namespace
-                    .unwrap_or_else(classifier_user::sources::kubernetes::own_namespace),
-            ),
-        },
+        source: super::kubernetes_source(args.source),
     });
     if args.json {
         println!("{}", check::render_json(&checks)?);

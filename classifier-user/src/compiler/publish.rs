@@ -13,14 +13,14 @@ use kube::{
     Client, Resource as _,
 };
 use serde_json::Value;
-use tokio::time::{sleep_until, Instant as TokioInstant};
+use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use super::project::project;
 use super::table::{object_text, Limits, SliceKind, SliceTable, Write};
 use super::CompilerOptions;
 use crate::sources::kubernetes::{
-    is_not_found, kind_stream,
+    is_not_found, kind_stream, sleep_until_opt,
     slices::{self, ClassifierSlice, KIND, SYNCED},
     watched_kinds, ApiObject, WatchOptions, SLICE_PAGE_SIZE,
 };
@@ -106,7 +106,7 @@ impl Publisher {
                         first.get_or_insert(last);
                     }
                 }
-                _ = sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     first = None;
                     let done = self.flush().await && (self.marker || self.write_marker(started).await);
                     if !done {
@@ -382,8 +382,4 @@ fn with_version(body: &str, version: &str) -> String {
         &format!("\"metadata\":{{\"resourceVersion\":{version},"),
         1,
     )
-}
-
-fn far() -> TokioInstant {
-    TokioInstant::now() + Duration::from_secs(3600)
 }

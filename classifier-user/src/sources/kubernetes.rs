@@ -511,7 +511,9 @@ async fn publish(
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+/// Sleeps until `deadline`, or forever without one (a `select!` arm
+/// that waits for a deadline only when there is one).
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -3,7 +3,7 @@
 //! API server, which takes the compiler's writes and serves them to the
 //! agents' watches.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
@@ -17,7 +17,7 @@ const SLICES: &str = "/apis/classifier.dev/v1alpha1/namespaces/classifier-system
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/classifier-system/leases";
 
 /// The fixtures' cluster, and the collections the compiler writes.
-async fn cluster() -> std::sync::Arc<FakeApi> {
+async fn cluster() -> Arc<FakeApi> {
     let paths: Vec<&str> = ALL.iter().map(|(path, _)| *path).collect();
     let fake = FakeApi::start(&paths).await;
     fake.serve_writable(SLICES, "ClassifierSliceList", "classifier.dev/v1alpha1");
@@ -61,6 +61,23 @@ fn wait_published(fake: &FakeApi, compiler: &CompilerProcess) -> Result<()> {
     .map(drop)
 }
 
+/// A compiler replica `identity` with a lease of `lease_secs`, once it
+/// has published the cluster of `fake`.
+async fn published_by(
+    fake: &Arc<FakeApi>,
+    config: &Path,
+    identity: &str,
+    lease_secs: u32,
+) -> Result<CompilerProcess> {
+    let compiler = CompilerProcess::start(identity, config, NS, lease_secs)?;
+    let fake = fake.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_published(&fake, &compiler)?;
+        Ok(compiler)
+    })
+    .await?
+}
+
 fn holder(fake: &FakeApi) -> Option<String> {
     let lease = fake.object(LEASES, NS, "classifier-compiler")?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
@@ -87,13 +104,7 @@ fn published_pod(fake: &FakeApi, namespace: &str, name: &str) -> Option<Value> {
 async fn slices_carry_the_cluster_and_only_changes_a_node_reads() -> Result<()> {
     let fake = cluster().await;
     let config = kubeconfig(&fake)?;
-    let compiler = CompilerProcess::start("a", config.path(), NS, 5)?;
-    let fake2 = fake.clone();
-    let compiler = tokio::task::spawn_blocking(move || -> Result<CompilerProcess> {
-        wait_published(&fake2, &compiler)?;
-        Ok(compiler)
-    })
-    .await??;
+    let compiler = published_by(&fake, config.path(), "a", 5).await?;
     // One object per slice by default: 2 Pods, 4 Services, 3 Namespaces,
     // 2 Servers, 1 EgressNetwork, and the marker.
     let slices = fake.objects(SLICES);
@@ -169,10 +180,8 @@ async fn a_node_reading_slices_enforces_what_a_node_watching_the_cluster_does() 
         sb.ip(&["addr", "add", ip, "dev", "lo"])?;
     }
     let config = sb.write_file("kubeconfig", &fake.kubeconfig());
-    let compiler = CompilerProcess::start("a", &config, NS, 5)?;
-    let fake2 = fake.clone();
+    let compiler = published_by(&fake, &config, "a", 5).await?;
     let (sb, compiler) = tokio::task::spawn_blocking(move || -> Result<_> {
-        wait_published(&fake2, &compiler)?;
         let kubeconfig = config.to_str().context("path")?;
         let env = [("KUBECONFIG", kubeconfig)];
         sb.start_agent_with_env(&["--kubernetes", "--kubernetes-source", "slices"], &env)?;
@@ -215,13 +224,7 @@ async fn a_node_reading_slices_enforces_what_a_node_watching_the_cluster_does() 
 async fn a_standby_compiler_takes_over_when_the_leader_dies() -> Result<()> {
     let fake = cluster().await;
     let config = kubeconfig(&fake)?;
-    let a = CompilerProcess::start("a", config.path(), NS, 3)?;
-    let fake2 = fake.clone();
-    let a = tokio::task::spawn_blocking(move || -> Result<CompilerProcess> {
-        wait_published(&fake2, &a)?;
-        Ok(a)
-    })
-    .await??;
+    let a = published_by(&fake, config.path(), "a", 3).await?;
     let b = CompilerProcess::start("b", config.path(), NS, 3)?;
     let fake2 = fake.clone();
     let (a, b) = tokio::task::spawn_blocking(move || -> Result<_> {
